@@ -1,0 +1,32 @@
+"""``appliance``: the command the device runs (agent, self-test, install, slots, TUI)."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import click
+
+from appliance import __version__
+from appliance._lazycli import LazyGroup, debug_option, run
+from appliance.errors import ApplianceError
+
+# Each sub-package owns its command module; add one line here per command.
+COMMANDS: dict[str, str] = {
+    "info": "appliance.info_cli:info",
+}
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="appliance")
+@debug_option
+def cli() -> None:
+    """edgekiln device runtime: inference agent, self-test, updates, slots and technician TUI."""
+
+
+def main() -> NoReturn:
+    """Console-script entry point."""
+    run(cli, (ApplianceError, OSError))
+
+
+if __name__ == "__main__":
+    main()

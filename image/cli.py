@@ -1,0 +1,31 @@
+"""``kiln``: the build-host command (build, freeze, bundle, keys, models, flash, inspect)."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import click
+
+from appliance._lazycli import LazyGroup, debug_option, run
+from appliance.errors import ApplianceError
+from image import __version__
+from image.errors import BuildError
+
+# Each builder module owns its command; add one line here per command.
+COMMANDS: dict[str, str] = {}
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="kiln")
+@debug_option
+def cli() -> None:
+    """edgekiln builder: recipes to signed A/B device images, update bundles and keys."""
+
+
+def main() -> NoReturn:
+    """Console-script entry point."""
+    run(cli, (BuildError, ApplianceError, OSError))
+
+
+if __name__ == "__main__":
+    main()
