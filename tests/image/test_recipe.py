@@ -1,0 +1,134 @@
+"""Recipe loading: extends, validation before any stage, errors naming file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from image.recipe import TARGETS, RecipeError, load_recipe
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_every_target_has_a_valid_recipe(recipe_dir: Path, name: str) -> None:
+    loaded = load_recipe(recipe_dir / f"{name}.toml")
+    assert loaded.recipe.target.name == name
+    assert loaded.recipe.models.primary == "models/inspect-primary"
+    assert (recipe_dir / "base.toml") in loaded.files
+    assert len(loaded.digest) == 64
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_repo_recipes_parse_without_model_files(name: str) -> None:
+    load_recipe(RECIPES / f"{name}.toml", check_files=False)
+
+
+def test_extends_merges_tables_and_child_wins(recipe_dir: Path) -> None:
+    loaded = load_recipe(recipe_dir / "intel-openvino.toml")
+    r = loaded.recipe
+    assert r.partitions.rootfs_mib == 1280  # child
+    assert r.partitions.boot_mib == 64  # base
+    assert "systemd-sysv" in r.rootfs.packages  # base list kept
+    assert r.rootfs.extra_packages[0] == "linux-image-amd64"
+    assert loaded.provenance["partitions.rootfs_mib"] == recipe_dir / "intel-openvino.toml"
+    assert loaded.provenance["partitions.boot_mib"] == recipe_dir / "base.toml"
+
+
+def test_digest_does_not_depend_on_checkout_location(tmp_path: Path, recipe_dir: Path) -> None:
+    import shutil
+
+    other = tmp_path / "elsewhere" / "recipes"
+    shutil.copytree(recipe_dir, other)
+    a = load_recipe(recipe_dir / "generic-x86-64.toml")
+    b = load_recipe(other / "generic-x86-64.toml")
+    assert a.digest == b.digest
+
+
+def test_model_paths_in_a_base_are_relative_to_the_base(tmp_path: Path, recipe_dir: Path) -> None:
+    sub = tmp_path / "site"
+    sub.mkdir()
+    (sub / "mine.toml").write_text(
+        f'extends = "{recipe_dir}/generic-x86-64.toml"\nversion = "2.0.0"\n'
+    )
+    loaded = load_recipe(sub / "mine.toml")
+    assert loaded.resolve(loaded.recipe.models.primary) == recipe_dir / "models" / "inspect-primary"
+    assert loaded.recipe.version == "2.0.0"
+
+
+def _write(recipe_dir: Path, text: str) -> Path:
+    path = recipe_dir / "bad.toml"
+    path.write_text('extends = "generic-x86-64.toml"\n' + text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "needle"),
+    [
+        ("colour = 1\n", "colour", "unknown field"),
+        ("[partitions]\nrootfs_mb = 5\n", "partitions.rootfs_mb", "unknown field"),
+        ('[partitions]\nrootfs_mib = "big"\n', "partitions.rootfs_mib", "Expected `int`"),
+        ("[partitions]\nrootfs_mib = 64\n", "partitions.rootfs_mib", "too small"),
+        ("[partitions]\nboot_mib = 8\n", "partitions.boot_mib", "minimum"),
+        ('[models]\nprimary = "models/nope"\n', "models.primary", "no model package"),
+        ('[target]\nname = "toaster"\n', "target.name", "unknown target"),
+        ('[target]\narch = "riscv64"\n', "target.arch", "use one of: amd64, arm64"),
+        ('[target]\nbackend = "openvino"\n', "target.backend", "does not fit"),
+        ('version = "one"\n', "version", "not a version"),
+        ("security_version = -1\n", "security_version", ">= 0"),
+        ('[rootfs]\nextra_packages = ["Bad Name"]\n', "rootfs.extra_packages", "Debian package"),
+        ("[rootfs]\nextra_packages = [1]\n", "rootfs.extra_packages.0", "Expected `str`"),
+        ("[health]\nbudget_factor = 0\n", "health.budget_factor", "between"),
+    ],
+)
+def test_bad_recipe_names_file_and_field(
+    recipe_dir: Path, text: str, field: str, needle: str
+) -> None:
+    path = _write(recipe_dir, text)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert info.value.field == field
+    assert needle in str(info.value)
+    assert info.value.path == path
+    assert str(path) in str(info.value) and field in str(info.value)
+
+
+def test_error_in_base_names_the_base_file(recipe_dir: Path) -> None:
+    base = recipe_dir / "base.toml"
+    base.write_text(base.read_text() + "\n[extra]\nwatchdog = 3\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(recipe_dir / "generic-x86-64.toml")
+    assert info.value.path == base
+    assert info.value.field == "extra"
+
+
+def test_missing_required_field(tmp_path: Path) -> None:
+    path = tmp_path / "r.toml"
+    path.write_text('product = "x"\nversion = "1.0.0"\nsecurity_version = 0\n')
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert info.value.field == "target"
+    assert "missing required field" in str(info.value)
+
+
+def test_extends_cycle_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text('extends = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('extends = "a.toml"\n')
+    with pytest.raises(RecipeError, match="cycle in extends"):
+        load_recipe(tmp_path / "a.toml")
+
+
+def test_invalid_toml_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "r.toml"
+    path.write_text("product = \n")
+    with pytest.raises(RecipeError, match=r"r\.toml: not valid TOML: .*line 1"):
+        load_recipe(path)
+
+
+def test_missing_file_and_missing_base(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="file not found"):
+        load_recipe(tmp_path / "nope.toml")
+    (tmp_path / "r.toml").write_text('extends = "gone.toml"\n')
+    with pytest.raises(RecipeError, match=r"gone\.toml: file not found"):
+        load_recipe(tmp_path / "r.toml")
