@@ -13,6 +13,10 @@ from appliance.errors import ApplianceError
 # Each sub-package owns its command module; add one line here per command.
 COMMANDS: dict[str, str] = {
     "info": "appliance.info_cli:info",
+    "selftest": "appliance.inference.cli:selftest",
+    "run": "appliance.inference.cli:run",
+    "backends": "appliance.inference.cli:backends",
+    "bundle": "appliance.bundle.cli:bundle",
 }
 
 

@@ -1,0 +1,73 @@
+"""Back-end registry: name -> ``module:Class``, imported on demand, ImportError tolerated.
+
+Like Frigate's detector plug-ins: one small interface (:class:`~.base.Backend`), each back end
+in its own module, and a missing library only makes that back end unavailable (with the reason)
+instead of breaking the runtime. ``available()`` reports every back end's state.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from appliance.inference.backends.base import Backend, BackendOptions, LoadedModel, TensorInfo
+from appliance.inference.errors import BackendUnavailableError, InferenceError
+
+REGISTRY: dict[str, str] = {
+    "onnxruntime": "appliance.inference.backends.ort:OnnxRuntimeBackend",
+    "openvino": "appliance.inference.backends.openvino:OpenVinoBackend",
+    "litert": "appliance.inference.backends.litert:LiteRtBackend",
+    "tensorrt": "appliance.inference.backends.tensorrt:TensorRtBackend",
+    "opencv": "appliance.inference.backends.opencv:OpenCvBackend",
+}
+DEFAULT_ORDER = ("onnxruntime", "openvino", "litert", "tensorrt", "opencv")
+BACKEND_NAMES = tuple(REGISTRY)
+
+__all__ = [
+    "BACKEND_NAMES",
+    "DEFAULT_ORDER",
+    "REGISTRY",
+    "Backend",
+    "BackendOptions",
+    "BackendStatus",
+    "LoadedModel",
+    "TensorInfo",
+    "available",
+    "get_backend",
+]
+
+
+def get_backend(name: str) -> Backend:
+    """Instantiate a back end by name; unknown names and import failures raise named errors."""
+    if name not in REGISTRY:
+        raise InferenceError(f"unknown back end {name!r}; choose one of {', '.join(REGISTRY)}")
+    module_name, cls_name = REGISTRY[name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"back end {name}: cannot import {module_name}: {exc}"
+        ) from None
+    backend: Backend = getattr(module, cls_name)()
+    return backend
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """Whether a back end can run here, its library version, or why not."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+def available() -> list[BackendStatus]:
+    """Probe every registered back end (imports each library once)."""
+    out = []
+    for name in REGISTRY:
+        try:
+            version = get_backend(name).probe()
+            out.append(BackendStatus(name, True, version))
+        except InferenceError as exc:
+            out.append(BackendStatus(name, False, str(exc)))
+    return out

@@ -1,0 +1,172 @@
+"""LiteRT back end (``ai_edge_litert``, else ``tflite_runtime``), with the Edge TPU delegate.
+
+* ``ai_edge_litert`` is preferred; ``tflite_runtime`` is used only if it is what is installed.
+  tflite-runtime 2.14 imports under numpy 2 but its Interpreter fails (``_ARRAY_API not found``),
+  so that combination is reported unavailable instead of failing at the first frame.
+* A file in format ``edgetpu-tflite`` (or named ``*_edgetpu.tflite``) is loaded with
+  ``load_delegate('libedgetpu.so.1')``; without the library this raises BackendLoadError and the
+  pipeline's fallback chain moves on (e.g. to the CPU ``model.tflite``).
+* num_threads defaults to 1: with 2 threads on 2 cores the interpreter's latency is erratic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from appliance.inference.backends.base import Backend, BackendOptions, LoadedModel, TensorInfo
+from appliance.inference.errors import (
+    BackendLoadError,
+    BackendUnavailableError,
+    InferenceRunError,
+    PackageError,
+)
+from appliance.inference.package import ModelFile, ModelPackage
+
+EDGETPU_LIBRARY = "libedgetpu.so.1"
+
+
+def interpreter_module() -> tuple[Any, str]:
+    """The interpreter module in use and a label ``library version``."""
+    try:
+        import ai_edge_litert
+        from ai_edge_litert import interpreter
+
+        return interpreter, f"ai_edge_litert {getattr(ai_edge_litert, '__version__', '?')}"
+    except ImportError as first:
+        try:
+            import tflite_runtime
+            from tflite_runtime import interpreter as tfl
+        except ImportError:
+            raise BackendUnavailableError(
+                f"litert: neither ai_edge_litert ({first}) nor tflite_runtime is installed"
+            ) from None
+        version = str(getattr(tflite_runtime, "__version__", "0"))
+        major_minor = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+        if int(np.__version__.split(".")[0]) >= 2 and major_minor < (2, 15):
+            raise BackendUnavailableError(
+                f"litert: tflite_runtime {version} does not work with numpy {np.__version__} "
+                "(Interpreter fails: _ARRAY_API not found); install ai-edge-litert or numpy<2"
+            ) from None
+        return tfl, f"tflite_runtime {version}"
+
+
+def _info(d: dict[str, Any]) -> TensorInfo:
+    scale, zero_point = d.get("quantization", (0.0, 0))
+    return TensorInfo(
+        str(d["name"]),
+        tuple(int(x) for x in d["shape"]),
+        np.dtype(d["dtype"]),
+        float(scale),
+        int(zero_point),
+    )
+
+
+def is_edgetpu(f: ModelFile) -> bool:
+    return f.format == "edgetpu-tflite" or f.path.endswith("_edgetpu.tflite")
+
+
+class LiteRtModel(LoadedModel):
+    """A TFLite interpreter with tensors allocated for the declared input shape."""
+
+    interpreter: Any = None
+    in_index: int = 0
+    out_indices: tuple[int, ...] = ()
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        try:
+            self.interpreter.set_tensor(self.in_index, batch)
+            self.interpreter.invoke()
+            # get_tensor copies, so results stay valid after the next invoke.
+            return [self.interpreter.get_tensor(i) for i in self.out_indices]
+        except Exception as exc:  # ValueError/RuntimeError from the interpreter
+            raise InferenceRunError(f"{self.describe()}: {exc}") from exc
+
+
+class LiteRtBackend(Backend):
+    """LiteRT / TFLite interpreter on the CPU, or the Edge TPU via its delegate."""
+
+    name = "litert"
+    formats = ("tflite", "edgetpu-tflite")
+
+    def probe(self) -> str:
+        return interpreter_module()[1]
+
+    def choose_file(self, package: ModelPackage, path: str | None = None) -> ModelFile:
+        if path is not None:
+            return package.select_file(self.formats, path)
+        # Prefer FP32 on the CPU; an Edge TPU file only when asked for by path (it needs the
+        # delegate, which the caller knows about) or when it is the only TFLite file.
+        files = [f for f in package.manifest.files if f.format in self.formats]
+        if not files:
+            raise PackageError(
+                f"{package.manifest_path}: files: no TFLite file for the litert back end"
+            )
+        order = {"fp32": 0, "fp16": 1, "int8": 2, "uint8": 2}
+        return sorted(files, key=lambda f: (is_edgetpu(f), order[f.precision]))[0]
+
+    def _load(
+        self, package: ModelPackage, f: ModelFile, data: bytes, options: BackendOptions
+    ) -> LoadedModel:
+        module, label = interpreter_module()
+        where = package.path_of(f)
+        delegates = []
+        device = f"CPU ({label}, {options.threads} thread(s))"
+        if is_edgetpu(f):
+            try:
+                opts = {"device": options.device} if options.device else {}
+                delegates.append(module.load_delegate(EDGETPU_LIBRARY, opts))
+            except (ValueError, OSError, RuntimeError) as exc:
+                raise BackendLoadError(
+                    f"{where}: Edge TPU delegate {EDGETPU_LIBRARY} could not be loaded ({exc}); "
+                    "install libedgetpu1-std and plug in the Coral, or use the CPU model.tflite"
+                ) from None
+            device = f"Edge TPU {options.device or 'default'} ({label})"
+        try:
+            interp = module.Interpreter(
+                model_content=data,
+                num_threads=options.threads,
+                experimental_delegates=delegates or None,
+            )
+            interp.allocate_tensors()
+        except Exception as exc:
+            raise BackendLoadError(f"{where}: {label} cannot load it: {exc}") from None
+        ins, outs = interp.get_input_details(), interp.get_output_details()
+        model = LiteRtModel(
+            backend=self.name,
+            device=device,
+            package=package,
+            file=f,
+            inputs=[_info(d) for d in ins],
+            outputs=[_info(d) for d in outs],
+        )
+        model.interpreter = interp
+        model.in_index = int(ins[0]["index"])
+        model.out_indices = tuple(int(d["index"]) for d in outs)
+        check_quantization(model)
+        return model
+
+
+def check_quantization(model: LoadedModel) -> None:
+    """model.json's quantisation must match the interpreter's real input scale/zero-point."""
+    q = model.file.quantization
+    real = model.input
+    if real.dtype.kind not in "iu":
+        return
+    if q is None:
+        raise PackageError(
+            f"{model.package.manifest_path}: files[{model.file.path}].quantization: missing, "
+            f"but the model's input is {real.dtype} "
+            f"(scale {real.scale}, zero_point {real.zero_point})"
+        )
+    if (
+        np.dtype(q.input_dtype) != real.dtype
+        or q.input_zero_point != real.zero_point
+        or not np.isclose(q.input_scale, real.scale, rtol=1e-4)
+    ):
+        raise PackageError(
+            f"{model.package.manifest_path}: files[{model.file.path}].quantization: says "
+            f"{q.input_dtype} scale {q.input_scale} zero_point {q.input_zero_point}, "
+            f"the model's input is {real.dtype} scale {real.scale} zero_point {real.zero_point}"
+        )

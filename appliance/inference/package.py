@@ -1,0 +1,361 @@
+"""Model packages (format v1, see MODEL_PACKAGE.md): parse, validate and verify them.
+
+model.json is untrusted input: it is decoded with msgspec into typed Structs, then checked for
+meaning (shape versus layout, paths inside the package, sha256 of every file). Every error names
+the file and the field, e.g. ``recipes/models/x/model.json: input.shape: expected 4 dims, got 3``.
+
+Usage::
+
+    pkg = load_package(Path("recipes/models/inspect-primary"))
+    f = pkg.select_file(formats=("onnx",))
+    data = pkg.read_verified(f)          # bytes whose sha256 was checked just now
+    images, labels = pkg.load_reference()
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import msgspec
+import numpy as np
+
+from appliance.inference.errors import DigestMismatchError, PackageError
+
+FileFormat = Literal["onnx", "tflite", "openvino-ir", "edgetpu-tflite"]
+Layout = Literal["NCHW", "NHWC"]
+MAX_MANIFEST_BYTES = 1 << 20
+
+
+class Quantization(msgspec.Struct, frozen=True):
+    """Real scale/zero-point of a quantised file's input tensor (and optionally its output)."""
+
+    input_scale: float
+    input_zero_point: int
+    input_dtype: Literal["uint8", "int8"]
+    output_scale: float | None = None
+    output_zero_point: int | None = None
+    output_dtype: Literal["uint8", "int8"] | None = None
+
+
+class ModelFile(msgspec.Struct, frozen=True):
+    """One model file of the package."""
+
+    path: str
+    format: FileFormat
+    precision: Literal["fp32", "fp16", "int8", "uint8"]
+    sha256: str
+    quantization: Quantization | None = None
+    # Optional: the layout of this file's input if it differs from input.layout (TFLite is NHWC).
+    layout: Layout | None = None
+    # Optional: top-1 this file reaches on the reference split (INT8 files may be lower).
+    top1: float | None = None
+
+
+class InputSpec(msgspec.Struct, frozen=True):
+    """How a frame becomes the model's input tensor."""
+
+    name: str
+    shape: list[int]
+    layout: Layout
+    dtype: Literal["float32", "uint8", "int8"]
+    color: Literal["RGB", "BGR"]
+    resize: Literal["stretch", "letterbox"] = "stretch"
+    scale: float = 1.0 / 255.0
+    mean: list[float] = msgspec.field(default_factory=lambda: [0.0, 0.0, 0.0])
+    std: list[float] = msgspec.field(default_factory=lambda: [1.0, 1.0, 1.0])
+
+
+class OutputSpec(msgspec.Struct, frozen=True):
+    """What the model's (first) output means."""
+
+    name: str
+    kind: Literal["logits", "probabilities", "raw"] = "logits"
+
+
+class Budget(msgspec.Struct, frozen=True):
+    """Latency budget per pipeline stage, in milliseconds, on the target hardware."""
+
+    capture: float
+    pre: float
+    infer: float
+    post: float
+    publish: float
+    total: float
+
+
+class Reference(msgspec.Struct, frozen=True):
+    """The held-out reference split and the accuracy the FP32 model reaches on it."""
+
+    split: str
+    count: int
+    top1: float
+    histogram: dict[str, float] = msgspec.field(default_factory=dict)
+
+
+class Calibration(msgspec.Struct, frozen=True):
+    """The calibration split for INT8 post-training quantisation."""
+
+    split: str
+    count: int
+
+
+class SsdAnchors(msgspec.Struct, frozen=True):
+    """SSD anchor generation options (MediaPipe SsdAnchorsCalculator semantics)."""
+
+    num_layers: int
+    min_scale: float
+    max_scale: float
+    strides: list[int]
+    aspect_ratios: list[float] = msgspec.field(default_factory=lambda: [1.0])
+    anchor_offset_x: float = 0.5
+    anchor_offset_y: float = 0.5
+    interpolated_scale_aspect_ratio: float = 1.0
+    fixed_anchor_size: bool = True
+    reduce_boxes_in_lowest_layer: bool = False
+
+
+class DetectionSpec(msgspec.Struct, frozen=True):
+    """Detection decoding: SSD-style anchors or YOLO-style grids, then NMS."""
+
+    decoder: Literal["ssd", "yolo"]
+    score_threshold: float = 0.5
+    iou_threshold: float = 0.45
+    max_detections: int = 100
+    # ssd
+    anchors: SsdAnchors | None = None
+    boxes_output: int = 0
+    scores_output: int = 1
+    box_scale: list[float] = msgspec.field(default_factory=list)  # x, y, w, h; empty: input size
+    num_keypoints: int = 0
+    reverse_output_order: bool = True
+    sigmoid_score: bool = True
+    score_clipping: float | None = None
+    # yolo: raw grids per stride ([1, A*(5+C), H, W]) or an already-decoded [1, N, 4(+1)+C]
+    strides: list[int] = msgspec.field(default_factory=list)
+    grid_anchors: list[list[float]] = msgspec.field(default_factory=list)
+    objectness: bool = True
+
+
+class Manifest(msgspec.Struct, frozen=True):
+    """model.json, format 1."""
+
+    format: Literal[1]
+    name: str
+    version: str
+    task: Literal["classification", "detection"]
+    labels: list[str]
+    files: list[ModelFile]
+    input: InputSpec
+    output: OutputSpec
+    budget_ms: Budget
+    reference: Reference | None = None
+    calibration: Calibration | None = None
+    detection: DetectionSpec | None = None
+    provenance: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+
+
+def _field_error(where: Path, exc: msgspec.ValidationError | msgspec.DecodeError) -> PackageError:
+    """Rewrite msgspec's "Expected int, got str - at `$.a.b`" as "file: a.b: expected ..."."""
+    m = _AT.match(str(exc))
+    msg, path = (m.group("msg"), m.group("path")) if m else (str(exc), None)
+    msg = msg[:1].lower() + msg[1:]
+    field = path.lstrip(".") if path else "(document)"
+    return PackageError(f"{where}: {field}: {msg.replace('`', '')}")
+
+
+def parse_manifest(data: bytes, where: Path) -> Manifest:
+    """Decode and check model.json bytes; raise :class:`PackageError` naming file and field."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise PackageError(f"{where}: file is {len(data)} bytes; the limit is {MAX_MANIFEST_BYTES}")
+    try:
+        manifest = msgspec.json.decode(data, type=Manifest)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise _field_error(where, exc) from None
+    check_manifest(manifest, where)
+    return manifest
+
+
+def _fail(where: Path, field: str, msg: str) -> PackageError:
+    return PackageError(f"{where}: {field}: {msg}")
+
+
+def _check_relpath(where: Path, field: str, value: str) -> None:
+    p = PurePosixPath(value)
+    if not value or p.is_absolute() or ".." in p.parts or "\\" in value:
+        raise _fail(where, field, f"{value!r} must be a relative path inside the package")
+
+
+def check_manifest(m: Manifest, where: Path) -> None:
+    """Meaning checks msgspec's types cannot express."""
+    _check_input(m.input, where)
+    _check_files(m.files, where)
+    _check_rest(m, where)
+
+
+def _check_input(inp: InputSpec, where: Path) -> None:
+    if len(inp.shape) != 4:
+        raise _fail(where, "input.shape", f"expected 4 dims, got {len(inp.shape)}")
+    if any(d <= 0 for d in inp.shape):
+        raise _fail(where, "input.shape", f"every dim must be > 0, got {inp.shape}")
+    channels = inp.shape[1] if inp.layout == "NCHW" else inp.shape[3]
+    if channels != 3:
+        raise _fail(
+            where,
+            "input.shape",
+            f"{inp.shape} has {channels} channels in layout {inp.layout}; expected 3",
+        )
+    for name, values in (("input.mean", inp.mean), ("input.std", inp.std)):
+        if len(values) != 3:
+            raise _fail(where, name, f"expected 3 values, got {len(values)}")
+    if any(s == 0 for s in inp.std):
+        raise _fail(where, "input.std", "values must be non-zero")
+
+
+def _check_files(files: list[ModelFile], where: Path) -> None:
+    if not files:
+        raise _fail(where, "files", "at least one model file is required")
+    seen: set[str] = set()
+    for i, f in enumerate(files):
+        _check_relpath(where, f"files[{i}].path", f.path)
+        if f.path in seen:
+            raise _fail(where, f"files[{i}].path", f"{f.path!r} is listed twice")
+        seen.add(f.path)
+        if not re.fullmatch(r"[0-9a-f]{64}", f.sha256):
+            raise _fail(where, f"files[{i}].sha256", "expected 64 lowercase hex digits")
+        if f.precision in ("int8", "uint8") and f.format != "onnx" and f.quantization is None:
+            raise _fail(where, f"files[{i}].quantization", "required for a quantised TFLite file")
+        if f.quantization is not None and f.quantization.input_scale <= 0:
+            raise _fail(where, f"files[{i}].quantization.input_scale", "must be > 0")
+
+
+def _check_rest(m: Manifest, where: Path) -> None:
+    if m.task == "classification" and not m.labels:
+        raise _fail(where, "labels", "a classification model needs at least one label")
+    if m.task == "detection":
+        if m.detection is None:
+            raise _fail(where, "detection", "required when task is 'detection'")
+        if m.detection.decoder == "ssd" and m.detection.anchors is None:
+            raise _fail(where, "detection.anchors", "required for the ssd decoder")
+    for name, value in msgspec.structs.asdict(m.budget_ms).items():
+        if value <= 0:
+            raise _fail(where, f"budget_ms.{name}", f"must be > 0, got {value}")
+    if m.reference is not None:
+        _check_relpath(where, "reference.split", m.reference.split)
+        if not 0.0 <= m.reference.top1 <= 1.0:
+            raise _fail(where, "reference.top1", f"must be in [0, 1], got {m.reference.top1}")
+
+
+def file_layout(m: Manifest, f: ModelFile) -> Layout:
+    """The input layout of one file: its own ``layout``, NHWC for TFLite, else ``input.layout``."""
+    if f.layout is not None:
+        return f.layout
+    if f.format in ("tflite", "edgetpu-tflite"):
+        return "NHWC"
+    return m.input.layout
+
+
+def expected_shape(m: Manifest, f: ModelFile) -> tuple[int, int, int, int]:
+    """model.json's input shape converted to the layout of file ``f``."""
+    s = m.input.shape
+    n, c, h, w = (s[0], s[1], s[2], s[3]) if m.input.layout == "NCHW" else (s[0], s[3], s[1], s[2])
+    return (n, c, h, w) if file_layout(m, f) == "NCHW" else (n, h, w, c)
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    """A parsed, checked model package directory."""
+
+    root: Path
+    manifest: Manifest
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "model.json"
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def path_of(self, f: ModelFile) -> Path:
+        return self.root / f.path
+
+    def select_file(self, formats: tuple[str, ...], path: str | None = None) -> ModelFile:
+        """The first file whose format is in ``formats`` (in that order), or the one at ``path``."""
+        if path is not None:
+            for f in self.manifest.files:
+                if f.path == path or self.root / f.path == Path(path):
+                    return f
+            raise PackageError(f"{self.manifest_path}: files: no entry for {path!r}")
+        for fmt in formats:
+            for f in self.manifest.files:
+                if f.format == fmt:
+                    return f
+        have = sorted({f.format for f in self.manifest.files})
+        raise PackageError(
+            f"{self.manifest_path}: files: no file in format {'/'.join(formats)} "
+            f"(package has {have})"
+        )
+
+    def read_verified(self, f: ModelFile) -> bytes:
+        """Read a model file and check its sha256; what was checked is what gets loaded."""
+        p = self.path_of(f)
+        try:
+            data = p.read_bytes()
+        except OSError as exc:
+            raise PackageError(
+                f"{p}: cannot read model file ({exc.strerror}); reinstall the package"
+            ) from None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != f.sha256:
+            raise DigestMismatchError(
+                f"{p}: sha256 is {digest}, model.json says {f.sha256}; "
+                "the file is corrupt or was replaced"
+            )
+        return data
+
+    def load_reference(self) -> tuple[np.ndarray, np.ndarray]:
+        """The reference split: images uint8 [N,H,W,3] RGB and labels int64 [N]."""
+        ref = self.manifest.reference
+        if ref is None:
+            raise PackageError(f"{self.manifest_path}: reference: missing; the self-test needs it")
+        p = self.root / ref.split
+        try:
+            with np.load(p, allow_pickle=False) as npz:
+                images, labels = npz["images"], npz["labels"]
+        except (OSError, KeyError, ValueError) as exc:
+            raise PackageError(f"{p}: cannot read reference split: {exc}") from None
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+            raise PackageError(
+                f"{p}: images: expected uint8 [N,H,W,3], got {images.dtype} {images.shape}"
+            )
+        if labels.ndim != 1 or len(labels) != len(images) or labels.dtype.kind not in "iu":
+            raise PackageError(
+                f"{p}: labels: expected int [{len(images)}], got {labels.dtype} {labels.shape}"
+            )
+        if len(images) != ref.count:
+            raise PackageError(
+                f"{p}: holds {len(images)} images; model.json reference.count says {ref.count}"
+            )
+        return images, labels.astype(np.int64)
+
+
+def load_package(root: Path | str) -> ModelPackage:
+    """Parse and check ``root/model.json``."""
+    root = Path(root)
+    where = root / "model.json"
+    try:
+        data = where.read_bytes()
+    except FileNotFoundError:
+        raise PackageError(f"{where}: not found; is {root} a model package?") from None
+    except OSError as exc:
+        raise PackageError(f"{where}: cannot read ({exc.strerror})") from None
+    # Files are checked (existence, sha256) when a back end reads one: a package whose INT8 file
+    # is missing can still run its ONNX file, and the fallback chain records why.
+    return ModelPackage(root=root, manifest=parse_manifest(data, where))

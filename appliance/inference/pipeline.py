@@ -1,0 +1,276 @@
+"""The camera -> model -> result pipeline, with per-stage timing and the fallback chain.
+
+For the supervisor (which runs this in a worker process)::
+
+    cfg = load_config(Path("/data/edgekiln/pipeline.json"))   # or PipelineConfig(...)
+    pipe = Pipeline(cfg)
+    stats = pipe.run(stop_event, on_frame=heartbeat, on_event=forward_event)
+
+``run`` returns when ``stop_event`` is set, when a finite source (file, folder) ends, or after
+``max_frames``. It never raises for model or camera trouble: a model that fails to load or run
+moves down the :class:`~appliance.inference.chain.FallbackChain` (reasons go to ``on_event``, to
+the sink and to ``pipe.events``); when nothing works frames pass through in degraded mode and the
+chain is retried every ``retry_s``; a live camera that disappears is reopened with backoff.
+Only a bad configuration or a missing local file/folder source raises (ConfigError/SourceError).
+
+Each frame's record carries the stage timings (capture, pre, infer, post, publish) in ms and the
+stages over the model's budget (scaled by ``budget_factor``, ARCHITECTURE Decision 7).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import numpy as np
+
+from appliance.inference.backends import BackendOptions
+from appliance.inference.chain import Candidate, Event, FallbackChain
+from appliance.inference.errors import ConfigError, InferenceError, SourceError
+from appliance.inference.sink import JsonlSink, NullSink, Sink
+from appliance.inference.sources import Frame, LatestFrameGrabber, Source, open_source
+
+log = logging.getLogger(__name__)
+STAGES = ("capture", "pre", "infer", "post", "publish")
+BUDGET_EVENT_EVERY_S = 60.0
+
+
+class PipelineConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """Everything needed to build a pipeline (a JSON or TOML file on the data partition)."""
+
+    model: str
+    source: str
+    fallback_model: str | None = None
+    backends: list[str] = msgspec.field(
+        default_factory=lambda: ["onnxruntime", "openvino", "opencv"]
+    )
+    model_file: str | None = None  # a specific file of the primary package (e.g. model_int8.tflite)
+    sink: str | None = None  # JSON-lines file; None discards results
+    threads: int = 1
+    device: str | None = None
+    cache_dir: str | None = None
+    budget_factor: float = 1.0
+    top_k: int = 3
+    max_frames: int | None = None
+    retry_s: float = 30.0  # degraded mode: retry the chain this often
+    reconnect_max_s: float = 30.0  # live source: backoff ceiling between reopen attempts
+
+
+def load_config(path: Path) -> PipelineConfig:
+    """Read a pipeline config (``.json`` or ``.toml``); errors name the file and field."""
+    try:
+        data = path.read_bytes()
+        cfg = (msgspec.toml.decode if path.suffix == ".toml" else msgspec.json.decode)(
+            data, type=PipelineConfig
+        )
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return cfg
+
+
+def candidates(cfg: PipelineConfig) -> list[Candidate]:
+    """The chain: primary on each back end, then the fallback model on each back end."""
+    out = [Candidate(Path(cfg.model), b, cfg.model_file, "primary") for b in cfg.backends]
+    if cfg.fallback_model:
+        out += [Candidate(Path(cfg.fallback_model), b, None, "fallback") for b in cfg.backends]
+    return out
+
+
+@dataclass
+class PipelineStats:
+    """Counters and recent stage latencies (ms) of one run."""
+
+    frames: int = 0
+    degraded_frames: int = 0
+    dropped: int = 0  # frames a live source delivered that were never processed (stale)
+    source_errors: int = 0
+    over_budget: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys((*STAGES, "total"), 0)
+    )
+    ms: dict[str, deque[float]] = field(
+        default_factory=lambda: {s: deque(maxlen=2048) for s in (*STAGES, "total")}
+    )
+
+    def percentile(self, stage: str, q: float) -> float:
+        values = self.ms[stage]
+        return float(np.percentile(np.fromiter(values, float), q)) if values else float("nan")
+
+
+class Pipeline:
+    """A plain object: build it from a config, then ``run(stop_event, on_frame, on_event)``."""
+
+    def __init__(
+        self, cfg: PipelineConfig, sink: Sink | None = None, source: Source | None = None
+    ) -> None:
+        if cfg.threads < 1 or cfg.budget_factor <= 0:
+            raise ConfigError("pipeline config: threads must be >= 1 and budget_factor > 0")
+        if not cfg.backends:
+            raise ConfigError("pipeline config: backends: list at least one back end")
+        self.cfg = cfg
+        self.sink: Sink = sink or (JsonlSink(cfg.sink) if cfg.sink else NullSink())
+        self._given_source = source
+        self.events: list[Event] = []
+        self.stats = PipelineStats()
+        self._on_event: Callable[[Event], None] | None = None
+        options = BackendOptions(threads=cfg.threads, device=cfg.device, cache_dir=cfg.cache_dir)
+        self.chain = FallbackChain(candidates(cfg), options, self._record_event, cfg.top_k)
+        self._last_budget_event: dict[str, float] = {}
+
+    def _record_event(self, event: Event) -> None:
+        self.events.append(event)
+        self.sink.publish(event.to_json())
+        if self._on_event is not None:
+            self._on_event(event)
+
+    # --- sources -------------------------------------------------------------------------
+
+    def _open(self) -> Source:
+        return (
+            self._given_source if self._given_source is not None else open_source(self.cfg.source)
+        )
+
+    def _reopen(self, stop: threading.Event, reason: str) -> Source | None:
+        """Reopen a live source with exponential backoff until it works or ``stop`` is set."""
+        self._record_event(Event("source_lost", reason, alert=True))
+        delay = 0.5
+        while not stop.wait(delay):
+            try:
+                src = open_source(self.cfg.source)
+            except SourceError as exc:
+                log.warning("reopen failed: %s", exc)
+                delay = min(delay * 2, self.cfg.reconnect_max_s)
+                continue
+            self._record_event(Event("source_reopened", f"{self.cfg.source}: delivering again"))
+            return src
+        return None
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def run(
+        self,
+        stop: threading.Event | None = None,
+        on_frame: Callable[[dict[str, object]], None] | None = None,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> PipelineStats:
+        """Process frames until stopped or the source ends; never raises for model/camera faults."""
+        stop = stop or threading.Event()
+        self._on_event = on_event
+        source = self._open()  # a missing local file/folder raises here: that is a config error
+        grabber = LatestFrameGrabber(source) if source.live else None
+        self.chain.next_runner()
+        retry_at = time.monotonic() + self.cfg.retry_s
+        try:
+            while not stop.is_set():
+                if self.cfg.max_frames is not None and self.stats.frames >= self.cfg.max_frames:
+                    break
+                t0 = time.perf_counter()
+                try:
+                    frame = grabber.get() if grabber else source.read()
+                except SourceError as exc:
+                    self.stats.source_errors += 1
+                    if grabber:
+                        self.stats.dropped += grabber.dropped
+                        grabber.close()
+                    grabber = None
+                    new = self._reopen(stop, str(exc)) if source.live else None
+                    if new is None:
+                        break
+                    source, grabber = new, LatestFrameGrabber(new)
+                    continue
+                if frame is None:
+                    break
+                capture_ms = (time.perf_counter() - t0) * 1000 if grabber else frame.capture_ms
+                if self.chain.degraded and time.monotonic() >= retry_at:
+                    retry_at = time.monotonic() + self.cfg.retry_s
+                    self.chain.reset()
+                record = self._process(frame, capture_ms)
+                if on_frame is not None:
+                    on_frame(record)
+        finally:
+            if grabber:
+                self.stats.dropped += grabber.dropped
+                grabber.close()
+            else:
+                source.close()
+            self.sink.close()
+        return self.stats
+
+    def _process(self, frame: Frame, capture_ms: float) -> dict[str, object]:
+        ms = {"capture": capture_ms}
+        record: dict[str, object] = {
+            "type": "result",
+            "frame": frame.index,
+            "ts": round(time.time(), 3),
+        }
+        runner = self.chain.runner
+        if runner is not None:
+            t1 = time.perf_counter()
+            try:
+                x, _box = runner.pre(frame.image, frame.color)
+                t2 = time.perf_counter()
+                raw = runner.model.run(x)
+                t3 = time.perf_counter()
+                record.update(runner.post(raw))
+                t4 = time.perf_counter()
+                ms.update(pre=(t2 - t1) * 1000, infer=(t3 - t2) * 1000, post=(t4 - t3) * 1000)
+                m = runner.model
+                record.update(
+                    model=m.package.name,
+                    version=m.package.manifest.version,
+                    backend=m.backend,
+                    file=m.file.path,
+                    degraded=False,
+                )
+            except InferenceError as exc:
+                self.chain.next_runner(
+                    f"{runner.model.describe()} failed on frame {frame.index}: {exc}"
+                )
+                record.update(degraded=True, error=str(exc))
+            except Exception as exc:  # e.g. a decoder bug on an odd output: fall back, do not crash
+                self.chain.next_runner(
+                    f"{runner.model.describe()}: unexpected {type(exc).__name__}: {exc}"
+                )
+                record.update(degraded=True, error=f"{type(exc).__name__}: {exc}")
+        else:
+            record.update(degraded=True, reason=self.chain.degraded_reason)
+        if record.get("degraded"):
+            self.stats.degraded_frames += 1
+        t5 = time.perf_counter()
+        record["ms"] = ms
+        self.sink.publish(record)
+        ms["publish"] = (time.perf_counter() - t5) * 1000
+        self._account(ms, record)
+        return record
+
+    def _account(self, ms: dict[str, float], record: dict[str, object]) -> None:
+        self.stats.frames += 1
+        ms["total"] = sum(ms.values())
+        runner = self.chain.runner
+        budget = msgspec.structs.asdict(runner.model.package.manifest.budget_ms) if runner else {}
+        over = []
+        for stage, value in ms.items():
+            self.stats.ms[stage].append(value)
+            limit = budget.get(stage)
+            if limit is not None and value > limit * self.cfg.budget_factor:
+                over.append(stage)
+                self.stats.over_budget[stage] += 1
+                now = time.monotonic()
+                if now - self._last_budget_event.get(stage, -1e9) >= BUDGET_EVENT_EVERY_S:
+                    self._last_budget_event[stage] = now
+                    self._record_event(
+                        Event(
+                            "budget_exceeded",
+                            f"{stage} took {value:.1f} ms, budget "
+                            f"{limit * self.cfg.budget_factor:.1f} ms (frame {record['frame']})",
+                        )
+                    )
+        if over:
+            record["over_budget"] = over

@@ -1,0 +1,305 @@
+"""Output tensors -> results: dequantisation, classification top-k, detection decode + NMS.
+
+Detection decoders: SSD-style anchors (MediaPipe's SsdAnchorsCalculator /
+TensorsToDetectionsCalculator semantics) and YOLO-style outputs (raw per-stride grids
+``[1, A*(5+C), H, W]`` as in YOLOv5, or an already decoded ``[1, N, 4(+1)+C]`` / ``[1, 4+C, N]``
+as Ultralytics exports). Boxes are normalised ``[xmin, ymin, xmax, ymax]`` in input-tensor space.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from appliance.inference.backends.base import LoadedModel, TensorInfo
+from appliance.inference.package import DetectionSpec, Manifest, SsdAnchors, expected_shape
+
+
+def dequantize(x: np.ndarray, info: TensorInfo) -> np.ndarray:
+    """Integer output tensor -> float32 with its scale/zero-point; float tensors unchanged."""
+    if x.dtype.kind in "iu" and info.scale > 0:
+        return (x.astype(np.float32) - info.zero_point) * np.float32(info.scale)
+    return x.astype(np.float32, copy=False)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return np.asarray(e / e.sum(axis=-1, keepdims=True))
+
+
+def top_k(scores: np.ndarray, labels: list[str], k: int) -> list[dict[str, object]]:
+    """The ``k`` best classes of one score vector as ``[{"label", "index", "score"}]``."""
+    k = min(k, scores.shape[-1])
+    idx = np.argpartition(-scores, k - 1)[:k] if k < scores.shape[-1] else np.arange(len(scores))
+    idx = idx[np.argsort(-scores[idx], kind="stable")]
+    return [
+        {
+            "label": labels[i] if i < len(labels) else str(i),
+            "index": int(i),
+            "score": round(float(scores[i]), 6),
+        }
+        for i in idx
+    ]
+
+
+def classify(logits: np.ndarray, kind: str) -> np.ndarray:
+    """Scores per class for a batch-of-one output."""
+    v = logits.reshape(-1)
+    return softmax(v) if kind == "logits" else v
+
+
+# --- SSD -------------------------------------------------------------------------------------
+
+
+def _scale(lo: float, hi: float, i: int, n: int) -> float:
+    return (lo + hi) / 2 if n == 1 else lo + (hi - lo) * i / (n - 1)
+
+
+def ssd_anchors(o: SsdAnchors, input_w: int, input_h: int) -> np.ndarray:
+    """Anchors [N, 4] as (x_center, y_center, w, h), normalised; SsdAnchorsCalculator's order."""
+    out: list[tuple[float, float, float, float]] = []
+    layer = 0
+    n = len(o.strides)
+    while layer < o.num_layers:
+        ratios: list[float] = []
+        scales: list[float] = []
+        last = layer
+        while last < n and o.strides[last] == o.strides[layer]:
+            scale = _scale(o.min_scale, o.max_scale, last, n)
+            if last == 0 and o.reduce_boxes_in_lowest_layer:
+                ratios += [1.0, 2.0, 0.5]
+                scales += [0.1, scale, scale]
+            else:
+                for r in o.aspect_ratios:
+                    ratios.append(r)
+                    scales.append(scale)
+                if o.interpolated_scale_aspect_ratio > 0:
+                    nxt = 1.0 if last == n - 1 else _scale(o.min_scale, o.max_scale, last + 1, n)
+                    scales.append(math.sqrt(scale * nxt))
+                    ratios.append(o.interpolated_scale_aspect_ratio)
+            last += 1
+        sizes = [(s * math.sqrt(r), s / math.sqrt(r)) for s, r in zip(scales, ratios, strict=True)]
+        stride = o.strides[layer]
+        fh, fw = math.ceil(input_h / stride), math.ceil(input_w / stride)
+        for y in range(fh):
+            for x in range(fw):
+                for w, h in sizes:
+                    cx, cy = (x + o.anchor_offset_x) / fw, (y + o.anchor_offset_y) / fh
+                    out.append((cx, cy, 1.0, 1.0) if o.fixed_anchor_size else (cx, cy, w, h))
+        layer = last
+    return np.asarray(out, dtype=np.float32)
+
+
+@dataclass
+class Detection:
+    """One detected object: normalised box, class, score, optional keypoints."""
+
+    box: tuple[float, float, float, float]
+    label: int
+    score: float
+    keypoints: list[tuple[float, float]] = field(default_factory=list)
+
+    def to_json(self, labels: list[str]) -> dict[str, object]:
+        return {
+            "label": labels[self.label] if self.label < len(labels) else str(self.label),
+            "score": round(self.score, 6),
+            "box": [round(v, 6) for v in self.box],
+            **(
+                {"keypoints": [[round(a, 6), round(b, 6)] for a, b in self.keypoints]}
+                if self.keypoints
+                else {}
+            ),
+        }
+
+
+def decode_ssd(
+    raw_boxes: np.ndarray,
+    raw_scores: np.ndarray,
+    anchors: np.ndarray,
+    spec: DetectionSpec,
+    *,
+    input_w: int,
+    input_h: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(boxes [N,4] xyxy, scores [N,C], keypoints [N,K,2]) from raw SSD tensors."""
+    b = raw_boxes.reshape(len(anchors), -1).astype(np.float32)
+    s = raw_scores.reshape(len(anchors), -1).astype(np.float32)
+    xs, ys, ws, hs = spec.box_scale or [input_w, input_h, input_w, input_h]
+    ax, ay, aw, ah = anchors.T
+    if spec.reverse_output_order:  # (x, y, w, h)
+        cx, cy, w, h = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+    else:  # (y, x, h, w)
+        cy, cx, h, w = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+    cx = cx / xs * aw + ax
+    cy = cy / ys * ah + ay
+    w = w / ws * aw
+    h = h / hs * ah
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+    k = spec.num_keypoints
+    kp = b[:, 4 : 4 + 2 * k].reshape(-1, k, 2) if k else np.zeros((len(b), 0, 2), np.float32)
+    if k:
+        kp = np.stack(
+            [
+                kp[..., 0] / xs * aw[:, None] + ax[:, None],
+                kp[..., 1] / ys * ah[:, None] + ay[:, None],
+            ],
+            -1,
+        )
+    if spec.score_clipping is not None:
+        s = np.clip(s, -spec.score_clipping, spec.score_clipping)
+    if spec.sigmoid_score:
+        s = (1.0 / (1.0 + np.exp(-s))).astype(np.float32)
+    return boxes, s, kp
+
+
+# --- YOLO ------------------------------------------------------------------------------------
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return np.asarray(1.0 / (1.0 + np.exp(-x)))
+
+
+def decode_yolo(
+    outputs: list[np.ndarray], spec: DetectionSpec, num_classes: int, input_w: int, input_h: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(boxes [N,4] normalised xyxy, scores [N,C]) from YOLO outputs.
+
+    With ``strides``: one raw grid per stride, shaped [1, A*(5+C), H, W], decoded as YOLOv5 does
+    (xy = (2*sig - 0.5 + cell) * stride, wh = (2*sig)^2 * anchor). Without: one decoded tensor
+    [1, N, 4(+1)+C] or [1, 4(+1)+C, N] with (cx, cy, w, h) in input pixels.
+    """
+    per = 4 + (1 if spec.objectness else 0) + num_classes
+    if not spec.strides:
+        t = outputs[0].reshape(-1, outputs[0].shape[-1]) if outputs[0].ndim == 2 else outputs[0][0]
+        if t.shape[-1] != per and t.shape[0] == per:
+            t = t.T
+        cx, cy, w, h = t[:, 0], t[:, 1], t[:, 2], t[:, 3]
+        cls = t[:, 4 + int(spec.objectness) :]
+        scores = cls * t[:, 4:5] if spec.objectness else cls
+    else:
+        boxes_l, scores_l = [], []
+        for out, stride, anchors in zip(outputs, spec.strides, spec.grid_anchors, strict=True):
+            na = len(anchors) // 2
+            _, _, gh, gw = out.shape
+            g = _sigmoid(out.reshape(na, per, gh, gw).astype(np.float32))
+            yy, xx = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
+            aw = np.asarray(anchors[0::2], np.float32)[:, None, None]
+            ah = np.asarray(anchors[1::2], np.float32)[:, None, None]
+            bx = (g[:, 0] * 2 - 0.5 + xx) * stride
+            by = (g[:, 1] * 2 - 0.5 + yy) * stride
+            bw = (g[:, 2] * 2) ** 2 * aw
+            bh = (g[:, 3] * 2) ** 2 * ah
+            boxes_l.append(np.stack([bx, by, bw, bh], -1).reshape(-1, 4))
+            cls = g[:, 5:] * g[:, 4:5] if spec.objectness else g[:, 4:]
+            scores_l.append(cls.transpose(0, 2, 3, 1).reshape(-1, num_classes))
+        b = np.concatenate(boxes_l)
+        cx, cy, w, h = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+        scores = np.concatenate(scores_l)
+    boxes = np.stack(
+        [
+            (cx - w / 2) / input_w,
+            (cy - h / 2) / input_h,
+            (cx + w / 2) / input_w,
+            (cy + h / 2) / input_h,
+        ],
+        1,
+    )
+    return boxes.astype(np.float32), np.asarray(scores, np.float32)
+
+
+# --- NMS -------------------------------------------------------------------------------------
+
+
+def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one xyxy box with many."""
+    x1 = np.maximum(box[0], boxes[:, 0])
+    y1 = np.maximum(box[1], boxes[:, 1])
+    x2 = np.minimum(box[2], boxes[:, 2])
+    y2 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return np.asarray(inter / np.maximum(area + areas - inter, 1e-12))
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_out: int) -> list[int]:
+    """Greedy non-maximum suppression; indices of kept boxes, best first."""
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size and len(keep) < max_out:
+        i = int(order[0])
+        keep.append(i)
+        rest = order[1:]
+        order = rest[iou(boxes[i], boxes[rest]) <= iou_threshold]
+    return keep
+
+
+def select(
+    boxes: np.ndarray, scores: np.ndarray, spec: DetectionSpec, keypoints: np.ndarray | None = None
+) -> list[Detection]:
+    """Threshold, then class-wise NMS; detections sorted by score."""
+    label = scores.argmax(axis=1)
+    best = scores[np.arange(len(scores)), label]
+    cand = np.nonzero(best >= spec.score_threshold)[0]
+    dets: list[Detection] = []
+    for c in np.unique(label[cand]):
+        idx = cand[label[cand] == c]
+        for j in nms(boxes[idx], best[idx], spec.iou_threshold, spec.max_detections):
+            i = int(idx[j])
+            kps = [(float(a), float(b)) for a, b in keypoints[i]] if keypoints is not None else []
+            dets.append(Detection(tuple(float(v) for v in boxes[i]), int(c), float(best[i]), kps))  # type: ignore[arg-type]
+    dets.sort(key=lambda d: -d.score)
+    return dets[: spec.max_detections]
+
+
+class Postprocessor:
+    """Callable turning a model's raw outputs into a JSON-ready result dict."""
+
+    def __init__(self, model: LoadedModel, top: int = 3) -> None:
+        m = model.package.manifest
+        self.manifest = m
+        self.outputs = model.outputs
+        self.top = top
+        _n, _c, h, w = expected_shape(m, model.file) if model.layout == "NCHW" else _nhwc(m, model)
+        self.input_w, self.input_h = w, h
+        self.anchors: np.ndarray | None = None
+        d = m.detection
+        if m.task == "detection" and d is not None and d.decoder == "ssd" and d.anchors is not None:
+            self.anchors = ssd_anchors(d.anchors, w, h)
+
+    def scores(self, raw: list[np.ndarray]) -> np.ndarray:
+        """Class scores of a classification model (batch of one)."""
+        return classify(dequantize(raw[0], self.outputs[0]), self.manifest.output.kind)
+
+    def __call__(self, raw: list[np.ndarray]) -> dict[str, object]:
+        m = self.manifest
+        if m.task == "classification":
+            return {"top": top_k(self.scores(raw), m.labels, self.top)}
+        return {"detections": [d.to_json(m.labels) for d in self.detect(raw)]}
+
+    def detect(self, raw: list[np.ndarray]) -> list[Detection]:
+        spec = self.manifest.detection
+        assert spec is not None  # checked by check_manifest
+        outs = [dequantize(o, i) for o, i in zip(raw, self.outputs, strict=True)]
+        if spec.decoder == "ssd":
+            assert self.anchors is not None
+            boxes, scores, kps = decode_ssd(
+                outs[spec.boxes_output],
+                outs[spec.scores_output],
+                self.anchors,
+                spec,
+                input_w=self.input_w,
+                input_h=self.input_h,
+            )
+            return select(boxes, scores, spec, kps if spec.num_keypoints else None)
+        boxes, scores = decode_yolo(
+            outs, spec, max(1, len(self.manifest.labels)), self.input_w, self.input_h
+        )
+        return select(boxes, scores, spec)
+
+
+def _nhwc(m: Manifest, model: LoadedModel) -> tuple[int, int, int, int]:
+    n, h, w, c = expected_shape(m, model.file)
+    return n, c, h, w

@@ -1,0 +1,164 @@
+"""The self-test: run a package's reference split, gate on accuracy and latency.
+
+Called by ``appliance selftest``, by the image build, and directly by the post-update health
+check::
+
+    report = run_selftest(Path("/opt/edgekiln/models/primary"), limit=16, budget_factor=8.0)
+    if not report.passed: ...   # report.reasons says why
+
+Accuracy gate: top-1 on the evaluated images >= expected - tolerance, where expected is the
+file's own ``top1`` if model.json gives one (INT8 files may be lower), else ``reference.top1``,
+and the tolerance is 0.5 pp; with ``limit`` (a fixed, class-spread subset of N images) the
+tolerance is ``max(0.5 pp, 1/N)`` so one extra miss on a tiny subset is not a failed update.
+Latency gate: p95 of infer <= budget.infer * factor and p95 of pre+infer+post <=
+(budget.pre + budget.infer + budget.post) * factor. Images run one at a time (batch 1), as on
+the device.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from appliance.inference.backends import DEFAULT_ORDER, BackendOptions, get_backend
+from appliance.inference.errors import InferenceError, PackageError
+from appliance.inference.package import load_package
+from appliance.inference.postprocess import Postprocessor
+from appliance.inference.preprocess import Preprocessor
+
+TOLERANCE = 0.005
+
+
+@dataclass
+class SelftestReport:
+    """What the self-test measured and whether it passed."""
+
+    package: str
+    model: str
+    version: str
+    backend: str
+    device: str
+    file: str
+    images: int
+    top1: float
+    expected_top1: float
+    min_top1: float
+    infer_p50_ms: float
+    infer_p95_ms: float
+    total_p50_ms: float
+    total_p95_ms: float
+    budget_infer_ms: float
+    budget_total_ms: float
+    budget_factor: float
+    passed: bool
+    reasons: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def subset_indices(labels: np.ndarray, limit: int | None) -> np.ndarray:
+    """All indices, or a fixed subset of ``limit`` spread evenly over the split (deterministic)."""
+    n = len(labels)
+    if limit is None or limit >= n:
+        return np.arange(n)
+    # Evenly spaced over a label-sorted order, so every class is represented.
+    order = np.argsort(labels, kind="stable")
+    return np.sort(order[np.linspace(0, n - 1, limit).round().astype(int)])
+
+
+def pick_backend(name: str | None) -> str:
+    """The named back end, or the first available one in the default order."""
+    if name is not None:
+        return name
+    for candidate in DEFAULT_ORDER:
+        try:
+            get_backend(candidate).probe()
+        except InferenceError:
+            continue
+        return candidate
+    raise InferenceError("no inference back end is available on this machine")
+
+
+def run_selftest(
+    package_dir: Path | str,
+    backend: str | None = None,
+    limit: int | None = None,
+    budget_factor: float = 1.0,
+    *,
+    file: str | None = None,
+    threads: int = 1,
+) -> SelftestReport:
+    """Run the reference split through one back end; raise InferenceError if it cannot run."""
+    package = load_package(package_dir)
+    m = package.manifest
+    if m.task != "classification" or m.reference is None:
+        raise PackageError(
+            f"{package.manifest_path}: reference: "
+            "the self-test needs a classification reference split"
+        )
+    name = pick_backend(backend)
+    model = get_backend(name).load(package, file, BackendOptions(threads=threads))
+    try:
+        pre, post = Preprocessor.for_model(model), Postprocessor(model)
+        images, labels = package.load_reference()
+        idx = subset_indices(labels, limit)
+        infer_ms, total_ms, correct = [], [], 0
+        for i in idx:
+            t0 = time.perf_counter()
+            x, _ = pre(images[i], "RGB")
+            t1 = time.perf_counter()
+            raw = model.run(x)
+            t2 = time.perf_counter()
+            pred = int(post.scores(raw).argmax())
+            t3 = time.perf_counter()
+            correct += pred == int(labels[i])
+            infer_ms.append((t2 - t1) * 1000)
+            total_ms.append((t3 - t0) * 1000)
+    finally:
+        model.close()
+    n = len(idx)
+    top1 = correct / n
+    expected = model.file.top1 if model.file.top1 is not None else m.reference.top1
+    tol = TOLERANCE if limit is None or limit >= len(labels) else max(TOLERANCE, 1.0 / n)
+    b = m.budget_ms
+    budget_infer = b.infer * budget_factor
+    budget_total = (b.pre + b.infer + b.post) * budget_factor
+    p = {
+        q: (float(np.percentile(infer_ms, q)), float(np.percentile(total_ms, q))) for q in (50, 95)
+    }
+    reasons = []
+    if top1 < expected - tol - 1e-12:
+        reasons.append(
+            f"top-1 {top1:.4f} is below the gate {expected - tol:.4f} (expected {expected:.4f})"
+        )
+    if p[95][0] > budget_infer:
+        reasons.append(f"infer p95 {p[95][0]:.2f} ms exceeds the budget {budget_infer:.2f} ms")
+    if p[95][1] > budget_total:
+        reasons.append(
+            f"pre+infer+post p95 {p[95][1]:.2f} ms exceeds the budget {budget_total:.2f} ms"
+        )
+    return SelftestReport(
+        package=str(package.root),
+        model=m.name,
+        version=m.version,
+        backend=name,
+        device=model.device,
+        file=model.file.path,
+        images=n,
+        top1=top1,
+        expected_top1=expected,
+        min_top1=expected - tol,
+        infer_p50_ms=p[50][0],
+        infer_p95_ms=p[95][0],
+        total_p50_ms=p[50][1],
+        total_p95_ms=p[95][1],
+        budget_infer_ms=budget_infer,
+        budget_total_ms=budget_total,
+        budget_factor=budget_factor,
+        passed=not reasons,
+        reasons=reasons,
+    )

@@ -1,0 +1,255 @@
+"""Frame sources, and a grabber that keeps only the latest frame of a live source.
+
+URIs understood by :func:`open_source`:
+
+* ``v4l2:///dev/video0`` or ``/dev/video0`` - a V4L2 camera (OpenCV ``CAP_V4L2``),
+* ``rtsp://``, ``rtsps://``, ``http://``, ``https://``, ``udp://``, ``tcp://`` - a network
+  stream (OpenCV ``CAP_FFMPEG``, with open/read timeouts so a dead camera cannot hang us),
+* a video file path (or ``file://`` URI) - read frame by frame; ``?realtime=1`` paces it at the
+  file's frame rate and makes it behave like a live camera,
+* a directory - every ``*.jpg``/``*.jpeg``/``*.png``/``*.bmp`` in name order,
+* ``npz:<path>`` - the ``images`` array of a reference split (RGB), used by tests and benches.
+
+Live sources go through :class:`LatestFrameGrabber`: a thread reads as fast as the camera
+delivers and keeps one slot; the pipeline takes whatever is newest, so it never works on a
+stale queued frame when the model is slower than the camera.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+
+from appliance.inference.errors import SourceError
+
+STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https", "udp", "tcp", "rtmp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+OPEN_TIMEOUT_MS = 5000
+READ_TIMEOUT_MS = 5000
+
+
+@dataclass
+class Frame:
+    """One captured frame: HxWx3 uint8 pixels, their colour order, index and capture time."""
+
+    image: np.ndarray
+    color: str
+    index: int
+    captured: float  # time.monotonic() when the read returned
+    capture_ms: float  # time the read itself took
+
+
+class Source(Protocol):
+    """Something that yields frames; ``read`` returns None at a clean end of stream."""
+
+    uri: str
+    live: bool
+
+    def read(self) -> Frame | None: ...
+
+    def close(self) -> None: ...
+
+
+class CvCaptureSource:
+    """A cv2.VideoCapture: V4L2 camera, network stream or video file."""
+
+    def __init__(self, uri: str, target: str, api: str, live: bool, realtime: bool = False) -> None:
+        import cv2
+
+        self.uri, self.live, self._realtime = uri, live or realtime, realtime
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            OPEN_TIMEOUT_MS,
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            READ_TIMEOUT_MS,
+        ]
+        backend = cv2.CAP_V4L2 if api == "v4l2" else cv2.CAP_FFMPEG
+        self._cap = cv2.VideoCapture(target, backend, params)
+        if not self._cap.isOpened():
+            raise SourceError(
+                f"{uri}: cannot open ({api}); check the device/URL and that it is streaming"
+            )
+        fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self._period = 1.0 / fps if realtime and 0 < fps < 1000 else 0.0
+        self._next = time.monotonic()
+        self._index = 0
+
+    def read(self) -> Frame | None:
+        if self._period:
+            delay = self._next - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            self._next = max(self._next + self._period, time.monotonic() - self._period)
+        t0 = time.monotonic()
+        ok, image = self._cap.read()
+        t1 = time.monotonic()
+        if not ok or image is None:
+            if self.live and not self._realtime:
+                raise SourceError(
+                    f"{self.uri}: stopped delivering frames (camera gone or stream ended)"
+                )
+            return None
+        if image.ndim == 2:  # grey camera
+            image = np.repeat(image[..., None], 3, axis=2)
+        self._index += 1
+        return Frame(image, "BGR", self._index - 1, t1, (t1 - t0) * 1000)
+
+    def close(self) -> None:
+        self._cap.release()
+
+
+class ImageFolderSource:
+    """Every image file of a directory, in name order."""
+
+    live = False
+
+    def __init__(self, uri: str, folder: Path) -> None:
+        self.uri = uri
+        self._files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self._files:
+            raise SourceError(f"{folder}: no {'/'.join(IMAGE_SUFFIXES)} files in this folder")
+        self._it = iter(enumerate(self._files))
+
+    def read(self) -> Frame | None:
+        import cv2
+
+        for i, path in self._it:
+            t0 = time.monotonic()
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            t1 = time.monotonic()
+            if image is None:  # unreadable file: skip it, a folder is not a camera
+                continue
+            return Frame(image, "BGR", i, t1, (t1 - t0) * 1000)
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class ArraySource:
+    """Frames from an in-memory array [N,H,W,3] (reference splits, tests, benches)."""
+
+    live = False
+
+    def __init__(self, uri: str, images: np.ndarray, color: str = "RGB", loops: int = 1) -> None:
+        self.uri, self._images, self._color = uri, images, color
+        self._total = len(images) * loops
+        self._i = 0
+
+    def read(self) -> Frame | None:
+        if self._i >= self._total:
+            return None
+        t0 = time.monotonic()
+        image = self._images[self._i % len(self._images)]
+        self._i += 1
+        t1 = time.monotonic()
+        return Frame(image, self._color, self._i - 1, t1, (t1 - t0) * 1000)
+
+    def close(self) -> None:
+        pass
+
+
+def open_source(uri: str) -> Source:
+    """Open a frame source from a URI (see the module docstring); raise SourceError if it fails."""
+    parts = urlsplit(uri)
+    query = parse_qs(parts.query)
+    realtime = query.get("realtime", ["0"])[0] in ("1", "true")
+    if parts.scheme == "npz":
+        path = Path(uri[4:])
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                images = npz["images"]
+        except (OSError, KeyError, ValueError) as exc:
+            raise SourceError(f"{path}: cannot read images: {exc}") from None
+        return ArraySource(uri, images)
+    if parts.scheme == "v4l2" or (not parts.scheme and uri.startswith("/dev/video")):
+        device = parts.path if parts.scheme else uri
+        return CvCaptureSource(uri, device, "v4l2", live=True)
+    if parts.scheme in STREAM_SCHEMES:
+        return CvCaptureSource(uri, uri, "ffmpeg", live=True)
+    path = Path(parts.path if parts.scheme == "file" else uri.split("?", maxsplit=1)[0])
+    if path.is_dir():
+        return ImageFolderSource(uri, path)
+    if path.is_file():
+        return CvCaptureSource(uri, str(path), "ffmpeg", live=False, realtime=realtime)
+    raise SourceError(f"{uri}: no such file, folder, device or stream URL")
+
+
+class LatestFrameGrabber:
+    """Read a live source on a thread; keep only the newest frame (older ones are dropped).
+
+    ``get()`` returns the newest frame not yet returned, waiting for one if needed. A reader
+    error is stored and raised by the next ``get()``, so the pipeline decides what to do.
+    """
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self._cond = threading.Condition()
+        self._frame: Frame | None = None
+        self._error: BaseException | None = None
+        self._ended = False
+        self._stop = threading.Event()
+        self.produced = 0
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._loop, name=f"grab:{source.uri}", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                frame = self.source.read()
+                with self._cond:
+                    if frame is None:
+                        self._ended = True
+                        self._cond.notify_all()
+                        return
+                    if self._frame is not None:
+                        self.dropped += 1  # never consumed: stale now
+                    self._frame = frame
+                    self.produced += 1
+                    self._cond.notify_all()
+        except Exception as exc:  # reported to the consumer, never lost on the thread
+            with self._cond:
+                self._error = exc
+                self._cond.notify_all()
+        finally:
+            if self._stop.is_set():  # close() gave up waiting for us: release the device here
+                self.source.close()
+
+    def get(self, timeout: float = READ_TIMEOUT_MS / 1000) -> Frame | None:
+        """The newest unconsumed frame; None at end of stream; SourceError on failure/timeout."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._frame or self._error or self._ended, timeout):
+                raise SourceError(
+                    f"{self.source.uri}: no frame for {timeout:.1f} s (camera stalled)"
+                )
+            if self._frame is not None:
+                frame, self._frame = self._frame, None
+                return frame
+            if self._error is not None:
+                err = self._error
+                raise (
+                    err
+                    if isinstance(err, SourceError)
+                    else SourceError(f"{self.source.uri}: {err}")
+                )
+            return None
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=READ_TIMEOUT_MS / 1000 + 1)
+        if not self._thread.is_alive():
+            self.source.close()
+
+
+def frames(source: Source) -> Iterator[Frame]:
+    """Iterate a non-live source to its end."""
+    while (frame := source.read()) is not None:
+        yield frame

@@ -1,0 +1,155 @@
+"""model.json parsing and package checks: valid packages load, bad ones are refused by name."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from appliance.inference.errors import DigestMismatchError, PackageError
+from appliance.inference.package import expected_shape, load_package, parse_manifest
+from tests.inference.fixtures import manifest, rewrite_manifest
+
+SHA = "0" * 64
+GOOD = manifest([{"path": "model.onnx", "format": "onnx", "precision": "fp32", "sha256": SHA}])
+WHERE = Path("recipes/models/x/model.json")
+
+
+def test_valid_package_loads_and_verifies(tiny_package: Path) -> None:
+    pkg = load_package(tiny_package)
+    f = pkg.select_file(("onnx",))
+    assert pkg.read_verified(f)[:2]  # sha256 matched
+    images, labels = pkg.load_reference()
+    assert images.shape == (8, 16, 16, 3) and labels.shape == (8,)
+
+
+def _with(path: str, value: object) -> bytes:
+    data = json.loads(json.dumps(GOOD))
+    node = data
+    parts = path.split(".")
+    for p in parts[:-1]:
+        node = node[int(p)] if isinstance(node, list) else node[p]
+    if value is KeyError:
+        del node[parts[-1]]
+    else:
+        node[parts[-1]] = value
+    return json.dumps(data).encode()
+
+
+BAD = [
+    (_with("input.shape", [1, 3, 96]), "input.shape: expected 4 dims, got 3"),
+    (_with("input.shape", [1, 4, 96, 96]), "input.shape: [1, 4, 96, 96] has 4 channels"),
+    (_with("input.shape", [1, 3, 0, 96]), "input.shape: every dim must be > 0"),
+    (_with("input.shape", "1x3x96x96"), "input.shape: expected array, got str"),
+    (_with("input.layout", "CHW"), "input.layout: invalid enum value 'CHW'"),
+    (_with("input.std", [0.2, 0.0, 0.2]), "input.std: values must be non-zero"),
+    (_with("input.mean", [0.4, 0.4]), "input.mean: expected 3 values, got 2"),
+    (_with("format", 2), "format: invalid enum value 2"),
+    (_with("task", KeyError), "(document): object missing required field task"),
+    (_with("files", []), "files: at least one model file is required"),
+    (_with("files.0.sha256", "abc"), "files[0].sha256: expected 64 lowercase hex digits"),
+    (
+        _with("files.0.path", "../../etc/passwd"),
+        "files[0].path: '../../etc/passwd' must be a relative",
+    ),
+    (_with("files.0.path", "/abs/model.onnx"), "files[0].path"),
+    (_with("files.0.format", "pt"), "files[0].format: invalid enum value 'pt'"),
+    (_with("budget_ms.infer", -1), "budget_ms.infer: must be > 0"),
+    (_with("reference.top1", 1.5), "reference.top1: must be in [0, 1]"),
+    (_with("task", "detection"), "detection: required when task is 'detection'"),
+    (b"{not json", "(document): json is malformed"),
+    (b"[]", "(document): expected object, got array"),
+    (b"x" * (2 << 20), "limit is"),
+]
+
+
+@pytest.mark.parametrize(("data", "needle"), BAD, ids=[n for _, n in BAD])
+def test_malformed_manifests_are_refused_with_file_and_field(data: bytes, needle: str) -> None:
+    with pytest.raises(PackageError) as exc:
+        parse_manifest(data, WHERE)
+    msg = str(exc.value)
+    assert msg.startswith(f"{WHERE}: "), msg
+    assert needle.lower() in msg.lower(), msg
+
+
+def test_quantised_tflite_needs_quantization_params() -> None:
+    data = json.loads(json.dumps(GOOD))
+    data["files"].append(
+        {"path": "m.tflite", "format": "tflite", "precision": "int8", "sha256": SHA}
+    )
+    with pytest.raises(PackageError, match=r"files\[1\]\.quantization: required"):
+        parse_manifest(json.dumps(data).encode(), WHERE)
+
+
+def test_tflite_files_default_to_nhwc_shape() -> None:
+    data = json.loads(json.dumps(GOOD))
+    data["files"].append(
+        {"path": "m.tflite", "format": "tflite", "precision": "fp32", "sha256": SHA}
+    )
+    m = parse_manifest(json.dumps(data).encode(), WHERE)
+    assert expected_shape(m, m.files[0]) == (1, 3, 16, 16)
+    assert expected_shape(m, m.files[1]) == (1, 16, 16, 3)
+
+
+def test_digest_mismatch_and_missing_file_are_named(tiny_package: Path) -> None:
+    pkg = load_package(tiny_package)
+    f = pkg.select_file(("onnx",))
+    with (tiny_package / "model.onnx").open("r+b") as fh:
+        fh.seek(100)
+        fh.write(b"\xff")
+    with pytest.raises(
+        DigestMismatchError, match=r"model\.onnx: sha256 is [0-9a-f]{64}, model\.json says"
+    ):
+        pkg.read_verified(f)
+    (tiny_package / "model.onnx").unlink()
+    with pytest.raises(PackageError, match="cannot read model file"):
+        pkg.read_verified(f)
+
+
+def test_reference_split_count_must_match(tiny_package: Path) -> None:
+    rewrite_manifest(tiny_package, reference__count=9)
+    with pytest.raises(PackageError, match=r"holds 8 images; model\.json reference\.count says 9"):
+        load_package(tiny_package).load_reference()
+
+
+def test_missing_package_directory(tmp_path: Path) -> None:
+    with pytest.raises(PackageError, match=r"model\.json: not found"):
+        load_package(tmp_path / "nope")
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=400))
+def test_arbitrary_bytes_never_crash_the_parser(data: bytes) -> None:
+    with contextlib.suppress(PackageError):
+        parse_manifest(data, WHERE)
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 5)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=10,
+)
+FIELDS = ["format", "name", "task", "labels", "files", "input", "output", "budget_ms", "reference"]
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(FIELDS), json_values)
+def test_mutated_manifests_are_refused_or_valid(field: str, value: object) -> None:
+    data = json.loads(json.dumps(GOOD))
+    data[field] = value
+    try:
+        m = parse_manifest(json.dumps(data).encode(), WHERE)
+    except PackageError as exc:
+        assert str(exc).startswith(str(WHERE))
+    else:
+        assert len(m.input.shape) == 4 and m.files
