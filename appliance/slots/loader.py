@@ -1,0 +1,145 @@
+"""The loader interface, and the generic back end for loaders driven by an environment.
+
+Every back end answers :class:`Loader`: read the :class:`~appliance.slots.state.BootState`,
+and perform the state machine's transitions. Environment-driven loaders (GRUB, U-Boot, the
+plain-file development back end) share :class:`EnvLoader`: a *store* reads and writes raw
+variables (with its own redundancy), a *codec* maps them to and from a BootState exactly as
+the loader's boot script interprets them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from appliance.slots import state as sm
+from appliance.slots.state import SAFE_DEFAULT, BootState, Slot, parse_slot
+
+
+class Loader(Protocol):
+    """What the installer, the agent and the CLI need from a boot loader."""
+
+    name: str
+
+    def read(self) -> BootState:
+        """The loader's current record (a safe default when its environment is unusable)."""
+        ...
+
+    def deactivate(self, slot: Slot) -> None:
+        """Make ``slot`` unbootable before it is written."""
+        ...
+
+    def begin_try(self, slot: Slot) -> None:
+        """Boot ``slot`` once at the next boot."""
+        ...
+
+    def commit(self, slot: Slot) -> None:
+        """Make the booted ``slot`` the default."""
+        ...
+
+    def mark_bad(self, slot: Slot) -> None:
+        """Make ``slot`` unbootable (failed its try)."""
+        ...
+
+    def describe(self) -> str:
+        """Where the loader's state lives, for messages."""
+        ...
+
+
+class EnvStore(Protocol):
+    """Raw variables of a loader environment, with the loader's own redundancy."""
+
+    def read_candidates(self) -> list[dict[str, str] | None]:
+        """Copies in the order the boot script tries them; None for unusable ones."""
+        ...
+
+    def write(self, variables: Mapping[str, str]) -> None:
+        """Persist ``variables`` durably (every copy)."""
+        ...
+
+    def describe(self) -> str: ...
+
+
+class Codec(Protocol):
+    """How one boot script reads the state from its variables."""
+
+    def valid(self, variables: Mapping[str, str]) -> bool:
+        """Whether the boot script accepts this copy (else it tries the next one)."""
+        ...
+
+    def decode(self, variables: Mapping[str, str]) -> BootState: ...
+
+    def encode(self, state: BootState) -> dict[str, str]: ...
+
+
+class EkCodec:
+    """The ``ek_*`` variables that grub.cfg and the development back end use.
+
+    ``ek_committed`` = A|B (a copy without it is invalid), ``ek_try`` = A|B|empty,
+    ``ek_tries_left`` = 1|0, ``ek_bad`` = the bad slots (informational, no loader reads it).
+    """
+
+    COMMITTED = "ek_committed"
+    TRY = "ek_try"
+    TRIES_LEFT = "ek_tries_left"
+    BAD = "ek_bad"
+
+    def valid(self, variables: Mapping[str, str]) -> bool:
+        return variables.get(self.COMMITTED) in ("A", "B")
+
+    def decode(self, variables: Mapping[str, str]) -> BootState:
+        committed = parse_slot(variables.get(self.COMMITTED, "")) or SAFE_DEFAULT
+        raw_try = variables.get(self.TRY, "")
+        trying: Slot | None = raw_try if raw_try in ("A", "B") else None  # type: ignore[assignment]
+        if trying == committed:
+            trying = None
+        tries = 1 if trying is not None and variables.get(self.TRIES_LEFT) == "1" else 0
+        bad = frozenset(s for s in sm.SLOTS if s in variables.get(self.BAD, "") and s != committed)
+        return BootState(committed, trying, tries, bad)
+
+    def encode(self, state: BootState) -> dict[str, str]:
+        return {
+            self.COMMITTED: state.committed,
+            self.TRY: state.trying or "",
+            self.TRIES_LEFT: str(state.tries_left),
+            self.BAD: "".join(sorted(state.bad)),
+        }
+
+
+class EnvLoader:
+    """A loader whose state is a set of environment variables read by its boot script."""
+
+    def __init__(self, name: str, store: EnvStore, codec: Codec) -> None:
+        self.name = name
+        self.store = store
+        self.codec = codec
+
+    def describe(self) -> str:
+        return self.store.describe()
+
+    def _current(self) -> tuple[BootState, dict[str, str]]:
+        for variables in self.store.read_candidates():
+            if variables is not None and self.codec.valid(variables):
+                return self.codec.decode(variables), dict(variables)
+        return BootState(), {}
+
+    def read(self) -> BootState:
+        return self._current()[0]
+
+    def write(self, new: BootState) -> None:
+        """Store ``new``, keeping variables that are not ours (in place, like grub-editenv)."""
+        _, variables = self._current()
+        variables.update(self.codec.encode(new))
+        self.store.write(variables)
+
+    def deactivate(self, slot: Slot) -> None:
+        self.write(sm.deactivate(self.read(), slot))
+
+    def begin_try(self, slot: Slot) -> None:
+        self.write(sm.begin_try(self.read(), slot))
+
+    def commit(self, slot: Slot) -> None:
+        self.write(sm.commit(self.read(), slot))
+
+    def mark_bad(self, slot: Slot) -> None:
+        self.write(sm.mark_bad(self.read(), slot))
