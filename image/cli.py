@@ -12,7 +12,10 @@ from image import __version__
 from image.errors import BuildError
 
 # Each builder module owns its command; add one line here per command.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "keys": "image.keys_cli:keys",
+    "bundle": "image.bundle_cli:bundle",
+}
 
 
 @click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
