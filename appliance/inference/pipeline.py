@@ -214,11 +214,12 @@ class Pipeline:
         if runner is not None:
             t1 = time.perf_counter()
             try:
-                x, _box = runner.pre(frame.image, frame.color)
+                x, box = runner.pre(frame.image, frame.color)
                 t2 = time.perf_counter()
                 raw = runner.model.run(x)
                 t3 = time.perf_counter()
-                record.update(runner.post(raw))
+                h, w = frame.image.shape[:2]
+                record.update(runner.post(raw, box, (w, h)))
                 t4 = time.perf_counter()
                 ms.update(pre=(t2 - t1) * 1000, infer=(t3 - t2) * 1000, post=(t4 - t3) * 1000)
                 m = runner.model

@@ -15,6 +15,7 @@ import numpy as np
 
 from appliance.inference.backends.base import LoadedModel, TensorInfo
 from appliance.inference.package import DetectionSpec, Manifest, SsdAnchors, expected_shape
+from appliance.inference.preprocess import Letterbox
 
 
 def dequantize(x: np.ndarray, info: TensorInfo) -> np.ndarray:
@@ -150,7 +151,7 @@ def decode_ssd(
     if spec.score_clipping is not None:
         s = np.clip(s, -spec.score_clipping, spec.score_clipping)
     if spec.sigmoid_score:
-        s = (1.0 / (1.0 + np.exp(-s))).astype(np.float32)
+        s = _sigmoid(np.clip(s, -80.0, 80.0)).astype(np.float32)  # clip: no exp overflow
     return boxes, s, kp
 
 
@@ -158,7 +159,7 @@ def decode_ssd(
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return np.asarray(1.0 / (1.0 + np.exp(-x)))
+    return np.asarray(1.0 / (1.0 + np.exp(-np.clip(x, -80.0, 80.0))))
 
 
 def decode_yolo(
@@ -273,11 +274,20 @@ class Postprocessor:
         """Class scores of a classification model (batch of one)."""
         return classify(dequantize(raw[0], self.outputs[0]), self.manifest.output.kind)
 
-    def __call__(self, raw: list[np.ndarray]) -> dict[str, object]:
+    def __call__(
+        self,
+        raw: list[np.ndarray],
+        box: Letterbox | None = None,
+        frame_wh: tuple[int, int] | None = None,
+    ) -> dict[str, object]:
+        """Result dict; detection boxes mapped back to the frame if ``box``, ``frame_wh`` given."""
         m = self.manifest
         if m.task == "classification":
             return {"top": top_k(self.scores(raw), m.labels, self.top)}
-        return {"detections": [d.to_json(m.labels) for d in self.detect(raw)]}
+        dets = self.detect(raw)
+        if box is not None and frame_wh is not None:
+            dets = [to_frame(d, box, self.input_w, self.input_h, frame_wh) for d in dets]
+        return {"detections": [d.to_json(m.labels) for d in dets]}
 
     def detect(self, raw: list[np.ndarray]) -> list[Detection]:
         spec = self.manifest.detection
@@ -298,6 +308,24 @@ class Postprocessor:
             outs, spec, max(1, len(self.manifest.labels)), self.input_w, self.input_h
         )
         return select(boxes, scores, spec)
+
+
+def to_frame(
+    d: Detection, box: Letterbox, input_w: int, input_h: int, frame_wh: tuple[int, int]
+) -> Detection:
+    """Map a detection from normalised input-tensor space to normalised frame space."""
+    fw, fh = frame_wh
+
+    def fx(v: float) -> float:
+        return (v * input_w - box.pad_x) / box.scale_x / fw
+
+    def fy(v: float) -> float:
+        return (v * input_h - box.pad_y) / box.scale_y / fh
+
+    x0, y0, x1, y1 = d.box
+    return Detection(
+        (fx(x0), fy(y0), fx(x1), fy(y1)), d.label, d.score, [(fx(a), fy(b)) for a, b in d.keypoints]
+    )
 
 
 def _nhwc(m: Manifest, model: LoadedModel) -> tuple[int, int, int, int]:

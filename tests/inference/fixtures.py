@@ -130,3 +130,41 @@ def rewrite_manifest(root: Path, **changes: Any) -> None:
             node = node[int(p)] if isinstance(node, list) else node[p]
         node[parts[-1]] = value
     (root / "model.json").write_text(json.dumps(data))
+
+
+def tflite_package(
+    root: Path,
+    model: Path,
+    height: int,
+    width: int,
+    task: str = "classification",
+    detection: dict[str, Any] | None = None,
+    labels: list[str] | None = None,
+) -> Path:
+    """Wrap a third-party float .tflite (NHWC, input in [-1, 1]) in a model package."""
+    root.mkdir(parents=True, exist_ok=True)
+    data = model.read_bytes()
+    (root / "model.tflite").write_bytes(data)
+    files = [
+        {"path": "model.tflite", "format": "tflite", "precision": "fp32", "sha256": sha256(data)}
+    ]
+    m = manifest(files)
+    m.pop("reference")
+    m.update(
+        name=model.stem,
+        task=task,
+        labels=labels or ["object"],
+        output={"name": "out", "kind": "raw"},
+    )
+    m["input"].update(
+        shape=[1, height, width, 3],
+        layout="NHWC",
+        scale=1 / 127.5,
+        mean=[1.0] * 3,
+        std=[1.0] * 3,
+        resize="letterbox",
+    )
+    if detection is not None:
+        m["detection"] = detection
+    (root / "model.json").write_text(json.dumps(m, indent=2))
+    return root

@@ -29,7 +29,7 @@ def _model(dims: list[int | str]) -> bytes:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         [w],
     )
-    return helper.make_model(graph).SerializeToString()
+    return bytes(helper.make_model(graph).SerializeToString())
 
 
 def test_reads_tiny_classifier() -> None:

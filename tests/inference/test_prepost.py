@@ -1,0 +1,119 @@
+"""Pre-processing (LUT normalisation, quantisation, letterbox, colour) and decoders + NMS."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from appliance.inference.package import DetectionSpec, InputSpec
+from appliance.inference.postprocess import decode_yolo, nms, select, softmax, top_k
+from appliance.inference.preprocess import Preprocessor, build_lut, resize
+
+SPEC = InputSpec(
+    "input",
+    [1, 3, 8, 8],
+    "NCHW",
+    "float32",
+    "RGB",
+    "stretch",
+    1 / 255,
+    [0.485, 0.456, 0.406],
+    [0.229, 0.224, 0.225],
+)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_float_preprocessing_equals_the_formula(seed: int) -> None:
+    img = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    x, _ = Preprocessor(SPEC, (1, 3, 8, 8), "NCHW", np.dtype(np.float32))(img, "RGB")
+    want = ((img / 255 - np.array(SPEC.mean)) / np.array(SPEC.std)).transpose(2, 0, 1)[None]
+    assert x.shape == (1, 3, 8, 8) and x.dtype == np.float32 and x.flags.c_contiguous
+    np.testing.assert_allclose(x, want, rtol=1e-6, atol=1e-6)
+    bgr, _ = Preprocessor(SPEC, (1, 3, 8, 8), "NCHW", np.dtype(np.float32))(img[..., ::-1], "BGR")
+    np.testing.assert_array_equal(bgr, x)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "scale", "zero"),
+    [("uint8", 1 / 255, 0), ("int8", 0.0187, -14), ("uint8", 0.0186584, 114)],
+)
+def test_quantised_inputs_use_scale_and_zero_point(dtype: str, scale: float, zero: int) -> None:
+    lut = build_lut(SPEC, np.dtype(dtype), scale, zero)
+    p = np.arange(256)
+    for c in range(3):
+        real = (p / 255 - SPEC.mean[c]) / SPEC.std[c]
+        info = np.iinfo(dtype)
+        want = np.clip(np.round(real / scale + zero), info.min, info.max)
+        np.testing.assert_array_equal(lut[c], want)
+    assert lut.dtype == np.dtype(dtype)
+
+
+def test_nhwc_uint8_identity_for_raw_pixel_models() -> None:
+    spec = InputSpec("x", [1, 4, 4, 3], "NHWC", "uint8", "RGB", scale=1 / 255)
+    img = np.random.default_rng(1).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    x, _ = Preprocessor(spec, (1, 4, 4, 3), "NHWC", np.dtype(np.uint8), q_scale=1 / 255, q_zero=0)(
+        img
+    )
+    np.testing.assert_array_equal(x[0], img)
+
+
+def test_letterbox_keeps_aspect_and_reports_padding() -> None:
+    img = np.full((50, 100, 3), 200, np.uint8)
+    out, box = resize(img, 64, 64, "letterbox")
+    assert out.shape == (64, 64, 3)
+    assert box.scale_x == box.scale_y == pytest.approx(0.64) and box.pad_x == 0 and box.pad_y == 16
+    assert (out[:16] == 114).all() and (out[17:47] == 200).all()
+    stretched, sbox = resize(img, 64, 64, "stretch")
+    assert (
+        (stretched == 200).all()
+        and sbox.scale_x == pytest.approx(0.64)
+        and sbox.scale_y == pytest.approx(1.28)
+    )
+
+
+def test_top_k_and_softmax() -> None:
+    scores = softmax(np.array([1.0, 3.0, 2.0, 0.0]))
+    assert scores.sum() == pytest.approx(1.0)
+    top = top_k(scores, ["a", "b", "c", "d"], 2)
+    assert [t["label"] for t in top] == ["b", "c"]
+
+
+def test_nms_keeps_best_of_overlaps() -> None:
+    boxes = np.array([[0, 0, 1, 1], [0.05, 0, 1.05, 1], [2, 2, 3, 3]], np.float32)
+    assert nms(boxes, np.array([0.9, 0.95, 0.5]), 0.5, 10) == [1, 2]
+    assert nms(boxes, np.array([0.9, 0.95, 0.5]), 0.5, 1) == [1]
+
+
+def _grid_with_one_box(classes: int = 2) -> np.ndarray:
+    out = np.full((1, 1 * (5 + classes), 4, 4), -20.0, np.float32)  # 1 anchor, 4x4 cells, stride 8
+    out[0, 0:4, 1, 2] = 0.0  # tx = ty = tw = th = 0 at row 1, column 2
+    out[0, 4, 1, 2] = 8.0  # objectness
+    out[0, 5 + 1, 1, 2] = 8.0  # class 1
+    return out
+
+
+def test_yolo_grid_decode() -> None:
+    spec = DetectionSpec("yolo", score_threshold=0.5, strides=[8], grid_anchors=[[16.0, 16.0]])
+    boxes, scores = decode_yolo([_grid_with_one_box()], spec, 2, 32, 32)
+    dets = select(boxes, scores, spec)
+    assert len(dets) == 1 and dets[0].label == 1
+    # x = (2*0.5 - 0.5 + 2) * 8 = 20, y = (0.5 + 1) * 8 = 12, w = h = (2*0.5)^2 * 16 = 16.
+    np.testing.assert_allclose(dets[0].box, [12 / 32, 4 / 32, 28 / 32, 20 / 32], atol=1e-6)
+
+
+def test_yolo_decoded_ultralytics_layout() -> None:
+    # [1, 4 + C, N]: (cx, cy, w, h) in pixels, class scores, no objectness (YOLOv8 export).
+    n = 5
+    t = np.zeros((1, 4 + 3, n), np.float32)
+    t[0, :4, 2] = [32, 32, 20, 10]
+    t[0, 4 + 2, 2] = 0.9
+    t[0, :4, 3] = [33, 32, 20, 10]  # duplicate, lower score: suppressed by NMS
+    t[0, 4 + 2, 3] = 0.8
+    spec = DetectionSpec("yolo", score_threshold=0.5, objectness=False)
+    boxes, scores = decode_yolo([t], spec, 3, 64, 64)
+    dets = select(boxes, scores, spec)
+    assert len(dets) == 1 and dets[0].label == 2 and dets[0].score == pytest.approx(0.9)
+    np.testing.assert_allclose(dets[0].box, [22 / 64, 27 / 64, 42 / 64, 37 / 64])
