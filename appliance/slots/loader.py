@@ -118,10 +118,12 @@ class EnvLoader:
         return self.store.describe()
 
     def _current(self) -> tuple[BootState, dict[str, str]]:
-        for variables in self.store.read_candidates():
-            if variables is not None and self.codec.valid(variables):
+        candidates = [c for c in self.store.read_candidates() if c is not None]
+        for variables in candidates:
+            if self.codec.valid(variables):
                 return self.codec.decode(variables), dict(variables)
-        return BootState(), {}
+        # No copy holds our state (e.g. a fresh U-Boot environment): keep its other variables.
+        return BootState(), dict(candidates[0]) if candidates else {}
 
     def read(self) -> BootState:
         return self._current()[0]

@@ -1,0 +1,194 @@
+"""The U-Boot environment: byte-compatible with U-Boot and libubootenv (``fw_printenv``).
+
+One copy is ``crc32(data) | data``; with a redundant copy each is
+``crc32(data) | flag | data``. ``data`` holds ``name=value\\0`` entries, an empty entry ends
+them, the rest up to the copy's size is padding covered by the CRC. Like libubootenv for
+files and block devices (incremental flags), a write goes to the copy that is *not* current,
+with the current flag + 1, and is done in place with fsync: a torn write leaves a bad CRC in
+that copy, and U-Boot and ``fw_printenv`` both keep using the other one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import struct
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+
+from appliance.slots.errors import EnvFormatError, LoaderError
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvCopy:
+    """One copy: a file or block device, the offset of the environment in it and its size."""
+
+    device: Path
+    offset: int
+    size: int
+
+
+def parse_fw_env_config(text: str, source: str = "fw_env.config") -> list[EnvCopy]:
+    """The copies listed in a fw_env.config (``device offset size [sector-size [count]]``)."""
+    copies = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        fields = line.split()
+        if len(fields) < 3:
+            raise EnvFormatError(f"{source}:{number}: expected 'device offset size', got {raw!r}")
+        try:
+            copies.append(EnvCopy(Path(fields[0]), int(fields[1], 0), int(fields[2], 0)))
+        except ValueError as exc:
+            raise EnvFormatError(f"{source}:{number}: bad number in {raw!r}") from exc
+    if len(copies) not in (1, 2):
+        raise EnvFormatError(f"{source}: needs one or two environment copies, found {len(copies)}")
+    if len(copies) == 2 and copies[0].size != copies[1].size:
+        raise EnvFormatError(f"{source}: both copies must have the same size")
+    return copies
+
+
+def _header(redundant: bool) -> int:
+    return 5 if redundant else 4
+
+
+def parse_copy(raw: bytes, redundant: bool) -> tuple[dict[str, str], int] | None:
+    """(variables, flag) of one copy, or None if its CRC or layout is wrong."""
+    head = _header(redundant)
+    if len(raw) <= head + 1:
+        return None
+    (crc,) = struct.unpack_from("<I", raw, 0)
+    data = raw[head:]
+    if zlib.crc32(data) != crc:
+        return None
+    flag = raw[4] if redundant else 0
+    variables: dict[str, str] = {}
+    pos = 0
+    while pos < len(data) and data[pos] != 0:
+        end = data.find(b"\0", pos)
+        if end < 0:
+            return None  # entry runs off the end: libubootenv refuses it too
+        name, sep, value = data[pos:end].partition(b"=")
+        if sep:
+            variables[name.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+        pos = end + 1
+    if pos >= len(data):
+        return None
+    return variables, flag
+
+
+def render_copy(variables: Mapping[str, str], size: int, redundant: bool, flag: int = 0) -> bytes:
+    """One copy of ``size`` bytes: entries sorted by name as libubootenv writes them."""
+    body = bytearray()
+    flags_entry = None
+    for name in sorted(variables, key=lambda n: n.encode()):
+        if not name or "=" in name or "\0" in name or "\0" in variables[name]:
+            raise EnvFormatError(f"U-Boot variable {name!r} has an empty name, '=' or NUL")
+        entry = f"{name}={variables[name]}".encode() + b"\0"
+        if name == ".flags":
+            flags_entry = entry
+        else:
+            body += entry
+    if flags_entry:
+        body += flags_entry
+    body += b"\0"
+    usable = size - _header(redundant)
+    if len(body) > usable:
+        raise EnvFormatError(
+            f"U-Boot environment needs {len(body)} bytes, more than the {usable} available; "
+            "remove variables or enlarge the environment"
+        )
+    data = bytes(body) + b"\0" * (usable - len(body))
+    head = struct.pack("<I", zlib.crc32(data))
+    if redundant:
+        head += bytes([flag & 0xFF])
+    return head + data
+
+
+def current_copy(flags: list[int | None]) -> int | None:
+    """Index of the copy U-Boot uses (None: no valid copy); ``flags[i]`` None = bad CRC."""
+    if len(flags) == 1:
+        return 0 if flags[0] is not None else None
+    first, second = flags
+    if first is None:
+        return None if second is None else 1
+    if second is None:
+        return 0
+    if first == 0xFF and second == 0:
+        return 1
+    if second == 0xFF and first == 0:
+        return 0
+    return 1 if second > first else 0
+
+
+class UBootEnvStore:
+    """A U-Boot environment in one or two copies (files or block devices)."""
+
+    def __init__(self, copies: list[EnvCopy]) -> None:
+        if len(copies) not in (1, 2):
+            raise EnvFormatError("a U-Boot environment has one or two copies")
+        self.copies = copies
+        self.redundant = len(copies) == 2
+
+    @classmethod
+    def from_config(cls, config: Path) -> UBootEnvStore:
+        """Copies as listed in a fw_env.config."""
+        try:
+            text = Path(config).read_text()
+        except OSError as exc:
+            raise LoaderError(f"cannot read {config}: {exc}") from exc
+        return cls(parse_fw_env_config(text, str(config)))
+
+    def describe(self) -> str:
+        return "U-Boot environment " + ", ".join(f"{c.device}@{c.offset:#x}" for c in self.copies)
+
+    def _read_raw(self, copy: EnvCopy) -> bytes:
+        try:
+            with copy.device.open("rb") as handle:
+                handle.seek(copy.offset)
+                return handle.read(copy.size)
+        except FileNotFoundError:
+            return b""
+        except OSError as exc:
+            raise LoaderError(f"cannot read U-Boot environment {copy.device}: {exc}") from exc
+
+    def _parsed(self) -> list[tuple[dict[str, str], int] | None]:
+        return [parse_copy(self._read_raw(c), self.redundant) for c in self.copies]
+
+    def read_candidates(self) -> list[dict[str, str] | None]:
+        """The copy U-Boot would use (a bad one counts as none: U-Boot uses its default)."""
+        parsed = self._parsed()
+        index = current_copy([p[1] if p else None for p in parsed])
+        chosen = parsed[index] if index is not None else None
+        return [chosen[0] if chosen else None]
+
+    def write(self, variables: Mapping[str, str]) -> None:
+        """Write the non-current copy with the next flag (one copy: in place)."""
+        parsed = self._parsed()
+        index = current_copy([p[1] if p else None for p in parsed])
+        if self.redundant:
+            current = index if index is not None else 0
+            target = 1 - current
+            # Like libubootenv: the flag of a bad copy is its raw byte.
+            chosen = parsed[current]
+            raw_flag = chosen[1] if chosen is not None else self._raw_flag(current)
+            flag = (raw_flag + 1) & 0xFF
+        else:
+            target, flag = 0, 0
+        copy = self.copies[target]
+        block = render_copy(variables, copy.size, self.redundant, flag)
+        try:
+            fd = os.open(copy.device, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                os.pwrite(fd, block, copy.offset)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise LoaderError(f"cannot write U-Boot environment {copy.device}: {exc}") from exc
+
+    def _raw_flag(self, index: int) -> int:
+        raw = self._read_raw(self.copies[index])
+        return raw[4] if len(raw) > 4 else 0
