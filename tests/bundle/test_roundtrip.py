@@ -155,3 +155,29 @@ def test_import_bundle_does_not_load_zstandard() -> None:
         "import sys, appliance.bundle, appliance.bundle.cli; assert 'zstandard' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
+
+
+@pytest.mark.parametrize("content_size", [True, False])
+def test_signed_but_wrong_zstd_frame_is_a_named_error(content_size: bool) -> None:
+    import hashlib
+
+    import zstandard
+
+    from .kit import Member, assemble, resign, split_members
+
+    image = image_bytes(CHUNK)
+    bundle = make_bundle(image, compression="zstd")
+    frame = zstandard.ZstdCompressor(write_content_size=content_size).compress(image[:-1])
+    members = split_members(bundle)
+    members[2] = Member("rootfs.img", frame)
+
+    def edit(m: dict) -> None:  # type: ignore[type-arg]
+        p = m["payloads"][0]
+        p["chunks"] = [{"sha256": hashlib.sha256(frame).hexdigest(), "size": len(frame)}]
+        p["size"] = len(frame)
+
+    forged = resign(assemble(members), edit)
+    sink = RecordingSink()
+    with pytest.raises(errors.DecompressionError):
+        read_all(forged, sink=sink)
+    assert sink.writes == []
