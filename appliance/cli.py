@@ -13,6 +13,7 @@ from appliance.errors import ApplianceError
 # Each sub-package owns its command module; add one line here per command.
 COMMANDS: dict[str, str] = {
     "info": "appliance.info_cli:info",
+    "slots": "appliance.slots.cli:slots",
     "selftest": "appliance.inference.cli:selftest",
     "run": "appliance.inference.cli:run",
     "backends": "appliance.inference.cli:backends",

@@ -1,0 +1,125 @@
+"""``appliance slots status|mark-good|mark-bad|rollback``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from appliance.slots.state import SLOTS, Slot, parse_slot
+
+loader_option = click.option(
+    "--loader",
+    "loader_spec",
+    envvar="EDGEKILN_SLOTS",
+    help="grub:ESP_MOUNT, uboot:FW_ENV_CONFIG, nvbootctrl or file:PATH (default: detected).",
+)
+booted_option = click.option(
+    "--booted",
+    type=click.Choice(["A", "B"]),
+    envvar="EDGEKILN_BOOTED_SLOT",
+    help="The running slot (default: edgekiln.slot= in /proc/cmdline).",
+)
+data_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="EDGEKILN_DATA",
+    help="Data partition mount (records commits and the anti-rollback floor).",
+)
+
+
+def _booted(value: str | None) -> Slot:
+    from appliance.slots.booted import booted_slot
+
+    if value:
+        slot = parse_slot(value)
+        assert slot is not None
+        return slot
+    return booted_slot()
+
+
+@click.group()
+def slots() -> None:
+    """Show and change the A/B slot state (the boot loader's environment)."""
+
+
+@slots.command()
+@loader_option
+@booted_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(loader_spec: str | None, booted: str | None, as_json: bool) -> None:
+    """Each slot's state, and which one boots next."""
+    from appliance.slots.errors import BootedSlotUnknown
+    from appliance.slots.config import open_loader
+    from appliance.slots.state import loader_choice
+
+    loader = open_loader(loader_spec)
+    state = loader.read()
+    try:
+        running: Slot | None = _booted(booted)
+    except BootedSlotUnknown:
+        running = None
+    next_slot = loader_choice(state)[0]
+    data = {
+        "loader": loader.describe(),
+        "booted": running,
+        "next_boot": next_slot,
+        "slots": {s: state.status(s) for s in SLOTS},
+        "tries_left": state.tries_left,
+    }
+    if as_json:
+        click.echo(json.dumps(data, sort_keys=True))
+        return
+    click.echo(f"loader: {data['loader']}")
+    for slot in SLOTS:
+        marks = [
+            m for m, on in (("booted", slot == running), ("next boot", slot == next_slot)) if on
+        ]
+        click.echo(f"  slot {slot}: {state.status(slot):9s} {', '.join(marks)}")
+
+
+@slots.command("mark-good")
+@loader_option
+@booted_option
+@data_option
+def mark_good(loader_spec: str | None, booted: str | None, data_dir: Path | None) -> None:
+    """Commit the booted slot (the health gate does this by itself)."""
+    from appliance.slots.config import open_loader
+    from appliance.slots.control import commit_booted
+
+    slot = _booted(booted)
+    commit_booted(open_loader(loader_spec), slot, data_dir)
+    click.echo(f"slot {slot} committed")
+
+
+@slots.command("mark-bad")
+@click.argument("slot", required=False, type=click.Choice(["A", "B"]))
+@loader_option
+@booted_option
+@data_option
+def mark_bad(
+    slot: str | None, loader_spec: str | None, booted: str | None, data_dir: Path | None
+) -> None:
+    """Mark SLOT (default: the booted one) not bootable; the committed slot is refused."""
+    from appliance.slots.config import open_loader
+    from appliance.slots.control import fail_booted
+
+    target = parse_slot(slot) if slot else _booted(booted)
+    assert target is not None
+    fail_booted(open_loader(loader_spec), target, data_dir)
+    click.echo(f"slot {target} marked bad")
+
+
+@slots.command()
+@loader_option
+@booted_option
+@data_option
+def rollback(loader_spec: str | None, booted: str | None, data_dir: Path | None) -> None:
+    """Boot the other slot next (ends a trial, or tries the previous slot once)."""
+    from appliance.slots import control
+    from appliance.slots.config import open_loader
+    from appliance.slots.state import loader_choice
+
+    state = control.rollback(open_loader(loader_spec), _booted(booted), data_dir)
+    click.echo(f"next boot: slot {loader_choice(state)[0]}; reboot to switch")
