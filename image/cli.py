@@ -13,6 +13,7 @@ from image.errors import BuildError
 
 # Each builder module owns its command; add one line here per command.
 COMMANDS: dict[str, str] = {
+    "flash": "image.flash_cli:flash",
     "keys": "image.keys_cli:keys",
     "bundle": "image.bundle_cli:bundle",
 }

@@ -142,8 +142,8 @@ class TargetSpec:
 
 
 TARGETS: dict[str, TargetSpec] = {
-    "generic-x86-64": TargetSpec("amd64", ("onnxruntime",), "grub-efi", 640),
-    "intel-openvino": TargetSpec("amd64", ("openvino", "onnxruntime"), "grub-efi", 720),
+    "generic-x86-64": TargetSpec("amd64", ("onnxruntime",), "grub-efi", 960),
+    "intel-openvino": TargetSpec("amd64", ("openvino", "onnxruntime"), "grub-efi", 1040),
     "coral-usb-arm64": TargetSpec("arm64", ("litert",), "u-boot", 560),
     "coral-devboard": TargetSpec("arm64", ("litert",), "u-boot", 560),
     "jetson-orin": TargetSpec("arm64", ("tensorrt", "onnxruntime"), "l4t", 1200),

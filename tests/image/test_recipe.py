@@ -28,7 +28,7 @@ def test_repo_recipes_parse_without_model_files(name: str) -> None:
 def test_extends_merges_tables_and_child_wins(recipe_dir: Path) -> None:
     loaded = load_recipe(recipe_dir / "intel-openvino.toml")
     r = loaded.recipe
-    assert r.partitions.rootfs_mib == 1280  # child
+    assert r.partitions.rootfs_mib == 1408  # child
     assert r.partitions.boot_mib == 64  # base
     assert "systemd-sysv" in r.rootfs.packages  # base list kept
     assert r.rootfs.extra_packages[0] == "linux-image-amd64"
