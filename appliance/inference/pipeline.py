@@ -77,8 +77,16 @@ def load_config(path: Path) -> PipelineConfig:
 
 
 def candidates(cfg: PipelineConfig) -> list[Candidate]:
-    """The chain: primary on each back end, then the fallback model on each back end."""
-    out = [Candidate(Path(cfg.model), b, cfg.model_file, "primary") for b in cfg.backends]
+    """The chain: primary on each back end, then the fallback model on each back end.
+
+    With ``model_file`` (e.g. ``model_edgetpu.tflite``) each back end first tries that file,
+    then the file it picks by itself (e.g. the CPU ``model.tflite``).
+    """
+    out: list[Candidate] = []
+    for b in cfg.backends:
+        if cfg.model_file is not None:
+            out.append(Candidate(Path(cfg.model), b, cfg.model_file, "primary"))
+        out.append(Candidate(Path(cfg.model), b, None, "primary"))
     if cfg.fallback_model:
         out += [Candidate(Path(cfg.fallback_model), b, None, "fallback") for b in cfg.backends]
     return out

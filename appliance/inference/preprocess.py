@@ -58,7 +58,11 @@ def resize(image: np.ndarray, width: int, height: int, mode: str) -> tuple[np.nd
 
 
 class Preprocessor:
-    """Callable turning one HxWx3 uint8 frame (RGB or BGR) into a batch of 1 for a model."""
+    """Callable turning one HxWx3 uint8 frame (RGB or BGR) into a batch of 1 for a model.
+
+    Float inputs: one conversion pass into the target layout, then ``x * a + b`` per channel
+    (``a = scale/std``, ``b = -mean/std``). Quantised inputs: one table lookup per channel.
+    """
 
     def __init__(
         self,
@@ -73,10 +77,22 @@ class Preprocessor:
         self.spec = spec
         self.layout = layout
         self.shape = shape
+        self.dtype = np.dtype(dtype)
         self.height, self.width = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
-        self.lut = build_lut(spec, np.dtype(dtype), q_scale, q_zero)
-        self._flat = self.lut.ravel()
-        self._offsets = (np.arange(3, dtype=np.intp) * 256).reshape(1, 1, 3)
+        self.lut = build_lut(spec, self.dtype, q_scale, q_zero)
+        std = np.asarray(spec.std, np.float64)
+        a = (spec.scale / std).astype(np.float32)
+        b = (-np.asarray(spec.mean, np.float64) / std).astype(np.float32)
+        bshape = (3, 1, 1) if layout == "NCHW" else (3,)
+        self._a, self._b = a.reshape(bshape), b.reshape(bshape)
+        self._quantised = self.dtype.kind in "iu"
+        # cv2.LUT maps a 3-channel uint8 image through a (1, 256, 3) table in one fast pass;
+        # int8 tables are stored as their bit patterns and viewed back as int8.
+        self._cv_lut = (
+            np.ascontiguousarray(self.lut.T.reshape(1, 256, 3)).view(np.uint8)
+            if (self._quantised and self.dtype.itemsize == 1)
+            else None
+        )
 
     @classmethod
     def for_model(cls, model: LoadedModel) -> Preprocessor:
@@ -85,20 +101,32 @@ class Preprocessor:
         info = model.input
         scale = q.input_scale if q else info.scale
         zero = q.input_zero_point if q else info.zero_point
-        return cls(
-            m.input,
-            expected_shape(m, model.file),
-            model.layout,
-            info.dtype,
-            q_scale=scale,
-            q_zero=zero,
-        )
+        shape = expected_shape(m, model.file)
+        return cls(m.input, shape, model.layout, info.dtype, q_scale=scale, q_zero=zero)
 
     def __call__(self, image: np.ndarray, color: str = "RGB") -> tuple[np.ndarray, Letterbox]:
         img, box = resize(image, self.width, self.height, self.spec.resize)
         if color != self.spec.color:
             img = img[..., ::-1]
-        x = self._flat[img.astype(np.intp) + self._offsets]  # HxWx3 in the model's dtype
+        if self._cv_lut is not None and self.layout == "NHWC":
+            try:
+                import cv2
+            except ImportError:
+                pass
+            else:
+                out = cv2.LUT(np.ascontiguousarray(img), self._cv_lut).view(self.dtype)
+                return out[None], box
         if self.layout == "NCHW":
-            x = x.transpose(2, 0, 1)
-        return np.ascontiguousarray(x[None]), box
+            img = img.transpose(2, 0, 1)
+        if self._quantised:
+            x = np.empty(img.shape, self.dtype)
+            for c in range(3):
+                if self.layout == "NCHW":
+                    x[c] = self.lut[c][img[c]]
+                else:
+                    x[..., c] = self.lut[c][img[..., c]]
+        else:
+            x = np.array(img, dtype=self.dtype, order="C")
+            x *= self._a
+            x += self._b
+        return x[None], box

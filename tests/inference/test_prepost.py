@@ -117,3 +117,20 @@ def test_yolo_decoded_ultralytics_layout() -> None:
     dets = select(boxes, scores, spec)
     assert len(dets) == 1 and dets[0].label == 2 and dets[0].score == pytest.approx(0.9)
     np.testing.assert_allclose(dets[0].box, [22 / 64, 27 / 64, 42 / 64, 37 / 64])
+
+
+@pytest.mark.parametrize(
+    ("layout", "dtype"), [("NHWC", "uint8"), ("NHWC", "int8"), ("NCHW", "uint8")]
+)
+def test_quantised_fast_path_equals_lut(layout: str, dtype: str) -> None:
+    img = np.random.default_rng(2).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    shape = (1, 8, 8, 3) if layout == "NHWC" else (1, 3, 8, 8)
+    pre = Preprocessor(
+        SPEC, shape, layout, np.dtype(dtype), q_scale=0.02, q_zero=-3 if dtype == "int8" else 120
+    )
+    x, _ = pre(img[..., ::-1], "BGR")
+    want = np.stack([pre.lut[c][img[..., c]] for c in range(3)], -1)
+    if layout == "NCHW":
+        want = want.transpose(2, 0, 1)
+    assert x.dtype == np.dtype(dtype) and x.shape == shape
+    np.testing.assert_array_equal(x[0], want)
