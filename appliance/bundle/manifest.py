@@ -116,9 +116,10 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 class Limits:
     """Configured maxima, checked before anything of that size is read."""
 
-    max_manifest_size: int = 8 << 20
-    max_payload_size: int = 64 << 30
-    max_image_size: int = 64 << 30
+    # ~160 manifest bytes per chunk: 4 MiB covers 16 GiB images at 1 MiB chunks.
+    max_manifest_size: int = 4 << 20
+    max_payload_size: int = MAX_MEMBER_SIZE
+    max_image_size: int = 16 << 30
     max_chunk_size: int = MAX_CHUNK_SIZE
     max_keyring_size: int = 1 << 20
     max_payloads: int = 8

@@ -119,3 +119,15 @@ def test_damaged_state_is_an_error_not_a_reset(tmp_path: Path) -> None:
 def test_state_write_is_atomic(tmp_path: Path) -> None:
     record_committed(tmp_path, SlotRecord("a", "1.0.0", 4))
     assert sorted(p.name for p in tmp_path.iterdir()) == [state_path(tmp_path).name]
+
+
+def test_manifest_must_name_the_key_that_signed_it() -> None:
+    from .kit import resign
+
+    both = Keyring(
+        version=1, keys=(*trusted_keyring().keys, TrustedKey.from_public_key(raw_pub(NEXT_KEY)))
+    )
+    # Signed by NEXT_KEY (trusted) while the manifest names KEY (also trusted).
+    forged = resign(make_bundle(key=KEY), lambda m: None, key=NEXT_KEY)
+    with pytest.raises(errors.SignatureInvalidError, match="names key"):
+        read_all(forged, policy(keyring=both))
