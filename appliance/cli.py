@@ -14,6 +14,7 @@ from appliance.errors import ApplianceError
 COMMANDS: dict[str, str] = {
     "info": "appliance.info_cli:info",
     "slots": "appliance.slots.cli:slots",
+    "agent": "appliance.supervisor.cli:agent",
     "selftest": "appliance.inference.cli:selftest",
     "run": "appliance.inference.cli:run",
     "backends": "appliance.inference.cli:backends",
