@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -107,13 +108,21 @@ def bundle(  # noqa: PLR0917 - one parameter per CLI option
         payloads.append(PayloadSource.keyring(ring.to_bytes()))
     created = _created()
     expires = created + expires_in * 86400 if expires_in else None
+    from rich.progress import Progress
+
+    total = slot_image.stat().st_size
     try:
-        with atomic_writer(output) as out:
+        with (
+            Progress(transient=True, disable=not sys.stderr.isatty()) as bar,
+            atomic_writer(output) as out,
+        ):
+            task = bar.add_task("hashing and compressing", total=total)
             manifest = write_bundle(
                 out, key=key, product=product, targets=target_list, version=version,
                 security_version=security_version, created=created, expires=expires,
                 payloads=payloads, chunk_size=chunk_size, zstd_level=zstd_level,
                 spool_dir=output.parent,
+                progress=lambda n: bar.advance(task, n),
             )  # fmt: skip
     except BundleError as exc:
         raise BundleBuildError(str(exc)) from None

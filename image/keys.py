@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from appliance.bundle.errors import BundleError
-from appliance.bundle.keyring import Keyring, TrustedKey, key_id_for
+from appliance.bundle.keyring import DEVICE_KEYRING, Keyring, TrustedKey, key_id_for
 from appliance.fsutil import atomic_write_bytes, fsync_dir
 from image.errors import BuildError
 
@@ -127,6 +127,17 @@ def load_keyring_file(path: Path) -> Keyring:
         return Keyring.load(path)
     except BundleError as exc:
         raise KeyFileError(str(exc)) from None
+
+
+def bake_keyring(keyring_file: Path, rootfs_dir: Path) -> Path:
+    """Install a validated keyring into a root tree at ``/etc/edgekiln/keyring.json``."""
+    ring = load_keyring_file(keyring_file)
+    if not any(not k.revoked for k in ring.keys):
+        raise KeyFileError(f"{keyring_file} has no usable key; the device could never update")
+    target = rootfs_dir / DEVICE_KEYRING.relative_to("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(target, ring.to_bytes(), mode=0o644)
+    return target
 
 
 def next_keyring(

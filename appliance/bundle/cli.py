@@ -15,11 +15,10 @@ from typing import BinaryIO
 
 import click
 
-from appliance.bundle.keyring import effective_keyring
+from appliance.bundle.keyring import DEVICE_KEYRING, effective_keyring
 from appliance.bundle.manifest import describe
 from appliance.bundle.reader import Policy, Progress, open_bundle, peek_manifest
 
-DEFAULT_KEYRING = Path("/etc/edgekiln/keyring.json")
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 2 usage, 3 signature or key, 4 policy (product, target, "
     "security_version, expiry), 5 corrupt or malformed bundle."
@@ -74,7 +73,7 @@ def _when(ts: int | None) -> str:
     "--keyring",
     "keyring_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_KEYRING,
+    default=DEVICE_KEYRING,
     show_default=True,
     help="The device keyring baked into the image.",
 )

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 KEYRING_FORMAT = 1
 ALGORITHM = "ed25519"
+# Where the image bakes the keyring (inside each slot, read-only).
+DEVICE_KEYRING = Path("/etc/edgekiln/keyring.json")
 # Relative to the data partition's mount point.
 DATA_KEYRING_PATH = Path("keys") / f"keyring-v{KEYRING_FORMAT}.json"
 _KEY_ID_RE = re.compile(r"^[0-9a-f]{16}$")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -82,7 +82,13 @@ class _Prepared:
         self.src = src
 
 
-def _prepare(item: PayloadSource, chunk_size: int, level: int, spool_dir: Path | None) -> _Prepared:
+def _prepare(
+    item: PayloadSource,
+    chunk_size: int,
+    level: int,
+    spool_dir: Path | None,
+    progress: Callable[[int], None] | None,
+) -> _Prepared:
     whole = hashlib.sha256()
     image_digests: list[str] = []
     wire: list[WireChunk] = []
@@ -101,6 +107,8 @@ def _prepare(item: PayloadSource, chunk_size: int, level: int, spool_dir: Path |
     try:
         for chunk in _chunks(item.source, chunk_size):
             whole.update(chunk)
+            if progress is not None:
+                progress(len(chunk))
             digest = hashlib.sha256(chunk).hexdigest()
             image_digests.append(digest)
             size += len(chunk)
@@ -162,16 +170,18 @@ def write_bundle(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     zstd_level: int = 3,
     spool_dir: Path | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Manifest:
     """Write a signed bundle to ``out`` and return its manifest.
 
     The manifest is validated with the reader's own rules before anything is written.
+    ``progress(n)`` is called with the byte count of each image chunk hashed/compressed.
     """
     raw_pub = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     prepared: list[_Prepared] = []
     try:
         for item in payloads:
-            prepared.append(_prepare(item, chunk_size, zstd_level, spool_dir))
+            prepared.append(_prepare(item, chunk_size, zstd_level, spool_dir, progress))
         manifest = Manifest(
             format=FORMAT_VERSION,
             product=product,

@@ -131,3 +131,17 @@ def test_manifest_must_name_the_key_that_signed_it() -> None:
     forged = resign(make_bundle(key=KEY), lambda m: None, key=NEXT_KEY)
     with pytest.raises(errors.SignatureInvalidError, match="names key"):
         read_all(forged, policy(keyring=both))
+
+
+def test_bake_keyring_into_a_root_tree(tmp_path: Path) -> None:
+    from appliance.bundle.keyring import DEVICE_KEYRING
+    from image.keys import KeyFileError, bake_keyring
+
+    src = tmp_path / "ring.json"
+    src.write_bytes(trusted_keyring(3).to_bytes())
+    target = bake_keyring(src, tmp_path / "root")
+    assert target == tmp_path / "root" / DEVICE_KEYRING.relative_to("/")
+    assert effective_keyring(target, tmp_path / "data").version == 3
+    src.write_bytes(src.read_bytes().replace(b'"version":3', b'"version": 3'))
+    with pytest.raises(KeyFileError, match="not canonical"):
+        bake_keyring(src, tmp_path / "root")
