@@ -44,6 +44,7 @@ from appliance.bundle.manifest import (
     parse_manifest,
 )
 from appliance.bundle.sink import MemorySink, NullSink, Sink
+from appliance.bundle.writebehind import WriteBehind
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +286,19 @@ class VerifiedBundle:
                 f"member {p.name!r} has {head.size} bytes; the signed manifest says {p.size}"
             )
         self._next += 1  # consumed from here on, even if it fails
+        writer = WriteBehind(sink)
+        try:
+            self._verify_chunks(p, writer, progress)
+        except BaseException:
+            writer.abandon()
+            raise
+        writer.close()
+        tarstream.read_padding(reader, p.size, p.name)
+        sink.flush()
+
+    def _verify_chunks(self, p: Payload, writer: WriteBehind, progress: Progress | None) -> None:
+        """Read, verify (and decompress) each chunk; hand only verified ones to ``writer``."""
+        reader = self._reader
         decompress = _zstd_decompressor() if p.compression == "zstd" else None
         chunk_size = self.manifest.chunk_size
         total = p.image.size
@@ -294,8 +308,7 @@ class VerifiedBundle:
             if hashlib.sha256(data).hexdigest() != wire.sha256:
                 raise ChunkDigestError(
                     f"payload {p.name!r} chunk {i} (bundle byte {reader.offset - wire.size}) "
-                    "does not "
-                    "match its signed sha256: corrupt or tampered; nothing of it was written"
+                    "does not match its signed sha256: corrupt or tampered; none of it was written"
                 )
             expect = min(chunk_size, total - offset)
             if decompress is not None:
@@ -304,12 +317,10 @@ class VerifiedBundle:
                     raise ChunkDigestError(
                         f"payload {p.name!r} chunk {i} decompresses to wrong bytes"
                     )
-            sink.write(offset, data)
+            writer.write(offset, data)
             offset += expect
             if progress is not None:
                 progress(offset, total)
-        tarstream.read_padding(reader, p.size, p.name)
-        sink.flush()
 
 
 def _zstd_decompressor() -> Callable[[bytes, int, str], bytes]:

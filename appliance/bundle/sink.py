@@ -20,7 +20,10 @@ class Sink(Protocol):
     """Receives verified bytes at absolute offsets of the slot image."""
 
     def write(self, offset: int, data: bytes) -> None:
-        """Store ``data`` at ``offset`` (may stay in a volatile cache until :meth:`flush`)."""
+        """Store ``data`` at ``offset`` (may stay in a volatile cache until :meth:`flush`).
+
+        Called in offset order from one helper thread (write-behind), never concurrently.
+        """
 
     def flush(self) -> None:
         """Make everything written so far durable (fsync for files and block devices)."""

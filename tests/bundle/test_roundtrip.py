@@ -181,3 +181,24 @@ def test_signed_but_wrong_zstd_frame_is_a_named_error(content_size: bool) -> Non
     with pytest.raises(errors.DecompressionError):
         read_all(forged, sink=sink)
     assert sink.writes == []
+
+
+class FailingSink(RecordingSink):
+    """Fails on the second write, like a device that returns EIO."""
+
+    def write(self, offset: int, data: bytes) -> None:
+        if len(self.writes) == 1:
+            raise OSError(5, "Input/output error")
+        super().write(offset, data)
+
+
+def test_sink_error_reaches_the_caller_and_no_thread_is_left() -> None:
+    import threading
+
+    before = threading.active_count()
+    verified = open_bundle(io.BytesIO(make_bundle(image_bytes(CHUNK * 6))), policy())
+    sink = FailingSink(armed=True)
+    with pytest.raises(OSError, match="Input/output"):
+        verified.stream_payload("rootfs.img", sink)
+    assert len(sink.writes) == 1 and sink.flushes == 0
+    assert threading.active_count() == before
