@@ -10,7 +10,8 @@ For the supervisor (which runs this in a worker process)::
 ``max_frames``. It never raises for model or camera trouble: a model that fails to load or run
 moves down the :class:`~appliance.inference.chain.FallbackChain` (reasons go to ``on_event``, to
 the sink and to ``pipe.events``); when nothing works frames pass through in degraded mode and the
-chain is retried every ``retry_s``; a live camera that disappears is reopened with backoff.
+chain is retried every ``retry_s``; a live camera that is missing at start or disappears is
+reopened with backoff.
 Only a bad configuration or a missing local file/folder source raises (ConfigError/SourceError).
 
 Each frame's record carries the stage timings (capture, pre, infer, post, publish) in ms and the
@@ -34,7 +35,7 @@ from appliance.inference.backends import BackendOptions
 from appliance.inference.chain import Candidate, Event, FallbackChain
 from appliance.inference.errors import ConfigError, InferenceError, SourceError
 from appliance.inference.sink import JsonlSink, NullSink, Sink
-from appliance.inference.sources import Frame, LatestFrameGrabber, Source, open_source
+from appliance.inference.sources import Frame, LatestFrameGrabber, Source, is_live_uri, open_source
 
 log = logging.getLogger(__name__)
 STAGES = ("capture", "pre", "infer", "post", "publish")
@@ -160,6 +161,15 @@ class Pipeline:
             return src
         return None
 
+    def _first_source(self, stop: threading.Event) -> Source | None:
+        """Open the source; wait for a live one that is not there yet (no crash loop)."""
+        try:
+            return self._open()
+        except SourceError as exc:
+            if not is_live_uri(self.cfg.source):  # a missing local file/folder: config error
+                raise
+            return self._reopen(stop, str(exc))
+
     # --- the loop ------------------------------------------------------------------------
 
     def run(
@@ -171,9 +181,22 @@ class Pipeline:
         """Process frames until stopped or the source ends; never raises for model/camera faults."""
         stop = stop or threading.Event()
         self._on_event = on_event
-        source = self._open()  # a missing local file/folder raises here: that is a config error
-        grabber = LatestFrameGrabber(source) if source.live else None
         self.chain.next_runner()
+        try:
+            source = self._first_source(stop)
+            if source is not None:  # None: stopped while waiting for the camera
+                self._loop(source, stop, on_frame)
+        finally:
+            self.sink.close()
+        return self.stats
+
+    def _loop(
+        self,
+        source: Source,
+        stop: threading.Event,
+        on_frame: Callable[[dict[str, object]], None] | None,
+    ) -> None:
+        grabber = LatestFrameGrabber(source) if source.live else None
         retry_at = time.monotonic() + self.cfg.retry_s
         try:
             while not stop.is_set():
@@ -208,8 +231,6 @@ class Pipeline:
                 grabber.close()
             else:
                 source.close()
-            self.sink.close()
-        return self.stats
 
     def _process(self, frame: Frame, capture_ms: float) -> dict[str, object]:
         ms = {"capture": capture_ms}

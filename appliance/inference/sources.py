@@ -156,6 +156,12 @@ class ArraySource:
         pass
 
 
+def is_live_uri(uri: str) -> bool:
+    """True for cameras and network streams (worth waiting for), False for files and folders."""
+    scheme = urlsplit(uri).scheme
+    return scheme in (*STREAM_SCHEMES, "v4l2") or (not scheme and uri.startswith("/dev/video"))
+
+
 def open_source(uri: str) -> Source:
     """Open a frame source from a URI (see the module docstring); raise SourceError if it fails."""
     parts = urlsplit(uri)
