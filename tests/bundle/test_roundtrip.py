@@ -202,3 +202,38 @@ def test_sink_error_reaches_the_caller_and_no_thread_is_left() -> None:
         verified.stream_payload("rootfs.img", sink)
     assert len(sink.writes) == 1 and sink.flushes == 0
     assert threading.active_count() == before
+
+
+def test_stream_from_an_http_body_on_loopback() -> None:
+    import http.server
+    import threading
+    import urllib.request
+
+    image = image_bytes(CHUNK * 4 + 9)
+    bundle = make_bundle(image, compression="zstd")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(bundle)))
+            self.end_headers()
+            for i in range(0, len(bundle), 1000):  # many small TCP writes
+                self.wfile.write(bundle[i : i + 1000])
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/x.bundle"
+        with urllib.request.urlopen(url, timeout=10) as body:
+            verified = open_bundle(body, policy(), url)
+            sink = RecordingSink(armed=True)
+            verified.stream_payload("rootfs.img", sink)
+            verified.finish()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert sink.image() == image
