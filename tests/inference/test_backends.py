@@ -100,3 +100,22 @@ def test_tensorrt_engine_cache_key_and_invalidation(tmp_path: Path) -> None:
     store_engine(tmp_path, k2, b"engine-2")
     assert cached_engine(tmp_path, k1) is None and cached_engine(tmp_path, k2) == b"engine-2"
     assert [p.name for p in tmp_path.iterdir()] == [f"{k2}.engine"]
+
+
+def test_importing_the_runtime_loads_no_inference_library() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import appliance.inference.cli, appliance.inference.pipeline\n"
+        "import appliance.inference.selftest\n"
+        "import appliance.inference.backends.ort, appliance.inference.backends.litert\n"
+        "import appliance.inference.backends.openvino, appliance.inference.backends.opencv\n"
+        "import appliance.inference.backends.tensorrt\n"
+        "heavy = ['onnxruntime', 'cv2', 'openvino', 'ai_edge_litert', 'tflite_runtime',\n"
+        "         'tensorrt']\n"
+        "loaded = [m for m in heavy if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
