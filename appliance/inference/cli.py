@@ -44,6 +44,11 @@ DEFAULT_MODEL = "/opt/edgekiln/models/primary"
     help="Scale the latency budget for slower platforms (e.g. QEMU TCG).",
 )
 @click.option("--threads", type=int, default=1, show_default=True)
+@click.option(
+    "--device",
+    default=None,
+    help="openvino: CPU/GPU/NPU; litert Edge TPU: usb:0; tensorrt: GPU index.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def selftest(
     *,
@@ -53,12 +58,15 @@ def selftest(
     limit: int | None,
     budget_factor: float,
     threads: int,
+    device: str | None,
     as_json: bool,
 ) -> None:
     """Run the reference split; exit 3 if accuracy or latency is below the gate."""
     from appliance.inference.selftest import run_selftest
 
-    r = run_selftest(Path(model), backend, limit, budget_factor, file=file, threads=threads)
+    r = run_selftest(
+        Path(model), backend, limit, budget_factor, file=file, threads=threads, device=device
+    )
     if as_json:
         click.echo(json.dumps(r.to_json(), indent=2))
     else:

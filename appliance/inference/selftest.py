@@ -91,6 +91,7 @@ def run_selftest(
     *,
     file: str | None = None,
     threads: int = 1,
+    device: str | None = None,
 ) -> SelftestReport:
     """Run the reference split through one back end; raise InferenceError if it cannot run."""
     package = load_package(package_dir)
@@ -101,7 +102,7 @@ def run_selftest(
             "the self-test needs a classification reference split"
         )
     name = pick_backend(backend)
-    model = get_backend(name).load(package, file, BackendOptions(threads=threads))
+    model = get_backend(name).load(package, file, BackendOptions(threads=threads, device=device))
     try:
         pre, post = Preprocessor.for_model(model), Postprocessor(model)
         images, labels = package.load_reference()

@@ -294,3 +294,37 @@ def test_degraded_pass_through_then_recovery(tmp_path: Path) -> None:
     assert degraded.alert
     assert all(r["degraded"] for r in seen[:3]) and not seen[-1]["degraded"]
     assert stats.frames == 8 and 3 <= stats.degraded_frames < 8
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('{"model": "m"}', "missing required field `source`"),
+        ('{"model": "m", "source": "s", "camera": 1}', "unknown field `camera`"),
+        (
+            '{"model": "m", "source": "s", "threads": "two"}',
+            "Expected `int`, got `str` - at `$.threads`",
+        ),
+        ("{", "truncated"),
+    ],
+)
+def test_bad_pipeline_config_names_file_and_field(tmp_path: Path, text: str, needle: str) -> None:
+    from appliance.inference.errors import ConfigError
+    from appliance.inference.pipeline import load_config
+
+    path = tmp_path / "pipeline.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert str(exc.value).startswith(f"{path}: ") and needle in str(exc.value)
+
+
+def test_toml_config(tmp_path: Path) -> None:
+    from appliance.inference.pipeline import load_config
+
+    path = tmp_path / "pipeline.toml"
+    path.write_text(
+        'model = "/m"\nsource = "v4l2:///dev/video0"\nbackends = ["openvino"]\ndevice = "GPU"\n'
+    )
+    cfg = load_config(path)
+    assert cfg.backends == ["openvino"] and cfg.device == "GPU" and cfg.threads == 1
