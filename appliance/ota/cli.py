@@ -1,0 +1,109 @@
+"""``appliance install SRC``: a bundle from a file, ``-`` (stdin) or an HTTP(S) URL."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from appliance.bundle.keyring import DEVICE_KEYRING
+
+
+def _slot_paths(values: tuple[str, ...]) -> dict[str, Path]:
+    from appliance.ota.installer import DEFAULT_TARGETS
+
+    paths: dict[str, Path] = {k: v for k, v in DEFAULT_TARGETS.items()}
+    for value in values:
+        slot, sep, path = value.partition("=")
+        if not sep or slot not in ("A", "B") or not path:
+            raise click.BadParameter(f"{value!r}: use A=PATH or B=PATH", param_hint="--slot")
+        paths[slot] = Path(path)
+    return paths
+
+
+@click.command()
+@click.argument("src")
+@click.option("--loader", "loader_spec", envvar="EDGEKILN_SLOTS", help="Slot loader spec.")
+@click.option("--booted", type=click.Choice(["A", "B"]), envvar="EDGEKILN_BOOTED_SLOT")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="EDGEKILN_DATA",
+    help="Data partition mount: anti-rollback floor, rotated keyring, install record.",
+)
+@click.option(
+    "--keyring",
+    "keyring_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEVICE_KEYRING,
+    show_default=True,
+)
+@click.option("--product", envvar="EDGEKILN_PRODUCT", required=True, help="This device's product.")
+@click.option("--target", envvar="EDGEKILN_TARGET", required=True, help="This hardware target.")
+@click.option("--slot", "slots", multiple=True, help="Slot device or image: A=PATH / B=PATH.")
+@click.option("--trusted-time", help="Enforce expiry: Unix time, or 'now' if the clock is trusted.")
+def install(  # noqa: PLR0917 - one parameter per option
+    src: str,
+    loader_spec: str | None,
+    booted: str | None,
+    data_dir: Path | None,
+    keyring_path: Path,
+    product: str,
+    target: str,
+    slots: tuple[str, ...],
+    trusted_time: str | None,
+) -> None:
+    """Verify and write a bundle into the inactive slot; the next boot tries it once."""
+    from appliance.bundle import Policy, effective_keyring
+    from appliance.ota.installer import install as do_install
+    from appliance.ota.source import open_stream
+    from appliance.slots.booted import booted_slot
+    from appliance.slots.config import open_loader
+    from appliance.slots.state import parse_slot
+    from appliance.state import security_floor
+
+    slot = parse_slot(booted) if booted else booted_slot()
+    assert slot is not None
+    now = None
+    if trusted_time == "now":
+        now = int(time.time())
+    elif trusted_time is not None:
+        if not trusted_time.isdigit():
+            raise click.BadParameter("a Unix time or 'now'", param_hint="--trusted-time")
+        now = int(trusted_time)
+    policy = Policy(
+        keyring=effective_keyring(keyring_path, data_dir),
+        product=product,
+        target=target,
+        min_security_version=security_floor(data_dir) if data_dir else 0,
+        trusted_now=now,
+    )
+    with contextlib.ExitStack() as stack:
+        stream, label = open_stream(src, stack)
+        progress = None
+        if sys.stderr.isatty():
+            from rich.progress import Progress
+
+            bar = stack.enter_context(Progress(transient=True))
+            task = bar.add_task("installing", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+        result = do_install(
+            stream,
+            policy=policy,
+            loader=open_loader(loader_spec),
+            booted=slot,
+            source=label,
+            targets=_slot_paths(slots),  # type: ignore[arg-type]
+            data_dir=data_dir,
+            progress=progress,
+        )
+    click.echo(
+        f"installed {result.version} into slot {result.slot} ({result.image_size} bytes, "
+        f"sha256 {result.image_sha256}); reboot to try it"
+    )

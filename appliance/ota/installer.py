@@ -1,0 +1,162 @@
+"""Install a verified bundle into the inactive slot; the loader then tries it once.
+
+Order (each step durable before the next; ARCHITECTURE "Update flow"):
+
+1. refuse unless the booted slot is committed (else the inactive slot is the only good one);
+2. ``open_bundle``: signature, manifest and policy verified before any payload byte is read;
+3. the loader marks the target slot not bootable;
+4. payload chunks are verified and written through a :class:`~appliance.bundle.Sink`, which is
+   flushed (fsync) at the end; ``finish()`` checks nothing unlisted follows;
+5. the slot is read back (page cache dropped first) and its sha256 compared with the manifest;
+6. the install is recorded on data (the security floor rises only at commit), a keyring
+   rotation in the bundle is applied;
+7. the loader is told to try the slot once.
+
+A power cut anywhere leaves the committed slot as the loader's choice until step 7 completed,
+and step 7 only follows a verified, durable slot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import BinaryIO
+
+from appliance.bundle import FileSink, Policy, Sink, apply_keyring_update, open_bundle
+from appliance.ota.errors import NoImageError, ReadBackError, TargetError
+from appliance.slots.errors import InvalidTransition
+from appliance.slots.loader import Loader
+from appliance.slots.state import Slot, other
+
+log = logging.getLogger(__name__)
+READ_BLOCK = 1 << 20
+DEFAULT_TARGETS: Mapping[Slot, Path] = {
+    "A": Path("/dev/disk/by-partlabel/rootfs_a"),
+    "B": Path("/dev/disk/by-partlabel/rootfs_b"),
+}
+Trace = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class InstallResult:
+    """What was installed where."""
+
+    slot: Slot
+    version: str
+    security_version: int
+    image_sha256: str
+    image_size: int
+
+
+def _target_capacity(path: Path) -> int | None:
+    """Bytes a block device holds; None for a regular file (it grows)."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise TargetError(f"slot target {path} is not there: {exc.strerror}") from exc
+    import stat
+
+    if not stat.S_ISBLK(st.st_mode):
+        return None
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
+def read_back_sha256(path: Path, size: int) -> str:
+    """sha256 of the first ``size`` bytes of ``path``, read past the page cache where possible."""
+    digest = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        # The data was fsynced: dropping the clean cached pages makes this a read of the medium.
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        remaining, offset = size, 0
+        while remaining:
+            block = os.pread(fd, min(READ_BLOCK, remaining), offset)
+            if not block:
+                raise ReadBackError(f"{path}: ends at byte {offset}, the image has {size} bytes")
+            digest.update(block)
+            offset += len(block)
+            remaining -= len(block)
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
+
+
+def install(
+    stream: BinaryIO,
+    *,
+    policy: Policy,
+    loader: Loader,
+    booted: Slot,
+    source: str = "bundle",
+    targets: Mapping[Slot, Path] = DEFAULT_TARGETS,
+    data_dir: Path | None = None,
+    sink_factory: Callable[[Path], Sink] = FileSink,
+    progress: Callable[[int, int], None] | None = None,
+    trace: Trace = lambda point: None,
+) -> InstallResult:
+    """Stream a bundle into the slot that is not ``booted`` and ask the loader to try it once."""
+    target = other(booted)
+    state = loader.read()
+    if state.committed != booted:
+        raise InvalidTransition(
+            f"the running slot {booted} is not committed yet (slot {state.committed} is): let "
+            "its health check commit it (or `appliance slots mark-good`) before installing"
+        )
+    path = Path(targets[target])
+    capacity = _target_capacity(path)
+    bundle = open_bundle(stream, policy, source)
+    manifest = bundle.manifest
+    trace("verified-manifest")
+    images = [p for p in manifest.payloads if p.kind == "full"]
+    if not images:
+        raise NoImageError(f"{source}: no 'full' slot image payload; nothing to install")
+    image = images[0].image
+    if capacity is not None and image.size > capacity:
+        raise TargetError(
+            f"{source}: image needs {image.size} bytes, slot {target} ({path}) holds {capacity}"
+        )
+
+    loader.deactivate(target)
+    trace("deactivated")
+    keyring_bytes: bytes | None = None
+    sink = sink_factory(path)
+    try:
+        for payload in manifest.payloads:
+            if payload.kind == "full":
+                bundle.stream_payload(payload.name, sink, progress=progress)  # flushes at the end
+            elif payload.kind == "keyring":
+                keyring_bytes = bundle.read_keyring()
+        trace("written")
+        bundle.finish()
+    finally:
+        sink.close()
+    trace("finished")
+    digest = read_back_sha256(path, image.size)
+    if digest != image.sha256:
+        raise ReadBackError(
+            f"slot {target} ({path}) reads back as sha256 {digest}, the signed image is "
+            f"{image.sha256}: the medium may be failing; the slot stays marked bad"
+        )
+    trace("read-back")
+    if data_dir is not None:
+        from appliance.state import SlotRecord, record_installed
+
+        record_installed(
+            data_dir,
+            SlotRecord(target, manifest.version, manifest.security_version, manifest.key_id),
+        )
+        if keyring_bytes is not None:
+            apply_keyring_update(policy.keyring, keyring_bytes, data_dir)
+    trace("recorded")
+    loader.begin_try(target)
+    trace("tried")
+    log.warning("installed %s into slot %s; reboot to try it", manifest.version, target)
+    return InstallResult(target, manifest.version, manifest.security_version, digest, image.size)

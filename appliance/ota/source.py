@@ -1,0 +1,29 @@
+"""Open a bundle stream from a file path, ``-`` (stdin) or an HTTP(S) URL."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import urllib.error
+import urllib.request
+from typing import BinaryIO
+
+from appliance.ota.errors import SourceError
+
+TIMEOUT_S = 60
+
+
+def open_stream(src: str, stack: contextlib.ExitStack) -> tuple[BinaryIO, str]:
+    """(stream, label) for ``src``; the stream only needs ``read(n)`` and is closed by ``stack``."""
+    if src == "-":
+        return sys.stdin.buffer, "stdin"
+    if src.startswith(("http://", "https://")):
+        try:
+            response = urllib.request.urlopen(src, timeout=TIMEOUT_S)  # noqa: S310 - http(s) only
+        except (urllib.error.URLError, OSError) as exc:
+            raise SourceError(f"cannot download {src}: {exc}") from exc
+        return stack.enter_context(response), src
+    try:
+        return stack.enter_context(open(src, "rb")), src
+    except OSError as exc:
+        raise SourceError(f"cannot open bundle {src}: {exc.strerror}") from exc

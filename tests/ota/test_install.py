@@ -1,0 +1,195 @@
+"""The installer on image files: file, stdin and HTTP sources; refusals; read-back check."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from appliance.bundle import FileSink
+from appliance.bundle.errors import BundleError
+from appliance.ota.errors import ReadBackError
+from appliance.ota.installer import install
+from appliance.slots.errors import InvalidTransition
+from appliance.slots.filestore import file_loader
+from appliance.slots.state import BootState
+from appliance.state import load_state
+from tools.powercut import IMAGE_SIZE, PRODUCT, TARGET, Device
+
+
+@pytest.fixture
+def device(tmp_path: Path) -> Device:
+    dev = Device(tmp_path / "device")
+    dev.reset()
+    return dev
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()[:IMAGE_SIZE]).hexdigest()
+
+
+def test_install_writes_verifies_and_tries_once(device: Device) -> None:
+    result = install(
+        io.BytesIO(device.bundle_v2),
+        policy=device.policy(),
+        loader=device.loader(),
+        booted="A",
+        targets=device.slots,
+        data_dir=device.root / "data",
+    )
+    assert result.slot == "B" and result.version == "2.0.0"
+    assert device.slots["B"].read_bytes() == device.v2
+    assert device.loader().read() == BootState("A", "B", 1)
+    installed = load_state(device.root / "data").installed
+    assert installed is not None and installed.slot == "B"
+    assert load_state(device.root / "data").security_floor == 0  # raised only at commit
+    assert device.boot() == ("B", "2.0.0")
+    assert device.boot() == ("A", "1.0.0")  # not committed: back to A
+
+
+def test_refused_bundle_leaves_slot_and_loader_untouched(device: Device) -> None:
+    before = device.slots["B"].read_bytes()
+    tampered = bytearray(device.bundle_v2)
+    tampered[600] ^= 1  # inside the manifest: the signature no longer matches
+    with pytest.raises(BundleError):
+        install(
+            io.BytesIO(bytes(tampered)),
+            policy=device.policy(),
+            loader=device.loader(),
+            booted="A",
+            targets=device.slots,
+        )
+    assert device.slots["B"].read_bytes() == before
+    assert device.loader().read() == BootState()
+
+
+def test_truncated_download_leaves_the_slot_marked_bad(device: Device) -> None:
+    cut = device.bundle_v2[: len(device.bundle_v2) // 2]
+    with pytest.raises(BundleError):
+        install(
+            io.BytesIO(cut),
+            policy=device.policy(),
+            loader=device.loader(),
+            booted="A",
+            targets=device.slots,
+        )
+    assert device.loader().read() == BootState("A", None, 0, frozenset({"B"}))
+    assert device.boot() == ("A", "1.0.0")
+
+
+def test_refuses_while_the_running_slot_is_on_trial(device: Device) -> None:
+    device.loader().write(BootState("A", "B", 0))
+    with pytest.raises(InvalidTransition, match="not committed yet"):
+        install(
+            io.BytesIO(device.bundle_v2),
+            policy=device.policy(),
+            loader=device.loader(),
+            booted="B",
+            targets=device.slots,
+        )
+
+
+class FlakyMedium(FileSink):
+    """A medium that silently corrupts one byte it is given (a failing eMMC)."""
+
+    def write(self, offset: int, data: bytes) -> None:
+        if offset == 0:
+            data = b"\xff" + data[1:]
+        super().write(offset, data)
+
+
+def test_read_back_mismatch_keeps_the_slot_bad(device: Device) -> None:
+    with pytest.raises(ReadBackError, match="reads back"):
+        install(
+            io.BytesIO(device.bundle_v2),
+            policy=device.policy(),
+            loader=device.loader(),
+            booted="A",
+            targets=device.slots,
+            sink_factory=FlakyMedium,
+        )
+    assert device.loader().read() == BootState("A", None, 0, frozenset({"B"}))
+
+
+@pytest.fixture
+def http_url(device: Device, tmp_path: Path) -> Iterator[str]:
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "v2.bundle").write_bytes(device.bundle_v2)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, directory=str(tmp_path / "www"), **kwargs)  # type: ignore[arg-type]
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v2.bundle"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("how", ["file", "stdin", "http"])
+def test_appliance_install_command(device: Device, tmp_path: Path, how: str, http_url: str) -> None:
+    keyring = tmp_path / "keyring.json"
+    keyring.write_bytes(device.keyring.to_bytes())
+    (tmp_path / "v2.bundle").write_bytes(device.bundle_v2)
+    state = tmp_path / "slots.env"
+    src = {"file": str(tmp_path / "v2.bundle"), "stdin": "-", "http": http_url}[how]
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "appliance"),
+            "install",
+            src,
+            f"--loader=file:{state}",
+            "--booted=A",
+            f"--keyring={keyring}",
+            f"--product={PRODUCT}",
+            f"--target={TARGET}",
+            f"--slot=A={device.slots['A']}",
+            f"--slot=B={device.slots['B']}",
+            f"--data-dir={device.root / 'data'}",
+        ],
+        input=device.bundle_v2 if how == "stdin" else None,
+        capture_output=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"installed 2.0.0 into slot B" in proc.stdout
+    assert digest(device.slots["B"]) in device.signed
+    assert file_loader(state).read() == BootState("A", "B", 1)
+
+
+def test_appliance_install_wrong_product_is_refused(device: Device, tmp_path: Path) -> None:
+    keyring = tmp_path / "keyring.json"
+    keyring.write_bytes(device.keyring.to_bytes())
+    (tmp_path / "v2.bundle").write_bytes(device.bundle_v2)
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "appliance"),
+            "install",
+            str(tmp_path / "v2.bundle"),
+            f"--loader=file:{tmp_path / 's.env'}",
+            "--booted=A",
+            f"--keyring={keyring}",
+            "--product=other-product",
+            f"--target={TARGET}",
+            f"--slot=A={device.slots['A']}",
+            f"--slot=B={device.slots['B']}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert proc.stderr.startswith("error:") and "product" in proc.stderr
