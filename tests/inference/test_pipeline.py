@@ -328,3 +328,22 @@ def test_toml_config(tmp_path: Path) -> None:
     )
     cfg = load_config(path)
     assert cfg.backends == ["openvino"] and cfg.device == "GPU" and cfg.threads == 1
+
+
+def test_missing_model_file_falls_back_with_the_reason(tmp_path: Path) -> None:
+    primary = make_package(tmp_path / "primary")
+    fallback = make_package(tmp_path / "fallback", seed=3)
+    (primary / "model.onnx").unlink()
+    pipe = Pipeline(
+        PipelineConfig(
+            model=str(primary),
+            fallback_model=str(fallback),
+            source=f"npz:{fallback}/reference.npz",
+            backends=["opencv"],
+        )
+    )
+    stats = pipe.run()
+    chain = [e for e in pipe.events if e.kind != "budget_exceeded"]
+    assert [e.kind for e in chain] == ["fallback", "loaded"]
+    assert "model.onnx: cannot read model file (No such file or directory)" in chain[0].reason
+    assert stats.frames == 8 and stats.degraded_frames == 0
