@@ -13,7 +13,11 @@ from image.errors import BuildError
 
 # Each builder module owns its command; add one line here per command.
 COMMANDS: dict[str, str] = {
+    "vm": "image.vm_cli:vm",
+    "build": "image.build_cli:build",
+    "inspect": "image.inspect_cli:inspect",
     "flash": "image.flash_cli:flash",
+    "freeze": "image.freeze_cli:freeze",
     "keys": "image.keys_cli:keys",
     "bundle": "image.bundle_cli:bundle",
 }

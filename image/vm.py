@@ -1,0 +1,217 @@
+"""Boot a device image in QEMU: serial log, port forwards, power cuts, and booting again.
+
+Used by the end-to-end tests and by people (`kiln vm IMAGE`, `tools/vm.py`). The disk image is
+used as it is (or through a qcow2 overlay, so one built image serves many scenarios); UEFI
+variables live in a private copy of OVMF_VARS so every VM starts from the same firmware state.
+
+KVM is used only when asked for (``accel="kvm"``) or when ``EDGEKILN_VM_ACCEL=kvm`` is set: on
+some hosts ``/dev/kvm`` exists but guests hang (see FINDINGS), so TCG is the safe default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from image.errors import BuildError
+
+OVMF_DIRS = (Path("/usr/share/OVMF"), Path("/usr/share/ovmf"), Path("/usr/share/qemu"))
+OVMF_CODE_NAMES = ("OVMF_CODE_4M.fd", "OVMF_CODE.fd")
+OVMF_VARS_NAMES = ("OVMF_VARS_4M.fd", "OVMF_VARS.fd")
+
+
+class VmError(BuildError):
+    """QEMU is missing, failed to start, or the guest did not do what was awaited."""
+
+
+def _find_firmware(names: tuple[str, ...]) -> Path:
+    for directory in OVMF_DIRS:
+        for name in names:
+            candidate = directory / name
+            if candidate.is_file():
+                return candidate
+    raise VmError(
+        f"OVMF firmware ({' or '.join(names)}) not found: install the Debian package 'ovmf'"
+    )
+
+
+def free_port() -> int:
+    """An unused TCP port on the host's loopback interface."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class VmConfig:
+    """What to boot and how."""
+
+    disk: Path
+    memory_mb: int = 1024
+    cpus: int = 2
+    accel: str = field(default_factory=lambda: os.environ.get("EDGEKILN_VM_ACCEL", "tcg"))
+    #: guest TCP port -> host port on 127.0.0.1 (user-mode networking)
+    forwards: dict[int, int] = field(default_factory=dict)
+    #: extra raw drives (e.g. a "USB stick" image holding a bundle), attached read-only
+    extra_drives: list[Path] = field(default_factory=list)
+    #: boot through a qcow2 overlay so the base image stays untouched
+    overlay: bool = False
+    watchdog: bool = True
+    disk_format: str = "raw"
+
+    def __post_init__(self) -> None:
+        if self.accel not in {"tcg", "kvm"}:
+            raise VmError(f"accel: expected 'tcg' or 'kvm', got {self.accel!r}")
+
+
+def qemu_command(config: VmConfig, disk: Path, vars_file: Path, serial_log: Path) -> list[str]:
+    """The qemu-system-x86_64 argument list for ``config`` (pure: no side effects)."""
+    code = _find_firmware(OVMF_CODE_NAMES)
+    netdev = "user,id=net0"
+    for guest, host in sorted(config.forwards.items()):
+        netdev += f",hostfwd=tcp:127.0.0.1:{host}-:{guest}"
+    cmd = [
+        "qemu-system-x86_64",
+        "-accel", config.accel,
+        "-machine", "q35",
+        "-m", str(config.memory_mb),
+        "-smp", str(config.cpus),
+        "-nographic",
+        "-nodefaults",
+        "-chardev", f"file,id=serial0,path={serial_log},append=on",
+        "-serial", "chardev:serial0",
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+        "-drive", f"if=pflash,format=raw,unit=1,file={vars_file}",
+        "-drive", f"file={disk},format={config.disk_format},if=virtio,cache=unsafe",
+        "-netdev", netdev,
+        "-device", "virtio-net-pci,netdev=net0",
+        "-device", "virtio-rng-pci",
+    ]  # fmt: skip
+    for extra in config.extra_drives:
+        cmd += ["-drive", f"file={extra},format=raw,if=virtio,readonly=on"]
+    if config.watchdog:
+        # A hung guest must really reset: systemd drives this through RuntimeWatchdogSec.
+        cmd += ["-device", "i6300esb", "-action", "watchdog=reset"]
+    return cmd
+
+
+class Vm:
+    """One virtual device: start it, read its serial console, cut its power, boot it again."""
+
+    def __init__(self, config: VmConfig, workdir: Path | None = None) -> None:
+        if shutil.which("qemu-system-x86_64") is None:
+            raise VmError(
+                "qemu-system-x86_64 not found: install the Debian package 'qemu-system-x86'"
+            )
+        if not config.disk.is_file():
+            raise VmError(f"{config.disk}: no such disk image")
+        self.config = config
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="edgekiln-vm-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.serial_log = self.workdir / "serial.log"
+        self.vars_file = self.workdir / "OVMF_VARS.fd"
+        shutil.copyfile(_find_firmware(OVMF_VARS_NAMES), self.vars_file)
+        self.disk = self._prepare_disk()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.boots = 0
+        self._log_offset = 0
+
+    def _prepare_disk(self) -> Path:
+        if not self.config.overlay:
+            return self.config.disk
+        overlay = self.workdir / "disk.qcow2"
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", self.config.disk_format,
+             "-b", str(self.config.disk.resolve()), str(overlay)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        self.config = VmConfig(**{**self.config.__dict__, "disk_format": "qcow2"})
+        return overlay
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Power on. The serial log keeps growing across boots; waits read from this boot on."""
+        if self.running:
+            raise VmError("the VM is already running")
+        self._log_offset = self.serial_log.stat().st_size if self.serial_log.exists() else 0
+        cmd = qemu_command(self.config, self.disk, self.vars_file, self.serial_log)
+        stderr = (self.workdir / "qemu.stderr").open("ab")
+        self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr)
+        self.boots += 1
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def power_cut(self) -> None:
+        """Pull the plug: SIGKILL QEMU, so nothing in the guest's caches reaches the disk."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+        self.process = None
+
+    def wait_exit(self, timeout: float) -> int:
+        """Wait for QEMU to exit by itself (guest powered off); return its exit status."""
+        if self.process is None:
+            raise VmError("the VM is not running")
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise VmError(f"the VM did not power off within {timeout:.0f} s") from exc
+        self.process = None
+        return code
+
+    def close(self) -> None:
+        """Stop QEMU (if running) and remove the private work directory we created."""
+        self.power_cut()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Vm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- console ---------------------------------------------------------------------------
+
+    def console(self, whole: bool = False) -> str:
+        """The serial output of the current boot (or of all boots with ``whole``)."""
+        if not self.serial_log.exists():
+            return ""
+        data = self.serial_log.read_bytes()
+        return data[0 if whole else self._log_offset :].decode("utf-8", "replace")
+
+    def wait_for(self, pattern: str, timeout: float, *, since: int | None = None) -> re.Match[str]:
+        """Wait until ``pattern`` (a regex) appears on the serial console of this boot."""
+        regex = re.compile(pattern, re.MULTILINE)
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.console()[since or 0 :]
+            match = regex.search(text)
+            if match:
+                return match
+            if self.process is not None and self.process.poll() is not None:
+                raise VmError(
+                    f"QEMU exited (status {self.process.returncode}) before {pattern!r} appeared; "
+                    f"serial tail:\n{text[-2000:]}"
+                )
+            if time.monotonic() > deadline:
+                raise VmError(
+                    f"{pattern!r} did not appear on the serial console within {timeout:.0f} s; "
+                    f"serial tail:\n{text[-2000:]}"
+                )
+            time.sleep(0.2)

@@ -1,0 +1,117 @@
+"""The QEMU harness boots a real UEFI disk, reads its console, survives a power cut."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from image.vm import Vm, VmConfig, VmError, qemu_command
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+GRUB_CFG = """\
+set timeout=0
+insmod echo
+insmod sleep
+echo "EDGEKILN-VM-BOOTED"
+sleep 600
+"""
+
+
+def _run(cmd: list[str], **kwargs: object) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, **kwargs)  # type: ignore[call-overload]
+
+
+@pytest.fixture(scope="module")
+def grub_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A GPT disk whose ESP holds a grub-mkimage EFI that prints a marker and waits."""
+    work = tmp_path_factory.mktemp("vmdisk")
+    embed = work / "embed.cfg"
+    embed.write_text(
+        "search --no-floppy --label --set=root ESP\n"
+        "set prefix=($root)/grub\n"
+        "configfile ($root)/grub/grub.cfg\n"
+    )
+    efi = work / "BOOTX64.EFI"
+    modules = ["part_gpt", "fat", "search", "search_label", "configfile", "normal", "echo", "sleep"]
+    _run(
+        [
+            "grub-mkimage",
+            "-O",
+            "x86_64-efi",
+            "-c",
+            str(embed),
+            "-p",
+            "/grub",
+            "-o",
+            str(efi),
+            *modules,
+        ]
+    )
+    cfg = work / "grub.cfg"
+    cfg.write_text(GRUB_CFG)
+    esp = work / "esp.img"
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    _run(["mkfs.vfat", "-C", "-F", "32", "-n", "ESP", "--invariant", str(esp), str(40 * 1024)])
+    for directory in ("::/EFI", "::/EFI/BOOT", "::/grub"):
+        _run(["mmd", "-i", str(esp), directory], env=env)
+    _run(["mcopy", "-i", str(esp), str(efi), "::/EFI/BOOT/BOOTX64.EFI"], env=env)
+    _run(["mcopy", "-i", str(esp), str(cfg), "::/grub/grub.cfg"], env=env)
+    disk = work / "disk.img"
+    with disk.open("wb") as handle:
+        handle.truncate(48 * 1024 * 1024)
+    script = "label: gpt\nstart=2048, size=81920, type=U, name=boot\n"
+    _run(["sfdisk", "-q", str(disk)], input=script.encode())
+    _run(
+        [
+            "dd",
+            f"if={esp}",
+            f"of={disk}",
+            "bs=512",
+            "seek=2048",
+            "conv=notrunc,sparse",
+            "status=none",
+        ]
+    )
+    return disk
+
+
+def test_boots_reads_console_and_survives_power_cut(grub_disk: Path, tmp_path: Path) -> None:
+    with Vm(VmConfig(disk=grub_disk, overlay=True, memory_mb=256, cpus=1), workdir=tmp_path) as vm:
+        vm.start()
+        vm.wait_for("EDGEKILN-VM-BOOTED", timeout=120)
+        vm.power_cut()
+        assert not vm.running
+        vm.start()
+        vm.wait_for("EDGEKILN-VM-BOOTED", timeout=120)
+        assert vm.boots == 2
+        assert vm.console(whole=True).count("EDGEKILN-VM-BOOTED") == 2
+    # the overlay kept the base image untouched
+    assert not (tmp_path / "disk.qcow2").exists() or grub_disk.stat().st_size == 48 * 1024 * 1024
+
+
+def test_wait_for_times_out_with_console_tail(grub_disk: Path, tmp_path: Path) -> None:
+    with Vm(VmConfig(disk=grub_disk, overlay=True, memory_mb=256, cpus=1), workdir=tmp_path) as vm:
+        vm.start()
+        with pytest.raises(VmError, match="did not appear"):
+            vm.wait_for("NEVER-PRINTED", timeout=3)
+
+
+def test_command_line_forwards_ports_and_adds_watchdog(tmp_path: Path) -> None:
+    disk = tmp_path / "d.img"
+    disk.write_bytes(b"")
+    config = VmConfig(disk=disk, forwards={8443: 18443}, extra_drives=[tmp_path / "usb.img"])
+    cmd = qemu_command(config, disk, tmp_path / "vars.fd", tmp_path / "serial.log")
+    joined = " ".join(cmd)
+    assert "hostfwd=tcp:127.0.0.1:18443-:8443" in joined
+    assert "i6300esb" in cmd and "watchdog=reset" in cmd
+    assert f"file={tmp_path / 'usb.img'},format=raw,if=virtio,readonly=on" in cmd
+    assert cmd[cmd.index("-accel") + 1] in {"tcg", "kvm"}
+
+
+def test_rejects_unknown_accelerator(tmp_path: Path) -> None:
+    with pytest.raises(VmError, match="accel"):
+        VmConfig(disk=tmp_path / "x", accel="hvf")
