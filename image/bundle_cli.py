@@ -63,7 +63,7 @@ def _created() -> int:
     help="Bytes per verified chunk (power of two).",
 )  # fmt: skip
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
-def bundle(  # noqa: PLR0917 - one parameter per CLI option
+def bundle(
     slot_image: Path, recipe: Path | None, product: str | None, targets: tuple[str, ...],
     version: str | None, security_version: int | None, key_path: Path | None,
     keyring_update: Path | None, expires_in: int | None, compression: str, zstd_level: int,

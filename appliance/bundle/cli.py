@@ -91,7 +91,7 @@ def _when(ts: int | None) -> str:
     "--trusted-time",
     help="Enforce expiry: a Unix time, or 'now' if this machine's clock is trusted.",
 )
-def verify(  # noqa: PLR0917 - one parameter per CLI option
+def verify(
     path: str,
     keyring_path: Path,
     data_dir: Path | None,

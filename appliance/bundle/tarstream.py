@@ -7,6 +7,7 @@ so no bit of a bundle is outside what the signature (manifest) or the digests (p
 
 from __future__ import annotations
 
+import http.client
 from typing import BinaryIO
 
 from appliance.bundle.errors import (
@@ -77,14 +78,14 @@ class StreamReader:
         """Read exactly ``n`` bytes or raise TruncatedBundleError (EmptyBundleError at 0)."""
         if n == 0:
             return b""
-        first = self._stream.read(n)
+        first = self._read(n)
         if len(first) == n:
             self.offset += n
             return bytes(first)
         parts = [first]
         got = len(first)
         while got < n:
-            more = self._stream.read(n - got)
+            more = self._read(n - got)
             if not more:
                 if self.offset == 0 and got == 0:
                     raise EmptyBundleError(f"{self.source} is empty (0 bytes); it is not a bundle")
@@ -97,9 +98,19 @@ class StreamReader:
         self.offset += n
         return b"".join(parts)
 
+    def _read(self, n: int) -> bytes:
+        try:
+            return self._stream.read(n)
+        except http.client.IncompleteRead as exc:
+            # An HTTP body shorter than its Content-Length: the same as a truncated file.
+            raise TruncatedBundleError(
+                f"{self.source} ended early after byte {self.offset} while reading "
+                f"({len(exc.partial)} more bytes arrived); fetch it again"
+            ) from None
+
     def at_eof(self) -> bool:
         """True if the stream has no more bytes (reads at most one byte)."""
-        extra = self._stream.read(1)
+        extra = self._read(1)
         if extra:
             self.offset += 1
             return False

@@ -204,7 +204,8 @@ def test_sink_error_reaches_the_caller_and_no_thread_is_left() -> None:
     assert threading.active_count() == before
 
 
-def test_stream_from_an_http_body_on_loopback() -> None:
+@pytest.mark.parametrize("short", [False, True])
+def test_stream_from_an_http_body_on_loopback(short: bool) -> None:
     import http.server
     import threading
     import urllib.request
@@ -217,8 +218,9 @@ def test_stream_from_an_http_body_on_loopback() -> None:
             self.send_response(200)
             self.send_header("Content-Length", str(len(bundle)))
             self.end_headers()
-            for i in range(0, len(bundle), 1000):  # many small TCP writes
-                self.wfile.write(bundle[i : i + 1000])
+            body = bundle[: len(bundle) // 2] if short else bundle  # short: connection drops
+            for i in range(0, len(body), 1000):  # many small TCP writes
+                self.wfile.write(body[i : i + 1000])
 
         def log_message(self, *args: object) -> None:
             pass
@@ -228,9 +230,13 @@ def test_stream_from_an_http_body_on_loopback() -> None:
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/x.bundle"
+        sink = RecordingSink(armed=True)
         with urllib.request.urlopen(url, timeout=10) as body:
             verified = open_bundle(body, policy(), url)
-            sink = RecordingSink(armed=True)
+            if short:
+                with pytest.raises(errors.TruncatedBundleError):
+                    verified.stream_payload("rootfs.img", sink)
+                return
             verified.stream_payload("rootfs.img", sink)
             verified.finish()
     finally:
