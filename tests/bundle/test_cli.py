@@ -260,3 +260,25 @@ def test_bundle_from_recipe(release: dict[str, Path]) -> None:
         run("appliance", "bundle", "info", "--json", str(release["dir"] / "r.bundle")).stdout
     )
     assert info["targets"] == ["generic-x86-64"]
+
+
+def test_passphrase_prompt_without_the_environment_variable(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "EDGEKILN_KEY_PASSPHRASE"}
+    out = subprocess.run(
+        [str(BIN / "kiln"), "keys", "new", "k1", "--dir", str(tmp_path)],
+        input="prompted passphrase\nprompted passphrase\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        start_new_session=True,  # no controlling terminal: the prompt reads stdin
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    ok = run(
+        "kiln",
+        "keys",
+        "export",
+        str(tmp_path / "k1.key"),
+        env={"EDGEKILN_KEY_PASSPHRASE": "prompted passphrase"},
+    )
+    assert ok.returncode == 0 and "# key id" in ok.stdout
