@@ -29,8 +29,9 @@ RESERVED_NAMES = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
 
 KIND_FULL = "full"
 KIND_KEYRING = "keyring"
-KIND_DELTA = "delta"  # reserved: described in FORMAT.md, refused by this reader
-KINDS = frozenset({KIND_FULL, KIND_KEYRING})
+KIND_DELTA = "delta"  # rebuilt from the active slot (delta.py); needs ``base`` and ``method``
+KINDS = frozenset({KIND_FULL, KIND_KEYRING, KIND_DELTA})
+DELTA_METHODS = frozenset({"ekdelta1"})
 COMPRESSIONS = frozenset({"none", "zstd"})
 
 DEFAULT_CHUNK_SIZE = 1 << 20
@@ -67,7 +68,7 @@ class Image(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Base(msgspec.Struct, forbid_unknown_fields=True):
-    """Reserved for ``delta``: the slot image a delta applies to."""
+    """For ``delta``: the slot image (size, whole sha256) a delta applies to."""
 
     size: int
     sha256: str
@@ -82,8 +83,8 @@ class Payload(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     size: int
     chunks: list[WireChunk]
     image: Image
-    base: Base | None = None  # reserved for kind "delta"
-    method: str | None = None  # reserved for kind "delta"
+    base: Base | None = None  # kind "delta" only
+    method: str | None = None  # kind "delta" only
 
 
 class Manifest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -210,12 +211,14 @@ def validate(m: Manifest, limits: Limits) -> None:  # noqa: PLR0912 - one rule p
 def _validate_payload(where: str, p: Payload, cs: int, limits: Limits) -> None:  # noqa: PLR0912
     if not NAME_RE.match(p.name) or p.name in RESERVED_NAMES:
         raise _fail(f"{where}.name", f"{p.name!r} must match {NAME_RE.pattern} and not be reserved")
-    if p.kind == KIND_DELTA or p.kind not in KINDS:
+    if p.kind not in KINDS:
         raise UnsupportedPayloadError(
             f"manifest.json {where}.kind {p.kind!r} is not supported by this reader "
-            "(knows: full, keyring)"
+            "(knows: full, keyring, delta)"
         )
-    if p.base is not None or p.method is not None:
+    if p.kind == KIND_DELTA:
+        _validate_delta(where, p)
+    elif p.base is not None or p.method is not None:
         raise _fail(where, "base/method are only for kind 'delta'")
     if p.compression not in COMPRESSIONS:
         raise UnsupportedPayloadError(
@@ -245,18 +248,43 @@ def _validate_payload(where: str, p: Payload, cs: int, limits: Limits) -> None: 
             f"an image of {img.size} bytes in chunks of {cs} needs {n} digests at both levels",
         )
     total = 0
-    bound = zstd_bound(cs)
+    bound = zstd_bound(cs) if p.kind != KIND_DELTA else delta_chunk_bound(cs)
     for i, (wire, digest) in enumerate(zip(p.chunks, img.chunks, strict=True)):
         if not HEX64_RE.match(digest) or not HEX64_RE.match(wire.sha256):
             raise _fail(f"{where}.chunks[{i}]", "digests must be 64 lowercase hex digits")
         expect = min(cs, img.size - i * cs)
-        if p.compression == "none" and (wire.size != expect or wire.sha256 != digest):
+        if (
+            p.compression == "none"
+            and p.kind != KIND_DELTA
+            and (wire.size != expect or wire.sha256 != digest)
+        ):
             raise _fail(f"{where}.chunks[{i}]", "uncompressed chunks must equal the image chunks")
         if not 0 < wire.size <= bound:
             raise _fail(f"{where}.chunks[{i}].size", f"{wire.size} outside (0, {bound}]")
         total += wire.size
     if total != p.size:
         raise _fail(f"{where}.size", f"{p.size} differs from the sum of its chunk sizes {total}")
+
+
+def delta_chunk_bound(chunk_size: int) -> int:
+    """Largest wire size of one ``ekdelta1`` chunk (see appliance/bundle/delta.py)."""
+    from appliance.bundle.delta import chunk_bound
+
+    return chunk_bound(chunk_size)
+
+
+def _validate_delta(where: str, p: Payload) -> None:
+    if p.method not in DELTA_METHODS:
+        raise UnsupportedPayloadError(
+            f"manifest.json {where}.method {p.method!r} is not supported "
+            f"(knows: {', '.join(sorted(DELTA_METHODS))}); update the device runtime first"
+        )
+    if p.base is None:
+        raise _fail(f"{where}.base", "a delta must name the base image it applies to")
+    if p.base.size <= 0 or not HEX64_RE.match(p.base.sha256):
+        raise _fail(f"{where}.base", "needs size > 0 and a 64-hex-digit sha256")
+    if p.compression != "none":
+        raise _fail(f"{where}.compression", "a delta's chunks compress themselves: use 'none'")
 
 
 def describe(m: Manifest) -> dict[str, Any]:
@@ -280,6 +308,7 @@ def describe(m: Manifest) -> dict[str, Any]:
                 "image_size": p.image.size,
                 "image_sha256": p.image.sha256,
                 "chunks": len(p.chunks),
+                **({"base_sha256": p.base.sha256, "method": p.method} if p.base else {}),
             }
             for p in m.payloads
         ],

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from appliance.bundle import canonical, tarstream
+from appliance.bundle.delta import BaseSlot, MissingBaseError
 from appliance.bundle.errors import (
     BundleError,
     BundleExpiredError,
@@ -34,6 +35,7 @@ from appliance.bundle.errors import (
 )
 from appliance.bundle.keyring import Keyring, TrustedKey
 from appliance.bundle.manifest import (
+    KIND_DELTA,
     KIND_KEYRING,
     MANIFEST_NAME,
     SIGNATURE_NAME,
@@ -206,11 +208,19 @@ class VerifiedBundle:
         """Id of the key that signed this bundle."""
         return self.manifest.key_id
 
-    def stream_payload(self, name: str, sink: Sink, progress: Progress | None = None) -> None:
+    def stream_payload(
+        self,
+        name: str,
+        sink: Sink,
+        progress: Progress | None = None,
+        base: BaseSlot | None = None,
+    ) -> None:
         """Verify payload ``name`` chunk by chunk into ``sink``, then ``sink.flush()``.
 
         Payloads before ``name`` that were not streamed yet are verified and discarded. On error
-        the sink holds only chunks that were verified (a prefix of the slot image).
+        the sink holds only chunks that were verified (a prefix of the slot image). A ``delta``
+        payload needs ``base`` (the active slot): its whole digest is checked against the signed
+        ``base`` before any chunk is read, and each chunk is rebuilt from it, then verified.
         """
         names = [p.name for p in self.manifest.payloads]
         if name not in names:
@@ -220,9 +230,18 @@ class VerifiedBundle:
             raise PayloadOrderError(
                 f"payload {name!r} was already read; a bundle stream is read once, in order"
             )
+        payload = self.manifest.payloads[index]
+        if payload.kind == KIND_DELTA:
+            if base is None:
+                raise MissingBaseError(
+                    f"payload {name!r} is a delta: it needs the active slot it applies to"
+                )
+            if payload.base is None:  # the manifest schema already requires it
+                raise MissingBaseError(f"payload {name!r} names no base")
+            base.check(payload.base.size, payload.base.sha256)  # before any write
         while self._next < index:
             self._consume(self.manifest.payloads[self._next], NullSink(), None)
-        self._consume(self.manifest.payloads[index], sink, progress)
+        self._consume(payload, sink, progress, base)
 
     def read_keyring(self) -> bytes:
         """The verified bytes of the bundle's ``keyring`` payload (KeyError if it has none)."""
@@ -272,7 +291,9 @@ class VerifiedBundle:
             f"member {got!r} is not described by the signed manifest (expected {expected})"
         )
 
-    def _consume(self, p: Payload, sink: Sink, progress: Progress | None) -> None:
+    def _consume(
+        self, p: Payload, sink: Sink, progress: Progress | None, base: BaseSlot | None = None
+    ) -> None:
         reader = self._reader
         head = tarstream.read_header(reader, p.name, self._limits.max_payload_size)
         if head is None:
@@ -288,7 +309,7 @@ class VerifiedBundle:
         self._next += 1  # consumed from here on, even if it fails
         writer = WriteBehind(sink)
         try:
-            self._verify_chunks(p, writer, progress)
+            self._verify_chunks(p, writer, progress, base)
         except BaseException:
             writer.abandon()
             raise
@@ -296,10 +317,18 @@ class VerifiedBundle:
         tarstream.read_padding(reader, p.size, p.name)
         sink.flush()
 
-    def _verify_chunks(self, p: Payload, writer: WriteBehind, progress: Progress | None) -> None:
-        """Read, verify (and decompress) each chunk; hand only verified ones to ``writer``."""
+    def _verify_chunks(
+        self, p: Payload, writer: WriteBehind, progress: Progress | None, base: BaseSlot | None
+    ) -> None:
+        """Read, verify (and decompress or rebuild) each chunk; hand only verified ones on.
+
+        A delta read without ``base`` (discarded or ``verify_all``) has only its wire digests
+        checked: its image digests need the base slot.
+        """
         reader = self._reader
         decompress = _zstd_decompressor() if p.compression == "zstd" else None
+        delta = p.kind == KIND_DELTA
+        base_size = p.base.size if p.base is not None else 0
         chunk_size = self.manifest.chunk_size
         total = p.image.size
         offset = 0
@@ -311,7 +340,18 @@ class VerifiedBundle:
                     "does not match its signed sha256: corrupt or tampered; none of it was written"
                 )
             expect = min(chunk_size, total - offset)
-            if decompress is not None:
+            if delta:
+                if base is None:
+                    offset += expect
+                    continue
+                data = base.rebuild(data, expect, base_size, f"{p.name} chunk {i}")
+                if hashlib.sha256(data).hexdigest() != image_digest:
+                    raise ChunkDigestError(
+                        f"payload {p.name!r} chunk {i} rebuilds to bytes that do not match its "
+                        "signed sha256: the base slot or the delta is damaged; nothing of it "
+                        "was written"
+                    )
+            elif decompress is not None:
                 data = decompress(data, expect, f"{p.name} chunk {i}")
                 if hashlib.sha256(data).hexdigest() != image_digest:
                     raise ChunkDigestError(

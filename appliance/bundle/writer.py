@@ -23,10 +23,12 @@ from appliance.bundle.keyring import key_id_for
 from appliance.bundle.manifest import (
     DEFAULT_CHUNK_SIZE,
     FORMAT_VERSION,
+    KIND_DELTA,
     KIND_FULL,
     KIND_KEYRING,
     MANIFEST_NAME,
     SIGNATURE_NAME,
+    Base,
     Image,
     Limits,
     Manifest,
@@ -48,6 +50,7 @@ class PayloadSource:
     kind: str
     source: Path | bytes
     compression: str = "zstd"
+    base: Path | None = None  # kind "delta": the slot image the delta applies to
 
     @classmethod
     def slot_image(
@@ -56,6 +59,11 @@ class PayloadSource:
         """A full slot image; the member is called ``name`` (+ ``.zst`` when compressed)."""
         suffix = ".zst" if compression == "zstd" else ""
         return cls(name=name + suffix, kind=KIND_FULL, source=Path(path), compression=compression)
+
+    @classmethod
+    def delta(cls, path: Path, base: Path, name: str = "rootfs.delta") -> PayloadSource:
+        """A delta (method ``ekdelta1``) rebuilding the slot image ``path`` from ``base``."""
+        return cls(name=name, kind=KIND_DELTA, source=Path(path), compression="none", base=base)
 
     @classmethod
     def keyring(cls, data: bytes, name: str = "keyring.json") -> PayloadSource:
@@ -89,6 +97,8 @@ def _prepare(
     spool_dir: Path | None,
     progress: Callable[[int], None] | None,
 ) -> _Prepared:
+    if item.kind == KIND_DELTA:
+        return _prepare_delta(item, chunk_size, level, spool_dir, progress)
     whole = hashlib.sha256()
     image_digests: list[str] = []
     wire: list[WireChunk] = []
@@ -134,6 +144,54 @@ def _prepare(
     )
     if spool is not None:
         spool.seek(0)
+    return _Prepared(entry, spool, item.source)
+
+
+def _prepare_delta(
+    item: PayloadSource,
+    chunk_size: int,
+    level: int,
+    spool_dir: Path | None,
+    progress: Callable[[int], None] | None,
+) -> _Prepared:
+    """Encode a delta chunk by chunk into a spool file (delta_encode.py; build host only)."""
+    from appliance.bundle.delta import METHOD
+    from appliance.bundle.delta_encode import image_digest, iter_delta_chunks
+
+    if item.base is None or not isinstance(item.source, Path):
+        raise BundleWriteError(f"payload {item.name}: a delta needs a new image file and a base")
+    whole = hashlib.sha256()
+    image_digests: list[str] = []
+    wire: list[WireChunk] = []
+    spool = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115 - closed by write_bundle
+    size = 0
+    try:
+        base_size, base_sha = image_digest(item.base)
+        for chunk, frame in iter_delta_chunks(item.base, item.source, chunk_size, max(level, 19)):
+            whole.update(chunk)
+            image_digests.append(hashlib.sha256(chunk).hexdigest())
+            size += len(chunk)
+            spool.write(frame)
+            wire.append(WireChunk(size=len(frame), sha256=hashlib.sha256(frame).hexdigest()))
+            if progress is not None:
+                progress(len(chunk))
+    except OSError as exc:
+        spool.close()
+        raise BundleWriteError(f"cannot read delta input for {item.name}: {exc}") from None
+    except BaseException:
+        spool.close()
+        raise
+    entry = Payload(
+        name=item.name,
+        kind=KIND_DELTA,
+        compression="none",
+        size=sum(c.size for c in wire),
+        chunks=wire,
+        image=Image(size=size, sha256=whole.hexdigest(), chunks=image_digests),
+        base=Base(size=base_size, sha256=base_sha),
+        method=METHOD,
+    )
+    spool.seek(0)
     return _Prepared(entry, spool, item.source)
 
 

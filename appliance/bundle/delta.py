@@ -1,0 +1,223 @@
+"""Delta chunks (method ``ekdelta1``): rebuild one slot-image chunk from the base, bounded memory.
+
+A delta payload has one wire chunk per chunk of the **new** slot image. Each wire chunk is
+self-contained (so downloads resume per chunk and each rebuilt chunk is verified alone)::
+
+    magic  b"EKD1"
+    u32    n_ext      reference extents (read from the base slot, concatenated: R)
+    u32    n_ctrl     control triples
+    u32    zlen       bytes of the zstd frame that follows the extents
+    n_ext  x (u64 base_offset, u32 length)
+    zstd frame: n_ctrl x (u32 add, u32 copy, i64 seek) | diff bytes | extra bytes
+
+The controls are bsdiff's: for each triple, ``add`` output bytes are ``R[pos:pos+add] + diff``
+(bytewise, mod 256), then ``copy`` bytes come verbatim from ``extra``, then ``pos += add +
+seek``. A chunk that is only identical 4 KiB blocks of the base is one control with an all-zero
+diff. Memory while applying: R (<= ``MAX_REFERENCE``) + the decompressed controls/diff/extra
+(<= 2 x chunk + controls) + the output chunk: O(chunk), whatever the image size.
+
+Everything here is checked against the signed ``base.size`` and the chunk's length before it is
+used; the rebuilt chunk is then checked against its signed digest by the reader, before any
+write (FORMAT.md, ARCHITECTURE Decisions 8 and 14).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.bundle.errors import BundleError, PolicyError
+
+METHOD = "ekdelta1"
+MAGIC = b"EKD1"
+BLOCK = 4096
+MAX_REFERENCE = 16 << 20  # bytes of base read for one chunk: the apply-memory budget's big term
+_HEAD = struct.Struct("<4sIII")
+_EXT = struct.Struct("<QI")
+_CTRL = struct.Struct("<IIq")
+READ_BLOCK = 1 << 20
+
+
+class DeltaError(BundleError):
+    """A delta chunk is malformed (its structure, not just its digest, is wrong)."""
+
+
+class DeltaBaseError(PolicyError):
+    """The base slot is not the image the delta was made from (checked before any write)."""
+
+
+class MissingBaseError(BundleError):
+    """A delta payload was streamed without access to the active slot it applies to."""
+
+
+def chunk_bound(chunk_size: int) -> int:
+    """Largest wire size of one delta chunk for ``chunk_size``: header, extents, a zstd frame."""
+    from appliance.bundle.manifest import zstd_bound
+
+    max_ctrl = chunk_size // 8 + 1
+    return _HEAD.size + 4096 * _EXT.size + zstd_bound(2 * chunk_size + max_ctrl * _CTRL.size)
+
+
+@dataclass(frozen=True)
+class Extent:
+    """A range of the base slot image."""
+
+    offset: int
+    length: int
+
+
+def encode_chunk(extents: list[Extent], controls: list[tuple[int, int, int]], diff: bytes,
+                 extra: bytes, level: int = 19) -> bytes:  # fmt: skip
+    """Serialize one delta chunk (the encoder's last step)."""
+    import zstandard
+
+    body = b"".join(_CTRL.pack(*c) for c in controls) + diff + extra
+    cctx = zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=False)
+    frame = cctx.compress(body)
+    head = _HEAD.pack(MAGIC, len(extents), len(controls), len(frame))
+    return head + b"".join(_EXT.pack(e.offset, e.length) for e in extents) + frame
+
+
+@dataclass(frozen=True)
+class ParsedChunk:
+    """A structurally valid delta chunk."""
+
+    extents: list[Extent]
+    controls: list[tuple[int, int, int]]
+    body: bytes  # controls | diff | extra
+    diff_start: int
+    extra_start: int
+
+
+def parse_chunk(wire: bytes, out_len: int, base_size: int, where: str) -> ParsedChunk:
+    """Check a delta chunk's structure against the chunk length and the signed base size."""
+    if len(wire) < _HEAD.size:
+        raise DeltaError(f"{where}: {len(wire)} bytes, shorter than the delta chunk header")
+    magic, n_ext, n_ctrl, zlen = _HEAD.unpack_from(wire, 0)
+    if magic != MAGIC:
+        raise DeltaError(f"{where}: magic {magic!r} is not {MAGIC!r} (method {METHOD})")
+    ext_end = _HEAD.size + n_ext * _EXT.size
+    if n_ext > 4096 or ext_end + zlen != len(wire):
+        raise DeltaError(f"{where}: header sizes ({n_ext} extents, frame {zlen}) do not add up")
+    extents: list[Extent] = []
+    ref_total = 0
+    for i in range(n_ext):
+        off, length = _EXT.unpack_from(wire, _HEAD.size + i * _EXT.size)
+        if length == 0 or off + length > base_size:
+            raise DeltaError(f"{where}: extent {i} ({off}+{length}) outside the base ({base_size})")
+        ref_total += length
+        extents.append(Extent(off, length))
+    if ref_total > MAX_REFERENCE:
+        raise DeltaError(f"{where}: reference of {ref_total} bytes exceeds {MAX_REFERENCE}")
+    if n_ctrl > out_len + 1:
+        raise DeltaError(f"{where}: {n_ctrl} controls for {out_len} output bytes")
+    body = _decompress(wire[ext_end:], 2 * out_len + n_ctrl * _CTRL.size, where)
+    diff_start = n_ctrl * _CTRL.size
+    if len(body) < diff_start:
+        raise DeltaError(f"{where}: control block truncated")
+    controls = [_CTRL.unpack_from(body, i * _CTRL.size) for i in range(n_ctrl)]
+    adds = sum(c[0] for c in controls)
+    copies = sum(c[1] for c in controls)
+    if adds + copies != out_len or diff_start + adds + copies != len(body):
+        raise DeltaError(
+            f"{where}: controls produce {adds + copies} bytes from a {len(body)}-byte body; "
+            f"the chunk has {out_len}"
+        )
+    return ParsedChunk(extents, controls, body, diff_start, diff_start + adds)
+
+
+def _decompress(frame: bytes, limit: int, where: str) -> bytes:
+    import zstandard
+
+    try:
+        declared = zstandard.frame_content_size(frame)
+        if declared < 0 or declared > limit:
+            raise DeltaError(f"{where}: zstd frame declares {declared} bytes (limit {limit})")
+        out: Any = zstandard.ZstdDecompressor().decompress(frame, max_output_size=declared)
+    except zstandard.ZstdError as exc:
+        raise DeltaError(f"{where}: zstd frame does not decompress: {exc}") from None
+    if len(out) != declared:
+        raise DeltaError(f"{where}: zstd frame holds {len(out)} bytes, declares {declared}")
+    return bytes(out)
+
+
+def read_reference(fd: int, extents: list[Extent], where: str) -> bytearray:
+    """Concatenate the base extents (pread; bounded by MAX_REFERENCE through parse_chunk)."""
+    ref = bytearray()
+    for e in extents:
+        got = os.pread(fd, e.length, e.offset)
+        if len(got) != e.length:
+            raise DeltaBaseError(f"{where}: base ends before byte {e.offset + e.length}")
+        ref += got
+    return ref
+
+
+def apply_parsed(parsed: ParsedChunk, ref: bytes | bytearray, out_len: int, where: str) -> bytes:
+    """Run the controls over the reference ``ref`` (numpy adds the diff bytes)."""
+    import numpy as np
+
+    refa = np.frombuffer(ref, dtype=np.uint8)
+    body = np.frombuffer(parsed.body, dtype=np.uint8)
+    out = np.empty(out_len, dtype=np.uint8)
+    pos, o, d, x = 0, 0, parsed.diff_start, parsed.extra_start
+    for add, copy, seek in parsed.controls:
+        if add:
+            if pos < 0 or pos + add > len(refa):
+                raise DeltaError(
+                    f"{where}: control reads reference bytes {pos}+{add} of {len(refa)}"
+                )
+            np.add(refa[pos : pos + add], body[d : d + add], out=out[o : o + add])
+            d += add
+            o += add
+        if copy:
+            out[o : o + copy] = body[x : x + copy]
+            x += copy
+            o += copy
+        pos += add + seek
+    return out.tobytes()
+
+
+class BaseSlot:
+    """Read access to the base (active) slot image a delta applies to."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def check(self, size: int, sha256: str) -> None:
+        """Raise :class:`DeltaBaseError` unless the first ``size`` bytes hash to ``sha256``."""
+        digest = hashlib.sha256()
+        offset = 0
+        while offset < size:
+            block = os.pread(self._fd, min(READ_BLOCK, size - offset), offset)
+            if not block:
+                break
+            digest.update(block)
+            offset += len(block)
+        if offset != size or digest.hexdigest() != sha256:
+            raise DeltaBaseError(
+                f"delta applies to a base image of {size} bytes with sha256 {sha256[:16]}..., "
+                f"but {self.path} holds {offset} bytes with sha256 {digest.hexdigest()[:16]}...: "
+                "this device runs another version; install the full bundle instead"
+            )
+
+    def rebuild(self, wire: bytes, out_len: int, base_size: int, where: str) -> bytes:
+        """One image chunk from one delta chunk (structure checked; digest is the caller's)."""
+        parsed = parse_chunk(wire, out_len, base_size, where)
+        ref = read_reference(self._fd, parsed.extents, where)
+        return apply_parsed(parsed, ref, out_len, where)
+
+    def close(self) -> None:
+        """Close the descriptor (idempotent)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> BaseSlot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
