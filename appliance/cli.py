@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "run": "appliance.inference.cli:run",
     "backends": "appliance.inference.cli:backends",
     "bundle": "appliance.bundle.cli:bundle",
+    "tui": "appliance.tui.cli:tui",
 }
 
 

@@ -1,0 +1,64 @@
+"""The Textual app: one mode (screen) per task, switched with the digit keys 1-7."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar
+
+from textual.app import App
+from textual.binding import Binding, BindingType
+
+from appliance.device import Device
+
+# (mode, key, title): the order is the navigation bar's and the keys the technician presses.
+TASKS: tuple[tuple[str, str, str], ...] = (
+    ("status", "1", "Status"),
+    ("network", "2", "Network"),
+    ("camera", "3", "Camera"),
+    ("model", "4", "Model"),
+    ("update", "5", "Update"),
+    ("slots", "6", "Slots"),
+    ("logs", "7", "Logs"),
+)
+
+
+class TechnicianApp(App[None]):
+    """On-site setup: status, network, camera, model check, update, slots, logs."""
+
+    TITLE = "edgekiln technician"
+    CSS_PATH = Path(__file__).with_name("app.tcss")
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS: ClassVar[list[BindingType]] = [
+        *(Binding(key, f"switch_mode('{mode}')", title, show=False) for mode, key, title in TASKS),
+        *(
+            Binding(f"f{i}", f"switch_mode('{mode}')", title, show=False, priority=True)
+            for i, (mode, _key, title) in enumerate(TASKS, start=1)
+        ),
+        Binding("q", "quit", "Quit", show=False),
+        Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
+    ]
+
+    def __init__(
+        self,
+        device: Device,
+        *,
+        clock: Callable[[], float] = time.time,
+        live: bool = True,
+        exit_after_paint: bool = False,
+    ) -> None:
+        """``clock`` feeds the status (tests pin it); ``live=False`` stops periodic refresh."""
+        super().__init__()
+        self.device = device
+        self.clock = clock
+        self.live = live
+        self.exit_after_paint = exit_after_paint
+        from appliance.tui.screens import SCREENS
+
+        for mode, _key, _title in TASKS:
+            factory = SCREENS[mode]
+            self.add_mode(mode, lambda factory=factory: factory(self.device))  # type: ignore[misc]
+
+    def on_mount(self) -> None:
+        self.switch_mode("status")

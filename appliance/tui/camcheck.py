@@ -1,0 +1,121 @@
+"""Camera checks: list V4L2 devices, test-capture a source, coarse text preview (no Textual).
+
+Capture goes through the inference package's sources (OpenCV), exactly as the pipeline reads
+the camera. Brightness is the mean grey level (0-255); blur is the variance of the Laplacian
+(a sharp scene is in the hundreds or more, a defocused or covered lens near zero).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import time
+from pathlib import Path
+
+import numpy as np
+
+from appliance.errors import ApplianceError
+
+RAMP = " .:-=+*#%@"  # dark -> bright, plain ASCII for serial terminals
+DARK, BRIGHT, BLURRY = 40.0, 220.0, 50.0
+
+
+@dataclasses.dataclass(frozen=True)
+class V4l2Device:
+    """A video device the kernel lists."""
+
+    path: str
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptureReport:
+    """What a test capture measured."""
+
+    uri: str
+    frames: int
+    width: int
+    height: int
+    fps: float
+    brightness: float
+    blur: float
+    preview: str
+
+    def verdicts(self) -> list[str]:
+        """Plain-language findings (empty: looks fine)."""
+        out = []
+        if self.brightness < DARK:
+            out.append(
+                f"too dark (mean {self.brightness:.0f} < {DARK:.0f}): lens covered or no light?"
+            )
+        if self.brightness > BRIGHT:
+            out.append(f"too bright (mean {self.brightness:.0f} > {BRIGHT:.0f}): overexposed")
+        if self.blur < BLURRY:
+            out.append(f"blurry (sharpness {self.blur:.0f} < {BLURRY:.0f}): check focus")
+        return out
+
+
+def list_v4l2(sys_root: Path = Path("/")) -> list[V4l2Device]:
+    """``/sys/class/video4linux/*/name`` joined with the ``/dev/video*`` nodes present."""
+    found: dict[str, str] = {}
+    for name_file in sorted(glob.glob(str(sys_root / "sys/class/video4linux/*/name"))):
+        node = Path(name_file).parent.name
+        try:
+            found[f"/dev/{node}"] = Path(name_file).read_text().strip()
+        except OSError:
+            found[f"/dev/{node}"] = "?"
+    for dev in sorted(glob.glob(str(sys_root / "dev/video*"))):
+        found.setdefault("/dev/" + Path(dev).name, "(no sysfs name)")
+    return [V4l2Device(path, name) for path, name in sorted(found.items())]
+
+
+def preview(gray: np.ndarray, cols: int = 48, rows: int = 12) -> str:
+    """The image as ``rows`` lines of ``cols`` ASCII shades (area-averaged)."""
+    h, w = gray.shape
+    ys = np.linspace(0, h, rows + 1).astype(int)
+    xs = np.linspace(0, w, cols + 1).astype(int)
+    lines = []
+    for r in range(rows):
+        band = gray[ys[r] : max(ys[r + 1], ys[r] + 1)]
+        cells = [band[:, xs[c] : max(xs[c + 1], xs[c] + 1)].mean() for c in range(cols)]
+        lines.append("".join(RAMP[min(len(RAMP) - 1, int(v) * len(RAMP) // 256)] for v in cells))
+    return "\n".join(lines)
+
+
+def capture_check(uri: str, frames: int = 30, timeout_s: float = 10.0) -> CaptureReport:
+    """Read up to ``frames`` frames from ``uri``; raise ApplianceError if none arrive."""
+    import cv2
+
+    from appliance.inference.sources import open_source
+
+    source = open_source(uri)
+    got, first_t, last_t, last = 0, 0.0, 0.0, None
+    deadline = time.monotonic() + timeout_s
+    try:
+        while got < frames and time.monotonic() < deadline:
+            frame = source.read()
+            if frame is None:
+                break
+            now = time.monotonic()
+            if got == 0:
+                first_t = now
+            last_t, last = now, frame
+            got += 1
+    finally:
+        source.close()
+    if last is None:
+        raise ApplianceError(f"{uri}: no frame arrived within {timeout_s:.0f} s")
+    image = last.image
+    code = cv2.COLOR_RGB2GRAY if last.color == "RGB" else cv2.COLOR_BGR2GRAY
+    gray = cv2.cvtColor(image, code)
+    fps = (got - 1) / (last_t - first_t) if got > 1 and last_t > first_t else 0.0
+    return CaptureReport(
+        uri=uri,
+        frames=got,
+        width=int(image.shape[1]),
+        height=int(image.shape[0]),
+        fps=fps,
+        brightness=float(gray.mean()),
+        blur=float(cv2.Laplacian(gray, cv2.CV_64F).var()),
+        preview=preview(gray),
+    )

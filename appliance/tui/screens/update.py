@@ -1,0 +1,207 @@
+"""5 Update: bundles on a USB stick (or a typed path), verified manifest first, install, reboot."""
+
+from __future__ import annotations
+
+import glob
+import time
+from pathlib import Path
+from typing import ClassVar
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal
+from textual.widgets import Input, Label, OptionList, ProgressBar, Static
+from textual.widgets.option_list import Option
+
+from appliance.errors import ApplianceError
+from appliance.tui.base import TaskScreen
+
+
+def find_bundles(globs: tuple[str, ...]) -> list[Path]:
+    """``*.bundle`` files at the top of each mounted USB directory (sorted, no duplicates)."""
+    found: set[Path] = set()
+    for pattern in globs:
+        for root in glob.glob(pattern):
+            found.update(p for p in Path(root).glob("*.bundle") if p.is_file())
+    return sorted(found)
+
+
+def _when(ts: int | None) -> str:
+    return "never" if ts is None else time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
+
+
+class UpdateScreen(TaskScreen):
+    """Enter on a bundle verifies it and shows its manifest; i installs (confirm); b reboots."""
+
+    MODE = "update"
+    AUTO_FOCUS = "#bundles"  # an option list: digits still switch tasks
+    CSS_PATH = Path(__file__).with_suffix(".tcss")
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("i", "install", "Install"),
+        Binding("b", "reboot", "Reboot"),
+        Binding("u", "rescan", "Rescan USB"),
+    ]
+
+    def __init__(self, device: object) -> None:
+        super().__init__(device)  # type: ignore[arg-type]
+        self._verified: Path | None = None
+        self._installed = False
+
+    def compose_body(self) -> ComposeResult:
+        yield Static("Update", classes="title")
+        yield OptionList(id="bundles", compact=True)
+        with Horizontal(classes="form-row"):
+            yield Label("Path")
+            yield Input(placeholder="/media/usb/x.bundle (Enter verifies)", id="path", compact=True)
+        yield Static("", id="path-error", classes="error", markup=False)
+        yield Static("select a bundle: its signature is checked before anything is shown",
+                     id="manifest", markup=False)  # fmt: skip
+        yield ProgressBar(total=1, id="progress", show_eta=False)
+        yield Static("", id="message", classes="message", markup=False)
+
+    def on_mount(self) -> None:
+        self.action_rescan()
+
+    def action_rescan(self) -> None:
+        bundles = find_bundles(self.device.usb_globs)
+        self._bundles = bundles
+        options = self.query_one("#bundles", OptionList)
+        options.clear_options()
+        if bundles:
+            options.add_options(
+                Option(f"{p.name}  ({p.stat().st_size // 1024} KiB)", id=str(i))
+                for i, p in enumerate(bundles)
+            )
+            options.highlighted = 0
+        else:
+            options.add_option(
+                Option("no *.bundle on a mounted USB stick; type a path", disabled=True)
+            )
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        if event.option.id is not None:
+            self._verify(self._bundles[int(event.option.id)])
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        text = event.value.strip()
+        path = Path(text)
+        problem = None
+        if not text:
+            problem = "type the path of a .bundle file"
+        elif not path.is_file():
+            problem = f"{path} is not a file"
+        self.show_error("path", problem)
+        if problem:
+            self.say("nothing verified")
+            return
+        self._verify(path)
+
+    def _verify(self, path: Path) -> None:
+        from appliance.bundle import open_bundle
+
+        self._verified = None
+        self._installed = False
+        try:
+            policy = self.device.policy()
+            with path.open("rb") as stream:
+                bundle = open_bundle(stream, policy, path.name)
+        except (ApplianceError, OSError) as exc:
+            kind = type(exc).__name__
+            self.query_one("#manifest", Static).update(
+                f"REFUSED {path.name}\n{kind}: {exc}\nThe device was not changed."
+            )
+            self.device.log_action("update.refused", bundle=str(path), error=f"{kind}: {exc}")
+            self.say("this bundle cannot be installed")
+            return
+        m = bundle.manifest
+        key = policy.keyring.get(m.key_id)
+        image = next((p for p in m.payloads if p.kind == "full"), None)
+        self.query_one("#manifest", Static).update(
+            "\n".join(
+                [
+                    f"VERIFIED {path.name}",
+                    f"version           {m.version}   (running {self.device.config.version})",
+                    f"product / target  {m.product} / {', '.join(m.targets)}",
+                    f"signer            key {m.key_id} ({key.comment or 'no comment'})",
+                    f"security version  {m.security_version} (device floor "
+                    f"{policy.min_security_version})",
+                    f"created / expires {_when(m.created)} / {_when(m.expires)}",
+                    f"image             {image.image.size if image else 0} bytes",
+                ]
+            )
+        )
+        self._verified = path
+        self.say("signature and policy OK: press i to install into the other slot")
+
+    def action_install(self) -> None:
+        path = self._verified
+        if path is None:
+            self.say("verify a bundle first (Enter on it)")
+            return
+        try:
+            target = {"A": "B", "B": "A"}[self.device.booted()]
+        except ApplianceError as exc:
+            self.say(f"cannot install: {exc}")
+            return
+        self.confirm(
+            f"Install {path.name} into slot {target}?",
+            "The running slot is not touched; the next boot tries the new one once "
+            "and returns here if its health check fails.",
+            lambda: self._start_install(path),
+            action="install",
+            bundle=str(path),
+            slot=target,
+        )
+
+    def _start_install(self, path: Path) -> None:
+        self.query_one("#progress", ProgressBar).update(total=None, progress=0)
+        self.say(f"installing {path.name} ...")
+        self._install(path)
+
+    @work(thread=True, exclusive=True, group="install")
+    def _install(self, path: Path) -> None:
+        from appliance.ota.installer import install
+
+        def progress(done: int, total: int) -> None:
+            self.app.call_from_thread(self._progress, done, total)
+
+        try:
+            with path.open("rb") as stream:
+                result = install(
+                    stream,
+                    policy=self.device.policy(),
+                    loader=self.device.loader(),
+                    booted=self.device.booted(),
+                    source=path.name,
+                    targets=self.device.slot_targets,  # type: ignore[arg-type]
+                    data_dir=self.device.data_dir,
+                    progress=progress,
+                )
+        except (ApplianceError, OSError) as exc:
+            msg = f"{type(exc).__name__}: {exc}"
+            self.device.log_action("update.failed", bundle=str(path), error=msg)
+            self.app.call_from_thread(self.say, f"install failed: {msg}")
+            return
+        self.device.log_action("update.installed", version=result.version, slot=result.slot)
+        self.app.call_from_thread(self._installed_ok, result.version, result.slot)
+
+    def _progress(self, done: int, total: int) -> None:
+        self.query_one("#progress", ProgressBar).update(total=total or None, progress=done)
+
+    def _installed_ok(self, version: str, slot: str) -> None:
+        self._installed = True
+        bar = self.query_one("#progress", ProgressBar)
+        bar.update(total=1, progress=1)
+        self.say(f"installed {version} into slot {slot}, read back and verified: b reboots")
+
+    def action_reboot(self) -> None:
+        if not self._installed:
+            self.say("nothing installed yet")
+            return
+        self.confirm(
+            "Reboot now into the new slot?",
+            "The device is offline for about a minute.",
+            lambda: self.say(self.device.reboot()),
+            action="reboot",
+        )

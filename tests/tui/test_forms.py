@@ -1,0 +1,263 @@
+"""Network, Camera, Model check and Update screens driven with the Pilot (real files written)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance.device import Device
+from appliance.inference.pipeline import load_config
+from appliance.slots.state import BootState
+from appliance.state import load_state
+from appliance.tui.app import TechnicianApp
+from appliance.tui.demo import DEMO_EPOCH, NEW_VERSION, _slot_image
+from tests.tui.conftest import Keys, actions, run_app, wait_for
+
+
+def app_for(device: Device) -> TechnicianApp:
+    return TechnicianApp(device, clock=lambda: DEMO_EPOCH, live=False)
+
+
+def text_of(app: TechnicianApp, selector: str) -> str:
+    return str(app.screen.query_one(selector).render())
+
+
+def network_files(device: Device) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted(device.network_dir.iterdir())}
+
+
+async def to_static(keys: Keys) -> None:
+    """From the Network screen: focus the mode select and choose Static IPv4."""
+    await keys("tab", "tab", "enter", "down", "enter", "tab")
+
+
+@pytest.mark.parametrize(
+    ("address", "gateway", "dns", "field", "message"),
+    [
+        ("192.168.1.300/24", "", "", "address", "not an IPv4 address"),
+        ("192.168.1.20", "", "", "address", "add the prefix length"),
+        ("192.168.1.0/24", "", "", "address", "network or broadcast"),
+        ("10.0.0.5/24", "10.0.1.1", "", "gateway", "outside the subnet 10.0.0.0/24"),
+        ("10.0.0.5/24", "10.0.0.5", "", "gateway", "device's own address"),
+        ("10.0.0.5/24", "10.0.0.1", "9.9.9", "dns", "not IPv4 addresses: 9.9.9"),
+    ],
+)
+def test_network_bad_input_refused_in_place(
+    device: Device, address: str, gateway: str, dns: str, field: str, message: str
+) -> None:
+    app = app_for(device)
+
+    async def body(pilot: Any) -> None:
+        keys = Keys(pilot, "network: bad input")
+        await keys("2")
+        await to_static(keys)
+        await keys.type(address)
+        for name, value in (("gateway", gateway), ("dns", dns)):
+            app.screen.query_one(f"#{name}").value = value  # type: ignore[attr-defined]
+        await keys("enter")
+        error = app.screen.query_one(f"#{field}-error")
+        assert error.display and message in str(error.render())
+        assert "nothing was written" in text_of(app, "#message")
+        assert not isinstance(app.screen, type(None)) and app.screen.__class__.__name__ == (
+            "NetworkScreen"
+        )  # no confirmation was asked
+
+    run_app(app, body)
+    assert network_files(device) == {}
+    assert actions(device) == []
+
+
+def test_network_static_written_atomically_and_logged(device: Device) -> None:
+    app = app_for(device)
+
+    async def body(pilot: Any) -> None:
+        keys = Keys(pilot, "network: static IPv4")
+        await keys("2")
+        await to_static(keys)
+        await keys.type("192.168.7.20/24")  # gateway and DNS are proposed: 192.168.7.1
+        await keys("enter")
+        assert app.screen.__class__.__name__ == "ConfirmScreen"
+        await keys("y")
+        assert "saved 10-edgekiln-eth0.network" in text_of(app, "#message")
+        assert "demo device" in text_of(app, "#message")  # apply is simulated in the demo
+        assert "static 192.168.7.20/24" in text_of(app, "#ifaces")
+        assert keys.record() <= 40
+
+    run_app(app, body)
+    assert network_files(device) == {
+        "10-edgekiln-eth0.network": "# written by appliance tui\n[Match]\nName=eth0\n\n"
+        "[Network]\nAddress=192.168.7.20/24\nGateway=192.168.7.1\nDNS=192.168.7.1\n"
+    }
+    assert [a["action"] for a in actions(device)] == ["network.write", "network.apply"]
+
+
+def test_network_dhcp_on_second_interface_and_cancel(device: Device) -> None:
+    app = app_for(device)
+
+    async def body(pilot: Any) -> None:
+        keys = Keys(pilot, "network: DHCP")
+        await keys("2", "tab", "enter", "down", "enter", "tab", "tab", "enter")
+        await keys("n")  # cancelled: nothing written
+        assert network_files(device) == {}
+        await keys("enter", "y")  # focus is back on Save
+        assert keys.record() <= 40
+
+    run_app(app, body)
+    assert network_files(device) == {
+        "10-edgekiln-wlan0.network": "# written by appliance tui\n[Match]\nName=wlan0\n\n"
+        "[Network]\nDHCP=ipv4\n"
+    }
+
+
+def test_camera_test_capture_and_save(device: Device) -> None:
+    app = app_for(device)
+    before = device.pipeline_config.read_bytes()
+
+    async def body(pilot: Any) -> None:
+        keys = Keys(pilot, "camera: test and save")
+        await keys("3", "s")  # save before a test is refused in place
+        assert "test this source first" in text_of(app, "#source-error")
+        assert device.pipeline_config.read_bytes() == before
+        await keys("t")
+        await wait_for(pilot, lambda: "resolution" in text_of(app, "#result"))
+        result = text_of(app, "#result")
+        assert "resolution 160x120" in result and "frames     30" in result
+        preview = text_of(app, "#preview").splitlines()
+        assert len(preview) == 12 and len(set("".join(preview))) > 3  # a real picture
+        await keys("s", "y")
+        assert keys.record() <= 40
+
+    run_app(app, body)
+    assert actions(device)[-1]["action"] == "camera.source"
+
+
+def test_camera_ffmpeg_video_and_bad_source(device: Device, tmp_path: Path) -> None:
+    video = tmp_path / "testsrc.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25",
+         "-frames:v", "40", "-pix_fmt", "yuv420p", str(video)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    app = app_for(device)
+
+    async def body(pilot: Any) -> None:
+        keys = Keys(pilot, "camera: typed source")
+        await keys("3", "tab", "ctrl+u")
+        await keys.type("/nonexistent/cam.mp4")
+        await keys("enter")
+        assert "/nonexistent/cam.mp4 does not exist" in text_of(app, "#source-error")
+        await keys("ctrl+u")
+        await keys.type("ftp://x")
+        await keys("enter")
+        assert "unknown scheme ftp" in text_of(app, "#source-error")
+        app.screen.query_one("#source").value = str(video)  # type: ignore[attr-defined]
+        await keys("enter")
+        await wait_for(pilot, lambda: "resolution" in text_of(app, "#result"))
+        assert "resolution 320x240" in text_of(app, "#result")
+        await keys("escape", "s", "y")
+
+    run_app(app, body)
+    assert load_config(device.pipeline_config).source == str(video)
+
+
+def test_model_check_runs_selftest_and_keeps_the_report(device: Device) -> None:
+    app = app_for(device)
+
+    async def body(pilot: Any) -> None:
+        keys = Keys(pilot, "model check")
+        await keys("4")
+        assert "no self-test has run" in text_of(app, "#report")
+        await keys("r")
+        await wait_for(pilot, lambda: "finished" in text_of(app, "#message"), timeout=120)
+        report = text_of(app, "#report")
+        assert "accuracy   top-1" in report and "p95" in report and "budget" in report
+        assert keys.record() <= 40
+
+    run_app(app, body)
+    kept = json.loads((device.state_dir / "tui" / "selftest-last.json").read_text())
+    assert kept["images"] > 0 and "infer_p95_ms" in kept
+    again = app_for(device)
+
+    async def reopen(pilot: Any) -> None:
+        await pilot.press("4")
+        await pilot.pause()
+        assert f"{kept['top1']:.4f}" in text_of(again, "#report")
+
+    run_app(again, reopen)
+
+
+@pytest.mark.parametrize(
+    ("downs", "refusal"),
+    [
+        (0, "RollbackError: bundle security_version 0 is below the committed 1"),
+        (1, "WrongTargetError: bundle is for targets jetson-orin"),
+        (2, "SignatureInvalidError: manifest.sig is not a valid signature"),
+    ],
+)
+def test_update_refuses_bad_bundles_with_the_reason(
+    device: Device, downs: int, refusal: str
+) -> None:
+    slot_b = device.slot_targets["B"].read_bytes()
+    app = app_for(device)
+
+    async def body(pilot: Any) -> None:
+        keys = Keys(pilot, "update: refused")
+        await keys("5", *["down"] * downs, "enter")
+        shown = text_of(app, "#manifest")
+        assert shown.startswith("REFUSED") and refusal in shown
+        await keys("i")
+        assert "verify a bundle first" in text_of(app, "#message")
+
+    run_app(app, body)
+    assert device.slot_targets["B"].read_bytes() == slot_b
+    assert device.loader().read() == BootState()
+    assert actions(device)[-1]["action"] == "update.refused"
+
+
+def test_update_typed_path_must_exist(device: Device) -> None:
+    app = app_for(device)
+
+    async def body(pilot: Any) -> None:
+        keys = Keys(pilot, "update: typed path")
+        await keys("5", "tab")
+        await keys.type("/nowhere/x.bundle")
+        await keys("enter")
+        assert "/nowhere/x.bundle is not a file" in text_of(app, "#path-error")
+
+    run_app(app, body)
+    assert device.loader().read() == BootState()
+
+
+def test_update_shows_manifest_installs_and_offers_reboot(device: Device) -> None:
+    app = app_for(device)
+
+    async def body(pilot: Any) -> None:
+        keys = Keys(pilot, "update: install from USB")
+        await keys("5", "down", "down", "down", "enter")
+        shown = text_of(app, "#manifest")
+        assert shown.startswith("VERIFIED edgekiln-demo-1.1.0.bundle")
+        assert f"version           {NEW_VERSION}" in shown
+        assert "generic-x86-64" in shown and "demo release key" in shown
+        assert "security version  2" in shown
+        assert device.loader().read() == BootState()  # nothing written before the question
+        await keys("i", "y")
+        await wait_for(pilot, lambda: "installed" in text_of(app, "#message"))
+        assert app.screen.query_one("#progress").percentage == 1.0  # type: ignore[attr-defined]
+        await keys("b", "y")
+        assert "demo device: a real device would reboot" in text_of(app, "#message")
+        assert keys.record() <= 40
+
+    run_app(app, body)
+    assert device.slot_targets["B"].read_bytes() == _slot_image(NEW_VERSION)
+    assert device.loader().read() == BootState("A", "B", 1)
+    installed = load_state(device.data_dir).installed
+    assert installed is not None and installed.version == NEW_VERSION
+    assert [a["action"] for a in actions(device)] == [
+        "update.install",
+        "update.installed",
+        "update.reboot",
+    ]

@@ -1,0 +1,111 @@
+"""Status, Slots and Logs screens driven with the Pilot against a real demo device."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from appliance.device import Device
+from appliance.slots.state import BootState
+from appliance.state import SlotRecord, load_state, record_installed
+from appliance.tui.app import TechnicianApp
+from appliance.tui.demo import DEMO_EPOCH
+from tests.tui.conftest import Keys, actions, run_app, wait_for
+
+
+def app_for(device: Device) -> TechnicianApp:
+    return TechnicianApp(device, clock=lambda: DEMO_EPOCH, live=False)
+
+
+def text_of(app: TechnicianApp, selector: str) -> str:
+    return str(app.screen.query_one(selector).render())
+
+
+def test_status_shows_device_slots_model_and_rates(device: Device) -> None:
+    app = app_for(device)
+
+    async def body(pilot: Any) -> None:
+        await wait_for(pilot, lambda: getattr(app.screen, "painted", False))
+        shown = text_of(app, "#status-table")
+        assert "demo-0001" in shown and "generic-x86-64" in shown
+        assert "running A, committed A, next boot A" in shown
+        assert "on onnxruntime" in shown
+        assert "fps        9.8" in shown or "fps        10.0" in shown
+        assert "budget" in shown and "47.5 C" in shown
+        assert "[OK] primary" in shown
+
+    run_app(app, body)
+
+
+def test_status_reports_degraded_mode_with_reason(device: Device) -> None:
+    with device.events_path.open("a") as handle:
+        handle.write(
+            json.dumps({"ts": DEMO_EPOCH, "kind": "degraded", "reason": "no model loads anywhere"})
+            + "\n"
+        )
+    app = app_for(device)
+
+    async def body(pilot: Any) -> None:
+        await wait_for(pilot, lambda: getattr(app.screen, "painted", False))
+        assert "[!!] degraded: no model loads anywhere" in text_of(app, "#status-table")
+
+    run_app(app, body)
+
+
+def test_slots_rollback_and_mark_good_ask_and_log(device: Device) -> None:
+    app = app_for(device)
+
+    async def body(pilot: Any) -> None:
+        keys = Keys(pilot, "slots: roll back to the other slot")
+        await keys("6")
+        assert "A     committed" in text_of(app, "#slots-table")
+        await keys("r", "n")  # the question, answered no: nothing changes
+        assert device.loader().read() == BootState()
+        await keys("r", "y")
+        assert device.loader().read() == BootState("A", "B", 1)
+        assert "B     tried" in text_of(app, "#slots-table")
+        assert keys.record() <= 40
+        marks = Keys(pilot, "slots: mark good")
+        await marks("g")  # the running slot A is committed already
+        assert "already committed" in text_of(app, "#message")
+
+    run_app(app, body)
+    assert [a["action"] for a in actions(device)] == ["slots.rollback"]
+
+
+def test_mark_good_commits_a_slot_on_trial(device: Device) -> None:
+    loader = device.loader()
+    loader.begin_try("B")
+    record_installed(device.data_dir, SlotRecord("B", "1.1.0", 2))
+    device = Device(**{**device.__dict__, "booted_override": "B"})
+    app = app_for(device)
+
+    async def body(pilot: Any) -> None:
+        keys = Keys(pilot, "slots: mark good")
+        await keys("6", "g", "y")
+        assert keys.record() <= 40
+        assert "B     committed" in text_of(app, "#slots-table")
+
+    run_app(app, body)
+    assert device.loader().read() == BootState("B")
+    assert load_state(device.data_dir).security_floor == 2
+    assert actions(device)[-1]["action"] == "slots.mark_good"
+
+
+def test_logs_filter(device: Device) -> None:
+    app = app_for(device)
+
+    async def body(pilot: Any) -> None:
+        keys = Keys(pilot, "logs: filter")
+        await keys("7", "tab")
+        await keys.type("source")
+        await pilot.pause(0.2)
+        log = app.screen.query_one("#log")
+        lines = [str(line) for line in log.lines]  # type: ignore[attr-defined]
+        assert len(lines) == 2 and all("source" in line for line in lines)
+        await keys.type(" xyz")
+        lines = [str(line) for line in log.lines]  # type: ignore[attr-defined]
+        assert lines == ["no line matches 'source xyz'"]
+        assert keys.record() <= 40
+
+    run_app(app, body)
