@@ -45,7 +45,7 @@ def _slot_paths(values: tuple[str, ...]) -> dict[str, Path]:
 @click.option("--target", envvar="EDGEKILN_TARGET", required=True, help="This hardware target.")
 @click.option("--slot", "slots", multiple=True, help="Slot device or image: A=PATH / B=PATH.")
 @click.option("--trusted-time", help="Enforce expiry: Unix time, or 'now' if the clock is trusted.")
-def install(  # noqa: PLR0917 - one parameter per option
+def install(
     src: str,
     loader_spec: str | None,
     booted: str | None,

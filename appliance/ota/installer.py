@@ -6,7 +6,8 @@ Order (each step durable before the next; ARCHITECTURE "Update flow"):
 2. ``open_bundle``: signature, manifest and policy verified before any payload byte is read;
 3. the loader marks the target slot not bootable;
 4. payload chunks are verified and written through a :class:`~appliance.bundle.Sink`, which is
-   flushed (fsync) at the end; ``finish()`` checks nothing unlisted follows;
+   flushed (fsync) at the end; ``finish()`` checks nothing unlisted follows. A ``delta``
+   payload is rebuilt from the running slot, which is first checked against the signed base;
 5. the slot is read back (page cache dropped first) and its sha256 compared with the manifest;
 6. the install is recorded on data (the security floor rises only at commit), a keyring
    rotation in the bundle is applied;
@@ -18,6 +19,7 @@ and step 7 only follows a verified, durable slot.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -115,29 +117,36 @@ def install(
     bundle = open_bundle(stream, policy, source)
     manifest = bundle.manifest
     trace("verified-manifest")
-    images = [p for p in manifest.payloads if p.kind == "full"]
+    images = [p for p in manifest.payloads if p.kind in ("full", "delta")]
     if not images:
-        raise NoImageError(f"{source}: no 'full' slot image payload; nothing to install")
+        raise NoImageError(f"{source}: no slot image payload (full or delta); nothing to install")
     image = images[0].image
     if capacity is not None and image.size > capacity:
         raise TargetError(
             f"{source}: image needs {image.size} bytes, slot {target} ({path}) holds {capacity}"
         )
+    with contextlib.ExitStack() as stack:
+        base = None
+        if images[0].kind == "delta" and images[0].base is not None:
+            from appliance.bundle.delta import BaseSlot
 
-    loader.deactivate(target)
-    trace("deactivated")
-    keyring_bytes: bytes | None = None
-    sink = sink_factory(path)
-    try:
+            # A delta rebuilds the image from the running slot: check it is the signed base
+            # before the target is even marked bad (a refused bundle changes nothing).
+            base = stack.enter_context(BaseSlot(targets[booted]))
+            base.check(images[0].base.size, images[0].base.sha256)
+        loader.deactivate(target)
+        trace("deactivated")
+        keyring_bytes: bytes | None = None
+        sink = sink_factory(path)
+        stack.callback(sink.close)
         for payload in manifest.payloads:
-            if payload.kind == "full":
-                bundle.stream_payload(payload.name, sink, progress=progress)  # flushes at the end
+            if payload.kind in ("full", "delta"):
+                # Verified chunks only; flushed (fsync) at the end.
+                bundle.stream_payload(payload.name, sink, progress=progress, base=base)
             elif payload.kind == "keyring":
                 keyring_bytes = bundle.read_keyring()
         trace("written")
         bundle.finish()
-    finally:
-        sink.close()
     trace("finished")
     digest = read_back_sha256(path, image.size)
     if digest != image.sha256:

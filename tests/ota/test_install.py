@@ -193,3 +193,61 @@ def test_appliance_install_wrong_product_is_refused(device: Device, tmp_path: Pa
     )
     assert proc.returncode != 0
     assert proc.stderr.startswith("error:") and "product" in proc.stderr
+
+
+def _delta_bundle(device: Device, tmp_path: Path) -> tuple[bytes, bytes]:
+    """(bundle, new image): v1 with a few changed bytes, as a delta against v1."""
+    from appliance.bundle import write_bundle
+    from appliance.bundle.writer import PayloadSource
+    from tools.powercut import CHUNK
+
+    (tmp_path / "v1.img").write_bytes(device.v1)
+    new = bytearray(device.v1)
+    new[1000:1100] = bytes(100)
+    new[200_000:200_010] = b"0123456789"
+    (tmp_path / "v2.img").write_bytes(new)
+    out = io.BytesIO()
+    write_bundle(
+        out,
+        key=device.key,
+        product=PRODUCT,
+        targets=[TARGET],
+        version="2.0.0",
+        security_version=1,
+        created=1_750_000_000,
+        chunk_size=CHUNK,
+        payloads=[PayloadSource.delta(tmp_path / "v2.img", tmp_path / "v1.img")],
+    )
+    return out.getvalue(), bytes(new)
+
+
+def test_delta_bundle_is_rebuilt_from_the_running_slot(device: Device, tmp_path: Path) -> None:
+    bundle, new = _delta_bundle(device, tmp_path)
+    assert len(bundle) < len(device.bundle_v2) // 10
+    install(
+        io.BytesIO(bundle),
+        policy=device.policy(),
+        loader=device.loader(),
+        booted="A",
+        targets=device.slots,
+    )
+    assert device.slots["B"].read_bytes() == new
+    assert device.loader().read() == BootState("A", "B", 1)
+
+
+def test_delta_for_another_base_changes_nothing(device: Device, tmp_path: Path) -> None:
+    from appliance.bundle.delta import DeltaBaseError
+
+    bundle, _ = _delta_bundle(device, tmp_path)
+    device.slots["A"].write_bytes(device.v2)  # the running slot is not the delta's base
+    before = device.slots["B"].read_bytes()
+    with pytest.raises(DeltaBaseError, match="install the full bundle"):
+        install(
+            io.BytesIO(bundle),
+            policy=device.policy(),
+            loader=device.loader(),
+            booted="A",
+            targets=device.slots,
+        )
+    assert device.loader().read() == BootState()
+    assert device.slots["B"].read_bytes() == before
