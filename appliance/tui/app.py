@@ -11,6 +11,7 @@ from textual.app import App
 from textual.binding import Binding, BindingType
 
 from appliance.device import Device
+from appliance.tui.devstatus import DeviceStatus, collect_status
 
 # (mode, key, title): the order is the navigation bar's and the keys the technician presses.
 TASKS: tuple[tuple[str, str, str], ...] = (
@@ -47,18 +48,23 @@ class TechnicianApp(App[None]):
         clock: Callable[[], float] = time.time,
         live: bool = True,
         exit_after_paint: bool = False,
+        status_fn: Callable[[Device, float], DeviceStatus] | None = None,
     ) -> None:
-        """``clock`` feeds the status (tests pin it); ``live=False`` stops periodic refresh."""
+        """``clock`` feeds the status (tests pin it); ``live=False`` stops periodic refresh.
+
+        ``status_fn`` replaces :func:`~appliance.tui.devstatus.collect_status` (snapshot tests
+        freeze the figures that differ between machines, such as disk size).
+        """
         super().__init__()
         self.device = device
         self.clock = clock
         self.live = live
         self.exit_after_paint = exit_after_paint
-        from appliance.tui.screens import SCREENS
+        self.status_fn = status_fn or collect_status
+        from appliance.tui.screens import make_screen
 
         for mode, _key, _title in TASKS:
-            factory = SCREENS[mode]
-            self.add_mode(mode, lambda factory=factory: factory(self.device))  # type: ignore[misc]
+            self.add_mode(mode, lambda mode=mode: make_screen(mode, self.device))  # type: ignore[misc]
 
     def on_mount(self) -> None:
         self.switch_mode("status")

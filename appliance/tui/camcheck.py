@@ -11,10 +11,12 @@ import dataclasses
 import glob
 import time
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from appliance.errors import ApplianceError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 RAMP = " .:-=+*#%@"  # dark -> bright, plain ASCII for serial terminals
 DARK, BRIGHT, BLURRY = 40.0, 220.0, 50.0
@@ -71,6 +73,8 @@ def list_v4l2(sys_root: Path = Path("/")) -> list[V4l2Device]:
 
 def preview(gray: np.ndarray, cols: int = 48, rows: int = 12) -> str:
     """The image as ``rows`` lines of ``cols`` ASCII shades (area-averaged)."""
+    import numpy as np
+
     h, w = gray.shape
     ys = np.linspace(0, h, rows + 1).astype(int)
     xs = np.linspace(0, w, cols + 1).astype(int)

@@ -87,13 +87,16 @@ def pipeline_settings(device: Device) -> dict[str, Any]:
 
 
 def _budget_total(model_dir: str | None, factor: float) -> float | None:
+    """budget_ms.total of the configured model (display only: the self-test validates it).
+
+    Read as plain JSON so the first paint does not wait for numpy and the package parser.
+    """
     if not model_dir:
         return None
     try:
-        from appliance.inference.package import load_package
-
-        return load_package(model_dir).manifest.budget_ms.total * factor
-    except ApplianceError:
+        doc = json.loads((Path(model_dir) / "model.json").read_bytes())
+        return float(doc["budget_ms"]["total"]) * factor
+    except (OSError, ValueError, KeyError, TypeError):
         return None
 
 

@@ -1,26 +1,30 @@
-"""One screen per task; each has a ``.tcss`` file of the same name beside it."""
+"""One screen per task; each has a ``.tcss`` file of the same name beside it.
+
+Screens are imported when first shown, so the status screen paints without loading the
+camera, bundle or self-test code.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 
 from textual.screen import Screen
 
 from appliance.device import Device
-from appliance.tui.screens.camera import CameraScreen
-from appliance.tui.screens.logs import LogsScreen
-from appliance.tui.screens.model import ModelScreen
-from appliance.tui.screens.network import NetworkScreen
-from appliance.tui.screens.slots import SlotsScreen
-from appliance.tui.screens.status import StatusScreen
-from appliance.tui.screens.update import UpdateScreen
 
-SCREENS: dict[str, Callable[[Device], Screen[None]]] = {
-    "status": StatusScreen,
-    "network": NetworkScreen,
-    "camera": CameraScreen,
-    "model": ModelScreen,
-    "update": UpdateScreen,
-    "slots": SlotsScreen,
-    "logs": LogsScreen,
+SCREENS: dict[str, str] = {
+    "status": "appliance.tui.screens.status:StatusScreen",
+    "network": "appliance.tui.screens.network:NetworkScreen",
+    "camera": "appliance.tui.screens.camera:CameraScreen",
+    "model": "appliance.tui.screens.model:ModelScreen",
+    "update": "appliance.tui.screens.update:UpdateScreen",
+    "slots": "appliance.tui.screens.slots:SlotsScreen",
+    "logs": "appliance.tui.screens.logs:LogsScreen",
 }
+
+
+def make_screen(mode: str, device: Device) -> Screen[None]:
+    """Import and build the screen of ``mode``."""
+    module, _, name = SCREENS[mode].partition(":")
+    screen: Screen[None] = getattr(importlib.import_module(module), name)(device)
+    return screen

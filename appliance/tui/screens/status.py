@@ -11,7 +11,7 @@ from textual.binding import Binding, BindingType
 from textual.widgets import Static
 
 from appliance.tui.base import TaskScreen
-from appliance.tui.devstatus import DeviceStatus, collect_status, human_bytes
+from appliance.tui.devstatus import DeviceStatus, human_bytes
 
 REFRESH_S = 2.0
 
@@ -77,7 +77,7 @@ class StatusScreen(TaskScreen):
 
     @work(thread=True, exclusive=True, group="status")
     def _collect(self) -> None:
-        status = collect_status(self.device, self.tech_app.clock())
+        status = self.tech_app.status_fn(self.device, self.tech_app.clock())
         self.app.call_from_thread(self._show, status)
 
     def _show(self, status: DeviceStatus) -> None:

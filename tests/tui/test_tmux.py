@@ -1,0 +1,63 @@
+"""``appliance tui --demo`` in a real terminal (tmux, 80x24): it paints, switches tasks, quits."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration]
+APPLIANCE = Path(sys.executable).with_name("appliance")
+
+
+def tmux(*args: str) -> str:
+    proc = subprocess.run(["tmux", *args], check=True, capture_output=True, text=True, timeout=20)
+    return proc.stdout
+
+
+def wait_screen(session: str, text: str, timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    screen = ""
+    while time.monotonic() < deadline:
+        screen = tmux("capture-pane", "-p", "-t", session)
+        if text in screen:
+            return screen
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} never appeared; the screen was:\n{screen}")
+
+
+def session_alive(session: str) -> bool:
+    proc = subprocess.run(["tmux", "has-session", "-t", session], check=False, capture_output=True)
+    return proc.returncode == 0
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_demo_starts_switches_and_quits_under_tmux(model_dir: Path, tmp_path: Path) -> None:
+    session = f"edgekiln-tui-{uuid.uuid4().hex[:8]}"
+    done = tmp_path / "exit-code"
+    # The shell records the exit status, then the session ends.
+    command = (
+        f"EDGEKILN_DEMO_MODEL={model_dir} TERM=xterm-256color {APPLIANCE} tui --demo "
+        f"--demo-dir {tmp_path / 'demo'}; echo $? > {done}"
+    )
+    tmux("new-session", "-d", "-x", "80", "-y", "24", "-s", session, command)
+    try:
+        screen = wait_screen(session, "running A, committed A")
+        assert "[1 Status]" in screen and "demo-0001" in screen
+        tmux("send-keys", "-t", session, "5")
+        screen = wait_screen(session, "edgekiln-demo-1.1.0.bundle")
+        assert "[5 Update]" in screen
+        tmux("send-keys", "-t", session, "q")
+        deadline = time.monotonic() + 20
+        while session_alive(session) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not session_alive(session)
+        assert done.read_text().strip() == "0"
+    finally:
+        if session_alive(session):
+            tmux("kill-session", "-t", session)
