@@ -8,7 +8,8 @@ Order (each step durable before the next; ARCHITECTURE "Update flow"):
 4. payload chunks are verified and written through a :class:`~appliance.bundle.Sink`, which is
    flushed (fsync) at the end; ``finish()`` checks nothing unlisted follows. A ``delta``
    payload is rebuilt from the running slot, which is first checked against the signed base;
-5. the slot is read back (page cache dropped first) and its sha256 compared with the manifest;
+5. the slot is read back from the medium (page cache dropped first) and its sha256 compared
+   with the manifest; this overlaps the write, window by window (:mod:`appliance.ota.readback`);
 6. the install is recorded on data (the security floor rises only at commit), a keyring
    rotation in the bundle is applied;
 7. the loader is told to try the slot once.
@@ -30,6 +31,7 @@ from typing import BinaryIO
 
 from appliance.bundle import FileSink, Policy, Sink, apply_keyring_update, open_bundle
 from appliance.ota.errors import NoImageError, ReadBackError, TargetError
+from appliance.ota.readback import ReadBackSink
 from appliance.slots.errors import InvalidTransition
 from appliance.slots.loader import Loader
 from appliance.slots.state import Slot, other
@@ -137,7 +139,7 @@ def install(
         loader.deactivate(target)
         trace("deactivated")
         keyring_bytes: bytes | None = None
-        sink = sink_factory(path)
+        sink = ReadBackSink(sink_factory(path), path)
         stack.callback(sink.close)
         for payload in manifest.payloads:
             if payload.kind in ("full", "delta"):
@@ -148,7 +150,8 @@ def install(
         trace("written")
         bundle.finish()
     trace("finished")
-    digest = read_back_sha256(path, image.size)
+    # Normally re-read window by window during the write; else one pass now.
+    digest = sink.digest(image.size) or read_back_sha256(path, image.size)
     if digest != image.sha256:
         raise ReadBackError(
             f"slot {target} ({path}) reads back as sha256 {digest}, the signed image is "
