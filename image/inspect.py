@@ -1,0 +1,165 @@
+"""Read a built disk image without mounting it: table, grubenv, slot contents, manifest check.
+
+Partitions are read in place: ext4 with ``debugfs 'IMAGE?offset=N'``, vfat with mtools'
+``IMAGE@@OFFSET``. The signed manifest beside the image (``*.manifest.json`` + ``.sig``) is
+checked against the keyring inside slot A (or a given keyring), and every partition digest it
+lists is recomputed from the image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from image.disk import Partition, read_table
+from image.errors import BuildError
+
+
+class InspectError(BuildError):
+    """The image or its manifest cannot be read or does not verify."""
+
+
+def _debugfs_cat(image: Path, offset: int, path: str) -> bytes | None:
+    done = subprocess.run(
+        ["debugfs", "-R", f"cat {path}", f"{image}?offset={offset}"],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0 or b"File not found" in done.stderr or b"Bad magic" in done.stderr:
+        return None
+    return done.stdout
+
+
+def _debugfs_readlink(image: Path, offset: int, path: str) -> str:
+    done = subprocess.run(
+        ["debugfs", "-R", f"stat {path}", f"{image}?offset={offset}"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    for line in done.stdout.splitlines():
+        if line.startswith("Fast link dest:"):
+            return line.split('"')[1] if '"' in line else line.split(":", 1)[1].strip()
+    return ""
+
+
+def _mtools_read(image: Path, offset: int, path: str) -> bytes | None:
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    done = subprocess.run(
+        ["mtype", "-i", f"{image}@@{offset}", f"::{path}"],
+        capture_output=True,
+        env=env,
+        check=False,
+    )
+    return done.stdout if done.returncode == 0 else None
+
+
+def slot_info(image: Path, part: Partition) -> dict[str, Any]:
+    """What a slot holds: device.json, kernel, model packages; or that it is empty."""
+    device = _debugfs_cat(image, part.start, "/etc/edgekiln/device.json")
+    if device is None:
+        return {"state": "empty"}
+    info: dict[str, Any] = {"state": "filled", "device": json.loads(device)}
+    info["kernel"] = _debugfs_readlink(image, part.start, "/boot/vmlinuz")
+    models = {}
+    for role in ("primary", "fallback"):
+        raw = _debugfs_cat(image, part.start, f"/opt/edgekiln/models/{role}/model.json")
+        if raw:
+            doc = json.loads(raw)
+            models[role] = {"name": doc.get("name"), "version": doc.get("version")}
+    info["models"] = models
+    runtime = _debugfs_cat(image, part.start, "/opt/edgekiln/appliance/appliance")
+    info["runtime"] = "present" if runtime else "missing"
+    return info
+
+
+def boot_info(image: Path, part: Partition) -> dict[str, Any]:
+    """The grubenv copies on the ESP, parsed as GRUB reads them."""
+    from appliance.slots import grub, grubenv
+
+    out: dict[str, Any] = {}
+    for name, path in (("grubenv", grub.ENV_PATH), ("grubenv.bak", grub.ENV_BACKUP_PATH)):
+        block = _mtools_read(image, part.start, path)
+        out[name] = grubenv.parse(block) if block is not None else None
+    out["efi"] = _mtools_read(image, part.start, "/EFI/BOOT/BOOTX64.EFI") is not None
+    return out
+
+
+def partition_digest(image: Path, part: Partition) -> str:
+    """sha256 of one partition's bytes inside the image."""
+    h = hashlib.sha256()
+    with image.open("rb") as handle:
+        handle.seek(part.start)
+        left = part.size
+        while left:
+            chunk = handle.read(min(left, 4 << 20))
+            if not chunk:
+                raise InspectError(f"{image} ends inside partition {part.name}")
+            h.update(chunk)
+            left -= len(chunk)
+    return h.hexdigest()
+
+
+def manifest_paths(image: Path) -> tuple[Path, Path]:
+    stem = image.name.removesuffix(".img")
+    return image.with_name(f"{stem}.manifest.json"), image.with_name(f"{stem}.manifest.sig")
+
+
+def check_manifest(
+    image: Path, table: list[Partition], keyring_bytes: bytes | None
+) -> dict[str, Any]:
+    """Verify the manifest's signature and recompute every partition digest it lists."""
+    from appliance.bundle.keyring import Keyring
+
+    manifest, sig = manifest_paths(image)
+    if not manifest.exists():
+        return {"manifest": "missing"}
+    body = manifest.read_bytes()
+    doc = json.loads(body)
+    result: dict[str, Any] = {"manifest": str(manifest), "version": doc.get("version")}
+    if not sig.exists() or keyring_bytes is None:
+        result["signature"] = "missing" if not sig.exists() else "no keyring to check against"
+    else:
+        s = json.loads(sig.read_text())
+        key = Keyring.from_bytes(keyring_bytes).get(s["key_id"])
+        result["signature"] = (
+            "valid" if key.verify(bytes.fromhex(s["signature"]), body) else "INVALID"
+        )
+        result["key_id"] = s["key_id"]
+    digests = {}
+    by_name = {p.name: p for p in table}
+    for name, entry in sorted(doc.get("partitions", {}).items()):
+        want = entry.get("sha256")
+        if want is None or name not in by_name:
+            continue
+        digests[name] = "ok" if partition_digest(image, by_name[name]) == want else "MISMATCH"
+    result["partitions"] = digests
+    return result
+
+
+def inspect_image(
+    image: Path, keyring: Path | None = None, *, digests: bool = True
+) -> dict[str, Any]:
+    """Everything ``kiln inspect`` shows, as plain data."""
+    if not image.is_file():
+        raise InspectError(f"{image}: no such image file")
+    table = read_table(image)
+    out: dict[str, Any] = {
+        "image": str(image),
+        "size": image.stat().st_size,
+        "partitions": [p.__dict__ for p in table],
+    }
+    for part in table:
+        if part.name == "boot":
+            out["boot"] = boot_info(image, part)
+        elif part.name.startswith("rootfs_"):
+            out.setdefault("slots", {})[part.name] = slot_info(image, part)
+    ring: bytes | None = keyring.read_bytes() if keyring else None
+    if ring is None:
+        slot_a = next((p for p in table if p.name == "rootfs_a"), None)
+        ring = _debugfs_cat(image, slot_a.start, "/etc/edgekiln/keyring.json") if slot_a else None
+    if digests:
+        out["verification"] = check_manifest(image, table, ring)
+    return out
