@@ -35,7 +35,7 @@ DEFAULT_CONFIG = "/data/edgekiln/pipeline.json"
 @click.option("--health-limit", default=16, show_default=True, help="Reference images checked.")
 @click.option("--budget-factor", default=1.0, show_default=True, help="Latency budget factor.")
 @click.option("--no-gate", is_flag=True, help="Skip the health gate (development).")
-def agent(  # noqa: PLR0917 - one parameter per option
+def agent(
     config_path: Path,
     loader_spec: str | None,
     booted: str | None,
@@ -74,7 +74,7 @@ def agent(  # noqa: PLR0917 - one parameter per option
     supervisor.run(stop)
 
 
-def _gate(  # noqa: PLR0917 - the agent's options, passed through
+def _gate(
     package: str,
     loader_spec: str | None,
     booted: str | None,

@@ -126,7 +126,10 @@ def health_gate(
     state = control.reconcile(loader, booted, data_dir)
     if not control.on_trial(state, booted):
         return "committed"
-    report = check()
+    try:
+        report = check()
+    except Exception as exc:  # a check that cannot run is a failed check, not a crashed agent
+        report = HealthReport(False, [f"health check could not run: {exc}"], {})
     if report.passed:
         control.commit_booted(loader, booted, data_dir)
         log.warning("slot %s passed its health check and is committed", booted)

@@ -250,7 +250,9 @@ class Supervisor:
             if healthy:
                 self._drain(worker)
         interval = self.notifier.ping_interval_s
-        due = interval is None or now - self._last_ping >= interval
+        if interval is None:
+            return  # no watchdog configured for this service
+        due = now - self._last_ping >= interval
         if healthy and due and self.notifier.watchdog():
             self._last_ping = now
 

@@ -213,3 +213,16 @@ def test_appliance_agent_commits_then_supervises_under_a_notify_socket(
     assert sent[0].startswith("READY=1") and "WATCHDOG=1" in sent and sent[-1] == "STOPPING=1"
     events = (data / "edgekiln" / "events.jsonl").read_text()
     assert '"worker_started"' in events
+
+
+def test_a_check_that_cannot_run_fails_the_slot(tmp_path: Path) -> None:
+    state_file, data = trial(tmp_path)
+    loader = file_loader(state_file)
+
+    def broken() -> HealthReport:
+        raise FileNotFoundError("systemctl")
+
+    reboots: list[int] = []
+    assert health_gate(loader, "B", data, broken, lambda: reboots.append(1)) == "failed"
+    assert reboots == [1]
+    assert loader.read().status("B") == "bad"
