@@ -50,8 +50,8 @@ def slots() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(loader_spec: str | None, booted: str | None, as_json: bool) -> None:
     """Each slot's state, and which one boots next."""
-    from appliance.slots.errors import BootedSlotUnknown
     from appliance.slots.config import open_loader
+    from appliance.slots.errors import BootedSlotUnknown
     from appliance.slots.state import loader_choice
 
     loader = open_loader(loader_spec)

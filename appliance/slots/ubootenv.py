@@ -123,6 +123,14 @@ def current_copy(flags: list[int | None]) -> int | None:
     return 1 if second > first else 0
 
 
+def choose(raws: list[bytes]) -> dict[str, str] | None:
+    """Variables of the copy U-Boot uses among one or two raw copies (None: none is valid)."""
+    parsed = [parse_copy(raw, len(raws) == 2) for raw in raws]
+    index = current_copy([p[1] if p else None for p in parsed])
+    chosen = parsed[index] if index is not None else None
+    return chosen[0] if chosen else None
+
+
 class UBootEnvStore:
     """A U-Boot environment in one or two copies (files or block devices)."""
 
@@ -159,10 +167,7 @@ class UBootEnvStore:
 
     def read_candidates(self) -> list[dict[str, str] | None]:
         """The copy U-Boot would use (a bad one counts as none: U-Boot uses its default)."""
-        parsed = self._parsed()
-        index = current_copy([p[1] if p else None for p in parsed])
-        chosen = parsed[index] if index is not None else None
-        return [chosen[0] if chosen else None]
+        return [choose([self._read_raw(c) for c in self.copies])]
 
     def write(self, variables: Mapping[str, str]) -> None:
         """Write the non-current copy with the next flag (one copy: in place)."""
