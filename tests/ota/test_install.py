@@ -5,17 +5,18 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from appliance.bundle import FileSink
 from appliance.bundle.errors import BundleError
-from appliance.ota.errors import ReadBackError
+from appliance.ota.errors import ReadBackError, TargetError
 from appliance.ota.installer import install
 from appliance.slots.errors import InvalidTransition
 from appliance.slots.filestore import file_loader
@@ -251,3 +252,55 @@ def test_delta_for_another_base_changes_nothing(device: Device, tmp_path: Path) 
         )
     assert device.loader().read() == BootState()
     assert device.slots["B"].read_bytes() == before
+
+
+@pytest.fixture
+def loop_device(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
+    """Attach image files as loop block devices (root only); detached afterwards."""
+    attached: list[str] = []
+
+    def attach(size: int) -> Path:
+        backing = tmp_path / f"loop{len(attached)}.img"
+        with backing.open("wb") as f:
+            f.truncate(size)
+        proc = subprocess.run(
+            ["losetup", "--find", "--show", str(backing)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            pytest.skip(f"no loop devices here: {proc.stderr.strip()}")
+        attached.append(proc.stdout.strip())
+        return Path(attached[-1])
+
+    yield attach
+    for dev in attached:
+        subprocess.run(["losetup", "-d", dev], capture_output=True, check=False)
+
+
+@pytest.mark.integration
+def test_install_into_a_block_device(device: Device, loop_device: Callable[[int], Path]) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("loop devices need root")
+    small, big = loop_device(IMAGE_SIZE // 2), loop_device(IMAGE_SIZE * 2)
+    with pytest.raises(TargetError, match="holds"):
+        install(
+            io.BytesIO(device.bundle_v2),
+            policy=device.policy(),
+            loader=device.loader(),
+            booted="A",
+            targets={"A": device.slots["A"], "B": small},
+        )
+    assert device.loader().read() == BootState()  # refused before the slot was marked bad
+    result = install(
+        io.BytesIO(device.bundle_v2),
+        policy=device.policy(),
+        loader=device.loader(),
+        booted="A",
+        targets={"A": device.slots["A"], "B": big},
+    )
+    assert result.slot == "B"
+    with big.open("rb") as f:
+        assert f.read(IMAGE_SIZE) == device.v2
+    assert device.loader().read() == BootState("A", "B", 1)
