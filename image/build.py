@@ -11,6 +11,7 @@ boot       grub.cfg, grubenv, GRUB modules and version, ESP size and volume id
 data       data tree, size, UUID seed, epoch
 disk       always assembled (sparse dd, seconds), then .bmap and a zstd copy
 manifest   partition digests, recipe digest, component versions (signed when a key is set)
+bundle     the full update bundle of this version (appliance.bundle format, signed)
 =========  ===============================================================================
 
 A model-only change therefore re-runs slot, disk and manifest, and takes base, runtime, boot
@@ -25,12 +26,13 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.fsutil import atomic_write_bytes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from appliance.fsutil import atomic_write_bytes, atomic_writer
 from image import boot, disk, fs, rootfs
 from image.errors import BuildError
 from image.recipe import MIB, LoadedRecipe, canonical_json
@@ -39,7 +41,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_EPOCH = 1704067200  # 2024-01-01T00:00:00Z, as image.freeze
 IMAGE_FORMAT = 1
-STAGES = ("base", "runtime", "slot", "boot", "data", "disk", "bmap", "compress", "manifest")
+STAGES = (
+    "base", "runtime", "slot", "boot", "data", "disk", "bmap", "compress", "manifest", "bundle",
+)  # fmt: skip
 _CODE = ("fs.py", "rootfs.py", "boot.py", "disk.py", "build.py")
 
 
@@ -169,7 +173,7 @@ class Pipeline:
         cache_dir: Path | None = None,
         runtime: Path | None = None,
         keyring: bytes | None = None,
-        signer: Callable[[bytes], tuple[str, bytes]] | None = None,
+        key: Ed25519PrivateKey | None = None,
         observer: Observer | None = None,
         compress_level: int = 3,
     ) -> None:
@@ -179,7 +183,7 @@ class Pipeline:
         self.cache = (cache_dir or default_cache_dir()).resolve()
         self.runtime_dir = runtime
         self.keyring = keyring
-        self.signer = signer
+        self.key = key
         self.observer = observer or Observer()
         self.compress_level = compress_level
         self.epoch = build_epoch()
@@ -238,6 +242,7 @@ class Pipeline:
         self.stage_bmap(image)
         self.stage_compress(image)
         self.stage_manifest(image)
+        self.stage_bundle(slot)
         self.report.seconds = round(time.monotonic() - t0, 2)
         atomic_write_bytes(self.outdir / "build-report.json", self.report.to_json())
         atomic_write_bytes(self.outdir / "build-report.txt", self.report.summary().encode())
@@ -424,8 +429,11 @@ class Pipeline:
         atomic_write_bytes(out, body)
         self.report.outputs["manifest"] = str(out)
         detail = "unsigned (no signing key)"
-        if self.signer is not None:
-            key_id, signature = self.signer(body)
+        if self.key is not None:
+            from appliance.bundle.keyring import key_id_for
+            from image.keys import raw_public
+
+            key_id, signature = key_id_for(raw_public(self.key)), self.key.sign(body)
             sig = out.with_name(out.name.removesuffix(".json") + ".sig")
             atomic_write_bytes(
                 sig, json.dumps({"key_id": key_id, "signature": signature.hex()}).encode() + b"\n"
@@ -433,6 +441,27 @@ class Pipeline:
             self.report.outputs["signature"] = str(sig)
             detail = f"signed by {key_id}"
         self._done("manifest", start, cached=False, size=len(body), detail=detail)
+        return out
+
+    def stage_bundle(self, slot: Path) -> Path | None:
+        """The full update bundle of this version (appliance.bundle format), from the slot."""
+        start = self._stage("bundle", "full update bundle")
+        if self.key is None:
+            self._done("bundle", start, cached=False, detail="skipped (no signing key)")
+            return None
+        from appliance.bundle.writer import PayloadSource, write_bundle
+
+        r = self.recipe
+        out = self.outdir / f"{image_name(self.loaded)}.bundle"
+        with atomic_writer(out) as handle:
+            write_bundle(
+                handle, key=self.key, product=r.product, targets=[r.target.name],
+                version=r.version, security_version=r.security_version, created=self.epoch,
+                payloads=[PayloadSource.slot_image(slot)], zstd_level=self.compress_level,
+                spool_dir=self.outdir,
+            )  # fmt: skip
+        self.report.outputs["bundle"] = str(out)
+        self._done("bundle", start, cached=False, size=out.stat().st_size)
         return out
 
 

@@ -71,12 +71,12 @@ def build(
 
     self_check(loaded)  # arm64 loaders are a later issue: refuse before any stage
     outdir = outdir or Path("build") / image_name(loaded)
-    signer, keyring = signing_material(loaded, cache_dir)
+    key, keyring = signing_material(loaded, cache_dir)
 
     def one(out: Path, cache: Path | None, label: str) -> dict[str, str]:
         with RichObserver(label) as observer:
             report = Pipeline(
-                loaded, out, cache_dir=cache, runtime=runtime, keyring=keyring, signer=signer,
+                loaded, out, cache_dir=cache, runtime=runtime, keyring=keyring, key=key,
                 observer=observer, compress_level=compress_level,
             ).run()  # fmt: skip
         click.echo(report.summary())

@@ -37,6 +37,7 @@ def print_plan(loaded: LoadedRecipe, cache_dir: Path | None) -> None:
         "bmap": "bmaptool create",
         "compress": "zstd",
         "manifest": "partition digests, recipe digest, versions; signed",
+        "bundle": "full update bundle of the same version (slot image, zstd, signed)",
     }
     for n, stage in enumerate(STAGES, 1):
         click.echo(f"{n}. {stage:<9} {notes.get(stage, '')}")

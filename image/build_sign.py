@@ -9,8 +9,9 @@ The keyring installed into the image trusts exactly the public half of the signi
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from image.recipe import LoadedRecipe
 
@@ -19,16 +20,16 @@ log = logging.getLogger(__name__)
 DEV_KEY_NAME = "dev"
 DEV_PASSPHRASE = b"edgekiln-development-only"
 
-Signer = Callable[[bytes], tuple[str, bytes]]
-
 
 def dev_key_path(cache_dir: Path) -> Path:
     """Where the development key lives (created on first use)."""
     return cache_dir / "keys" / f"{DEV_KEY_NAME}.key"
 
 
-def signing_material(loaded: LoadedRecipe, cache_dir: Path | None = None) -> tuple[Signer, bytes]:
-    """(signer returning (key id, signature), keyring bytes to install) for this recipe."""
+def signing_material(
+    loaded: LoadedRecipe, cache_dir: Path | None = None
+) -> tuple[Ed25519PrivateKey, bytes]:
+    """(release private key, keyring bytes to install) for this recipe."""
     from image import keys
     from image.build import default_cache_dir
 
@@ -50,11 +51,4 @@ def signing_material(loaded: LoadedRecipe, cache_dir: Path | None = None) -> tup
         comment = "development key (not for production)"
     raw = keys.raw_public(private)
     ring = keys.next_keyring(None, [(raw, comment)], [])
-    from appliance.bundle.keyring import key_id_for
-
-    key_id = key_id_for(raw)
-
-    def sign(body: bytes) -> tuple[str, bytes]:
-        return key_id, private.sign(body)
-
-    return sign, ring.to_bytes()
+    return private, ring.to_bytes()
