@@ -32,7 +32,7 @@ def _slot_paths(values: tuple[str, ...]) -> dict[str, Path]:
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     envvar="EDGEKILN_DATA",
-    help="Data partition mount: anti-rollback floor, rotated keyring, install record.",
+    help="Data partition mount: floor, rotated keyring, install record (default: device.json).",
 )
 @click.option(
     "--keyring",
@@ -41,8 +41,8 @@ def _slot_paths(values: tuple[str, ...]) -> dict[str, Path]:
     default=DEVICE_KEYRING,
     show_default=True,
 )
-@click.option("--product", envvar="EDGEKILN_PRODUCT", required=True, help="This device's product.")
-@click.option("--target", envvar="EDGEKILN_TARGET", required=True, help="This hardware target.")
+@click.option("--product", envvar="EDGEKILN_PRODUCT", help="This product (default: device.json).")
+@click.option("--target", envvar="EDGEKILN_TARGET", help="Hardware target (default: device.json).")
 @click.option("--slot", "slots", multiple=True, help="Slot device or image: A=PATH / B=PATH.")
 @click.option("--trusted-time", help="Enforce expiry: Unix time, or 'now' if the clock is trusted.")
 def install(
@@ -51,13 +51,14 @@ def install(
     booted: str | None,
     data_dir: Path | None,
     keyring_path: Path,
-    product: str,
-    target: str,
+    product: str | None,
+    target: str | None,
     slots: tuple[str, ...],
     trusted_time: str | None,
 ) -> None:
     """Verify and write a bundle into the inactive slot; the next boot tries it once."""
     from appliance.bundle import Policy, effective_keyring
+    from appliance.device import Device
     from appliance.ota.installer import install as do_install
     from appliance.ota.source import open_stream
     from appliance.slots.booted import booted_slot
@@ -65,6 +66,15 @@ def install(
     from appliance.slots.state import parse_slot
     from appliance.state import security_floor
 
+    device = Device.from_env(data_dir)
+    data_dir = device.data_dir
+    product = product or device.config.product
+    target = target or device.config.target
+    if "unknown" in (product, target):
+        raise click.UsageError(
+            "this device's product/target are unknown: pass --product and --target "
+            "(or provide /etc/edgekiln/device.json)"
+        )
     slot = parse_slot(booted) if booted else booted_slot()
     assert slot is not None
     now = None
@@ -78,7 +88,7 @@ def install(
         keyring=effective_keyring(keyring_path, data_dir),
         product=product,
         target=target,
-        min_security_version=security_floor(data_dir) if data_dir else 0,
+        min_security_version=security_floor(data_dir),
         trusted_now=now,
     )
     with contextlib.ExitStack() as stack:

@@ -25,8 +25,15 @@ data_option = click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     envvar="EDGEKILN_DATA",
-    help="Data partition mount (records commits and the anti-rollback floor).",
+    help="Data partition mount: install record and anti-rollback floor (default: device.json).",
 )
+
+
+def _data(value: Path | None) -> Path:
+    """The data partition: the option, else ``$EDGEKILN_DATA`` / device.json (``/data``)."""
+    from appliance.device import Device
+
+    return Device.from_env(value).data_dir
 
 
 def _booted(value: str | None) -> Slot:
@@ -89,7 +96,7 @@ def mark_good(loader_spec: str | None, booted: str | None, data_dir: Path | None
     from appliance.slots.control import commit_booted
 
     slot = _booted(booted)
-    commit_booted(open_loader(loader_spec), slot, data_dir)
+    commit_booted(open_loader(loader_spec), slot, _data(data_dir))
     click.echo(f"slot {slot} committed")
 
 
@@ -107,7 +114,7 @@ def mark_bad(
 
     target = parse_slot(slot) if slot else _booted(booted)
     assert target is not None
-    fail_booted(open_loader(loader_spec), target, data_dir)
+    fail_booted(open_loader(loader_spec), target, _data(data_dir))
     click.echo(f"slot {target} marked bad")
 
 
@@ -121,5 +128,5 @@ def rollback(loader_spec: str | None, booted: str | None, data_dir: Path | None)
     from appliance.slots.config import open_loader
     from appliance.slots.state import loader_choice
 
-    state = control.rollback(open_loader(loader_spec), _booted(booted), data_dir)
+    state = control.rollback(open_loader(loader_spec), _booted(booted), _data(data_dir))
     click.echo(f"next boot: slot {loader_choice(state)[0]}; reboot to switch")

@@ -11,17 +11,14 @@ from pathlib import Path
 import click
 
 log = logging.getLogger(__name__)
-DEFAULT_CONFIG = "/data/edgekiln/pipeline.json"
 
 
 @click.command()
 @click.option(
     "--config",
     "config_path",
-    default=DEFAULT_CONFIG,
-    show_default=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Pipeline config (JSON or TOML).",
+    help="Pipeline config, JSON or TOML (default: DATA/edgekiln/pipeline.json).",
 )
 @click.option("--loader", "loader_spec", envvar="EDGEKILN_SLOTS", help="Slot loader spec.")
 @click.option("--booted", type=click.Choice(["A", "B"]), envvar="EDGEKILN_BOOTED_SLOT")
@@ -29,38 +26,50 @@ DEFAULT_CONFIG = "/data/edgekiln/pipeline.json"
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     envvar="EDGEKILN_DATA",
-    help="Data partition mount (update state, events).",
+    help="Data partition mount (default: device.json's data_dir, /data).",
 )
 @click.option("--service", "services", multiple=True, help="Unit that must be active (repeat).")
-@click.option("--health-limit", default=16, show_default=True, help="Reference images checked.")
-@click.option("--budget-factor", default=1.0, show_default=True, help="Latency budget factor.")
+@click.option(
+    "--health-limit", type=int, help="Reference images checked (default: device.json, 16)."
+)
+@click.option(
+    "--budget-factor", type=float, help="Latency budget factor (default: device.json, 1.0)."
+)
 @click.option("--no-gate", is_flag=True, help="Skip the health gate (development).")
 def agent(
-    config_path: Path,
+    config_path: Path | None,
     loader_spec: str | None,
     booted: str | None,
     data_dir: Path | None,
     services: tuple[str, ...],
-    health_limit: int,
-    budget_factor: float,
+    health_limit: int | None,
+    budget_factor: float | None,
     no_gate: bool,
 ) -> None:
     """Run the device: commit or roll back a tried slot, then keep the pipeline alive."""
+    from appliance.device import Device
     from appliance.inference.pipeline import load_config
     from appliance.supervisor.pipeline_worker import pipeline_target, policy_for
     from appliance.supervisor.sdnotify import Notifier
     from appliance.supervisor.supervisor import Supervisor
 
+    device = Device.from_env(data_dir)  # device.json fills in what the options leave open
+    config_path = config_path or device.pipeline_config
+    health = device.config.health
+    limit = health_limit or int(health.get("reference_count", 16))
+    factor = budget_factor or float(health.get("budget_factor", 1.0))
     cfg = load_config(config_path)
     if not no_gate:
-        _gate(cfg.model, loader_spec, booted, data_dir, services, health_limit, budget_factor)
-    events_path = (data_dir / "edgekiln" / "events.jsonl") if data_dir else None
+        _gate(cfg.model, loader_spec, booted, device.data_dir, services, limit, factor)
+    events_path = device.events_path
 
     def on_event(event: dict[str, object]) -> None:
-        if events_path is not None:
+        try:
             events_path.parent.mkdir(parents=True, exist_ok=True)
             with events_path.open("a") as handle:
                 handle.write(json.dumps(event, default=str) + "\n")
+        except OSError as exc:  # the event log must never stop supervision
+            log.warning("cannot append to %s: %s", events_path, exc)
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

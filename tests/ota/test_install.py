@@ -304,3 +304,38 @@ def test_install_into_a_block_device(device: Device, loop_device: Callable[[int]
     with big.open("rb") as f:
         assert f.read(IMAGE_SIZE) == device.v2
     assert device.loader().read() == BootState("A", "B", 1)
+
+
+@pytest.mark.integration
+def test_appliance_install_takes_identity_and_data_from_device_json(
+    device: Device, tmp_path: Path
+) -> None:
+    import json
+
+    keyring = tmp_path / "keyring.json"
+    keyring.write_bytes(device.keyring.to_bytes())
+    (tmp_path / "v2.bundle").write_bytes(device.bundle_v2)
+    data = tmp_path / "data"
+    config = tmp_path / "device.json"
+    config.write_text(json.dumps({"product": PRODUCT, "target": TARGET, "data_dir": str(data)}))
+    env = {**os.environ, "EDGEKILN_DEVICE_CONFIG": str(config)}
+    env.pop("EDGEKILN_DATA", None)
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "appliance"),
+            "install",
+            str(tmp_path / "v2.bundle"),
+            f"--loader=file:{tmp_path / 's.env'}",
+            "--booted=A",
+            f"--keyring={keyring}",
+            f"--slot=A={device.slots['A']}",
+            f"--slot=B={device.slots['B']}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    installed = load_state(data).installed
+    assert installed is not None and (installed.slot, installed.version) == ("B", "2.0.0")
