@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -60,7 +61,8 @@ def agent(
     factor = budget_factor or float(health.get("budget_factor", 1.0))
     cfg = load_config(config_path)
     if not no_gate:
-        _gate(cfg.model, loader_spec, booted, device.data_dir, services, limit, factor)
+        gate = GateOptions(services, limit, factor, device.config.backend)
+        _gate(cfg.model, loader_spec, booted, device.data_dir, gate)
     events_path = device.events_path
 
     def on_event(event: dict[str, object]) -> None:
@@ -83,14 +85,18 @@ def agent(
     supervisor.run(stop)
 
 
+@dataclasses.dataclass(frozen=True)
+class GateOptions:
+    """What the health check runs: units that must be active, reference subset, budget, back end."""
+
+    services: tuple[str, ...]
+    limit: int
+    budget_factor: float
+    backend: str | None
+
+
 def _gate(
-    package: str,
-    loader_spec: str | None,
-    booted: str | None,
-    data_dir: Path | None,
-    services: tuple[str, ...],
-    limit: int,
-    budget_factor: float,
+    package: str, loader_spec: str | None, booted: str | None, data_dir: Path, gate: GateOptions
 ) -> None:
     from appliance.slots.booted import booted_slot
     from appliance.slots.config import open_loader
@@ -109,7 +115,11 @@ def _gate(
         slot,
         data_dir,
         lambda: run_health_check(
-            Path(package), services=services, limit=limit, budget_factor=budget_factor
+            Path(package),
+            services=gate.services,
+            backend=gate.backend,
+            limit=gate.limit,
+            budget_factor=gate.budget_factor,
         ),
         systemctl_reboot,
     )

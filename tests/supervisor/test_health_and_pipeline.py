@@ -123,7 +123,7 @@ def _images(folder: Path, count: int) -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("mode", ["primary", "degraded"])
+@pytest.mark.parametrize("mode", ["primary", "fallback", "degraded"])
 def test_real_pipeline_runs_as_a_supervised_worker(
     tmp_path: Path, package: Path, mode: str
 ) -> None:
@@ -133,7 +133,9 @@ def test_real_pipeline_runs_as_a_supervised_worker(
     config.write_text(
         json.dumps(
             {
-                "model": str(package),
+                # In fallback mode the worker must not even try the (missing) primary model.
+                "model": str(tmp_path / "no-primary") if mode == "fallback" else str(package),
+                "fallback_model": str(package),
                 "source": str(tmp_path / "frames"),
                 "sink": str(sink),
                 "backends": ["onnxruntime"],
@@ -160,6 +162,7 @@ def test_real_pipeline_runs_as_a_supervised_worker(
         assert any(e.get("kind") == "degraded" and e.get("alert") for e in sup.events)
     else:
         assert any(e.get("kind") == "loaded" for e in sup.events)  # forwarded pipeline event
+        assert not any(e.get("kind") == "fallback" for e in sup.events)
 
 
 @pytest.mark.integration
