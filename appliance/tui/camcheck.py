@@ -87,12 +87,18 @@ def preview(gray: np.ndarray, cols: int = 48, rows: int = 12) -> str:
 
 
 def capture_check(uri: str, frames: int = 30, timeout_s: float = 10.0) -> CaptureReport:
-    """Read up to ``frames`` frames from ``uri``; raise ApplianceError if none arrive."""
+    """Read up to ``frames`` frames from ``uri``; raise ApplianceError if none arrive.
+
+    Blocks for up to ``frames`` frame periods (2 s for 30 frames of a 15 fps camera).
+    """
     import cv2
 
-    from appliance.inference.sources import open_source
+    from appliance.inference.sources import is_live_uri, open_source
 
-    source = open_source(uri)
+    # A video file is read at its own frame rate, as a camera would deliver it: the measured
+    # FPS then means what it means for a camera (unpaced it is only the decoder's speed).
+    paced = uri if is_live_uri(uri) or "?" in uri or Path(uri).is_dir() else f"{uri}?realtime=1"
+    source = open_source(paced)
     got, first_t, last_t, last = 0, 0.0, 0.0, None
     deadline = time.monotonic() + timeout_s
     try:

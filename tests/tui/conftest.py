@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +92,14 @@ def actions(device: Device) -> list[dict[str, Any]]:
     return [json.loads(line) for line in device.actions_path.read_text().splitlines()]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _report_keystrokes() -> Iterator[None]:
-    yield
-    if KEYSTROKES:
-        print("\nkeystrokes per task:", json.dumps(KEYSTROKES, sort_keys=True))
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the keystrokes each task took (the README's figures)."""
+    # The test modules import this file as tests.tui.conftest, pytest loads it under
+    # another name: read the counts from the module the tests wrote to.
+    from tests.tui import conftest as imported
+
+    counts = imported.KEYSTROKES
+    if counts:
+        terminalreporter.write_sep("-", "technician TUI: keystrokes per task")
+        for task, count in sorted(counts.items()):
+            terminalreporter.write_line(f"{count:4d}  {task}")

@@ -11,7 +11,8 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
-from textual.widgets import Button, Input, Label, Static
+from textual.widgets import Button, Input, Label, OptionList, Static
+from textual.widgets.option_list import Option
 
 from appliance.errors import ApplianceError
 from appliance.fsutil import atomic_write_bytes
@@ -43,6 +44,7 @@ class CameraScreen(TaskScreen):
     """Type or pick a source, Enter tests it (frames, resolution, FPS, light, focus), s saves."""
 
     MODE = "camera"
+    AUTO_FOCUS = "#sources"  # an option list: digits still switch tasks
     CSS_PATH = Path(__file__).with_suffix(".tcss")
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("t", "test", "Test"),
@@ -56,10 +58,16 @@ class CameraScreen(TaskScreen):
     def compose_body(self) -> ComposeResult:
         devices = camcheck.list_v4l2(self.device.sys_root)
         configured = str(pipeline_settings(self.device).get("source", ""))
-        listing = ", ".join(f"{d.path} ({d.name})" for d in devices) or "none found"
-        yield Static("Camera", classes="title")
-        yield Static(f"V4L2 devices: {listing}", id="v4l2", markup=False)
-        yield Static(f"configured:   {configured or '-'}", id="configured", markup=False)
+        self._choices = [d.path for d in devices]
+        options = [Option(f"{d.path}  V4L2: {d.name}", id=d.path) for d in devices]
+        if configured and configured not in self._choices:
+            self._choices.append(configured)
+            options.append(Option(f"{configured}  (configured)", id=configured))
+        if not devices:
+            options.append(Option("no V4L2 camera found (/sys/class/video4linux)", disabled=True))
+        yield Static("Camera: Enter on a source tests it", classes="title")
+        yield OptionList(*options, id="sources", compact=True)
+        yield Static(f"configured: {configured or '-'}", id="configured", markup=False)
         with Horizontal(classes="form-row"):
             yield Label("Source")
             yield Input(value=configured, id="source", compact=True)
@@ -71,6 +79,11 @@ class CameraScreen(TaskScreen):
             yield Static("", id="preview", markup=False)
             yield Static("no test capture yet", id="result", markup=False)
         yield Static("", id="message", classes="message", markup=False)
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        if event.option.id is not None:
+            self.query_one("#source", Input).value = event.option.id
+            self.action_test()
 
     def _uri(self) -> str:
         return self.query_one("#source", Input).value.strip()
@@ -158,5 +171,5 @@ class CameraScreen(TaskScreen):
             return
         body = msgspec.json.format(msgspec.json.encode(doc), indent=2) + b"\n"
         atomic_write_bytes(self.device.pipeline_config, body)
-        self.query_one("#configured", Static).update(f"configured:   {uri}")
+        self.query_one("#configured", Static).update(f"configured: {uri}")
         self.say("saved; restart the agent to use it (systemctl restart edgekiln-agent)")
