@@ -42,12 +42,14 @@ def render_boot_cmd(
     cmdline: str = "",
     partitions: Mapping[Slot, int] = DEFAULT_PARTITIONS,
     partlabels: Mapping[Slot, str] = DEFAULT_PARTLABELS,
+    reset_delay: int = 10,
 ) -> str:
     """U-Boot hush script (boot.cmd) that picks and boots an A/B slot.
 
     ``devtype``/``devnum``: the storage U-Boot loads from (``mmc``, ``${devnum}`` as set by
     distro boot); ``kernel``/``initrd``/``fdt``: paths inside the slot's ext4 (None: none);
-    ``cmdline``: extra kernel arguments; ``partitions``/``partlabels`` as in grub.cfg.
+    ``cmdline``: extra kernel arguments; ``partitions``/``partlabels`` as in grub.cfg;
+    ``reset_delay``: seconds to show the error before resetting when no slot loads.
     """
     for word in [devtype, devnum, kernel, *(cmdline.split()), *partlabels.values()]:
         if not _SAFE.fullmatch(word):
@@ -92,7 +94,7 @@ edgekiln.slot=${{ek_slot}}{extra}"
   if test "${{ek_first}}" = "B"; then setenv ek_slot A; else setenv ek_slot B; fi
 done
 echo "edgekiln: no slot could be loaded, resetting"
-sleep 10
+sleep {int(reset_delay)}
 reset
 """
 
