@@ -24,7 +24,6 @@ import numpy as np
 
 from appliance.device import Device, DeviceConfig
 from appliance.errors import ApplianceError
-from appliance.fsutil import atomic_write_bytes
 
 PRODUCT = "edgekiln-demo"
 TARGET = "generic-x86-64"
@@ -98,9 +97,15 @@ def _bundle(version: str, security_version: int, target: str) -> bytes:
     return out.getvalue()
 
 
+def _put(path: Path, data: bytes) -> None:
+    """Write a demo file (a temp tree: no fsync needed, and fsync dominated the build time)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
 def _write_json(path: Path, doc: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n")
+    _put(path, json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n")
 
 
 def _write_video(path: Path, frames: int = 45, size: tuple[int, int] = (160, 120)) -> None:
@@ -173,19 +178,19 @@ def build_demo(root: Path, model_dir: Path | None = None, now: float = DEMO_EPOC
     raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)  # type: ignore[attr-defined]
     ring = Keyring(version=1, keys=(TrustedKey.from_public_key(raw, "demo release key"),))
     keyring_path = root / "etc" / "edgekiln" / "keyring.json"
-    atomic_write_bytes(keyring_path, ring.to_bytes())
+    _put(keyring_path, ring.to_bytes())
     (data / "edgekiln").mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(data / "edgekiln" / "device-id", b"demo-0001\n")
+    _put(data / "edgekiln" / "device-id", b"demo-0001\n")
     record = SlotRecord("A", VERSION, SECURITY_VERSION)
     save_state(data, UpdateState(security_floor=SECURITY_VERSION, committed=record))
     grub = root / "boot" / "efi" / "grub"
     grub.mkdir(parents=True, exist_ok=True)
     for name in ("grubenv", "grubenv.bak"):
-        atomic_write_bytes(grub / name, initial_env())
+        _put(grub / name, initial_env())
     slots = root / "slots"
     slots.mkdir(exist_ok=True)
-    atomic_write_bytes(slots / "rootfs_a.img", _slot_image(VERSION))
-    atomic_write_bytes(slots / "rootfs_b.img", bytes(SLOT_SIZE))
+    _put(slots / "rootfs_a.img", _slot_image(VERSION))
+    _put(slots / "rootfs_b.img", bytes(SLOT_SIZE))
     usb = root / "usb"
     usb.mkdir(exist_ok=True)
     good = _bundle(NEW_VERSION, 2, TARGET)
@@ -198,13 +203,13 @@ def build_demo(root: Path, model_dir: Path | None = None, now: float = DEMO_EPOC
         "edgekiln-demo-0.9.0.bundle": _bundle("0.9.0", 0, TARGET),
     }
     for name, blob in payloads.items():
-        atomic_write_bytes(usb / name, blob)
+        _put(usb / name, blob)
     video = root / "camera" / "demo.avi"
     if not video.exists():
         _write_video(video)
     sink = data / "edgekiln" / "results.jsonl"
     lines = _results(package.name, package.manifest.version, now - 4.0)
-    atomic_write_bytes(sink, b"".join(json.dumps(r).encode() + b"\n" for r in lines))
+    _put(sink, b"".join(json.dumps(r).encode() + b"\n" for r in lines))
     _write_json(
         data / "edgekiln" / "pipeline.json",
         {
@@ -215,7 +220,7 @@ def build_demo(root: Path, model_dir: Path | None = None, now: float = DEMO_EPOC
             "budget_factor": 1.0,
         },
     )
-    atomic_write_bytes(
+    _put(
         data / "edgekiln" / "events.jsonl",
         b"".join(
             json.dumps(e).encode() + b"\n"
@@ -228,7 +233,7 @@ def build_demo(root: Path, model_dir: Path | None = None, now: float = DEMO_EPOC
     )
     _fake_sys(root / "sys")
     (data / "log").mkdir(exist_ok=True)
-    atomic_write_bytes(data / "log" / "edgekiln-agent.log", _agent_log().encode())
+    _put(data / "log" / "edgekiln-agent.log", _agent_log().encode())
     (data / "etc" / "systemd" / "network").mkdir(parents=True, exist_ok=True)
     return Device(
         config=config,
