@@ -23,8 +23,12 @@ _NAME = re.compile(r"[A-Za-z0-9_]+")
 
 
 def parse(block: bytes) -> dict[str, str] | None:
-    """Variables of an environment block, or None when GRUB would refuse it (no signature)."""
-    if not block.startswith(SIGNATURE):
+    """Variables of an environment block, or None when GRUB would refuse it.
+
+    GRUB's ``grub_envblk_open`` wants the signature and at least one byte more (it compares
+    the size with ``sizeof`` the signature string, NUL included).
+    """
+    if len(block) <= len(SIGNATURE) or not block.startswith(SIGNATURE):
         return None
     result: dict[str, str] = {}
     pos, end = len(SIGNATURE), len(block)
