@@ -112,6 +112,18 @@ def test_command_line_forwards_ports_and_adds_watchdog(tmp_path: Path) -> None:
     assert cmd[cmd.index("-accel") + 1] in {"tcg", "kvm"}
 
 
+def test_cache_mode_reaches_the_system_disk(tmp_path: Path) -> None:
+    disk = tmp_path / "d.img"
+    disk.write_bytes(b"")
+    default = qemu_command(VmConfig(disk=disk), disk, tmp_path / "v.fd", tmp_path / "s.log")
+    assert f"file={disk},format=raw,if=virtio,cache=unsafe" in default
+    config = VmConfig(disk=disk, cache="writeback")
+    cmd = qemu_command(config, disk, tmp_path / "v.fd", tmp_path / "s.log")
+    assert f"file={disk},format=raw,if=virtio,cache=writeback" in cmd
+    with pytest.raises(VmError, match="cache"):
+        VmConfig(disk=disk, cache="fast")
+
+
 def test_rejects_unknown_accelerator(tmp_path: Path) -> None:
     with pytest.raises(VmError, match="accel"):
         VmConfig(disk=tmp_path / "x", accel="hvf")
