@@ -160,7 +160,7 @@ def test_camera_ffmpeg_video_and_bad_source(device: Device, tmp_path: Path) -> N
         await keys("enter")
         await wait_for(pilot, lambda: "resolution" in text_of(app, "#result"))
         assert "resolution 320x240" in text_of(app, "#result")
-        await keys("escape", "s", "y")
+        await keys("s", "y")  # the field was left after the test, so s saves
 
     run_app(app, body)
     assert load_config(device.pipeline_config).source == str(video)
@@ -220,7 +220,7 @@ def test_update_refuses_bad_bundles_with_the_reason(
     assert actions(device)[-1]["action"] == "update.refused"
 
 
-def test_update_typed_path_must_exist(device: Device) -> None:
+def test_update_typed_path_checked_then_installed(device: Device) -> None:
     app = app_for(device)
 
     async def body(pilot: Any) -> None:
@@ -229,9 +229,16 @@ def test_update_typed_path_must_exist(device: Device) -> None:
         await keys.type("/nowhere/x.bundle")
         await keys("enter")
         assert "/nowhere/x.bundle is not a file" in text_of(app, "#path-error")
+        assert device.loader().read() == BootState()
+        good = next(Path(g) for g in device.usb_globs) / "edgekiln-demo-1.1.0.bundle"
+        app.screen.query_one("#path").value = str(good)  # type: ignore[attr-defined]
+        await keys("enter")
+        assert text_of(app, "#manifest").startswith("VERIFIED")
+        await keys("i", "y")  # the path field was left after verifying, so i installs
+        await wait_for(pilot, lambda: "installed" in text_of(app, "#message"))
 
     run_app(app, body)
-    assert device.loader().read() == BootState()
+    assert device.loader().read() == BootState("A", "B", 1)
 
 
 def test_update_shows_manifest_installs_and_offers_reboot(device: Device) -> None:

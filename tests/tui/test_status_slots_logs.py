@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
-from appliance.device import Device
+from appliance.device import Device, DeviceConfig
 from appliance.slots.state import BootState
 from appliance.state import SlotRecord, load_state, record_installed
 from appliance.tui.app import TechnicianApp
@@ -107,5 +108,36 @@ def test_logs_filter(device: Device) -> None:
         lines = [str(line) for line in log.lines]  # type: ignore[attr-defined]
         assert lines == ["no line matches 'source xyz'"]
         assert keys.record() <= 40
+
+    run_app(app, body)
+
+
+def test_a_bare_device_shows_every_screen_and_says_what_is_missing(tmp_path: Path) -> None:
+    """No device.json, loader, keyring, model or results: nothing crashes, problems are named."""
+    device = Device(
+        config=DeviceConfig(),
+        data_dir=tmp_path / "data",
+        loader_spec=f"file:{tmp_path / 'missing' / 'dir'}/",  # not a usable file
+        booted_override=None,
+        keyring_path=tmp_path / "no-keyring.json",
+        sys_root=tmp_path,
+        usb_globs=(str(tmp_path),),
+    )
+    (tmp_path / "x.bundle").write_bytes(b"not a bundle")
+    app = app_for(device)
+
+    async def body(pilot: Any) -> None:
+        await wait_for(pilot, lambda: getattr(app.screen, "painted", False))
+        assert "[!!] no frames" in text_of(app, "#status-table")
+        for key in "23467":
+            await pilot.press(key)
+            await pilot.pause()
+        await pilot.press("5", "enter")
+        await pilot.pause()
+        assert "REFUSED x.bundle" in text_of(app, "#manifest")
+        assert "KeyringError" in text_of(app, "#manifest")
+        await pilot.press("6", "r")
+        await pilot.pause()
+        assert "roll back refused" in text_of(app, "#message")
 
     run_app(app, body)

@@ -123,6 +123,8 @@ class CameraScreen(TaskScreen):
 
     def _show(self, r: CaptureReport) -> None:
         self._tested = r
+        if isinstance(self.focused, Input):
+            self.set_focus(None)  # out of the source field, so s saves
         findings = r.verdicts() or ["looks fine"]
         self.query_one("#preview", Static).update(r.preview)
         self.query_one("#result", Static).update(

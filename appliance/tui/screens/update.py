@@ -132,6 +132,8 @@ class UpdateScreen(TaskScreen):
             )
         )
         self._verified = path
+        if isinstance(self.focused, Input):
+            self.set_focus(None)  # out of the path field, so i installs
         self.say("signature and policy OK: press i to install into the other slot")
 
     def action_install(self) -> None:
