@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import sys
 import urllib.error
-import urllib.request
 from typing import BinaryIO
 
 from appliance.ota.errors import SourceError
@@ -18,11 +17,13 @@ def open_stream(src: str, stack: contextlib.ExitStack) -> tuple[BinaryIO, str]:
     if src == "-":
         return sys.stdin.buffer, "stdin"
     if src.startswith(("http://", "https://")):
+        from appliance.ota.http import ResumingHTTPStream
+
         try:
-            response = urllib.request.urlopen(src, timeout=TIMEOUT_S)  # noqa: S310 - http(s) only
+            stream = ResumingHTTPStream(src, timeout_s=TIMEOUT_S)
         except (urllib.error.URLError, OSError) as exc:
             raise SourceError(f"cannot download {src}: {exc}") from exc
-        return stack.enter_context(response), src
+        return stack.enter_context(stream), src  # type: ignore[return-value]
     try:
         return stack.enter_context(open(src, "rb")), src
     except OSError as exc:
