@@ -76,10 +76,11 @@ def agent(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    notifier = Notifier()
     supervisor = Supervisor(
         pipeline_target(config_path),
-        policy_for(config_path),
-        notifier=Notifier(),
+        policy_for(notifier.watchdog_s),
+        notifier=notifier,
         on_event=on_event,
     )
     supervisor.run(stop)

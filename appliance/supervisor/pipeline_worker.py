@@ -6,9 +6,9 @@
   configured: the worker exits with an error, which counts as a failure);
 * ``degraded``: frames pass through without a model, each record marked ``degraded``.
 
-The worker heart-beats per frame and per pipeline event. A live camera that vanished is
-reopened by the pipeline with a backoff of up to ``reconnect_max_s`` without frames, so the
-supervisor's ``heartbeat_timeout_s`` must exceed it (see :func:`policy_for`).
+The worker heart-beats per frame and per pipeline event, and while the pipeline waits for a
+lost camera (:class:`OutageBeat`), so the supervisor's hang timeout can stay well inside the
+systemd watchdog period (:func:`policy_for`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from pathlib import Path
 
 from appliance.supervisor.supervisor import Policy, WorkerContext, WorkerTarget
@@ -23,14 +24,52 @@ from appliance.supervisor.supervisor import Policy, WorkerContext, WorkerTarget
 log = logging.getLogger(__name__)
 
 
-def policy_for(config_path: Path, **overrides: float) -> Policy:
-    """Supervision policy whose heartbeat timeout outlasts the pipeline's camera reconnects."""
-    from appliance.inference.pipeline import load_config
+def policy_for(watchdog_s: float | None = None, **overrides: float) -> Policy:
+    """Supervision policy whose hang detection fits inside systemd's watchdog period.
 
-    cfg = load_config(config_path)
-    timeout = max(Policy.heartbeat_timeout_s, cfg.reconnect_max_s + 10.0)
+    ``watchdog_s`` is the service's WatchdogSec (``Notifier().watchdog_s``): a hung worker is
+    killed after at most half of it, so it is replaced well within the watchdog period.
+    """
+    timeout = Policy.heartbeat_timeout_s
+    if watchdog_s:
+        timeout = min(timeout, watchdog_s / 2)
     values: dict[str, float] = {"heartbeat_timeout_s": timeout, **overrides}
     return Policy(**values)  # type: ignore[arg-type]
+
+
+class OutageBeat:
+    """Heart-beat while the pipeline waits for a lost camera, so an outage is not a hang.
+
+    The pipeline reports ``source_lost`` and ``source_reopened`` events and retries the camera
+    with a backoff of up to ``reconnect_max_s`` without delivering frames. Between those events
+    (or until a frame arrives) a helper thread beats once a second, for at most
+    ``max_outage_s``; a worker stuck anywhere else still goes silent and is killed.
+    """
+
+    def __init__(self, ctx: WorkerContext, max_outage_s: float = 1800.0, every_s: float = 1.0):
+        self.ctx = ctx
+        self.max_outage_s = max_outage_s
+        self.every_s = every_s
+        self._since: float | None = None
+        self._thread = threading.Thread(target=self._loop, name="outage-beat", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self.ctx.stop.wait(self.every_s):
+            since = self._since
+            if since is not None and time.monotonic() - since < self.max_outage_s:
+                self.ctx.heartbeat()
+
+    def frame(self, *_: object) -> None:
+        self._since = None
+        self.ctx.heartbeat()
+
+    def event(self, kind: str) -> None:
+        self.ctx.heartbeat()
+        if kind == "source_lost":
+            self._since = time.monotonic()
+        elif kind == "source_reopened":
+            self._since = None
 
 
 def pipeline_target(config_path: Path) -> WorkerTarget:
@@ -51,21 +90,21 @@ def pipeline_target(config_path: Path) -> WorkerTarget:
                 sys.exit(2)
             cfg = msgspec.structs.replace(cfg, model=cfg.fallback_model, fallback_model=None)
 
+        outage = OutageBeat(ctx)
+
         def on_event(event: object) -> None:
-            ctx.heartbeat()
+            outage.event(str(getattr(event, "kind", "")))
             to_json = getattr(event, "to_json", None)
             ctx.emit(to_json() if callable(to_json) else {"kind": str(event)})
 
         ctx.heartbeat()
-        Pipeline(cfg).run(ctx.stop, on_frame=ctx.heartbeat, on_event=on_event)
+        Pipeline(cfg).run(ctx.stop, on_frame=outage.frame, on_event=on_event)
 
     return target
 
 
 def _pass_through(source_uri: str, sink_path: str | None, ctx: WorkerContext) -> None:
     """Degraded mode: keep the camera flowing and the records coming, without a model."""
-    import time
-
     from appliance.inference.sink import JsonlSink, NullSink, Sink
     from appliance.inference.sources import open_source
 

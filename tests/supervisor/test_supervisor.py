@@ -200,3 +200,36 @@ def test_notifier_abstract_socket_and_watchdog_pid() -> None:
     other = Notifier({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"})
     assert other.ping_interval_s is None
     assert not other.watchdog()  # no socket: a no-op
+
+
+def test_camera_outage_beats_until_the_camera_is_back() -> None:
+    """OutageBeat in a real worker context: beats between source_lost and source_reopened."""
+    import multiprocessing
+
+    from appliance.supervisor.pipeline_worker import OutageBeat, policy_for
+
+    ctx_mp = multiprocessing.get_context("fork")
+    hb = ctx_mp.RawValue("d", 0.0)
+    reader, writer = ctx_mp.Pipe(duplex=False)
+    ctx = WorkerContext("primary", hb, writer, threading.Event())
+    beat = OutageBeat(ctx, every_s=0.05)
+    try:
+        beat.frame()
+        first = hb.value
+        time.sleep(0.3)
+        assert hb.value == first  # no frames, no outage: silence (a hang would be caught)
+        beat.event("source_lost")
+        lost = hb.value
+        time.sleep(0.3)
+        assert hb.value > lost  # waiting for the camera is not a hang
+        beat.event("source_reopened")
+        reopened = hb.value
+        time.sleep(0.3)
+        assert hb.value == reopened
+    finally:
+        ctx.stop.set()
+        reader.close()
+        writer.close()
+    assert policy_for(30.0).heartbeat_timeout_s == 15.0
+    assert policy_for(10.0).heartbeat_timeout_s == 5.0
+    assert policy_for(None).heartbeat_timeout_s == Policy.heartbeat_timeout_s
