@@ -5,8 +5,8 @@ copies on a fake ESP, a data directory):
 
 1. a forked child runs the real installer (``appliance.ota.installer.install``) with a bundle
    for v2 and SIGKILLs itself at a random point: a byte offset of the slot write, or a state
-   transition (after the manifest check, after the slot is marked bad, between the two grubenv
-   copies of each loader write, after the write, the read-back, the record, the try);
+   transition (after the manifest check, after the slot is marked bad, inside each loader
+   write, after the write, the read-back, the record, the try);
 2. the slot writes went through a sink that models a volatile write cache (ARCHITECTURE
    Decision 13): bytes not yet fsynced are lost, or written back partly and torn, at random;
 3. the next boot is taken from the loader state, as grub.cfg does it (``loader_choice``, whose
@@ -15,7 +15,11 @@ copies on a fake ESP, a data directory):
 4. the agent reconciles, and a rerun of the installer must succeed and make the next boot try
    v2.
 
-Usage: ``python tools/powercut.py [--runs N] [--seed S]``; ends with ``N cuts, K unbootable``.
+With ``--loader uboot`` the loader state is a redundant U-Boot environment (two copies, written
+in place) and the ``env-N`` cuts tear the copy being written at a random byte.
+
+Usage: ``python tools/powercut.py [--runs N] [--seed S] [--loader grub|uboot]``; ends with
+``N cuts, K unbootable``.
 """
 
 from __future__ import annotations
@@ -46,11 +50,13 @@ from appliance.slots import control
 from appliance.slots.grub import initial_env
 from appliance.slots.grubenv import GrubEnvStore, render
 from appliance.slots.loader import EkCodec, EnvLoader
-from appliance.slots.state import Slot, loader_choice
+from appliance.slots.state import BootState, Slot, loader_choice
+from appliance.slots.ubootenv import EnvCopy, UBootEnvStore
 
 PRODUCT, TARGET = "powercut", "generic-x86-64"
 IMAGE_SIZE = 256 * 1024
 CHUNK = 16 * 1024
+UBOOT_ENV_SIZE = 0x4000
 STATE_POINTS = (
     "verified-manifest",
     "env-1",  # between the two grubenv copies of "mark target bad"
@@ -134,6 +140,24 @@ class CutStore(GrubEnvStore):
         atomic_write_bytes(self.primary, block)
 
 
+class TornUBootStore(UBootEnvStore):
+    """The real two-copy U-Boot store; at the cut, its in-place write is torn, then SIGKILL."""
+
+    def __init__(self, copies: list[EnvCopy], cut: str | int | None, tear: int) -> None:
+        super().__init__(copies)
+        self.cut = cut
+        self.tear = tear
+        self.writes = 0
+
+    def write(self, variables: Mapping[str, str]) -> None:
+        self.writes += 1
+        copy, block = self.plan(variables)
+        if self.cut == f"env-{self.writes}":
+            self.put(copy, block[: self.tear])  # the power went mid-write
+            os.kill(os.getpid(), signal.SIGKILL)
+        self.put(copy, block)
+
+
 def _image(seed: int) -> bytes:
     rng = random.Random(seed)
     return rng.randbytes(IMAGE_SIZE)
@@ -144,6 +168,7 @@ class Device:
     """A simulated device and the signed bundles it may see."""
 
     root: Path
+    loader_kind: str = "grub"  # or "uboot"
     key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
     signed: dict[str, str] = field(default_factory=dict)  # image sha256 -> version
 
@@ -185,16 +210,34 @@ class Device:
         self.slots["B"].write_bytes(_image(99))
         for name in ("grubenv", "grubenv.bak"):
             (self.root / "esp" / "grub" / name).write_bytes(initial_env())
+        for copy in self.uboot_copies:
+            copy.device.write_bytes(bytes(UBOOT_ENV_SIZE))
+        for _ in self.uboot_copies:  # both copies valid: A committed, U-Boot's own variables
+            UBootEnvStore(self.uboot_copies).write(
+                {**EkCodec().encode(BootState()), "bootcmd": "run distro_bootcmd"}
+            )
 
-    def loader(self, on_between: object = lambda point: None) -> EnvLoader:
+    @property
+    def uboot_copies(self) -> list[EnvCopy]:
+        return [EnvCopy(self.root / f"uboot-env{i}", 0, UBOOT_ENV_SIZE) for i in (0, 1)]
+
+    def loader(
+        self, on_between: object = lambda point: None, cut: str | int | None = None, tear: int = 0
+    ) -> EnvLoader:
+        if self.loader_kind == "uboot":
+            return EnvLoader("uboot", TornUBootStore(self.uboot_copies, cut, tear), EkCodec())
         store = CutStore(self.root / "esp" / "grub" / "grubenv", on_between)
         return EnvLoader("grub", store, EkCodec())
 
     def policy(self) -> Policy:
         return Policy(self.keyring, PRODUCT, TARGET, 0, None)
 
-    def install(self, booted: Slot, cut: str | int | None = None) -> None:
-        """Run the installer; with ``cut`` it SIGKILLs itself there (call in a child)."""
+    def install(self, booted: Slot, cut: str | int | None = None, tear: int = 0) -> None:
+        """Run the installer; with ``cut`` it SIGKILLs itself there (call in a child).
+
+        ``env-N`` cuts the N-th loader write: between the two grubenv copies, or inside the
+        U-Boot copy being written (``tear`` bytes of it reach the medium).
+        """
 
         def trace(point: str) -> None:
             if point == cut:
@@ -204,7 +247,7 @@ class Device:
         install(
             io.BytesIO(self.bundle_v2),
             policy=self.policy(),
-            loader=self.loader(trace),
+            loader=self.loader(trace, cut, tear),
             booted=booted,
             targets=self.slots,
             data_dir=self.root / "data",
@@ -242,10 +285,11 @@ def one_run(
     device.reset()
     if cut is None:
         cut = rng.randrange(IMAGE_SIZE) if rng.random() < 0.5 else rng.choice(STATE_POINTS)
+    tear = rng.randrange(UBOOT_ENV_SIZE)
     pid = os.fork()
     if pid == 0:  # the installer process
         try:
-            device.install("A", cut)
+            device.install("A", cut, tear)
         finally:
             os._exit(3)  # reaching here means the cut point was never hit
     _, status = os.waitpid(pid, 0)
@@ -270,7 +314,9 @@ def one_run(
     return str(cut), bootable, rerun_ok
 
 
-def run(runs: int, seed: int, workdir: Path | None = None) -> tuple[int, int, int]:
+def run(
+    runs: int, seed: int, workdir: Path | None = None, loader: str = "grub"
+) -> tuple[int, int, int]:
     """(cuts, unbootable, failed reruns).
 
     The device lives on tmpfs when there is one: durability is modelled explicitly by the cache
@@ -280,7 +326,7 @@ def run(runs: int, seed: int, workdir: Path | None = None) -> tuple[int, int, in
     if workdir is None and SHM.is_dir():
         workdir = SHM
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        device = Device(Path(tmp) / "device")
+        device = Device(Path(tmp) / "device", loader)
         unbootable = failed = 0
         for i in range(runs):
             cut, bootable, rerun_ok = one_run(device, rng)
@@ -297,10 +343,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--loader", choices=["grub", "uboot"], default="grub")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     started = time.monotonic()
-    cuts, unbootable, failed = run(args.runs, args.seed)
+    cuts, unbootable, failed = run(args.runs, args.seed, loader=args.loader)
     print(f"{failed} failed reruns, {time.monotonic() - started:.1f} s")
     print(f"{cuts} cuts, {unbootable} unbootable")
     return 0 if unbootable == 0 and failed == 0 else 1

@@ -171,6 +171,11 @@ class UBootEnvStore:
 
     def write(self, variables: Mapping[str, str]) -> None:
         """Write the non-current copy with the next flag (one copy: in place)."""
+        copy, block = self.plan(variables)
+        self.put(copy, block)
+
+    def plan(self, variables: Mapping[str, str]) -> tuple[EnvCopy, bytes]:
+        """The copy the next write goes to, and its bytes."""
         parsed = self._parsed()
         index = current_copy([p[1] if p else None for p in parsed])
         if self.redundant:
@@ -183,7 +188,11 @@ class UBootEnvStore:
         else:
             target, flag = 0, 0
         copy = self.copies[target]
-        block = render_copy(variables, copy.size, self.redundant, flag)
+        return copy, render_copy(variables, copy.size, self.redundant, flag)
+
+    @staticmethod
+    def put(copy: EnvCopy, block: bytes) -> None:
+        """pwrite ``block`` into ``copy`` and fsync (in place: a torn write breaks its CRC)."""
         try:
             fd = os.open(copy.device, os.O_RDWR | os.O_CREAT, 0o644)
             try:

@@ -11,14 +11,16 @@ from tools.powercut import IMAGE_SIZE, STATE_POINTS, Device, one_run, run
 
 
 @pytest.mark.slow
-def test_200_random_cuts_always_boot_a_signed_slot_and_rerun_cleanly() -> None:
-    cuts, unbootable, failed_reruns = run(200, seed=20261127)
+@pytest.mark.parametrize("loader", ["grub", "uboot"])
+def test_200_random_cuts_always_boot_a_signed_slot_and_rerun_cleanly(loader: str) -> None:
+    cuts, unbootable, failed_reruns = run(200, seed=20261127, loader=loader)
     assert (cuts, unbootable, failed_reruns) == (200, 0, 0)
 
 
+@pytest.mark.parametrize("loader", ["grub", "uboot"])
 @pytest.mark.parametrize("cut", [*STATE_POINTS, 0, 1, IMAGE_SIZE // 2, IMAGE_SIZE - 1])
-def test_each_state_transition_and_edge_offset(tmp_path: Path, cut: str | int) -> None:
-    device = Device(tmp_path / "device")
+def test_each_state_transition_and_edge_offset(tmp_path: Path, cut: str | int, loader: str) -> None:
+    device = Device(tmp_path / "device", loader)
     point, bootable, rerun_ok = one_run(device, random.Random(str(cut)), cut)
     assert point == str(cut)
     assert bootable and rerun_ok
