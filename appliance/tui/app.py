@@ -34,7 +34,7 @@ class TechnicianApp(App[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         *(Binding(key, f"switch_mode('{mode}')", title, show=False) for mode, key, title in TASKS),
         *(
-            Binding(f"f{i}", f"switch_mode('{mode}')", title, show=False, priority=True)
+            Binding(f"f{i}", f"switch_mode('{mode}')", title, show=False)
             for i, (mode, _key, title) in enumerate(TASKS, start=1)
         ),
         Binding("q", "quit", "Quit", show=False),

@@ -109,8 +109,11 @@ def _write_json(path: Path, doc: object) -> None:
 
 
 def _write_video(path: Path, frames: int = 45, size: tuple[int, int] = (160, 120)) -> None:
-    """A moving test pattern (MJPEG in AVI, written by OpenCV)."""
-    import cv2
+    """A moving test pattern (MJPEG in AVI, written by OpenCV; skipped when OpenCV is absent)."""
+    try:
+        import cv2
+    except ImportError:  # a runtime frozen without OpenCV: the demo has no camera then
+        return
 
     path.parent.mkdir(parents=True, exist_ok=True)
     w, h = size

@@ -141,3 +141,25 @@ def test_a_bare_device_shows_every_screen_and_says_what_is_missing(tmp_path: Pat
         assert "roll back refused" in text_of(app, "#message")
 
     run_app(app, body)
+
+
+def test_navigation_keys_and_the_modal_question(device: Device) -> None:
+    app = app_for(device)
+
+    async def body(pilot: Any) -> None:
+        await pilot.press("7", "tab", "1")  # in a text field a digit is text ...
+        await pilot.pause()
+        assert app.current_mode == "logs"
+        await pilot.press("f5")  # ... and an F-key still switches
+        await pilot.pause()
+        assert app.current_mode == "update"
+        await pilot.press("6", "r", "1", "f1", "q")  # a pending question blocks navigation
+        await pilot.pause()
+        assert app.current_mode == "slots" and app.screen.__class__.__name__ == "ConfirmScreen"
+        await pilot.press("escape")
+        await pilot.pause()
+        assert "cancelled" in text_of(app, "#message")
+
+    run_app(app, body)
+    assert device.loader().read() == BootState()
+    assert actions(device) == []
