@@ -16,6 +16,8 @@ from appliance.slots.errors import LoaderError
 from appliance.slots.loader import Loader
 
 ENV_VAR = "EDGEKILN_SLOTS"
+LOCK_DIR = Path("/run/lock")
+UBOOT_LOCK = Path("/var/lock/fw_printenv.lock")  # libubootenv's default lock file
 DEFAULT_ESP = Path("/boot/efi")
 DEFAULT_FW_ENV = Path("/etc/fw_env.config")
 
@@ -27,11 +29,17 @@ def open_loader(spec: str | None = None) -> Loader:
     if kind == "grub":
         from appliance.slots.grub import grub_loader
 
-        return grub_loader(Path(arg) if arg else DEFAULT_ESP)
+        loader = grub_loader(Path(arg) if arg else DEFAULT_ESP)
+        if LOCK_DIR.is_dir():
+            loader.lock_path = LOCK_DIR / "edgekiln-slots.lock"
+        return loader
     if kind == "uboot":
         from appliance.slots.uboot import uboot_loader
 
-        return uboot_loader(Path(arg) if arg else DEFAULT_FW_ENV)
+        loader = uboot_loader(Path(arg) if arg else DEFAULT_FW_ENV)
+        if UBOOT_LOCK.parent.is_dir():
+            loader.lock_path = UBOOT_LOCK
+        return loader
     if kind == "nvbootctrl":
         from appliance.slots.nvbootctrl import NvBootCtrlLoader
 
@@ -39,7 +47,9 @@ def open_loader(spec: str | None = None) -> Loader:
     if kind == "file" and arg:
         from appliance.slots.filestore import file_loader
 
-        return file_loader(Path(arg))
+        loader = file_loader(Path(arg))
+        loader.lock_path = Path(arg + ".lock")
+        return loader
     raise LoaderError(
         f"unknown slot loader {spec!r}: use grub:ESP_MOUNT, uboot:FW_ENV_CONFIG, nvbootctrl "
         f"or file:PATH (--loader or ${ENV_VAR})"

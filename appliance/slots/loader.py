@@ -9,7 +9,11 @@ the loader's boot script interprets them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import fcntl
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Protocol
 
 from appliance.slots import state as sm
@@ -107,15 +111,35 @@ class EkCodec:
 
 
 class EnvLoader:
-    """A loader whose state is a set of environment variables read by its boot script."""
+    """A loader whose state is a set of environment variables read by its boot script.
 
-    def __init__(self, name: str, store: EnvStore, codec: Codec) -> None:
+    Each transition is a read-modify-write; with ``lock_path`` it holds an exclusive
+    ``flock`` on that file meanwhile (the agent, the CLI and the TUI may act at once; for
+    U-Boot the lock is libubootenv's own, so ``fw_setenv`` waits too).
+    """
+
+    def __init__(
+        self, name: str, store: EnvStore, codec: Codec, lock_path: Path | None = None
+    ) -> None:
         self.name = name
         self.store = store
         self.codec = codec
+        self.lock_path = lock_path
 
     def describe(self) -> str:
         return self.store.describe()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        if self.lock_path is None:
+            yield
+            return
+        fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def _current(self) -> tuple[BootState, dict[str, str]]:
         candidates = [c for c in self.store.read_candidates() if c is not None]
@@ -130,18 +154,26 @@ class EnvLoader:
 
     def write(self, new: BootState) -> None:
         """Store ``new``, keeping variables that are not ours (in place, like grub-editenv)."""
+        with self._locked():
+            self._write(new)
+
+    def _write(self, new: BootState) -> None:
         _, variables = self._current()
         variables.update(self.codec.encode(new))
         self.store.write(variables)
 
+    def _apply(self, transition: Callable[[BootState, Slot], BootState], slot: Slot) -> None:
+        with self._locked():
+            self._write(transition(self.read(), slot))
+
     def deactivate(self, slot: Slot) -> None:
-        self.write(sm.deactivate(self.read(), slot))
+        self._apply(sm.deactivate, slot)
 
     def begin_try(self, slot: Slot) -> None:
-        self.write(sm.begin_try(self.read(), slot))
+        self._apply(sm.begin_try, slot)
 
     def commit(self, slot: Slot) -> None:
-        self.write(sm.commit(self.read(), slot))
+        self._apply(sm.commit, slot)
 
     def mark_bad(self, slot: Slot) -> None:
-        self.write(sm.mark_bad(self.read(), slot))
+        self._apply(sm.mark_bad, slot)

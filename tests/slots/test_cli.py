@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from appliance.slots import grubenv
 from appliance.slots.grub import initial_env
 from appliance.state import SlotRecord, load_state, record_installed
@@ -52,3 +54,27 @@ def test_unknown_loader_and_missing_booted_slot_are_one_line_errors(tmp_path: Pa
     assert proc.stderr.startswith("error: unknown slot loader 'floppy'")
     proc = run("mark-good", f"--loader=file:{tmp_path / 's.env'}", ok=False)
     assert "edgekiln.slot" in proc.stderr
+
+
+def test_transitions_wait_for_the_slot_lock(tmp_path: Path) -> None:
+    import fcntl
+    import os
+
+    state = tmp_path / "s.env"
+    lock = os.open(f"{state}.lock", os.O_WRONLY | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # another actor (the agent, the TUI) is mid-transition
+    proc = subprocess.Popen(
+        [APPLIANCE, "slots", "rollback", f"--loader=file:{state}", "--booted=A"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=1.0)
+        assert not state.exists()
+    finally:
+        os.close(lock)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "next boot: slot B" in out
