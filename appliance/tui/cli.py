@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
+
+LOG_NAME = "edgekiln-tui.log"
+
+
+@contextlib.contextmanager
+def log_to_file(path: Path) -> Iterator[None]:
+    """Send log records to ``path`` instead of the terminal the app draws on."""
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    handler: logging.Handler
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path)
+    except OSError:
+        handler = logging.NullHandler()  # read-only data: the action log is still attempted
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.handlers = [handler]
+    try:
+        yield
+    finally:
+        root.handlers = saved
+        handler.close()
 
 
 @click.command()
@@ -37,6 +62,9 @@ def tui(demo: bool, demo_dir: Path | None, data_dir: Path | None) -> None:
             device = build_demo(demo_dir or Path(tmp), now=built)
             # The demo's agent files are a snapshot: its clock stays at build time so the
             # status shows them as live rather than "no frames for N s".
-            TechnicianApp(device, clock=lambda: built).run()
+            with log_to_file(device.log_dir / LOG_NAME):
+                TechnicianApp(device, clock=lambda: built).run()
         return
-    TechnicianApp(Device.from_env(data_dir)).run()
+    device = Device.from_env(data_dir)
+    with log_to_file(device.log_dir / LOG_NAME):
+        TechnicianApp(device).run()

@@ -52,12 +52,17 @@ def test_demo_starts_switches_and_quits_under_tmux(model_dir: Path, tmp_path: Pa
         tmux("send-keys", "-t", session, "5")
         screen = wait_screen(session, "edgekiln-demo-1.1.0.bundle")
         assert "[5 Update]" in screen
+        tmux("send-keys", "-t", session, "6", "r", "y")  # an action: logged, not drawn over
+        screen = wait_screen(session, "next boot: slot B")
+        assert "WARNING" not in screen and "technician action" not in screen
         tmux("send-keys", "-t", session, "q")
         deadline = time.monotonic() + 20
         while session_alive(session) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not session_alive(session)
         assert done.read_text().strip() == "0"
+        log = (tmp_path / "demo" / "data" / "log" / "edgekiln-tui.log").read_text()
+        assert "technician action: slots.rollback" in log
     finally:
         if session_alive(session):
             tmux("kill-session", "-t", session)

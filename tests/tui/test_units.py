@@ -174,3 +174,16 @@ def test_device_from_env_reads_device_json(tmp_path: Path, monkeypatch: pytest.M
     conf.write_text('{"product": 5}')
     with pytest.raises(DeviceConfigError, match=r"device\.json"):
         Device.from_env()
+
+
+def test_logging_goes_to_a_file_while_the_app_draws(tmp_path: Path) -> None:
+    import logging
+
+    from appliance.tui.cli import log_to_file
+
+    root = logging.getLogger()
+    before = root.handlers[:]
+    with log_to_file(tmp_path / "log" / "tui.log"):
+        logging.getLogger("appliance.device").warning("technician action: x")
+    assert root.handlers == before
+    assert "technician action: x" in (tmp_path / "log" / "tui.log").read_text()
