@@ -11,7 +11,7 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils ovmf grub-efi-amd64-bin grub-pc-bin grub-common grub-emu
   debootstrap mmdebstrap bmap-tools zstd xdelta3 cpio
   qemu-user-static busybox-static binfmt-support
-  libubootenv-tool u-boot-tools
+  libubootenv-tool u-boot-tools u-boot-qemu qemu-system-arm
   mosquitto tmux ffmpeg
 )
 
