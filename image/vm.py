@@ -71,6 +71,9 @@ class VmConfig:
     #: for boots); power-cut tests use "writeback", so what the guest flushed (qcow2 metadata
     #: included) is on the host before a kill and only unflushed guest data is lost.
     cache: str = "unsafe"
+    #: CPU model. TCG's default (qemu64) lacks SSSE3/SSE4.x, which numpy 2 needs (the frozen
+    #: runtime dies with "invalid opcode"); "max" offers every feature the accelerator has.
+    cpu: str = "max"
 
     def __post_init__(self) -> None:
         if self.accel not in {"tcg", "kvm"}:
@@ -89,6 +92,7 @@ def qemu_command(config: VmConfig, disk: Path, vars_file: Path, serial_log: Path
         "qemu-system-x86_64",
         "-accel", config.accel,
         "-machine", "q35",
+        "-cpu", config.cpu,
         "-m", str(config.memory_mb),
         "-smp", str(config.cpus),
         "-nographic",

@@ -110,6 +110,8 @@ def test_command_line_forwards_ports_and_adds_watchdog(tmp_path: Path) -> None:
     assert "i6300esb" in cmd and "watchdog=reset" in cmd
     assert f"file={tmp_path / 'usb.img'},format=raw,if=virtio,readonly=on" in cmd
     assert cmd[cmd.index("-accel") + 1] in {"tcg", "kvm"}
+    # numpy 2 needs SSSE3/SSE4.x, which TCG's default qemu64 CPU lacks
+    assert cmd[cmd.index("-cpu") + 1] == "max"
 
 
 def test_cache_mode_reaches_the_system_disk(tmp_path: Path) -> None:
