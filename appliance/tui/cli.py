@@ -49,7 +49,13 @@ def log_to_file(path: Path) -> Iterator[None]:
     envvar="EDGEKILN_DATA",
     help="Data partition mount (default: device.json's data_dir, /data).",
 )
-def tui(demo: bool, demo_dir: Path | None, data_dir: Path | None) -> None:
+@click.option(
+    "--bench-first-paint",
+    is_flag=True,
+    hidden=True,
+    help="Run headless and exit once the status is painted (tools/bench_tui.py).",
+)
+def tui(demo: bool, demo_dir: Path | None, data_dir: Path | None, bench_first_paint: bool) -> None:
     """Status, network, camera, model check, update from USB, slots and logs (keyboard only)."""
     from appliance.device import Device
     from appliance.tui.app import TechnicianApp
@@ -62,9 +68,10 @@ def tui(demo: bool, demo_dir: Path | None, data_dir: Path | None) -> None:
             device = build_demo(demo_dir or Path(tmp), now=built)
             # The demo's agent files are a snapshot: its clock stays at build time so the
             # status shows them as live rather than "no frames for N s".
+            app = TechnicianApp(device, clock=lambda: built, exit_after_paint=bench_first_paint)
             with log_to_file(device.log_dir / LOG_NAME):
-                TechnicianApp(device, clock=lambda: built).run()
+                app.run(headless=bench_first_paint)
         return
     device = Device.from_env(data_dir)
     with log_to_file(device.log_dir / LOG_NAME):
-        TechnicianApp(device).run()
+        TechnicianApp(device, exit_after_paint=bench_first_paint).run(headless=bench_first_paint)
