@@ -44,7 +44,6 @@ IMAGE_FORMAT = 1
 STAGES = (
     "base", "runtime", "slot", "boot", "data", "disk", "bmap", "compress", "manifest", "bundle",
 )  # fmt: skip
-_CODE = ("fs.py", "rootfs.py", "boot.py", "disk.py", "build.py")
 
 
 def default_cache_dir() -> Path:
@@ -119,10 +118,11 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(canonical_json(list(parts))).hexdigest()[:32]
 
 
-def code_digest() -> str:
-    """Digest of the builder modules whose code decides the bytes of slot, boot and disk."""
+def code_digest(*modules: str, overlay: bool = False) -> str:
+    """Digest of the builder modules (and the overlay files) whose code decides a stage's bytes."""
     here = Path(__file__).parent
-    return _key(*[rootfs.file_digest(here / name) for name in _CODE], rootfs.overlay_digest())
+    parts = [rootfs.file_digest(here / name) for name in modules]
+    return _key(*parts, rootfs.overlay_digest() if overlay else "")
 
 
 def image_name(loaded: LoadedRecipe) -> str:
@@ -238,15 +238,77 @@ class Pipeline:
         slot = self.stage_slot(base, runtime_path, runtime_digest)
         esp = self.stage_boot()
         data = self.stage_data()
-        image = self.stage_disk(esp, slot, data)
-        self.stage_bmap(image)
-        self.stage_compress(image)
-        self.stage_manifest(image)
-        self.stage_bundle(slot)
+        cached = self.cache / "outputs" / self._outputs_key()
+        if (cached / "complete").exists():
+            self._restore_outputs(cached)
+        else:
+            image = self.stage_disk(esp, slot, data)
+            self.stage_bmap(image)
+            self.stage_compress(image)
+            self.stage_manifest(image)
+            self.stage_bundle(slot)
+            self._store_outputs(cached)
         self.report.seconds = round(time.monotonic() - t0, 2)
         atomic_write_bytes(self.outdir / "build-report.json", self.report.to_json())
         atomic_write_bytes(self.outdir / "build-report.txt", self.report.summary().encode())
         return self.report
+
+    # -- the output files, cached as a whole ---------------------------------------------------
+
+    def _outputs_key(self) -> str:
+        """Everything the disk, bmap, compressed image, manifest and bundle depend on."""
+        keys = {s.name: s.key for s in self.report.stages}
+        p = self.recipe.partitions
+        signer = ""
+        if self.key is not None:
+            from appliance.bundle.keyring import key_id_for
+            from image.keys import raw_public
+
+            signer = key_id_for(raw_public(self.key))
+        return _key(
+            IMAGE_FORMAT, keys["slot"], keys["boot"], keys["data"],
+            [p.boot_mib, p.rootfs_mib, p.data_mib], self.recipe.target.arch, self.seed,
+            self.compress_level, signer, self.loaded.digest, self.components, self.epoch,
+            code_digest("disk.py", "build.py"),
+        )  # fmt: skip
+
+    _OUTPUT_STAGES = ("disk", "bmap", "compress", "manifest", "bundle")
+    _KEEP_OUTPUTS = 3  # cached output sets kept (each about the compressed image x 3)
+
+    def _store_outputs(self, cached: Path) -> None:
+        tmp = cached.with_name(cached.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for path in self.report.outputs.values():
+            fs.run_tool(["cp", "--sparse=always", "--reflink=auto", path, str(tmp)])
+        stages = [asdict(s) for s in self.report.stages if s.name in self._OUTPUT_STAGES]
+        names = {name: Path(path).name for name, path in self.report.outputs.items()}
+        doc = {"outputs": names, "stages": stages, "partitions": self.partitions}
+        (tmp / "outputs.json").write_text(json.dumps(doc, sort_keys=True))
+        (tmp / "complete").write_text("ok\n")
+        shutil.rmtree(cached, ignore_errors=True)
+        tmp.rename(cached)
+        entries = sorted(cached.parent.iterdir(), key=lambda e: e.stat().st_mtime, reverse=True)
+        for old in entries[self._KEEP_OUTPUTS :]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _restore_outputs(self, cached: Path) -> None:
+        """Copy a cached output set into the output directory (sparse); stages report hits."""
+        doc = json.loads((cached / "outputs.json").read_text())
+        self.partitions = doc["partitions"]
+        start = time.monotonic()
+        for name, filename in sorted(doc["outputs"].items()):
+            src = str(cached / filename)
+            fs.run_tool(["cp", "--sparse=always", "--reflink=auto", src, str(self.outdir)])
+            self.report.outputs[name] = str(self.outdir / filename)
+        seconds = round(time.monotonic() - start, 2)
+        for stage in doc["stages"]:
+            self.observer.start(stage["name"], "cached output")
+            copied = seconds if stage["name"] == "disk" else 0.0
+            result = StageResult(**{**stage, "cached": True, "seconds": copied})
+            self.report.stages.append(result)
+            self.observer.done(result)
+        os.utime(cached)  # most recently used: kept by the pruning above
 
     def stage_base(self) -> rootfs.BaseRoot:
         start = self._stage("base", f"Debian {self.recipe.rootfs.suite} base root")
@@ -298,7 +360,8 @@ class Pipeline:
             keyring=self.keyring,
         )
         key = _key(
-            IMAGE_FORMAT, base.key, runtime_digest, model_digests, code_digest(),
+            IMAGE_FORMAT, base.key, runtime_digest, model_digests,
+            code_digest("fs.py", "rootfs.py", "build.py", overlay=True),
             hashlib.sha256(config.device_json).hexdigest(), config.watchdog_sec,
             config.runtime_watchdog_sec, hashlib.sha256(config.keyring or b"").hexdigest(),
             self.recipe.partitions.rootfs_mib, self.seed, self.epoch,
@@ -323,7 +386,12 @@ class Pipeline:
         size = self.recipe.partitions.boot_mib
         volume_id = int(fs.fs_uuid_for(self.seed, "boot").hex[:8], 16)
         key = _key(
-            IMAGE_FORMAT, boot.boot_key(self.loaded), size, volume_id, self.epoch, code_digest()
+            IMAGE_FORMAT,
+            boot.boot_key(self.loaded),
+            size,
+            volume_id,
+            self.epoch,
+            code_digest("fs.py", "boot.py"),
         )
         path, hit = self._cached_file("boot", key, "boot.vfat")
         if not hit:
@@ -342,7 +410,7 @@ class Pipeline:
         start = self._stage("data", "data partition (ext4)")
         size = self.recipe.partitions.data_mib
         dirs = ("etc/systemd/network", "log", "edgekiln")
-        key = _key(IMAGE_FORMAT, dirs, size, self.seed, self.epoch, code_digest())
+        key = _key(IMAGE_FORMAT, dirs, size, self.seed, self.epoch, code_digest("fs.py"))
         path, hit = self._cached_file("data", key, "data.ext4")
         if not hit:
             tree = self.cache / "work" / "data" / key
@@ -415,10 +483,12 @@ class Pipeline:
             "target": r.target.name,
             "arch": r.target.arch,
             "recipe_digest": self.loaded.digest,
+            # The .bmap holds a SHA-256 per mapped range (holes are zeros): its digest pins the
+            # whole image without hashing gigabytes of holes again.
             "image": {
                 "name": image.name,
                 "size": image.stat().st_size,
-                "sha256": rootfs.file_digest(image),
+                "bmap_sha256": rootfs.file_digest(image.with_suffix(".bmap")),
             },
             "partitions": self.partitions,
             "components": self.components,
