@@ -1,7 +1,12 @@
-"""``appliance tui --demo`` in a real terminal (tmux, 80x24): it paints, switches tasks, quits."""
+"""``appliance tui --demo`` in a real terminal (tmux, 80x24): it paints, switches tasks, quits.
+
+Runs the source install; with ``EDGEKILN_FROZEN_APPLIANCE=/path/to/appliance`` (the frozen
+onedir executable, e.g. from ``kiln freeze``) the same checks run on the frozen runtime too.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +17,10 @@ from pathlib import Path
 import pytest
 
 pytestmark = [pytest.mark.integration]
-APPLIANCE = Path(sys.executable).with_name("appliance")
+
+RUNTIMES = [pytest.param(Path(sys.executable).with_name("appliance"), id="source")]
+if os.environ.get("EDGEKILN_FROZEN_APPLIANCE"):
+    RUNTIMES.append(pytest.param(Path(os.environ["EDGEKILN_FROZEN_APPLIANCE"]), id="frozen"))
 
 
 def tmux(*args: str) -> str:
@@ -37,12 +45,15 @@ def session_alive(session: str) -> bool:
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
-def test_demo_starts_switches_and_quits_under_tmux(model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("appliance", RUNTIMES)
+def test_demo_starts_switches_and_quits_under_tmux(
+    appliance: Path, model_dir: Path, tmp_path: Path
+) -> None:
     session = f"edgekiln-tui-{uuid.uuid4().hex[:8]}"
     done = tmp_path / "exit-code"
     # The shell records the exit status, then the session ends.
     command = (
-        f"EDGEKILN_DEMO_MODEL={model_dir} TERM=xterm-256color {APPLIANCE} tui --demo "
+        f"EDGEKILN_DEMO_MODEL={model_dir} TERM=xterm-256color {appliance} tui --demo "
         f"--demo-dir {tmp_path / 'demo'}; echo $? > {done}"
     )
     tmux("new-session", "-d", "-x", "80", "-y", "24", "-s", session, command)
