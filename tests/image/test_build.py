@@ -1,0 +1,319 @@
+"""The build pipeline end to end on a small supplied base tarball, checked with host tools.
+
+The base is a tiny tree passed as ``rootfs.tarball`` (so no Debian download here; the real
+Debian build is in test_build_debian.py); the frozen runtime is real (image.freeze, cached for
+the session). Everything else is the real pipeline: slot, ESP, data, GPT, bmap, zstd, manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from image.build import Pipeline, image_name
+from image.build_sign import signing_material
+from image.inspect import inspect_image
+from image.recipe import load_recipe
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# The frozen runtime comes from image.freeze (another part of the builder).
+pytest.importorskip("image.freeze")
+KILN = Path(sys.executable).parent / "kiln"
+MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run(*argv: str, **kw: object) -> str:
+    return subprocess.run(list(argv), capture_output=True, text=True, check=True, **kw).stdout  # type: ignore[call-overload]
+
+
+def make_base_tarball(path: Path) -> Path:
+    """A tiny root: a 'kernel', an 'initrd', unit directories; just enough for the stages."""
+    root = path.parent / "base-tree"
+    for d in (
+        "boot",
+        "etc/systemd/system",
+        "etc/systemd/network",
+        "usr/lib/systemd/system",
+        "var/log",
+    ):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    (root / "boot" / "vmlinuz-6.1.0-test-amd64").write_bytes(b"\x7fkernel" * 1000)
+    (root / "boot" / "initrd.img-6.1.0-test-amd64").write_bytes(b"initrd" * 1000)
+    (root / "etc" / "fstab").write_text("# UNCONFIGURED FSTAB\n")
+    (root / "etc" / "machine-id").write_text("")
+    (root / "lib").symlink_to("usr/lib")
+    with tarfile.open(path, "w") as tar:
+        tar.add(root, arcname=".")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    env = os.environ.get("EDGEKILN_TEST_CACHE")
+    return Path(env) if env else tmp_path_factory.mktemp("kiln-cache")
+
+
+@pytest.fixture(scope="session")
+def mini(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A recipe directory: the real recipes, small model packages, a mini recipe on a tarball."""
+    top = tmp_path_factory.mktemp("mini")
+    recipes = top / "recipes"
+    recipes.mkdir()
+    repo = Path(__file__).resolve().parents[2] / "recipes"
+    for toml in repo.glob("*.toml"):
+        (recipes / toml.name).write_text(toml.read_text())
+    for name in ("inspect-primary", "inspect-fallback"):
+        pkg = recipes / "models" / name
+        pkg.mkdir(parents=True)
+        (pkg / "model.json").write_text(json.dumps({"format": 1, "name": name, "version": "1.0.0"}))
+        (pkg / "model.onnx").write_bytes(hashlib.sha256(name.encode()).digest() * 4096)
+    make_base_tarball(recipes / "base.tar")
+    (recipes / "mini.toml").write_text(
+        'extends = "generic-x86-64.toml"\nversion = "1.2.3"\n\n'
+        '[rootfs]\ntarball = "base.tar"\n\n'
+        "[partitions]\nrootfs_mib = 980\ndata_mib = 40\nboot_mib = 40\n"
+    )
+    return recipes
+
+
+@pytest.fixture(scope="session")
+def runtime(mini: Path, cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real frozen runtime, frozen once and then passed to every build as prebuilt.
+
+    Builds within the session must see the same runtime even while appliance/ is edited.
+    """
+    from image.freeze import freeze_runtime
+
+    out = tmp_path_factory.mktemp("runtime")
+    loaded = load_recipe(mini / "mini.toml")
+    return freeze_runtime(loaded, out, cache_dir=cache / "freeze").path
+
+
+RUNTIME: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _runtime_for_builds(runtime: Path) -> None:
+    RUNTIME[:] = [runtime]
+
+
+def build(recipe: Path, out: Path, cache: Path) -> dict[str, object]:
+    loaded = load_recipe(recipe)
+    key, keyring = signing_material(loaded, cache)
+    report = Pipeline(
+        loaded, out, cache_dir=cache, keyring=keyring, key=key, runtime=RUNTIME[0]
+    ).run()
+    return {"report": report, "image": out / f"{image_name(loaded)}.img", "loaded": loaded}
+
+
+@pytest.fixture(scope="session")
+def first(mini: Path, cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    return build(mini / "mini.toml", tmp_path_factory.mktemp("out1"), cache)
+
+
+def extract(image: Path, name: str, dest: Path) -> Path:
+    table = json.loads(run("sfdisk", "-J", str(image)))["partitiontable"]
+    part = next(p for p in table["partitions"] if p["name"] == name)
+    run(
+        "dd", f"if={image}", f"of={dest}", "bs=1M", f"skip={part['start'] * 512}",
+        f"count={part['size'] * 512}", "iflag=skip_bytes,count_bytes", "conv=sparse", "status=none",
+    )  # fmt: skip
+    return dest
+
+
+def test_image_checked_by_independent_tools(first: dict[str, object], tmp_path: Path) -> None:
+    image = first["image"]
+    assert isinstance(image, Path)
+    table = json.loads(run("sfdisk", "-J", str(image)))["partitiontable"]
+    assert [p["name"] for p in table["partitions"]] == ["boot", "rootfs_a", "rootfs_b", "data"]
+    esp = extract(image, "boot", tmp_path / "esp.vfat")
+    run("fsck.vfat", "-n", str(esp))
+    grubenv = tmp_path / "grubenv"
+    run("mcopy", "-i", str(esp), "::/grub/grubenv", str(grubenv), env=MTOOLS_ENV)
+    env_list = run("grub-editenv", str(grubenv), "list")
+    assert "ek_committed=A" in env_list
+    cfg = run("mtype", "-i", str(esp), "::/grub/grub.cfg", env=MTOOLS_ENV)
+    assert "root=PARTLABEL=$ek_label" in cfg and "console=ttyS0,115200" in cfg
+    efi = run("mdir", "-i", str(esp), "::/EFI/BOOT", env=MTOOLS_ENV)
+    assert "BOOTX64  EFI" in efi
+    slot = extract(image, "rootfs_a", tmp_path / "slot.ext4")
+    run("fsck.ext4", "-fn", str(slot))
+    assert "has_journal" not in run("dumpe2fs", "-h", str(slot))
+    device = json.loads(run("debugfs", "-R", "cat /etc/edgekiln/device.json", str(slot)))
+    assert device["version"] == "1.2.3" and device["target"] == "generic-x86-64"
+    unit = run("debugfs", "-R", "cat /etc/systemd/system/edgekiln-agent.service", str(slot))
+    assert "Type=notify" in unit and "WatchdogSec=30" in unit
+    assert "ExecStart=/opt/edgekiln/appliance/appliance agent" in unit
+    wd = run("debugfs", "-R", "cat /etc/systemd/system.conf.d/50-edgekiln-watchdog.conf", str(slot))
+    assert "RuntimeWatchdogSec=30" in wd
+    assert "PARTLABEL=data" in run("debugfs", "-R", "cat /etc/fstab", str(slot))
+    assert "vmlinuz-6.1.0-test-amd64" in run("debugfs", "-R", "stat /boot/vmlinuz", str(slot))
+    runtime = run("debugfs", "-R", "stat /opt/edgekiln/appliance/appliance", str(slot))
+    assert "Type: regular" in runtime
+    models = run("debugfs", "-R", "ls /opt/edgekiln/models/primary", str(slot))
+    assert "model.json" in models
+    assert "keyring.json" in run("debugfs", "-R", "ls /etc/edgekiln", str(slot))
+    data = extract(image, "data", tmp_path / "data.ext4")
+    run("fsck.ext4", "-fn", str(data))
+    # bmaptool copy of the compressed image equals the image.
+    bmap = image.with_suffix(".bmap")
+    copy = tmp_path / "copy.img"
+    run("bmaptool", "copy", "--bmap", str(bmap), str(image) + ".zst", str(copy))
+    assert sha(copy) == sha(image)
+
+
+def test_report_and_manifest(first: dict[str, object]) -> None:
+    image = first["image"]
+    assert isinstance(image, Path)
+    report = json.loads((image.parent / "build-report.json").read_text())
+    assert [s["name"] for s in report["stages"]] == [
+        "base", "runtime", "slot", "boot", "data", "disk", "bmap", "compress", "manifest", "bundle",
+    ]  # fmt: skip
+    assert "stage" in (image.parent / "build-report.txt").read_text()
+    info = inspect_image(image)
+    assert info["verification"]["signature"] == "valid"
+    assert set(info["verification"]["partitions"].values()) == {"ok"}
+    assert info["slots"]["rootfs_a"]["device"]["version"] == "1.2.3"
+    assert info["slots"]["rootfs_b"]["state"] == "empty"
+    assert info["boot"]["grubenv"]["ek_committed"] == "A"
+
+
+def test_full_bundle_verifies_with_the_keyring_in_the_image(
+    first: dict[str, object], tmp_path: Path
+) -> None:
+    image = first["image"]
+    assert isinstance(image, Path)
+    slot = extract(image, "rootfs_a", tmp_path / "slot.ext4")
+    ring = tmp_path / "keyring.json"
+    ring.write_bytes(
+        subprocess.run(
+            ["debugfs", "-R", "cat /etc/edgekiln/keyring.json", str(slot)],
+            capture_output=True,
+            check=True,
+        ).stdout
+    )
+    bundle = image.with_suffix(".bundle")
+    appliance = Path(sys.executable).parent / "appliance"
+    out = run(
+        str(appliance), "bundle", "verify", str(bundle), "--keyring", str(ring),
+        "--product", "edgekiln-appliance", "--target", "generic-x86-64",
+    )  # fmt: skip
+    assert out.startswith("OK ") and "1.2.3" in out
+
+
+def test_inspect_detects_tampering(first: dict[str, object], tmp_path: Path) -> None:
+    image = first["image"]
+    assert isinstance(image, Path)
+    copy = tmp_path / image.name
+    run("cp", "--sparse=always", str(image), str(copy))
+    for suffix in (".manifest.json", ".manifest.sig"):
+        name = image.name.removesuffix(".img") + suffix
+        (tmp_path / name).write_bytes((image.parent / name).read_bytes())
+    table = json.loads(run("sfdisk", "-J", str(copy)))["partitiontable"]
+    data = next(p for p in table["partitions"] if p["name"] == "data")
+    with copy.open("r+b") as handle:
+        handle.seek(data["start"] * 512 + 5 * 1024 * 1024)
+        handle.write(b"tampered")
+    out = subprocess.run(
+        [str(KILN), "inspect", str(copy)], capture_output=True, text=True, check=False
+    )
+    assert out.returncode != 0
+    assert "data: digest MISMATCH" in out.stdout
+    manifest = tmp_path / (image.name.removesuffix(".img") + ".manifest.json")
+    manifest.write_bytes(manifest.read_bytes().replace(b'"1.2.3"', b'"9.9.9"'))
+    info = inspect_image(copy)
+    assert info["verification"]["signature"] == "INVALID"
+
+
+def test_rebuild_is_cached_and_byte_identical(
+    first: dict[str, object], mini: Path, cache: Path, tmp_path: Path
+) -> None:
+    again = build(mini / "mini.toml", tmp_path / "out2", cache)
+    stages = {s.name: s.cached for s in again["report"].stages}  # type: ignore[attr-defined]
+    assert all(stages.values()), stages  # outputs too: copied from the cache
+    for suffix in (".img", ".bmap", ".img.zst", ".manifest.json", ".manifest.sig", ".bundle"):
+        name = Path(str(first["image"]).removesuffix(".img") + suffix).name
+        assert sha(tmp_path / "out2" / name) == sha(Path(first["image"]).parent / name), suffix  # type: ignore[arg-type]
+
+
+def test_uncached_rebuild_is_byte_identical(
+    first: dict[str, object], mini: Path, cache: Path, tmp_path: Path
+) -> None:
+    # Fresh slot/boot/data caches; base and runtime shared (ARCHITECTURE Decision 11).
+    fresh = tmp_path / "cache"
+    fresh.mkdir()
+    for kind in ("base", "freeze", "keys"):
+        (fresh / kind).symlink_to(cache / kind, target_is_directory=True)
+    again = build(mini / "mini.toml", tmp_path / "out", fresh)
+    stages = {s.name: s.cached for s in again["report"].stages}  # type: ignore[attr-defined]
+    assert not stages["slot"] and not stages["boot"] and not stages["data"]
+    assert sha(again["image"]) == sha(first["image"])  # type: ignore[arg-type]
+
+
+def test_model_only_change_rebuilds_only_the_slot(
+    first: dict[str, object], mini: Path, cache: Path, tmp_path: Path
+) -> None:
+    recipes = tmp_path / "recipes"
+    run("cp", "-a", str(mini), str(recipes))
+    (recipes / "models" / "inspect-primary" / "model.onnx").write_bytes(b"retrained" * 5000)
+    again = build(recipes / "mini.toml", tmp_path / "out", cache)
+    stages = {s.name: s.cached for s in again["report"].stages}  # type: ignore[attr-defined]
+    assert stages == {
+        "base": True, "runtime": True, "slot": False, "boot": True, "data": True,
+        "disk": False, "bmap": False, "compress": False, "manifest": False, "bundle": False,
+    }  # fmt: skip
+    assert sha(again["image"]) != sha(first["image"])  # type: ignore[arg-type]
+
+
+def test_plan_and_bad_recipe_fail_before_any_stage(mini: Path, tmp_path: Path) -> None:
+    plan = run(str(KILN), "build", str(mini / "mini.toml"), "--plan", "--cache", str(tmp_path))
+    assert '"version": "1.2.3"' in plan and "8. compress" in plan
+    bad = mini / "bad.toml"
+    bad.write_text('extends = "mini.toml"\n[partitions]\nrootfs_mib = 100\n')
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [str(KILN), "build", str(bad), "-o", str(out)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode != 0
+    assert "bad.toml: partitions.rootfs_mib" in done.stderr
+    assert not out.exists()
+    arm = subprocess.run(
+        [str(KILN), "build", str(mini / "coral-usb-arm64.toml"), "-o", str(out)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert arm.returncode != 0 and "cannot be built yet" in arm.stderr
+    assert not out.exists()
+
+
+def test_debian_image_for_generic_x86_64(mini: Path, cache: Path, tmp_path: Path) -> None:
+    """The real recipe: a Debian bookworm base from mmdebstrap (downloads ~150 MB, minutes)."""
+    built = build(mini / "generic-x86-64.toml", tmp_path / "out", cache)
+    image = built["image"]
+    assert isinstance(image, Path)
+    slot = extract(image, "rootfs_a", tmp_path / "slot.ext4")
+    run("fsck.ext4", "-fn", str(slot))
+    boot_dir = run("debugfs", "-R", "ls -l /boot", str(slot))
+    assert "initrd.img-" in boot_dir and "vmlinuz-" in boot_dir
+    kernel = run("debugfs", "-R", "stat /boot/vmlinuz", str(slot))
+    assert "Fast link dest" in kernel
+    assert "systemd" in run("debugfs", "-R", "ls /usr/lib/systemd", str(slot))
+    runtime = run("debugfs", "-R", "ls -l /opt/edgekiln/appliance", str(slot))
+    assert "_internal" in runtime
+    info = inspect_image(image)
+    assert info["verification"]["signature"] == "valid"
+    assert set(info["verification"]["partitions"].values()) == {"ok"}
+    assert info["slots"]["rootfs_a"]["kernel"].startswith("vmlinuz-6.1")
+    copy = tmp_path / "copy.img"
+    run("bmaptool", "copy", "--bmap", str(image.with_suffix(".bmap")), str(image), str(copy))
+    assert sha(copy) == sha(image)
