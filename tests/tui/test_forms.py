@@ -148,7 +148,8 @@ def test_camera_ffmpeg_video_and_bad_source(device: Device, tmp_path: Path) -> N
 
     async def body(pilot: Any) -> None:
         keys = Keys(pilot, "camera: typed source")
-        await keys("3", "tab", "ctrl+u")
+        await keys("3", "tab", "ctrl+u", "enter")
+        assert "enter a device (/dev/video0)" in text_of(app, "#source-error")
         await keys.type("/nonexistent/cam.mp4")
         await keys("enter")
         assert "/nonexistent/cam.mp4 does not exist" in text_of(app, "#source-error")
@@ -225,7 +226,8 @@ def test_update_typed_path_checked_then_installed(device: Device) -> None:
 
     async def body(pilot: Any) -> None:
         keys = Keys(pilot, "update: typed path")
-        await keys("5", "tab")
+        await keys("5", "tab", "enter")
+        assert "type the path of a .bundle file" in text_of(app, "#path-error")
         await keys.type("/nowhere/x.bundle")
         await keys("enter")
         assert "/nowhere/x.bundle is not a file" in text_of(app, "#path-error")
