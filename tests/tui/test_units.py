@@ -187,3 +187,13 @@ def test_logging_goes_to_a_file_while_the_app_draws(tmp_path: Path) -> None:
         logging.getLogger("appliance.device").warning("technician action: x")
     assert root.handlers == before
     assert "technician action: x" in (tmp_path / "log" / "tui.log").read_text()
+
+
+def test_interfaces_of_this_host_with_ip_addresses() -> None:
+    """The real sysfs and the real ``ip -j -4 addr``: names match, addresses parse as CIDR."""
+    sysfs = Path("/sys/class/net")
+    found = netconfig.list_interfaces(sysfs)
+    assert [i.name for i in found] == sorted(p.name for p in sysfs.iterdir() if p.name != "lo")
+    for iface in found:
+        for address in iface.addresses:
+            ipaddress.IPv4Interface(address)
