@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 from pathlib import Path
 
 import click
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance.bundle.errors import BundleError
 from appliance.bundle.manifest import DEFAULT_CHUNK_SIZE
@@ -20,6 +22,20 @@ from image.keys_cli import get_passphrase
 
 class BundleBuildError(BuildError):
     """The bundle could not be made (missing identity field, bad input, writer refusal)."""
+
+
+def _delta_base(old: Path, key: Ed25519PrivateKey, stack: contextlib.ExitStack) -> Path:
+    """The slot image inside ``old`` (a bundle is verified with the signing key's public key)."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from appliance.bundle.delta_base import resolve_base
+    from appliance.bundle.keyring import Keyring, TrustedKey
+
+    raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    try:
+        return resolve_base(old, Keyring(1, (TrustedKey.from_public_key(raw),)), stack)
+    except BundleError as exc:
+        raise BundleBuildError(f"--delta-from {old}: {exc}") from None
 
 
 def _created() -> int:
@@ -62,14 +78,18 @@ def _created() -> int:
     "--chunk-size", type=click.IntRange(min=4096), default=DEFAULT_CHUNK_SIZE, show_default=True,
     help="Bytes per verified chunk (power of two).",
 )  # fmt: skip
+@click.option(
+    "--delta-from", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Make a delta against this OLD slot image, disk image or full bundle (signed by --key).",
+)  # fmt: skip
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 def bundle(
     slot_image: Path, recipe: Path | None, product: str | None, targets: tuple[str, ...],
     version: str | None, security_version: int | None, key_path: Path | None,
     keyring_update: Path | None, expires_in: int | None, compression: str, zstd_level: int,
-    chunk_size: int, output: Path,
+    chunk_size: int, delta_from: Path | None, output: Path,
 ) -> None:  # fmt: skip
-    """Make a signed full update bundle from SLOT-IMAGE."""
+    """Make a signed full (or, with --delta-from, delta) update bundle from SLOT-IMAGE."""
     target_list = list(targets)
     if recipe is not None:
         from image.recipe import load_recipe
@@ -99,7 +119,11 @@ def bundle(
         )
     assert product and version and security_version is not None and key_path  # for mypy
     key = load_private_key(key_path, get_passphrase(confirm=False))
-    payloads = [PayloadSource.slot_image(slot_image, compression=compression)]
+    stack = contextlib.ExitStack()
+    if delta_from is not None:
+        payloads = [PayloadSource.delta(slot_image, _delta_base(delta_from, key, stack))]
+    else:
+        payloads = [PayloadSource.slot_image(slot_image, compression=compression)]
     if keyring_update is not None:
         try:
             ring = load_keyring_file(keyring_update)
@@ -113,6 +137,7 @@ def bundle(
     total = slot_image.stat().st_size
     try:
         with (
+            stack,
             Progress(transient=True, disable=not sys.stderr.isatty()) as bar,
             atomic_writer(output) as out,
         ):

@@ -186,9 +186,16 @@ class BaseSlot:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        self._checked: tuple[int, str] | None = None
 
     def check(self, size: int, sha256: str) -> None:
-        """Raise :class:`DeltaBaseError` unless the first ``size`` bytes hash to ``sha256``."""
+        """Raise :class:`DeltaBaseError` unless the first ``size`` bytes hash to ``sha256``.
+
+        Hashed once per open slot (the installer checks before marking the target bad, the
+        reader again before streaming); the slot is mounted read-only meanwhile.
+        """
+        if self._checked == (size, sha256):
+            return
         digest = hashlib.sha256()
         offset = 0
         while offset < size:
@@ -203,6 +210,7 @@ class BaseSlot:
                 f"but {self.path} holds {offset} bytes with sha256 {digest.hexdigest()[:16]}...: "
                 "this device runs another version; install the full bundle instead"
             )
+        self._checked = (size, sha256)
 
     def rebuild(self, wire: bytes, out_len: int, base_size: int, where: str) -> bytes:
         """One image chunk from one delta chunk (structure checked; digest is the caller's)."""

@@ -37,8 +37,7 @@ from appliance.bundle.delta import (
 )
 
 log = logging.getLogger(__name__)
-WINDOW_MARGIN = 1 << 20  # bytes of base on each side of a candidate window
-MAX_WINDOWS = 4
+WINDOW_MARGIN = 256 << 10  # bytes of base on each side of a candidate window
 
 
 def _block_key(block: bytes | memoryview) -> bytes:
@@ -130,10 +129,59 @@ def _decode_controls(bcontrol: bytes) -> list[tuple[int, int, int]]:
     return [(vals[i], vals[i + 1], vals[i + 2]) for i in range(0, len(vals), 3)]
 
 
+Control = tuple[int, int, int]
+
+
+class _Builder:
+    """Accumulates one chunk: the reference extents R, controls, diff and extra streams."""
+
+    def __init__(self) -> None:
+        self.extents: list[Extent] = []
+        self.ref_len = 0
+        self.pos = 0  # bsdiff's old position in R after the controls so far
+        self.controls: list[Control] = []
+        self.diff: list[bytes] = []
+        self.extra: list[bytes] = []
+
+    def add_ref(self, spans: list[Extent]) -> int:
+        """Append base extents to R; return where the first begins in R."""
+        at = self.ref_len
+        for e in spans:
+            last = self.extents[-1] if self.extents else None
+            if last is not None and last.offset + last.length == e.offset:
+                self.extents[-1] = Extent(last.offset, last.length + e.length)
+            else:
+                self.extents.append(e)
+            self.ref_len += e.length
+        return at
+
+    def emit(self, at: int, controls: list[Control], diff: bytes, extra: bytes) -> None:
+        """Append controls that expect to start at R position ``at``."""
+        if at != self.pos:
+            self.controls.append((0, 0, at - self.pos))
+            self.pos = at
+        for add, copy, seek in controls:
+            self.controls.append((add, copy, seek))
+            self.pos += add + seek
+        self.diff.append(diff)
+        self.extra.append(extra)
+
+    def encode(self, level: int) -> bytes:
+        return encode_chunk(
+            self.extents, self.controls, b"".join(self.diff), b"".join(self.extra), level
+        )
+
+
+def _zsize(controls: list[Control], diff: bytes, extra: bytes) -> int:
+    return len(encode_chunk([], controls, diff, extra, 3))
+
+
 class DeltaEncoder:
     """Encodes each chunk of a new image against one indexed base image."""
 
-    def __init__(self, base: BaseIndex, chunk_size: int, level: int = 19) -> None:
+    def __init__(
+        self, base: BaseIndex, chunk_size: int, level: int = 19, new: bytes | None = None
+    ) -> None:
         if chunk_size % BLOCK:
             raise DeltaError(f"delta chunk size {chunk_size} must be a multiple of {BLOCK}")
         self.base = base
@@ -141,58 +189,93 @@ class DeltaEncoder:
         self.level = level
         self._shift_pos: list[int] = []  # new-image offsets of matched blocks, ascending
         self._shift_val: list[int] = []  # their shift (base offset - new offset)
+        self._matches: list[int | None] | None = None
+        if new is not None:  # a first pass over the whole image: shifts after a chunk too
+            self._matches = _match_blocks(base, new, None)
+            for j, m in enumerate(self._matches):
+                if m is not None:
+                    self._shift_pos.append(j * BLOCK)
+                    self._shift_val.append((m - j) * BLOCK)
         self.stats: Counter[str] = Counter()
 
     def encode(self, index: int, chunk: bytes) -> bytes:
         """The wire bytes of delta chunk ``index`` (verified by applying it again)."""
         start = index * self.chunk_size
-        prev_block = None
-        if self._shift_pos and self._shift_pos[-1] == start - BLOCK:
-            prev_block = (start - BLOCK + self._shift_val[-1]) // BLOCK
-        matches = _match_blocks(self.base, chunk, prev_block)
-        for j, m in enumerate(matches):
-            if m is not None:
-                self._shift_pos.append(start + j * BLOCK)
-                self._shift_val.append(m * BLOCK - start - j * BLOCK)
-        if all(m is not None for m in matches):
-            extents = _extents_of([m for m in matches if m is not None])
-            wire = encode_chunk(extents, [(len(chunk), 0, 0)], bytes(len(chunk)), b"", self.level)
-            self.stats["copy_chunks"] += 1
+        if self._matches is not None:
+            first = start // BLOCK
+            matches = self._matches[first : first + len(chunk) // BLOCK]
+            matches += [None] * (1 if len(chunk) % BLOCK else 0)
         else:
-            wire = self._bsdiff_chunk(start, chunk, matches)
-            self.stats["diff_chunks"] += 1
+            prev_block = None
+            if self._shift_pos and self._shift_pos[-1] == start - BLOCK:
+                prev_block = (start - BLOCK + self._shift_val[-1]) // BLOCK
+            matches = _match_blocks(self.base, chunk, prev_block)
+            for j, m in enumerate(matches):
+                if m is not None:
+                    self._shift_pos.append(start + j * BLOCK)
+                    self._shift_val.append(m * BLOCK - start - j * BLOCK)
+        builder = _Builder()
+        j = 0
+        n = len(matches)
+        while j < n:
+            k = j + 1
+            if matches[j] is not None:
+                while k < n and matches[k] is not None and matches[k] == matches[k - 1] + 1:  # type: ignore[operator]
+                    k += 1
+                at = builder.add_ref([Extent(matches[j] * BLOCK, (k - j) * BLOCK)])  # type: ignore[operator]
+                builder.emit(at, [((k - j) * BLOCK, 0, 0)], bytes((k - j) * BLOCK), b"")
+                self.stats["copy_blocks"] += k - j
+            else:
+                while k < n and matches[k] is None:
+                    k += 1
+                lo, hi = j * BLOCK, min(k * BLOCK, len(chunk))
+                self._literal(builder, start + lo, chunk[lo:hi])
+            j = k
+        wire = builder.encode(self.level)
         self._verify(wire, chunk, index)
         return wire
 
-    def _candidate_shifts(self, start: int, matches: list[int | None]) -> list[int]:
-        local = Counter(
-            m * BLOCK - start - j * BLOCK for j, m in enumerate(matches) if m is not None
-        )
-        shifts = [s for s, _n in local.most_common(MAX_WINDOWS - 1)]
-        # The nearest matched blocks before and after this chunk (the stream's local shift).
-        k = bisect.bisect_left(self._shift_pos, start)
+    def _shifts_near(self, pos: int, length: int) -> list[int]:
+        """Shifts of the nearest matched blocks before and after [pos, pos+length), and 0."""
+        shifts: list[int] = []
+        k = bisect.bisect_left(self._shift_pos, pos)
         if k > 0:
             shifts.append(self._shift_val[k - 1])
+        k = bisect.bisect_left(self._shift_pos, pos + length)
+        if k < len(self._shift_pos):
+            shifts.append(self._shift_val[k])
         shifts.append(0)
-        seen: list[int] = []
-        for s in shifts:
-            if s not in seen:
-                seen.append(s)
-        return seen[:MAX_WINDOWS]
+        return list(dict.fromkeys(shifts))
 
-    def _bsdiff_chunk(self, start: int, chunk: bytes, matches: list[int | None]) -> bytes:
+    def _literal(self, builder: _Builder, pos: int, data: bytes) -> None:
+        """Encode bytes that match no base block: best of bsdiff, aligned difference, literal."""
         import bsdiff4.core
 
-        windows = _windows(start, len(chunk), self._candidate_shifts(start, matches),
-                           len(self.base.data))  # fmt: skip
-        ref = b"".join(self.base.data[e.offset : e.offset + e.length] for e in windows)
-        bcontrol, bdiff, bextra = bsdiff4.core.diff(ref, chunk)
-        controls = _decode_controls(bcontrol)
-        if _in_range(controls, len(ref)):
-            return encode_chunk(windows, controls, bdiff, bextra, self.level)
-        # bsdiff may read past R's ends (counting as zero bytes); fall back to all-literal.
-        self.stats["literal_fallback"] += 1
-        return encode_chunk([], [(0, len(chunk), 0)], b"", chunk, self.level)
+        base = self.base.data
+        shifts = self._shifts_near(pos, len(data))
+        options: list[tuple[int, str, list[Extent], list[Control], bytes, bytes]] = [
+            (len(data) + 16, "literal", [], [(0, len(data), 0)], b"", data)
+        ]
+        for s in shifts:  # a slightly changed file in place (e.g. fine-tuned weights)
+            if pos + s >= 0 and pos + s + len(data) <= len(base):
+                diff = _subtract(data, base[pos + s : pos + s + len(data)])
+                ctl = [(len(data), 0, 0)]
+                ext = [Extent(pos + s, len(data))]
+                options.append((_zsize(ctl, diff, b""), "aligned", ext, ctl, diff, b""))
+        windows = _windows(pos, len(data), shifts, len(base))
+        room = MAX_REFERENCE - builder.ref_len - 2 * self.chunk_size
+        windows = _clip(windows, room)
+        if windows:
+            ref = b"".join(base[e.offset : e.offset + e.length] for e in windows)
+            bcontrol, bdiff, bextra = bsdiff4.core.diff(ref, data)
+            controls = _decode_controls(bcontrol)
+            if _in_range(controls, len(ref)):  # bsdiff may read past R's ends (as zeros)
+                size = _zsize(controls, bdiff, bextra)
+                options.append((size, "bsdiff", windows, controls, bdiff, bextra))
+        _size, kind, ext, ctl, diff, extra = min(options, key=lambda o: o[0])
+        self.stats[kind] += 1
+        at = builder.add_ref(ext) if ext else builder.pos
+        builder.emit(at, ctl, diff, extra)
 
     def _verify(self, wire: bytes, chunk: bytes, index: int) -> None:
         where = f"delta chunk {index}"
@@ -200,6 +283,26 @@ class DeltaEncoder:
         ref = b"".join(self.base.data[e.offset : e.offset + e.length] for e in parsed.extents)
         if apply_parsed(parsed, ref, len(chunk), where) != chunk:
             raise DeltaError(f"{where}: the encoded chunk does not rebuild the image (encoder bug)")
+
+
+def _clip(windows: list[Extent], room: int) -> list[Extent]:
+    out: list[Extent] = []
+    for e in windows:
+        take = min(e.length, room)
+        if take <= 0:
+            break
+        out.append(Extent(e.offset, take))
+        room -= take
+    return out
+
+
+def _subtract(new: bytes, old: bytes) -> bytes:
+    """Bytewise ``new - old`` mod 256 (what the device adds back)."""
+    import numpy as np
+
+    a = np.frombuffer(new, dtype=np.uint8)
+    b = np.frombuffer(old, dtype=np.uint8)
+    return (a - b).tobytes()
 
 
 def _in_range(controls: list[tuple[int, int, int]], ref_len: int) -> bool:
@@ -215,12 +318,11 @@ def iter_delta_chunks(
     base_path: Path, new_path: Path, chunk_size: int, level: int = 19
 ) -> Iterator[tuple[bytes, bytes]]:
     """Yield (image chunk, delta wire chunk) for each chunk of ``new_path`` against the base."""
-    encoder = DeltaEncoder(BaseIndex.load(base_path), chunk_size, level)
-    with open(new_path, "rb") as handle:
-        i = 0
-        while chunk := handle.read(chunk_size):
-            yield chunk, encoder.encode(i, chunk)
-            i += 1
+    new = Path(new_path).read_bytes()
+    encoder = DeltaEncoder(BaseIndex.load(base_path), chunk_size, level, new)
+    for i, at in enumerate(range(0, len(new), chunk_size)):
+        chunk = new[at : at + chunk_size]
+        yield chunk, encoder.encode(i, chunk)
     log.info("delta %s -> %s: %s", base_path, new_path, dict(encoder.stats))
 
 
