@@ -8,7 +8,9 @@ URIs understood by :func:`open_source`:
 * a video file path (or ``file://`` URI) - read frame by frame; ``?realtime=1`` paces it at the
   file's frame rate and makes it behave like a live camera,
 * a directory - every ``*.jpg``/``*.jpeg``/``*.png``/``*.bmp`` in name order,
-* ``npz:<path>`` - the ``images`` array of a reference split (RGB), used by tests and benches.
+* ``npz:<path>`` - the ``images`` array of a reference split (RGB), used by tests and benches;
+  ``?loop=1`` replays it forever and ``&fps=N`` paces it (a test-pattern camera for QEMU and
+  demos, needing no camera driver).
 
 Live sources go through :class:`LatestFrameGrabber`: a thread reads as fast as the camera
 delivers and keeps one slot; the pipeline takes whatever is newest, so it never works on a
@@ -138,14 +140,29 @@ class ArraySource:
 
     live = False
 
-    def __init__(self, uri: str, images: np.ndarray, color: str = "RGB", loops: int = 1) -> None:
+    def __init__(
+        self,
+        uri: str,
+        images: np.ndarray,
+        color: str = "RGB",
+        loops: int = 1,
+        fps: float = 0.0,
+    ) -> None:
+        """``loops=0`` replays forever; ``fps > 0`` delivers at most that many frames a second."""
         self.uri, self._images, self._color = uri, images, color
-        self._total = len(images) * loops
+        self._total = len(images) * loops if loops > 0 else None
+        self._period = 1.0 / fps if fps > 0 else 0.0
+        self._next = 0.0
         self._i = 0
 
     def read(self) -> Frame | None:
-        if self._i >= self._total:
+        if self._total is not None and self._i >= self._total:
             return None
+        if self._period:
+            wait = self._next - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            self._next = max(self._next, time.monotonic()) + self._period
         t0 = time.monotonic()
         image = self._images[self._i % len(self._images)]
         self._i += 1
@@ -168,13 +185,20 @@ def open_source(uri: str) -> Source:
     query = parse_qs(parts.query)
     realtime = query.get("realtime", ["0"])[0] in ("1", "true")
     if parts.scheme == "npz":
-        path = Path(uri[4:])
+        path = Path(uri[4:].split("?", maxsplit=1)[0])
+        try:
+            loops = 0 if query.get("loop", ["0"])[0] in ("1", "true") else 1
+            fps = float(query.get("fps", ["0"])[0])
+        except ValueError:
+            raise SourceError(f"{uri}: fps must be a number") from None
         try:
             with np.load(path, allow_pickle=False) as npz:
                 images = npz["images"]
         except (OSError, KeyError, ValueError) as exc:
             raise SourceError(f"{path}: cannot read images: {exc}") from None
-        return ArraySource(uri, images)
+        if len(images) == 0:
+            raise SourceError(f"{path}: the images array is empty")
+        return ArraySource(uri, images, loops=loops, fps=fps)
     if parts.scheme == "v4l2" or (not parts.scheme and uri.startswith("/dev/video")):
         device = parts.path if parts.scheme else uri
         return CvCaptureSource(uri, device, "v4l2", live=True)
