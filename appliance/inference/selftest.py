@@ -6,30 +6,39 @@ check::
     report = run_selftest(Path("/opt/edgekiln/models/primary"), limit=16, budget_factor=8.0)
     if not report.passed: ...   # report.reasons says why
 
-Accuracy gate: top-1 on the evaluated images >= expected - tolerance, where expected is the
-file's own ``top1`` if model.json gives one (INT8 files may be lower), else ``reference.top1``,
-and the tolerance is 0.5 pp; with ``limit`` (a fixed, class-spread subset of N images) the
-tolerance is ``max(0.5 pp, 1/N)`` so one extra miss on a tiny subset is not a failed update.
+Accuracy gate. ``expected`` is the file's own ``top1`` if model.json gives one (INT8 files may
+be lower), else ``reference.top1``.
+
+* Full split: top-1 >= expected - 0.5 pp.
+* With ``limit`` (a fixed, class-spread subset of N images, for the health check): a one-sided
+  binomial test. The gate is the smallest number of correct images that a model with the
+  expected top-1 reaches with probability >= 0.1 %. A correct device almost never fails it
+  (an 88 % model may well get 12/16), while a broken one (chance level, swapped colours, wrong
+  weights) does. Small subsets can only catch gross errors: use N >= 64 for finer ones.
+
 Latency gate: p95 of infer <= budget.infer * factor and p95 of pre+infer+post <=
 (budget.pre + budget.infer + budget.post) * factor. Images run one at a time (batch 1), as on
-the device.
+the device. If the latency gate fails, the timing pass is repeated once and the better pass
+counts: one scheduler stall on a busy device must not fail an update, a slow model still does.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from appliance.inference.backends import DEFAULT_ORDER, BackendOptions, get_backend
+from appliance.inference.backends import DEFAULT_ORDER, BackendOptions, LoadedModel, get_backend
 from appliance.inference.errors import InferenceError, PackageError
 from appliance.inference.package import load_package
 from appliance.inference.postprocess import Postprocessor
 from appliance.inference.preprocess import Preprocessor
 
 TOLERANCE = 0.005
+SUBSET_ALPHA = 0.001
 
 
 @dataclass
@@ -55,6 +64,7 @@ class SelftestReport:
     budget_factor: float
     passed: bool
     reasons: list[str] = field(default_factory=list)
+    latency_passes: int = 1
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -107,34 +117,31 @@ def run_selftest(
         pre, post = Preprocessor.for_model(model), Postprocessor(model)
         images, labels = package.load_reference()
         idx = subset_indices(labels, limit)
-        infer_ms, total_ms, correct = [], [], 0
-        for i in idx:
-            t0 = time.perf_counter()
-            x, _ = pre(images[i], "RGB")
-            t1 = time.perf_counter()
-            raw = model.run(x)
-            t2 = time.perf_counter()
-            pred = int(post.scores(raw).argmax())
-            t3 = time.perf_counter()
-            correct += pred == int(labels[i])
-            infer_ms.append((t2 - t1) * 1000)
-            total_ms.append((t3 - t0) * 1000)
+        b = m.budget_ms
+        budget_infer = b.infer * budget_factor
+        budget_total = (b.pre + b.infer + b.post) * budget_factor
+        correct, infer_ms, total_ms = _evaluate(model, pre, post, images, labels, idx)
+        p = _percentiles(infer_ms, total_ms)
+        passes = 1
+        if p[95][0] > budget_infer or p[95][1] > budget_total:
+            _, infer2, total2 = _evaluate(model, pre, post, images, labels, idx)
+            p2 = _percentiles(infer2, total2)
+            passes = 2
+            if max(p2[95][0] / budget_infer, p2[95][1] / budget_total) < max(
+                p[95][0] / budget_infer, p[95][1] / budget_total
+            ):
+                p = p2
     finally:
         model.close()
     n = len(idx)
     top1 = correct / n
     expected = model.file.top1 if model.file.top1 is not None else m.reference.top1
-    tol = TOLERANCE if limit is None or limit >= len(labels) else max(TOLERANCE, 1.0 / n)
-    b = m.budget_ms
-    budget_infer = b.infer * budget_factor
-    budget_total = (b.pre + b.infer + b.post) * budget_factor
-    p = {
-        q: (float(np.percentile(infer_ms, q)), float(np.percentile(total_ms, q))) for q in (50, 95)
-    }
+    need = min_correct(n, expected, subset=n < len(labels))
     reasons = []
-    if top1 < expected - tol - 1e-12:
+    if correct < need:
         reasons.append(
-            f"top-1 {top1:.4f} is below the gate {expected - tol:.4f} (expected {expected:.4f})"
+            f"top-1 {top1:.4f} ({correct}/{n}) is below the gate {need / n:.4f} "
+            f"(expected {expected:.4f})"
         )
     if p[95][0] > budget_infer:
         reasons.append(f"infer p95 {p[95][0]:.2f} ms exceeds the budget {budget_infer:.2f} ms")
@@ -152,7 +159,7 @@ def run_selftest(
         images=n,
         top1=top1,
         expected_top1=expected,
-        min_top1=expected - tol,
+        min_top1=need / n,
         infer_p50_ms=p[50][0],
         infer_p95_ms=p[95][0],
         total_p50_ms=p[50][1],
@@ -162,4 +169,47 @@ def run_selftest(
         budget_factor=budget_factor,
         passed=not reasons,
         reasons=reasons,
+        latency_passes=passes,
     )
+
+
+def min_correct(n: int, expected: float, subset: bool) -> int:
+    """Fewest correct images that pass: 0.5 pp tolerance, or a binomial test on a subset."""
+    if not subset:
+        return math.ceil(n * (expected - TOLERANCE) - 1e-9)
+    cdf = 0.0
+    for k in range(n + 1):  # P(X <= k) for X ~ Binomial(n, expected)
+        cdf += math.comb(n, k) * expected**k * (1 - expected) ** (n - k)
+        if cdf >= SUBSET_ALPHA:
+            return k
+    return n
+
+
+def _evaluate(
+    model: LoadedModel,
+    pre: Preprocessor,
+    post: Postprocessor,
+    images: np.ndarray,
+    labels: np.ndarray,
+    idx: np.ndarray,
+) -> tuple[int, list[float], list[float]]:
+    """(correct count, infer ms, pre+infer+post ms) over the images ``idx``, one at a time."""
+    infer_ms, total_ms, correct = [], [], 0
+    for i in idx:
+        t0 = time.perf_counter()
+        x, _ = pre(images[i], "RGB")
+        t1 = time.perf_counter()
+        raw = model.run(x)
+        t2 = time.perf_counter()
+        pred = int(post.scores(raw).argmax())
+        t3 = time.perf_counter()
+        correct += pred == int(labels[i])
+        infer_ms.append((t2 - t1) * 1000)
+        total_ms.append((t3 - t0) * 1000)
+    return correct, infer_ms, total_ms
+
+
+def _percentiles(infer_ms: list[float], total_ms: list[float]) -> dict[int, tuple[float, float]]:
+    return {
+        q: (float(np.percentile(infer_ms, q)), float(np.percentile(total_ms, q))) for q in (50, 95)
+    }

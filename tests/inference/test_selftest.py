@@ -39,7 +39,7 @@ def test_selftest_fails_below_the_accuracy_gate(tiny_package: Path) -> None:
     _break_labels(tiny_package)
     r = run_selftest(tiny_package, "onnxruntime")
     assert not r.passed and r.top1 == 0.0
-    assert any("top-1 0.0000 is below the gate 0.9950" in x for x in r.reasons)
+    assert any("top-1 0.0000 (0/8) is below the gate 1.0000" in x for x in r.reasons)
 
 
 def test_selftest_latency_gate_uses_the_budget_factor(tiny_package: Path) -> None:
@@ -109,3 +109,31 @@ def test_cli_run_and_backends(tiny_package: Path, tmp_path: Path) -> None:
     )
     status = {s["name"]: s["ok"] for s in json.loads(b.stdout)}
     assert status["onnxruntime"] and not status["tensorrt"]
+
+
+def test_subset_gate_is_a_binomial_test() -> None:
+    from appliance.inference.selftest import min_correct
+
+    # Full split: 0.5 pp below the expected top-1.
+    assert min_correct(256, 0.8828, subset=False) == 225
+    # 16 images of an 88 % model: 12/16 is ordinary luck and passes; chance level (4/16) fails.
+    need = min_correct(16, 0.8828, subset=True)
+    assert 4 < need <= 12
+    # A model expected to be perfect must be perfect on any subset.
+    assert min_correct(16, 1.0, subset=True) == 16
+
+
+def test_health_check_subset_passes_with_an_imperfect_model(tmp_path: Path) -> None:
+    from tests.inference.fixtures import make_package, rewrite_manifest
+
+    pkg = make_package(tmp_path / "p", count=32)
+    with np.load(pkg / "reference.npz") as npz:
+        images, labels = npz["images"], npz["labels"]
+    labels = labels.copy()
+    labels[::8] = (labels[::8] + 1) % 4  # the model now "misses" 4 of 32: top-1 0.875
+    np.savez_compressed(pkg / "reference.npz", images=images, labels=labels)
+    rewrite_manifest(pkg, reference__top1=0.875)
+    full = run_selftest(pkg, "onnxruntime", budget_factor=1e6)
+    subset = run_selftest(pkg, "onnxruntime", limit=8, budget_factor=1e6)
+    assert full.passed and full.top1 == 0.875
+    assert subset.passed and subset.images == 8
