@@ -14,6 +14,7 @@ from textual.containers import Horizontal
 from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
+from appliance.device import Device
 from appliance.errors import ApplianceError
 from appliance.fsutil import atomic_write_bytes
 from appliance.tui import camcheck
@@ -51,8 +52,8 @@ class CameraScreen(TaskScreen):
         Binding("s", "save", "Save"),
     ]
 
-    def __init__(self, device: object) -> None:
-        super().__init__(device)  # type: ignore[arg-type]
+    def __init__(self, device: Device) -> None:
+        super().__init__(device)
         self._tested: CaptureReport | None = None
 
     def compose_body(self) -> ComposeResult:

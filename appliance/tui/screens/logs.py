@@ -11,6 +11,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.widgets import Input, Label, Log, Static
 
+from appliance.device import Device
 from appliance.tui.base import TaskScreen
 from appliance.tui.logsource import filter_lines, recent_lines
 
@@ -22,8 +23,8 @@ class LogsScreen(TaskScreen):
     CSS_PATH = Path(__file__).with_suffix(".tcss")
     BINDINGS: ClassVar[list[BindingType]] = [Binding("r", "reload", "Reload")]
 
-    def __init__(self, device: object) -> None:
-        super().__init__(device)  # type: ignore[arg-type]
+    def __init__(self, device: Device) -> None:
+        super().__init__(device)
         self._lines: list[str] = []
 
     def compose_body(self) -> ComposeResult:

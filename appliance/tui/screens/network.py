@@ -9,6 +9,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Button, Input, Label, Select, Static
 
+from appliance.device import Device
 from appliance.tui import netconfig
 from appliance.tui.base import TaskScreen
 from appliance.tui.netconfig import NetSetting
@@ -22,8 +23,8 @@ class NetworkScreen(TaskScreen):
     MODE = "network"
     CSS_PATH = Path(__file__).with_suffix(".tcss")
 
-    def __init__(self, device: object) -> None:
-        super().__init__(device)  # type: ignore[arg-type]
+    def __init__(self, device: Device) -> None:
+        super().__init__(device)
         self._autofilled: dict[str, str] = {}
 
     def compose_body(self) -> ComposeResult:

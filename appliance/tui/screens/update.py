@@ -14,6 +14,7 @@ from textual.containers import Horizontal
 from textual.widgets import Input, Label, OptionList, ProgressBar, Static
 from textual.widgets.option_list import Option
 
+from appliance.device import Device
 from appliance.errors import ApplianceError
 from appliance.tui.base import TaskScreen
 
@@ -43,8 +44,8 @@ class UpdateScreen(TaskScreen):
         Binding("u", "rescan", "Rescan USB"),
     ]
 
-    def __init__(self, device: object) -> None:
-        super().__init__(device)  # type: ignore[arg-type]
+    def __init__(self, device: Device) -> None:
+        super().__init__(device)
         self._verified: Path | None = None
         self._installed = False
 
