@@ -347,3 +347,17 @@ def test_missing_model_file_falls_back_with_the_reason(tmp_path: Path) -> None:
     assert [e.kind for e in chain] == ["fallback", "loaded"]
     assert "model.onnx: cannot read model file (No such file or directory)" in chain[0].reason
     assert stats.frames == 8 and stats.degraded_frames == 0
+
+
+def test_jsonl_sink_flushes_events_at_once_and_results_in_batches(tmp_path: Path) -> None:
+    from appliance.inference.sink import JsonlSink
+
+    path = tmp_path / "data" / "r.jsonl"
+    sink = JsonlSink(path, flush_every=3600)
+    sink.publish({"type": "result", "frame": 0})
+    assert path.read_bytes() == b""  # gathered
+    sink.publish({"type": "event", "kind": "degraded"})
+    assert _lines(path) == [{"type": "result", "frame": 0}, {"type": "event", "kind": "degraded"}]
+    sink.publish({"type": "result", "frame": 1})
+    sink.close()
+    assert _lines(path)[-1] == {"type": "result", "frame": 1}
