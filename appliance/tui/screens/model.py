@@ -26,7 +26,7 @@ def render_report(r: dict[str, Any]) -> str:
     verdict = "[OK] passed" if r.get("passed") else "[!!] FAILED"
     lines = [
         f"result     {verdict}  ({r.get('when', '?')})",
-        f"model      {r['model']} {r['version']} ({r['file']}) on {r['backend']}/{r['device']}",
+        f"model      {r['model']} {r['version']} ({r['file']}) on {r['backend']}",
         f"accuracy   top-1 {r['top1']:.4f} on {r['images']} images, gate {r['min_top1']:.4f}",
         f"infer      p50 {r['infer_p50_ms']:.2f} ms  p95 {r['infer_p95_ms']:.2f} ms"
         f"  budget {r['budget_infer_ms']:.2f} ms",
