@@ -45,15 +45,22 @@ def session_alive(session: str) -> bool:
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+@pytest.mark.parametrize(
+    "terminal",
+    [
+        pytest.param("TERM=xterm-256color", id="colour"),
+        pytest.param("TERM=vt220 NO_COLOR=1", id="serial-monochrome"),
+    ],
+)
 @pytest.mark.parametrize("appliance", RUNTIMES)
 def test_demo_starts_switches_and_quits_under_tmux(
-    appliance: Path, model_dir: Path, tmp_path: Path
+    appliance: Path, terminal: str, model_dir: Path, tmp_path: Path
 ) -> None:
     session = f"edgekiln-tui-{uuid.uuid4().hex[:8]}"
     done = tmp_path / "exit-code"
     # The shell records the exit status, then the session ends.
     command = (
-        f"EDGEKILN_DEMO_MODEL={model_dir} TERM=xterm-256color {appliance} tui --demo "
+        f"EDGEKILN_DEMO_MODEL={model_dir} {terminal} {appliance} tui --demo "
         f"--demo-dir {tmp_path / 'demo'}; echo $? > {done}"
     )
     tmux("new-session", "-d", "-x", "80", "-y", "24", "-s", session, command)
