@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
+
 from appliance.inference.backends import BackendOptions, LoadedModel, get_backend
 from appliance.inference.errors import InferenceError
 from appliance.inference.package import load_package
@@ -66,13 +68,15 @@ class Runner:
     model: LoadedModel
     pre: Preprocessor
     post: Postprocessor
+    budget: dict[str, float] = field(default_factory=dict)  # ms per stage, from model.json
 
 
 def load_runner(c: Candidate, options: BackendOptions, top: int = 3) -> Runner:
     """Load one candidate; every failure is an InferenceError subclass with a clear message."""
     package = load_package(c.package)
     model = get_backend(c.backend).load(package, c.file, options)
-    return Runner(c, model, Preprocessor.for_model(model), Postprocessor(model, top))
+    budget = msgspec.structs.asdict(package.manifest.budget_ms)
+    return Runner(c, model, Preprocessor.for_model(model), Postprocessor(model, top), budget)
 
 
 class FallbackChain:

@@ -273,34 +273,40 @@ class Pipeline:
             record.update(degraded=True, reason=self.chain.degraded_reason)
         if record.get("degraded"):
             self.stats.degraded_frames += 1
-        t5 = time.perf_counter()
-        record["ms"] = ms
-        self.sink.publish(record)
-        ms["publish"] = (time.perf_counter() - t5) * 1000
-        self._account(ms, record)
-        return record
-
-    def _account(self, ms: dict[str, float], record: dict[str, object]) -> None:
-        self.stats.frames += 1
-        ms["total"] = sum(ms.values())
-        runner = self.chain.runner
-        budget = msgspec.structs.asdict(runner.model.package.manifest.budget_ms) if runner else {}
-        over = []
-        for stage, value in ms.items():
-            self.stats.ms[stage].append(value)
-            limit = budget.get(stage)
-            if limit is not None and value > limit * self.cfg.budget_factor:
-                over.append(stage)
-                self.stats.over_budget[stage] += 1
-                now = time.monotonic()
-                if now - self._last_budget_event.get(stage, -1e9) >= BUDGET_EVENT_EVERY_S:
-                    self._last_budget_event[stage] = now
-                    self._record_event(
-                        Event(
-                            "budget_exceeded",
-                            f"{stage} took {value:.1f} ms, budget "
-                            f"{limit * self.cfg.budget_factor:.1f} ms (frame {record['frame']})",
-                        )
-                    )
+        budget = self.chain.runner.budget if self.chain.runner is not None else {}
+        over = self._over_budget(ms, budget, frame.index)
         if over:
             record["over_budget"] = over
+        record["ms"] = {k: round(v, 3) for k, v in ms.items()}
+        t5 = time.perf_counter()
+        self.sink.publish(record)
+        ms["publish"] = (time.perf_counter() - t5) * 1000
+        ms["total"] = sum(ms.values())
+        # publish and total are known only after the record left: stats and events only.
+        self._over_budget({"publish": ms["publish"], "total": ms["total"]}, budget, frame.index)
+        self.stats.frames += 1
+        for stage, value in ms.items():
+            self.stats.ms[stage].append(value)
+        return record
+
+    def _over_budget(self, ms: dict[str, float], budget: dict[str, float], index: int) -> list[str]:
+        """Stages of ``ms`` over budget x factor; counts them and raises rate-limited events."""
+        over = []
+        factor = self.cfg.budget_factor
+        for stage, value in ms.items():
+            limit = budget.get(stage)
+            if limit is None or value <= limit * factor:
+                continue
+            over.append(stage)
+            self.stats.over_budget[stage] += 1
+            now = time.monotonic()
+            if now - self._last_budget_event.get(stage, -1e9) >= BUDGET_EVENT_EVERY_S:
+                self._last_budget_event[stage] = now
+                self._record_event(
+                    Event(
+                        "budget_exceeded",
+                        f"{stage} took {value:.1f} ms, budget {limit * factor:.1f} ms "
+                        f"(frame {index})",
+                    )
+                )
+        return over

@@ -361,3 +361,25 @@ def test_jsonl_sink_flushes_events_at_once_and_results_in_batches(tmp_path: Path
     sink.publish({"type": "result", "frame": 1})
     sink.close()
     assert _lines(path)[-1] == {"type": "result", "frame": 1}
+
+
+def test_stages_over_budget_are_in_the_records_and_raise_rate_limited_events(
+    tiny_package: Path, tmp_path: Path
+) -> None:
+    sink = tmp_path / "r.jsonl"
+    cfg = PipelineConfig(
+        model=str(tiny_package),
+        source=f"npz:{tiny_package}/reference.npz",
+        sink=str(sink),
+        budget_factor=1e-9,
+    )
+    pipe = Pipeline(cfg)
+    stats = pipe.run()
+    lines = _lines(sink)
+    results = [x for x in lines if x["type"] == "result"]
+    assert len(results) == 8
+    assert all({"pre", "infer", "post"} <= set(r["over_budget"]) for r in results)
+    budget_events = [x for x in lines if x["type"] == "event" and x["kind"] == "budget_exceeded"]
+    stages = sorted(e["reason"].split()[0] for e in budget_events)
+    assert stages == sorted(["capture", "pre", "infer", "post", "publish", "total"])  # once each
+    assert stats.over_budget["infer"] == 8 and stats.over_budget["total"] == 8
