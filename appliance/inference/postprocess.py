@@ -45,6 +45,29 @@ def top_k(scores: np.ndarray, labels: list[str], k: int) -> list[dict[str, objec
     ]
 
 
+SMALL = 64  # up to this many classes, plain Python beats numpy's per-call overhead (~4x)
+
+
+def top_k_small(
+    values: list[float], labels: list[str], k: int, kind: str
+) -> list[dict[str, object]]:
+    """:func:`top_k` of ``softmax(values)`` (or of ``values``) for short float lists."""
+    if kind == "logits":
+        m = max(values)
+        e = [math.exp(v - m) for v in values]
+        total = sum(e)
+        values = [v / total for v in e]
+    order = sorted(range(len(values)), key=lambda i: -values[i])[:k]
+    return [
+        {
+            "label": labels[i] if i < len(labels) else str(i),
+            "index": i,
+            "score": round(values[i], 6),
+        }
+        for i in order
+    ]
+
+
 def classify(logits: np.ndarray, kind: str) -> np.ndarray:
     """Scores per class for a batch-of-one output."""
     v = logits.reshape(-1)
@@ -283,6 +306,11 @@ class Postprocessor:
         """Result dict; detection boxes mapped back to the frame if ``box``, ``frame_wh`` given."""
         m = self.manifest
         if m.task == "classification":
+            out = raw[0]
+            if out.size <= SMALL and out.dtype.kind == "f":
+                return {
+                    "top": top_k_small(out.reshape(-1).tolist(), m.labels, self.top, m.output.kind)
+                }
             return {"top": top_k(self.scores(raw), m.labels, self.top)}
         dets = self.detect(raw)
         if box is not None and frame_wh is not None:

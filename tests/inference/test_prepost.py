@@ -134,3 +134,19 @@ def test_quantised_fast_path_equals_lut(layout: str, dtype: str) -> None:
         want = want.transpose(2, 0, 1)
     assert x.dtype == np.dtype(dtype) and x.shape == shape
     np.testing.assert_array_equal(x[0], want)
+
+
+@settings(max_examples=100)
+@given(st.lists(st.floats(-50, 50, width=32), min_size=1, max_size=64), st.integers(1, 5))
+def test_small_top_k_equals_numpy_top_k(values: list[float], k: int) -> None:
+    from appliance.inference.postprocess import top_k_small
+
+    labels = [f"c{i}" for i in range(len(values))]
+    arr = np.asarray(values, np.float32)
+    small = top_k_small(arr.tolist(), labels, k, "logits")
+    big = top_k(softmax(arr.astype(np.float64)), labels, k)
+    assert [d["score"] for d in small] == pytest.approx([d["score"] for d in big], abs=2e-6)
+    # Ties may order differently; the chosen scores must be the k largest either way.
+    assert sorted(d["score"] for d in small) == pytest.approx(
+        sorted(d["score"] for d in big), abs=2e-6
+    )
