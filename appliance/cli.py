@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "backends": "appliance.inference.cli:backends",
     "bundle": "appliance.bundle.cli:bundle",
     "tui": "appliance.tui.cli:tui",
+    "update": "appliance.ota.fetch_cli:update",
 }
 
 
