@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 DEVICE_CONFIG = Path("/etc/edgekiln/device.json")
 DEFAULT_DATA = Path("/data")
 AGENT_UNIT = "edgekiln-agent.service"
-USB_GLOBS = ("/media/*", "/media/*/*", "/run/media/*/*", "/mnt", "/mnt/*")
+USB_GLOBS = ("/run/edgekiln/usb/*", "/media/*", "/media/*/*", "/run/media/*/*", "/mnt", "/mnt/*")
 
 
 class DeviceConfigError(ApplianceError):

@@ -197,3 +197,44 @@ def test_interfaces_of_this_host_with_ip_addresses() -> None:
     for iface in found:
         for address in iface.addresses:
             ipaddress.IPv4Interface(address)
+
+
+LSBLK_WITH_STICK = b"""{"blockdevices": [
+  {"name": "vda", "path": "/dev/vda", "rm": false, "hotplug": false, "tran": null,
+   "fstype": null, "size": "256G", "mountpoint": null, "children": [
+     {"name": "vda1", "path": "/dev/vda1", "rm": false, "hotplug": false, "tran": null,
+      "fstype": "ext4", "size": "256G", "mountpoint": "/"}]},
+  {"name": "sdb", "path": "/dev/sdb", "rm": true, "hotplug": true, "tran": "usb",
+   "fstype": null, "size": "7.5G", "mountpoint": null, "children": [
+     {"name": "sdb1", "path": "/dev/sdb1", "rm": true, "hotplug": true, "tran": null,
+      "fstype": "vfat", "size": "7.5G", "mountpoint": null}]},
+  {"name": "sdc", "path": "/dev/sdc", "rm": false, "hotplug": true, "tran": "usb",
+   "fstype": "exfat", "size": "64G", "mountpoint": "/run/edgekiln/usb/sdc"}
+]}"""
+
+
+def test_lsblk_finds_removable_partitions_only() -> None:
+    from appliance.tui.usb import UsbPartition, parse_lsblk
+
+    assert parse_lsblk(LSBLK_WITH_STICK) == [
+        UsbPartition("/dev/sdb1", "sdb1", "vfat", "7.5G", None),
+        UsbPartition("/dev/sdc", "sdc", "exfat", "64G", "/run/edgekiln/usb/sdc"),
+    ]
+
+
+def test_lsblk_of_this_host_parses() -> None:
+    """The real lsblk (no USB stick here): parses, lists no fixed disk."""
+    from appliance.tui.usb import removable_partitions
+
+    assert all(not p.path.startswith("/dev/vd") for p in removable_partitions())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300) | st.just(LSBLK_WITH_STICK[:120]))
+def test_lsblk_garbage_is_a_named_error(data: bytes) -> None:
+    from appliance.tui.usb import UsbError, parse_lsblk
+
+    try:
+        parse_lsblk(data)
+    except UsbError as exc:
+        assert "lsblk output not understood" in str(exc)

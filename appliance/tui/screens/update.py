@@ -16,7 +16,9 @@ from textual.widgets.option_list import Option
 
 from appliance.device import Device
 from appliance.errors import ApplianceError
+from appliance.tui import usb
 from appliance.tui.base import TaskScreen
+from appliance.tui.usb import UsbPartition
 
 
 def find_bundles(globs: tuple[str, ...]) -> list[Path]:
@@ -67,13 +69,25 @@ class UpdateScreen(TaskScreen):
     def action_rescan(self) -> None:
         bundles = find_bundles(self.device.usb_globs)
         self._bundles = bundles
+        self._sticks: list[UsbPartition] = []
+        if not self.device.demo:  # the demo's "stick" is a directory
+            try:
+                self._sticks = [p for p in usb.removable_partitions() if not p.mountpoint]
+            except ApplianceError as exc:
+                self.say(str(exc))
         options = self.query_one("#bundles", OptionList)
         options.clear_options()
-        if bundles:
-            options.add_options(
-                Option(f"{p.name}  ({p.stat().st_size // 1024} KiB)", id=str(i))
-                for i, p in enumerate(bundles)
+        options.add_options(
+            Option(f"{p.name}  ({p.stat().st_size // 1024} KiB)", id=f"bundle:{i}")
+            for i, p in enumerate(bundles)
+        )
+        options.add_options(
+            Option(
+                f"USB {p.name} ({p.fstype}, {p.size}) not mounted: Enter mounts it", id=f"mount:{i}"
             )
+            for i, p in enumerate(self._sticks)
+        )
+        if options.option_count:
             options.highlighted = 0
         else:
             options.add_option(
@@ -81,8 +95,27 @@ class UpdateScreen(TaskScreen):
             )
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
-        if event.option.id is not None:
-            self._verify(self._bundles[int(event.option.id)])
+        kind, _, index = (event.option.id or "").partition(":")
+        if kind == "bundle":
+            self._verify(self._bundles[int(index)])
+        elif kind == "mount":
+            part = self._sticks[int(index)]
+            self.say(f"mounting {part.path} read-only ...")
+            self._mount(part)
+
+    @work(thread=True, exclusive=True, group="usb")
+    def _mount(self, part: UsbPartition) -> None:
+        try:
+            where = usb.mount_readonly(part)
+        except ApplianceError as exc:
+            self.app.call_from_thread(self.say, str(exc))
+            return
+        self.device.log_action("update.mount", device=part.path, mountpoint=str(where))
+        self.app.call_from_thread(self._mounted, part, where)
+
+    def _mounted(self, part: UsbPartition, where: Path) -> None:
+        self.action_rescan()
+        self.say(f"{part.path} mounted read-only on {where}")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         text = event.value.strip()
