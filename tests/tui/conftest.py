@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,23 @@ KEYSTROKES: dict[str, int] = {}
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real reference model when it has been generated, else the inference tests' tiny one."""
-    if (REFERENCE / "model.json").exists():
-        return REFERENCE
+    """The real reference model when it has been generated, else the inference tests' tiny one.
+
+    A private copy: the tests never see the package change under them (tools/refmodel may be
+    regenerating it while tests run).
+    """
+    from appliance.errors import ApplianceError
+    from appliance.inference.package import load_package
     from tests.inference.fixtures import make_package
+
+    if (REFERENCE / "model.json").exists():
+        copy = tmp_path_factory.mktemp("model") / "inspect-primary"
+        try:
+            shutil.copytree(REFERENCE, copy)
+            load_package(copy)
+            return copy
+        except (OSError, ApplianceError):
+            pass  # caught mid-regeneration: use the tiny package
 
     return make_package(tmp_path_factory.mktemp("model") / "tiny")
 
