@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "freeze": "image.freeze_cli:freeze",
     "keys": "image.keys_cli:keys",
     "bundle": "image.bundle_cli:bundle",
+    "publish": "image.publish_cli:publish",
 }
 
 

@@ -70,3 +70,65 @@ def fetch(
         window=Window.parse(window) if window else None, retries=retries,
     )  # fmt: skip
     click.echo(str(path))
+
+
+@update.command()
+@click.argument("repo_url")
+@click.option(
+    "--tuf-root", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+    help="The channel's trusted root.json (baked into the image).",
+)  # fmt: skip
+@click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="EDGEKILN_DATA"
+)
+@click.option("--keyring", "keyring_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=DEVICE_KEYRING, show_default=True)  # fmt: skip
+@click.option("--product", envvar="EDGEKILN_PRODUCT")
+@click.option("--target", envvar="EDGEKILN_TARGET")
+@click.option("--active", "active_path", type=click.Path(exists=True, path_type=Path),
+              help="The active slot device or image (to find its delta).")  # fmt: skip
+@click.option("--active-size", type=int, help="Bytes of the active slot image to hash.")
+@click.option("--fetch/--no-fetch", "do_fetch", default=False, help="Also download the choice.")
+@click.option("--rate", help="Bandwidth cap for --fetch, e.g. 200k.")
+def poll(
+    repo_url: str, tuf_root: Path, data_dir: Path | None, keyring_path: Path,
+    product: str | None, target: str | None, active_path: Path | None,
+    active_size: int | None, do_fetch: bool, rate: str | None,
+) -> None:  # fmt: skip
+    """Ask the TUF channel at REPO_URL what to install; print the choice (and fetch it)."""
+    import hashlib
+
+    from appliance.bundle import Policy, effective_keyring
+    from appliance.device import Device
+    from appliance.ota.channel import check_download
+    from appliance.ota.channel import poll as do_poll
+    from appliance.ota.fetch import fetch as fetch_bundle
+    from appliance.state import security_floor
+
+    device = Device.from_env(data_dir)
+    product = product or device.config.product
+    target = target or device.config.target
+    active = None
+    if active_path is not None:
+        digest = hashlib.sha256()
+        with open(active_path, "rb") as f:
+            remaining = active_size if active_size is not None else -1
+            while remaining != 0 and (
+                block := f.read(1 << 20 if remaining < 0 else min(1 << 20, remaining))
+            ):
+                digest.update(block)
+                remaining -= len(block) if remaining > 0 else 0
+        active = digest.hexdigest()
+    choice = do_poll(repo_url, device.data_dir / "tuf", tuf_root, product, target, active)
+    if choice is None:
+        click.echo("up to date")
+        return
+    click.echo(f"{choice.kind} {choice.version} {choice.url}")
+    if do_fetch:
+        policy = Policy(
+            keyring=effective_keyring(keyring_path, device.data_dir), product=product,
+            target=target, min_security_version=security_floor(device.data_dir),
+        )  # fmt: skip
+        path = fetch_bundle(choice.url, device.data_dir / "updates", policy, rate=_rate(rate))
+        check_download(path, choice)
+        click.echo(str(path))
