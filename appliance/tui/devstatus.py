@@ -49,6 +49,17 @@ class DeviceStatus:
     disk_used: int | None
     disk_total: int | None
     telemetry_backlog: str
+    selftest: str = "never run from this console"
+
+
+def last_selftest(device: Device) -> str:
+    """The kept self-test report (Model check screen) in one line."""
+    try:
+        doc = json.loads((device.state_dir / "tui" / "selftest-last.json").read_bytes())
+        verdict = "[OK] passed" if doc["passed"] else "[!!] FAILED"
+        return f"{verdict} {doc['when']}, top-1 {doc['top1']:.4f}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "never run from this console"
 
 
 def tail_records(path: Path, max_bytes: int = TAIL_BYTES) -> list[dict[str, Any]]:
@@ -213,6 +224,7 @@ def collect_status(device: Device, now: float) -> DeviceStatus:
         disk_used=used,
         disk_total=total,
         telemetry_backlog=backlog,
+        selftest=last_selftest(device),
     )
 
 

@@ -189,6 +189,9 @@ def test_model_check_runs_selftest_and_keeps_the_report(device: Device) -> None:
         await pilot.press("4")
         await pilot.pause()
         assert f"{kept['top1']:.4f}" in text_of(again, "#report")
+        await pilot.press("1")
+        await wait_for(pilot, lambda: getattr(again.screen, "painted", False))
+        assert f"top-1 {kept['top1']:.4f}" in text_of(again, "#status-table")
 
     run_app(again, reopen)
 

@@ -51,6 +51,7 @@ def render_status(s: DeviceStatus) -> str:
         ("temp", temp),
         ("data disk", disk),
         ("telemetry", s.telemetry_backlog),
+        ("self-test", s.selftest),
     ]
     return "\n".join(f"{label:<10} {value}" for label, value in rows)
 
