@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,9 +245,14 @@ class Pipeline:
         else:
             image = self.stage_disk(esp, slot, data)
             self.stage_bmap(image)
-            self.stage_compress(image)
-            self.stage_manifest(image)
-            self.stage_bundle(slot)
+            # The compressed image (zstd process) and the bundle (zstandard, releases the GIL)
+            # are independent: make them side by side.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                compressed = pool.submit(self.stage_compress, image)
+                self.stage_manifest(image)
+                self.stage_bundle(slot)
+                compressed.result()
+            self.report.stages.sort(key=lambda s: STAGES.index(s.name))
             self._store_outputs(cached)
         self.report.seconds = round(time.monotonic() - t0, 2)
         atomic_write_bytes(self.outdir / "build-report.json", self.report.to_json())
@@ -327,11 +333,8 @@ class Pipeline:
         prebuilt = self.runtime_dir
         out = self.cache / "work" / "runtime" / self.recipe.target.name
         rt = freeze_runtime(self.loaded, out, cache_dir=self.cache / "freeze", prebuilt=prebuilt)
-        self.components["runtime"] = {
-            "digest": rt.digest,
-            "backend": rt.backend,
-            "key": rt.cache_key,
-        }
+        # Only what the runtime is, not how it was obtained (frozen, cached or --runtime).
+        self.components["runtime"] = {"digest": rt.digest, "backend": rt.backend}
         self._done(
             "runtime",
             start,
