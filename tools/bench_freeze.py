@@ -14,6 +14,7 @@ real ONNX package made on the spot.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import subprocess
 import sys
@@ -34,7 +35,8 @@ def _model(arg: str | None, tmp: Path) -> Path:
         return Path(arg)
     ref = REPO / "recipes" / "models" / "inspect-primary"
     if (ref / "model.json").exists():
-        return ref
+        # A private copy: the reference package may be regenerated while the benchmark runs.
+        return Path(shutil.copytree(ref, tmp / "reference"))
     from tests.inference.fixtures import make_package
 
     return make_package(tmp / "tiny")
