@@ -1,0 +1,118 @@
+"""kiln model optimise on a real ONNX package: INT8 QDQ, the gate, the table, the cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+
+from appliance.inference.package import load_package
+from appliance.inference.selftest import run_selftest
+from image.model_optimise import INT8_ONNX, TABLE_FILE, GateError, optimise
+from image.model_quantise import QuantisationError
+
+
+def _ops(path: Path) -> set[str]:
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def test_onnxruntime_int8_passes_gate_and_output_is_a_valid_package(
+    colour_pkg: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    res = optimise(colour_pkg, "generic-x86-64", out, select="int8", timing_rounds=1)
+    assert res.runtime == "onnxruntime" and res.selected == "int8"
+    names = [v.name for v in res.variants]
+    assert names == ["fp32", "int8"]
+    assert all(v.passed and v.drop_pp <= 1.0 for v in res.variants)
+    pkg = load_package(out)
+    (f,) = pkg.manifest.files
+    assert (f.path, f.format, f.precision) == (INT8_ONNX, "onnx", "int8")
+    assert f.top1 == pytest.approx(res.variant("int8").top1, abs=1e-6)
+    # A real QDQ graph with int8 weights, not a copy of the FP32 model.
+    ops = _ops(out / INT8_ONNX)
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert not (out / "model.onnx").exists()
+    # The table travels with the package; model.json only points at it (format v1 unchanged).
+    table = json.loads((out / TABLE_FILE).read_text())
+    assert table["selected"] == "int8" and len(table["variants"]) == 2
+    assert pkg.manifest.provenance["optimisation"]["table"] == TABLE_FILE
+    # The device's own self-test accepts the optimised package.
+    report = run_selftest(out, "onnxruntime")
+    assert report.passed, report.reasons
+    assert report.file == INT8_ONNX
+
+
+def test_openvino_variants_include_default_hint_and_int8(colour_pkg: Path, tmp_path: Path) -> None:
+    res = optimise(colour_pkg, "intel-openvino", tmp_path / "ov", timing_rounds=1)
+    assert [v.name for v in res.variants] == [
+        "fp32",
+        "int8",
+        "fp32-default-hint",
+        "int8-default-hint",
+    ]
+    assert res.variant("int8").passed
+    assert "openvino" in res.variant("int8").device
+    selected = res.variant(res.selected)
+    assert selected.passed and selected.p50_ms == min(v.p50_ms for v in res.variants if v.passed)
+    report = run_selftest(tmp_path / "ov", "openvino")
+    assert report.passed, report.reasons
+
+
+def test_constant_calibration_fails_the_gate_with_both_figures(
+    colour_pkg: Path, constant_calibration: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "bad"
+    with pytest.raises(GateError) as exc:
+        optimise(colour_pkg, "onnxruntime", out, calibration=constant_calibration, timing_rounds=1)
+    msg = str(exc.value)
+    assert "fails the accuracy gate" in msg and "vs FP32 1.0000" in msg and "pp drop" in msg
+    assert not out.exists()
+
+
+def test_constant_calibration_with_fallback_ships_fp32(
+    colour_pkg: Path, constant_calibration: Path, tmp_path: Path
+) -> None:
+    res = optimise(
+        colour_pkg,
+        "onnxruntime",
+        tmp_path / "fb",
+        calibration=constant_calibration,
+        allow_fallback=True,
+        timing_rounds=1,
+    )
+    assert res.selected == "fp32" and not res.variant("int8").passed
+    (f,) = load_package(tmp_path / "fb").manifest.files
+    assert f.precision == "fp32"
+
+
+def test_missing_calibration_split_is_named(colour_pkg: Path, tmp_path: Path) -> None:
+    pkg = tmp_path / "nocal"
+    shutil.copytree(colour_pkg, pkg)
+    data = json.loads((pkg / "model.json").read_text())
+    del data["calibration"]
+    (pkg / "model.json").write_text(json.dumps(data))
+    with pytest.raises(QuantisationError, match=r"calibration: missing.*--calibration"):
+        optimise(pkg, "onnxruntime", tmp_path / "o")
+
+
+def test_cache_by_content_hash(colour_pkg: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = optimise(colour_pkg, "onnxruntime", tmp_path / "a", cache_dir=cache, select="int8")
+    second = optimise(colour_pkg, "onnxruntime", tmp_path / "b", cache_dir=cache, select="int8")
+    assert not first.cached and second.cached
+    digest = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "a").iterdir()
+    }
+    assert digest == {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "b").iterdir()
+    }
+    # A different gate is a different key: no stale reuse.
+    third = optimise(
+        colour_pkg, "onnxruntime", tmp_path / "c", cache_dir=cache, max_accuracy_drop=0.02
+    )
+    assert not third.cached
