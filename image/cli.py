@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "keys": "image.keys_cli:keys",
     "bundle": "image.bundle_cli:bundle",
     "publish": "image.publish_cli:publish",
+    "model": "image.model_cli:model",
 }
 
 
