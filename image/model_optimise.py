@@ -180,11 +180,22 @@ def optimise(
 
         result = passthrough_litert(package, target, out)
     elif runtime == "tensorrt":
-        raise UnsupportedTargetError(
-            "tensorrt: not implemented on this build host: shipping ONNX + an INT8 calibration "
-            "cache needs TensorRT's calibrator cache format written from the calibration split; "
-            "the device builds the engine (appliance/inference/backends/tensorrt.py)"
-        )
+        # No TensorRT here: gate on onnxruntime as a proxy, ship INT8 QDQ + FP32 + cache.
+        with tempfile.TemporaryDirectory(prefix="kiln-opt-") as tmp:
+            result = _optimise_onnx(
+                package,
+                target,
+                "onnxruntime",
+                Path(tmp),
+                out,
+                max_accuracy_drop=max_accuracy_drop,
+                threads=threads,
+                calibration=calibration,
+                allow_fallback=allow_fallback,
+                timing_rounds=timing_rounds,
+                select="int8",
+            )
+        _add_tensorrt_files(package, out, result, calibration)
     else:
         with tempfile.TemporaryDirectory(prefix="kiln-opt-") as tmp:
             result = _optimise_onnx(
@@ -295,6 +306,30 @@ def _optimise_onnx(
         )
     _write_output(spkg, package, best, res, out)
     return res
+
+
+def _add_tensorrt_files(
+    package: ModelPackage, out: Path, res: Optimisation, calibration: Path | None
+) -> None:
+    """Add the FP32 ONNX (second: the device falls back to it) and a TensorRT calibration cache."""
+    from image.model_tensorrt import CACHE_FILE, calibration_cache, calibration_ranges
+
+    fp32 = package.select_file(("onnx",))
+    (out / CACHE_FILE).write_bytes(calibration_cache(calibration_ranges(package, calibration)))
+    data = json.loads((out / "model.json").read_text())
+    if not any(f["path"] == fp32.path for f in data["files"]):
+        shutil.copy2(package.path_of(fp32), out / fp32.path)
+        data["files"].append(_entry(out, fp32.path, "fp32"))
+    (out / "model.json").write_text(json.dumps(data, indent=2) + "\n")
+    res.runtime = "tensorrt"
+    res.notes.append(
+        "TensorRT is not on this build host: accuracy and latency were measured on onnxruntime "
+        "(CPU) as a proxy; the device re-measures at its first engine build. model_int8.onnx is "
+        f"QDQ (TensorRT 10 explicit INT8: needs BuilderFlag.INT8); {CACHE_FILE} is for "
+        "TensorRT 8.x implicit INT8 calibration"
+    )
+    (out / TABLE_FILE).write_text(json.dumps(res.to_json(), indent=2) + "\n")
+    load_package(out)
 
 
 def _entry(root: Path, path: str, precision: str, top1: float | None = None) -> dict[str, Any]:
