@@ -22,14 +22,15 @@ def format_table(res: Optimisation) -> str:
     lines = [
         f"{res.package} -> {res.runtime} ({res.threads} thread(s), {res.images} reference "
         f"images, gate: drop <= {res.max_accuracy_drop * 100:.2f} pp)",
-        f"{'variant':<20} {'top-1':>7} {'drop pp':>8} {'p50 ms':>8} {'p95 ms':>8} "
+        f"{'variant':<24} {'top-1':>7} {'drop pp':>8} {'p50 ms':>8} {'p95 ms':>8} "
         f"{'size MB':>8}  gate",
     ]
     for v in res.variants:
         mark = " <- selected" if v.name == res.selected else ""
         lines.append(
-            f"{v.name:<20} {v.top1:>7.4f} {v.drop_pp:>8.2f} {v.p50_ms:>8.3f} {v.p95_ms:>8.3f} "
+            f"{v.name:<24} {v.top1:>7.4f} {v.drop_pp:>8.2f} {v.p50_ms:>8.3f} {v.p95_ms:>8.3f} "
             f"{v.size_bytes / 1e6:>8.3f}  {'pass' if v.passed else 'FAIL'}{mark}"
+            + (f"  ({v.note})" if v.note else "")
         )
     if res.variants:
         lines.append(f"speed-up over FP32 {res.speedup:.2f}x, size ratio {res.size_ratio:.2f}x")

@@ -12,6 +12,7 @@ import pytest
 
 from appliance.inference.package import load_package
 from appliance.inference.selftest import run_selftest
+from image.model_nncf import nncf_available
 from image.model_optimise import INT8_ONNX, TABLE_FILE, GateError, optimise
 from image.model_quantise import QuantisationError
 
@@ -49,18 +50,49 @@ def test_onnxruntime_int8_passes_gate_and_output_is_a_valid_package(
 
 def test_openvino_variants_include_default_hint_and_int8(colour_pkg: Path, tmp_path: Path) -> None:
     res = optimise(colour_pkg, "intel-openvino", tmp_path / "ov", timing_rounds=1)
-    assert [v.name for v in res.variants] == [
-        "fp32",
-        "int8",
-        "fp32-default-hint",
-        "int8-default-hint",
-    ]
+    names = [v.name for v in res.variants]
+    assert names[:4] == ["fp32", "int8", "fp32-default-hint", "int8-default-hint"]
+    if nncf_available():
+        assert names[4:] == ["fp16-ir", "int8-nncf", "int8-nncf-default-hint"]
+        assert res.variant("int8-nncf").passed
     assert res.variant("int8").passed
     assert "openvino" in res.variant("int8").device
     selected = res.variant(res.selected)
     assert selected.passed and selected.p50_ms == min(v.p50_ms for v in res.variants if v.passed)
     report = run_selftest(tmp_path / "ov", "openvino")
     assert report.passed, report.reasons
+    assert report.file == selected.file
+
+
+@pytest.mark.skipif(not nncf_available(), reason="nncf is not installed")
+def test_openvino_nncf_ir_ships_with_its_weights(colour_pkg: Path, tmp_path: Path) -> None:
+    from image.model_nncf import INT8_IR, fake_quantize_count
+
+    out = tmp_path / "ir"
+    res = optimise(colour_pkg, "openvino", out, select="int8", timing_rounds=1)
+    v = res.variant(res.selected)
+    if v.file != INT8_IR:  # the ORT QDQ ONNX was faster on this run: that is a valid choice
+        pytest.skip(f"selected {v.name}")
+    assert (out / "model_int8.bin").exists() and fake_quantize_count(out / INT8_IR) > 0
+    (f,) = load_package(out).manifest.files
+    assert f.format == "openvino-ir" and f.precision == "int8"
+    assert run_selftest(out, "openvino").passed
+
+
+@pytest.mark.skipif(not nncf_available(), reason="nncf is not installed")
+def test_openvino_constant_calibration_fails_even_with_accuracy_control(
+    colour_pkg: Path, constant_calibration: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(GateError, match=r"fails the accuracy gate") as exc:
+        optimise(
+            colour_pkg,
+            "openvino",
+            tmp_path / "o",
+            calibration=constant_calibration,
+            timing_rounds=1,
+        )
+    # Accuracy control only "passed" by reverting every layer to float: not an INT8 model.
+    assert "vs FP32 1.0000" in str(exc.value)
 
 
 def test_constant_calibration_fails_the_gate_with_both_figures(
