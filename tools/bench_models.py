@@ -31,8 +31,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from appliance.inference.errors import PackageError  # noqa: E402
 from appliance.inference.package import load_package  # noqa: E402
 from image.model_eval import EvaluationError, evaluate  # noqa: E402
+from image.model_nncf import fp16_ir, nncf_available, nncf_int8_ir  # noqa: E402
+from image.model_optimise import _entry  # noqa: E402
 from image.model_quantise import quantise_onnx_int8  # noqa: E402
 
 # (runtime, file, f32 hint, label)
@@ -43,6 +46,9 @@ VARIANTS = [
     ("openvino", "model.onnx", False, "fp32 (default hint)"),
     ("openvino", "model_int8.onnx", True, "int8 (f32 hint)"),
     ("openvino", "model_int8.onnx", False, "int8 (default hint)"),
+    ("openvino", "model_fp16.xml", True, "fp16 IR (f32 hint)"),
+    ("openvino", "model_int8.xml", True, "int8 NNCF (f32 hint)"),
+    ("openvino", "model_int8.xml", False, "int8 NNCF (default)"),
     ("opencv", "model.onnx", True, "fp32"),
 ]
 
@@ -176,9 +182,10 @@ def with_int8(src: Path, work: Path) -> Path:
     quantise_onnx_int8(pkg, dst / "model_int8.onnx")
     data = json.loads((dst / "model.json").read_text())
     fp32 = next(f for f in data["files"] if f["format"] == "onnx")
-    sha = hashlib.sha256((dst / "model_int8.onnx").read_bytes()).hexdigest()
-    int8 = {"path": "model_int8.onnx", "format": "onnx", "precision": "int8", "sha256": sha}
-    data["files"] = [fp32, int8]
+    data["files"] = [fp32, _entry(dst, "model_int8.onnx", "int8")]
+    if nncf_available():
+        data["files"].append(_entry(dst, fp16_ir(pkg, dst), "fp16"))
+        data["files"].append(_entry(dst, nncf_int8_ir(pkg, dst), "int8"))
     (dst / "model.json").write_text(json.dumps(data))
     return dst
 
@@ -201,7 +208,7 @@ def bench(pkg_dir: Path, threads: list[int], rounds: int) -> list[dict[str, Any]
                     labels=labels,
                     timing_rounds=rounds,
                 )
-            except EvaluationError as exc:
+            except (EvaluationError, PackageError) as exc:
                 print(f"  {runtime} {label}: skipped ({exc})", file=sys.stderr)
                 continue
             if label.startswith("fp32") and runtime not in base:
