@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_DROP = 0.01
 TABLE_FILE = "optimisation.json"
 INT8_ONNX = "model_int8.onnx"
+INT8_U8_ONNX = "model_int8_u8.onnx"
 INT8_AC_IR = "model_int8_ac.xml"
 # Bump when the recipe of a variant changes, so cached outputs are rebuilt.
 RECIPE_VERSION = "1"
@@ -250,8 +251,16 @@ def _optimise_onnx(
     # loads files listed in a verified model.json) evaluates them unchanged.
     sc = _Scratch(package, work / "pkg", runtime, threads, timing_rounds)
     quantise_onnx_int8(package, sc.root / INT8_ONNX, source=fp32.path, calibration=calibration)
+    quantise_onnx_int8(
+        package,
+        sc.root / INT8_U8_ONNX,
+        source=fp32.path,
+        calibration=calibration,
+        unsigned_activations=True,
+    )
     sc.add(fp32.path, "fp32")
     sc.add(INT8_ONNX, "int8")
+    sc.add(INT8_U8_ONNX, "int8")
     use_nncf = runtime == "openvino" and nncf_available()
     if use_nncf:
         sc.add(fp16_ir(package, sc.root), "fp16")
@@ -269,6 +278,7 @@ def _optimise_onnx(
     )
     res.variants.append(_row(parent, "fp32", "fp32", "f32", parent.top1))
     res.variants.append(_row(sc.run(INT8_ONNX, True), "int8", "int8", "f32", parent.top1))
+    res.variants.append(_row(sc.run(INT8_U8_ONNX, True), "int8-u8s8", "int8", "f32", parent.top1))
     if runtime == "openvino":
         _openvino_rows(res, sc, fp32.path, use_nncf, calibration)
     spkg = sc.package

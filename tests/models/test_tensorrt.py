@@ -17,11 +17,12 @@ from image.model_tensorrt import CACHE_FILE, parse_calibration_cache
 def test_tensorrt_package_has_int8_fp32_and_cache(colour_pkg: Path, tmp_path: Path) -> None:
     out = tmp_path / "trt"
     res = optimise(colour_pkg, "jetson-orin", out, timing_rounds=1)
-    assert res.runtime == "tensorrt" and res.selected == "int8"
+    assert res.runtime == "tensorrt" and res.selected in ("int8", "int8-u8s8")
     assert any("proxy" in n for n in res.notes)
     pkg = load_package(out)
+    int8 = res.variant(res.selected).file
     assert [(f.path, f.precision) for f in pkg.manifest.files] == [
-        ("model_int8.onnx", "int8"),
+        (int8, "int8"),
         ("model.onnx", "fp32"),
     ]
     header, scales = parse_calibration_cache((out / CACHE_FILE).read_bytes())
@@ -38,6 +39,6 @@ def test_tensorrt_package_has_int8_fp32_and_cache(colour_pkg: Path, tmp_path: Pa
     graph = onnx.load(str(out / "model.onnx")).graph
     names = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
     assert set(scales) <= names and "logits" in scales
-    sess = ort.InferenceSession(str(out / "model_int8.onnx"), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(out / int8), providers=["CPUExecutionProvider"])
     assert sess.get_inputs()[0].name == "input"
     assert json.loads((out / TABLE_FILE).read_text())["runtime"] == "tensorrt"
