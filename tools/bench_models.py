@@ -41,11 +41,13 @@ from image.model_quantise import quantise_onnx_int8  # noqa: E402
 # (runtime, file, f32 hint, label)
 VARIANTS = [
     ("onnxruntime", "model.onnx", True, "fp32"),
-    ("onnxruntime", "model_int8.onnx", True, "int8"),
+    ("onnxruntime", "model_int8.onnx", True, "int8 s8s8"),
+    ("onnxruntime", "model_int8_u8.onnx", True, "int8 u8s8"),
     ("openvino", "model.onnx", True, "fp32 (f32 hint)"),
     ("openvino", "model.onnx", False, "fp32 (default hint)"),
     ("openvino", "model_int8.onnx", True, "int8 (f32 hint)"),
     ("openvino", "model_int8.onnx", False, "int8 (default hint)"),
+    ("openvino", "model_int8_u8.onnx", True, "int8 u8s8 (f32 hint)"),
     ("openvino", "model_fp16.xml", True, "fp16 IR (f32 hint)"),
     ("openvino", "model_int8.xml", True, "int8 NNCF (f32 hint)"),
     ("openvino", "model_int8.xml", False, "int8 NNCF (default)"),
@@ -180,9 +182,11 @@ def with_int8(src: Path, work: Path) -> Path:
     dst = Path(shutil.copytree(src, work / src.name))
     pkg = load_package(dst)
     quantise_onnx_int8(pkg, dst / "model_int8.onnx")
+    quantise_onnx_int8(pkg, dst / "model_int8_u8.onnx", unsigned_activations=True)
     data = json.loads((dst / "model.json").read_text())
     fp32 = next(f for f in data["files"] if f["format"] == "onnx")
     data["files"] = [fp32, _entry(dst, "model_int8.onnx", "int8")]
+    data["files"].append(_entry(dst, "model_int8_u8.onnx", "int8"))
     if nncf_available():
         data["files"].append(_entry(dst, fp16_ir(pkg, dst), "fp16"))
         data["files"].append(_entry(dst, nncf_int8_ir(pkg, dst), "int8"))
@@ -259,13 +263,13 @@ def main() -> None:
             print(f"benchmarking {src.name} ...", file=sys.stderr)
             rows += bench(with_int8(src, work / "int8"), threads, args.rounds)
     hdr = (
-        f"{'package':<20} {'thr':>3} {'runtime':<12} {'variant':<20} {'top-1':>6} "
+        f"{'package':<20} {'thr':>3} {'runtime':<12} {'variant':<22} {'top-1':>6} "
         f"{'drop pp':>7} {'p50 ms':>8} {'p95 ms':>8} {'speed-up':>8} {'MB':>7} {'size x':>6}"
     )
     print(hdr)
     for r in rows:
         print(
-            f"{r['package']:<20} {r['threads']:>3} {r['runtime']:<12} {r['variant']:<20} "
+            f"{r['package']:<20} {r['threads']:>3} {r['runtime']:<12} {r['variant']:<22} "
             f"{r['top1']:>6.3f} {r['drop_pp']:>7.2f} {r['p50_ms']:>8.3f} {r['p95_ms']:>8.3f} "
             f"{r['speedup']:>7.2f}x {r['size_mb']:>7.3f} {r['size_ratio']:>5.2f}x"
         )
