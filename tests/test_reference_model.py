@@ -29,6 +29,11 @@ def test_package_reproduces_its_recorded_figures(name: str) -> None:
     minimum = 0.95 if name == "inspect-primary" else 0.80
     onnx = next(r for r in rows if r.path == "model.onnx")
     assert onnx.measured_top1 >= minimum
+    # The TFLite ports (rebuilt from the ONNX weights): FP32 as good, INT8 within 2 pp.
+    tflite = {r.path: r.measured_top1 for r in rows if r.format == "tflite"}
+    if tflite:
+        assert abs(tflite["model.tflite"] - onnx.measured_top1) <= 1 / 256
+        assert tflite["model_int8.tflite"] >= onnx.measured_top1 - 0.02
 
 
 def test_check_command_prints_the_table() -> None:
