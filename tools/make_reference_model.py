@@ -1,6 +1,7 @@
 """Make (or check) the reference model packages recipes/models/inspect-{primary,fallback}.
 
-Generate everything (needs the torch venv; about 10-20 minutes on 2 shared cores):
+Generate everything (needs the torch venv; on 2 busy shared cores about 25-30 minutes:
+rendering 16k training images 4-7 min, both models training in parallel ~20 min):
 
     /work/venv-torch/bin/python tools/make_reference_model.py [--tflite]
 
@@ -17,8 +18,9 @@ prediction histogram re-measured with onnxruntime / LiteRT:
     .venv/bin/python tools/make_reference_model.py --check
 
 The data set is synthetic (tools/refmodel/dataset.py), rendered from a fixed seed. Training is
-deterministic (fixed seeds, deterministic algorithms, one thread); only ``budget_ms`` and
-``provenance.host_latency_ms`` depend on the latency measured on the machine that ran it.
+seeded and uses deterministic algorithms on one thread per model, so a rerun should give the
+same weights (not yet verified across two full runs); ``budget_ms`` and
+``provenance.host_latency_ms`` come from the latency measured on the machine that ran it.
 """
 
 from __future__ import annotations
