@@ -83,8 +83,11 @@ class Preprocessor:
         std = np.asarray(spec.std, np.float64)
         a = (spec.scale / std).astype(np.float32)
         b = (-np.asarray(spec.mean, np.float64) / std).astype(np.float32)
-        bshape = (3, 1, 1) if layout == "NCHW" else (3,)
-        self._a, self._b = a.reshape(bshape), b.reshape(bshape)
+        if layout == "NCHW":
+            self._a, self._b = a.reshape(3, 1, 1), b.reshape(3, 1, 1)
+        else:
+            # Rows of W*3 values: numpy is slow when the innermost broadcast axis has length 3.
+            self._a, self._b = np.tile(a, self.width), np.tile(b, self.width)
         self._quantised = self.dtype.kind in "iu"
         # cv2.LUT maps a 3-channel uint8 image through a (1, 256, 3) table in one fast pass;
         # int8 tables are stored as their bit patterns and viewed back as int8.
@@ -125,8 +128,13 @@ class Preprocessor:
                     x[c] = self.lut[c][img[c]]
                 else:
                     x[..., c] = self.lut[c][img[..., c]]
-        else:
+        elif self.layout == "NCHW":
             x = np.array(img, dtype=self.dtype, order="C")
             x *= self._a
             x += self._b
+        else:
+            x = np.array(img, dtype=self.dtype, order="C").reshape(self.height, -1)
+            x *= self._a
+            x += self._b
+            x = x.reshape(self.height, self.width, 3)
         return x[None], box

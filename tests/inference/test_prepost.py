@@ -150,3 +150,22 @@ def test_small_top_k_equals_numpy_top_k(values: list[float], k: int) -> None:
     assert sorted(d["score"] for d in small) == pytest.approx(
         sorted(d["score"] for d in big), abs=2e-6
     )
+
+
+def test_nhwc_float_preprocessing_equals_the_formula() -> None:
+    spec = InputSpec(
+        "x",
+        [1, 6, 5, 3],
+        "NHWC",
+        "float32",
+        "RGB",
+        "stretch",
+        1 / 255,
+        [0.485, 0.456, 0.406],
+        [0.229, 0.224, 0.225],
+    )
+    img = np.random.default_rng(3).integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    x, _ = Preprocessor(spec, (1, 6, 5, 3), "NHWC", np.dtype(np.float32))(img[..., ::-1], "BGR")
+    want = (img / 255 - np.array(spec.mean)) / np.array(spec.std)
+    assert x.shape == (1, 6, 5, 3) and x.flags.c_contiguous
+    np.testing.assert_allclose(x[0], want, rtol=1e-6, atol=1e-6)
