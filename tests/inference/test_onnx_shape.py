@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from appliance.inference.errors import PackageError
@@ -36,13 +36,13 @@ def test_reads_tiny_classifier() -> None:
     assert onnx_inputs(tiny_classifier_onnx(16)) == [("input", ["N", 3, 16, 16])]
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.integers(0, 1 << 40) | st.sampled_from(["N", "batch", "h"]), max_size=6))
 def test_dims_round_trip(dims: list[int | str]) -> None:
     assert onnx_inputs(_model(dims)) == [("x", dims)]
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=300))
 def test_garbage_is_refused_cleanly(data: bytes) -> None:
     with contextlib.suppress(PackageError):

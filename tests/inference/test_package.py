@@ -121,7 +121,7 @@ def test_missing_package_directory(tmp_path: Path) -> None:
         load_package(tmp_path / "nope")
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=400))
 def test_arbitrary_bytes_never_crash_the_parser(data: bytes) -> None:
     with contextlib.suppress(PackageError):
@@ -142,7 +142,7 @@ json_values = st.recursive(
 FIELDS = ["format", "name", "task", "labels", "files", "input", "output", "budget_ms", "reference"]
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(FIELDS), json_values)
 def test_mutated_manifests_are_refused_or_valid(field: str, value: object) -> None:
     data = json.loads(json.dumps(GOOD))

@@ -101,8 +101,8 @@ def test_missing_local_source_is_a_config_error(tiny_package: Path, tmp_path: Pa
 @pytest.mark.integration
 @pytest.mark.slow
 def test_latest_frame_semantics_with_a_source_faster_than_the_model(tmp_path: Path) -> None:
-    # ~10 ms model against a 250 fps camera (a video file paced in real time).
-    slow = make_package(tmp_path / "slow", size=64, count=2, width=48, extra_convs=4)
+    # ~15 ms model against a 250 fps camera (a video file paced in real time).
+    slow = make_package(tmp_path / "slow", size=64, count=2, width=48, extra_convs=6)
     video = _ffmpeg_video(tmp_path / "fast.avi", "64x64", 250, 2)
     seen: list[int] = []
     pipe = Pipeline(PipelineConfig(model=str(slow), source=f"{video}?realtime=1"))
