@@ -1,0 +1,213 @@
+"""Host-side helpers for the end-to-end tests: test recipes, builds, disks, USB sticks.
+
+The QEMU test profile is a recipe that extends the real ``recipes/generic-x86-64.toml`` and
+changes only what a test bench needs (ARCHITECTURE Decision 7): tiny model packages made here
+(so a v3 with a wrong model is one argument away), a latency budget factor for TCG, the kernel
+console on the serial port (last ``console=``, so ``/dev/console`` is ttyS0) with the journal
+forwarded to it (the tests read the agent's own log lines).
+
+Everything the device needs that a technician would set up on site (the camera, i.e. the
+agent's pipeline config on data) is written into the data partition of a copy of the image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+BASE_RECIPE = REPO / "recipes" / "generic-x86-64.toml"
+STICK_LABEL = "EK-UPDATE"
+CMDLINE = (
+    "console=tty0 console=ttyS0,115200 rootwait "
+    "systemd.journald.forward_to_console=1 systemd.show_status=1"
+)
+PIPELINE = {
+    "model": "/opt/edgekiln/models/primary",
+    "fallback_model": "/opt/edgekiln/models/fallback",
+    # The reference split replayed at 5 frames/s: a test-pattern camera (the generic frozen
+    # runtime carries no OpenCV, so no V4L2 camera can be read in QEMU).
+    "source": "npz:/opt/edgekiln/models/primary/reference.npz?loop=1&fps=5",
+    "sink": "/data/edgekiln/results.jsonl",
+    "backends": ["onnxruntime"],
+    "budget_factor": 100.0,
+}
+
+
+def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+    """Run a host tool; the error carries its stderr."""
+    try:
+        return subprocess.run(cmd, check=True, capture_output=True, **kwargs)  # type: ignore[call-overload, no-any-return]
+    except subprocess.CalledProcessError as exc:
+        raise AssertionError(
+            f"{' '.join(map(str, cmd))} failed ({exc.returncode}): {exc.stderr.decode()[-2000:]}"
+        ) from None
+
+
+def make_models(root: Path, version: str, *, broken: bool = False) -> tuple[Path, Path]:
+    """(primary, fallback) tiny packages whose model version is ``version`` (results name it);
+    ``broken``: the primary runs but fails its reference check. Made once per directory, so
+    the kiln cache keeps hitting across test sessions."""
+    from tests.inference.fixtures import make_package, rewrite_manifest
+
+    primary, fallback = root / "primary", root / "fallback"
+    if (primary / "model.json").exists() and (fallback / "model.json").exists():
+        return primary, fallback
+    shutil.rmtree(root, ignore_errors=True)
+    make_package(primary, size=16, count=8, seed=0)
+    make_package(fallback, size=16, count=8, seed=3)
+    rewrite_manifest(primary, version=version)
+    rewrite_manifest(fallback, version=version, name="tiny-fallback")
+    if broken:  # the model still runs, but disagrees with its own reference labels
+        ref = np.load(primary / "reference.npz")
+        np.savez_compressed(
+            primary / "reference.npz", images=ref["images"], labels=(ref["labels"] + 1) % 4
+        )
+    return primary, fallback
+
+
+def write_recipe(workdir: Path, version: str, *, broken_model: bool = False) -> Path:
+    """The QEMU test profile recipe for ``version`` (see the module docstring)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    primary, fallback = make_models(workdir / "models", version, broken=broken_model)
+    base = os.path.relpath(BASE_RECIPE, workdir)
+    recipe = workdir / f"e2e-{version}.toml"
+    recipe.write_text(
+        f'extends = "{base}"\n'
+        f'version = "{version}"\n'
+        "[models]\n"
+        f'primary = "{primary.relative_to(workdir)}"\n'
+        f'fallback = "{fallback.relative_to(workdir)}"\n'
+        "[kernel]\n"
+        f'cmdline = "{CMDLINE}"\n'
+        "[health]\n"
+        "budget_factor = 100.0\n"
+        "reference_count = 8\n"
+    )
+    return recipe
+
+
+@dataclass(frozen=True)
+class Build:
+    """What ``kiln build`` produced for one version."""
+
+    version: str
+    image: Path
+    bundle: Path
+    seconds: float
+
+
+def build(recipe: Path, outdir: Path, version: str) -> Build:
+    """``kiln build`` (the real CLI) into ``outdir``; the kiln cache makes rebuilds cheap."""
+    import time
+
+    kiln = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin" / "kiln"
+    cmd = [str(kiln) if kiln.exists() else "kiln", "build", str(recipe), "-o", str(outdir)]
+    t0 = time.monotonic()
+    run(cmd, cwd=REPO, timeout=3600)
+    return reuse_build(outdir, version, time.monotonic() - t0)
+
+
+def reuse_build(outdir: Path, version: str, seconds: float = 0.0) -> Build:
+    """The outputs a finished ``kiln build`` left in ``outdir``."""
+    outputs = json.loads((outdir / "build-report.json").read_text())["outputs"]
+    return Build(version, Path(outputs["image"]), Path(outputs["bundle"]), seconds)
+
+
+def partitions(disk: Path) -> dict[str, tuple[int, int]]:
+    """GPT partition name -> (byte offset, byte size) of a raw disk image."""
+    table = json.loads(run(["sfdisk", "-J", str(disk)]).stdout)["partitiontable"]
+    sector = int(table.get("sectorsize", 512))
+    return {
+        p["name"]: (int(p["start"]) * sector, int(p["size"]) * sector) for p in table["partitions"]
+    }
+
+
+def _extract(disk: Path, name: str, out: Path) -> tuple[int, int]:
+    offset, size = partitions(disk)[name]
+    mib = 1024 * 1024
+    run(
+        ["dd", f"if={disk}", f"of={out}", "bs=1M", f"skip={offset // mib}",
+         f"count={size // mib}", "conv=sparse", "status=none"]
+    )  # fmt: skip
+    return offset, size
+
+
+def provision(image: Path, out: Path, pipeline: dict[str, object] | None = None) -> Path:
+    """A copy of ``image`` with the agent's pipeline config on data (what the TUI's camera setup
+    writes on site)."""
+    run(["cp", "--sparse=always", "--reflink=auto", str(image), str(out)])
+    data = out.with_suffix(".data.ext4")
+    offset, _ = _extract(out, "data", data)
+    config = out.with_suffix(".pipeline.json")
+    config.write_text(json.dumps(pipeline or PIPELINE, indent=2))
+    # debugfs's write never replaces a file (and still exits 0): remove a default one first
+    script = out.with_suffix(".debugfs")
+    script.write_text(f"rm /edgekiln/pipeline.json\nwrite {config} /edgekiln/pipeline.json\n")
+    run(["debugfs", "-w", "-f", str(script), str(data)])
+    written = run(["debugfs", "-R", "cat /edgekiln/pipeline.json", str(data)]).stdout
+    assert json.loads(written) == json.loads(config.read_text()), "pipeline.json not written"
+    run(
+        ["dd", f"if={data}", f"of={out}", "bs=1M", f"seek={offset // (1024 * 1024)}",
+         "conv=notrunc,sparse", "status=none"]
+    )  # fmt: skip
+    data.unlink()
+    return out
+
+
+def raw_copy(disk: Path, out: Path) -> Path:
+    """A raw copy of a (qcow2 or raw) disk as the guest left it."""
+    fmt = "qcow2" if disk.suffix == ".qcow2" else "raw"
+    run(["qemu-img", "convert", "-f", fmt, "-O", "raw", str(disk), str(out)])
+    return out
+
+
+def data_file(raw_disk: Path, path: str, workdir: Path) -> bytes | None:
+    """A file from the data partition (journal replayed first, as the next mount would)."""
+    data = workdir / "data.ext4"
+    _extract(raw_disk, "data", data)
+    proc = subprocess.run(["e2fsck", "-fy", str(data)], capture_output=True, check=False)
+    if proc.returncode >= 4:
+        raise AssertionError(f"e2fsck of the data partition failed: {proc.stdout.decode()}")
+    out = workdir / Path(path).name
+    out.unlink(missing_ok=True)
+    run(["debugfs", "-R", f"dump {path} {out}", str(data)])
+    data.unlink()
+    return out.read_bytes() if out.exists() else None
+
+
+def grubenv(raw_disk: Path) -> dict[str, str]:
+    """The primary grubenv on the ESP, as variables."""
+    offset, _ = partitions(raw_disk)["boot"]
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    text = run(["mtype", "-i", f"{raw_disk}@@{offset}", "::/grub/grubenv"], env=env).stdout
+    pairs = (line.split("=", 1) for line in text.decode().splitlines() if "=" in line)
+    return {k: v for k, v in pairs if not k.startswith("#")}
+
+
+def make_stick(bundle: Path, out: Path) -> Path:
+    """A "USB stick": a FAT image labelled EK-UPDATE holding ``bundle``."""
+    size_kib = bundle.stat().st_size // 1024 + 16 * 1024
+    out.unlink(missing_ok=True)
+    run(["mkfs.vfat", "-C", "-n", STICK_LABEL, str(out), str(size_kib)])
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    run(["mcopy", "-i", str(out), str(bundle), f"::/{bundle.name}"], env=env)
+    return out
+
+
+def results(raw_disk: Path, workdir: Path) -> list[dict[str, object]]:
+    """The agent's inference results on data (JSON lines)."""
+    text = data_file(raw_disk, "/edgekiln/results.jsonl", workdir) or b""
+    out = []
+    for line in text.decode(errors="replace").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:  # a line torn by the power cut
+            continue
+    return out

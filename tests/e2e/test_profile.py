@@ -1,0 +1,46 @@
+"""Fast checks of what the QEMU end-to-end run depends on (no VM, no build)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from appliance.cli import COMMANDS
+from tests.e2e.device import PIPELINE, STICK_LABEL, write_recipe
+
+OVERLAY = Path(__file__).resolve().parents[2] / "image" / "overlay"
+
+
+def test_every_appliance_command_is_collected_by_pyinstaller() -> None:
+    """The frozen runtime imports commands lazily: each module must be found by collect_submodules
+    (a package without __init__.py is skipped, and its command then fails on the device)."""
+    pytest.importorskip("PyInstaller")
+    from PyInstaller.utils.hooks import collect_submodules
+
+    found = set(collect_submodules("appliance"))
+    missing = sorted(t.split(":")[0] for t in COMMANDS.values() if t.split(":")[0] not in found)
+    assert not missing, f"not frozen: {missing} (add the package's __init__.py)"
+
+
+def test_profile_recipe_is_a_valid_recipe(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from image.recipe import load_recipe
+
+    loaded = load_recipe(write_recipe(tmp_path / "r", "9.9.9", broken_model=True))
+    recipe = loaded.recipe
+    assert recipe.version == "9.9.9" and recipe.target.name == "generic-x86-64"
+    # /dev/console is the last console=: the serial port, so the journal reaches the tests
+    assert recipe.kernel.cmdline.split().index("console=ttyS0,115200") > 0
+    assert recipe.health.budget_factor > 1.0
+
+
+def test_usb_update_unit_matches_the_stick_label() -> None:
+    rule = (OVERLAY / "usr/lib/udev/rules.d/90-edgekiln-usb-update.rules").read_text()
+    assert f'ENV{{ID_FS_LABEL}}=="{STICK_LABEL}"' in rule
+    assert "edgekiln-usb-update@%k.service" in rule
+    assert (OVERLAY / "etc/systemd/system/edgekiln-usb-update@.service").is_file()
+    script = OVERLAY / "usr/lib/edgekiln/usb-update"
+    assert script.stat().st_mode & 0o111, "the script must be executable"
+    assert len(STICK_LABEL) <= 11, "a FAT label holds at most 11 characters"
+    assert str(PIPELINE["source"]).startswith("npz:/opt/edgekiln/models/primary/")
