@@ -61,5 +61,9 @@ def run(group: click.Group, handled: tuple[type[BaseException], ...]) -> NoRetur
 def debug_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--debug``: show tracebacks and debug logs (read by :func:`run` from argv)."""
     return click.option(
-        "--debug", is_flag=True, expose_value=False, is_eager=True, help="Show tracebacks and debug logs."
+        "--debug",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        help="Show tracebacks and debug logs.",
     )(func)

@@ -25,7 +25,9 @@ BACKEND_MODULES = {
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def info(as_json: bool) -> None:
     """Print the runtime version, platform and the inference libraries present."""
-    present = {name: importlib.util.find_spec(mod) is not None for name, mod in BACKEND_MODULES.items()}
+    present = {
+        name: importlib.util.find_spec(mod) is not None for name, mod in BACKEND_MODULES.items()
+    }
     data = {
         "version": __version__,
         "python": platform.python_version(),

@@ -48,6 +48,7 @@ def test_atomic_write_replaces_and_keeps_old_on_failure(tmp_path: Path) -> None:
 
 
 def test_cli_error_is_one_line_and_nonzero() -> None:
-    out = subprocess.run([str(BIN / "appliance"), "no-such-command"], capture_output=True, text=True)
+    cmd = [str(BIN / "appliance"), "no-such-command"]
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True)
     assert out.returncode != 0
     assert "No such command" in out.stderr
