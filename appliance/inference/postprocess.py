@@ -307,10 +307,9 @@ class Postprocessor:
         m = self.manifest
         if m.task == "classification":
             out = raw[0]
-            if out.size <= SMALL and out.dtype.kind == "f":
-                return {
-                    "top": top_k_small(out.reshape(-1).tolist(), m.labels, self.top, m.output.kind)
-                }
+            if out.size <= SMALL:
+                values = dequantize(out, self.outputs[0]).reshape(-1).tolist()
+                return {"top": top_k_small(values, m.labels, self.top, m.output.kind)}
             return {"top": top_k(self.scores(raw), m.labels, self.top)}
         dets = self.detect(raw)
         if box is not None and frame_wh is not None:
