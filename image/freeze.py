@@ -49,7 +49,6 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +116,8 @@ def target_spec(target: Any, extras: Sequence[str] = ()) -> TargetSpec:
 def _freeze_code() -> list[Path]:
     """Files of the builder whose content decides the frozen tree (freeze code, hooks)."""
     here = Path(__file__).parent
-    files = [here / n for n in ("freeze.py", "freeze_targets.py", "freeze_foreign.py")]
+    names = ("freeze.py", "freeze_targets.py", "freeze_foreign.py", "freeze_deps.py")
+    files = [here / n for n in names]
     files += [p for p in HOOKS_DIR.rglob("*.py") if "__pycache__" not in p.parts]
     return sorted(files)
 
@@ -138,8 +138,15 @@ def snapshot_sources(dest: Path, source_root: Path | None = None) -> str:
     return h.hexdigest()
 
 
-def cache_key(spec: TargetSpec, epoch: str, sources: str) -> str:
-    """Content hash of everything that decides the frozen tree (*sources*: snapshot digest)."""
+def cache_key(spec: TargetSpec, epoch: str, sources: str, src: Path) -> str:
+    """Content hash of everything that decides the frozen tree.
+
+    *sources* is the digest of the source snapshot in *src*; only the versions of distributions
+    the runtime can contain count (see :mod:`image.freeze_deps`), so installing an unrelated
+    package into the build venv keeps the cache valid.
+    """
+    from image.freeze_deps import runtime_distributions
+
     h = hashlib.sha256()
     parts: dict[str, Any] = {
         "format": FREEZE_FORMAT,
@@ -149,7 +156,7 @@ def cache_key(spec: TargetSpec, epoch: str, sources: str) -> str:
         "machine": platform.machine(),
         "epoch": epoch,
         "sources": sources,
-        "dists": sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions()),
+        "dists": runtime_distributions(spec, src / "appliance"),
     }
     h.update(json.dumps(parts, sort_keys=True).encode())
     for f in _freeze_code():
@@ -372,7 +379,8 @@ def freeze_runtime(
     scratch_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="freeze-", dir=scratch_root) as tmp:
         work = Path(tmp)
-        key = cache_key(spec, epoch, snapshot_sources(work / "src", source_root))
+        src = work / "src"
+        key = cache_key(spec, epoch, snapshot_sources(src, source_root), src)
         in_cache = cache_dir / key / PROGRAM if cache_dir else None
         if in_cache is not None and (in_cache.parent / "complete").exists():
             say(f"{spec.name}: cached runtime {key}")

@@ -43,14 +43,6 @@ LOADER = {"aarch64": "lib/ld-linux-aarch64.so.1"}
 PYTHON = "usr/bin/python3.11"
 # Bookworm has glibc 2.36: any manylinux wheel up to that works on the device.
 GLIBC_MAX = 36
-# Optional-dependency groups of edgekiln that every device runtime carries (device roles).
-DEVICE_EXTRAS = ("tui", "lan", "delta")
-BACKEND_EXTRAS = {
-    "onnxruntime": "onnxruntime",
-    "openvino": "openvino",
-    "litert": "litert",
-    "opencv": "opencv",
-}
 
 
 class ForeignBuildError(BuildError):
@@ -97,19 +89,18 @@ def ensure_root(arch: str, cache_dir: Path) -> Path:
     return root
 
 
-def requirements(spec: TargetSpec) -> list[str]:
-    """The runtime's Python distributions, pinned to the versions installed in this venv."""
-    from packaging.requirements import Requirement
+def requirements(spec: TargetSpec, src: Path) -> list[str]:
+    """What to install for the runtime: declared and imported distributions, pinned to this venv.
 
-    extras = {*DEVICE_EXTRAS, *(BACKEND_EXTRAS[k] for k in spec.included if k in BACKEND_EXTRAS)}
-    names: list[str] = []
-    for line in metadata.requires("edgekiln") or []:
-        req = Requirement(line)
-        if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in extras):
-            names.append(req.name)
-    names.append("pyinstaller")
+    *src* is the source snapshot: packages ``appliance`` imports without declaring them (found by
+    :func:`image.freeze_deps.imported`) are installed too, so the arm64 runtime carries what the
+    x86-64 one does.
+    """
+    from image.freeze_deps import declared, imported
+
+    names = {*declared(spec), *imported(src, spec), "pyinstaller"}
     pinned = []
-    for name in sorted(set(names)):
+    for name in sorted(names):
         try:
             pinned.append(f"{name}=={metadata.version(name)}")
         except metadata.PackageNotFoundError:
@@ -117,9 +108,9 @@ def requirements(spec: TargetSpec) -> list[str]:
     return pinned
 
 
-def ensure_site(spec: TargetSpec, cache_dir: Path) -> Path:
+def ensure_site(spec: TargetSpec, cache_dir: Path, src: Path) -> Path:
     """Install the target's packages as aarch64 wheels into a folder (host pip, no emulation)."""
-    reqs = requirements(spec)
+    reqs = requirements(spec, src)
     site = cache_dir / f"site-{spec.arch}-{_digest([reqs, spec.arch])}"
     if (site / ".complete").exists():
         return site
@@ -208,7 +199,7 @@ def build(
     say(f"{spec.name}: {DEBIAN_ARCH[spec.arch]} Debian root (debootstrap --foreign, cached)")
     root = ensure_root(spec.arch, store)
     say(f"{spec.name}: {spec.arch} wheels (pip --platform, cached)")
-    site = ensure_site(spec, store)
+    site = ensure_site(spec, store, workdir / "src" / "appliance")
     spec_file = write_build_files(spec, workdir)  # the source snapshot is in workdir/src
     env = build_env(epoch, workdir / "pyi-config")
     host_path = env.get("PATH", "/usr/bin:/bin")

@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from image.freeze import FrozenRuntime, freeze_runtime  # noqa: E402
+from image.freeze import FrozenRuntime, freeze_runtime, snapshot_sources  # noqa: E402
 
 BACKEND = {"generic-x86-64": "onnxruntime", "intel-openvino": "openvino"}
 
@@ -74,6 +74,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-freeze-") as tmp_s:
         tmp = args.out or Path(tmp_s)
         model = _model(args.model, tmp)
+        # One snapshot of the sources for every build: the checkout may change meanwhile.
+        sources = tmp / "sources"
+        snapshot_sources(sources)
         runs: list[tuple[str, str, list[str]]] = [
             (t, BACKEND[t], []) for t in args.targets.split(",")
         ]
@@ -83,9 +86,18 @@ def main() -> None:
         for target, backend, extras in runs:
             label = target + "".join(f"+{e}" for e in extras)
             cache = tmp / f"cache-{label}"
-            cold = freeze_runtime(target, tmp / f"cold-{label}", cache_dir=cache, extras=extras)
-            warm = freeze_runtime(target, tmp / f"warm-{label}", cache_dir=cache, extras=extras)
-            assert warm.cached and warm.digest == cold.digest
+            cold, warm = (
+                freeze_runtime(
+                    target,
+                    tmp / f"{n}-{label}",
+                    cache_dir=cache,
+                    extras=extras,
+                    source_root=sources,
+                )
+                for n in ("cold", "warm")
+            )
+            assert warm.cached, "the second build must come from the cache"
+            assert warm.digest == cold.digest
             frozen_s, source_s = _startup(cold, backend, model, args.repeat)
             top = ", ".join(f"{k} {v / 1e6:.0f}" for k, v in list(cold.size.packages.items())[:4])
             rows.append((label, cold, warm, frozen_s, source_s, top))

@@ -81,8 +81,10 @@ def reference_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _selftest(exe: Path, package: Path, backend: str) -> dict[str, object]:
+    # Accuracy is gated; latency is not (wall clock on a shared machine): a huge budget factor.
+    args = ["selftest", "--model", str(package), "--backend", backend, "--budget-factor", "1000"]
     out = subprocess.run(
-        [str(exe), "selftest", "--model", str(package), "--backend", backend, "--json"],
+        [str(exe), *args, "--json"],
         capture_output=True,
         text=True,
         check=False,

@@ -34,7 +34,9 @@ def _emulated(root: Path, exe: Path, *args: str) -> subprocess.CompletedProcess[
     return subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600, env=env)
 
 
+# The cold build (debootstrap, aarch64 wheels, PyInstaller emulated) takes 4-15 min here.
 @pytest.mark.slow
+@pytest.mark.timeout(3000)
 def test_arm64_runtime_is_arm64_with_litert_only(coral: tuple[FrozenRuntime, Path]) -> None:
     rt, root = coral
     assert rt.arch == "aarch64" and not rt.cached
@@ -54,6 +56,7 @@ def test_arm64_runtime_is_arm64_with_litert_only(coral: tuple[FrozenRuntime, Pat
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3000)
 def test_arm64_frozen_runtime_loads_litert_under_qemu(coral: tuple[FrozenRuntime, Path]) -> None:
     """The frozen arm64 program imports ai_edge_litert's native library (``appliance backends``).
 
