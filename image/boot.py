@@ -54,6 +54,13 @@ def grub_modules() -> tuple[str, ...]:
     return tuple(grub.GRUB_MODULES)
 
 
+def slots_spec(loaded: LoadedRecipe) -> str:
+    """How the device's agent finds its loader (appliance.slots.config ``SPEC``)."""
+    return {"grub-efi": "grub:/boot/efi", "u-boot": "uboot:/etc/fw_env.config"}.get(
+        loaded.recipe.target.loader, "nvbootctrl"
+    )
+
+
 def boot_key(loaded: LoadedRecipe) -> str:
     """Content key of the ESP: its files, the modules, the embedded config, GRUB's version."""
     self_check(loaded)

@@ -137,6 +137,22 @@ def uuid_seed(loaded: LoadedRecipe) -> str:
     return f"{r.product}/{r.target.name}/{r.version}"
 
 
+def pipeline_config(loaded: LoadedRecipe) -> bytes:
+    """The agent's first ``/data/edgekiln/pipeline.json`` (a technician may change it later)."""
+    r = loaded.recipe
+    backends: list[str] = [r.target.backend, "opencv"]  # OpenCV DNN: the last resort
+    doc = {
+        "model": f"/{rootfs.MODELS_DIR}/primary",
+        "fallback_model": f"/{rootfs.MODELS_DIR}/fallback",
+        "source": r.pipeline.source,
+        "backends": backends,
+        "sink": "/data/edgekiln/results.jsonl",
+        "threads": r.pipeline.threads,
+        "budget_factor": r.health.budget_factor,
+    }
+    return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+
+
 def device_config(loaded: LoadedRecipe) -> bytes:
     """``/etc/edgekiln/device.json``: what the device needs to know about its image."""
     r = loaded.recipe
@@ -359,6 +375,7 @@ class Pipeline:
         config = rootfs.OverlayConfig(
             watchdog_sec=self.recipe.agent.watchdog_sec,
             runtime_watchdog_sec=self.recipe.agent.runtime_watchdog_sec,
+            slots_spec=boot.slots_spec(self.loaded),
             device_json=device_config(self.loaded),
             keyring=self.keyring,
         )
@@ -367,6 +384,7 @@ class Pipeline:
             code_digest("fs.py", "rootfs.py", "build.py", overlay=True),
             hashlib.sha256(config.device_json).hexdigest(), config.watchdog_sec,
             config.runtime_watchdog_sec, hashlib.sha256(config.keyring or b"").hexdigest(),
+            config.slots_spec,
             self.recipe.partitions.rootfs_mib, self.seed, self.epoch,
         )  # fmt: skip
         path, hit = self._cached_file("slot", key, "rootfs.ext4")
@@ -413,7 +431,11 @@ class Pipeline:
         start = self._stage("data", "data partition (ext4)")
         size = self.recipe.partitions.data_mib
         dirs = ("etc/systemd/network", "log", "edgekiln")
-        key = _key(IMAGE_FORMAT, dirs, size, self.seed, self.epoch, code_digest("fs.py"))
+        pipeline = pipeline_config(self.loaded)
+        key = _key(
+            IMAGE_FORMAT, dirs, size, self.seed, self.epoch, code_digest("fs.py"),
+            hashlib.sha256(pipeline).hexdigest(),
+        )  # fmt: skip
         path, hit = self._cached_file("data", key, "data.ext4")
         if not hit:
             tree = self.cache / "work" / "data" / key
@@ -421,6 +443,7 @@ class Pipeline:
             try:
                 for d in dirs:
                     (tree / d).mkdir(parents=True, exist_ok=True)
+                (tree / "edgekiln" / "pipeline.json").write_bytes(pipeline)
                 fs.make_ext4(
                     tree, path, size, fs.fs_uuid_for(self.seed, "data"), self.epoch,
                     label="data", journal=True, field="partitions.data_mib",

@@ -96,6 +96,17 @@ class Agent(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     runtime_watchdog_sec: int = 30
 
 
+class PipelineDefaults(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The agent's first pipeline config, written to data (edgekiln/pipeline.json).
+
+    ``source`` is a frame-source URI (appliance.inference.sources): a camera by default; a test
+    profile may use ``npz:/opt/edgekiln/models/primary/reference.npz?loop=1&fps=5``.
+    """
+
+    source: str = "v4l2:///dev/video0"
+    threads: int = 1
+
+
 class Signing(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Signing key (private, on the build host) and keyring installed into the image."""
 
@@ -124,6 +135,7 @@ class Recipe(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     agent: Agent = Agent()
     signing: Signing = Signing()
     runtime: Runtime = Runtime()
+    pipeline: PipelineDefaults = PipelineDefaults()
 
 
 # --- the target table (ARCHITECTURE "Targets") -------------------------------------------------
@@ -340,6 +352,7 @@ def _fail(loaded: LoadedRecipe, dotted: str, message: str) -> RecipeError:
 def _check(loaded: LoadedRecipe, *, check_files: bool) -> None:
     _check_identity(loaded)
     _check_settings(loaded)
+    _check_pipeline(loaded)
     _check_sizes(loaded, check_files=check_files)
 
 
@@ -401,6 +414,16 @@ def _check_settings(loaded: LoadedRecipe) -> None:
         raise _fail(
             loaded, "kernel.cmdline", "must not contain quotes, '$', ';', '`', '\\' or newlines"
         )
+
+
+def _check_pipeline(loaded: LoadedRecipe) -> None:
+    p = loaded.recipe.pipeline
+    if not p.source or any(c in p.source for c in "\n\0"):
+        raise _fail(
+            loaded, "pipeline.source", "must be a frame-source URI, e.g. v4l2:///dev/video0"
+        )
+    if not 1 <= p.threads <= 64:
+        raise _fail(loaded, "pipeline.threads", "must be between 1 and 64")
 
 
 def _check_sizes(loaded: LoadedRecipe, *, check_files: bool) -> None:

@@ -79,6 +79,7 @@ class OverlayConfig:
 
     watchdog_sec: int
     runtime_watchdog_sec: int
+    slots_spec: str  # the agent's loader (appliance.slots.config), e.g. grub:/boot/efi
     device_json: bytes
     keyring: bytes | None
 
@@ -231,6 +232,7 @@ def assemble_root(
     values = {
         "watchdog_sec": str(config.watchdog_sec),
         "runtime_watchdog_sec": str(config.runtime_watchdog_sec),
+        "slots_spec": config.slots_spec,
     }
     for src in sorted(OVERLAY_DIR.rglob("*")):
         if src.is_dir():

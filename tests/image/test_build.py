@@ -166,6 +166,9 @@ def test_image_checked_by_independent_tools(first: dict[str, object], tmp_path: 
     assert "keyring.json" in run("debugfs", "-R", "ls /etc/edgekiln", str(slot))
     data = extract(image, "data", tmp_path / "data.ext4")
     run("fsck.ext4", "-fn", str(data))
+    pipeline = json.loads(run("debugfs", "-R", "cat /edgekiln/pipeline.json", str(data)))
+    assert pipeline["model"] == "/opt/edgekiln/models/primary"
+    assert pipeline["backends"] == ["onnxruntime", "opencv"]
     # bmaptool copy of the compressed image equals the image.
     bmap = image.with_suffix(".bmap")
     copy = tmp_path / "copy.img"

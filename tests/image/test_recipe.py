@@ -132,3 +132,12 @@ def test_missing_file_and_missing_base(tmp_path: Path) -> None:
     (tmp_path / "r.toml").write_text('extends = "gone.toml"\n')
     with pytest.raises(RecipeError, match=r"gone\.toml: file not found"):
         load_recipe(tmp_path / "r.toml")
+
+
+def test_qemu_profile_overrides_pipeline_and_budget(recipe_dir: Path) -> None:
+    loaded = load_recipe(recipe_dir / "qemu-x86-64.toml")
+    r = loaded.recipe
+    assert r.target.name == "generic-x86-64"
+    assert r.pipeline.source.startswith("npz:/opt/edgekiln/models/primary/reference.npz")
+    assert r.health.budget_factor == 20.0
+    assert "forward_to_console" in r.kernel.cmdline

@@ -30,7 +30,11 @@ def base(tmp_path: Path) -> Path:
 
 def config(keyring: bytes | None = b"{}") -> rootfs.OverlayConfig:
     return rootfs.OverlayConfig(
-        watchdog_sec=42, runtime_watchdog_sec=17, device_json=b'{"format": 1}\n', keyring=keyring
+        watchdog_sec=42,
+        runtime_watchdog_sec=17,
+        slots_spec="grub:/boot/efi",
+        device_json=b'{"format": 1}\n',
+        keyring=keyring,
     )
 
 
@@ -52,6 +56,7 @@ def test_overlay_adds_units_config_models_and_never_touches_the_base(
     assert (out / "etc" / "hostname").read_text() == "edgekiln\n"
     unit = (out / "etc/systemd/system/edgekiln-agent.service").read_text()
     assert "Type=notify" in unit and "WatchdogSec=42" in unit
+    assert "Environment=EDGEKILN_SLOTS=grub:/boot/efi" in unit
     assert (
         "RuntimeWatchdogSec=17"
         in (out / "etc/systemd/system.conf.d/50-edgekiln-watchdog.conf").read_text()
