@@ -145,13 +145,21 @@ def _decompress(frame: bytes, limit: int, where: str) -> bytes:
 
 
 def read_reference(fd: int, extents: list[Extent], where: str) -> bytearray:
-    """Concatenate the base extents (pread; bounded by MAX_REFERENCE through parse_chunk)."""
-    ref = bytearray()
+    """Concatenate the base extents (bounded by MAX_REFERENCE through parse_chunk).
+
+    Read straight into one preallocated buffer: growing a bytearray would briefly hold twice R.
+    """
+    ref = bytearray(sum(e.length for e in extents))
+    view = memoryview(ref)
+    at = 0
     for e in extents:
-        got = os.pread(fd, e.length, e.offset)
-        if len(got) != e.length:
-            raise DeltaBaseError(f"{where}: base ends before byte {e.offset + e.length}")
-        ref += got
+        done = 0
+        while done < e.length:  # pread may return less than asked; 0 means end of the base
+            got = os.preadv(fd, [view[at + done : at + e.length]], e.offset + done)
+            if got <= 0:
+                raise DeltaBaseError(f"{where}: base ends before byte {e.offset + e.length}")
+            done += got
+        at += e.length
     return ref
 
 
