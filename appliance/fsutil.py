@@ -35,6 +35,15 @@ def atomic_writer(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
             os.fchmod(handle.fileno(), mode)
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        # On vfat (the ESP) a file's directory entry is part of its inode: fsync of the
+        # directory alone leaves the renamed entry unwritten while the replaced file's
+        # clusters are already free, so after a power cut neither old nor new content is
+        # reachable. Syncing the renamed file writes its entry (a no-op cost on ext4).
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
