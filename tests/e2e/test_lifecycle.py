@@ -26,6 +26,7 @@ from image.vm import Vm, VmConfig
 from tests.e2e.device import (
     Build,
     grubenv,
+    make_stick,
     partitions,
     provision,
     raw_copy,
@@ -114,6 +115,49 @@ def test_a_first_boot_commits_and_infers(device: Device, figures: dict[str, obje
     assert good, f"no inference result on data: {records[:3]}"
     assert good[0].get("model") == "tiny" and good[0].get("version") == "1.0.0", good[0]
     first = float(good[0]["ts"])  # type: ignore[arg-type]
+    raw.unlink()  # ~1 GiB allocated
     figures["a_boot_to_gate_s"] = round(gate_s, 1)
     figures["a_boot_to_first_result_s"] = round(first - started, 1)
     device.passed.append("a")
+
+
+def test_b_update_from_usb_tries_commits_and_runs_v2(
+    device: Device, figures: dict[str, object]
+) -> None:
+    device.require("a")
+    vm = device.vm
+    v2 = device.builds["2.0.0"]
+    stick = make_stick(v2.bundle, device.work / "stick-v2.img")
+    started = device.boot(stick)
+    vm.wait_for(r"edgekiln-usb-update: installing", BOOT_S)
+    installing = time.time()
+    vm.wait_for(r"installed 2\.0\.0 into slot B", INSTALL_S)
+    figures["b_install_s"] = round(time.time() - installing, 1)
+    vm.wait_for(r"health gate: slot B passed", BOOT_S * 2)
+    figures["b_power_on_to_v2_committed_s"] = round(time.time() - started, 1)
+    # the stick is still in: the same bundle is not installed again
+    vm.wait_for(r"already installed from USB: skipped", BOOT_S)
+    time.sleep(RUN_S)
+    raw = device.inspect("b")
+    env = grubenv(raw)
+    assert env.get("ek_committed") == "B" and not env.get("ek_try"), env
+    built = partitions(v2.image)["rootfs_a"]
+    assert slot_digest(raw, "B") == _image_slot_digest(v2.image, built), "slot B is not v2"
+    assert model_versions(results(raw, device.work))[-1] == "2.0.0"
+    raw.unlink()
+    device.passed.append("b")
+
+
+def _image_slot_digest(image: Path, where: tuple[int, int]) -> str:
+    offset, size = where
+    digest = hashlib.sha256()
+    with image.open("rb") as handle:
+        handle.seek(offset)
+        left = size
+        while left:
+            chunk = handle.read(min(left, 4 << 20))
+            if not chunk:
+                break
+            digest.update(chunk)
+            left -= len(chunk)
+    return digest.hexdigest()
