@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
-  make git ca-certificates
+  make git ca-certificates binutils
   squashfs-tools dosfstools mtools e2fsprogs fdisk gdisk
   qemu-system-x86 qemu-utils ovmf grub-efi-amd64-bin grub-pc-bin grub-common grub-emu
   debootstrap mmdebstrap bmap-tools zstd xdelta3 cpio
