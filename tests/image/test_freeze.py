@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,8 @@ from image.freeze import (
 from image.freeze_prebuilt import PrebuiltRuntimeError, check_prebuilt, elf_machine
 from image.freeze_report import differing, file_digests, package_of, size_report, tree_digest
 from image.freeze_targets import UnknownTargetError, resolve_target
+
+REPO = Path(__file__).resolve().parents[2]
 
 BIN = Path(sys.executable).parent
 OPENVINO_NEEDED = (
@@ -331,3 +334,37 @@ def test_size_report_attributes_real_files(tmp_path: Path) -> None:
     assert report.total_bytes == 6000
     assert list(report.packages) == ["numpy", "python (libpython)", "bootloader (executable)"]
     assert report.largest_files[0] == ("_internal/numpy.libs/libopenblas.so", 3000)
+
+
+@pytest.mark.integration
+def test_frozen_tui_starts_switches_and_quits_under_tmux(
+    generic: FrozenRuntime, tmp_path: Path
+) -> None:
+    """The technician TUI of the frozen default runtime paints at 80x24 and quits cleanly."""
+    import uuid
+
+    from tests.tui.test_tmux import session_alive, tmux, wait_screen
+
+    model = tmp_path / "model"
+    shutil.copytree(REPO / "recipes" / "models" / "inspect-primary", model)
+    session = f"edgekiln-frozen-tui-{uuid.uuid4().hex[:8]}"
+    done = tmp_path / "exit-code"
+    command = (
+        f"EDGEKILN_DEMO_MODEL={model} TERM=vt220 NO_COLOR=1 {generic.executable} tui --demo "
+        f"--demo-dir {tmp_path / 'demo'}; echo $? > {done}"
+    )
+    tmux("new-session", "-d", "-x", "80", "-y", "24", "-s", session, command)
+    try:
+        screen = wait_screen(session, "running A, committed A", timeout=90)
+        assert "[1 Status]" in screen
+        tmux("send-keys", "-t", session, "6")
+        wait_screen(session, "[6 Slots]")
+        tmux("send-keys", "-t", session, "q")
+        deadline = time.monotonic() + 30
+        while session_alive(session) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not session_alive(session)
+        assert done.read_text().strip() == "0"
+    finally:
+        if session_alive(session):
+            tmux("kill-session", "-t", session)
