@@ -11,6 +11,10 @@ bootstrap:
 image: bootstrap
 	.venv/bin/kiln build $(RECIPE) -o $(OUT)
 
+# Boot the default image in QEMU and follow its serial console (Ctrl-C = power cut).
+demo: image
+	.venv/bin/kiln vm $$(ls -t $(OUT)/*.img | head -n 1)
+
 test: bootstrap
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
