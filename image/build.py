@@ -34,7 +34,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance.fsutil import atomic_write_bytes, atomic_writer
-from image import boot, disk, fs, rootfs
+from image import boot, cache, disk, fs, rootfs
 from image.errors import BuildError
 from image.recipe import MIB, LoadedRecipe, canonical_json
 
@@ -236,12 +236,18 @@ class Pipeline:
 
     def _cached_file(self, kind: str, key: str, name: str) -> tuple[Path, bool]:
         path = self.cache / kind / key / name
-        return path, (path.parent / "complete").exists()
+        hit = (path.parent / "complete").exists()
+        if hit:
+            cache.touch(path.parent)
+        return path, hit
 
-    @staticmethod
-    def _commit(path: Path, digest: str) -> None:
+    KEEP_ENTRIES = 4  # results kept per stage kind (slot images are the rootfs size each)
+
+    @classmethod
+    def _commit(cls, path: Path, digest: str) -> None:
         (path.parent / "digest").write_text(digest + "\n")
         (path.parent / "complete").write_text("ok\n")
+        cache.prune(path.parent.parent, cls.KEEP_ENTRIES)
 
     # -- stages -------------------------------------------------------------------------------
 
@@ -310,9 +316,7 @@ class Pipeline:
         (tmp / "complete").write_text("ok\n")
         shutil.rmtree(cached, ignore_errors=True)
         tmp.rename(cached)
-        entries = sorted(cached.parent.iterdir(), key=lambda e: e.stat().st_mtime, reverse=True)
-        for old in entries[self._KEEP_OUTPUTS :]:
-            shutil.rmtree(old, ignore_errors=True)
+        cache.prune(cached.parent, self._KEEP_OUTPUTS)
 
     def _restore_outputs(self, cached: Path) -> None:
         """Copy a cached output set into the output directory (sparse); stages report hits."""

@@ -54,6 +54,7 @@ from typing import Any
 
 import appliance
 from appliance.fsutil import atomic_write_bytes
+from image import cache
 from image.errors import BuildError
 from image.freeze_report import SizeReport, differing, file_digests, size_report, tree_digest
 from image.freeze_targets import TargetSpec, resolve_target
@@ -64,6 +65,7 @@ log = logging.getLogger(__name__)
 FREEZE_FORMAT = 1
 # Used when the caller does not set SOURCE_DATE_EPOCH: 2024-01-01T00:00:00Z.
 DEFAULT_SOURCE_DATE_EPOCH = "1704067200"
+KEEP_RUNTIMES = 4  # frozen runtimes kept in the cache (130-290 MB each)
 HOOKS_DIR = Path(__file__).with_name("pyinstaller_hooks")
 PROGRAM = "appliance"
 
@@ -384,6 +386,7 @@ def freeze_runtime(
         in_cache = cache_dir / key / PROGRAM if cache_dir else None
         if in_cache is not None and (in_cache.parent / "complete").exists():
             say(f"{spec.name}: cached runtime {key}")
+            cache.touch(in_cache.parent)
             return _finish(spec, in_cache, outdir, key=key, cached=True, start=start)
         say(f"{spec.name}: running PyInstaller ({spec.backend} back end, {spec.arch})")
         tree = _build_tree(spec, work, epoch, cache_dir, say)
@@ -394,6 +397,8 @@ def freeze_runtime(
         in_cache.parent.mkdir(parents=True)
         shutil.move(str(tree), in_cache)
         (in_cache.parent / "complete").write_text(key + "\n")
+    assert cache_dir is not None
+    cache.prune(cache_dir, KEEP_RUNTIMES)
     return _finish(spec, in_cache, outdir, key=key, cached=False, start=start)
 
 

@@ -19,12 +19,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from image import cache
 from image.errors import BuildError
 from image.fs import ToolError, run_tool
 from image.recipe import LoadedRecipe, canonical_json
 
 log = logging.getLogger(__name__)
 
+KEEP_BASES = 2  # Debian bases kept in the cache (about 600 MiB each)
 BASE_FORMAT = 1  # bump when the hooks below change what a base contains
 OVERLAY_DIR = Path(__file__).with_name("overlay")
 APP_DIR = "opt/edgekiln/appliance"
@@ -132,10 +134,14 @@ def ensure_base(loaded: LoadedRecipe, cache_dir: Path) -> BaseRoot:
     slot = cache_dir / "base" / key
     root = slot / "root"
     if (slot / "complete").exists():
+        cache.touch(slot)
         return BaseRoot(root, key, cached=True)
     slot.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{key}-", dir=slot.parent) as tmp:
-        scratch = Path(tmp) / "root"
+    # Not tempfile.TemporaryDirectory: its cleanup would walk into mounts an interrupted
+    # mmdebstrap leaves behind; cache.remove_tree unmounts them first.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=slot.parent))
+    try:
+        scratch = tmp / "root"
         r = loaded.recipe
         if r.rootfs.tarball:
             scratch.mkdir()
@@ -144,11 +150,13 @@ def ensure_base(loaded: LoadedRecipe, cache_dir: Path) -> BaseRoot:
             run_tool(["tar", "--numeric-owner", "-xpf", str(tarball), "-C", str(scratch)])
         else:
             _bootstrap(loaded, scratch)
-        if slot.exists():  # a broken earlier attempt
-            shutil.rmtree(slot)
+        cache.remove_tree(slot)  # a broken earlier attempt
         slot.mkdir()
         scratch.rename(root)
         (slot / "complete").write_text(key + "\n")
+    finally:
+        cache.remove_tree(tmp)
+    cache.prune(slot.parent, KEEP_BASES)
     return BaseRoot(root, key, cached=False)
 
 
@@ -225,8 +233,7 @@ def assemble_root(
     config: OverlayConfig,
 ) -> Path:
     """Hard-link ``base`` to ``dest`` and add the overlay; returns ``dest``."""
-    if dest.exists():
-        shutil.rmtree(dest)
+    cache.remove_tree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     run_tool(["cp", "-al", str(base), str(dest)])
     values = {
