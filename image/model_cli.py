@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from image.model_optimise import DEFAULT_MAX_DROP, TARGET_RUNTIMES, Optimisation
+from image.model_optimise import DEFAULT_MAX_DROP, SELECT_CHOICES, TARGET_RUNTIMES, Optimisation
 
 
 def _cache_dir() -> Path:
@@ -67,10 +67,11 @@ def model() -> None:
 )
 @click.option(
     "--select",
-    type=click.Choice(["fastest", "int8"]),
+    type=click.Choice(SELECT_CHOICES),
     default="fastest",
     show_default=True,
-    help="Ship the fastest passing variant, or the fastest passing INT8 one (smallest).",
+    help="Ship the fastest passing variant, the fastest passing INT8 one, the smallest passing "
+    "one, or the FP32 parent (with the table).",
 )
 @click.option("--no-cache", is_flag=True, help="Do not read or fill the content-hash cache.")
 def optimise(

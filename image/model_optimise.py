@@ -46,12 +46,13 @@ from image.model_quantise import quantise_onnx_int8
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_DROP = 0.01
+SELECT_CHOICES = ("fastest", "int8", "smallest", "fp32")
 TABLE_FILE = "optimisation.json"
 INT8_ONNX = "model_int8.onnx"
 INT8_U8_ONNX = "model_int8_u8.onnx"
 INT8_AC_IR = "model_int8_ac.xml"
 # Bump when the recipe of a variant changes, so cached outputs are rebuilt.
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"  # 2: IR entries carry weights_sha256
 TARGET_RUNTIMES = {
     "onnxruntime": "onnxruntime",
     "generic-x86-64": "onnxruntime",
@@ -172,10 +173,13 @@ def optimise(
     """Build, gate and select; write the output package to ``out`` (replaced if it exists).
 
     ``select``: ``fastest`` ships the fastest passing variant; ``int8`` ships the fastest passing
-    INT8 variant (smallest file, e.g. for cellular updates) even if a float one runs faster.
+    INT8 variant even if a float one runs faster; ``smallest`` ships the passing variant with the
+    fewest bytes (e.g. for cellular updates; unlike ``fastest`` it does not depend on timing
+    noise); ``fp32`` ships the FP32 parent with the table (a failing INT8 gate is then recorded,
+    not raised).
     """
-    if select not in ("fastest", "int8"):
-        raise BuildError(f"select: {select!r} is not one of fastest, int8")
+    if select not in SELECT_CHOICES:
+        raise BuildError(f"select: {select!r} is not one of {', '.join(SELECT_CHOICES)}")
     package = load_package(package_dir)
     runtime = runtime_of(target)
     options = {
@@ -292,7 +296,7 @@ def _optimise_onnx(
     for v in res.variants:
         v.passed = v.drop_pp <= max_accuracy_drop * 100 + 1e-9
     int8_ok = [v for v in res.variants if v.precision == "int8" and v.passed]
-    if not int8_ok and not allow_fallback:
+    if not int8_ok and not allow_fallback and select != "fp32":
         worst = min((v for v in res.variants if v.precision == "int8"), key=lambda v: v.drop_pp)
         raise GateError(
             f"{package.root}: INT8 on {runtime} fails the accuracy gate: best INT8 variant "
@@ -309,9 +313,9 @@ def _optimise_onnx(
     # hint (model.json cannot ask for the CPU's default, bf16 here), so default-hint rows are
     # measured for the record but not selectable.
     shippable = [v for v in passing if v.hint != "default"] or passing
-    best = min(shippable, key=lambda v: v.p50_ms)
+    best = _choose(shippable, select, res)
     fastest = min(passing, key=lambda v: v.p50_ms)
-    if fastest.hint == "default" and fastest is not best:
+    if select == "fastest" and fastest.hint == "default" and fastest is not best:
         res.notes.append(
             f"{fastest.name} was fastest (p50 {fastest.p50_ms:.3f} ms vs {best.p50_ms:.3f} ms) "
             "but needs OpenVINO's default precision hint, which the device's back end does not "
@@ -322,6 +326,15 @@ def _optimise_onnx(
     res.size_ratio = res.variant("fp32").size_bytes / best.size_bytes if best.size_bytes else 1.0
     _write_output(spkg, package, best, res, out)
     return res
+
+
+def _choose(shippable: list[Variant], select: str, res: Optimisation) -> Variant:
+    """The variant to ship among the passing, shippable ones."""
+    if select == "fp32":
+        return res.variant("fp32")
+    if select == "smallest":
+        return min(shippable, key=lambda v: (v.size_bytes, v.p50_ms))
+    return min(shippable, key=lambda v: v.p50_ms)
 
 
 class _Scratch:
@@ -419,11 +432,10 @@ def _entry(root: Path, path: str, precision: str, top1: float | None = None) -> 
         "precision": precision,
         "sha256": hashlib.sha256((root / path).read_bytes()).hexdigest(),
     }
-    if e["format"] == "openvino-ir" and precision == "int8":
-        # package.py requires a quantization block for every non-ONNX INT8 file (meant for
-        # TFLite). An NNCF IR takes float input, so this block is inert: the pre-processor
-        # uses it only for integer input tensors. (Change requested in appliance/inference.)
-        e["quantization"] = {"input_scale": 1.0, "input_zero_point": 0, "input_dtype": "int8"}
+    if e["format"] == "openvino-ir":
+        # The .xml is only the graph; every weight is in the .bin beside it (same stem).
+        weights = root / (path[: -len(".xml")] + ".bin")
+        e["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
     if top1 is not None:
         e["top1"] = round(top1, 6)
     return e
@@ -457,7 +469,7 @@ def _write_output(
             if p.is_file() and p.name not in listed and p.name not in ("model.json", TABLE_FILE):
                 shutil.copy2(p, tmp / p.name)
         shutil.copy2(spkg.root / best.file, tmp / best.file)
-        if best.file.endswith(".xml"):  # an IR's weights (not covered by model.json's sha256)
+        if best.file.endswith(".xml"):  # an IR's weights (model.json's weights_sha256)
             bin_name = best.file[: -len(".xml")] + ".bin"
             shutil.copy2(spkg.root / bin_name, tmp / bin_name)
         res.output = str(out)

@@ -53,6 +53,19 @@ class ModelFile(msgspec.Struct, frozen=True):
     layout: Layout | None = None
     # Optional: top-1 this file reaches on the reference split (INT8 files may be lower).
     top1: float | None = None
+    # OpenVINO IR only: the weights file beside the .xml (default: the same name with .bin) and
+    # its sha256 (required: the .xml is only the graph, the .bin holds every weight).
+    weights: str | None = None
+    weights_sha256: str | None = None
+
+    @property
+    def weights_path(self) -> str | None:
+        """The IR's weights file, relative to the package (None for other formats)."""
+        if self.format != "openvino-ir":
+            return None
+        if self.weights is not None:
+            return self.weights
+        return self.path[: -len(".xml")] + ".bin" if self.path.endswith(".xml") else None
 
 
 class InputSpec(msgspec.Struct, frozen=True):
@@ -229,10 +242,40 @@ def _check_files(files: list[ModelFile], where: Path) -> None:
         seen.add(f.path)
         if not re.fullmatch(r"[0-9a-f]{64}", f.sha256):
             raise _fail(where, f"files[{i}].sha256", "expected 64 lowercase hex digits")
-        if f.precision in ("int8", "uint8") and f.format != "onnx" and f.quantization is None:
+        # Only TFLite files take integer input tensors; an INT8 ONNX or OpenVINO IR (QDQ,
+        # NNCF FakeQuantize) takes float input, so it has no input quantisation to declare.
+        quantised_tflite = f.format in ("tflite", "edgetpu-tflite")
+        if f.precision in ("int8", "uint8") and quantised_tflite and f.quantization is None:
             raise _fail(where, f"files[{i}].quantization", "required for a quantised TFLite file")
         if f.quantization is not None and f.quantization.input_scale <= 0:
             raise _fail(where, f"files[{i}].quantization.input_scale", "must be > 0")
+        _check_weights(where, i, f)
+
+
+def _check_weights(where: Path, i: int, f: ModelFile) -> None:
+    """An OpenVINO IR names its .bin and that file's sha256; other formats have no weights file."""
+    if f.format != "openvino-ir":
+        for name in ("weights", "weights_sha256"):
+            if getattr(f, name) is not None:
+                raise _fail(
+                    where, f"files[{i}].{name}", f"only for openvino-ir files, not {f.format}"
+                )
+        return
+    if not f.path.endswith(".xml"):
+        raise _fail(where, f"files[{i}].path", f"{f.path!r}: an openvino-ir file is the .xml")
+    if f.weights is not None:
+        _check_relpath(where, f"files[{i}].weights", f.weights)
+        if f.weights == f.path:
+            raise _fail(where, f"files[{i}].weights", "must differ from path (the .bin file)")
+    if f.weights_sha256 is None:
+        raise _fail(
+            where,
+            f"files[{i}].weights_sha256",
+            f"required for an openvino-ir file: the sha256 of {f.weights_path!r} "
+            "(rebuild the package with kiln model optimise, or add the .bin's sha256)",
+        )
+    if not re.fullmatch(r"[0-9a-f]{64}", f.weights_sha256):
+        raise _fail(where, f"files[{i}].weights_sha256", "expected 64 lowercase hex digits")
 
 
 def _check_rest(m: Manifest, where: Path) -> None:
@@ -304,8 +347,23 @@ class ModelPackage:
         )
 
     def read_verified(self, f: ModelFile) -> bytes:
-        """Read a model file and check its sha256; what was checked is what gets loaded."""
-        p = self.path_of(f)
+        """Read a model file and check its sha256; what was checked is what gets loaded.
+
+        For an OpenVINO IR the weights file (.bin) is checked too (see :meth:`read_weights`).
+        """
+        data = self._read_checked(self.path_of(f), f.sha256, "sha256")
+        if f.format == "openvino-ir":
+            self.read_weights(f)
+        return data
+
+    def read_weights(self, f: ModelFile) -> bytes:
+        """The verified bytes of an OpenVINO IR's weights file (``weights_sha256`` checked)."""
+        rel = f.weights_path
+        if rel is None or f.weights_sha256 is None:
+            raise PackageError(f"{self.manifest_path}: files: {f.path!r} has no weights file")
+        return self._read_checked(self.root / rel, f.weights_sha256, "weights_sha256")
+
+    def _read_checked(self, p: Path, want: str, field: str) -> bytes:
         try:
             data = p.read_bytes()
         except OSError as exc:
@@ -313,9 +371,9 @@ class ModelPackage:
                 f"{p}: cannot read model file ({exc.strerror}); reinstall the package"
             ) from None
         digest = hashlib.sha256(data).hexdigest()
-        if digest != f.sha256:
+        if digest != want:
             raise DigestMismatchError(
-                f"{p}: sha256 is {digest}, model.json says {f.sha256}; "
+                f"{p}: sha256 is {digest}, model.json says {want} ({field}); "
                 "the file is corrupt or was replaced"
             )
         return data

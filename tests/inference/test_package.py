@@ -153,3 +153,88 @@ def test_mutated_manifests_are_refused_or_valid(field: str, value: object) -> No
         assert str(exc).startswith(str(WHERE))
     else:
         assert len(m.input.shape) == 4 and m.files
+
+
+# --- OpenVINO IR: an INT8 IR needs no quantization block; its .bin weights are hashed ----------
+
+IR = {"path": "model.xml", "format": "openvino-ir", "precision": "int8", "sha256": SHA}
+
+
+def _ir_manifest(**entry: object) -> bytes:
+    data = json.loads(json.dumps(GOOD))
+    data["files"] = [{**IR, **entry}]
+    return json.dumps(data).encode()
+
+
+def test_int8_ir_needs_weights_digest_but_no_quantization() -> None:
+    m = parse_manifest(_ir_manifest(weights_sha256=SHA), WHERE)
+    (f,) = m.files
+    assert f.quantization is None and f.weights_path == "model.bin"
+    named = parse_manifest(_ir_manifest(weights="w/m.bin", weights_sha256=SHA), WHERE)
+    assert named.files[0].weights_path == "w/m.bin"
+
+
+IR_BAD = [
+    ({}, "files[0].weights_sha256: required for an openvino-ir file"),
+    ({"weights_sha256": "abc"}, "files[0].weights_sha256: expected 64 lowercase hex"),
+    ({"weights_sha256": SHA, "weights": "../x.bin"}, "files[0].weights: '../x.bin' must be"),
+    ({"weights_sha256": SHA, "weights": "model.xml"}, "files[0].weights: must differ"),
+    ({"weights_sha256": SHA, "path": "model.onnx"}, "files[0].path: 'model.onnx': an openvino-ir"),
+]
+
+
+@pytest.mark.parametrize(("entry", "needle"), IR_BAD, ids=[n for _, n in IR_BAD])
+def test_bad_ir_entries_are_refused_by_field(entry: dict[str, object], needle: str) -> None:
+    with pytest.raises(PackageError) as exc:
+        parse_manifest(_ir_manifest(**entry), WHERE)
+    assert str(exc.value).startswith(f"{WHERE}: ") and needle in str(exc.value)
+
+
+def test_weights_fields_are_only_for_ir_files() -> None:
+    with pytest.raises(PackageError, match=r"files\[0\]\.weights_sha256: only for openvino-ir"):
+        parse_manifest(_with("files.0.weights_sha256", SHA), WHERE)
+
+
+@pytest.fixture
+def ir_package(tiny_package: Path) -> Path:
+    """The tiny package with a real OpenVINO IR (converted by OpenVINO) listed first."""
+    ov = pytest.importorskip("openvino")
+    from tests.inference.fixtures import sha256
+
+    model = ov.Core().read_model(str(tiny_package / "model.onnx"))
+    ov.save_model(model, str(tiny_package / "model.xml"), compress_to_fp16=False)
+    data = json.loads((tiny_package / "model.json").read_text())
+    ir = {
+        "path": "model.xml",
+        "format": "openvino-ir",
+        "precision": "fp32",
+        "sha256": sha256((tiny_package / "model.xml").read_bytes()),
+        "weights_sha256": sha256((tiny_package / "model.bin").read_bytes()),
+    }
+    data["files"].insert(0, ir)
+    (tiny_package / "model.json").write_text(json.dumps(data))
+    return tiny_package
+
+
+def test_flipped_byte_in_ir_weights_is_refused(ir_package: Path) -> None:
+    from appliance.inference.backends.openvino import OpenVinoBackend
+
+    pkg = load_package(ir_package)
+    f = pkg.select_file(("openvino-ir",))
+    assert pkg.read_verified(f).startswith(b"<?xml")
+    assert len(pkg.read_weights(f)) == (ir_package / "model.bin").stat().st_size
+    loaded = OpenVinoBackend().load(pkg)  # the real back end reads the verified IR
+    assert loaded.file.format == "openvino-ir"
+    size = (ir_package / "model.bin").stat().st_size
+    with (ir_package / "model.bin").open("r+b") as fh:
+        fh.seek(size // 2)
+        byte = fh.read(1)
+        fh.seek(size // 2)
+        fh.write(bytes([byte[0] ^ 0x01]))
+    with pytest.raises(DigestMismatchError, match=r"model\.bin: sha256 is .*\(weights_sha256\)"):
+        pkg.read_verified(f)
+    with pytest.raises(DigestMismatchError, match=r"model\.bin"):
+        OpenVinoBackend().load(pkg)
+    (ir_package / "model.bin").unlink()
+    with pytest.raises(PackageError, match=r"model\.bin: cannot read model file"):
+        pkg.read_verified(f)
