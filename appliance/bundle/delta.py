@@ -13,8 +13,10 @@ self-contained (so downloads resume per chunk and each rebuilt chunk is verified
 The controls are bsdiff's: for each triple, ``add`` output bytes are ``R[pos:pos+add] + diff``
 (bytewise, mod 256), then ``copy`` bytes come verbatim from ``extra``, then ``pos += add +
 seek``. A chunk that is only identical 4 KiB blocks of the base is one control with an all-zero
-diff. Memory while applying: R (<= ``MAX_REFERENCE``) + the decompressed controls/diff/extra
-(<= 2 x chunk + controls) + the output chunk: O(chunk), whatever the image size.
+diff. R is never held whole: each ``add`` span is read from the base straight into the output
+buffer, then the diff is added in place. Memory while applying: the wire chunk + the decompressed
+controls/diff/extra (<= 2 x chunk + controls) + the output chunk: O(chunk), whatever the size
+of R (<= ``MAX_REFERENCE``) or of the image.
 
 Everything here is checked against the signed ``base.size`` and the chunk's length before it is
 used; the rebuilt chunk is then checked against its signed digest by the reader, before any
@@ -23,9 +25,11 @@ write (FORMAT.md, ARCHITECTURE Decisions 8 and 14).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +38,7 @@ from appliance.bundle.errors import BundleError, PolicyError
 METHOD = "ekdelta1"
 MAGIC = b"EKD1"
 BLOCK = 4096
-MAX_REFERENCE = 16 << 20  # bytes of base read for one chunk: the apply-memory budget's big term
+MAX_REFERENCE = 16 << 20  # bytes of base one chunk may refer to (read piecewise: not in memory)
 _HEAD = struct.Struct("<4sIII")
 _EXT = struct.Struct("<QI")
 _CTRL = struct.Struct("<IIq")
@@ -144,48 +148,81 @@ def _decompress(frame: bytes, limit: int, where: str) -> bytes:
     return bytes(out)
 
 
-def read_reference(fd: int, extents: list[Extent], where: str) -> bytearray:
-    """Concatenate the base extents (bounded by MAX_REFERENCE through parse_chunk).
+ReadAt = Callable[[int, memoryview], None]
+"""Fill the view with base bytes starting at the given base offset (raise if the base ends)."""
 
-    Read straight into one preallocated buffer: growing a bytearray would briefly hold twice R.
+
+def pread_into(fd: int, view: memoryview, offset: int, where: str) -> None:
+    """Fill ``view`` from ``fd`` at ``offset``; pread may return less than asked (loop)."""
+    done = 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got <= 0:  # 0 means the base ends early
+            raise DeltaBaseError(f"{where}: base ends before byte {offset + len(view)}")
+        done += got
+
+
+class _Reference:
+    """The chunk's reference R (its extents, concatenated) read piecewise, never held whole.
+
+    ``fill(pos, view)`` copies ``R[pos:pos+len(view)]`` straight from the base into the output
+    buffer, so apply memory does not depend on R's size (up to ``MAX_REFERENCE``).
     """
-    ref = bytearray(sum(e.length for e in extents))
-    view = memoryview(ref)
-    at = 0
-    for e in extents:
+
+    def __init__(self, extents: list[Extent], read_at: ReadAt) -> None:
+        self.extents = extents
+        self.starts: list[int] = []
+        total = 0
+        for e in extents:
+            self.starts.append(total)
+            total += e.length
+        self.length = total
+        self.read_at = read_at
+
+    def fill(self, pos: int, view: memoryview) -> None:
+        k = bisect.bisect_right(self.starts, pos) - 1
         done = 0
-        while done < e.length:  # pread may return less than asked; 0 means end of the base
-            got = os.preadv(fd, [view[at + done : at + e.length]], e.offset + done)
-            if got <= 0:
-                raise DeltaBaseError(f"{where}: base ends before byte {e.offset + e.length}")
-            done += got
-        at += e.length
-    return ref
+        while done < len(view):
+            ext = self.extents[k]
+            inside = pos + done - self.starts[k]
+            take = min(ext.length - inside, len(view) - done)
+            self.read_at(ext.offset + inside, view[done : done + take])
+            done += take
+            k += 1
 
 
-def apply_parsed(parsed: ParsedChunk, ref: bytes | bytearray, out_len: int, where: str) -> bytes:
-    """Run the controls over the reference ``ref`` (numpy adds the diff bytes)."""
+def apply_parsed(parsed: ParsedChunk, read_at: ReadAt, out_len: int, where: str) -> bytes:
+    """Run the controls, reading each ``add`` span of R from the base into the output.
+
+    The output buffer receives the reference bytes first, then numpy adds the diff bytes in
+    place: memory is the output chunk + the decompressed body, whatever R's size.
+    """
     import numpy as np
 
-    refa = np.frombuffer(ref, dtype=np.uint8)
+    ref = _Reference(parsed.extents, read_at)
+    out = bytearray(out_len)
+    view = memoryview(out)
+    outa = np.frombuffer(out, dtype=np.uint8)
     body = np.frombuffer(parsed.body, dtype=np.uint8)
-    out = np.empty(out_len, dtype=np.uint8)
+    extra = memoryview(parsed.body)
     pos, o, d, x = 0, 0, parsed.diff_start, parsed.extra_start
     for add, copy, seek in parsed.controls:
         if add:
-            if pos < 0 or pos + add > len(refa):
+            if pos < 0 or pos + add > ref.length:
                 raise DeltaError(
-                    f"{where}: control reads reference bytes {pos}+{add} of {len(refa)}"
+                    f"{where}: control reads reference bytes {pos}+{add} of {ref.length}"
                 )
-            np.add(refa[pos : pos + add], body[d : d + add], out=out[o : o + add])
+            ref.fill(pos, view[o : o + add])
+            span = outa[o : o + add]
+            np.add(span, body[d : d + add], out=span)
             d += add
             o += add
         if copy:
-            out[o : o + copy] = body[x : x + copy]
+            view[o : o + copy] = extra[x : x + copy]
             x += copy
             o += copy
         pos += add + seek
-    return out.tobytes()
+    return bytes(out)
 
 
 class BaseSlot:
@@ -223,8 +260,10 @@ class BaseSlot:
     def rebuild(self, wire: bytes, out_len: int, base_size: int, where: str) -> bytes:
         """One image chunk from one delta chunk (structure checked; digest is the caller's)."""
         parsed = parse_chunk(wire, out_len, base_size, where)
-        ref = read_reference(self._fd, parsed.extents, where)
-        return apply_parsed(parsed, ref, out_len, where)
+        fd = self._fd
+        return apply_parsed(
+            parsed, lambda off, view: pread_into(fd, view, off, where), out_len, where
+        )
 
     def close(self) -> None:
         """Close the descriptor (idempotent)."""

@@ -280,8 +280,12 @@ class DeltaEncoder:
     def _verify(self, wire: bytes, chunk: bytes, index: int) -> None:
         where = f"delta chunk {index}"
         parsed = parse_chunk(wire, len(chunk), len(self.base.data), where)
-        ref = b"".join(self.base.data[e.offset : e.offset + e.length] for e in parsed.extents)
-        if apply_parsed(parsed, ref, len(chunk), where) != chunk:
+        data = memoryview(self.base.data)
+
+        def read_at(offset: int, view: memoryview) -> None:
+            view[:] = data[offset : offset + len(view)]
+
+        if apply_parsed(parsed, read_at, len(chunk), where) != chunk:
             raise DeltaError(f"{where}: the encoded chunk does not rebuild the image (encoder bug)")
 
 
