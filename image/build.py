@@ -6,7 +6,9 @@ Stages and what their cache key hashes (a change re-runs the stage and everythin
 base       suite, mirror, variant, components, packages, hooks (or the tarball's digest)
 runtime    freeze's own key (appliance sources, installed versions, target), or --runtime
 slot       base key, runtime digest, model package digests, overlay files, device config,
-           keyring, slot size, UUID seed, epoch, builder code
+           keyring, slot size, UUID seed, epoch, builder code; with ``models.optimise`` the
+           packages are first optimised for the target (image.model_build, cached under
+           model/ by package digest, target, options, optimiser code) and the slot hashes those
 boot       grub.cfg, grubenv, GRUB modules and version, ESP size and volume id
 data       data tree, size, UUID seed, epoch
 disk       always assembled (sparse dd, seconds), then .bmap and a zstd copy
@@ -213,6 +215,7 @@ class Pipeline:
         )
         self.components: dict[str, Any] = {}
         self.partitions: dict[str, Any] = {}
+        self.model_detail = ""  # what _models() did (optimised variants), for the slot's line
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -366,10 +369,34 @@ class Pipeline:
         return rt.path, rt.digest
 
     def _models(self) -> dict[str, Path]:
-        return {
+        """The packages the slot holds: as given, or optimised for the target (image.model_build).
+
+        The slot key hashes these trees, so it includes the optimisation's result; the choice
+        is recorded in the manifest's components.
+        """
+        given = {
             "primary": self.loaded.resolve(self.recipe.models.primary),
             "fallback": self.loaded.resolve(self.recipe.models.fallback),
         }
+        self.model_detail = ""
+        if not self.recipe.models.optimise:
+            return given
+        from image.model_build import describe, optimised_package
+
+        out, lines = {}, []
+        for role in given:
+            start = self._stage(f"model:{role}", f"optimise for {self.recipe.target.name}")
+            model = optimised_package(self.loaded, role, self.cache)
+            result = StageResult(
+                f"model:{role}", model.cached, round(time.monotonic() - start, 2),
+                key=model.key, detail=describe(model),
+            )  # fmt: skip
+            self.observer.done(result)  # not a report stage: the slot stage's detail says it
+            self.components.setdefault("model_optimisation", {})[role] = model.summary
+            out[role] = model.path
+            lines.append(f"{describe(model)}{' (cached)' if model.cached else ''}")
+        self.model_detail = "; ".join(lines)
+        return out
 
     def stage_slot(self, base: rootfs.BaseRoot, runtime: Path, runtime_digest: str) -> Path:
         start = self._stage("slot", "root filesystem slot (ext4, no journal)")
@@ -403,7 +430,9 @@ class Pipeline:
             finally:
                 shutil.rmtree(tree, ignore_errors=True)
             self._commit(path, rootfs.file_digest(path))
-        self._done("slot", start, cached=hit, size=_allocated(path), key=key)
+        self._done(
+            "slot", start, cached=hit, size=_allocated(path), key=key, detail=self.model_detail
+        )
         return path
 
     def stage_boot(self) -> Path:

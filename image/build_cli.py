@@ -93,7 +93,7 @@ def build(
         # Each run gets its own slot/boot/data cache; base and runtime come from the shared one
         # (ARCHITECTURE Decision 11: the cached base is an input).
         scratch = Path(tempfile.mkdtemp(prefix=f"repro{n}-", dir=shared))
-        for kind in ("base", "freeze"):
+        for kind in ("base", "freeze", "model"):  # model: optimised packages are timed inputs
             (scratch / kind).symlink_to(shared / kind, target_is_directory=True)
         try:
             results.append(one(outdir / f"repro-{n}", scratch, f"build {n}/2"))

@@ -48,11 +48,23 @@ class Target(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     loader: Literal["grub-efi", "u-boot", "l4t"]
 
 
-class Models(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """Model package directories (model package format v1), relative to the recipe."""
+class Models(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """Model package directories (model package format v1), relative to the recipe.
+
+    ``optimise = true`` runs ``kiln model optimise`` for the recipe's target on both packages
+    before the slot stage (image/model_build.py): INT8 and reduced-precision variants measured on
+    the target's runtime, gated at ``max_accuracy_drop`` percentage points of top-1 below the
+    FP32 parent, then ``select`` picks what ships: the ``fastest`` passing variant, the
+    ``smallest`` one, or the ``fp32`` parent (the table is still measured and shipped).
+    Defaults are omitted from the recipe's canonical form, so a recipe without optimisation keeps
+    its digest.
+    """
 
     primary: str
     fallback: str
+    optimise: bool = False
+    max_accuracy_drop: float = 1.0
+    select: Literal["fastest", "smallest", "fp32"] = "fastest"
 
 
 class Partitions(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -352,6 +364,7 @@ def _fail(loaded: LoadedRecipe, dotted: str, message: str) -> RecipeError:
 def _check(loaded: LoadedRecipe, *, check_files: bool) -> None:
     _check_identity(loaded)
     _check_settings(loaded)
+    _check_models(loaded)
     _check_pipeline(loaded)
     _check_sizes(loaded, check_files=check_files)
 
@@ -414,6 +427,30 @@ def _check_settings(loaded: LoadedRecipe) -> None:
         raise _fail(
             loaded, "kernel.cmdline", "must not contain quotes, '$', ';', '`', '\\' or newlines"
         )
+
+
+MAX_ACCURACY_DROP_PP = 50.0
+_OPTIMISE_OPTIONS = ("max_accuracy_drop", "select")
+
+
+def _check_models(loaded: LoadedRecipe) -> None:
+    m = loaded.recipe.models
+    if not 0.0 <= m.max_accuracy_drop <= MAX_ACCURACY_DROP_PP:
+        raise _fail(
+            loaded,
+            "models.max_accuracy_drop",
+            f"{m.max_accuracy_drop} is not a top-1 drop in percentage points between 0 and "
+            f"{MAX_ACCURACY_DROP_PP:g} (1.0 means one point, e.g. 96.5 % -> 95.5 %)",
+        )
+    # Options without optimisation are a mistake, unless a file turned a base's optimisation off.
+    if not m.optimise and "models.optimise" not in loaded.provenance:
+        for name in _OPTIMISE_OPTIONS:
+            if f"models.{name}" in loaded.provenance:
+                raise _fail(
+                    loaded,
+                    f"models.{name}",
+                    "has no effect without models.optimise = true; set that or remove this",
+                )
 
 
 def _check_pipeline(loaded: LoadedRecipe) -> None:

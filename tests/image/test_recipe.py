@@ -80,6 +80,25 @@ def _write(recipe_dir: Path, text: str) -> Path:
         ('[rootfs]\nextra_packages = ["Bad Name"]\n', "rootfs.extra_packages", "Debian package"),
         ("[rootfs]\nextra_packages = [1]\n", "rootfs.extra_packages.0", "Expected `str`"),
         ("[health]\nbudget_factor = 0\n", "health.budget_factor", "between"),
+        ('[models]\nselect = "smallest"\n', "models.select", "no effect without models.optimise"),
+        ("[models]\nmax_accuracy_drop = 2.0\n", "models.max_accuracy_drop", "no effect without"),
+        (
+            "[models]\noptimise = true\nmax_accuracy_drop = 101\n",
+            "models.max_accuracy_drop",
+            "percentage points between 0 and 50",
+        ),
+        (
+            "[models]\noptimise = true\nmax_accuracy_drop = -0.5\n",
+            "models.max_accuracy_drop",
+            "and 50",
+        ),
+        (
+            '[models]\noptimise = true\nselect = "tiny"\n',
+            "models.select",
+            "use one of: fastest, smallest, fp32",
+        ),
+        ('[models]\noptimise = "yes"\n', "models.optimise", "Expected `bool`"),
+        ("[models]\noptimize = true\n", "models.optimize", "unknown field"),
     ],
 )
 def test_bad_recipe_names_file_and_field(
@@ -141,3 +160,26 @@ def test_qemu_profile_overrides_pipeline_and_budget(recipe_dir: Path) -> None:
     assert r.pipeline.source.startswith("npz:/opt/edgekiln/models/primary/reference.npz")
     assert r.health.budget_factor == 20.0
     assert "forward_to_console" in r.kernel.cmdline
+
+
+def test_model_optimisation_options(recipe_dir: Path) -> None:
+    plain = load_recipe(recipe_dir / "generic-x86-64.toml")
+    m = plain.recipe.models
+    assert (m.optimise, m.max_accuracy_drop, m.select) == (False, 1.0, "fastest")
+    # Defaults are left out of the canonical form: recipes without optimisation keep their digest.
+    assert set(plain.to_dict()["models"]) == {"primary", "fallback"}
+    path = _write(recipe_dir, "[models]\noptimise = true\nmax_accuracy_drop = 2\n")
+    loaded = load_recipe(path)
+    m = loaded.recipe.models
+    assert (m.optimise, m.max_accuracy_drop, m.select) == (True, 2.0, "fastest")
+    assert loaded.to_dict()["models"]["optimise"] is True
+    assert loaded.digest != plain.digest
+    # A child that turns optimisation off may inherit a base's options (they are inert then).
+    child = recipe_dir / "child.toml"
+    child.write_text('extends = "bad.toml"\n[models]\noptimise = false\n')
+    assert load_recipe(child).recipe.models.optimise is False
+
+
+def test_repo_openvino_recipe_asks_for_the_optimised_model() -> None:
+    m = load_recipe(RECIPES / "intel-openvino.toml", check_files=False).recipe.models
+    assert m.optimise and m.max_accuracy_drop == 1.0

@@ -1,0 +1,197 @@
+"""The builder's model step: ``[models] optimise = true`` puts the optimised package in the slot.
+
+Real inputs throughout: the real reference packages (recipes/models), the real optimiser on
+onnxruntime, the real slot stage (mke2fs -d), read back with debugfs, and the device's own
+self-test run on the package copied out of the slot image. The base root is a small tarball and
+the runtime a placeholder folder: neither is what this tests (tests/image/test_build.py builds
+those for real).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from appliance.inference.package import load_package
+from appliance.inference.selftest import run_selftest
+from image.build import Observer, Pipeline, StageResult
+from image.model_build import KIND, ModelStepError, model_key
+from image.recipe import load_recipe
+
+pytestmark = [pytest.mark.integration]
+REPO = Path(__file__).resolve().parents[2]
+KILN = Path(sys.executable).parent / "kiln"
+MINI = (
+    '[rootfs]\ntarball = "base.tar"\n\n'
+    "[partitions]\nrootfs_mib = 980\ndata_mib = 40\nboot_mib = 40\n"
+)
+
+
+class Recorder(Observer):
+    """Keeps every finished stage, including the model steps that are not report stages."""
+
+    def __init__(self) -> None:
+        self.results: dict[str, StageResult] = {}
+
+    def done(self, result: StageResult) -> None:
+        self.results[result.name] = result
+
+
+def _base_tarball(path: Path) -> None:
+    root = path.parent / "base-tree"
+    for d in ("boot", "etc/systemd/system", "usr/lib/systemd/system", "var/log"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    (root / "boot" / "vmlinuz-6.1.0-test-amd64").write_bytes(b"kernel")
+    (root / "boot" / "initrd.img-6.1.0-test-amd64").write_bytes(b"initrd")
+    (root / "etc" / "fstab").write_text("# fstab\n")
+    with tarfile.open(path, "w") as tar:
+        tar.add(root, arcname=".")
+
+
+@pytest.fixture(scope="module")
+def recipes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real recipes and reference packages; ``plain`` and ``opt`` (optimise, smallest) on top."""
+    top = tmp_path_factory.mktemp("recipes")
+    for toml in (REPO / "recipes").glob("*.toml"):
+        shutil.copy(toml, top / toml.name)
+    for name in ("inspect-primary", "inspect-fallback"):
+        shutil.copytree(REPO / "recipes" / "models" / name, top / "models" / name)
+    _base_tarball(top / "base.tar")
+    (top / "plain.toml").write_text('extends = "generic-x86-64.toml"\n' + MINI)
+    # "smallest" depends on file sizes only, so the selection is the same on every run.
+    (top / "opt.toml").write_text(
+        'extends = "plain.toml"\n[models]\noptimise = true\nselect = "smallest"\n'
+    )
+    return top
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def _slot(recipe: Path, cache: Path, out: Path) -> tuple[Pipeline, Recorder, Path]:
+    """Run the base and slot stages of ``recipe`` (runtime: a placeholder folder)."""
+    runtime = out / "runtime"
+    runtime.mkdir(parents=True, exist_ok=True)
+    (runtime / "appliance").write_text("placeholder\n")
+    rec = Recorder()
+    pipe = Pipeline(load_recipe(recipe), out, cache_dir=cache, observer=rec)
+    base = pipe.stage_base()
+    return pipe, rec, pipe.stage_slot(base, runtime, "runtime-digest")
+
+
+def _rdump(slot: Path, inside: str, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["debugfs", "-R", f"rdump {inside} {dest}", str(slot)], check=True, capture_output=True
+    )
+    return dest / Path(inside).name
+
+
+@pytest.fixture(scope="module")
+def built(
+    recipes: Path, cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, object]:
+    pipe, rec, slot = _slot(recipes / "opt.toml", cache, tmp_path_factory.mktemp("out"))
+    return {"pipe": pipe, "rec": rec, "slot": slot}
+
+
+def test_slot_holds_the_optimised_packages_and_the_device_accepts_them(
+    built: dict[str, object], tmp_path: Path
+) -> None:
+    slot, pipe, rec = built["slot"], built["pipe"], built["rec"]
+    assert isinstance(slot, Path) and isinstance(pipe, Pipeline) and isinstance(rec, Recorder)
+    for role in ("primary", "fallback"):
+        step = rec.results[f"model:{role}"]
+        assert not step.cached and step.key and f"{role}: " in step.detail
+        pkg_dir = _rdump(slot, f"/opt/edgekiln/models/{role}", tmp_path / role)
+        pkg = load_package(pkg_dir)
+        (f,) = pkg.manifest.files
+        # The smallest variant that passes the gate on onnxruntime is an INT8 QDQ ONNX.
+        assert (f.format, f.precision) == ("onnx", "int8")
+        assert f.path.startswith("model_int8") and not (pkg_dir / "model.onnx").exists()
+        table = json.loads((pkg_dir / "optimisation.json").read_text())
+        assert table["runtime"] == "onnxruntime" and table["selected"] in ("int8", "int8-u8s8")
+        chosen = next(v for v in table["variants"] if v["name"] == table["selected"])
+        assert chosen["passed"] and chosen["drop_pp"] <= 1.0 + 1e-9
+        assert chosen["size_bytes"] == min(v["size_bytes"] for v in table["variants"])
+        summary = pipe.components["model_optimisation"][role]
+        assert summary["selected"] == table["selected"] and summary["precision"] == "int8"
+        # The device's own self-test (reference split, sha256 of the file) passes on it.
+        report = run_selftest(pkg_dir, "onnxruntime")
+        assert report.passed, report.reasons
+        assert report.file == f.path
+    slot_stage = next(s for s in pipe.report.stages if s.name == "slot")
+    assert "primary: int8" in slot_stage.detail and "fallback: " in slot_stage.detail
+
+
+def test_model_step_is_cached_and_the_slot_key_follows_the_result(
+    built: dict[str, object], recipes: Path, cache: Path, tmp_path: Path
+) -> None:
+    first = built["pipe"]
+    assert isinstance(first, Pipeline)
+    pipe, rec, slot = _slot(recipes / "opt.toml", cache, tmp_path / "again")
+    assert rec.results["model:primary"].cached and rec.results["model:fallback"].cached
+    assert rec.results["slot"].cached and slot == built["slot"]
+    assert pipe.components["model_optimisation"] == first.components["model_optimisation"]
+    # Without optimisation the slot holds other model trees, so its key differs.
+    _, plain_rec, _ = _slot(recipes / "plain.toml", cache, tmp_path / "plain")
+    assert "model:primary" not in plain_rec.results
+    assert plain_rec.results["slot"].key != rec.results["slot"].key
+    # The model key follows the options and the package's bytes.
+    opt = load_recipe(recipes / "opt.toml")
+    pkg = recipes / "models" / "inspect-primary"
+    key = model_key(pkg, "generic-x86-64", opt.recipe.models)
+    assert rec.results["model:primary"].key == key
+    assert (cache / KIND / key / "package" / "model.json").is_file()
+    stricter = tmp_path / "strict.toml"
+    stricter.write_text(f'extends = "{recipes}/opt.toml"\n[models]\nmax_accuracy_drop = 0.5\n')
+    assert model_key(pkg, "generic-x86-64", load_recipe(stricter).recipe.models) != key
+    assert model_key(pkg, "intel-openvino", opt.recipe.models) != key
+    changed = Path(shutil.copytree(pkg, tmp_path / "changed"))
+    (changed / "provenance.txt").write_text("retrained\n")
+    assert model_key(changed, "generic-x86-64", opt.recipe.models) != key
+
+
+def test_plan_shows_the_model_step(built: dict[str, object], recipes: Path, cache: Path) -> None:
+    def plan(recipe: str, cache_dir: Path) -> str:
+        argv = [str(KILN), "build", str(recipes / recipe), "--plan", "--cache", str(cache_dir)]
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+    out = plan("opt.toml", cache)
+    assert '"optimise": true' in out and '"select": "smallest"' in out
+    assert "optimise for generic-x86-64 (top-1 drop <= 1 pp, select smallest)" in out
+    assert re.search(r"primary [0-9a-f]{12} \(cached\), fallback [0-9a-f]{12} \(cached\)", out)
+    assert re.search(r"primary [0-9a-f]{12} \(to run\)", plan("opt.toml", cache / "empty"))
+    assert "models as given (models.optimise = false)" in plan("plain.toml", cache)
+
+
+def test_bad_calibration_fails_the_build_naming_recipe_and_figures(
+    recipes: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "recipes"
+    shutil.copytree(recipes, bad, symlinks=True)
+    calib = bad / "models" / "inspect-fallback" / "calibration.npz"
+    with np.load(calib) as npz:
+        images, labels = npz["images"], npz["labels"]
+    # Constant grey frames: the activation ranges say nothing about real frames.
+    np.savez_compressed(calib, images=np.full_like(images, 128), labels=labels)
+    with pytest.raises(ModelStepError) as exc:
+        _slot(bad / "opt.toml", tmp_path / "cache", tmp_path / "out")
+    msg = str(exc.value)
+    assert msg.startswith(f"{bad / 'opt.toml'}: models.optimise: the fallback package fails")
+    assert "vs FP32 0.9609" in msg and "pp drop > 1.00 pp allowed" in msg
+    assert 'models.select = "fp32"' in msg
+    # The primary passed and is cached; nothing half-made of the fallback is left, and no slot.
+    entries = list((tmp_path / "cache" / KIND).iterdir())
+    assert len(entries) == 1 and (entries[0] / "complete").exists()
+    assert not (tmp_path / "cache" / "slot").exists()
