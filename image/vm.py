@@ -29,6 +29,15 @@ OVMF_CODE_NAMES = ("OVMF_CODE_4M.fd", "OVMF_CODE.fd")
 OVMF_VARS_NAMES = ("OVMF_VARS_4M.fd", "OVMF_VARS.fd")
 
 
+#: QEMU trace event emitted for each guest write request to a virtio-blk disk
+WRITE_EVENT = "virtio_blk_handle_write"
+SECTOR = 512
+_WRITE_LINE = re.compile(
+    WRITE_EVENT
+    + r" vdev 0x[0-9a-f]+ req 0x[0-9a-f]+ sector (?P<sector>\d+) nsectors (?P<count>\d+)\n"
+)
+
+
 class VmError(BuildError):
     """QEMU is missing, failed to start, or the guest did not do what was awaited."""
 
@@ -74,6 +83,10 @@ class VmConfig:
     #: CPU model. TCG's default (qemu64) lacks SSSE3/SSE4.x, which numpy 2 needs (the frozen
     #: runtime dies with "invalid opcode"); "max" offers every feature the accelerator has.
     cpu: str = "max"
+    #: record every guest write to the virtio disks (QEMU trace event
+    #: ``virtio_blk_handle_write``), so a test can act when the guest writes a given region
+    #: (e.g. cut power while it writes a partition) instead of guessing with sleeps
+    trace_writes: bool = False
 
     def __post_init__(self) -> None:
         if self.accel not in {"tcg", "kvm"}:
@@ -82,7 +95,13 @@ class VmConfig:
             raise VmError(f"cache: expected a QEMU cache mode (e.g. writeback), got {self.cache!r}")
 
 
-def qemu_command(config: VmConfig, disk: Path, vars_file: Path, serial_log: Path) -> list[str]:
+def qemu_command(
+    config: VmConfig,
+    disk: Path,
+    vars_file: Path,
+    serial_log: Path,
+    write_trace: Path | None = None,
+) -> list[str]:
     """The qemu-system-x86_64 argument list for ``config`` (pure: no side effects)."""
     code = _find_firmware(OVMF_CODE_NAMES)
     netdev = "user,id=net0"
@@ -111,7 +130,29 @@ def qemu_command(config: VmConfig, disk: Path, vars_file: Path, serial_log: Path
     if config.watchdog:
         # A hung guest must really reset: systemd drives this through RuntimeWatchdogSec.
         cmd += ["-device", "i6300esb", "-action", "watchdog=reset"]
+    if config.trace_writes and write_trace is not None:
+        cmd += ["-trace", f"enable={WRITE_EVENT},file={write_trace}"]
     return cmd
+
+
+@dataclass(frozen=True)
+class Write:
+    """One guest write request to a virtio disk: byte offset and length."""
+
+    offset: int
+    length: int
+
+    def overlap(self, start: int, end: int) -> int:
+        """Bytes of this write that fall in [start, end)."""
+        return max(0, min(self.offset + self.length, end) - max(self.offset, start))
+
+
+def parse_writes(text: str) -> list[Write]:
+    """The writes in QEMU's log-backend trace text (lines torn at the end are skipped)."""
+    return [
+        Write(int(m["sector"]) * SECTOR, int(m["count"]) * SECTOR)
+        for m in _WRITE_LINE.finditer(text)
+    ]
 
 
 class Vm:
@@ -129,6 +170,7 @@ class Vm:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="edgekiln-vm-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.serial_log = self.workdir / "serial.log"
+        self.write_trace = self.workdir / "writes.trace"
         self.vars_file = self.workdir / "OVMF_VARS.fd"
         shutil.copyfile(_find_firmware(OVMF_VARS_NAMES), self.vars_file)
         self.disk = self._prepare_disk()
@@ -155,7 +197,11 @@ class Vm:
         if self.running:
             raise VmError("the VM is already running")
         self._log_offset = self.serial_log.stat().st_size if self.serial_log.exists() else 0
-        cmd = qemu_command(self.config, self.disk, self.vars_file, self.serial_log)
+        # QEMU truncates the trace file at start: offsets into it are per power-on
+        self.write_trace.unlink(missing_ok=True)
+        cmd = qemu_command(
+            self.config, self.disk, self.vars_file, self.serial_log, self.write_trace
+        )
         stderr = (self.workdir / "qemu.stderr").open("ab")
         self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr)
         self.boots += 1
@@ -225,3 +271,51 @@ class Vm:
                     f"serial tail:\n{text[-2000:]}"
                 )
             time.sleep(0.2)
+
+    # -- disk writes (config.trace_writes) ----------------------------------------------------
+
+    def writes(self, since: int = 0) -> tuple[list[Write], int]:
+        """Guest writes of this power-on after trace offset ``since``, and the offset to pass next.
+
+        Only complete trace lines are returned (QEMU may be mid-line).
+        """
+        if not self.config.trace_writes:
+            raise VmError("writes are recorded only with VmConfig(trace_writes=True)")
+        try:
+            data = self.write_trace.read_bytes()[since:]
+        except FileNotFoundError:
+            return [], since
+        complete = data[: data.rfind(b"\n") + 1]
+        return parse_writes(complete.decode("ascii", "replace")), since + len(complete)
+
+    def trace_mark(self) -> int:
+        """The current end of the write trace: pass it as ``since`` to see only later writes."""
+        return self.writes()[1]
+
+    def wait_write(
+        self, start: int, end: int, timeout: float, *, min_bytes: int = 1, since: int = 0
+    ) -> int:
+        """Wait until the guest has written ``min_bytes`` into bytes [start, end) of its disks.
+
+        Counts writes after trace offset ``since`` (see :meth:`trace_mark`); returns the bytes
+        written there so far.
+        """
+        deadline = time.monotonic() + timeout
+        written, mark = 0, since
+        while True:
+            new, mark = self.writes(mark)
+            written += sum(w.overlap(start, end) for w in new)
+            if written >= min_bytes:
+                return written
+            if self.process is not None and self.process.poll() is not None:
+                raise VmError(
+                    f"QEMU exited (status {self.process.returncode}) after {written} of "
+                    f"{min_bytes} bytes were written to [{start}, {end})"
+                )
+            if time.monotonic() > deadline:
+                raise VmError(
+                    f"the guest wrote {written} of {min_bytes} bytes to disk bytes "
+                    f"[{start}, {end}) within {timeout:.0f} s; serial tail:\n"
+                    f"{self.console()[-2000:]}"
+                )
+            time.sleep(0.05)

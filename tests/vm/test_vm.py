@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from image.vm import Vm, VmConfig, VmError, qemu_command
+from image.vm import Vm, VmConfig, VmError, parse_writes, qemu_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -16,6 +17,9 @@ GRUB_CFG = """\
 set timeout=0
 insmod echo
 insmod sleep
+load_env
+set ek_probe=written-by-grub
+save_env ek_probe
 echo "EDGEKILN-VM-BOOTED"
 sleep 600
 """
@@ -36,7 +40,10 @@ def grub_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "configfile ($root)/grub/grub.cfg\n"
     )
     efi = work / "BOOTX64.EFI"
-    modules = ["part_gpt", "fat", "search", "search_label", "configfile", "normal", "echo", "sleep"]
+    modules = [
+        *("part_gpt", "fat", "search", "search_label", "configfile", "normal", "echo", "sleep"),
+        "loadenv",
+    ]
     _run(
         [
             "grub-mkimage",
@@ -60,6 +67,9 @@ def grub_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
         _run(["mmd", "-i", str(esp), directory], env=env)
     _run(["mcopy", "-i", str(esp), str(efi), "::/EFI/BOOT/BOOTX64.EFI"], env=env)
     _run(["mcopy", "-i", str(esp), str(cfg), "::/grub/grub.cfg"], env=env)
+    grubenv = work / "grubenv"
+    _run(["grub-editenv", str(grubenv), "create"])
+    _run(["mcopy", "-i", str(esp), str(grubenv), "::/grub/grubenv"], env=env)
     disk = work / "disk.img"
     with disk.open("wb") as handle:
         handle.truncate(48 * 1024 * 1024)
@@ -91,6 +101,49 @@ def test_boots_reads_console_and_survives_power_cut(grub_disk: Path, tmp_path: P
         assert vm.console(whole=True).count("EDGEKILN-VM-BOOTED") == 2
     # the overlay kept the base image untouched
     assert not (tmp_path / "disk.qcow2").exists() or grub_disk.stat().st_size == 48 * 1024 * 1024
+
+
+ESP = (2048 * 512, (2048 + 81920) * 512)  # the grub_disk's only partition, in bytes
+
+
+def test_write_trace_sees_the_guest_write_where_it_lands(grub_disk: Path, tmp_path: Path) -> None:
+    """GRUB's save_env rewrites grubenv in place: the trace shows writes inside the ESP only,
+    and the disk then holds the new variable (read back with mtools).
+
+    A raw copy, not a qcow2 overlay: firmware writes are not followed by a flush, and a killed
+    QEMU loses a qcow2 overlay's unflushed cluster map (not the raw file's data)."""
+    disk = tmp_path / "disk.img"
+    shutil.copyfile(grub_disk, disk)
+    config = VmConfig(disk=disk, memory_mb=256, cpus=1, trace_writes=True)
+    with Vm(config, workdir=tmp_path) as vm:
+        vm.start()
+        written = vm.wait_write(*ESP, timeout=120, min_bytes=1024)
+        vm.wait_for("EDGEKILN-VM-BOOTED", timeout=120)
+        writes, _ = vm.writes()
+        # nothing was written outside the ESP: waiting for such a write times out
+        with pytest.raises(VmError, match="within 1 s"):
+            vm.wait_write(0, ESP[0], timeout=1)
+        vm.power_cut()
+        assert written >= 1024
+        assert writes and all(w.overlap(*ESP) == w.length for w in writes), writes
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    text = subprocess.run(
+        ["mtype", "-i", f"{disk}@@{ESP[0]}", "::/grub/grubenv"],
+        check=True, capture_output=True, env=env,
+    ).stdout.decode()  # fmt: skip
+    assert "ek_probe=written-by-grub" in text
+
+
+def test_parse_writes_reads_qemu_log_lines_and_skips_torn_ones() -> None:
+    text = (
+        "virtio_blk_handle_write vdev 0x55d0c0a1b2c0 req 0x7f00 sector 4096 nsectors 8\n"
+        "12@1700000000.000001:virtio_blk_handle_write vdev 0x1 req 0x2 sector 10 nsectors 2\n"
+        "virtio_blk_handle_write vdev 0x1 req 0x2 sector 99 nsec"
+    )
+    writes = parse_writes(text)
+    assert [(w.offset, w.length) for w in writes] == [(4096 * 512, 4096), (5120, 1024)]
+    assert writes[0].overlap(4096 * 512 + 1024, 10**9) == 3072
+    assert writes[0].overlap(0, 4096 * 512) == 0
 
 
 def test_wait_for_times_out_with_console_tail(grub_disk: Path, tmp_path: Path) -> None:
