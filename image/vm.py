@@ -11,6 +11,7 @@ some hosts ``/dev/kvm`` exists but guests hang (see FINDINGS), so TCG is the saf
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from image.errors import BuildError
 
@@ -87,6 +89,8 @@ class VmConfig:
     #: ``virtio_blk_handle_write``), so a test can act when the guest writes a given region
     #: (e.g. cut power while it writes a partition) instead of guessing with sleeps
     trace_writes: bool = False
+    #: a USB 3 controller, so USB sticks can be plugged into the running VM (:meth:`Vm.plug_usb`)
+    usb: bool = False
 
     def __post_init__(self) -> None:
         if self.accel not in {"tcg", "kvm"}:
@@ -101,6 +105,7 @@ def qemu_command(
     vars_file: Path,
     serial_log: Path,
     write_trace: Path | None = None,
+    qmp_socket: Path | None = None,
 ) -> list[str]:
     """The qemu-system-x86_64 argument list for ``config`` (pure: no side effects)."""
     code = _find_firmware(OVMF_CODE_NAMES)
@@ -130,6 +135,10 @@ def qemu_command(
     if config.watchdog:
         # A hung guest must really reset: systemd drives this through RuntimeWatchdogSec.
         cmd += ["-device", "i6300esb", "-action", "watchdog=reset"]
+    if config.usb:
+        cmd += ["-device", "qemu-xhci,id=xhci"]
+    if qmp_socket is not None:
+        cmd += ["-qmp", f"unix:{qmp_socket},server=on,wait=off"]
     if config.trace_writes and write_trace is not None:
         cmd += ["-trace", f"enable={WRITE_EVENT},file={write_trace}"]
     return cmd
@@ -171,6 +180,8 @@ class Vm:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.serial_log = self.workdir / "serial.log"
         self.write_trace = self.workdir / "writes.trace"
+        self.qmp_socket = self.workdir / "qmp.sock"
+        self._plugged = 0
         self.vars_file = self.workdir / "OVMF_VARS.fd"
         shutil.copyfile(_find_firmware(OVMF_VARS_NAMES), self.vars_file)
         self.disk = self._prepare_disk()
@@ -199,8 +210,14 @@ class Vm:
         self._log_offset = self.serial_log.stat().st_size if self.serial_log.exists() else 0
         # QEMU truncates the trace file at start: offsets into it are per power-on
         self.write_trace.unlink(missing_ok=True)
+        self.qmp_socket.unlink(missing_ok=True)
         cmd = qemu_command(
-            self.config, self.disk, self.vars_file, self.serial_log, self.write_trace
+            self.config,
+            self.disk,
+            self.vars_file,
+            self.serial_log,
+            self.write_trace,
+            self.qmp_socket,
         )
         stderr = (self.workdir / "qemu.stderr").open("ab")
         self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr)
@@ -319,3 +336,61 @@ class Vm:
                     f"{self.console()[-2000:]}"
                 )
             time.sleep(0.05)
+
+    # -- QMP: hot-plug ------------------------------------------------------------------------
+
+    def qmp(
+        self, command: str, arguments: dict[str, object] | None = None, timeout: float = 60.0
+    ) -> object:
+        """Run one QMP command on the running VM; returns its ``return`` value."""
+        if not self.running:
+            raise VmError(f"QMP {command}: the VM is not running")
+        deadline = time.monotonic() + timeout
+        while not self.qmp_socket.exists():  # QEMU creates it while starting up
+            if time.monotonic() > deadline or not self.running:
+                raise VmError(f"QMP socket {self.qmp_socket} did not appear within {timeout:.0f} s")
+            time.sleep(0.05)
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(self.qmp_socket))
+            stream = sock.makefile("rwb")
+            _qmp_reply(stream)  # greeting
+            for name, args in (("qmp_capabilities", {}), (command, arguments or {})):
+                stream.write(json.dumps({"execute": name, "arguments": args}).encode() + b"\n")
+                stream.flush()
+                reply = _qmp_reply(stream)
+                if "error" in reply:
+                    raise VmError(f"QMP {name} {args}: {reply['error']}")
+            return reply.get("return")
+
+    def plug_usb(self, image: Path) -> str:
+        """Plug a raw image in as a read-only USB stick (needs ``VmConfig(usb=True)``); returns
+        the QEMU device id (for :meth:`unplug`)."""
+        if not self.config.usb:
+            raise VmError("USB hot-plug needs VmConfig(usb=True) (a USB controller)")
+        self._plugged += 1
+        node, device = f"stick{self._plugged}", f"usbstick{self._plugged}"
+        self.qmp(
+            "blockdev-add",
+            {
+                "driver": "raw",
+                "node-name": node,
+                "read-only": True,
+                "file": {"driver": "file", "filename": str(image), "read-only": True},
+            },
+        )
+        self.qmp(
+            "device_add", {"driver": "usb-storage", "bus": "xhci.0", "drive": node, "id": device}
+        )
+        return device
+
+
+def _qmp_reply(stream: Any) -> dict[str, Any]:
+    """The next QMP message that is not an asynchronous event."""
+    while True:
+        line = stream.readline()
+        if not line:
+            raise VmError("QMP: QEMU closed the connection")
+        message: dict[str, Any] = json.loads(line)
+        if "event" not in message:
+            return message

@@ -90,10 +90,20 @@ def grub_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_boots_reads_console_and_survives_power_cut(grub_disk: Path, tmp_path: Path) -> None:
-    with Vm(VmConfig(disk=grub_disk, overlay=True, memory_mb=256, cpus=1), workdir=tmp_path) as vm:
+    config = VmConfig(disk=grub_disk, overlay=True, memory_mb=256, cpus=1, usb=True)
+    stick = tmp_path / "stick.img"
+    stick.write_bytes(bytes(1024 * 1024))
+    with Vm(config, workdir=tmp_path) as vm:
         vm.start()
         vm.wait_for("EDGEKILN-VM-BOOTED", timeout=120)
+        # a USB stick plugged into the running machine (QMP) is a device of it
+        device = vm.plug_usb(stick)
+        peripherals = vm.qmp("qom-list", {"path": "/machine/peripheral"})
+        assert isinstance(peripherals, list)
+        assert device in {p["name"] for p in peripherals}, peripherals
         vm.power_cut()
+        with pytest.raises(VmError, match="not running"):
+            vm.plug_usb(stick)
         assert not vm.running
         vm.start()
         vm.wait_for("EDGEKILN-VM-BOOTED", timeout=120)
