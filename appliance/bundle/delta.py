@@ -118,7 +118,7 @@ def parse_chunk(wire: bytes, out_len: int, base_size: int, where: str) -> Parsed
         raise DeltaError(f"{where}: reference of {ref_total} bytes exceeds {MAX_REFERENCE}")
     if n_ctrl > out_len + 1:
         raise DeltaError(f"{where}: {n_ctrl} controls for {out_len} output bytes")
-    body = _decompress(wire[ext_end:], 2 * out_len + n_ctrl * _CTRL.size, where)
+    body = _decompress(memoryview(wire)[ext_end:], 2 * out_len + n_ctrl * _CTRL.size, where)
     diff_start = n_ctrl * _CTRL.size
     if len(body) < diff_start:
         raise DeltaError(f"{where}: control block truncated")
@@ -133,7 +133,7 @@ def parse_chunk(wire: bytes, out_len: int, base_size: int, where: str) -> Parsed
     return ParsedChunk(extents, controls, body, diff_start, diff_start + adds)
 
 
-def _decompress(frame: bytes, limit: int, where: str) -> bytes:
+def _decompress(frame: bytes | memoryview, limit: int, where: str) -> bytes:
     import zstandard
 
     try:
