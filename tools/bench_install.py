@@ -4,10 +4,12 @@ For each image size: a signed bundle (compression none, and zstd) is installed b
 installer (``appliance.ota.installer.install``) into an image file, in a child process whose
 peak RSS is read with wait4(); ``dd bs=1M conv=fsync`` writes the same image into another file
 in the same run.
-The install includes what dd does not: per-chunk sha256 verification, and the read-back of the
-slot from the medium (page cache dropped) with a whole-image sha256, overlapped with the write.
+The install includes what dd does not: per-chunk sha256 verification (on worker threads), and
+the read-back of the slot from the medium (O_DIRECT), compared with the verified chunks window by
+window while later windows are written; the "+sha256" rows also hash the re-read bytes (the
+whole-image digest as read back: one more sha256 pass).
 
-Usage: ``python tools/bench_install.py [--sizes 64,256] [--dir DIR]`` (sizes in MiB).
+Usage: ``python tools/bench_install.py [--sizes 64,256] [--repeat 5] [--dir DIR]`` (MiB).
 """
 
 from __future__ import annotations
@@ -36,13 +38,14 @@ from pathlib import Path
 from appliance.bundle import Keyring, Policy
 from appliance.ota.installer import install
 from appliance.slots.filestore import file_loader
-bundle, ring, state, slot_a, slot_b = sys.argv[1:6]
+bundle, ring, state, slot_a, slot_b, hashed = sys.argv[1:7]
 marks = {"start": time.perf_counter()}
 with open(bundle, "rb") as stream:
     install(stream, policy=Policy(Keyring.load(ring), "bench", "generic-x86-64", 0, None),
             loader=file_loader(Path(state)), booted="A",
             targets={"A": Path(slot_a), "B": Path(slot_b)},
-            trace=lambda point: marks.__setitem__(point, time.perf_counter()))
+            trace=lambda point: marks.__setitem__(point, time.perf_counter()),
+            hash_readback=hashed == "1")
 print(json.dumps({"write": marks["finished"] - marks["start"],
                   "read_back": marks["read-back"] - marks["finished"],
                   "total": marks["tried"] - marks["start"]}))
@@ -70,16 +73,16 @@ def image_file(path: Path, size: int) -> None:
 
 
 def bench(
-    root: Path, size_mib: int, compression: str, key: Ed25519PrivateKey, ring: Path
-) -> dict[str, float]:
+    root: Path, size_mib: int, compression: str, key: Ed25519PrivateKey, ring: Path, repeat: int
+) -> dict[str, dict[str, float]]:
     size = size_mib * MIB
     image = root / f"image-{size_mib}.img"
     if not image.exists():
         image_file(image, size)
     bundle = root / f"v2-{size_mib}-{compression}.bundle"
-    with bundle.open("wb") as out:
+    with bundle.open("wb") as stream:
         write_bundle(
-            out,
+            stream,
             key=key,
             product="bench",
             targets=["generic-x86-64"],
@@ -88,10 +91,13 @@ def bench(
             created=1_750_000_000,
             payloads=[PayloadSource.slot_image(image, compression=compression)],
         )
-    runs: dict[str, list[float]] = {"dd": [], "install": [], "write": [], "read_back": []}
-    rss = 0
-    for _ in range(REPEAT):  # alternate dd and install; medians below
-        for name in ("dd", "install"):
+    modes = ("compare", "compare+sha256")
+    runs: dict[str, list[float]] = {"dd": []}
+    for mode in modes:
+        runs |= {mode: [], f"{mode} read_back": []}
+    rss = {mode: 0 for mode in modes}
+    for _ in range(repeat):  # alternate dd and the installs; medians below
+        for name in ("dd", *modes):
             target = root / f"slot-{name}.img"
             target.unlink(missing_ok=True)
             with target.open("wb") as f:
@@ -113,21 +119,30 @@ def bench(
                     str(state),
                     str(root / "slot-a.img"),
                     str(target),
+                    "1" if name.endswith("sha256") else "0",
                 ]
             )
             phases = json.loads(out)
-            runs["install"].append(phases["total"])
-            runs["write"].append(phases["write"])
-            runs["read_back"].append(phases["read_back"])
-            rss = max(rss, peak)
-    result = {k: statistics.median(v) for k, v in runs.items()}
-    result["rss_mib"] = rss / MIB
-    return result
+            runs[name].append(phases["total"])
+            runs[f"{name} read_back"].append(phases["read_back"])
+            rss[name] = max(rss[name], peak)
+            target.unlink()
+    dd = statistics.median(runs["dd"])
+    return {
+        mode: {
+            "dd": dd,
+            "install": statistics.median(runs[mode]),
+            "read_back": statistics.median(runs[f"{mode} read_back"]),
+            "rss_mib": rss[mode] / MIB,
+        }
+        for mode in modes
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="64,256", help="image sizes in MiB")
+    parser.add_argument("--repeat", type=int, default=REPEAT, help="alternating runs per row")
     parser.add_argument("--dir", type=Path, default=None, help="where the files go (a real disk)")
     args = parser.parse_args()
     key = Ed25519PrivateKey.generate()
@@ -138,19 +153,22 @@ def main() -> int:
         ring.write_bytes(Keyring(version=1, keys=(TrustedKey.from_public_key(raw),)).to_bytes())
         (root / "slot-a.img").write_bytes(b"")
         print(
-            f"{'image':>8} {'payload':>8} {'dd s':>6} {'install s':>9} {'MiB/s':>6} "
-            f"{'rb tail s':>9} {'ratio':>6} {'peak RSS':>9}"
+            f"{'image':>8} {'payload':>8} {'read-back':>15} {'dd s':>6} {'install s':>9} "
+            f"{'MiB/s':>6} {'rb tail s':>9} {'ratio':>6} {'peak RSS':>9}",
+            flush=True,
         )
         for size in (int(s) for s in args.sizes.split(",")):
             for compression in ("none", "zstd"):
-                r = bench(root, size, compression, key, ring)
-                print(
-                    f"{size:>6}Mi {compression:>8} {r['dd']:6.2f} {r['install']:9.2f} "
-                    f"{size / r['install']:6.0f} {r['read_back']:9.2f} "
-                    f"{r['dd'] / r['install']:6.2f} {r['rss_mib']:7.1f}Mi"
-                )
+                for mode, r in bench(root, size, compression, key, ring, args.repeat).items():
+                    print(
+                        f"{size:>6}Mi {compression:>8} {mode:>15} {r['dd']:6.2f} "
+                        f"{r['install']:9.2f} {size / r['install']:6.0f} {r['read_back']:9.2f} "
+                        f"{r['dd'] / r['install']:6.2f} {r['rss_mib']:7.1f}Mi",
+                        flush=True,
+                    )
     print("ratio = dd time / install time (goal >= 0.9); rb tail = read-back left after the")
-    print(f"write (the rest overlaps it); medians of {REPEAT} alternating runs")
+    print(f"write (the rest overlaps it); medians of {args.repeat} alternating runs; load")
+    print(f"average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     return 0
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -45,6 +46,7 @@ from appliance.bundle.manifest import (
     Payload,
     parse_manifest,
 )
+from appliance.bundle.ordered import WORKERS, OrderedPipeline
 from appliance.bundle.sink import MemorySink, NullSink, Sink
 from appliance.bundle.writebehind import WriteBehind
 
@@ -322,45 +324,79 @@ class VerifiedBundle:
     ) -> None:
         """Read, verify (and decompress or rebuild) each chunk; hand only verified ones on.
 
-        A delta read without ``base`` (discarded or ``verify_all``) has only its wire digests
-        checked: its image digests need the base slot.
+        Full payloads are verified on worker threads (:mod:`appliance.bundle.ordered`) while
+        the next chunk is read; results reach ``writer`` in order, each only after it and all
+        before it were verified. A delta read without ``base`` (discarded or ``verify_all``)
+        has only its wire digests checked: its image digests need the base slot.
         """
         reader = self._reader
-        decompress = _zstd_decompressor() if p.compression == "zstd" else None
-        delta = p.kind == KIND_DELTA
-        base_size = p.base.size if p.base is not None else 0
-        chunk_size = self.manifest.chunk_size
-        total = p.image.size
+        check = _ChunkCheck(p, self.manifest.chunk_size, base)
+        # Delta chunks are rebuilt from the base slot one after another, in this thread.
+        pipeline: OrderedPipeline[tuple[int, bytes | None]] = OrderedPipeline(
+            0 if p.kind == KIND_DELTA else WORKERS
+        )
         offset = 0
-        for i, (wire, image_digest) in enumerate(zip(p.chunks, p.image.chunks, strict=True)):
-            data = reader.read_exact(wire.size, f"chunk {i} of {p.name}")
-            if hashlib.sha256(data).hexdigest() != wire.sha256:
+
+        def hand_on(results: Iterator[tuple[int, bytes | None]]) -> None:
+            nonlocal offset
+            for size, data in results:
+                if data is not None:
+                    writer.write(offset, data)
+                offset += size
+                if progress is not None and data is not None:
+                    progress(offset, p.image.size)
+
+        try:
+            for i, wire in enumerate(p.chunks):
+                try:
+                    data = reader.read_exact(wire.size, f"chunk {i} of {p.name}")
+                except Exception:
+                    hand_on(pipeline.drain())  # what was read before the break, in order
+                    raise
+                hand_on(pipeline.submit(check, i, data, reader.offset - wire.size))
+            hand_on(pipeline.drain())
+        finally:
+            pipeline.close()
+
+
+class _ChunkCheck:
+    """Verify one chunk of payload ``p``: wire digest, then the image bytes (thread-safe)."""
+
+    def __init__(self, p: Payload, chunk_size: int, base: BaseSlot | None) -> None:
+        self.p = p
+        self.chunk_size = chunk_size
+        self.base = base
+        self.base_size = p.base.size if p.base is not None else 0
+        self._local = threading.local()  # a zstd decompression context is not thread-safe
+
+    def __call__(self, i: int, data: bytes, at: int) -> tuple[int, bytes | None]:
+        """(image bytes this chunk covers, its verified bytes or None if not rebuilt)."""
+        p = self.p
+        wire, image_digest = p.chunks[i], p.image.chunks[i]
+        if hashlib.sha256(data).hexdigest() != wire.sha256:
+            raise ChunkDigestError(
+                f"payload {p.name!r} chunk {i} (bundle byte {at}) "
+                "does not match its signed sha256: corrupt or tampered; none of it was written"
+            )
+        expect = min(self.chunk_size, p.image.size - i * self.chunk_size)
+        if p.kind == KIND_DELTA:
+            if self.base is None:
+                return expect, None
+            data = self.base.rebuild(data, expect, self.base_size, f"{p.name} chunk {i}")
+            if hashlib.sha256(data).hexdigest() != image_digest:
                 raise ChunkDigestError(
-                    f"payload {p.name!r} chunk {i} (bundle byte {reader.offset - wire.size}) "
-                    "does not match its signed sha256: corrupt or tampered; none of it was written"
+                    f"payload {p.name!r} chunk {i} rebuilds to bytes that do not match its "
+                    "signed sha256: the base slot or the delta is damaged; nothing of it "
+                    "was written"
                 )
-            expect = min(chunk_size, total - offset)
-            if delta:
-                if base is None:
-                    offset += expect
-                    continue
-                data = base.rebuild(data, expect, base_size, f"{p.name} chunk {i}")
-                if hashlib.sha256(data).hexdigest() != image_digest:
-                    raise ChunkDigestError(
-                        f"payload {p.name!r} chunk {i} rebuilds to bytes that do not match its "
-                        "signed sha256: the base slot or the delta is damaged; nothing of it "
-                        "was written"
-                    )
-            elif decompress is not None:
-                data = decompress(data, expect, f"{p.name} chunk {i}")
-                if hashlib.sha256(data).hexdigest() != image_digest:
-                    raise ChunkDigestError(
-                        f"payload {p.name!r} chunk {i} decompresses to wrong bytes"
-                    )
-            writer.write(offset, data)
-            offset += expect
-            if progress is not None:
-                progress(offset, total)
+        elif p.compression == "zstd":
+            decompress = getattr(self._local, "decompress", None)
+            if decompress is None:
+                decompress = self._local.decompress = _zstd_decompressor()
+            data = decompress(data, expect, f"{p.name} chunk {i}")
+            if hashlib.sha256(data).hexdigest() != image_digest:
+                raise ChunkDigestError(f"payload {p.name!r} chunk {i} decompresses to wrong bytes")
+        return expect, data
 
 
 def _zstd_decompressor() -> Callable[[bytes, int, str], bytes]:

@@ -8,8 +8,9 @@ Order (each step durable before the next; ARCHITECTURE "Update flow"):
 4. payload chunks are verified and written through a :class:`~appliance.bundle.Sink`, which is
    flushed (fsync) at the end; ``finish()`` checks nothing unlisted follows. A ``delta``
    payload is rebuilt from the running slot, which is first checked against the signed base;
-5. the slot is read back from the medium (page cache dropped first) and its sha256 compared
-   with the manifest; this overlaps the write, window by window (:mod:`appliance.ota.readback`);
+5. the slot is read back from the medium (past the page cache) and compared with the verified
+   chunks; this overlaps the write, window by window (:mod:`appliance.ota.readback`); if the
+   writes were not sequential, the whole slot is re-read and hashed against the manifest;
 6. the install is recorded on data (the security floor rises only at commit), a keyring
    rotation in the bundle is applied;
 7. the loader is told to try the slot once.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -31,13 +31,12 @@ from typing import BinaryIO
 
 from appliance.bundle import FileSink, Policy, Sink, apply_keyring_update, open_bundle
 from appliance.ota.errors import NoImageError, ReadBackError, TargetError
-from appliance.ota.readback import ReadBackSink
+from appliance.ota.readback import ReadBackSink, read_back_sha256
 from appliance.slots.errors import InvalidTransition
 from appliance.slots.loader import Loader
 from appliance.slots.state import Slot, other
 
 log = logging.getLogger(__name__)
-READ_BLOCK = 1 << 20
 DEFAULT_TARGETS: Mapping[Slot, Path] = {
     "A": Path("/dev/disk/by-partlabel/rootfs_a"),
     "B": Path("/dev/disk/by-partlabel/rootfs_b"),
@@ -73,24 +72,23 @@ def _target_capacity(path: Path) -> int | None:
         os.close(fd)
 
 
-def read_back_sha256(path: Path, size: int) -> str:
-    """sha256 of the first ``size`` bytes of ``path``, read past the page cache where possible."""
-    digest = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+def _read_back(sink: ReadBackSink, path: Path, target: Slot, size: int, sha256: str) -> str:
+    """The slot's digest as read back; ReadBackError unless it is the signed image's."""
     try:
-        # The data was fsynced: dropping the clean cached pages makes this a read of the medium.
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        remaining, offset = size, 0
-        while remaining:
-            block = os.pread(fd, min(READ_BLOCK, remaining), offset)
-            if not block:
-                raise ReadBackError(f"{path}: ends at byte {offset}, the image has {size} bytes")
-            digest.update(block)
-            offset += len(block)
-            remaining -= len(block)
-    finally:
-        os.close(fd)
-    return digest.hexdigest()
+        # Normally re-read window by window during the write (each range equal to its verified
+        # chunks); if the writes did not allow that, one sha256 pass over the slot now.
+        covered = sink.checked(size)
+        digest = (sink.digest() or sha256) if covered else read_back_sha256(path, size)
+    except ReadBackError as exc:
+        raise ReadBackError(
+            f"slot {target}: {exc}: the medium may be failing; the slot stays marked bad"
+        ) from None
+    if digest != sha256:
+        raise ReadBackError(
+            f"slot {target} ({path}) reads back as sha256 {digest}, the signed image is "
+            f"{sha256}: the medium may be failing; the slot stays marked bad"
+        )
+    return digest
 
 
 def install(
@@ -105,8 +103,13 @@ def install(
     sink_factory: Callable[[Path], Sink] = FileSink,
     progress: Callable[[int, int], None] | None = None,
     trace: Trace = lambda point: None,
+    hash_readback: bool = False,
 ) -> InstallResult:
-    """Stream a bundle into the slot that is not ``booted`` and ask the loader to try it once."""
+    """Stream a bundle into the slot that is not ``booted`` and ask the loader to try it once.
+
+    The slot is re-read from the medium and compared with the verified chunks; with
+    ``hash_readback`` the re-read bytes are also hashed against the signed image digest.
+    """
     target = other(booted)
     state = loader.read()
     if state.committed != booted:
@@ -139,7 +142,7 @@ def install(
         loader.deactivate(target)
         trace("deactivated")
         keyring_bytes: bytes | None = None
-        sink = ReadBackSink(sink_factory(path), path)
+        sink = ReadBackSink(sink_factory(path), path, hash_readback=hash_readback)
         stack.callback(sink.close)
         for payload in manifest.payloads:
             if payload.kind in ("full", "delta"):
@@ -150,13 +153,7 @@ def install(
         trace("written")
         bundle.finish()
     trace("finished")
-    # Normally re-read window by window during the write; else one pass now.
-    digest = sink.digest(image.size) or read_back_sha256(path, image.size)
-    if digest != image.sha256:
-        raise ReadBackError(
-            f"slot {target} ({path}) reads back as sha256 {digest}, the signed image is "
-            f"{image.sha256}: the medium may be failing; the slot stays marked bad"
-        )
+    digest = _read_back(sink, path, target, image.size, image.sha256)
     trace("read-back")
     if data_dir is not None:
         from appliance.state import SlotRecord, record_installed

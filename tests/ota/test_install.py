@@ -55,6 +55,19 @@ def test_install_writes_verifies_and_tries_once(device: Device) -> None:
     assert device.boot() == ("A", "1.0.0")  # not committed: back to A
 
 
+def test_hash_readback_digests_the_slot_as_re_read(device: Device) -> None:
+    result = install(
+        io.BytesIO(device.bundle_v2),
+        policy=device.policy(),
+        loader=device.loader(),
+        booted="A",
+        targets=device.slots,
+        hash_readback=True,
+    )
+    assert result.image_sha256 == hashlib.sha256(device.v2).hexdigest() == digest(device.slots["B"])
+    assert device.loader().read() == BootState("A", "B", 1)
+
+
 def test_refused_bundle_leaves_slot_and_loader_untouched(device: Device) -> None:
     before = device.slots["B"].read_bytes()
     tampered = bytearray(device.bundle_v2)
