@@ -9,22 +9,30 @@ Image pairs are real journal-less ext4 slot images made with the project's repro
   v2b  numpy 2.1.3 + the fine-tuned model + a version file                       (model only)
   L1/L2 = v1/v2 plus the same ~250 MiB of extra files: a ~2x larger image, for RSS constancy
 
-Printed side by side, in one run: delta size (and % of full zstd -19), encode time, apply time,
-apply peak RSS (a fresh process; ru_maxrss of the child). Ours is measured end to end: a signed
+Printed side by side, in one run: delta size (and % of full zstd -19), encode time, apply wall
+and CPU time (medians), apply peak RSS (a fresh process; ru_maxrss of the child), and ours /
+xdelta3 -d apply-time ratios. Ours is measured end to end: a signed
 bundle, applied by ``open_bundle`` + ``stream_payload(base=BaseSlot)`` into a FileSink, every
 chunk verified before it is written.
 
-    .venv/bin/python tools/bench_delta.py                 # all pairs (bsdiff4 needs ~5 GB RAM)
-    .venv/bin/python tools/bench_delta.py --no-bsdiff     # skip bsdiff4 (slow: minutes)
+    .venv/bin/python tools/bench_delta.py                 # bsdiff4 on the model-only pair
+    .venv/bin/python tools/bench_delta.py --bsdiff both   # also on the upgrade (~7 GB RAM)
+    .venv/bin/python tools/bench_delta.py --bsdiff none --no-zstd --rounds 5   # quick
+
+Encodes (minutes each under load) are cached in CACHE/encoded, keyed by command and inputs
+(``--fresh`` re-encodes); every apply is measured again in each run, ``--rounds`` times,
+interleaved across methods so each round sees the same background load. Apply outputs are
+deleted as soon as they are checked; the cache holds the images and the encoded patches.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
-import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -114,16 +122,21 @@ def make_image(name: str, numpy: str, tuned: bool, version: str, extra: bool = F
     return out
 
 
-def measure(argv: list[str]) -> tuple[float, int]:
-    """(wall seconds, peak RSS bytes) of ``argv`` run as the only child of a fresh process."""
+def measure(argv: list[str]) -> dict[str, float]:
+    """Wall seconds, CPU seconds (user + sys) and peak RSS bytes of ``argv`` as a fresh child.
+
+    A small probe process runs ``argv`` as its only child and reports the child's rusage, so
+    the RSS is the command's own (``ru_maxrss`` of the child), not this bench's.
+    """
     probe = (
         "import resource,subprocess,sys,time;t=time.perf_counter();"
-        "subprocess.run(sys.argv[1:],check=True,stdout=subprocess.DEVNULL);"
-        "print(time.perf_counter()-t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+        "subprocess.run(sys.argv[1:],check=True,stdout=subprocess.DEVNULL);w=time.perf_counter()-t;"
+        "r=resource.getrusage(resource.RUSAGE_CHILDREN);"
+        "print(w, r.ru_utime + r.ru_stime, r.ru_maxrss)"
     )
     done = subprocess.run([PY, "-c", probe, *argv], check=True, capture_output=True, text=True)
-    secs, rss_kib = done.stdout.split()
-    return float(secs), int(rss_kib) * 1024
+    wall, cpu, rss_kib = done.stdout.split()
+    return {"wall": float(wall), "cpu": float(cpu), "rss": int(rss_kib) * 1024}
 
 
 APPLY = """
@@ -139,32 +152,122 @@ with open(bundle, "rb") as f, FileSink(out, create=True) as sink, BaseSlot(base)
 """
 
 
-def ours(old: Path, new: Path, work: Path) -> dict[str, float]:
-    """Encode a signed delta bundle, apply it in a fresh process, check the result."""
+def _key() -> tuple[object, str]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+    key = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"bench").digest())
+    return key, key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+
+
+def _encode_ours(old: Path, new: Path, patch: Path) -> None:
     from appliance.bundle import PayloadSource, write_bundle
 
-    key = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"bench").digest())
-    pub = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
-    bundle = work / "delta.bundle"
-    t = time.perf_counter()
-    with open(bundle, "wb") as handle:
-        write_bundle(handle, key=key, product="bench", targets=["generic-x86-64"],
+    key, _ = _key()
+    with open(patch, "wb") as handle, tempfile.TemporaryDirectory(dir=patch.parent) as spool:
+        write_bundle(handle, key=key, product="bench", targets=["generic-x86-64"],  # type: ignore[arg-type]
                      version="2.0.0", security_version=1, created=EPOCH,
-                     payloads=[PayloadSource.delta(new, old)], spool_dir=work)  # fmt: skip
-    encode = time.perf_counter() - t
-    out = work / "applied.img"
+                     payloads=[PayloadSource.delta(new, old)], spool_dir=Path(spool))  # fmt: skip
+
+
+class Method:
+    """One delta method: how to encode (cached), how to apply (always measured fresh)."""
+
+    def __init__(self, name: str, label: str) -> None:
+        self.name, self.label = name, label
+
+    def encode_argv(self, old: Path, new: Path, patch: Path) -> list[str] | None:
+        """The encode command, or None for ours (encoded in this process)."""
+        if self.name == "xdelta3":
+            return ["xdelta3", "-9", "-S", "djw", "-e", "-f", "-s", str(old), str(new), str(patch)]
+        if self.name == "zstd":
+            # --long=31 asks for a 2 GiB window: the decoder then refuses the frame unless it
+            # is given the same --long (or --memory); both sides say it.
+            return ["zstd", "-q", "-f", "-19", "-T2", "--long=31", f"--patch-from={old}", str(new),
+                    "-o", str(patch)]  # fmt: skip
+        if self.name == "bsdiff4":
+            code = "import bsdiff4,sys;bsdiff4.file_diff(*sys.argv[1:4])"
+            return [PY, "-c", code, str(old), str(new), str(patch)]
+        if self.name == "full":
+            return ["zstd", "-q", "-f", "-19", "-T2", str(new), "-o", str(patch)]
+        return None
+
+    def apply_argv(self, old: Path, patch: Path, out: Path) -> list[str]:
+        """The apply command (a fresh process, writes ``out``)."""
+        if self.name == "xdelta3":
+            return ["xdelta3", "-d", "-f", "-s", str(old), str(patch), str(out)]
+        if self.name == "zstd":
+            return ["zstd", "-q", "-f", "-d", "--long=31", f"--patch-from={old}", str(patch),
+                    "-o", str(out)]  # fmt: skip
+        if self.name == "bsdiff4":
+            code = "import bsdiff4,sys;bsdiff4.file_patch(*sys.argv[1:4])"
+            return [PY, "-c", code, str(old), str(out), str(patch)]
+        if self.name == "full":
+            return ["zstd", "-q", "-f", "-d", str(patch), "-o", str(out)]
+        return [PY, "-c", APPLY, str(patch), str(old), str(out), _key()[1]]
+
+
+OURS = Method("ours", "ours (ekdelta1 bundle)")
+METHODS = {
+    "xdelta3": Method("xdelta3", "xdelta3 -9 -S djw"),
+    "zstd": Method("zstd", "zstd -19 --long=31 --patch-from"),
+    "bsdiff4": Method("bsdiff4", "bsdiff4 (file_diff)"),
+}
+FULL = Method("full", "full zstd -19 -T2 (new image)")
+
+
+def _encoder_sources() -> str:
+    """A digest of our encoder's code: a cached ekdelta1 bundle is stale when it changes."""
+    h = hashlib.sha256()
+    for name in ("delta.py", "delta_encode.py", "writer.py", "manifest.py"):
+        h.update((ROOT / "appliance/bundle" / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def encode(m: Method, old: Path, new: Path, fresh: bool) -> tuple[Path, float, bool]:
+    """(patch file, encode seconds, reused from cache?) for ``old`` -> ``new`` with ``m``.
+
+    Encodes take minutes (zstd -19 --long, bsdiff4 on 384 MiB): they are cached under
+    CACHE/encoded, keyed by the command and both images' size and mtime (and our encoder's
+    source digest), so a re-run re-measures every apply and only re-encodes what changed.
+    """
+    enc_dir = CACHE / "encoded"
+    enc_dir.mkdir(parents=True, exist_ok=True)
+    patch = enc_dir / f"{m.name}-{old.stem}-{new.stem}.patch"
+    argv = m.encode_argv(old, new, patch)
+    ident = [argv or ["ours", _encoder_sources()]]
+    for p in (old, new):
+        st = p.stat()
+        ident.append([p.name, str(st.st_size), str(st.st_mtime_ns)])
+    key = hashlib.sha256(json.dumps(ident).encode()).hexdigest()
+    meta = patch.with_suffix(".json")
+    if not fresh and patch.exists() and meta.exists():
+        saved = json.loads(meta.read_text())
+        if saved.get("key") == key:
+            return patch, float(saved["encode"]), True
+    patch.unlink(missing_ok=True)
+    meta.unlink(missing_ok=True)
+    if argv is None:
+        t = time.perf_counter()
+        _encode_ours(old, new, patch)
+        secs = time.perf_counter() - t
+    else:
+        secs = measure(argv)["wall"]
+    meta.write_text(json.dumps({"key": key, "encode": secs}))
+    return patch, secs, False
+
+
+def apply(m: Method, old: Path, new: Path, patch: Path, work: Path) -> dict[str, float]:
+    """Apply once in a fresh process, check the output is the new image byte for byte."""
+    out = work / f"{m.name}.out"
     out.unlink(missing_ok=True)
-    secs, rss = measure([PY, "-c", APPLY, str(bundle), str(old), str(out), pub])
-    _same(out, new, "ours")
-    return {"size": bundle.stat().st_size, "encode": encode, "apply": secs, "rss": rss}
-
-
-def _same(a: Path, b: Path, who: str) -> None:
-    if _sha(a) != _sha(b):
-        raise SystemExit(f"{who}: applied image differs from the new image")
+    try:
+        r = measure(m.apply_argv(old, patch, out))
+        if _sha(out) != _sha(new):
+            raise SystemExit(f"{m.label}: applied image differs from the new image")
+    finally:
+        out.unlink(missing_ok=True)  # 384-640 MiB each: never left behind
+    return r
 
 
 def _sha(path: Path) -> str:
@@ -175,95 +278,128 @@ def _sha(path: Path) -> str:
     return h.hexdigest()
 
 
-def tool(name: str, old: Path, new: Path, work: Path) -> dict[str, float]:
-    """Encode and apply with a reference tool; apply measured as a fresh process."""
-    patch, out = work / f"{name}.patch", work / f"{name}.out"
-    for p in (patch, out):
-        p.unlink(missing_ok=True)
-    if name == "xdelta3":
-        enc = ["xdelta3", "-9", "-S", "djw", "-e", "-f", "-s", str(old), str(new), str(patch)]
-        dec = ["xdelta3", "-d", "-f", "-s", str(old), str(patch), str(out)]
-    elif name == "zstd":
-        enc = ["zstd", "-q", "-19", "-T2", "--long=31", f"--patch-from={old}", str(new), "-o",
-               str(patch)]  # fmt: skip
-        dec = ["zstd", "-q", "-d", "--long=31", f"--patch-from={old}", str(patch), "-o", str(out)]
-    elif name == "bsdiff4":
-        code = "import bsdiff4,sys;bsdiff4.file_diff(*sys.argv[1:4])"
-        enc = [PY, "-c", code, str(old), str(new), str(patch)]
-        dec = [PY, "-c", "import bsdiff4,sys;bsdiff4.file_patch(*sys.argv[1:4])",
-               str(old), str(out), str(patch)]  # fmt: skip
-    else:  # full zstd -19 of the new image
-        enc = ["zstd", "-q", "-19", "-T2", str(new), "-o", str(patch)]
-        dec = ["zstd", "-q", "-d", str(patch), "-o", str(out)]
-    encode, _ = measure(enc)
-    apply, rss = measure(dec)
-    _same(out, new, name)
-    return {"size": patch.stat().st_size, "encode": encode, "apply": apply, "rss": rss}
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def run_pair(methods: list[Method], old: Path, new: Path, rounds: int, fresh: bool,
+             work: Path) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Encode (cached) with each method, then apply all of them ``rounds`` times, interleaved.
+
+    Interleaving puts every method under the same background load in each round; the
+    per-method medians and the per-round ratios against xdelta3 are what the table reports.
+    """
+    results: dict[str, dict[str, float]] = {}
+    patches: dict[str, Path] = {}
+    for m in methods:
+        patch, secs, cached = encode(m, old, new, fresh)
+        patches[m.name] = patch
+        results[m.name] = {"size": patch.stat().st_size, "encode": secs, "cached": cached}
+        print(f"  encoded {m.label}: {patch.stat().st_size / MIB:.2f} MiB, {secs:.0f} s"
+              f"{' (cached)' if cached else ''}", flush=True)  # fmt: skip
+    runs: dict[str, list[dict[str, float]]] = {m.name: [] for m in methods}
+    for _ in range(rounds):
+        for m in methods:
+            runs[m.name].append(apply(m, old, new, patches[m.name], work))
+    for m in methods:
+        rs = runs[m.name]
+        results[m.name].update(
+            apply=_median([r["wall"] for r in rs]),
+            cpu=_median([r["cpu"] for r in rs]),
+            rss=max(r["rss"] for r in rs),
+        )
+    if "xdelta3" in runs and "ours" in runs:
+        pairs = list(zip(runs["ours"], runs["xdelta3"], strict=True))
+        results["ours"]["wall_ratio"] = _median([o["wall"] / x["wall"] for o, x in pairs])
+        results["ours"]["cpu_ratio"] = _median([o["cpu"] / x["cpu"] for o, x in pairs])
+    return results
+
+
+HEAD = ("| method | size | % of full zstd-19 | encode | apply (wall, median) | apply CPU "
+        "(median) | apply peak RSS |\n| --- | --- | --- | --- | --- | --- | --- |")  # fmt: skip
 
 
 def row(label: str, r: dict[str, float], full: float) -> str:
+    enc = f"{r['encode']:.0f} s" + (" (cached)" if r.get("cached") else "")
     return (
-        f"| {label} | {r['size'] / MIB:.2f} MiB | {100 * r['size'] / full:.1f}% | "
-        f"{r['encode']:.1f} s | {r['apply']:.2f} s | {r['rss'] / MIB:.1f} MiB |"
+        f"| {label} | {r['size'] / MIB:.2f} MiB | {100 * r['size'] / full:.1f}% | {enc} | "
+        f"{r['apply']:.2f} s | {r['cpu']:.2f} s | {r['rss'] / MIB:.1f} MiB |"
     )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--no-bsdiff", action="store_true", help="skip bsdiff4 (minutes, ~5 GB)")
+    ap.add_argument("--bsdiff", choices=["none", "model", "both"], default="model",
+                    help="pairs to run bsdiff4 on (~17x the image in RAM, minutes)")  # fmt: skip
+    ap.add_argument("--no-zstd", action="store_true", help="skip zstd --patch-from")
     ap.add_argument("--no-large", action="store_true", help="skip the 2x image (RSS constancy)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved applies per method")
+    ap.add_argument("--fresh", action="store_true", help="re-encode even if cached")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     v1 = make_image("v1", NUMPY["old"], False, "1.0.0")
     v2 = make_image("v2", NUMPY["new"], True, "2.0.0")
     v2b = make_image("v2b", NUMPY["old"], True, "2.0.0")
     work = CACHE / "work"
-    work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)  # outputs of older bench versions (GBs)
+    work.mkdir(parents=True)
     model_zst = len(__import__("zstandard").ZstdCompressor(level=19).compress(model_bytes(True)))
     print(f"images: {v1.stat().st_size / MIB:.0f} MiB ext4 (no journal); model 8 MiB, "
-          f"zstd -19: {model_zst / MIB:.2f} MiB")  # fmt: skip
-    # On a loaded 2-core machine zstd -19 of a whole image takes minutes: measured once (v2b),
-    # the denominator for both pairs (the two new images differ by ~60 MB of 384 MiB).
-    full = tool("full", v1, v2b, work)
-    print(row("full zstd -19 -T2 (v2b)", full, full["size"]), flush=True)
-    names = {"xdelta3": "xdelta3 -9 -S djw", "zstd": "zstd -19 --long=31 --patch-from",
-             "bsdiff4": "bsdiff4"}  # fmt: skip
-    plan = [("v1->v2b (model only)", v2b), ("v1->v2 (numpy 2.1.3->2.2.1 + model)", v2)]
-    all_results: dict[str, dict[str, dict[str, float]]] = {}
-    for i, (label, new) in enumerate(plan):
-        print(f"\n{label}\n")
-        print("| method | size | % of full zstd-19 | encode | apply | apply peak RSS |")
-        print("| --- | --- | --- | --- | --- | --- |", flush=True)
-        results = {"ours (ekdelta1 bundle)": ours(v1, new, work)}
-        print(row("ours (ekdelta1 bundle)", results["ours (ekdelta1 bundle)"], full["size"]))
-        for kind in ("xdelta3", "zstd"):
-            results[names[kind]] = tool(kind, v1, new, work)
-            print(row(names[kind], results[names[kind]], full["size"]), flush=True)
-        all_results[label] = results
-        mine = results["ours (ekdelta1 bundle)"]["size"]
-        best = min(r["size"] for n, r in results.items() if not n.startswith("ours"))
-        print(f"\nours / best other delta: {mine / best:.2f} (goal <= 1.0)")
-        if "model only" in label:
-            print(f"ours / changed model zstd-19: {mine / model_zst:.2f} (goal <= 1.1)")
-        if i == 0 and not args.no_large:  # same model-only change, larger image: flat RSS?
+          f"zstd -19: {model_zst / MIB:.2f} MiB; {os.cpu_count()} CPUs, "
+          f"load average at start {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+    # The denominator for both pairs: the full image compressed (the two new images differ
+    # by ~60 MB of 384 MiB; zstd -19 of a whole image takes minutes, so measured on v2b only).
+    full_r = run_pair([FULL], v1, v2b, 1, args.fresh, work)["full"]
+    full = full_r["size"]
+    print(HEAD.split("\n", maxsplit=1)[0] + "\n" + HEAD.split("\n")[1])
+    print(row(FULL.label + " (v2b)", full_r, full), flush=True)
+    plan = [("model", "v1 -> v2b (model only)", v2b),
+            ("upgrade", "v1 -> v2 (numpy 2.1.3 -> 2.2.1 + the model)", v2)]  # fmt: skip
+    chosen: dict[str, list[Method]] = {}
+    for kind, _label, _new in plan:
+        chosen[kind] = [OURS, METHODS["xdelta3"]]
+        if not args.no_zstd:
+            chosen[kind].append(METHODS["zstd"])
+        if args.bsdiff in ("both", kind):
+            chosen[kind].append(METHODS["bsdiff4"])
+    # Every encode first, cheapest and most wanted first; each is cached as soon as it ends,
+    # so an interrupted run resumes where it stopped.
+    order = sorted(
+        ((k, m, new) for k, _label, new in plan for m in chosen[k]),
+        key=lambda t: (["ours", "xdelta3", "zstd", "bsdiff4"].index(t[1].name), t[0] != "model"),
+    )
+    for _kind, m, new in order:
+        encode(m, v1, new, args.fresh)
+        print(f"  encoded {m.label}, {v1.stem} -> {new.stem}", flush=True)
+    for kind, label, new in plan:
+        methods = chosen[kind]
+        print(f"\n{label}\n", flush=True)
+        results = run_pair(methods, v1, new, args.rounds, args.fresh, work)
+        print(HEAD)
+        for m in methods:
+            print(row(m.label, results[m.name], full))
+        mine = results["ours"]
+        best = min((results[m.name]["size"], m.label) for m in methods if m is not OURS)
+        print(f"\nours / best other delta ({best[1]}): {mine['size'] / best[0]:.2f} (goal <= 1.0)")
+        if kind == "model":
+            print(f"ours / changed model zstd-19: {mine['size'] / model_zst:.2f} (goal <= 1.1)")
+        print(f"apply, ours / xdelta3 -d, median of {args.rounds} interleaved rounds: "
+              f"wall {mine['wall_ratio']:.2f}, CPU {mine['cpu_ratio']:.2f} (goal <= 1.0); "
+              f"ours verifies the base and every chunk, xdelta3 only its checksums")  # fmt: skip
+        print(f"apply peak RSS, ours: {mine['rss'] / MIB:.1f} MiB (goal <= 64 MiB)", flush=True)
+        if kind == "model" and not args.no_large:  # same change, ~2x larger image: flat RSS?
             l1 = make_image("L1", NUMPY["old"], False, "1.0.0", extra=True)
             l2 = make_image("L2b", NUMPY["old"], True, "2.0.0", extra=True)
-            large = ours(l1, l2, work)
-            rss = results["ours (ekdelta1 bundle)"]["rss"]
+            large = run_pair([OURS], l1, l2, 1, args.fresh, work)["ours"]
             print("\napply peak RSS vs image size (same model-only change): "
-                  f"{v1.stat().st_size / MIB:.0f} MiB image: {rss / MIB:.1f} MiB; "
+                  f"{v1.stat().st_size / MIB:.0f} MiB image: {mine['rss'] / MIB:.1f} MiB; "
                   f"{l1.stat().st_size / MIB:.0f} MiB image: {large['rss'] / MIB:.1f} MiB "
                   f"(apply {large['apply']:.2f} s, delta {large['size'] / MIB:.2f} MiB)",
                   flush=True)  # fmt: skip
-    if not args.no_bsdiff:  # last: minutes and ~17x the image in memory
-        r = tool("bsdiff4", v1, v2b, work)
-        mine = all_results[plan[0][0]]["ours (ekdelta1 bundle)"]["size"]
-        print(f"\nbsdiff4 on {plan[0][0]}:")
-        print(row("bsdiff4", r, full["size"]))
-        print(f"ours / bsdiff4: {mine / r['size']:.2f}", flush=True)
-    print(f"\n(peak RSS of a bare `{Path(PY).name} -c pass`: "
-          f"{measure([PY, '-c', 'pass'])[1] / MIB:.1f} MiB)")  # fmt: skip
-    _ = resource
+    shutil.rmtree(work, ignore_errors=True)
+    bare = measure([PY, "-c", "import numpy, zstandard, cryptography"])
+    print(f"\n(peak RSS of a bare `{Path(PY).name} -c 'import numpy, zstandard, cryptography'`: "
+          f"{bare['rss'] / MIB:.1f} MiB)")  # fmt: skip
 
 
 if __name__ == "__main__":
