@@ -69,6 +69,18 @@ class Runner:
     pre: Preprocessor
     post: Postprocessor
     budget: dict[str, float] = field(default_factory=dict)  # ms per stage, from model.json
+    identity: dict[str, object] = field(default_factory=dict)  # what every result names
+
+    def __post_init__(self) -> None:
+        # Built once per runner, not once per frame: these never change while it runs.
+        m = self.model
+        self.identity = {
+            "model": m.package.name,
+            "version": m.package.manifest.version,
+            "backend": m.backend,
+            "file": m.file.path,
+            "degraded": False,
+        }
 
 
 def load_runner(c: Candidate, options: BackendOptions, top: int = 3) -> Runner:

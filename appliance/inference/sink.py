@@ -1,21 +1,27 @@
-"""Result sinks: JSON lines into a file on the data partition (MQTT comes later).
+"""Result sinks: JSON lines into a file on the data partition, MQTT (mqtt_sink), or both.
 
 Whole lines are written to an O_APPEND file, so concurrent readers never see half a line
 except after a power cut (the last line may then be torn; readers skip a bad last line).
-Result lines are gathered for at most ``flush_every`` seconds (one write per batch instead of
-one syscall per frame at high frame rates); events are written at once. fsync runs at most
-once per ``fsync_every`` seconds: results are telemetry, not state.
+
+The frame path only encodes a record and appends it to an in-memory queue (a few us): a
+background thread writes the gathered lines every ``flush_every`` seconds and fsyncs at most
+once per ``fsync_every`` seconds (results are telemetry, not state), so a slow disk or an fsync
+never stalls a frame. Events are written at once, in order with the results before them.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Protocol
 
 import msgspec
 
+log = logging.getLogger(__name__)
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -37,8 +43,23 @@ class NullSink:
         pass
 
 
+class TeeSink:
+    """Publish every record to several sinks (e.g. the file on data and MQTT)."""
+
+    def __init__(self, sinks: list[Sink]) -> None:
+        self.sinks = sinks
+
+    def publish(self, record: dict[str, object]) -> None:
+        for sink in self.sinks:
+            sink.publish(record)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
 class JsonlSink:
-    """Append one JSON object per line to ``path``."""
+    """Append one JSON object per line to ``path``; writing happens on a background thread."""
 
     def __init__(
         self, path: Path | str, fsync_every: float = 1.0, flush_every: float = 0.05
@@ -48,30 +69,50 @@ class JsonlSink:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._fsync_every = fsync_every
         self._flush_every = flush_every
-        self._last_sync = self._last_flush = time.monotonic()
-        self._buffer = bytearray()
+        self._last_sync = time.monotonic()
+        # deque.append / popleft are atomic: the frame path takes no lock.
+        self._lines: deque[bytes] = deque()
+        self._write_lock = threading.Lock()  # one writer at a time keeps lines in order
+        self._closed = threading.Event()
+        self._thread = threading.Thread(
+            target=self._flusher, name=f"sink:{self.path.name}", daemon=True
+        )
+        self._thread.start()
 
     def publish(self, record: dict[str, object]) -> None:
-        self._buffer += _ENCODER.encode(record)
-        self._buffer += b"\n"
-        now = time.monotonic()
-        if record.get("type") == "event" or now - self._last_flush >= self._flush_every:
-            self.flush(now)
+        self._lines.append(_ENCODER.encode(record))
+        if record.get("type") == "event":
+            self.flush()
 
-    def flush(self, now: float | None = None) -> None:
-        """Write the gathered lines; fsync if the last one is older than ``fsync_every``."""
-        now = time.monotonic() if now is None else now
-        if self._buffer:
-            os.write(self._fd, self._buffer)
-            self._buffer.clear()
-        self._last_flush = now
-        if now - self._last_sync >= self._fsync_every:
-            os.fsync(self._fd)
-            self._last_sync = now
+    def _flusher(self) -> None:
+        while not self._closed.wait(self._flush_every):
+            try:
+                self.flush()
+            except OSError as exc:  # a full or failing disk must not kill the pipeline
+                log.warning("%s: cannot write results: %s", self.path, exc)
+
+    def flush(self) -> None:
+        """Write the gathered lines; fsync if the last fsync is older than ``fsync_every``."""
+        with self._write_lock:
+            if self._fd < 0:
+                return
+            lines = self._lines
+            batch = [lines.popleft() for _ in range(len(lines))]
+            if batch:
+                batch.append(b"")
+                os.write(self._fd, b"\n".join(batch))
+            now = time.monotonic()
+            if now - self._last_sync >= self._fsync_every:
+                os.fsync(self._fd)
+                self._last_sync = now
 
     def close(self) -> None:
-        if self._fd >= 0:
-            self.flush()
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
+        self._closed.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+        self.flush()
+        with self._write_lock:
+            if self._fd >= 0:
+                os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = -1

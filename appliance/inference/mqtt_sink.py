@@ -1,0 +1,257 @@
+"""MQTT sink: results and events as JSON to a broker, buffered on data while it is unreachable.
+
+Configured by the ``mqtt`` block of pipeline.json::
+
+    "mqtt": {"host": "broker.site.lan", "port": 1883, "topic": "edgekiln/cam-7",
+             "buffer_dir": "/data/edgekiln/mqtt-buffer", "buffer_max_mb": 64}
+
+Results go to ``<topic>/results`` and events to ``<topic>/events``, one JSON object per
+message, QoS 1 by default.
+
+The frame path only encodes a record and appends it to an in-memory queue. A worker thread
+moves records on:
+
+* **online, nothing buffered**: straight to paho (QoS 1, at most ``max_inflight`` unacknowledged
+  in flight); paho re-sends them itself after a reconnect;
+* **broker down** (or paho's queue full): appended to a :class:`TelemetryBuffer` on the data
+  partition: bounded, oldest dropped with a counter, survives a restart;
+* **back online**: the buffer is drained in order, a batch at a time; a batch is acknowledged on
+  disk only when the broker acknowledged every message of it. While anything is buffered, new
+  records join the end of the buffer, so the broker sees them in order.
+
+Delivery is at-least-once: after a crash or power cut the last unacknowledged batch is sent
+again. A kill -9 loses what was only in memory (at most ``flush_s`` of results plus paho's
+queue); ``close()`` loses nothing: what the broker did not acknowledge is written to the buffer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from appliance.inference.errors import ConfigError
+from appliance.inference.telemetry_buffer import Cursor, TelemetryBuffer
+
+log = logging.getLogger(__name__)
+_ENCODER = msgspec.json.Encoder()
+_RESULT, _EVENT = b"r", b"e"  # first byte of a buffered line: which sub-topic
+
+
+class MqttConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """The ``mqtt`` block of pipeline.json."""
+
+    host: str
+    port: int = 1883
+    topic: str = "edgekiln"
+    client_id: str = ""  # "" lets paho pick one
+    qos: int = 1
+    keepalive: int = 30
+    username: str | None = None
+    password: str | None = None
+    buffer_dir: str = "/data/edgekiln/mqtt-buffer"
+    buffer_max_mb: float = 64.0
+    reconnect_max_s: int = 30  # paho's reconnect backoff ceiling, whole seconds
+    max_inflight: int = 20
+
+    def check(self) -> None:
+        """Refuse values paho would only reject later (or silently misuse)."""
+        problems = []
+        if not 0 < self.port < 65536:
+            problems.append(f"port {self.port} is not 1..65535")
+        if self.qos not in (0, 1):
+            problems.append(f"qos {self.qos} is not 0 or 1")
+        if not self.topic or any(c in self.topic for c in "#+"):
+            problems.append(f"topic {self.topic!r} must be non-empty without wildcards")
+        if self.buffer_max_mb < 1:
+            problems.append(f"buffer_max_mb {self.buffer_max_mb} is below 1")
+        if self.max_inflight < 1 or self.keepalive < 5 or self.reconnect_max_s < 1:
+            problems.append("max_inflight >= 1, keepalive >= 5 and reconnect_max_s >= 1 are needed")
+        if problems:
+            raise ConfigError("pipeline config: mqtt: " + "; ".join(problems))
+
+
+class MqttSink:
+    """Publish records to MQTT; buffer them on disk while the broker cannot be reached."""
+
+    def __init__(self, cfg: MqttConfig, *, flush_s: float = 0.05, batch: int = 64) -> None:
+        cfg.check()
+        try:
+            from paho.mqtt import client as mqtt
+            from paho.mqtt.enums import CallbackAPIVersion
+        except ImportError as exc:
+            raise ConfigError(
+                f"pipeline config: mqtt: paho-mqtt is not installed ({exc}); "
+                "install edgekiln's 'mqtt' extra or remove the mqtt block"
+            ) from None
+
+        self.cfg = cfg
+        self._mqtt = mqtt
+        self._flush_s = flush_s
+        self._batch_size = batch
+        self._topics = {_RESULT: f"{cfg.topic}/results", _EVENT: f"{cfg.topic}/events"}
+        max_bytes = int(cfg.buffer_max_mb * (1 << 20))
+        self.buffer = TelemetryBuffer(
+            Path(cfg.buffer_dir), max_bytes=max_bytes, segment_bytes=min(1 << 20, max_bytes // 4)
+        )
+        self._incoming: deque[bytes] = deque()  # append/popleft are atomic: no lock on frames
+        self._direct: deque[tuple[Any, bytes]] = deque()  # (MQTTMessageInfo, line) not yet acked
+        self._draining: tuple[Cursor, int, list[Any]] | None = None
+        self._connected = threading.Event()
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self.published = 0  # messages the broker acknowledged
+        self._steps = 0  # completed worker steps (flush waits for one to start after it)
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=cfg.client_id, protocol=mqtt.MQTTv311
+        )
+        if cfg.username is not None:
+            client.username_pw_set(cfg.username, cfg.password)
+        client.max_inflight_messages_set(cfg.max_inflight)
+        # Beyond this paho refuses (MQTT_ERR_QUEUE_SIZE) and the record goes to the disk buffer.
+        client.max_queued_messages_set(cfg.max_inflight * 5)
+        client.reconnect_delay_set(1, cfg.reconnect_max_s)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.connect_async(cfg.host, cfg.port, cfg.keepalive)
+        client.loop_start()  # paho's network thread; it reconnects by itself
+        self._client = client
+        self._thread = threading.Thread(target=self._run, name="mqtt-sink", daemon=True)
+        self._thread.start()
+
+    # --- paho callbacks (network thread) -------------------------------------------------
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            log.warning(
+                "mqtt %s:%d refused the connection: %s", self.cfg.host, self.cfg.port, reason
+            )
+            return
+        log.info("mqtt connected to %s:%d", self.cfg.host, self.cfg.port)
+        self._connected.set()
+        self._wake.set()
+
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        if self._connected.is_set():
+            log.warning(
+                "mqtt %s:%d lost (%s); buffering on disk", self.cfg.host, self.cfg.port, reason
+            )
+        self._connected.clear()
+
+    # --- the frame path ------------------------------------------------------------------
+
+    def publish(self, record: dict[str, object]) -> None:
+        kind = _EVENT if record.get("type") == "event" else _RESULT
+        self._incoming.append(kind + _ENCODER.encode(record))
+        if kind is _EVENT:
+            self._wake.set()
+
+    # --- the worker ----------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def _run(self) -> None:
+        while True:
+            closing = self._closing.is_set()
+            try:
+                self._step()
+            except Exception:  # a full disk must not stop the worker: keep trying
+                log.exception("mqtt sink: step failed")
+            self._steps += 1
+            if closing:
+                return
+            self._wake.wait(self._flush_s)
+            self._wake.clear()
+
+    def _step(self) -> None:
+        """Move records: incoming -> broker or buffer; buffer -> broker; acknowledge batches."""
+        self._reap_direct()
+        if self._direct and not self._connected.is_set():
+            # Keep the order on disk: what was in flight when the link went comes first. paho
+            # also re-sends these after the reconnect (at-least-once: duplicates, no loss).
+            self.buffer.append([line for _info, line in self._direct])
+            self._direct.clear()
+        lines = [self._incoming.popleft() for _ in range(len(self._incoming))]
+        if lines:
+            if self._connected.is_set() and self._draining is None and self.buffer.empty():
+                lines = self._send_direct(lines)
+            if lines:
+                self.buffer.append(lines)
+        self._drain()
+
+    def _send_direct(self, lines: list[bytes]) -> list[bytes]:
+        """Hand ``lines`` to paho; return those it refused (queue full, connection gone)."""
+        mqtt = self._mqtt
+        for i, line in enumerate(lines):
+            info = self._client.publish(self._topics[line[:1]], line[1:], qos=self.cfg.qos)
+            if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+                return lines[i:]
+            self._direct.append((info, line))  # NO_CONN: paho keeps it and sends on reconnect
+        return []
+
+    def _reap_direct(self) -> None:
+        while self._direct and self._direct[0][0].is_published():
+            self._direct.popleft()
+            self.published += 1
+
+    def _drain(self) -> None:
+        if self._draining is not None:
+            cursor, count, infos = self._draining
+            if not all(i.is_published() for i in infos):
+                return  # paho re-sends them after a reconnect; wait for the acknowledgements
+            self.buffer.ack(cursor, count)
+            self.published += count
+            self._draining = None
+        if not self._connected.is_set() or self.buffer.empty():
+            return
+        records, cursor = self.buffer.peek(self._batch_size)
+        infos = []
+        for line in records:
+            infos.append(self._client.publish(self._topics[line[:1]], line[1:], qos=self.cfg.qos))
+        self._draining = (cursor, len(records), infos)
+        self._wake.set()  # come back soon: the acknowledgements take one round trip
+
+    # --- shutting down -------------------------------------------------------------------
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until nothing is in memory or in flight (True), or ``timeout`` passed (False)."""
+        deadline = time.monotonic() + timeout
+        # A step that started after this call has taken everything published before it.
+        first = self._steps + 2
+        while time.monotonic() < deadline:
+            idle = not self._incoming and not self._direct and self._draining is None
+            if (
+                self._steps >= first
+                and idle
+                and (not self._connected.is_set() or self.buffer.empty())
+            ):
+                return True
+            self._wake.set()
+            time.sleep(0.01)
+        return False
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Deliver what can be delivered within ``timeout``; buffer the rest on disk."""
+        if self._connected.is_set():
+            self.flush(timeout)
+        self._closing.set()
+        self._wake.set()
+        self._thread.join()
+        self._reap_direct()
+        # What paho holds but the broker never acknowledged goes to disk: a restart sends it.
+        unacked = [line for info, line in self._direct if not info.is_published()]
+        self._direct.clear()
+        if unacked:
+            self.buffer.append(unacked)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self.buffer.close()

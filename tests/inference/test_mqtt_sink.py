@@ -1,0 +1,238 @@
+"""The MQTT sink against a real mosquitto broker: online, outages, restarts, a full buffer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from appliance.inference.errors import ConfigError
+from appliance.inference.mqtt_sink import MqttConfig, MqttSink
+from appliance.inference.pipeline import Pipeline, PipelineConfig, load_config
+from tests.inference.mqtt_broker import Broker, Subscriber
+
+pytestmark = pytest.mark.integration
+TOPIC = "edgekiln/test-cam"
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    b = Broker(tmp_path / "broker")
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def subscriber(broker: Broker) -> Iterator[Subscriber]:
+    s = Subscriber(broker.port, TOPIC)
+    yield s
+    s.close()
+
+
+def config(broker: Broker, tmp_path: Path, **kw: object) -> MqttConfig:
+    return MqttConfig(
+        host="127.0.0.1",
+        port=broker.port,
+        topic=TOPIC,
+        buffer_dir=str(tmp_path / "data" / "mqtt-buffer"),
+        reconnect_max_s=1,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def wait_for(cond: object, timeout: float = 20.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():  # type: ignore[operator]
+            return
+        time.sleep(0.02)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def result(i: int, pad: int = 0) -> dict[str, object]:
+    return {"type": "result", "frame": i, "top": [{"label": "ok", "score": 0.9}], "pad": "x" * pad}
+
+
+def test_results_and_events_reach_the_broker_as_json_in_order(
+    broker: Broker, subscriber: Subscriber, tmp_path: Path
+) -> None:
+    sink = MqttSink(config(broker, tmp_path))
+    wait_for(lambda: sink.connected, what="the sink to connect")
+    for i in range(100):
+        sink.publish(result(i))
+    sink.publish({"type": "event", "kind": "degraded", "reason": "x", "alert": True})
+    assert subscriber.wait_frames(100) == list(range(100))
+    wait_for(lambda: any(t.endswith("/events") for t, _ in subscriber.messages), what="event")
+    topic, event = next(m for m in subscriber.messages if m[0].endswith("/events"))
+    assert topic == f"{TOPIC}/events" and event["kind"] == "degraded"
+    first = next(m for t, m in subscriber.messages if t == f"{TOPIC}/results")
+    assert first == json.loads(json.dumps(result(0)))
+    sink.close()
+    assert sink.published == 101
+    assert sink.buffer.empty() and sink.buffer.dropped == 0
+
+
+def test_broker_down_buffers_on_disk_and_drains_in_order_when_it_returns(
+    broker: Broker, subscriber: Subscriber, tmp_path: Path
+) -> None:
+    broker.stop()
+    sink = MqttSink(config(broker, tmp_path))
+    for i in range(300):
+        sink.publish(result(i))
+    assert sink.flush()
+    assert len(sink.buffer) == 300 and not sink.connected
+    segments = list((tmp_path / "data" / "mqtt-buffer").glob("seg-*.log"))
+    assert sum(p.read_bytes().count(b"\n") for p in segments) == 300
+    broker.start()
+    assert subscriber.wait_frames(300) == list(range(300))
+    wait_for(sink.buffer.empty, what="the buffer to empty")
+    sink.close()
+
+
+def test_outage_mid_stream_keeps_order_and_loses_nothing(
+    broker: Broker, subscriber: Subscriber, tmp_path: Path
+) -> None:
+    sink = MqttSink(config(broker, tmp_path))
+    wait_for(lambda: sink.connected, what="the sink to connect")
+    for i in range(100):
+        sink.publish(result(i))
+    subscriber.wait_frames(100)
+    broker.stop()
+    wait_for(lambda: not sink.connected, what="the sink to notice")
+    for i in range(100, 200):
+        sink.publish(result(i))
+        time.sleep(0.001)
+    assert sink.flush()
+    assert len(sink.buffer) >= 100
+    broker.start()
+    for i in range(200, 300):  # frames keep coming while the backlog drains
+        sink.publish(result(i))
+        time.sleep(0.001)
+    assert subscriber.wait_frames(300) == list(range(300))
+    sink.close()
+    assert sink.buffer.empty()
+
+
+def test_the_buffer_survives_a_killed_device_process(
+    broker: Broker, subscriber: Subscriber, tmp_path: Path
+) -> None:
+    broker.stop()
+    cfg = config(broker, tmp_path)
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from appliance.inference.mqtt_sink import MqttConfig, MqttSink
+        sink = MqttSink(MqttConfig(host="127.0.0.1", port={cfg.port}, topic="{TOPIC}",
+                                   buffer_dir="{cfg.buffer_dir}", reconnect_max_s=1))
+        for i in range(50):
+            sink.publish({{"type": "result", "frame": i}})
+        assert sink.flush()
+        sink.buffer.sync()  # the periodic fsync would do this within a second
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], check=False, capture_output=True, timeout=60
+    )
+    assert proc.returncode == -9, proc.stderr.decode()
+    broker.start()
+    sink = MqttSink(cfg)  # the restarted agent
+    assert subscriber.wait_frames(50) == list(range(50))
+    sink.close()
+
+
+def test_a_full_buffer_drops_the_oldest_and_counts_them(
+    broker: Broker, subscriber: Subscriber, tmp_path: Path
+) -> None:
+    broker.stop()
+    sink = MqttSink(config(broker, tmp_path, buffer_max_mb=1))
+    total = 2000  # ~1.1 KB each: about twice the 1 MiB buffer
+    for i in range(total):
+        sink.publish(result(i, pad=1000))
+    assert sink.flush()
+    dropped = sink.buffer.dropped
+    assert dropped > 0 and dropped + len(sink.buffer) == total
+    broker.start()
+    kept = total - dropped
+    assert subscriber.wait_frames(kept) == list(range(dropped, total))
+    sink.close()
+    assert (
+        json.loads((tmp_path / "data" / "mqtt-buffer" / "state.json").read_bytes())["dropped"]
+        == dropped
+    )
+
+
+def test_close_buffers_what_the_broker_did_not_acknowledge(tmp_path: Path) -> None:
+    # Nothing listens on this port: every record must end up on disk, none in memory only.
+    broker = Broker(tmp_path / "never-started")
+    sink = MqttSink(config(broker, tmp_path))
+    for i in range(20):
+        sink.publish(result(i))
+    sink.close()
+    again = MqttSink(config(broker, tmp_path))
+    records, _ = again.buffer.peek(100)
+    assert [json.loads(r[1:])["frame"] for r in records] == list(range(20))
+    again.close()
+
+
+def test_pipeline_publishes_its_results_over_mqtt(
+    broker: Broker, subscriber: Subscriber, tiny_package: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "pipeline.json"
+    path.write_text(
+        json.dumps(
+            {
+                "model": str(tiny_package),
+                "source": f"npz:{tiny_package}/reference.npz",
+                "sink": str(tmp_path / "results.jsonl"),
+                "mqtt": {
+                    "host": "127.0.0.1",
+                    "port": broker.port,
+                    "topic": TOPIC,
+                    "buffer_dir": str(tmp_path / "buf"),
+                    "reconnect_max_s": 1,
+                },
+            }
+        )
+    )
+    cfg = load_config(path)
+    pipe = Pipeline(cfg)
+    wait_for(lambda: pipe.sink.sinks[1].connected, what="the sink to connect")  # type: ignore[attr-defined]
+    stats = pipe.run()
+    assert subscriber.wait_frames(stats.frames) == list(range(stats.frames))
+    wait_for(lambda: any(m.get("kind") == "loaded" for _, m in subscriber.messages), what="event")
+    file_lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert sum(json.loads(x)["type"] == "result" for x in file_lines) == stats.frames
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ({"host": "h", "qos": 2}, "qos 2 is not 0 or 1"),
+        ({"host": "h", "port": 0}, "port 0"),
+        ({"host": "h", "topic": "a/#"}, "without wildcards"),
+        ({"host": "h", "buffer_max_mb": 0.5}, "buffer_max_mb"),
+        ({"port": 1883}, "host"),
+        ({"host": "h", "colour": "red"}, "colour"),
+    ],
+)
+def test_bad_mqtt_blocks_are_refused_naming_the_file(
+    tmp_path: Path, block: dict[str, object], message: str
+) -> None:
+    path = tmp_path / "pipeline.json"
+    path.write_text(json.dumps({"model": "m", "source": "s", "mqtt": block}))
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(path)
+    assert str(path) in str(err.value)
+
+
+def test_pipeline_config_without_mqtt_still_parses(tmp_path: Path) -> None:
+    cfg = PipelineConfig(model="m", source="s")
+    assert cfg.mqtt is None
