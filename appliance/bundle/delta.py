@@ -242,13 +242,14 @@ class BaseSlot:
         if self._checked == (size, sha256):
             return
         digest = hashlib.sha256()
+        buf = memoryview(bytearray(READ_BLOCK))  # one buffer, reused: no allocation per block
         offset = 0
         while offset < size:
-            block = os.pread(self._fd, min(READ_BLOCK, size - offset), offset)
-            if not block:
+            got = os.preadv(self._fd, [buf[: min(READ_BLOCK, size - offset)]], offset)
+            if got <= 0:
                 break
-            digest.update(block)
-            offset += len(block)
+            digest.update(buf[:got])
+            offset += got
         if offset != size or digest.hexdigest() != sha256:
             raise DeltaBaseError(
                 f"delta applies to a base image of {size} bytes with sha256 {sha256[:16]}..., "
