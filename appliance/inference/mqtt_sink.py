@@ -216,7 +216,14 @@ class MqttSink:
         records, cursor = self.buffer.peek(self._batch_size)
         infos = []
         for line in records:
-            infos.append(self._client.publish(self._topics[line[:1]], line[1:], qos=self.cfg.qos))
+            info = self._client.publish(self._topics[line[:1]], line[1:], qos=self.cfg.qos)
+            if info.rc == self._mqtt.MQTT_ERR_QUEUE_SIZE:
+                break  # paho's queue is full: this batch ends here, the rest comes next time
+            infos.append(info)
+        if len(infos) < len(records):
+            if not infos:
+                return
+            records, cursor = self.buffer.peek(len(infos))
         self._draining = (cursor, len(records), infos)
         self._wake.set()  # come back soon: the acknowledgements take one round trip
 

@@ -21,6 +21,14 @@ pytestmark = pytest.mark.integration
 TOPIC = "edgekiln/test-cam"
 
 
+@pytest.fixture(autouse=True)
+def _no_worker_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """The sink's worker logs (and survives) exceptions; in these tests there must be none."""
+    yield
+    errors = [r for r in caplog.records if r.levelname == "ERROR" and "mqtt" in r.name]
+    assert not errors, errors[0].getMessage()
+
+
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
     b = Broker(tmp_path / "broker")
