@@ -48,6 +48,28 @@ def top_k(scores: np.ndarray, labels: list[str], k: int) -> list[dict[str, objec
 SMALL = 64  # up to this many classes, plain Python beats numpy's per-call overhead (~4x)
 
 
+def top_k_large(v: np.ndarray, labels: list[str], k: int, kind: str) -> list[dict[str, object]]:
+    """:func:`top_k` of ``softmax(v)`` (or of ``v``) for long float vectors, in 5 numpy calls.
+
+    softmax is monotonic, so the top k are picked on the raw values and only their k scores
+    are computed; the full vector is touched once more for the softmax denominator.
+    """
+    n = v.shape[-1]
+    k = min(k, n)
+    idx = np.argpartition(v, n - k)[n - k :] if k < n else np.arange(n)
+    top = v[idx]
+    order = np.argsort(-top, kind="stable")
+    best, values = idx[order].tolist(), top[order].tolist()
+    if kind == "logits":
+        m = values[0]
+        total = float(np.exp(v - np.float32(m)).sum(dtype=np.float64))
+        values = [math.exp(x - m) / total for x in values]
+    return [
+        {"label": labels[i] if i < len(labels) else str(i), "index": i, "score": round(x, 6)}
+        for i, x in zip(best, values, strict=True)
+    ]
+
+
 def top_k_small(
     values: list[float], labels: list[str], k: int, kind: str
 ) -> list[dict[str, object]]:
@@ -171,11 +193,16 @@ def decode_ssd(
             ],
             -1,
         )
+    return boxes, ssd_scores(s, spec), kp
+
+
+def ssd_scores(s: np.ndarray, spec: DetectionSpec) -> np.ndarray:
+    """Raw SSD class scores [N, C] -> scores as the threshold sees them (clipped, sigmoid)."""
     if spec.score_clipping is not None:
         s = np.clip(s, -spec.score_clipping, spec.score_clipping)
     if spec.sigmoid_score:
         s = _sigmoid(np.clip(s, -80.0, 80.0)).astype(np.float32)  # clip: no exp overflow
-    return boxes, s, kp
+    return s
 
 
 # --- YOLO ------------------------------------------------------------------------------------
@@ -310,7 +337,8 @@ class Postprocessor:
             if out.size <= SMALL:
                 values = dequantize(out, self.outputs[0]).reshape(-1).tolist()
                 return {"top": top_k_small(values, m.labels, self.top, m.output.kind)}
-            return {"top": top_k(self.scores(raw), m.labels, self.top)}
+            v = dequantize(out, self.outputs[0]).reshape(-1)
+            return {"top": top_k_large(v, m.labels, self.top, m.output.kind)}
         dets = self.detect(raw)
         if box is not None and frame_wh is not None:
             dets = [to_frame(d, box, self.input_w, self.input_h, frame_wh) for d in dets]
@@ -322,10 +350,17 @@ class Postprocessor:
         outs = [dequantize(o, i) for o, i in zip(raw, self.outputs, strict=True)]
         if spec.decoder == "ssd":
             assert self.anchors is not None
+            n = len(self.anchors)
+            raw_scores = outs[spec.scores_output].reshape(n, -1)
+            # Decode only the anchors that can pass the threshold (usually a handful of
+            # thousands): select() would drop the others anyway, and this keeps their order.
+            rows = np.nonzero(ssd_scores(raw_scores, spec).max(axis=1) >= spec.score_threshold)[0]
+            if not rows.size:
+                return []
             boxes, scores, kps = decode_ssd(
-                outs[spec.boxes_output],
-                outs[spec.scores_output],
-                self.anchors,
+                outs[spec.boxes_output].reshape(n, -1)[rows],
+                raw_scores[rows],
+                self.anchors[rows],
                 spec,
                 input_w=self.input_w,
                 input_h=self.input_h,

@@ -186,6 +186,27 @@ def test_pose_detection_decodes(models: dict[str, Path], photo: np.ndarray, tmp_
     assert all(len(d["keypoints"]) == 4 and d["score"] >= 0.5 for d in dets)
 
 
+def test_detector_on_an_empty_scene_gives_no_detections(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    pkg = load_package(
+        tflite_package(
+            tmp_path / "f",
+            models["face_detection_short_range"],
+            128,
+            128,
+            "detection",
+            FACE,
+            ["face"],
+        )
+    )
+    model = get_backend("litert").load(pkg)
+    pre, post = Preprocessor.for_model(model), Postprocessor(model)
+    grey = np.full((240, 320, 3), 128, np.uint8)
+    x, box = pre(grey, "BGR")
+    assert post(model.run(x), box, (320, 240)) == {"detections": []}
+
+
 # ai_edge_litert's Delegate.__del__ trips over its own failed load (no _library attribute).
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_edgetpu_without_library_falls_back_to_cpu_tflite(

@@ -147,3 +147,21 @@ def test_small_top_k_equals_numpy_top_k(values: list[float], k: int) -> None:
     big = top_k(softmax(arr.astype(np.float64)), labels, k)
     # Tied classes may come in another order, but the scores (sorted) must be the same.
     assert [d["score"] for d in small] == pytest.approx([d["score"] for d in big], abs=2e-6)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.floats(-50, 50, width=32), min_size=1, max_size=300),
+    st.integers(1, 5),
+    st.sampled_from(["logits", "probabilities"]),
+)
+def test_large_top_k_equals_numpy_top_k(values: list[float], k: int, kind: str) -> None:
+    from appliance.inference.postprocess import top_k_large
+
+    labels = [f"c{i}" for i in range(len(values))]
+    arr = np.asarray(values, np.float32)
+    fast = top_k_large(arr, labels, k, kind)
+    ref = top_k(softmax(arr.astype(np.float64)) if kind == "logits" else arr, labels, k)
+    assert [d["score"] for d in fast] == pytest.approx([d["score"] for d in ref], abs=2e-6)
+    # Same classes up to ties: every picked class scores the same as the reference's pick.
+    assert len(fast) == len(ref) == min(k, len(values))
