@@ -1,4 +1,4 @@
-"""``appliance slots status|mark-good|mark-bad|rollback``."""
+"""``appliance slots status|mark-good|mark-bad|rollback|deadline``."""
 
 from __future__ import annotations
 
@@ -130,3 +130,19 @@ def rollback(loader_spec: str | None, booted: str | None, data_dir: Path | None)
 
     state = control.rollback(open_loader(loader_spec), _booted(booted), _data(data_dir))
     click.echo(f"next boot: slot {loader_choice(state)[0]}; reboot to switch")
+
+
+@slots.command("deadline")
+@loader_option
+@booted_option
+@data_option
+def deadline(loader_spec: str | None, booted: str | None, data_dir: Path | None) -> None:
+    """Boot deadline of a tried slot: exit 0 if the booted slot is committed.
+
+    Otherwise mark it bad and exit non-zero; edgekiln-trial-deadline.service then reboots
+    (FailureAction), which returns to the committed slot.
+    """
+    from appliance.slots.config import open_loader
+    from appliance.slots.trial import check_deadline
+
+    click.echo(check_deadline(open_loader(loader_spec), _booted(booted), _data(data_dir)))

@@ -16,6 +16,12 @@ Protocol (variables in the grubenv block; see :class:`appliance.slots.loader.EkC
   B -> partition 3 by default. The kernel and initrd come from inside the slot's ext4; the
   kernel is told ``root=PARTLABEL=rootfs_a|rootfs_b`` and ``edgekiln.slot=A|B``.
 * If the chosen slot's kernel cannot be loaded, grub.cfg tries the other slot, then reboots.
+* Boot-level deadline (see :mod:`appliance.slots.trial`): a slot booted while it is not the
+  committed one gets ``edgekiln.trial=1`` (else ``edgekiln.trial=0``), which arms a systemd
+  timer that reboots unless the slot was committed in time; every boot gets ``panic=N`` so a
+  kernel panic, or an initramfs that cannot find or mount the root, reboots (initramfs-tools
+  honours ``panic=``) instead of waiting at a prompt. Each reboot lands on the committed slot:
+  the try was counted down before the tried kernel was loaded.
 """
 
 from __future__ import annotations
@@ -81,6 +87,7 @@ def render_grub_cfg(
     env_path: str = ENV_PATH,
     env_backup_path: str = ENV_BACKUP_PATH,
     reboot_delay: int = 10,
+    panic_reboot: int = 10,
 ) -> str:
     """The ESP's grub.cfg that picks and boots an A/B slot from the grubenv.
 
@@ -88,11 +95,14 @@ def render_grub_cfg(
 
     * ``kernel`` / ``initrd``: paths inside each slot's filesystem (``initrd=None``: none).
     * ``cmdline``: extra kernel arguments, e.g. ``"console=ttyS0 quiet"``; the script itself
-      adds ``root=PARTLABEL=<label> ro rootflags=noload rootwait edgekiln.slot=<A|B>``.
+      adds ``root=PARTLABEL=<label> ro rootflags=noload rootwait panic=<panic_reboot>
+      edgekiln.trial=<0|1> edgekiln.slot=<A|B>`` (a ``panic=`` in ``cmdline`` comes later and
+      wins).
     * ``partitions``: GPT partition number per slot on the ESP's disk (default A=2, B=3).
     * ``partlabels``: GPT partition name per slot (default rootfs_a, rootfs_b).
     * ``env_path`` / ``env_backup_path``: the two grubenv copies on the ESP.
     * ``reboot_delay``: seconds to show the error before rebooting when no slot loads.
+    * ``panic_reboot``: seconds after a kernel panic (or initramfs failure) before rebooting.
 
     The script expects ``$root`` to be the ESP (the embedded config sets it).
     """
@@ -103,6 +113,7 @@ def render_grub_cfg(
     for slot in ("A", "B"):
         if not _SAFE_ARG.fullmatch(partlabels[slot]) or int(partitions[slot]) < 1:
             raise ValueError(f"bad partition number or label for slot {slot}")
+    tail = f" {extra}" if extra else ""
     initrd_cmd = (
         f'    if initrd "${{ek_dev}}{initrd}"; then\n      boot\n    fi\n'
         if initrd
@@ -137,9 +148,15 @@ function ek_boot {{
     set ek_dev="(${{ek_disk}},gpt{int(partitions["A"])})"
     set ek_label={partlabels["A"]}
   fi
-  echo "edgekiln: booting slot $1 from $ek_dev"
+  # Not the committed slot: on trial, the system arms its boot deadline (edgekiln.trial=1).
+  if [ "$1" = "$ek_committed" ]; then
+    set ek_trial=0
+  else
+    set ek_trial=1
+  fi
+  echo "edgekiln: booting slot $1 from $ek_dev (trial $ek_trial)"
   if linux "${{ek_dev}}{kernel}" root=PARTLABEL=$ek_label ro rootflags=noload rootwait \
-edgekiln.slot=$1{(" " + extra) if extra else ""}; then
+panic={int(panic_reboot)} edgekiln.trial=$ek_trial edgekiln.slot=$1{tail}; then
 {initrd_cmd}  fi
 }}
 

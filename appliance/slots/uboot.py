@@ -43,13 +43,16 @@ def render_boot_cmd(
     partitions: Mapping[Slot, int] = DEFAULT_PARTITIONS,
     partlabels: Mapping[Slot, str] = DEFAULT_PARTLABELS,
     reset_delay: int = 10,
+    panic_reboot: int = 10,
 ) -> str:
     """U-Boot hush script (boot.cmd) that picks and boots an A/B slot.
 
     ``devtype``/``devnum``: the storage U-Boot loads from (``mmc``, ``${devnum}`` as set by
     distro boot); ``kernel``/``initrd``/``fdt``: paths inside the slot's ext4 (None: none);
     ``cmdline``: extra kernel arguments; ``partitions``/``partlabels`` as in grub.cfg;
-    ``reset_delay``: seconds to show the error before resetting when no slot loads.
+    ``reset_delay``: seconds to show the error before resetting when no slot loads;
+    ``panic_reboot``: seconds after a kernel panic before rebooting. As in grub.cfg, a slot that
+    is not the committed one boots with ``edgekiln.trial=1`` (its boot deadline is armed).
     """
     for word in [devtype, devnum, kernel, *(cmdline.split()), *partlabels.values()]:
         if not _SAFE.fullmatch(word):
@@ -70,6 +73,7 @@ def render_boot_cmd(
 # edgekiln A/B boot script: rendered by appliance.slots.uboot.render_boot_cmd. Do not edit.
 # Variables: ek_committed=A|B, ek_try=A|B|'', ek_tries_left=1|0.
 if test "${{ek_committed}}" = "B"; then setenv ek_slot B; else setenv ek_slot A; fi
+setenv ek_home ${{ek_slot}}
 if test "${{ek_tries_left}}" = "1" && test "${{ek_try}}" != "${{ek_slot}}"; then
   if test "${{ek_try}}" = "A" || test "${{ek_try}}" = "B"; then
     # Count the try down before booting it; boot it only if that was saved.
@@ -84,9 +88,10 @@ for ek_round in 1 2; do
   else
     setenv ek_part {int(partitions["A"])}; setenv ek_label {partlabels["A"]}
   fi
+  if test "${{ek_slot}}" = "${{ek_home}}"; then setenv ek_trial 0; else setenv ek_trial 1; fi
   echo "edgekiln: booting slot ${{ek_slot}} from {devtype} {devnum}:${{ek_part}}"
   setenv bootargs "root=PARTLABEL=${{ek_label}} ro rootflags=noload rootwait \
-edgekiln.slot=${{ek_slot}}{extra}"
+panic={int(panic_reboot)} edgekiln.trial=${{ek_trial}} edgekiln.slot=${{ek_slot}}{extra}"
   if {loads}; then
     booti {boot_args}
   fi

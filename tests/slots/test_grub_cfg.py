@@ -40,7 +40,7 @@ def test_initial_env_boots_slot_a_with_the_right_cmdline(grub_disk: GrubDisk) ->
     assert boot.slot == "A", boot.output
     assert boot.cmdline == (
         "(hd0,gpt2)/boot/vmlinuz root=PARTLABEL=rootfs_a ro rootflags=noload rootwait "
-        "edgekiln.slot=A console=ttyS0,115200 quiet"
+        "panic=10 edgekiln.trial=0 edgekiln.slot=A console=ttyS0,115200 quiet"
     )
     assert "EK-INITRD[(hd0,gpt2)/boot/initrd.img]" in boot.output
     assert grub_disk.read_env() == initial_env()
@@ -55,13 +55,18 @@ def test_committed_b_boots_partition_3(grub_disk: GrubDisk) -> None:
 
 def test_try_is_counted_down_before_boot_and_happens_once(grub_disk: GrubDisk) -> None:
     grub_disk.write_env(env("A", "B", "1"), env("A", "B", "1"))
-    assert grub_disk.boot().slot == "B"
+    tried = grub_disk.boot()
+    assert tried.slot == "B"
+    # The tried kernel arms its boot deadline and reboots on a panic (appliance.slots.trial).
+    assert " panic=10 edgekiln.trial=1 edgekiln.slot=B " in f"{tried.cmdline} "
     for name in ("grubenv", "grubenv.bak"):
         saved = grubenv.parse(grub_disk.read_env(name) or b"")
         assert saved == {"ek_committed": "A", "ek_try": "B", "ek_tries_left": "0"}
-    # The tried system never committed (hang, crash, power cut): back to A, and it stays there.
-    assert grub_disk.boot().slot == "A"
-    assert grub_disk.boot().slot == "A"
+    # The tried system never committed (hang, crash, power cut, its deadline): back to A, and
+    # it stays there, not on trial.
+    for _ in range(2):
+        again = grub_disk.boot()
+        assert again.slot == "A" and "edgekiln.trial=0" in again.cmdline.split()
 
 
 def test_foreign_variables_survive_save_env(grub_disk: GrubDisk) -> None:
@@ -172,6 +177,17 @@ def test_missing_kernel_falls_back_to_the_other_slot(
     boot = disk.boot()
     assert boot.slot == "A"
     assert "slot B did not load" in boot.output
+    assert "edgekiln.trial=0" in boot.cmdline.split()  # the committed slot is not on trial
+
+
+def test_a_committed_slot_that_does_not_load_boots_the_other_on_trial(
+    make_grub_disk: Callable[..., GrubDisk],
+) -> None:
+    disk = make_grub_disk(kernels={"A": False})
+    disk.write_env(initial_env(), None)
+    boot = disk.boot()
+    assert boot.slot == "B"
+    assert "edgekiln.trial=1" in boot.cmdline.split()
 
 
 def test_no_loadable_slot_reboots(make_grub_disk: Callable[..., GrubDisk]) -> None:
