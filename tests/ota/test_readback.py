@@ -41,16 +41,22 @@ def write_all(sink: ReadBackSink, data: bytes, step: int) -> None:
 
 
 @pytest.mark.parametrize("size", [300_000, 1 << 20, 4096 * 37 + 1])
-def test_sequential_writes_are_re_read_and_hashed(tmp_path: Path, size: int) -> None:
+@pytest.mark.parametrize("readers", [1, 2])
+def test_sequential_writes_are_re_read_and_compared(
+    tmp_path: Path, size: int, readers: int
+) -> None:
     path = tmp_path / "slot.img"
     path.write_bytes(b"")
     data = os.urandom(size)
-    sink = ReadBackSink(FileSink(path), path, window=64 * 1024, hash_readback=True)
+    sink = ReadBackSink(FileSink(path), path, window=64 * 1024, readers=readers)
     write_all(sink, data, 10_000)
     assert sink.checked(len(data))
-    assert sink.digest() == hashlib.sha256(data).hexdigest()
+    assert sink.digest() is None  # no hash unless asked for
     assert not sink.checked(len(data) + 1)
     assert path.read_bytes() == data
+    hashed = ReadBackSink(FileSink(path), path, window=64 * 1024, hash_readback=True)
+    write_all(hashed, data, 10_000)
+    assert hashed.checked(len(data)) and hashed.digest() == hashlib.sha256(data).hexdigest()
 
 
 def test_file_sinks_are_re_read_with_o_direct(tmp_path: Path) -> None:
@@ -83,12 +89,16 @@ class LyingMedium(FileSink):
         super().write(offset, data if offset < 100_000 else bytes(len(data)))
 
 
-@pytest.mark.parametrize("hash_readback", [False, True])
-def test_what_the_medium_returns_is_what_gets_compared(tmp_path: Path, hash_readback: bool) -> None:
+@pytest.mark.parametrize(("hash_readback", "readers"), [(False, 1), (True, 1), (False, 2)])
+def test_what_the_medium_returns_is_what_gets_compared(
+    tmp_path: Path, hash_readback: bool, readers: int
+) -> None:
     path = tmp_path / "slot.img"
     path.write_bytes(b"")
     data = os.urandom(200_000)
-    sink = ReadBackSink(LyingMedium(path), path, window=50_000, hash_readback=hash_readback)
+    sink = ReadBackSink(
+        LyingMedium(path), path, window=50_000, hash_readback=hash_readback, readers=readers
+    )
     write_all(sink, data, 25_000)
     with pytest.raises(ReadBackError, match=r"other bytes than were written in \[100000, 125000\)"):
         sink.checked(len(data))
