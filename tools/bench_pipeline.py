@@ -87,14 +87,24 @@ def pipeline(t: Target, threads: int, out: Path) -> Run:
     cfg = PipelineConfig(
         model=str(t.pkg), source="bench", backends=[t.backend], model_file=t.file, threads=threads
     )
-    marks: list[tuple[float, float]] = []
+    marks: list[float] = []
+    cpu_marks: list[float] = []
+    last = len(t.frames) - 1
+
+    def on_frame(_r: object) -> None:
+        marks.append(time.perf_counter())
+        # process_time is a real syscall (a preemption point on a busy machine, which moves
+        # time between stages): read it only at the two ends of the timed span.
+        if len(marks) - 1 in (WARM, last):
+            cpu_marks.append(time.process_time())
+
     pipe = Pipeline(cfg, sink=JsonlSink(out), source=ArraySource("bench", t.frames, loops=1))
-    pipe.run(on_frame=lambda _r: marks.append((time.perf_counter(), time.process_time())))
+    pipe.run(on_frame=on_frame)
     if pipe.chain.runner is None or pipe.stats.degraded_frames:
         raise InferenceError(f"pipeline degraded: {[e.reason for e in pipe.events]}")
     n = len(marks) - 1 - WARM
-    wall = (marks[-1][0] - marks[WARM][0]) * 1e3 / n
-    cpu = (marks[-1][1] - marks[WARM][1]) * 1e3 / n
+    wall = (marks[-1] - marks[WARM]) * 1e3 / n
+    cpu = (cpu_marks[-1] - cpu_marks[0]) * 1e3 / n
     stages = {s: float(np.mean(list(pipe.stats.ms[s])[WARM + 1 :])) * 1e3 for s in pipe.stats.ms}
     stages["loop"] = wall * 1e3 - sum(
         stages[s] for s in ("capture", "pre", "infer", "post", "publish")
@@ -132,6 +142,8 @@ def pose_target(work: Path, count: int) -> Target:
     from tests.inference.test_mediapipe import POSE
 
     photo = cv2.imread(str(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"))
+    if photo is None:
+        raise SystemExit("matplotlib's sample photo grace_hopper.jpg is missing")
     base = cv2.resize(photo, (680, 520))[..., ::-1]
     frames = np.stack([base[i % 40 : i % 40 + 480, i % 37 : i % 37 + 640] for i in range(count)])
     model = tflite_models()["pose_detection"]
@@ -181,7 +193,7 @@ def main() -> int:
                 continue
 
             def med(key: str, attr: str, runs: dict[str, list[Run]] = runs) -> float:
-                return statistics.median(getattr(r, attr) for r in runs[key])
+                return float(statistics.median(getattr(r, attr) for r in runs[key]))
 
             b1, p1, b2, p2 = (med(k, "wall_ms") for k in ("b1", "p1", "b2", "p2"))
             cb, cp = med("b1", "cpu_ms"), med("p1", "cpu_ms")
