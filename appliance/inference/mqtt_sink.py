@@ -107,6 +107,8 @@ class MqttSink:
         self._closing = threading.Event()
         self.published = 0  # messages the broker acknowledged
         self._steps = 0  # completed worker steps (flush waits for one to start after it)
+        self._announce = False  # after a (re)connect: say what the buffer holds and dropped
+        self._dropped_reported = 0
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=cfg.client_id, protocol=mqtt.MQTTv311
         )
@@ -133,6 +135,7 @@ class MqttSink:
             )
             return
         log.info("mqtt connected to %s:%d", self.cfg.host, self.cfg.port)
+        self._announce = True
         self._connected.set()
         self._wake.set()
 
@@ -186,7 +189,36 @@ class MqttSink:
                 lines = self._send_direct(lines)
             if lines:
                 self.buffer.append(lines)
+        if self._announce and self._connected.is_set():
+            self._announce = False
+            self._announce_backlog()
         self._drain()
+
+    def _announce_backlog(self) -> None:
+        """After an outage: an event (ahead of the backlog) with what was buffered and dropped."""
+        buffered, dropped = len(self.buffer), self.buffer.dropped
+        if self.buffer.empty() and dropped == self._dropped_reported:
+            return
+        new_drops = dropped - self._dropped_reported
+        self._dropped_reported = dropped
+        event = {
+            "type": "event",
+            "kind": "uplink_backlog",
+            "reason": (
+                f"{buffered} records buffered on data while {self.cfg.host}:{self.cfg.port} "
+                f"was unreachable are being sent; {new_drops} dropped because the buffer "
+                f"({self.cfg.buffer_max_mb:g} MB) was full"
+            ),
+            "buffered": buffered,
+            "dropped": new_drops,
+            "dropped_total": dropped,
+            "alert": new_drops > 0,
+            "ts": round(time.time(), 3),
+        }
+        line = _EVENT + _ENCODER.encode(event)
+        info = self._client.publish(self._topics[_EVENT], line[1:], qos=self.cfg.qos)
+        if info.rc != self._mqtt.MQTT_ERR_QUEUE_SIZE:
+            self._direct.append((info, line))
 
     def _send_direct(self, lines: list[bytes]) -> list[bytes]:
         """Hand ``lines`` to paho; return those it refused (queue full, connection gone)."""

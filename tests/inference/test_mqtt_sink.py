@@ -102,6 +102,10 @@ def test_broker_down_buffers_on_disk_and_drains_in_order_when_it_returns(
     assert subscriber.wait_frames(300) == list(range(300))
     wait_for(sink.buffer.empty, what="the buffer to empty")
     sink.close()
+    events = [m for t, m in subscriber.messages if t == f"{TOPIC}/events"]
+    assert [(e["kind"], e["buffered"], e["dropped"], e["alert"]) for e in events] == [
+        ("uplink_backlog", 300, 0, False)
+    ]
 
 
 def test_outage_mid_stream_keeps_order_and_loses_nothing(
@@ -175,6 +179,10 @@ def test_a_full_buffer_drops_the_oldest_and_counts_them(
         json.loads((tmp_path / "data" / "mqtt-buffer" / "state.json").read_bytes())["dropped"]
         == dropped
     )
+    wait_for(lambda: any(t.endswith("/events") for t, _ in subscriber.messages), what="event")
+    (event,) = [m for t, m in subscriber.messages if t.endswith("/events")]
+    assert event["kind"] == "uplink_backlog" and event["alert"] is True
+    assert event["dropped"] == dropped and event["buffered"] == kept
 
 
 def test_close_buffers_what_the_broker_did_not_acknowledge(tmp_path: Path) -> None:
