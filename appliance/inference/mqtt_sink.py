@@ -107,6 +107,7 @@ class MqttSink:
         self._closing = threading.Event()
         self.published = 0  # messages the broker acknowledged
         self._steps = 0  # completed worker steps (flush waits for one to start after it)
+        self._last_error = -1e9
         self._announce = False  # after a (re)connect: say what the buffer holds and dropped
         self._dropped_reported = 0
         client = mqtt.Client(
@@ -120,6 +121,7 @@ class MqttSink:
         client.reconnect_delay_set(1, cfg.reconnect_max_s)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
         client.connect_async(cfg.host, cfg.port, cfg.keepalive)
         client.loop_start()  # paho's network thread; it reconnects by itself
         self._client = client
@@ -148,6 +150,10 @@ class MqttSink:
             )
         self._connected.clear()
 
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        if self._draining is not None:
+            self._wake.set()  # the backlog moves one batch per round trip, not per poll
+
     # --- the frame path ------------------------------------------------------------------
 
     def publish(self, record: dict[str, object]) -> None:
@@ -168,7 +174,10 @@ class MqttSink:
             try:
                 self._step()
             except Exception:  # a full disk must not stop the worker: keep trying
-                log.exception("mqtt sink: step failed")
+                now = time.monotonic()
+                if now - self._last_error >= 60:  # once a minute, not every 50 ms
+                    self._last_error = now
+                    log.exception("mqtt sink: step failed (retrying)")
             self._steps += 1
             if closing:
                 return

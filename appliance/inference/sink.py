@@ -85,11 +85,14 @@ class JsonlSink:
             self.flush()
 
     def _flusher(self) -> None:
+        last_error = -1e9
         while not self._closed.wait(self._flush_every):
             try:
                 self.flush()
             except OSError as exc:  # a full or failing disk must not kill the pipeline
-                log.warning("%s: cannot write results: %s", self.path, exc)
+                if time.monotonic() - last_error >= 60:  # once a minute, not every 50 ms
+                    last_error = time.monotonic()
+                    log.warning("%s: cannot write results (retrying): %s", self.path, exc)
 
     def flush(self) -> None:
         """Write the gathered lines; fsync if the last fsync is older than ``fsync_every``."""

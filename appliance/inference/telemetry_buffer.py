@@ -41,6 +41,7 @@ from appliance.inference.errors import InferenceError
 log = logging.getLogger(__name__)
 FORMAT = 1
 _SEGMENT = re.compile(r"seg-(\d{12})\.log")
+_READ_CHUNK = 64 << 10
 
 
 class TelemetryBufferError(InferenceError):
@@ -230,17 +231,21 @@ class TelemetryBuffer:
             if start >= end:
                 cursor = Cursor(segment, end)
                 continue
+            pos = start  # end of the last record taken; read in chunks (segments are 1 MiB)
             with self._path(segment).open("rb") as f:
                 f.seek(start)
-                data = f.read(end - start)
-            pos = 0
-            while len(out) < max_records:
-                nl = data.find(b"\n", pos)
-                if nl < 0:
-                    break
-                out.append(data[pos:nl])
-                pos = nl + 1
-            cursor = Cursor(segment, start + pos)
+                tail, read_to = b"", start
+                while len(out) < max_records and read_to < end:
+                    chunk = f.read(min(_READ_CHUNK, end - read_to))
+                    if not chunk:
+                        break
+                    read_to += len(chunk)
+                    lines = (tail + chunk).split(b"\n")
+                    tail = lines.pop()  # after the last newline: the start of the next record
+                    for line in lines[: max_records - len(out)]:
+                        out.append(line)
+                        pos += len(line) + 1
+            cursor = Cursor(segment, pos)
             if len(out) >= max_records:
                 break
         return out, cursor

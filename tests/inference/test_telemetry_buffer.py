@@ -155,3 +155,15 @@ def test_matches_a_plain_list_model(tmp_path_factory: pytest.TempPathFactory, op
     buf.close()
     for p in d.iterdir():
         os.unlink(p)
+
+
+def test_records_larger_than_a_read_chunk_come_back_whole(tmp_path: Path) -> None:
+    buf = TelemetryBuffer(tmp_path / "b", max_bytes=4 << 20, segment_bytes=1 << 20)
+    big = [rec(i, pad=150_000 + i) for i in range(12)]  # 150 KB each, > the 64 KiB read chunk
+    buf.append(big)
+    got: list[bytes] = []
+    while not buf.empty():
+        records, cursor = buf.peek(5)
+        got += records
+        buf.ack(cursor, len(records))
+    assert got == big
