@@ -45,6 +45,11 @@ def _slot_paths(values: tuple[str, ...]) -> dict[str, Path]:
 @click.option("--target", envvar="EDGEKILN_TARGET", help="Hardware target (default: device.json).")
 @click.option("--slot", "slots", multiple=True, help="Slot device or image: A=PATH / B=PATH.")
 @click.option("--trusted-time", help="Enforce expiry: Unix time, or 'now' if the clock is trusted.")
+@click.option(
+    "--hash-readback",
+    is_flag=True,
+    help="Also sha256 the slot as re-read (it is always compared with the verified chunks).",
+)
 def install(
     src: str,
     loader_spec: str | None,
@@ -55,6 +60,7 @@ def install(
     target: str | None,
     slots: tuple[str, ...],
     trusted_time: str | None,
+    hash_readback: bool,
 ) -> None:
     """Verify and write a bundle into the inactive slot; the next boot tries it once."""
     from appliance.bundle import Policy, effective_keyring
@@ -112,6 +118,7 @@ def install(
             targets=_slot_paths(slots),  # type: ignore[arg-type]
             data_dir=data_dir,
             progress=progress,
+            hash_readback=hash_readback,
         )
     click.echo(
         f"installed {result.version} into slot {result.slot} ({result.image_size} bytes, "

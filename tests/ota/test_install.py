@@ -173,6 +173,7 @@ def test_appliance_install_command(device: Device, tmp_path: Path, how: str, htt
             f"--slot=A={device.slots['A']}",
             f"--slot=B={device.slots['B']}",
             f"--data-dir={device.root / 'data'}",
+            *(["--hash-readback"] if how == "http" else []),
         ],
         input=device.bundle_v2 if how == "stdin" else None,
         capture_output=True,
