@@ -86,7 +86,12 @@ def _open_direct(path: Path) -> int | None:
 
 
 class ReadBackSink:
-    """A sink that forwards writes and checks each window as re-read from ``path``."""
+    """A sink that forwards writes and checks each window as re-read from ``path``.
+
+    ``window``: bytes per re-read; ``depth``: windows queued before the writer waits;
+    ``readers``: windows re-read at once (1 with ``hash_readback``); ``direct=False``: never
+    use O_DIRECT (fsync, drop the range's pages, re-read through the cache).
+    """
 
     def __init__(
         self,
@@ -97,6 +102,7 @@ class ReadBackSink:
         hash_readback: bool = False,
         depth: int = DEPTH,
         readers: int = READERS,
+        direct: bool = True,
     ) -> None:
         self.inner = inner
         self.path = Path(path)
@@ -111,7 +117,9 @@ class ReadBackSink:
         self._error: str | None = None
         self._error_at = -1  # the failure at the lowest offset wins (readers run in parallel)
         self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=depth)
-        self._direct_fd = _open_direct(self.path) if isinstance(inner, FileSink) else None
+        # A FileSink writes through the kernel's page cache, which O_DIRECT reads bypass.
+        self._coherent = isinstance(inner, FileSink)
+        self._direct_fd = _open_direct(self.path) if self._coherent and direct else None
         self._use_direct = self._direct_fd is not None
         self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         # The hash needs the windows in order: one reader then.
@@ -144,11 +152,11 @@ class ReadBackSink:
             self._hand_over(durable=True)
 
     def close(self) -> None:
-        """Close the inner sink and stop the reader thread."""
+        """Stop the reader threads (after the windows already handed over), close the sink."""
         try:
-            self.inner.close()
-        finally:
             self._stop()
+        finally:
+            self.inner.close()
 
     # -- results ------------------------------------------------------------------------------
 
@@ -172,8 +180,9 @@ class ReadBackSink:
     def _hand_over(self, *, durable: bool) -> None:
         if self._end == self._start:
             return
-        if self._direct_fd is None and not durable:
-            # Without O_DIRECT the range must be on the medium before its pages can be dropped.
+        if not self._coherent and not durable:
+            # A sink with its own cache: the range must reach the medium before it is re-read
+            # (flushed here, in the writing thread: such sinks are not thread-safe).
             self.inner.flush()
         job = (self._start, self._end, self._chunks)
         self._chunks = []
@@ -189,7 +198,7 @@ class ReadBackSink:
                 if self._error is None:
                     try:
                         self._check(job, view, base)
-                    except OSError as exc:
+                    except (OSError, ValueError) as exc:  # ValueError: the sink was closed
                         self._fail(job[0], f"re-reading {self.path} at byte {job[0]}: {exc}")
         finally:
             view.release()
@@ -213,7 +222,10 @@ class ReadBackSink:
             if got >= end - start:
                 return at, got
             # A file's partial last block is not returned by O_DIRECT: that tail (< ALIGN
-            # bytes) is made durable and re-read through the dropped page cache instead.
+            # bytes) is re-read through the page cache below instead.
+        if self._coherent:
+            # Dirty pages cannot be dropped: fsync first (a file descriptor's fsync is
+            # thread-safe; other sinks were flushed by the writer at the hand-over).
             self.inner.flush()
         first = start + got
         os.posix_fadvise(self._fd, first, end - first, os.POSIX_FADV_DONTNEED)

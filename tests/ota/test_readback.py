@@ -71,6 +71,19 @@ def test_file_sinks_are_re_read_with_o_direct(tmp_path: Path) -> None:
     assert not ReadBackSink(CachedUntilFlush(path), path).direct  # no page cache to bypass
 
 
+@pytest.mark.parametrize("readers", [1, 2])
+def test_without_o_direct_each_window_is_synced_dropped_and_re_read(
+    tmp_path: Path, readers: int
+) -> None:
+    path = tmp_path / "slot.img"
+    path.write_bytes(b"")
+    data = os.urandom(4096 * 50 + 7)
+    sink = ReadBackSink(FileSink(path), path, window=16384, readers=readers, direct=False)
+    assert not sink.direct
+    write_all(sink, data, 5_000)
+    assert sink.checked(len(data))
+
+
 def test_other_sinks_are_flushed_before_each_window_is_re_read(tmp_path: Path) -> None:
     path = tmp_path / "slot.img"
     path.write_bytes(b"")
@@ -89,15 +102,23 @@ class LyingMedium(FileSink):
         super().write(offset, data if offset < 100_000 else bytes(len(data)))
 
 
-@pytest.mark.parametrize(("hash_readback", "readers"), [(False, 1), (True, 1), (False, 2)])
+@pytest.mark.parametrize(
+    ("hash_readback", "readers", "direct"),
+    [(False, 1, True), (True, 1, True), (False, 2, True), (False, 1, False)],
+)
 def test_what_the_medium_returns_is_what_gets_compared(
-    tmp_path: Path, hash_readback: bool, readers: int
+    tmp_path: Path, hash_readback: bool, readers: int, direct: bool
 ) -> None:
     path = tmp_path / "slot.img"
     path.write_bytes(b"")
     data = os.urandom(200_000)
     sink = ReadBackSink(
-        LyingMedium(path), path, window=50_000, hash_readback=hash_readback, readers=readers
+        LyingMedium(path),
+        path,
+        window=50_000,
+        hash_readback=hash_readback,
+        readers=readers,
+        direct=direct,
     )
     write_all(sink, data, 25_000)
     with pytest.raises(ReadBackError, match=r"other bytes than were written in \[100000, 125000\)"):
