@@ -363,6 +363,25 @@ def test_jsonl_sink_flushes_events_at_once_and_results_in_batches(tmp_path: Path
     assert _lines(path)[-1] == {"type": "result", "frame": 1}
 
 
+def test_jsonl_sink_writes_results_from_its_own_thread_without_close(tmp_path: Path) -> None:
+    import time
+
+    from appliance.inference.sink import JsonlSink
+
+    path = tmp_path / "r.jsonl"
+    sink = JsonlSink(path, flush_every=0.02, fsync_every=0.0)
+    for i in range(5):
+        sink.publish({"type": "result", "frame": i})
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len(path.read_bytes().splitlines()) < 5:
+        time.sleep(0.01)
+    assert [x["frame"] for x in _lines(path)] == [0, 1, 2, 3, 4]
+    assert sink._thread.is_alive()
+    sink.close()
+    assert not sink._thread.is_alive()
+    sink.close()  # idempotent
+
+
 def test_stages_over_budget_are_in_the_records_and_raise_rate_limited_events(
     tiny_package: Path, tmp_path: Path
 ) -> None:
