@@ -58,6 +58,7 @@ def render_boot_cmd(
         if not _SAFE.fullmatch(word):
             raise ValueError(f"{word!r} has characters the U-Boot shell would interpret")
     extra = (" " + " ".join(cmdline.split())) if cmdline.strip() else ""
+    where = f"{devtype} {devnum}"
     loads = f"load {devtype} {devnum}:${{ek_part}} ${{kernel_addr_r}} {kernel}"
     boot_args = "${kernel_addr_r} -"
     if initrd:
@@ -89,7 +90,7 @@ for ek_round in 1 2; do
     setenv ek_part {int(partitions["A"])}; setenv ek_label {partlabels["A"]}
   fi
   if test "${{ek_slot}}" = "${{ek_home}}"; then setenv ek_trial 0; else setenv ek_trial 1; fi
-  echo "edgekiln: booting slot ${{ek_slot}} from {devtype} {devnum}:${{ek_part}}"
+  echo "edgekiln: booting slot ${{ek_slot}} from {where}:${{ek_part}} (trial ${{ek_trial}})"
   setenv bootargs "root=PARTLABEL=${{ek_label}} ro rootflags=noload rootwait \
 panic={int(panic_reboot)} edgekiln.trial=${{ek_trial}} edgekiln.slot=${{ek_slot}}{extra}"
   if {loads}; then

@@ -206,7 +206,10 @@ def test_boot_cmd_compiles_with_mkimage(tmp_path: Path) -> None:
     )
     text = cmd.read_text()
     assert "saveenv" in text.split("setenv ek_slot ${ek_try}")[0]
-    assert "edgekiln.slot=${ek_slot} console=ttymxc0,115200" in text
+    assert (
+        "panic=10 edgekiln.trial=${ek_trial} edgekiln.slot=${ek_slot} console=ttymxc0,115200"
+        in text
+    )
     with pytest.raises(ValueError):
         render_boot_cmd(cmdline="a;reset")
 

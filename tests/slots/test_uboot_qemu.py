@@ -111,9 +111,10 @@ def test_real_uboot_boots_the_committed_slot_from_our_environment(
     assert "Loading Environment from Flash... OK" in out, out[-2000:]
     lines = [line for line in out.splitlines() if line.startswith("edgekiln:")]
     assert lines[:3] == [
-        "edgekiln: booting slot B from virtio 0:3",
+        "edgekiln: booting slot B from virtio 0:3 (trial 0)",
         "edgekiln: slot B did not load",  # a fake kernel: booti refuses it
-        "edgekiln: booting slot A from virtio 0:2",
+        # Not the committed slot: booted on trial (edgekiln.trial=1 arms its boot deadline).
+        "edgekiln: booting slot A from virtio 0:2 (trial 1)",
     ], out[-3000:]
 
 
@@ -123,7 +124,7 @@ def test_real_uboot_does_not_try_a_slot_when_the_count_cannot_be_saved(
     out = boot(uboot_disk, ek_env(ek_committed="B", ek_try="A", ek_tries_left="1"), tmp_path)
     lines = [line for line in out.splitlines() if line.startswith("edgekiln:")]
     assert "Saving Environment to Flash" in out, out[-2000:]
-    assert lines[0] == "edgekiln: booting slot B from virtio 0:3", out[-3000:]
+    assert lines[0] == "edgekiln: booting slot B from virtio 0:3 (trial 0)", out[-3000:]
 
 
 def test_real_uboot_with_a_garbled_environment_boots_slot_a(
@@ -134,4 +135,4 @@ def test_real_uboot_with_a_garbled_environment_boots_slot_a(
     out = boot(uboot_disk, bytes(garbled), tmp_path)
     assert "bad CRC" in out
     lines = [line for line in out.splitlines() if line.startswith("edgekiln:")]
-    assert lines[0] == "edgekiln: booting slot A from virtio 0:2", out[-3000:]
+    assert lines[0] == "edgekiln: booting slot A from virtio 0:2 (trial 0)", out[-3000:]
