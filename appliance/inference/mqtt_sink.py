@@ -54,6 +54,9 @@ class MqttConfig(msgspec.Struct, forbid_unknown_fields=True):
     keepalive: int = 30
     username: str | None = None
     password: str | None = None
+    ca_file: str | None = None  # set: TLS, the broker's certificate must chain to this CA
+    cert_file: str | None = None  # client certificate (mutual TLS), with key_file
+    key_file: str | None = None
     buffer_dir: str = "/data/edgekiln/mqtt-buffer"
     buffer_max_mb: float = 64.0
     reconnect_max_s: int = 30  # paho's reconnect backoff ceiling, whole seconds
@@ -72,6 +75,14 @@ class MqttConfig(msgspec.Struct, forbid_unknown_fields=True):
             problems.append(f"buffer_max_mb {self.buffer_max_mb} is below 1")
         if self.max_inflight < 1 or self.keepalive < 5 or self.reconnect_max_s < 1:
             problems.append("max_inflight >= 1, keepalive >= 5 and reconnect_max_s >= 1 are needed")
+        if (self.cert_file is None) != (self.key_file is None):
+            problems.append("cert_file and key_file go together")
+        if self.cert_file is not None and self.ca_file is None:
+            problems.append("a client certificate needs ca_file (TLS)")
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                problems.append(f"{name} {path}: no such file")
         if problems:
             raise ConfigError("pipeline config: mqtt: " + "; ".join(problems))
 
@@ -115,6 +126,11 @@ class MqttSink:
         )
         if cfg.username is not None:
             client.username_pw_set(cfg.username, cfg.password)
+        if cfg.ca_file is not None:
+            try:
+                client.tls_set(ca_certs=cfg.ca_file, certfile=cfg.cert_file, keyfile=cfg.key_file)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise ConfigError(f"pipeline config: mqtt: TLS files unusable: {exc}") from None
         client.max_inflight_messages_set(cfg.max_inflight)
         # Beyond this paho refuses (MQTT_ERR_QUEUE_SIZE) and the record goes to the disk buffer.
         client.max_queued_messages_set(cfg.max_inflight * 5)

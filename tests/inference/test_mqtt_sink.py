@@ -10,12 +10,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from appliance.inference.errors import ConfigError
 from appliance.inference.mqtt_sink import MqttConfig, MqttSink
 from appliance.inference.pipeline import Pipeline, PipelineConfig, load_config
-from tests.inference.mqtt_broker import Broker, Subscriber
+from tests.inference.mqtt_broker import Broker, Subscriber, make_ca, make_server_cert
 
 pytestmark = pytest.mark.integration
 TOPIC = "edgekiln/test-cam"
@@ -226,6 +227,53 @@ def test_pipeline_publishes_its_results_over_mqtt(
     wait_for(lambda: any(m.get("kind") == "loaded" for _, m in subscriber.messages), what="event")
     file_lines = (tmp_path / "results.jsonl").read_text().splitlines()
     assert sum(json.loads(x)["type"] == "result" for x in file_lines) == stats.frames
+
+
+def test_tls_to_a_broker_whose_certificate_chains_to_the_configured_ca(tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca_path, ca_cert, ca_key = make_ca(pki, "site-ca")
+    other_ca, _, _ = make_ca(pki, "other-ca")
+    cert, key = make_server_cert(pki, ca_cert, ca_key)
+    broker = Broker(tmp_path / "broker", tls=(ca_path, cert, key))
+    broker.start()
+    sub = Subscriber(broker.port, TOPIC)  # the plain listener, for the test's eyes only
+    try:
+        good = MqttSink(
+            msgspec.structs.replace(
+                config(broker, tmp_path), port=broker.tls_port, ca_file=str(ca_path)
+            )
+        )
+        wait_for(lambda: good.connected, what="the TLS connection")
+        for i in range(20):
+            good.publish(result(i))
+        assert sub.wait_frames(20) == list(range(20))
+        good.close()
+        # A broker certificate from another CA is refused: records stay buffered, none leak.
+        bad_cfg = msgspec.structs.replace(
+            config(broker, tmp_path / "bad"), port=broker.tls_port, ca_file=str(other_ca)
+        )
+        bad = MqttSink(bad_cfg)
+        bad.publish(result(99))
+        assert bad.flush()
+        time.sleep(1.5)  # at least one reconnect attempt
+        assert not bad.connected and len(bad.buffer) == 1
+        bad.close()
+        assert 99 not in sub.frames()
+    finally:
+        sub.close()
+        broker.stop()
+
+
+def test_tls_files_are_checked_when_the_config_is_read(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"ca_file .*: no such file"):
+        MqttConfig(host="h", ca_file=str(tmp_path / "missing.pem")).check()
+    with pytest.raises(ConfigError, match="cert_file and key_file go together"):
+        MqttConfig(host="h", ca_file=__file__, cert_file=__file__).check()
+    garbage = tmp_path / "ca.pem"
+    garbage.write_text("not a certificate")
+    with pytest.raises(ConfigError, match="TLS files unusable"):
+        MqttSink(MqttConfig(host="127.0.0.1", ca_file=str(garbage), buffer_dir=str(tmp_path / "b")))
 
 
 @pytest.mark.parametrize(
