@@ -221,8 +221,8 @@ class ReadBackSink:
                 at, got = 0, 0
             if got >= end - start:
                 return at, got
-            # A file's partial last block is not returned by O_DIRECT: that tail (< ALIGN
-            # bytes) is re-read through the page cache below instead.
+            # A short O_DIRECT read (a file system that ends it early): the rest is re-read
+            # through the page cache below instead.
         if self._coherent:
             # Dirty pages cannot be dropped: fsync first (a file descriptor's fsync is
             # thread-safe; other sinks were flushed by the writer at the hand-over).
