@@ -56,6 +56,9 @@ DPKG_EXCLUDES = (
 ENABLED_UNITS = (
     ("edgekiln-agent.service", "multi-user.target.wants"),
     ("edgekiln-persist.service", "sysinit.target.wants"),
+    # Also pulled in by the agent unit; enabled on its own so that it is queued even when the
+    # agent unit itself is broken in the tried slot (it only arms on edgekiln.trial=1 boots).
+    ("edgekiln-trial-deadline.timer", "sysinit.target.wants"),
     ("systemd-networkd.service", "multi-user.target.wants"),
     ("systemd-networkd.socket", "sockets.target.wants"),
     ("systemd-repart.service", "sysinit.target.wants"),

@@ -63,6 +63,9 @@ def test_overlay_adds_units_config_models_and_never_touches_the_base(
     )
     wants = out / "etc/systemd/system/multi-user.target.wants/edgekiln-agent.service"
     assert os.readlink(wants) == "/etc/systemd/system/edgekiln-agent.service"
+    timer = out / "etc/systemd/system/sysinit.target.wants/edgekiln-trial-deadline.timer"
+    assert os.readlink(timer) == "/etc/systemd/system/edgekiln-trial-deadline.timer"
+    assert (out / "etc/systemd/system/edgekiln-trial-deadline.timer").is_file()
     assert os.readlink(out / "boot/vmlinuz") == "vmlinuz-6.1.0-9-amd64"
     assert os.readlink(out / "boot/initrd.img") == "initrd.img-6.1.0-9-amd64"
     assert os.readlink(out / "etc/systemd/network") == "/data/etc/systemd/network"
