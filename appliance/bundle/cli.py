@@ -15,7 +15,8 @@ from typing import BinaryIO
 
 import click
 
-from appliance.bundle.keyring import DEVICE_KEYRING, effective_keyring
+from appliance import cli_options
+from appliance.bundle.keyring import effective_keyring
 from appliance.bundle.manifest import describe
 from appliance.bundle.reader import Policy, Progress, open_bundle, peek_manifest
 
@@ -69,18 +70,9 @@ def _when(ts: int | None) -> str:
 
 @bundle.command(epilog=EXIT_CODES_HELP)
 @click.argument("path")
-@click.option(
-    "--keyring",
-    "keyring_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=DEVICE_KEYRING,
-    show_default=True,
-    help="The device keyring baked into the image.",
-)
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Data partition mount: use its rotated keyring and its anti-rollback floor.",
+@cli_options.keyring_option("The device keyring baked into the image.")
+@cli_options.data_dir_option(
+    "Data partition mount: use its rotated keyring and its anti-rollback floor.", envvar=None
 )
 @click.option("--product", help="This device's product (unchecked if omitted).")
 @click.option("--target", help="This device's hardware target (unchecked if omitted).")

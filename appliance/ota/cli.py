@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from appliance.bundle.keyring import DEVICE_KEYRING
+from appliance import cli_options
 
 
 def _slot_paths(values: tuple[str, ...]) -> dict[str, Path]:
@@ -26,21 +26,12 @@ def _slot_paths(values: tuple[str, ...]) -> dict[str, Path]:
 
 @click.command()
 @click.argument("src")
-@click.option("--loader", "loader_spec", envvar="EDGEKILN_SLOTS", help="Slot loader spec.")
-@click.option("--booted", type=click.Choice(["A", "B"]), envvar="EDGEKILN_BOOTED_SLOT")
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="EDGEKILN_DATA",
-    help="Data partition mount: floor, rotated keyring, install record (default: device.json).",
+@cli_options.loader_option()
+@cli_options.booted_option()
+@cli_options.data_dir_option(
+    "Data partition mount: floor, rotated keyring, install record (default: device.json)."
 )
-@click.option(
-    "--keyring",
-    "keyring_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=DEVICE_KEYRING,
-    show_default=True,
-)
+@cli_options.keyring_option()
 @click.option("--product", envvar="EDGEKILN_PRODUCT", help="This product (default: device.json).")
 @click.option("--target", envvar="EDGEKILN_TARGET", help="Hardware target (default: device.json).")
 @click.option("--slot", "slots", multiple=True, help="Slot device or image: A=PATH / B=PATH.")

@@ -7,25 +7,13 @@ from pathlib import Path
 
 import click
 
+from appliance import cli_options
 from appliance.slots.state import SLOTS, Slot, parse_slot
 
-loader_option = click.option(
-    "--loader",
-    "loader_spec",
-    envvar="EDGEKILN_SLOTS",
-    help="grub:ESP_MOUNT, uboot:FW_ENV_CONFIG, nvbootctrl or file:PATH (default: detected).",
-)
-booted_option = click.option(
-    "--booted",
-    type=click.Choice(["A", "B"]),
-    envvar="EDGEKILN_BOOTED_SLOT",
-    help="The running slot (default: edgekiln.slot= in /proc/cmdline).",
-)
-data_option = click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="EDGEKILN_DATA",
-    help="Data partition mount: install record and anti-rollback floor (default: device.json).",
+loader_option = cli_options.loader_option()
+booted_option = cli_options.booted_option()
+data_option = cli_options.data_dir_option(
+    "Data partition mount: install record and anti-rollback floor (default: device.json)."
 )
 
 

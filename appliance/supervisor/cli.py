@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from appliance import cli_options
+
 log = logging.getLogger(__name__)
 
 
@@ -21,14 +23,9 @@ log = logging.getLogger(__name__)
     type=click.Path(dir_okay=False, path_type=Path),
     help="Pipeline config, JSON or TOML (default: DATA/edgekiln/pipeline.json).",
 )
-@click.option("--loader", "loader_spec", envvar="EDGEKILN_SLOTS", help="Slot loader spec.")
-@click.option("--booted", type=click.Choice(["A", "B"]), envvar="EDGEKILN_BOOTED_SLOT")
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="EDGEKILN_DATA",
-    help="Data partition mount (default: device.json's data_dir, /data).",
-)
+@cli_options.loader_option()
+@cli_options.booted_option()
+@cli_options.data_dir_option("Data partition mount (default: device.json's data_dir, /data).")
 @click.option("--service", "services", multiple=True, help="Unit that must be active (repeat).")
 @click.option(
     "--health-limit", type=int, help="Reference images checked (default: device.json, 16)."

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from appliance import cli_options
+
 LOG_NAME = "edgekiln-tui.log"
 
 
@@ -43,12 +45,7 @@ def log_to_file(path: Path) -> Iterator[None]:
     type=click.Path(file_okay=False, path_type=Path),
     help="Build (or reuse) the demo device here instead of a temp dir (implies --demo).",
 )
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="EDGEKILN_DATA",
-    help="Data partition mount (default: device.json's data_dir, /data).",
-)
+@cli_options.data_dir_option("Data partition mount (default: device.json's data_dir, /data).")
 @click.option(
     "--bench-first-paint",
     is_flag=True,
