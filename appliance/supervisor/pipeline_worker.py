@@ -18,8 +18,12 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from appliance.supervisor.supervisor import Policy, WorkerContext, WorkerTarget
+
+if TYPE_CHECKING:
+    from appliance.inference.pipeline import PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +86,7 @@ def pipeline_target(config_path: Path) -> WorkerTarget:
 
         cfg = load_config(config_path)
         if ctx.mode == "degraded":
-            _pass_through(cfg.source, cfg.sink, ctx)
+            _pass_through(cfg, ctx)
             return
         if ctx.mode == "fallback":
             if not cfg.fallback_model:
@@ -103,14 +107,20 @@ def pipeline_target(config_path: Path) -> WorkerTarget:
     return target
 
 
-def _pass_through(source_uri: str, sink_path: str | None, ctx: WorkerContext) -> None:
+def _pass_through(cfg: PipelineConfig, ctx: WorkerContext) -> None:
     """Degraded mode: keep the camera flowing and the records coming, without a model."""
+    from appliance.inference.pipeline import make_sink
     from appliance.inference.sink import JsonlSink, NullSink, Sink
     from appliance.inference.sources import open_source
 
-    sink: Sink = JsonlSink(sink_path) if sink_path else NullSink()
+    try:
+        sink: Sink = make_sink(cfg)  # the same sinks as the pipeline: file, MQTT or both
+    except Exception as exc:  # the last mode must not crash-loop on its uplink
+        log.error("degraded mode: configured sinks unusable (%s); file sink only", exc)
+        ctx.emit({"type": "event", "kind": "sink_unavailable", "alert": True, "reason": str(exc)})
+        sink = JsonlSink(cfg.sink) if cfg.sink else NullSink()
     ctx.emit({"type": "event", "kind": "degraded", "alert": True, "reason": "no model runs"})
-    source = open_source(source_uri)
+    source = open_source(cfg.source)
     stop: threading.Event = ctx.stop
     try:
         while not stop.is_set():

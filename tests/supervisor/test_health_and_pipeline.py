@@ -229,3 +229,40 @@ def test_a_check_that_cannot_run_fails_the_slot(tmp_path: Path) -> None:
     assert health_gate(loader, "B", data, broken, lambda: reboots.append(1)) == "failed"
     assert reboots == [1]
     assert loader.read().status("B") == "bad"
+
+
+@pytest.mark.integration
+def test_degraded_mode_keeps_the_file_sink_when_the_uplink_cannot_start(tmp_path: Path) -> None:
+    """The last mode must not crash-loop on its MQTT uplink: it falls back to the file sink."""
+    _images(tmp_path / "frames", 4)
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the MQTT buffer folder should be")
+    sink = tmp_path / "results.jsonl"
+    config = tmp_path / "pipeline.json"
+    config.write_text(
+        json.dumps(
+            {
+                "model": str(tmp_path / "no-model"),
+                "source": str(tmp_path / "frames"),
+                "sink": str(sink),
+                "backends": ["onnxruntime"],
+                "mqtt": {"host": "127.0.0.1", "port": 1, "buffer_dir": str(blocker / "buf")},
+            }
+        )
+    )
+    policy = Policy(heartbeat_timeout_s=20, backoff_initial_s=5, tick_s=0.05)
+    sup = Supervisor(pipeline_target(config), policy, modes=("degraded",))
+    stop = threading.Event()
+    thread = threading.Thread(target=sup.run, args=(stop,))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not any(e["kind"] == "worker_exited" for e in sup.events) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    thread.join()
+    exited = next(e for e in sup.events if e["kind"] == "worker_exited")
+    assert exited["exitcode"] == 0
+    frames = [json.loads(line) for line in sink.read_text().splitlines()]
+    assert len([r for r in frames if r.get("degraded")]) == 4
+    unavailable = [e for e in sup.events if e.get("kind") == "sink_unavailable"]
+    assert unavailable and unavailable[0]["alert"] and "buf" in unavailable[0]["reason"]
