@@ -179,7 +179,7 @@ class Vm:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="edgekiln-vm-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.serial_log = self.workdir / "serial.log"
-        self.write_trace = self.workdir / "writes.trace"
+        self.write_trace = self.workdir / "writes-1.trace"
         self.qmp_socket = self.workdir / "qmp.sock"
         self._plugged = 0
         self.vars_file = self.workdir / "OVMF_VARS.fd"
@@ -208,7 +208,9 @@ class Vm:
         if self.running:
             raise VmError("the VM is already running")
         self._log_offset = self.serial_log.stat().st_size if self.serial_log.exists() else 0
-        # QEMU truncates the trace file at start: offsets into it are per power-on
+        # one trace file per power-on (offsets into it are per power-on); earlier ones stay
+        # for the post-mortem of a failed test
+        self.write_trace = self.workdir / f"writes-{self.boots + 1}.trace"
         self.write_trace.unlink(missing_ok=True)
         self.qmp_socket.unlink(missing_ok=True)
         cmd = qemu_command(
