@@ -38,6 +38,7 @@ class OvModel(LoadedModel):
     """A compiled model with one synchronous infer request."""
 
     request: Any = None
+    weights: Any = None  # an IR's verified .bin bytes: the compiled model may still share them
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         try:
@@ -69,12 +70,11 @@ class OpenVinoBackend(Backend):
         if options.precision_f32:
             config["INFERENCE_PRECISION_HINT"] = "f32"
         core = ov.Core()
+        # Load the verified bytes, not the paths: nothing can swap a file in between.
+        weights = package.read_weights(f) if f.format == "openvino-ir" else b""
         try:
-            if f.format == "onnx":
-                # Load the verified bytes, not the path (nothing can swap the file in between).
-                model = core.read_model(model=data, weights=ov.Tensor(np.empty(0, dtype=np.uint8)))
-            else:
-                model = core.read_model(str(package.path_of(f)))
+            tensor = ov.Tensor(np.frombuffer(weights, dtype=np.uint8))
+            model = core.read_model(model=data, weights=tensor)
             compiled = core.compile_model(model, device, config)
         except Exception as exc:
             raise BackendLoadError(
@@ -92,4 +92,5 @@ class OpenVinoBackend(Backend):
             outputs=[_info(p) for p in model.outputs],
         )
         loaded.request = compiled.create_infer_request()
+        loaded.weights = weights
         return loaded
