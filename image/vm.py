@@ -91,6 +91,10 @@ class VmConfig:
     trace_writes: bool = False
     #: a USB 3 controller, so USB sticks can be plugged into the running VM (:meth:`Vm.plug_usb`)
     usb: bool = False
+    #: every guest reset (reboot, watchdog) ends QEMU (``-no-reboot``) and the waits start it
+    #: again on the same disk: a warm reset under TCG sometimes hangs in OVMF here (nothing
+    #: after "reboot: machine restart" for minutes), a cold start has not
+    relaunch_on_reset: bool = False
 
     def __post_init__(self) -> None:
         if self.accel not in {"tcg", "kvm"}:
@@ -135,6 +139,8 @@ def qemu_command(
     if config.watchdog:
         # A hung guest must really reset: systemd drives this through RuntimeWatchdogSec.
         cmd += ["-device", "i6300esb", "-action", "watchdog=reset"]
+    if config.relaunch_on_reset:
+        cmd.append("-no-reboot")
     if config.usb:
         cmd += ["-device", "qemu-xhci,id=xhci"]
     if qmp_socket is not None:
@@ -179,14 +185,18 @@ class Vm:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="edgekiln-vm-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.serial_log = self.workdir / "serial.log"
-        self.write_trace = self.workdir / "writes-1.trace"
+        self.write_trace = self.workdir / "writes-1.trace"  # set per QEMU process
         self.qmp_socket = self.workdir / "qmp.sock"
         self._plugged = 0
         self.vars_file = self.workdir / "OVMF_VARS.fd"
         shutil.copyfile(_find_firmware(OVMF_VARS_NAMES), self.vars_file)
         self.disk = self._prepare_disk()
         self.process: subprocess.Popen[bytes] | None = None
-        self.boots = 0
+        self.boots = 0  # power-ons
+        self.launches = 0  # QEMU processes (a power-on, or a relaunch after a guest reset)
+        self.resets = 0  # guest resets handled by a relaunch
+        self._run_offset = 0
+        self._hotplugged: list[Path] = []
         self._log_offset = 0
 
     def _prepare_disk(self) -> Path:
@@ -208,22 +218,40 @@ class Vm:
         if self.running:
             raise VmError("the VM is already running")
         self._log_offset = self.serial_log.stat().st_size if self.serial_log.exists() else 0
-        # one trace file per power-on (offsets into it are per power-on); earlier ones stay
+        self._hotplugged = []  # what is plugged in at power-on is config.extra_drives
+        self.boots += 1
+        self._launch(self.config)
+
+    def _launch(self, config: VmConfig) -> None:
+        """Start a QEMU process on the disk (a power-on, or a reset with relaunch_on_reset)."""
+        self.launches += 1
+        self._run_offset = self.serial_log.stat().st_size if self.serial_log.exists() else 0
+        # one trace file per QEMU process (offsets into it are per process); earlier ones stay
         # for the post-mortem of a failed test
-        self.write_trace = self.workdir / f"writes-{self.boots + 1}.trace"
+        self.write_trace = self.workdir / f"writes-{self.launches}.trace"
         self.write_trace.unlink(missing_ok=True)
         self.qmp_socket.unlink(missing_ok=True)
         cmd = qemu_command(
-            self.config,
-            self.disk,
-            self.vars_file,
-            self.serial_log,
-            self.write_trace,
-            self.qmp_socket,
+            config, self.disk, self.vars_file, self.serial_log, self.write_trace, self.qmp_socket
         )
         stderr = (self.workdir / "qemu.stderr").open("ab")
         self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr)
-        self.boots += 1
+
+    def _relaunch_after_reset(self) -> bool:
+        """With ``relaunch_on_reset``: if QEMU exited because the guest reset (rebooted, or its
+        watchdog fired), start it again on the same disk and firmware variables, sticks that
+        were hot-plugged still in (now attached at start); True if it did."""
+        if not self.config.relaunch_on_reset or self.process is None:
+            return False
+        if self.process.poll() != 0:
+            return False
+        text = self.serial_log.read_bytes()[self._run_offset :].decode("utf-8", "replace")
+        if "reboot: Power down" in text:  # the guest powered itself off: no reset
+            return False
+        drives = [*self.config.extra_drives, *self._hotplugged]
+        self._launch(VmConfig(**{**self.config.__dict__, "extra_drives": drives}))
+        self.resets += 1
+        return True
 
     @property
     def running(self) -> bool:
@@ -280,6 +308,8 @@ class Vm:
             if match:
                 return match
             if self.process is not None and self.process.poll() is not None:
+                if self._relaunch_after_reset():
+                    continue
                 raise VmError(
                     f"QEMU exited (status {self.process.returncode}) before {pattern!r} appeared; "
                     f"serial tail:\n{text[-2000:]}"
@@ -327,6 +357,9 @@ class Vm:
             if written >= min_bytes:
                 return written
             if self.process is not None and self.process.poll() is not None:
+                if self._relaunch_after_reset():
+                    mark = 0  # the new process writes a new trace
+                    continue
                 raise VmError(
                     f"QEMU exited (status {self.process.returncode}) after {written} of "
                     f"{min_bytes} bytes were written to [{start}, {end})"
@@ -371,6 +404,7 @@ class Vm:
         if not self.config.usb:
             raise VmError("USB hot-plug needs VmConfig(usb=True) (a USB controller)")
         self._plugged += 1
+        self._hotplugged.append(image)
         node, device = f"stick{self._plugged}", f"usbstick{self._plugged}"
         self.qmp(
             "blockdev-add",

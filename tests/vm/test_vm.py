@@ -32,7 +32,19 @@ def _run(cmd: list[str], **kwargs: object) -> None:
 @pytest.fixture(scope="module")
 def grub_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A GPT disk whose ESP holds a grub-mkimage EFI that prints a marker and waits."""
-    work = tmp_path_factory.mktemp("vmdisk")
+    return _grub_disk(tmp_path_factory.mktemp("vmdisk"), GRUB_CFG)
+
+
+REBOOT_CFG = """\
+set timeout=0
+insmod echo
+echo "EDGEKILN-VM-REBOOTING"
+reboot
+"""
+
+
+def _grub_disk(work: Path, grub_cfg: str) -> Path:
+    """A GPT disk whose ESP holds a grub-mkimage EFI running ``grub_cfg``."""
     embed = work / "embed.cfg"
     embed.write_text(
         "search --no-floppy --label --set=root ESP\n"
@@ -42,7 +54,7 @@ def grub_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
     efi = work / "BOOTX64.EFI"
     modules = [
         *("part_gpt", "fat", "search", "search_label", "configfile", "normal", "echo", "sleep"),
-        "loadenv",
+        *("loadenv", "reboot"),
     ]
     _run(
         [
@@ -59,7 +71,7 @@ def grub_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ]
     )
     cfg = work / "grub.cfg"
-    cfg.write_text(GRUB_CFG)
+    cfg.write_text(grub_cfg)
     esp = work / "esp.img"
     env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
     _run(["mkfs.vfat", "-C", "-F", "32", "-n", "ESP", "--invariant", str(esp), str(40 * 1024)])
@@ -154,6 +166,20 @@ def test_parse_writes_reads_qemu_log_lines_and_skips_torn_ones() -> None:
     assert [(w.offset, w.length) for w in writes] == [(4096 * 512, 4096), (5120, 1024)]
     assert writes[0].overlap(4096 * 512 + 1024, 10**9) == 3072
     assert writes[0].overlap(0, 4096 * 512) == 0
+
+
+def test_a_guest_reset_relaunches_qemu_on_the_same_disk(tmp_path: Path) -> None:
+    """relaunch_on_reset: GRUB's reboot ends QEMU (-no-reboot); the wait starts it again, so
+    the console shows the marker once per reset, within one power-on."""
+    (tmp_path / "disk").mkdir()
+    disk = _grub_disk(tmp_path / "disk", REBOOT_CFG)
+    config = VmConfig(disk=disk, overlay=True, memory_mb=256, cpus=1, relaunch_on_reset=True)
+    with Vm(config, workdir=tmp_path / "vm") as vm:
+        vm.start()
+        vm.wait_for(r"(EDGEKILN-VM-REBOOTING[\s\S]*){3}", timeout=300)
+        assert vm.boots == 1 and vm.resets >= 2 and vm.launches == vm.resets + 1
+    without = VmConfig(disk=disk, overlay=True, memory_mb=256, cpus=1)
+    assert "-no-reboot" not in qemu_command(without, disk, tmp_path / "v", tmp_path / "s")
 
 
 def test_wait_for_times_out_with_console_tail(grub_disk: Path, tmp_path: Path) -> None:
