@@ -112,6 +112,8 @@ def target_spec(target: Any, extras: Sequence[str] = ()) -> TargetSpec:
         spec = resolve_target(name)
         if backend != spec.backend:
             spec = TargetSpec(spec.name, spec.arch, backend, spec.extras, spec.hooksconfig)
+        runtime = getattr(recipe, "runtime", None)
+        extras = (*getattr(runtime, "extras", ()), *extras)
     return spec.with_extras(tuple(extras)) if extras else spec
 
 

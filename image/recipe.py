@@ -125,10 +125,15 @@ class Signing(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     key: str | None = None
 
 
-class Runtime(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """The frozen ``appliance`` runtime: a prebuilt PyInstaller onedir, or built by freeze."""
+class Runtime(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """The frozen ``appliance`` runtime: a prebuilt PyInstaller onedir, or built by freeze.
+
+    ``extras`` bundles more libraries than the back end needs: ``"opencv"`` adds OpenCV for
+    camera capture (V4L2, RTSP, video files) and the cv2.dnn fallback back end, about 160 MB.
+    """
 
     prebuilt: str | None = None
+    extras: tuple[Literal["opencv"], ...] = ()
 
 
 class Recipe(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -173,6 +178,7 @@ TARGETS: dict[str, TargetSpec] = {
     "jetson-orin": TargetSpec("arm64", ("tensorrt", "onnxruntime"), "l4t", 1200),
 }
 BUILDABLE_ARCHES = ("amd64",)
+RUNTIME_EXTRAS_MIB = 170  # OpenCV in the frozen runtime: 159 MB measured, with headroom
 
 BOOT_MIN_MIB = 40  # FAT32 with 512-byte clusters needs >= 65525 clusters (~33 MiB) + slack
 DATA_MIN_MIB = 32
@@ -488,14 +494,16 @@ def _check_sizes(loaded: LoadedRecipe, *, check_files: bool) -> None:
                 "runtime.prebuilt",
                 f"{loaded.resolve(r.runtime.prebuilt)} is not a directory",
             )
-    need = spec.rootfs_min_mib + int(models_mib) + 1
+    extras_mib = RUNTIME_EXTRAS_MIB * len(set(r.runtime.extras))
+    need = spec.rootfs_min_mib + extras_mib + int(models_mib) + 1
     if r.partitions.rootfs_mib < need:
         raise _fail(
             loaded,
             "partitions.rootfs_mib",
             f"{r.partitions.rootfs_mib} MiB is too small for the root filesystem of "
             f"{r.target.name} (needs at least {need} MiB: base system and runtime "
-            f"{spec.rootfs_min_mib} + models {models_mib:.0f}); raise it",
+            f"{spec.rootfs_min_mib} + runtime extras {extras_mib} + models {models_mib:.0f}); "
+            "raise it",
         )
 
 

@@ -82,7 +82,8 @@ def mini(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (recipes / "mini.toml").write_text(
         'extends = "generic-x86-64.toml"\nversion = "1.2.3"\n\n'
         '[rootfs]\ntarball = "base.tar"\n\n'
-        "[partitions]\nrootfs_mib = 980\ndata_mib = 40\nboot_mib = 40\n"
+        "[partitions]\nrootfs_mib = 980\ndata_mib = 40\nboot_mib = 40\n\n"
+        "[runtime]\nextras = []\n"  # no OpenCV: smaller test images
     )
     return recipes
 

@@ -31,7 +31,8 @@ REPO = Path(__file__).resolve().parents[2]
 KILN = Path(sys.executable).parent / "kiln"
 MINI = (
     '[rootfs]\ntarball = "base.tar"\n\n'
-    "[partitions]\nrootfs_mib = 980\ndata_mib = 40\nboot_mib = 40\n"
+    "[partitions]\nrootfs_mib = 980\ndata_mib = 40\nboot_mib = 40\n\n"
+    "[runtime]\nextras = []\n"
 )
 
 

@@ -183,3 +183,24 @@ def test_model_optimisation_options(recipe_dir: Path) -> None:
 def test_repo_openvino_recipe_asks_for_the_optimised_model() -> None:
     m = load_recipe(RECIPES / "intel-openvino.toml", check_files=False).recipe.models
     assert m.optimise and m.max_accuracy_drop == 1.0
+
+
+def test_runtime_extras_bundle_opencv_on_the_default_target_only(recipe_dir: Path) -> None:
+    from image.freeze import target_spec
+
+    default = load_recipe(recipe_dir / "generic-x86-64.toml")
+    assert default.recipe.runtime.extras == ("opencv",)
+    assert "cv2" in target_spec(default).included_modules
+    qemu = load_recipe(recipe_dir / "qemu-x86-64.toml")
+    assert qemu.recipe.runtime.extras == ()
+    assert "cv2" in target_spec(qemu).excluded_modules
+    # The QEMU profile freezes exactly what the generic target name does (one shared cache key).
+    assert target_spec(qemu) == target_spec("generic-x86-64")
+    with pytest.raises(RecipeError, match=r"runtime\.extras"):
+        load_recipe(_write(recipe_dir, '[runtime]\nextras = ["cuda"]\n'))
+
+
+def test_runtime_extras_count_in_the_root_size_check(recipe_dir: Path) -> None:
+    small = _write(recipe_dir, "[partitions]\nrootfs_mib = 1000\n")
+    with pytest.raises(RecipeError, match=r"partitions\.rootfs_mib.*runtime extras 170"):
+        load_recipe(small)
