@@ -1,4 +1,4 @@
-"""Delta chunks as xz streams (LZMA2, 4-byte contexts): smaller on model diffs, safely decoded."""
+"""Delta chunk frames: lane-shuffled zstd and xz (smaller on model diffs), safely decoded."""
 
 from __future__ import annotations
 
@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 
 from appliance.bundle.delta import (
-    XZ_MAGIC,
+    MAGIC_SHUFFLED,
     BaseSlot,
     DeltaError,
     Extent,
     encode_chunk,
     parse_chunk,
+    shuffle4,
+    unshuffle4,
+    xz_compress,
 )
 
 N = 256 << 10  # output bytes of the test chunk
@@ -44,17 +47,27 @@ def _body() -> bytes:
     return struct.pack("<IIq", N, 0, 0) + _diff()
 
 
-def test_model_diff_chunk_is_xz_smaller_and_rebuilds_exactly(tmp_path: Path) -> None:
+def test_model_diff_chunk_is_lane_shuffled_smaller_and_rebuilds_exactly(tmp_path: Path) -> None:
     base = tmp_path / "base"
     base.write_bytes(_weights(False))
     ctl = [(N, 0, 0)]
-    as_xz = encode_chunk([Extent(0, N)], ctl, _diff(), b"", 19)
-    as_zstd = encode_chunk([Extent(0, N)], ctl, _diff(), b"", 19, xz=False)
-    assert as_xz[28 : 28 + len(XZ_MAGIC)] == XZ_MAGIC  # 16-byte header + one 12-byte extent
-    assert len(as_xz) < 0.95 * len(as_zstd)
+    best = encode_chunk([Extent(0, N)], ctl, _diff(), b"", 19)
+    plain = encode_chunk([Extent(0, N)], ctl, _diff(), b"", 19, xz=False)
+    assert best[:4] == MAGIC_SHUFFLED and plain[:4] == b"EKD1"
+    assert len(best) < 0.9 * len(plain)
     with BaseSlot(base) as slot:
-        assert slot.rebuild(as_xz, N, N, "xz chunk") == _weights(True)
-        assert slot.rebuild(as_zstd, N, N, "zstd chunk") == _weights(True)
+        assert slot.rebuild(best, N, N, "shuffled chunk") == _weights(True)
+        assert slot.rebuild(plain, N, N, "zstd chunk") == _weights(True)
+        assert slot.rebuild(_wire(xz_compress(_body())), N, N, "xz chunk") == _weights(True)
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 4, 5, 8, 4099])
+def test_shuffle4_round_trips(n: int) -> None:
+    data = bytes(np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8))
+    lanes = shuffle4(data)
+    assert unshuffle4(lanes) == data and len(lanes) == n
+    if n >= 8:
+        assert lanes[:2] == data[0:1] + data[4:5]
 
 
 def test_incompressible_or_tiny_bodies_stay_zstd() -> None:
@@ -74,7 +87,7 @@ def _xz(data: bytes, dict_size: int = 1 << 16) -> bytes:
         (_xz(_body()) + b"\0" * 8, "follow the xz stream"),
         (_xz(_body() + bytes(2 * N)), "holds more than"),
         (_xz(_body(), dict_size=256 << 20), "does not decompress"),  # asks for too much memory
-        (XZ_MAGIC + b"\0" * 40, "does not decompress"),
+        (b"\xfd7zXZ\x00" + b"\0" * 40, "does not decompress"),
     ],
 )
 def test_bad_xz_frames_are_delta_errors(frame: bytes, match: str) -> None:
