@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,36 @@ def _cache_root() -> Path:
     return Path(os.environ.get("EDGEKILN_CACHE") or Path.home() / ".cache" / "edgekiln")
 
 
+class Builds(Mapping[str, Build]):
+    """Builds by version; one still being built is waited for when it is first asked for."""
+
+    def __init__(self, futures: dict[str, Future[Build]]) -> None:
+        self._futures = futures
+
+    def __getitem__(self, version: str) -> Build:
+        return self._futures[version].result()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._futures)
+
+    def __len__(self) -> int:
+        return len(self._futures)
+
+
+def _one_build(recipes: Path, out: Path | None, workdir: Path, version: str) -> Build:
+    recipe = write_recipe(recipes / version, version, broken_model=VERSIONS[version])
+    if out is not None and (out / version / "build-report.json").exists():
+        return reuse_build(out / version, version)
+    return build(recipe, (out or workdir) / version, version)
+
+
 @pytest.fixture(scope="session")
-def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Build]:
+def builds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Builds]:
     """v1, v2 and v3 (broken model) of the QEMU test profile, built with the real ``kiln``.
+
+    v1 is built first (the device boots it); v2 and v3 are built one after the other in the
+    background meanwhile (the first update needs v2 only after the first boot), one build at a
+    time, as the kiln cache has no lock for concurrent builds.
 
     ``EDGEKILN_E2E_REUSE_BUILDS=DIR`` keeps builds in DIR and reuses them (while iterating on
     the tests; stale once appliance/ or image/ change).
@@ -31,15 +59,20 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Build]:
     """
     recipes = _cache_root() / "e2e-recipes"
     reuse = os.environ.get("EDGEKILN_E2E_REUSE_BUILDS")  # development only: may be stale
-    out = Path(reuse) if reuse else tmp_path_factory.mktemp("builds")
-    done = {}
-    for version, broken in VERSIONS.items():
-        recipe = write_recipe(recipes / version, version, broken_model=broken)
-        if reuse and (out / version / "build-report.json").exists():
-            done[version] = reuse_build(out / version, version)
-            continue
-        done[version] = build(recipe, out / version, version)
-    return done
+    out = Path(reuse) if reuse else None
+    workdir = tmp_path_factory.mktemp("builds")
+    first, *later = VERSIONS
+    done: Future[Build] = Future()
+    done.set_result(_one_build(recipes, out, workdir, first))
+    futures = {first: done}
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="e2e-build") as pool:
+        for version in later:
+            futures[version] = pool.submit(_one_build, recipes, out, workdir, version)
+        try:
+            yield Builds(futures)
+        finally:
+            for future in futures.values():
+                future.cancel()  # not started yet: not needed any more
 
 
 @pytest.fixture(scope="session")

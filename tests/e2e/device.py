@@ -161,32 +161,76 @@ def provision(image: Path, out: Path, pipeline: dict[str, object] | None = None)
     return out
 
 
-def raw_copy(disk: Path, out: Path) -> Path:
-    """A raw copy of a (qcow2 or raw) disk as the guest left it."""
-    fmt = "qcow2" if disk.suffix == ".qcow2" else "raw"
-    run(["qemu-img", "convert", "-f", fmt, "-O", "raw", str(disk), str(out)])
+def _partition_node(disk: Path, where: tuple[int, int]) -> str:
+    """A QEMU ``--image-opts`` node: the byte range ``where`` of a qcow2 or raw disk."""
+    offset, size = where
+    if disk.suffix == ".qcow2":
+        inner = f"file.driver=qcow2,file.file.driver=file,file.file.filename={disk}"
+    else:
+        inner = f"file.driver=file,file.filename={disk}"
+    return f"driver=raw,offset={offset},size={size},{inner}"
+
+
+def read_partition(disk: Path, where: tuple[int, int], out: Path) -> Path:
+    """Copy one partition (byte range ``where``) of a qcow2 or raw disk to a raw file.
+
+    ``-U`` (shared): works while QEMU runs the disk, giving what the guest has written so far.
+    """
+    out.unlink(missing_ok=True)
+    node = _partition_node(disk, where)
+    run(["qemu-img", "convert", "-U", "--image-opts", node, "-O", "raw", str(out)])
     return out
 
 
-def data_file(raw_disk: Path, path: str, workdir: Path) -> bytes | None:
-    """A file from the data partition (journal replayed first, as the next mount would)."""
-    data = workdir / "data.ext4"
-    _extract(raw_disk, "data", data)
+def write_partition(part: Path, disk: Path, where: tuple[int, int]) -> None:
+    """Write a raw partition image back into a (powered-off) qcow2 or raw disk."""
+    node = _partition_node(disk, where)
+    run(["qemu-img", "convert", "-n", "-f", "raw", str(part), "--target-image-opts", node])
+
+
+#: where scenario e puts a damaged primary package (path on the data partition)
+BROKEN_ON_DATA = "/edgekiln/models/broken-primary"
+
+
+def write_broken_primary(root: Path) -> Path:
+    """A tiny primary package whose model file is cut short (its manifest hash no longer
+    matches; the file does not parse): what a failed copy of a model leaves behind."""
+    primary, _ = make_models(root, "2.0.0")
+    model = primary / "model.onnx"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    return primary
+
+
+def same_bytes(
+    disk: Path, where: tuple[int, int], image: Path, image_where: tuple[int, int]
+) -> bool:
+    """Whether a partition of ``disk`` holds the same bytes as a partition of ``image``."""
+    cmd = ["qemu-img", "compare", "-U", "--image-opts", _partition_node(disk, where),
+           _partition_node(image, image_where)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, check=False)
+    if proc.returncode not in (0, 1):
+        raise AssertionError(f"qemu-img compare failed: {proc.stderr.decode()[-2000:]}")
+    return proc.returncode == 0
+
+
+def ext4_file(data: Path, path: str, workdir: Path) -> bytes | None:
+    """A file from an ext4 partition image (journal replayed first, as the next mount would).
+
+    Raises AssertionError when e2fsck cannot repair the copy (e.g. read while being written).
+    """
     proc = subprocess.run(["e2fsck", "-fy", str(data)], capture_output=True, check=False)
     if proc.returncode >= 4:
-        raise AssertionError(f"e2fsck of the data partition failed: {proc.stdout.decode()}")
+        raise AssertionError(f"e2fsck of {data} failed: {proc.stdout.decode()[-2000:]}")
     out = workdir / Path(path).name
     out.unlink(missing_ok=True)
     run(["debugfs", "-R", f"dump {path} {out}", str(data)])
-    data.unlink()
     return out.read_bytes() if out.exists() else None
 
 
-def grubenv(raw_disk: Path) -> dict[str, str]:
-    """The primary grubenv on the ESP, as variables."""
-    offset, _ = partitions(raw_disk)["boot"]
+def esp_grubenv(esp: Path, offset: int = 0) -> dict[str, str]:
+    """The primary grubenv of a FAT ESP (at byte ``offset`` of ``esp``), as variables."""
     env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-    text = run(["mtype", "-i", f"{raw_disk}@@{offset}", "::/grub/grubenv"], env=env).stdout
+    text = run(["mtype", "-i", f"{esp}@@{offset}", "::/grub/grubenv"], env=env).stdout
     pairs = (line.split("=", 1) for line in text.decode().splitlines() if "=" in line)
     return {k: v for k, v in pairs if not k.startswith("#")}
 
@@ -201,9 +245,12 @@ def make_stick(bundle: Path, out: Path) -> Path:
     return out
 
 
-def results(raw_disk: Path, workdir: Path) -> list[dict[str, object]]:
-    """The agent's inference results on data (JSON lines)."""
-    text = data_file(raw_disk, "/edgekiln/results.jsonl", workdir) or b""
+RESULTS = "/edgekiln/results.jsonl"  # paths on the data partition
+EVENTS = "/edgekiln/events.jsonl"
+
+
+def parse_results(text: bytes) -> list[dict[str, object]]:
+    """JSON lines of the agent's results file (lines torn by a power cut are skipped)."""
     out = []
     for line in text.decode(errors="replace").splitlines():
         try:
