@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -67,6 +68,8 @@ def agent(
             events_path.parent.mkdir(parents=True, exist_ok=True)
             with events_path.open("a") as handle:
                 handle.write(json.dumps(event, default=str) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())  # events are rare and must survive a power cut
         except OSError as exc:  # the event log must never stop supervision
             log.warning("cannot append to %s: %s", events_path, exc)
 
@@ -108,6 +111,12 @@ def _gate(
         log.warning("health gate skipped: %s", exc)
         return
     assert slot is not None
+
+    def reboot() -> None:
+        # Said before the reboot is requested: afterwards the console may already be gone.
+        click.echo(f"health gate: slot {slot} failed; rebooting into the committed slot", err=True)
+        systemctl_reboot()
+
     outcome = health_gate(
         open_loader(loader_spec),
         slot,
@@ -119,8 +128,9 @@ def _gate(
             limit=gate.limit,
             budget_factor=gate.budget_factor,
         ),
-        systemctl_reboot,
+        reboot,
     )
-    click.echo(f"health gate: slot {slot} {outcome}", err=True)
+    if outcome != "failed":
+        click.echo(f"health gate: slot {slot} {outcome}", err=True)
     if outcome == "failed":
         raise SystemExit(1)  # rebooting into the committed slot

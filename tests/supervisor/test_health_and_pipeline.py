@@ -266,3 +266,46 @@ def test_degraded_mode_keeps_the_file_sink_when_the_uplink_cannot_start(tmp_path
     assert len([r for r in frames if r.get("degraded")]) == 4
     unavailable = [e for e in sup.events if e.get("kind") == "sink_unavailable"]
     assert unavailable and unavailable[0]["alert"] and "buf" in unavailable[0]["reason"]
+
+
+@pytest.mark.integration
+def test_agent_says_the_gate_failed_before_it_asks_for_the_reboot(tmp_path: Path) -> None:
+    """The console line must come before `systemctl reboot` (after it the console may be gone)."""
+    import os
+    import subprocess
+    import sys
+
+    state_file, data = trial(tmp_path)
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "model.json").write_text("{not json")
+    config = tmp_path / "pipeline.json"
+    config.write_text(json.dumps({"model": str(broken), "source": "npz:none"}))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "systemctl.calls"
+    # The only fake: systemctl, so the test machine is not rebooted.
+    (bin_dir / "systemctl").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "systemctl").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env.pop("NOTIFY_SOCKET", None)
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "appliance"),
+            "agent",
+            f"--config={config}",
+            f"--loader=file:{state_file}",
+            "--booted=B",
+            f"--data-dir={data}",
+            "--service=none",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "health gate: slot B failed; rebooting into the committed slot" in proc.stderr
+    assert calls.read_text().splitlines()[-1] == "reboot"
+    assert file_loader(state_file).read().status("B") == "bad"
