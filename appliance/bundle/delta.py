@@ -3,7 +3,7 @@
 A delta payload has one wire chunk per chunk of the **new** slot image. Each wire chunk is
 self-contained (so downloads resume per chunk and each rebuilt chunk is verified alone)::
 
-    magic  b"EKD1"
+    magic  b"EKD1" (or b"EKD4": diff and extra stored in 4-byte lanes, see below)
     u32    n_ext      reference extents (read from the base slot, concatenated: R)
     u32    n_ctrl     control triples
     u32    zlen       bytes of the compressed frame that follows the extents
@@ -19,12 +19,12 @@ buffer, then the diff is added in place. Memory while applying: the wire chunk +
 controls/diff/extra (<= 2 x chunk + controls) + the output chunk: O(chunk), whatever the size
 of R (<= ``MAX_REFERENCE``) or of the image.
 
-Why xz as well: the diff of a fine-tuned float32 model is noise in the low mantissa bytes with a
-4-byte period; LZMA2 with ``lp=2, pb=2`` (4-byte-aligned literal and match contexts) packs it
-~15% smaller than zstd -19, which is what kept bsdiff4 (bzip2) ahead. The encoder keeps xz only
-where it is clearly smaller (it decodes several times slower); its dictionary is the body's own
-size, so the decoder's memory stays O(chunk), and a hard ``memlimit`` guards against a stream that
-asks for more.
+Why lanes and xz: the diff of a fine-tuned float32 model is noise in the low mantissa bytes
+with a 4-byte period. Stored in 4-byte lanes (``EKD4``), zstd -19 packs it ~17% smaller and
+still decodes at zstd speed; that gap was what kept bsdiff4 (bzip2) ahead. xz (LZMA2, ``lp=2,
+pb=2``) is about as small but decodes ~40x slower, so the encoder keeps it only where it is
+clearly smaller still; its dictionary is the body's own size and the decoder runs under a hard
+``memlimit``, so apply memory stays O(chunk).
 
 Everything here is checked against the signed ``base.size`` and the chunk's length before it is
 used; the rebuilt chunk is then checked against its signed digest by the reader, before any
