@@ -122,6 +122,23 @@ def _images(folder: Path, count: int) -> None:
         cv2.imwrite(str(folder / f"{i:03d}.png"), rng.integers(0, 256, (16, 16, 3), np.uint8))
 
 
+def _supervise_until_the_source_ends(config: Path, mode: str) -> Supervisor:
+    """Run the real pipeline worker in ``mode`` until it exits; it must exit cleanly."""
+    policy = Policy(heartbeat_timeout_s=20, backoff_initial_s=5, tick_s=0.05)
+    sup = Supervisor(pipeline_target(config), policy, modes=(mode,))
+    stop = threading.Event()
+    thread = threading.Thread(target=sup.run, args=(stop,))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not any(e["kind"] == "worker_exited" for e in sup.events) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    thread.join()
+    exited = next(e for e in sup.events if e["kind"] == "worker_exited")  # the source ran out
+    assert exited["exitcode"] == 0
+    return sup
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("mode", ["primary", "fallback", "degraded"])
 def test_real_pipeline_runs_as_a_supervised_worker(
@@ -142,18 +159,7 @@ def test_real_pipeline_runs_as_a_supervised_worker(
             }
         )
     )
-    policy = Policy(heartbeat_timeout_s=20, backoff_initial_s=5, tick_s=0.05)
-    sup = Supervisor(pipeline_target(config), policy, modes=(mode,))
-    stop = threading.Event()
-    thread = threading.Thread(target=sup.run, args=(stop,))
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not any(e["kind"] == "worker_exited" for e in sup.events) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    stop.set()
-    thread.join()
-    exited = next(e for e in sup.events if e["kind"] == "worker_exited")  # the folder ran out
-    assert exited["exitcode"] == 0
+    sup = _supervise_until_the_source_ends(config, mode)
     records = [json.loads(line) for line in sink.read_text().splitlines()]
     frames = [r for r in records if r.get("type") != "event"]
     assert len(frames) == 6
@@ -250,18 +256,7 @@ def test_degraded_mode_keeps_the_file_sink_when_the_uplink_cannot_start(tmp_path
             }
         )
     )
-    policy = Policy(heartbeat_timeout_s=20, backoff_initial_s=5, tick_s=0.05)
-    sup = Supervisor(pipeline_target(config), policy, modes=("degraded",))
-    stop = threading.Event()
-    thread = threading.Thread(target=sup.run, args=(stop,))
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not any(e["kind"] == "worker_exited" for e in sup.events) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    stop.set()
-    thread.join()
-    exited = next(e for e in sup.events if e["kind"] == "worker_exited")
-    assert exited["exitcode"] == 0
+    sup = _supervise_until_the_source_ends(config, "degraded")
     frames = [json.loads(line) for line in sink.read_text().splitlines()]
     assert len([r for r in frames if r.get("degraded")]) == 4
     unavailable = [e for e in sup.events if e.get("kind") == "sink_unavailable"]
