@@ -200,29 +200,14 @@ def optimise(
         from image.model_passthrough import passthrough_litert
 
         result = passthrough_litert(package, target, out)
-    elif runtime == "tensorrt":
-        # No TensorRT here: gate on onnxruntime as a proxy, ship INT8 QDQ + FP32 + cache.
-        with tempfile.TemporaryDirectory(prefix="kiln-opt-") as tmp:
-            result = _optimise_onnx(
-                package,
-                target,
-                "onnxruntime",
-                Path(tmp),
-                out,
-                max_accuracy_drop=max_accuracy_drop,
-                threads=threads,
-                calibration=calibration,
-                allow_fallback=allow_fallback,
-                timing_rounds=timing_rounds,
-                select="int8",
-            )
-        _add_tensorrt_files(package, out, result, calibration)
     else:
+        # No TensorRT here: gate on onnxruntime as a proxy, ship INT8 QDQ + FP32 + cache.
+        trt = runtime == "tensorrt"
         with tempfile.TemporaryDirectory(prefix="kiln-opt-") as tmp:
             result = _optimise_onnx(
                 package,
                 target,
-                runtime,
+                "onnxruntime" if trt else runtime,
                 Path(tmp),
                 out,
                 max_accuracy_drop=max_accuracy_drop,
@@ -230,8 +215,10 @@ def optimise(
                 calibration=calibration,
                 allow_fallback=allow_fallback,
                 timing_rounds=timing_rounds,
-                select=select,
+                select="int8" if trt else select,
             )
+        if trt:
+            _add_tensorrt_files(package, out, result, calibration)
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         _replace_tree(out, cache_dir / key)
