@@ -5,6 +5,10 @@ Configured by the ``mqtt`` block of pipeline.json::
     "mqtt": {"host": "broker.site.lan", "port": 1883, "topic": "edgekiln/cam-7",
              "buffer_dir": "/data/edgekiln/mqtt-buffer", "buffer_max_mb": 64}
 
+Mutual TLS adds ``"ca_file"``, ``"cert_file"`` and ``"key_file"`` (PEM paths); a refused
+handshake is explained in words (:mod:`~appliance.inference.mqtt_tls`) in the log and in
+:attr:`MqttSink.last_error`, and records stay buffered.
+
 Results go to ``<topic>/results`` and events to ``<topic>/events``, one JSON object per
 message, QoS 1 by default.
 
@@ -27,6 +31,7 @@ queue); ``close()`` loses nothing: what the broker did not acknowledge is writte
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -36,11 +41,29 @@ from typing import Any
 import msgspec
 
 from appliance.inference.errors import ConfigError
+from appliance.inference.mqtt_tls import explain, warn_if_expired
 from appliance.inference.telemetry_buffer import Cursor, TelemetryBuffer
 
 log = logging.getLogger(__name__)
 _ENCODER = msgspec.json.Encoder()
 _RESULT, _EVENT = b"r", b"e"  # first byte of a buffered line: which sub-topic
+ERROR_REPEAT_S = 60.0  # the same connection error is logged again at most this often
+
+
+class _PahoErrors(logging.Filter):
+    """Catches paho's own error log lines (a refused TLS read) for the sink; prints nothing."""
+
+    def __init__(self, sink: MqttSink) -> None:
+        super().__init__()
+        self._sink = sink
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Caught exception"):  # a bug in one of our callbacks
+            log.error("mqtt: paho: %s", message)
+        elif not message.startswith("Client is not connected"):  # said on every loop when down
+            self._sink._note_error(message)
+        return False
 
 
 class MqttConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -121,6 +144,8 @@ class MqttSink:
         self._last_error = -1e9
         self._announce = False  # after a (re)connect: say what the buffer holds and dropped
         self._dropped_reported = 0
+        self.last_error: str | None = None  # why the last connection attempt failed, in words
+        self._logged_error: tuple[str, float] = ("", -1e9)
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=cfg.client_id, protocol=mqtt.MQTTv311
         )
@@ -138,6 +163,13 @@ class MqttSink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_connect_fail = self._on_connect_fail
+        # paho logs a broker's TLS alert (TLS 1.3: it arrives on the first read) only as a log
+        # line; a private logger (no handlers, WARNING and up) hands those lines to the sink.
+        paho_log = logging.Logger(f"{__name__}.paho", logging.WARNING)
+        paho_log.addFilter(_PahoErrors(self))
+        client.enable_logger(paho_log)
+        warn_if_expired(cfg)
         client.connect_async(cfg.host, cfg.port, cfg.keepalive)
         client.loop_start()  # paho's network thread; it reconnects by itself
         self._client = client
@@ -148,11 +180,11 @@ class MqttSink:
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
-            log.warning(
-                "mqtt %s:%d refused the connection: %s", self.cfg.host, self.cfg.port, reason
-            )
+            self._note_error(f"the broker refused the connection: {reason}")
             return
         log.info("mqtt connected to %s:%d", self.cfg.host, self.cfg.port)
+        self.last_error = None
+        self._logged_error = ("", -1e9)
         self._announce = True
         self._connected.set()
         self._wake.set()
@@ -165,6 +197,20 @@ class MqttSink:
                 "mqtt %s:%d lost (%s); buffering on disk", self.cfg.host, self.cfg.port, reason
             )
         self._connected.clear()
+
+    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        # paho calls this from inside its ``except OSError`` block: the exception is current.
+        exc = sys.exc_info()[1]
+        self._note_error(f"{type(exc).__name__}: {exc}" if exc else "connection failed")
+
+    def _note_error(self, raw: str) -> None:
+        """Record why the link is down; log it in words once (again after ERROR_REPEAT_S)."""
+        message = explain(raw, self.cfg)
+        self.last_error = message
+        now = time.monotonic()
+        if message != self._logged_error[0] or now - self._logged_error[1] >= ERROR_REPEAT_S:
+            self._logged_error = (message, now)
+            log.warning("%s; records stay buffered on data until it connects", message)
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         draining = self._draining

@@ -30,8 +30,20 @@ def free_port() -> int:
 class Broker:
     """``mosquitto -c`` with a generated config; ``stop()``/``start()`` keep port and sessions."""
 
-    def __init__(self, workdir: Path, tls: tuple[Path, Path, Path] | None = None) -> None:
-        """``tls`` = (CA, certificate, key): a second listener, ``tls_port``, speaks TLS."""
+    def __init__(
+        self,
+        workdir: Path,
+        tls: tuple[Path, Path, Path] | None = None,
+        *,
+        client_certs: bool = False,
+        acl: str | None = None,
+    ) -> None:
+        """``tls`` = (CA, certificate, key): a second listener, ``tls_port``, speaks TLS.
+
+        ``client_certs``: that listener requires a client certificate chaining to the CA and takes
+        its common name as the username (mutual TLS). ``acl``: the text of an ACL file (mosquitto
+        syntax: lines before any ``user`` apply to anonymous clients, i.e. the plain listener).
+        """
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(exe).exists():
             pytest.fail("mosquitto is not installed (apt-get install mosquitto)")
@@ -59,6 +71,12 @@ class Broker:
                     f"listener {self.tls_port} 127.0.0.1\n"
                     f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
                 )
+                if client_certs:
+                    f.write("require_certificate true\nuse_identity_as_username true\n")
+        if acl is not None:
+            (self.dir / "acl").write_text(acl)
+            with self.conf.open("a") as f:
+                f.write(f"acl_file {self.dir / 'acl'}\n")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -189,7 +207,7 @@ def make_ca(directory: Path, name: str) -> tuple[Path, Any, Any]:
 
 
 def make_server_cert(directory: Path, ca_cert: Any, ca_key: Any) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 signed by the CA: (certificate PEM, key PEM)."""
+    """A certificate for 127.0.0.1 and localhost signed by the CA: (certificate PEM, key PEM)."""
     import datetime
     import ipaddress
 
@@ -209,13 +227,61 @@ def make_server_cert(directory: Path, ca_cert: Any, ca_key: Any) -> tuple[Path, 
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=30))
         .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
             critical=False,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     cert_path, key_path = directory / "server.pem", directory / "server.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def make_client_cert(
+    directory: Path,
+    ca_cert: Any,
+    ca_key: Any,
+    name: str,
+    *,
+    expired: bool = False,
+) -> tuple[Path, Path]:
+    """A client certificate (common name ``name``) signed by the CA: (certificate PEM, key PEM).
+
+    ``expired``: valid for one day that ended yesterday.
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    start = now - datetime.timedelta(days=2 if expired else 1)
+    end = now - datetime.timedelta(days=1) if expired else now + datetime.timedelta(days=30)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
         key.private_bytes(

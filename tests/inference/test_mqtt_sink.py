@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -16,7 +17,13 @@ import pytest
 from appliance.inference.errors import ConfigError
 from appliance.inference.mqtt_sink import MqttConfig, MqttSink
 from appliance.inference.pipeline import Pipeline, PipelineConfig, load_config
-from tests.inference.mqtt_broker import Broker, Subscriber, make_ca, make_server_cert
+from tests.inference.mqtt_broker import (
+    Broker,
+    Subscriber,
+    make_ca,
+    make_client_cert,
+    make_server_cert,
+)
 
 pytestmark = pytest.mark.integration
 TOPIC = "edgekiln/test-cam"
@@ -258,8 +265,87 @@ def test_tls_to_a_broker_whose_certificate_chains_to_the_configured_ca(tmp_path:
         assert bad.flush()
         time.sleep(1.5)  # at least one reconnect attempt
         assert not bad.connected and len(bad.buffer) == 1
+        assert "the broker's certificate does not verify against ca_file" in (bad.last_error or "")
         bad.close()
         assert 99 not in sub.frames()
+    finally:
+        sub.close()
+        broker.stop()
+
+
+DEVICE_CN = "cam-7"
+# Anonymous clients (the test's subscriber on the plain listener) may read; the device, known by
+# its certificate's common name, may write its own topic and nothing else.
+ACL = f"topic read edgekiln/#\n\nuser {DEVICE_CN}\ntopic write {TOPIC}/#\n"
+
+
+def test_mutual_tls_right_client_certificate_publishes_others_are_refused_and_nothing_is_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca_path, ca_cert, ca_key = make_ca(pki, "site-ca")
+    _, rogue_cert, rogue_key = make_ca(pki, "rogue-ca")
+    server = make_server_cert(pki, ca_cert, ca_key)
+    good = make_client_cert(pki, ca_cert, ca_key, DEVICE_CN)
+    foreign = make_client_cert(pki, rogue_cert, rogue_key, "cam-foreign")
+    expired = make_client_cert(pki, ca_cert, ca_key, "cam-expired", expired=True)
+    broker = Broker(tmp_path / "broker", tls=(ca_path, *server), client_certs=True, acl=ACL)
+    broker.start()
+    try:
+        sub = Subscriber(broker.port, TOPIC)
+    except BaseException:
+        broker.stop()
+        raise
+    buffer_dir = tmp_path / "data" / "mqtt-buffer"  # one device: the same buffer throughout
+
+    def sink(cert: tuple[Path, Path] | None) -> MqttSink:
+        files = {"cert_file": str(cert[0]), "key_file": str(cert[1])} if cert else {}
+        return MqttSink(
+            MqttConfig(
+                host="localhost",  # the server certificate names localhost and 127.0.0.1
+                port=broker.tls_port,
+                topic=TOPIC,
+                ca_file=str(ca_path),
+                buffer_dir=str(buffer_dir),
+                reconnect_max_s=1,
+                **files,  # type: ignore[arg-type]
+            )
+        )
+
+    refusals = [
+        (None, "requires a client certificate and this device sent none: set cert_file"),
+        (foreign, r"does not trust this device's client certificate cert_file .*cam-foreign"),
+        (expired, r"refused this device's client certificate .*cam-expired.* as expired"),
+    ]
+    frame = 0
+    try:
+        for cert, reason in refusals:
+            device = sink(cert)
+            for _ in range(10):
+                device.publish(result(frame))
+                frame += 1
+            wait_for(lambda d=device: d.last_error is not None, what=f"the refusal ({reason})")
+            assert device.flush()
+            assert re.search(reason, device.last_error or ""), device.last_error
+            assert not device.connected and len(device.buffer) == frame
+            device.close()
+            assert any(re.search(reason, r.getMessage()) for r in caplog.records), reason
+        assert sub.frames() == []
+        # The expired certificate was also flagged by the device's own clock when loaded.
+        assert any("expired at" in r.getMessage() for r in caplog.records)
+        # The device gets its proper certificate: all 30 refused records arrive, in order.
+        device = sink(good)
+        wait_for(lambda: device.connected, what="the mutual-TLS connection")
+        assert device.last_error is None
+        for _ in range(10):
+            device.publish(result(frame))
+            frame += 1
+        assert sub.wait_frames(frame) == list(range(frame))
+        wait_for(device.buffer.empty, what="the buffer to drain")
+        device.close()
+        log = (broker.dir / "broker.log").read_text(errors="replace")
+        assert f"u'{DEVICE_CN}'" in log  # the broker saw the certificate's name as the user
     finally:
         sub.close()
         broker.stop()

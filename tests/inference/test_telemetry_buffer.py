@@ -120,7 +120,9 @@ ops = st.lists(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(ops=ops)
-def test_matches_a_plain_list_model(tmp_path_factory: pytest.TempPathFactory, ops: list) -> None:
+def test_matches_a_plain_list_model(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, int]]
+) -> None:
     """Without drops, the buffer behaves like a list: what is appended comes out once, in order.
 
     A restart may repeat only records that were read but not acknowledged (none here, since
