@@ -1,25 +1,30 @@
 """Benchmark: full pipeline per frame versus the bare back-end call, and FPS at 1 and 2 threads.
 
-For each model and back end, on the same frames in the same run:
+For each model and back end, in one process, on one loaded model, on the same frames:
 
 * ``bare``: ``model.run(x)`` on inputs pre-processed beforehand (the back end alone);
-* ``pipeline``: the real :class:`Pipeline` (capture from memory, pre, infer, post, JSON-lines
-  publish to a file), per-frame time measured between consecutive frame callbacks;
-* ``overhead`` = pipeline / bare - 1 (goal <= 5 %), in wall time and in CPU time of the process
-  (CPU time is not inflated by other work on a shared machine, wall time is what a camera sees);
-* the fixed cost per frame split by stage, as the pipeline itself measured it (pre, post,
-  publish, and ``loop``: everything else: capture, timing, record building, callbacks).
+* ``pipeline``: the real :class:`Pipeline` loop (capture from memory, pre, infer, post,
+  JSON-lines publish to a file through its writer thread);
 
-Models: ``--model DIR`` (default: the reference package, 96x96, ~0.2 ms: the worst case for a
+alternating in short blocks (``--block`` frames, about 5-100 ms each): the source pauses the
+pipeline every block and runs the same frames through the bare model. A busy 2-core machine
+then slows both sides of each pair alike, and each block pair gives one ratio.
+
+* ``ovh`` = median over block pairs of (pipeline block wall time / bare block wall time) - 1
+  (goal <= 5 %): what a camera sees, robust to preemption by other processes;
+* ``cpu`` = total process CPU time (``time.process_time``: all threads, the sink's writer
+  included) of the pipeline blocks over that of the bare blocks, - 1: not inflated by other
+  work on the machine; ``thr`` = the same with the main thread's CPU time only
+  (``time.thread_time``);
+* per-stage medians in microseconds as the pipeline measured them (pre, infer, post, publish,
+  capture) and ``loop`` = median frame minus those stages (record, clocks, budget, stats).
+
+Models: ``--model DIR`` (default: the reference package, 96x96, ~0.1 ms: the worst case for a
 fixed per-frame cost), ``--mobilenet`` (a MobileNetV2-shaped classifier, 224x224, 1000 classes,
 random weights), ``--pose`` (mediapipe 0.10.14's pose_detection.tflite, a real SSD detector,
 224x224 letterboxed from 640x480 frames, 2254 anchors decoded + NMS).
 
-Bare and pipeline rounds alternate (``--rounds``) and the median round is reported, so drift on
-a shared machine hits both alike. Within a round the per-frame figure is the median frame:
-preemption by other processes adds time to a few frames only, and would otherwise dominate.
-
-    .venv/bin/python tools/bench_pipeline.py --mobilenet --pose --rounds 5
+    .venv/bin/python tools/bench_pipeline.py --mobilenet --pose
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,15 +43,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from appliance.inference.backends import BackendOptions, get_backend  # noqa: E402
 from appliance.inference.errors import InferenceError  # noqa: E402
 from appliance.inference.package import load_package  # noqa: E402
 from appliance.inference.pipeline import Pipeline, PipelineConfig  # noqa: E402
 from appliance.inference.preprocess import Preprocessor  # noqa: E402
 from appliance.inference.sink import JsonlSink  # noqa: E402
-from appliance.inference.sources import ArraySource  # noqa: E402
+from appliance.inference.sources import ArraySource, Frame  # noqa: E402
 
-WARM = 8  # frames skipped at the start of every timed loop
+STAGES = ("capture", "pre", "infer", "post", "publish")
 
 
 @dataclass
@@ -56,67 +60,146 @@ class Target:
     backend: str
     file: str | None
     frames: np.ndarray  # [N, H, W, 3] uint8, RGB
+    block: int  # frames per block
 
 
 @dataclass
-class Run:
-    wall_ms: float  # per frame, mean (throughput: FPS = 1000 / wall_ms)
-    typical_ms: float  # per frame, median (robust: preemption by other work hits few frames)
-    cpu_ms: float  # process CPU time per frame
-    stages_us: dict[str, float]  # pipeline only: median per stage
+class Clocks:
+    """Wall, process CPU and main-thread CPU time at one instant, seconds."""
+
+    wall: float
+    cpu: float
+    thread: float
+
+    @staticmethod
+    def now() -> Clocks:
+        return Clocks(time.perf_counter(), time.process_time(), time.thread_time())
+
+    def since(self, start: Clocks) -> Clocks:
+        return Clocks(self.wall - start.wall, self.cpu - start.cpu, self.thread - start.thread)
 
 
-def bare(t: Target, threads: int) -> Run:
-    """``model.run`` alone on pre-processed inputs."""
-    model = get_backend(t.backend).load(
-        load_package(t.pkg), t.file, BackendOptions(threads=threads)
-    )
-    pre = Preprocessor.for_model(model)
-    xs = [pre(img, "RGB")[0] for img in t.frames]
-    for x in xs[:WARM]:
-        model.run(x)
-    marks = [time.perf_counter()]
-    c0 = time.process_time()
-    for x in xs[WARM:]:
-        model.run(x)
-        marks.append(time.perf_counter())
-    c1 = time.process_time()
-    n = len(xs) - WARM
-    per = np.diff(marks) * 1e3
-    run = Run(float(per.mean()), float(np.median(per)), (c1 - c0) * 1e3 / n, {})
-    model.close()
-    return run
+@dataclass
+class Result:
+    """Per block pair: (bare, pipeline) durations; per stage: the pipeline's own timings."""
+
+    pairs: list[tuple[Clocks, Clocks]] = field(default_factory=list)
+    # per block pair: (median bare call, median pipeline frame), seconds
+    frame_pairs: list[tuple[float, float]] = field(default_factory=list)
+    stages_us: dict[str, float] = field(default_factory=dict)
+    frames_per_block: int = 1
+
+    def wall_ratio(self) -> float:
+        """Median over block pairs of the block times' ratio (every frame counts)."""
+        return statistics.median(p.wall / b.wall for b, p in self.pairs)
+
+    def frame_ratio(self) -> float:
+        """Median over block pairs of the median frames' ratio (robust to preemption)."""
+        return statistics.median(p / b for b, p in self.frame_pairs)
+
+    def cpu_ratio(self, attr: str) -> float:
+        bare = sum(getattr(b, attr) for b, _ in self.pairs)
+        pipe = sum(getattr(p, attr) for _, p in self.pairs)
+        return pipe / bare if bare > 0 else float("nan")
+
+    def bare_ms(self) -> float:
+        """Median bare call over all blocks."""
+        return statistics.median(b for b, _ in self.frame_pairs) * 1e3
+
+    def pipe_ms(self) -> float:
+        """Median pipeline frame over all blocks."""
+        return statistics.median(p for _, p in self.frame_pairs) * 1e3
+
+    def fps(self) -> float:
+        """Pipeline frames per second (mean block time: throughput, preemption included)."""
+        mean = statistics.fmean(p.wall for _, p in self.pairs) / self.frames_per_block
+        return 1.0 / mean
 
 
-def pipeline(t: Target, threads: int, out: Path) -> Run:
-    """The whole pipeline, steady state (from the WARM-th frame callback to the last)."""
+class Interleaved(ArraySource):
+    """An in-memory source that, every ``block`` frames, runs those frames through the bare model.
+
+    The pipeline block is timed from the end of one bare block to the start of the next (the
+    whole loop: read, pre, infer, post, publish, record, callback, for ``block`` frames).
+    """
+
+    def __init__(self, t: Target, total: int) -> None:
+        super().__init__("bench", t.frames, loops=0)
+        self.t = t
+        self.total = total
+        self.pipe: Pipeline | None = None
+        self.xs: list[np.ndarray] = []
+        self.result = Result(frames_per_block=t.block)
+        self._pipe_start: Clocks | None = None
+        self._bare: Clocks | None = None
+        self._bare_median = 0.0
+        self.marks: list[float] = []  # frame callbacks of the current pipeline block
+
+    def _bare_block(self, first: int) -> Clocks:
+        assert self.pipe is not None
+        if self.pipe.chain.runner is None:  # raised through Pipeline.run to main()
+            raise InferenceError(f"not loaded: {self.pipe.events[-2].reason}")
+        model = self.pipe.chain.runner.model
+        if not self.xs:  # a separate preprocessor: the pipeline's may reuse its buffers
+            pre = Preprocessor.for_model(model)
+            self.xs = [pre(img, "RGB")[0].copy() for img in self.t.frames]
+        n = len(self.xs)
+        xs = [self.xs[(first + k) % n] for k in range(self.t.block)]
+        marks = [0.0] * (len(xs) + 1)
+        start = Clocks.now()
+        marks[0] = start.wall
+        for k, x in enumerate(xs, 1):
+            model.run(x)
+            marks[k] = time.perf_counter()
+        took = Clocks.now().since(start)
+        self._bare_median = float(np.median(np.diff(marks)))
+        return took
+
+    def on_frame(self, _record: object) -> None:
+        self.marks.append(time.perf_counter())
+
+    def _close_pair(self, end: Clocks) -> None:
+        if self._pipe_start is None or self._bare is None:
+            return
+        self.result.pairs.append((self._bare, end.since(self._pipe_start)))
+        # Frame k's time: from frame k-1's callback (or the block start) to frame k's callback.
+        per = np.diff([self._pipe_start.wall, *self.marks])
+        self.result.frame_pairs.append((self._bare_median, float(np.median(per))))
+        self.marks.clear()
+
+    def read(self) -> Frame | None:
+        i = self._i
+        if i >= self.total:
+            self._close_pair(Clocks.now())
+            return None
+        if i % self.t.block == 0:
+            self._close_pair(Clocks.now())
+            self._bare = self._bare_block(i)
+            self._pipe_start = Clocks.now()
+        return super().read()
+
+
+def measure(t: Target, threads: int, out: Path, blocks: int, warm_blocks: int = 2) -> Result:
+    """Alternate bare and pipeline blocks on one loaded model; drop the first ``warm_blocks``."""
     cfg = PipelineConfig(
         model=str(t.pkg), source="bench", backends=[t.backend], model_file=t.file, threads=threads
     )
-    marks: list[float] = []
-    cpu_marks: list[float] = []
-    last = len(t.frames) - 1
-
-    def on_frame(_r: object) -> None:
-        marks.append(time.perf_counter())
-        # process_time is a real syscall (a preemption point on a busy machine, which moves
-        # time between stages): read it only at the two ends of the timed span.
-        if len(marks) - 1 in (WARM, last):
-            cpu_marks.append(time.process_time())
-
-    pipe = Pipeline(cfg, sink=JsonlSink(out), source=ArraySource("bench", t.frames, loops=1))
-    pipe.run(on_frame=on_frame)
+    src = Interleaved(t, (blocks + warm_blocks) * t.block)
+    pipe = Pipeline(cfg, sink=JsonlSink(out), source=src)
+    src.pipe = pipe
+    pipe.run(on_frame=src.on_frame)
     if pipe.chain.runner is None or pipe.stats.degraded_frames:
         raise InferenceError(f"pipeline degraded: {[e.reason for e in pipe.events]}")
-    n = len(marks) - 1 - WARM
-    per = np.diff(marks[WARM:]) * 1e3
-    cpu = (cpu_marks[-1] - cpu_marks[0]) * 1e3 / n
-    stages = {s: float(np.median(list(pipe.stats.ms[s])[WARM + 1 :])) * 1e3 for s in pipe.stats.ms}
-    # Everything between frame callbacks that is not a timed stage (medians: approximately).
-    stages["loop"] = float(np.median(per)) * 1e3 - sum(
-        stages[s] for s in ("capture", "pre", "infer", "post", "publish")
-    )
-    return Run(float(per.mean()), float(np.median(per)), cpu, stages)
+    res = src.result
+    res.pairs = res.pairs[warm_blocks:]
+    res.frame_pairs = res.frame_pairs[warm_blocks:]
+    skip = warm_blocks * t.block
+    res.stages_us = {
+        s: float(np.median(list(pipe.stats.ms[s])[skip:])) * 1e3 for s in (*STAGES, "total")
+    }
+    res.stages_us["loop"] = res.pipe_ms() * 1e3 - sum(res.stages_us[s] for s in STAGES)
+    res.stages_us["bare"] = res.bare_ms() * 1e3
+    return res
 
 
 def reference_targets(pkg: Path, backends: list[str], count: int) -> list[Target]:
@@ -126,7 +209,7 @@ def reference_targets(pkg: Path, backends: list[str], count: int) -> list[Target
     m = load_package(pkg).manifest
     for b in backends:
         files = [f.path for f in m.files if f.format == "tflite"] if b == "litert" else [None]
-        out += [Target(f"{pkg.name}", pkg, b, f, frames) for f in files]
+        out += [Target(f"{pkg.name}", pkg, b, f, frames, 32) for f in files]
     return out
 
 
@@ -136,7 +219,7 @@ def mobilenet_target(work: Path, count: int) -> Target:
 
     pkg = mobilenet_package(work / "mobilenet-v2-like", count=count, calib=1)
     images, _ = load_package(pkg).load_reference()
-    return Target("mobilenet-v2-like", pkg, "onnxruntime", None, images)
+    return Target("mobilenet-v2-like", pkg, "onnxruntime", None, images, 4)
 
 
 def pose_target(work: Path, count: int) -> Target:
@@ -155,7 +238,11 @@ def pose_target(work: Path, count: int) -> Target:
     frames = np.stack([base[i % 40 : i % 40 + 480, i % 37 : i % 37 + 640] for i in range(count)])
     model = tflite_models()["pose_detection"]
     pkg = tflite_package(work / "pose", model, 224, 224, "detection", POSE, ["person"])
-    return Target("pose_detection 640x480", pkg, "litert", None, np.ascontiguousarray(frames))
+    return Target("pose_detection 640x480", pkg, "litert", None, np.ascontiguousarray(frames), 4)
+
+
+def pct(ratio: float) -> str:
+    return f"{(ratio - 1) * 100:6.1f}%"
 
 
 def main() -> int:
@@ -164,8 +251,8 @@ def main() -> int:
     )
     ap.add_argument("--model", type=Path, default=REPO / "recipes/models/inspect-primary")
     ap.add_argument("--backends", default="onnxruntime,openvino,litert,opencv,tensorrt")
-    ap.add_argument("--frames", type=int, default=256, help="frames per loop (reference model)")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--frames", type=int, default=256, help="distinct frames (reference model)")
+    ap.add_argument("--blocks", type=int, default=60, help="block pairs per measurement")
     ap.add_argument("--mobilenet", action="store_true", help="add a MobileNetV2-shaped model")
     ap.add_argument("--pose", action="store_true", help="add mediapipe's pose detector")
     ap.add_argument("--only-extra", action="store_true", help="skip the reference package")
@@ -179,61 +266,48 @@ def main() -> int:
             targets.append(mobilenet_target(work, 64))
         if args.pose:
             targets.append(pose_target(work, 96))
-        print(f"median of {args.rounds} alternating rounds; overhead = pipeline / bare - 1\n")
-        head = (
-            f"{'model':22} {'back end':11} {'file':17} {'bare ms':>8} {'pipe ms':>8} "
-            f"{'ovh':>8} {'ovh mean':>8} {'ovh cpu':>8} {'ovh 2t':>7} {'fps 1t':>7} {'fps 2t':>7}"
+        print(
+            f"{args.blocks} alternating block pairs per row. ovh: median over pairs of the "
+            "median frames' ratio; blk: median over pairs of the block times' ratio (every "
+            "frame counts, preemption too); cpu/thr: summed CPU time ratio (process / main "
+            "thread); all = pipeline / bare - 1\n"
         )
-        print(head)
+        print(
+            f"{'model':22} {'back end':11} {'file':17} {'blk':>3} {'bare ms':>8} {'pipe ms':>8} "
+            f"{'ovh':>7} {'blk':>7} {'cpu':>7} {'thr':>7} {'ovh 2t':>7} {'fps 1t':>7} {'fps 2t':>7}"
+        )
         breakdown = []
         for t in targets:
-            runs: dict[str, list[Run]] = {"b1": [], "p1": [], "b2": [], "p2": []}
+            out = work / "r.jsonl"
             try:
-                for _ in range(args.rounds):
-                    runs["b1"].append(bare(t, 1))
-                    runs["p1"].append(pipeline(t, 1, work / "r.jsonl"))
-                    runs["b2"].append(bare(t, 2))
-                    runs["p2"].append(pipeline(t, 2, work / "r.jsonl"))
-                    (work / "r.jsonl").unlink()
+                r1 = measure(t, 1, out, args.blocks)
+                r2 = measure(t, 2, out, args.blocks)
             except InferenceError as exc:
                 print(f"{t.label:22} {t.backend:11} {t.file or '':17} unavailable: {str(exc)[:60]}")
                 continue
-
-            def med(key: str, attr: str, runs: dict[str, list[Run]] = runs) -> float:
-                return float(statistics.median(getattr(r, attr) for r in runs[key]))
-
-            b1, p1, b2, p2 = (med(k, "typical_ms") for k in ("b1", "p1", "b2", "p2"))
-            mb1, mp1, mp2 = (med(k, "wall_ms") for k in ("b1", "p1", "p2"))
-            cb, cp = med("b1", "cpu_ms"), med("p1", "cpu_ms")
+            finally:
+                out.unlink(missing_ok=True)
             print(
-                f"{t.label:22} {t.backend:11} {t.file or 'model.onnx':17} {b1:8.3f} {p1:8.3f} "
-                f"{(p1 / b1 - 1) * 100:7.1f}% {(mp1 / mb1 - 1) * 100:7.1f}% "
-                f"{(cp / cb - 1) * 100:7.1f}% {(p2 / b2 - 1) * 100:6.1f}% "
-                f"{1000 / mp1:7.1f} {1000 / mp2:7.1f}"
+                f"{t.label:22} {t.backend:11} {t.file or '(default)':17} {t.block:3d} "
+                f"{r1.bare_ms():8.3f} {r1.pipe_ms():8.3f} "
+                f"{pct(r1.frame_ratio())} {pct(r1.wall_ratio())} "
+                f"{pct(r1.cpu_ratio('cpu'))} {pct(r1.cpu_ratio('thread'))} "
+                f"{pct(r2.frame_ratio())} {r1.fps():7.1f} {r2.fps():7.1f}",
+                flush=True,
             )
-            stages = {
-                s: statistics.median(r.stages_us[s] for r in runs["p1"])
-                for s in ("pre", "infer", "post", "publish", "capture", "loop")
-            }
-            breakdown.append((t, b1 * 1e3, stages))
-        print(
-            "\nbare/pipe ms and ovh: median frame (robust to preemption by other work); ovh mean:"
-            " mean frame time (what FPS is); ovh cpu: process CPU time per frame"
-        )
+            breakdown.append((t, r1.stages_us))
         print("\nper-frame cost inside the pipeline at 1 thread, us (medians):")
-        print(
-            f"{'model':22} {'back end':11} {'bare':>8} {'infer':>8} {'pre':>7} {'post':>7} "
-            f"{'publish':>7} {'capture':>7} {'loop':>7}"
-        )
-        for t, bare_us, s in breakdown:
+        cols = ("bare", "infer", "pre", "post", "publish", "capture", "loop")
+        print(f"{'model':22} {'back end':11} {'file':17} " + " ".join(f"{c:>8}" for c in cols))
+        for t, s in breakdown:
             print(
-                f"{t.label:22} {t.backend:11} {bare_us:8.1f} {s['infer']:8.1f} {s['pre']:7.1f} "
-                f"{s['post']:7.1f} {s['publish']:7.1f} {s['capture']:7.1f} {s['loop']:7.1f}"
+                f"{t.label:22} {t.backend:11} {t.file or '(default)':17} "
+                + " ".join(f"{s[c]:8.1f}" for c in cols)
             )
     load = os.getloadavg()
     print(
         f"\nload average during the run: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} "
-        f"on {os.cpu_count()} CPUs (other work on the machine skews wall-time figures)"
+        f"on {os.cpu_count()} CPUs"
     )
     return 0
 

@@ -17,9 +17,13 @@ from appliance.inference.backends.base import LoadedModel, TensorInfo
 from appliance.inference.package import DetectionSpec, Manifest, SsdAnchors, expected_shape
 from appliance.inference.preprocess import Letterbox
 
+_F32 = np.dtype(np.float32)
+
 
 def dequantize(x: np.ndarray, info: TensorInfo) -> np.ndarray:
     """Integer output tensor -> float32 with its scale/zero-point; float tensors unchanged."""
+    if x.dtype is _F32:  # the common case, without a numpy call (builtin dtypes are singletons)
+        return x
     if x.dtype.kind in "iu" and info.scale > 0:
         return (x.astype(np.float32) - info.zero_point) * np.float32(info.scale)
     return x.astype(np.float32, copy=False)
@@ -56,17 +60,17 @@ def top_k_large(v: np.ndarray, labels: list[str], k: int, kind: str) -> list[dic
     """
     n = v.shape[-1]
     k = min(k, n)
-    idx = np.argpartition(v, n - k)[n - k :] if k < n else np.arange(n)
-    top = v[idx]
-    order = np.argsort(-top, kind="stable")
-    best, values = idx[order].tolist(), top[order].tolist()
+    idx = v.argpartition(n - k)[n - k :] if k < n else np.arange(n)
+    # k pairs sorted in Python (stable, best first): cheaper than two more numpy calls.
+    pairs = sorted(zip(v[idx].tolist(), idx.tolist(), strict=True), key=lambda p: -p[0])
     if kind == "logits":
-        m = values[0]
-        total = float(np.exp(v - np.float32(m)).sum(dtype=np.float64))
-        values = [math.exp(x - m) / total for x in values]
+        m = pairs[0][0]
+        e = np.subtract(v, np.float32(m))
+        total = float(np.exp(e, out=e).sum(dtype=np.float64))
+        pairs = [(math.exp(x - m) / total, i) for x, i in pairs]
     return [
         {"label": labels[i] if i < len(labels) else str(i), "index": i, "score": round(x, 6)}
-        for i, x in zip(best, values, strict=True)
+        for x, i in pairs
     ]
 
 
@@ -196,6 +200,27 @@ def decode_ssd(
     return boxes, ssd_scores(s, spec), kp
 
 
+def ssd_raw_floor(spec: DetectionSpec) -> float:
+    """A raw score below which no anchor can reach the threshold (a cheap, safe pre-filter).
+
+    :func:`ssd_scores` is monotonic, so ``score >= threshold`` needs ``raw >= threshold's
+    pre-image``; a margin keeps rounding on the safe side (the exact test follows on the few
+    rows that pass). Where clipping makes the bound unsafe, -inf: every row is kept.
+    """
+    t = spec.score_threshold
+    if spec.sigmoid_score:
+        # Scores are float32: near 1 a sigmoid rounds up to the threshold from below.
+        t = min(t, 1.0) * (1 - 2**-20) - 2**-20
+        if t <= 0:
+            return -math.inf
+        t = math.log(t / (1 - t))
+    floor = t - 1e-3
+    lowest = -80.0 if spec.sigmoid_score else -math.inf
+    if spec.score_clipping is not None:
+        lowest = max(lowest, -spec.score_clipping)
+    return floor if floor > lowest else -math.inf
+
+
 def ssd_scores(s: np.ndarray, spec: DetectionSpec) -> np.ndarray:
     """Raw SSD class scores [N, C] -> scores as the threshold sees them (clipped, sigmoid)."""
     if spec.score_clipping is not None:
@@ -316,9 +341,11 @@ class Postprocessor:
         _n, _c, h, w = expected_shape(m, model.file) if model.layout == "NCHW" else _nhwc(m, model)
         self.input_w, self.input_h = w, h
         self.anchors: np.ndarray | None = None
+        self.raw_floor = -math.inf
         d = m.detection
         if m.task == "detection" and d is not None and d.decoder == "ssd" and d.anchors is not None:
             self.anchors = ssd_anchors(d.anchors, w, h)
+            self.raw_floor = ssd_raw_floor(d)
 
     def scores(self, raw: list[np.ndarray]) -> np.ndarray:
         """Class scores of a classification model (batch of one)."""
@@ -354,7 +381,10 @@ class Postprocessor:
             raw_scores = outs[spec.scores_output].reshape(n, -1)
             # Decode only the anchors that can pass the threshold (usually a handful of
             # thousands): select() would drop the others anyway, and this keeps their order.
-            rows = np.nonzero(ssd_scores(raw_scores, spec).max(axis=1) >= spec.score_threshold)[0]
+            # Compared on the raw scores (no sigmoid over every anchor); select() applies the
+            # exact threshold to the survivors.
+            best_raw = raw_scores[:, 0] if raw_scores.shape[1] == 1 else raw_scores.max(axis=1)
+            rows = np.flatnonzero(best_raw >= self.raw_floor)
             if not rows.size:
                 return []
             boxes, scores, kps = decode_ssd(

@@ -3,11 +3,19 @@
 Normalisation and quantisation are folded into one lookup table per channel (256 entries), so a
 uint8 frame becomes a float32 or int8/uint8 tensor in one gather, exactly as
 ``q = clip(round(((p * scale - mean) / std) / q_scale + q_zero_point))`` would compute it.
+
+Float inputs are normalised as ``p * a + b`` per channel (``a = scale/std``, ``b = -mean/std``),
+fused into the uint8 -> float32 conversion by OpenCV when it is present (``cv2.addWeighted``:
+one pass per plane instead of convert, multiply and add). This runs on every frame right after
+the model has evicted the caches, where each extra call costs several times its warm price.
+With ``reuse=True`` (the pipeline) the tensor is written into one buffer owned by the
+preprocessor: valid until the next call.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -38,30 +46,53 @@ def build_lut(
     return real.astype(dtype)
 
 
+IDENTITY = Letterbox(1.0, 1.0, 0.0, 0.0)
+PAD = 114  # letterbox border pixel value (YOLO's grey)
+
+
+def letterbox_geometry(
+    w: int, h: int, width: int, height: int
+) -> tuple[int, int, int, int, Letterbox]:
+    """(scaled width, scaled height, pad x, pad y, mapping) to fit w x h into width x height."""
+    s = min(width / w, height / h)
+    nw, nh = max(1, round(w * s)), max(1, round(h * s))
+    px, py = (width - nw) // 2, (height - nh) // 2
+    return nw, nh, px, py, Letterbox(s, s, float(px), float(py))
+
+
 def resize(image: np.ndarray, width: int, height: int, mode: str) -> tuple[np.ndarray, Letterbox]:
     """Stretch or letterbox ``image`` (HxWx3 uint8) to ``width`` x ``height``."""
     h, w = image.shape[:2]
     if (w, h) == (width, height):
-        return image, Letterbox(1.0, 1.0, 0.0, 0.0)
+        return image, IDENTITY
     import cv2
 
     if mode == "stretch":
         out = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
         return out, Letterbox(width / w, height / h, 0.0, 0.0)
-    s = min(width / w, height / h)
-    nw, nh = max(1, round(w * s)), max(1, round(h * s))
+    nw, nh, px, py, box = letterbox_geometry(w, h, width, height)
     scaled = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    out = np.full((height, width, 3), 114, dtype=np.uint8)
-    px, py = (width - nw) // 2, (height - nh) // 2
+    out = np.full((height, width, 3), PAD, dtype=np.uint8)
     out[py : py + nh, px : px + nw] = scaled
-    return out, Letterbox(s, s, float(px), float(py))
+    return out, box
+
+
+def _cv2() -> Any:
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
 
 
 class Preprocessor:
     """Callable turning one HxWx3 uint8 frame (RGB or BGR) into a batch of 1 for a model.
 
-    Float inputs: one conversion pass into the target layout, then ``x * a + b`` per channel
-    (``a = scale/std``, ``b = -mean/std``). Quantised inputs: one table lookup per channel.
+    Float inputs: ``x * a + b`` per channel (``a = scale/std``, ``b = -mean/std``), fused into the
+    conversion by OpenCV when present (one pass per plane for NCHW; one pass over the pixels
+    for NHWC when all channels share ``a`` and ``b``, letterbox padding written once), else one
+    numpy conversion pass and two in-place passes. Quantised inputs: one table lookup per channel.
+    ``reuse``: write every tensor into the same buffer (valid until the next call).
     """
 
     def __init__(
@@ -73,6 +104,7 @@ class Preprocessor:
         *,
         q_scale: float = 0.0,
         q_zero: int = 0,
+        reuse: bool = False,
     ) -> None:
         self.spec = spec
         self.layout = layout
@@ -81,8 +113,9 @@ class Preprocessor:
         self.height, self.width = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
         self.lut = build_lut(spec, self.dtype, q_scale, q_zero)
         std = np.asarray(spec.std, np.float64)
-        a = (spec.scale / std).astype(np.float32)
-        b = (-np.asarray(spec.mean, np.float64) / std).astype(np.float32)
+        a64 = spec.scale / std
+        b64 = -np.asarray(spec.mean, np.float64) / std
+        a, b = a64.astype(np.float32), b64.astype(np.float32)
         if layout == "NCHW":
             self._a, self._b = a.reshape(3, 1, 1), b.reshape(3, 1, 1)
         else:
@@ -96,27 +129,51 @@ class Preprocessor:
             if (self._quantised and self.dtype.itemsize == 1)
             else None
         )
+        self.reuse = reuse
+        self._out_shape = (
+            (1, 3, self.height, self.width) if layout == "NCHW" else (1, self.height, self.width, 3)
+        )
+        self._out: np.ndarray | None = None
+        self._padded_for: tuple[int, int] | None = None  # frame size the reused pad was made for
+        self._cv: Any = _cv2() if self.dtype == np.float32 else None
+        self._ab = [(float(x), float(y)) for x, y in zip(a64, b64, strict=True)]
+        self._uniform = len(set(self._ab)) == 1
+        self._pad = float(np.float32(PAD * a64[0] + b64[0]))
 
     @classmethod
-    def for_model(cls, model: LoadedModel) -> Preprocessor:
+    def for_model(cls, model: LoadedModel, *, reuse: bool = False) -> Preprocessor:
         m = model.package.manifest
         q = model.file.quantization
         info = model.input
         scale = q.input_scale if q else info.scale
         zero = q.input_zero_point if q else info.zero_point
         shape = expected_shape(m, model.file)
-        return cls(m.input, shape, model.layout, info.dtype, q_scale=scale, q_zero=zero)
+        return cls(
+            m.input, shape, model.layout, info.dtype, q_scale=scale, q_zero=zero, reuse=reuse
+        )
+
+    def _buffer(self) -> np.ndarray:
+        if not self.reuse:
+            return np.empty(self._out_shape, self.dtype)
+        if self._out is None:
+            self._out = np.empty(self._out_shape, self.dtype)
+        return self._out
 
     def __call__(self, image: np.ndarray, color: str = "RGB") -> tuple[np.ndarray, Letterbox]:
+        if self._cv is not None:
+            if self.layout == "NCHW":
+                return self._planes_cv(image, color)
+            if self._uniform and color == self.spec.color:
+                return self._pixels_cv(image)
+        return self._numpy(image, color)
+
+    def _numpy(self, image: np.ndarray, color: str) -> tuple[np.ndarray, Letterbox]:
         img, box = resize(image, self.width, self.height, self.spec.resize)
         if color != self.spec.color:
             img = img[..., ::-1]
         if self._cv_lut is not None and self.layout == "NHWC":
-            try:
-                import cv2
-            except ImportError:
-                pass
-            else:
+            cv2 = _cv2()
+            if cv2 is not None:
                 out = cv2.LUT(np.ascontiguousarray(img), self._cv_lut).view(self.dtype)
                 return out[None], box
         if self.layout == "NCHW":
@@ -140,3 +197,37 @@ class Preprocessor:
             x += self._b
             x = x.reshape(self.height, self.width, 3)
         return x[None], box
+
+    def _planes_cv(self, image: np.ndarray, color: str) -> tuple[np.ndarray, Letterbox]:
+        """NCHW float: split the pixels into planes, then one fused convert+scale+shift each."""
+        cv2 = self._cv
+        img, box = resize(image, self.width, self.height, self.spec.resize)
+        planes = cv2.split(img)
+        if color != self.spec.color:
+            planes = planes[::-1]
+        out = self._buffer()
+        for c, (a, b) in enumerate(self._ab):
+            cv2.addWeighted(planes[c], a, planes[c], 0.0, b, dst=out[0, c], dtype=cv2.CV_32F)
+        return out, box
+
+    def _pixels_cv(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        """NHWC float, one ``a``/``b`` for all channels: one fused pass over the pixels."""
+        cv2 = self._cv
+        h, w = image.shape[:2]
+        out = self._buffer()
+        dst = out[0]
+        if (w, h) == (self.width, self.height):
+            src, box = image, IDENTITY
+        elif self.spec.resize == "stretch":
+            src = cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_LINEAR)
+            box = Letterbox(self.width / w, self.height / h, 0.0, 0.0)
+        else:
+            nw, nh, px, py, box = letterbox_geometry(w, h, self.width, self.height)
+            src = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+            if self._padded_for != (w, h) or not self.reuse:
+                dst[...] = self._pad  # the border: written once while the frame size holds
+                self._padded_for = (w, h)
+            dst = dst[py : py + nh, px : px + nw]
+        a, b = self._ab[0]
+        cv2.addWeighted(src, a, src, 0.0, b, dst=dst, dtype=cv2.CV_32F)
+        return out, box

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -165,3 +166,62 @@ def test_large_top_k_equals_numpy_top_k(values: list[float], k: int, kind: str) 
     assert [d["score"] for d in fast] == pytest.approx([d["score"] for d in ref], abs=2e-6)
     # Same classes up to ties: every picked class scores the same as the reference's pick.
     assert len(fast) == len(ref) == min(k, len(values))
+
+
+NHWC_UNIFORM = InputSpec(
+    "input", [1, 32, 32, 3], "NHWC", "float32", "RGB", "letterbox", 1 / 127.5, [1.0] * 3, [1.0] * 3
+)
+
+
+@pytest.mark.parametrize(
+    ("spec", "shape"),
+    [
+        (SPEC, (1, 3, 8, 8)),  # NCHW: split into planes, one fused pass per plane
+        (NHWC_UNIFORM, (1, 32, 32, 3)),  # NHWC letterboxed, one a/b: one fused pass
+        (msgspec.structs.replace(NHWC_UNIFORM, resize="stretch"), (1, 32, 32, 3)),
+    ],
+)
+def test_opencv_fused_paths_equal_the_numpy_path_with_a_reused_buffer(
+    spec: InputSpec, shape: tuple[int, int, int, int]
+) -> None:
+    layout = "NCHW" if shape[1] == 3 else "NHWC"
+    fused = Preprocessor(spec, shape, layout, np.dtype(np.float32), reuse=True)
+    rng = np.random.default_rng(3)
+    # Frame sizes change midway (the letterbox border must follow), then return.
+    sizes = [(8, 8), (20, 40), (20, 40), (40, 20), (32, 32), (20, 40)]
+    previous = None
+    for h, w in sizes:
+        for color in ("RGB", "BGR"):
+            img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            x, box = fused(img, color)
+            want, want_box = fused._numpy(img, color)
+            assert x.shape == shape and x.dtype == np.float32 and box == want_box
+            np.testing.assert_allclose(x, want, rtol=1e-6, atol=1e-6)
+            if layout == "NHWC" and color != spec.color:
+                continue  # NHWC with a colour swap takes the numpy path (its own tensor)
+            if previous is not None:
+                assert x is previous  # the same buffer every frame
+            previous = x
+    fresh = Preprocessor(spec, shape, layout, np.dtype(np.float32))
+    img = rng.integers(0, 256, (20, 40, 3), dtype=np.uint8)
+    assert fresh(img)[0] is not fresh(img)[0]  # without reuse: a new tensor per call
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(-100, 100, width=32), min_size=1, max_size=50),
+    st.floats(0.0, 1.0),
+    st.booleans(),
+    st.one_of(st.none(), st.floats(0.5, 100)),
+)
+def test_ssd_raw_floor_never_drops_an_anchor_that_passes(
+    raw: list[float], threshold: float, sigmoid: bool, clipping: float | None
+) -> None:
+    from appliance.inference.postprocess import ssd_raw_floor, ssd_scores
+
+    spec = DetectionSpec(
+        decoder="ssd", score_threshold=threshold, sigmoid_score=sigmoid, score_clipping=clipping
+    )
+    s = np.asarray(raw, np.float32)[:, None]
+    passing = ssd_scores(s, spec)[:, 0] >= threshold
+    assert not (passing & (s[:, 0] < ssd_raw_floor(spec))).any()
