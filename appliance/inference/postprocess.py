@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from appliance.inference import ssd_small
 from appliance.inference.backends.base import LoadedModel, TensorInfo
 from appliance.inference.package import DetectionSpec, Manifest, SsdAnchors, expected_shape
 from appliance.inference.preprocess import Letterbox
@@ -387,6 +388,16 @@ class Postprocessor:
             rows = np.flatnonzero(best_raw >= self.raw_floor)
             if not rows.size:
                 return []
+            if rows.size <= ssd_small.MAX_ROWS:
+                found = ssd_small.decode_select(
+                    outs[spec.boxes_output].reshape(n, -1)[rows].tolist(),
+                    raw_scores[rows].tolist(),
+                    self.anchors[rows].tolist(),
+                    spec,
+                    self.input_w,
+                    self.input_h,
+                )
+                return [Detection(box, c, score, kps) for box, c, score, kps in found]
             boxes, scores, kps = decode_ssd(
                 outs[spec.boxes_output].reshape(n, -1)[rows],
                 raw_scores[rows],

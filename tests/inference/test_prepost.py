@@ -225,3 +225,47 @@ def test_ssd_raw_floor_never_drops_an_anchor_that_passes(
     s = np.asarray(raw, np.float32)[:, None]
     passing = ssd_scores(s, spec)[:, 0] >= threshold
     assert not (passing & (s[:, 0] < ssd_raw_floor(spec))).any()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 32),
+    st.integers(1, 3),
+    st.integers(0, 2),
+    st.booleans(),
+    st.floats(0.05, 0.95),
+)
+def test_few_anchor_python_decode_equals_the_numpy_decode(
+    seed: int, rows: int, classes: int, keypoints: int, xywh: bool, threshold: float
+) -> None:
+    from appliance.inference import ssd_small
+    from appliance.inference.postprocess import decode_ssd
+
+    rng = np.random.default_rng(seed)
+    spec = DetectionSpec(
+        decoder="ssd",
+        score_threshold=threshold,
+        iou_threshold=0.3,
+        max_detections=5,
+        num_keypoints=keypoints,
+        reverse_output_order=xywh,
+    )
+    raw_boxes = rng.normal(0, 20, (rows, 4 + 2 * keypoints)).astype(np.float32)
+    raw_scores = rng.normal(0, 2, (rows, classes)).astype(np.float32)
+    anchors = np.concatenate([rng.uniform(0, 1, (rows, 2)), np.ones((rows, 2))], axis=1).astype(
+        np.float32
+    )
+    boxes, scores, kps = decode_ssd(raw_boxes, raw_scores, anchors, spec, input_w=64, input_h=48)
+    if np.isclose(scores, threshold, atol=1e-6).any():
+        return  # float32 vs float64 sigmoid may round a borderline score either way
+    want = select(boxes, scores, spec, kps if keypoints else None)
+    got = ssd_small.decode_select(
+        raw_boxes.tolist(), raw_scores.tolist(), anchors.tolist(), spec, 64, 48
+    )
+    assert [d.label for d in want] == [c for _, c, _, _ in got]
+    assert [d.score for d in want] == pytest.approx([s for _, _, s, _ in got], abs=1e-6)
+    for d, (box, _, _, points) in zip(want, got, strict=True):
+        np.testing.assert_allclose(d.box, box, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.reshape(d.keypoints, (-1, 2)), np.reshape(points, (-1, 2)),
+                                   rtol=1e-5, atol=1e-5)  # fmt: skip
