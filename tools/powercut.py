@@ -7,8 +7,11 @@ copies on a fake ESP, a data directory):
    for v2 and SIGKILLs itself at a random point: a byte offset of the slot write, or a state
    transition (after the manifest check, after the slot is marked bad, inside each loader
    write, after the write, the read-back, the record, the try);
-2. the slot writes went through a sink that models a volatile write cache (ARCHITECTURE
-   Decision 13): bytes not yet fsynced are lost, or written back partly and torn, at random;
+2. the slot writes went through a model of a volatile write cache (ARCHITECTURE Decision 13):
+   bytes not yet fsynced are lost, or written back partly and torn, at random. Half the runs
+   put it under the installer's O_DIRECT path (:class:`VolatileMedium`: regions made durable
+   and re-read while later ones are written), half under the page-cache path
+   (:class:`VolatileCacheSink`);
 3. the next boot is taken from the loader state, as grub.cfg does it (``loader_choice``, whose
    equivalence with the real grub.cfg is tested in tests/slots/test_grub_cfg.py); the booted
    slot's sha256 must be the image digest of a signed manifest (v1 or v2);
@@ -35,6 +38,7 @@ import signal
 import struct
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -56,6 +60,7 @@ from appliance.slots.ubootenv import EnvCopy, UBootEnvStore
 PRODUCT, TARGET = "powercut", "generic-x86-64"
 IMAGE_SIZE = 256 * 1024
 CHUNK = 16 * 1024
+REGION = 48 * 1024  # O_DIRECT path: re-read units, so that several overlap the writes
 UBOOT_ENV_SIZE = 0x4000
 STATE_POINTS = (
     "verified-manifest",
@@ -98,6 +103,46 @@ class VolatileCacheSink:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+class VolatileMedium:
+    """The O_DIRECT path's medium with a simulated volatile cache: writes sit in a side log.
+
+    ``sync`` (the read-back thread's fdatasync) applies the log to the slot; ``read`` reads the
+    slot file, so a region re-read before it was made durable would not match. Thread-safe:
+    the writer appends while the read-back thread syncs.
+    """
+
+    def __init__(self, path: Path, log: Path, cut_at: int | None = None) -> None:
+        self.path = Path(path)
+        self.log = Path(log)
+        self.cut_at = cut_at
+        self._lock = threading.Lock()
+        self._fd = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._read_fd = os.open(self.path, os.O_RDONLY)
+
+    def write(self, offset: int, data: memoryview) -> None:
+        self.write_tail(offset, bytes(data))
+
+    def write_tail(self, offset: int, data: bytes) -> None:
+        with self._lock:
+            if self.cut_at is not None and offset <= self.cut_at < offset + len(data):
+                part = data[: self.cut_at - offset]
+                os.write(self._fd, _REC.pack(offset, len(part)) + part)
+                os.kill(os.getpid(), signal.SIGKILL)
+            os.write(self._fd, _REC.pack(offset, len(data)) + data)
+
+    def sync(self) -> None:
+        with self._lock:
+            apply_log(self.path, self.log, keep=lambda _: 1.0)
+            os.ftruncate(self._fd, 0)
+
+    def read(self, offset: int, out: memoryview) -> int:
+        return os.preadv(self._read_fd, [out], offset)
+
+    def close(self) -> None:
+        os.close(self._fd)
+        os.close(self._read_fd)
 
 
 def read_log(log: Path) -> list[tuple[int, bytes]]:
@@ -169,6 +214,7 @@ class Device:
 
     root: Path
     loader_kind: str = "grub"  # or "uboot"
+    direct: bool = True  # the installer's O_DIRECT path, else its page-cache path
     key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
     signed: dict[str, str] = field(default_factory=dict)  # image sha256 -> version
 
@@ -244,6 +290,7 @@ class Device:
                 os.kill(os.getpid(), signal.SIGKILL)
 
         log = self.root / "cache.log"
+        cut_at = cut if isinstance(cut, int) else None
         install(
             io.BytesIO(self.bundle_v2),
             policy=self.policy(),
@@ -251,7 +298,9 @@ class Device:
             booted=booted,
             targets=self.slots,
             data_dir=self.root / "data",
-            sink_factory=lambda p: VolatileCacheSink(p, log, cut if isinstance(cut, int) else None),
+            sink_factory=None if self.direct else lambda p: VolatileCacheSink(p, log, cut_at),
+            medium_factory=lambda p: VolatileMedium(p, log, cut_at),
+            region=REGION,
             trace=trace,
         )
 
@@ -281,10 +330,14 @@ class Device:
 def one_run(
     device: Device, rng: random.Random, cut: str | int | None = None
 ) -> tuple[str, bool, bool]:
-    """(cut point, booted a signed image, rerun installed v2 cleanly); ``cut`` random if None."""
+    """(cut point, booted a signed image, rerun installed v2 cleanly); ``cut`` random if None.
+
+    A random cut also picks the installer's path at random (``device.direct``).
+    """
     device.reset()
     if cut is None:
         cut = rng.randrange(IMAGE_SIZE) if rng.random() < 0.5 else rng.choice(STATE_POINTS)
+        device.direct = rng.random() < 0.5
     tear = rng.randrange(UBOOT_ENV_SIZE)
     pid = os.fork()
     if pid == 0:  # the installer process

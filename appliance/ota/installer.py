@@ -9,8 +9,11 @@ Order (each step durable before the next; ARCHITECTURE "Update flow"):
    flushed (fsync) at the end; ``finish()`` checks nothing unlisted follows. A ``delta``
    payload is rebuilt from the running slot, which is first checked against the signed base;
 5. the slot is read back from the medium (past the page cache) and compared with the verified
-   chunks; this overlaps the write, window by window (:mod:`appliance.ota.readback`); if the
-   writes were not sequential, the whole slot is re-read and hashed against the manifest;
+   chunks; this overlaps the write, region by region: by default the slot is written with
+   O_DIRECT and each region made durable, then re-read (:mod:`appliance.ota.direct`); a
+   ``sink_factory`` sink, or a file system without O_DIRECT, gets the page-cache read-back
+   (:mod:`appliance.ota.readback`); if the writes were not sequential, the whole slot is
+   re-read and hashed against the manifest;
 6. the install is recorded on data (the security floor rises only at commit), a keyring
    rotation in the bundle is applied;
 7. the loader is told to try the slot once.
@@ -27,9 +30,10 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from appliance.bundle import FileSink, Policy, Sink, apply_keyring_update, open_bundle
+from appliance.ota.direct import REGION, DirectMedium, DirectReadBackSink, DirectUnsupported, Medium
 from appliance.ota.errors import NoImageError, ReadBackError, TargetError
 from appliance.ota.readback import ReadBackSink, read_back_sha256
 from appliance.slots.errors import InvalidTransition
@@ -42,6 +46,16 @@ DEFAULT_TARGETS: Mapping[Slot, Path] = {
     "B": Path("/dev/disk/by-partlabel/rootfs_b"),
 }
 Trace = Callable[[str], None]
+
+
+class CheckingSink(Sink, Protocol):
+    """A sink that re-reads what it wrote from the medium (both read-back sinks)."""
+
+    def checked(self, size: int) -> bool:
+        """True if ``size`` bytes were re-read and equal; raises ReadBackError if not equal."""
+
+    def digest(self) -> str | None:
+        """sha256 of the re-read bytes, if asked for."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +86,28 @@ def _target_capacity(path: Path) -> int | None:
         os.close(fd)
 
 
-def _read_back(sink: ReadBackSink, path: Path, target: Slot, size: int, sha256: str) -> str:
+def _open_sink(
+    path: Path,
+    sink_factory: Callable[[Path], Sink] | None,
+    medium_factory: Callable[[Path], Medium],
+    region: int,
+    hash_readback: bool,
+) -> CheckingSink:
+    """O_DIRECT writes with overlapped re-reads where possible, else the page-cache read-back."""
+    if sink_factory is None:
+        try:
+            medium = medium_factory(path)
+        except DirectUnsupported as exc:
+            log.info("%s; writing through the page cache", exc)
+            sink_factory = FileSink
+        else:
+            return DirectReadBackSink(
+                medium, region=region, hash_readback=hash_readback, label=f"slot {path}"
+            )
+    return ReadBackSink(sink_factory(path), path, hash_readback=hash_readback)
+
+
+def _read_back(sink: CheckingSink, path: Path, target: Slot, size: int, sha256: str) -> str:
     """The slot's digest as read back; ReadBackError unless it is the signed image's."""
     try:
         # Normally re-read window by window during the write (each range equal to its verified
@@ -100,7 +135,9 @@ def install(
     source: str = "bundle",
     targets: Mapping[Slot, Path] = DEFAULT_TARGETS,
     data_dir: Path | None = None,
-    sink_factory: Callable[[Path], Sink] = FileSink,
+    sink_factory: Callable[[Path], Sink] | None = None,
+    medium_factory: Callable[[Path], Medium] = DirectMedium,
+    region: int = REGION,
     progress: Callable[[int, int], None] | None = None,
     trace: Trace = lambda point: None,
     hash_readback: bool = False,
@@ -109,6 +146,9 @@ def install(
 
     The slot is re-read from the medium and compared with the verified chunks; with
     ``hash_readback`` the re-read bytes are also hashed against the signed image digest.
+    The slot is written through ``medium_factory(path)`` (O_DIRECT; the power-cut test puts a
+    simulated volatile cache there) in re-read units of ``region`` bytes; a ``sink_factory``
+    sink, or a target without O_DIRECT, is written through the page-cache read-back instead.
     """
     target = other(booted)
     state = loader.read()
@@ -142,7 +182,7 @@ def install(
         loader.deactivate(target)
         trace("deactivated")
         keyring_bytes: bytes | None = None
-        sink = ReadBackSink(sink_factory(path), path, hash_readback=hash_readback)
+        sink = _open_sink(path, sink_factory, medium_factory, region, hash_readback)
         stack.callback(sink.close)
         for payload in manifest.payloads:
             if payload.kind in ("full", "delta"):

@@ -16,6 +16,7 @@ import pytest
 
 from appliance.bundle import FileSink
 from appliance.bundle.errors import BundleError
+from appliance.ota.direct import DirectMedium, DirectUnsupported
 from appliance.ota.errors import ReadBackError, TargetError
 from appliance.ota.installer import install
 from appliance.slots.errors import InvalidTransition
@@ -23,6 +24,8 @@ from appliance.slots.filestore import file_loader
 from appliance.slots.state import BootState
 from appliance.state import load_state
 from tools.powercut import IMAGE_SIZE, PRODUCT, TARGET, Device
+
+from .test_direct import FailingMedium
 
 
 @pytest.fixture
@@ -130,6 +133,39 @@ def test_read_back_mismatch_keeps_the_slot_bad(device: Device) -> None:
             sink_factory=FlakyMedium,
         )
     assert device.loader().read() == BootState("A", None, 0, frozenset({"B"}))
+
+
+def test_read_back_mismatch_on_the_o_direct_path_keeps_the_slot_bad(device: Device) -> None:
+    with pytest.raises(ReadBackError, match="other bytes than were written at byte 70000 "):
+        install(
+            io.BytesIO(device.bundle_v2),
+            policy=device.policy(),
+            loader=device.loader(),
+            booted="A",
+            targets=device.slots,
+            medium_factory=lambda path: FailingMedium(path, 70_000),
+            region=32 * 1024,
+        )
+    assert device.loader().read() == BootState("A", None, 0, frozenset({"B"}))
+
+
+def no_o_direct(path: Path) -> DirectMedium:
+    """The probe of a file system that refuses O_DIRECT (none here: tmpfs takes it since 6.6)."""
+    raise DirectUnsupported(f"{path}: O_DIRECT refused (Invalid argument)")
+
+
+def test_slot_without_o_direct_is_written_through_the_page_cache(device: Device) -> None:
+    result = install(
+        io.BytesIO(device.bundle_v2),
+        policy=device.policy(),
+        loader=device.loader(),
+        booted="A",
+        targets=device.slots,
+        medium_factory=no_o_direct,
+        hash_readback=True,
+    )
+    assert result.image_sha256 == hashlib.sha256(device.v2).hexdigest() == digest(device.slots["B"])
+    assert device.boot() == ("B", "2.0.0")
 
 
 @pytest.fixture
