@@ -142,7 +142,7 @@ def measure(argv: list[str]) -> dict[str, float]:
 APPLY = """
 import sys
 from appliance.bundle import FileSink, Keyring, Policy, TrustedKey, open_bundle
-from appliance.bundle.delta import BaseSlot
+from appliance.bundle.delta_apply import BaseSlot
 bundle, base, out, pub = sys.argv[1:5]
 policy = Policy(Keyring(1, (TrustedKey.from_public_key(bytes.fromhex(pub)),)), None, None)
 with open(bundle, "rb") as f, FileSink(out, create=True) as sink, BaseSlot(base) as slot:

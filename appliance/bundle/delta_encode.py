@@ -26,15 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.bundle.delta import (
-    BLOCK,
-    MAX_REFERENCE,
-    DeltaError,
-    Extent,
-    apply_parsed,
-    encode_chunk,
-    parse_chunk,
-)
+from appliance.bundle.delta import BLOCK, MAX_REFERENCE, DeltaError, Extent, encode_chunk
+from appliance.bundle.delta_apply import apply_parsed, parse_chunk
 
 log = logging.getLogger(__name__)
 WINDOW_MARGIN = 256 << 10  # bytes of base on each side of a candidate window

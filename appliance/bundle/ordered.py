@@ -10,7 +10,9 @@ wait, so memory stays O(chunk x depth).
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,12 +22,38 @@ T = TypeVar("T")
 
 # Two workers use both cores of the smallest targets; more only adds memory on the rest.
 WORKERS = min(2, os.cpu_count() or 1)
+M_ARENA_MAX = -8  # glibc mallopt parameter
+
+
+@functools.cache
+def share_malloc_arena() -> None:
+    """Ask glibc to give threads started from now on one shared malloc arena (best effort).
+
+    Chunk-sized buffers are allocated on a worker and freed on the writer thread; with an arena
+    per thread each keeps its own freed megabytes, which cost a delta apply ~6 MiB of peak RSS
+    (67 -> 61 MiB on the upgrade pair). The threads here are GIL-bound Python plus C calls on
+    large buffers, so one arena costs no measurable time. It holds for the rest of the process
+    (glibc fixes its arena limit the first time it needs one); an explicit MALLOC_ARENA_MAX in
+    the environment wins. A no-op where mallopt is missing. The reader's threads call it first.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ or sys.platform != "linux":
+        return
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc-like: nothing to tune
+        return
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt(M_ARENA_MAX, 1)
 
 
 class OrderedPipeline(Generic[T]):
     """Run calls on ``workers`` threads (inline when 0); collect their results in call order."""
 
     def __init__(self, workers: int = WORKERS, depth: int = 3) -> None:
+        if workers > 0:
+            share_malloc_arena()
         self._pool = (
             ThreadPoolExecutor(workers, thread_name_prefix="bundle-verify") if workers > 0 else None
         )

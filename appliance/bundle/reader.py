@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from appliance.bundle import canonical, tarstream
-from appliance.bundle.delta import BaseSlot, MissingBaseError
+from appliance.bundle.delta import MissingBaseError
+from appliance.bundle.delta_apply import BaseSlot
 from appliance.bundle.errors import (
     BundleError,
     BundleExpiredError,
@@ -324,17 +325,15 @@ class VerifiedBundle:
     ) -> None:
         """Read, verify (and decompress or rebuild) each chunk; hand only verified ones on.
 
-        Full payloads are verified on worker threads (:mod:`appliance.bundle.ordered`) while
-        the next chunk is read; results reach ``writer`` in order, each only after it and all
-        before it were verified. A delta read without ``base`` (discarded or ``verify_all``)
+        Chunks (full and delta) are verified on worker threads (:mod:`~.ordered`) while the
+        next chunk is read; results reach ``writer`` in order, each only after it and all before
+        it were verified. A delta read without ``base`` (discarded or ``verify_all``)
         has only its wire digests checked: its image digests need the base slot.
         """
         reader = self._reader
         check = _ChunkCheck(p, self.manifest.chunk_size, base)
-        # Delta chunks are rebuilt from the base slot one after another, in this thread.
-        pipeline: OrderedPipeline[tuple[int, bytes | None]] = OrderedPipeline(
-            0 if p.kind == KIND_DELTA else WORKERS
-        )
+        # Delta chunks too: BaseSlot.rebuild reads the base with positioned reads (thread-safe).
+        pipeline: OrderedPipeline[tuple[int, bytes | None]] = OrderedPipeline(WORKERS)
         offset = 0
 
         def hand_on(results: Iterator[tuple[int, bytes | None]]) -> None:
@@ -382,13 +381,14 @@ class _ChunkCheck:
         if p.kind == KIND_DELTA:
             if self.base is None:
                 return expect, None
-            data = self.base.rebuild(data, expect, self.base_size, f"{p.name} chunk {i}")
-            if hashlib.sha256(data).hexdigest() != image_digest:
+            image = self.base.rebuild(data, expect, self.base_size, f"{p.name} chunk {i}")
+            if hashlib.sha256(image).hexdigest() != image_digest:
                 raise ChunkDigestError(
                     f"payload {p.name!r} chunk {i} rebuilds to bytes that do not match its "
                     "signed sha256: the base slot or the delta is damaged; nothing of it "
                     "was written"
                 )
+            return expect, image
         elif p.compression == "zstd":
             decompress = getattr(self._local, "decompress", None)
             if decompress is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 
+from appliance.bundle.ordered import share_malloc_arena
 from appliance.bundle.sink import Sink
 
 _STOP = None
@@ -22,6 +23,7 @@ class WriteBehind:
         self._sink = sink
         self._queue: queue.Queue[tuple[int, bytes] | None] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
+        share_malloc_arena()  # before the first thread: see there
         self._thread = threading.Thread(target=self._run, name="bundle-write-behind", daemon=True)
         self._thread.start()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from appliance.bundle import FileSink, PayloadSource, open_bundle, write_bundle
-from appliance.bundle.delta import BaseSlot
+from appliance.bundle.delta_apply import BaseSlot
 from appliance.ota.channel import ChannelError, check_download, poll
 from appliance.ota.fetch import fetch
 from image.publish import publish

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from appliance.bundle import FileSink, Keyring, Policy, open_bundle
-from appliance.bundle.delta import BaseSlot
+from appliance.bundle.delta_apply import BaseSlot
 from appliance.bundle.delta_base import ext4_size
 from image.fs import fs_uuid_for, make_ext4
 from tests.bundle.test_cli import run

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.bundle.delta import MAX_REFERENCE, BaseSlot, Extent, encode_chunk
+from appliance.bundle.delta import MAX_REFERENCE, Extent, encode_chunk
+from appliance.bundle.delta_apply import BaseSlot
 
 MIB = 1 << 20
 OUT = 1 * MIB  # the default bundle chunk size

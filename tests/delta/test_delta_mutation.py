@@ -8,7 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appliance.bundle.delta import BaseSlot, DeltaBaseError, DeltaError
+from appliance.bundle.delta import DeltaBaseError, DeltaError
+from appliance.bundle.delta_apply import BaseSlot
 from appliance.bundle.delta_encode import BaseIndex, DeltaEncoder
 
 from .kit import CHUNK, image_pair

@@ -11,14 +11,13 @@ import pytest
 from appliance.bundle import FileSink, open_bundle
 from appliance.bundle.delta import (
     MAX_REFERENCE,
-    BaseSlot,
     DeltaBaseError,
     DeltaError,
     Extent,
     MissingBaseError,
     encode_chunk,
-    parse_chunk,
 )
+from appliance.bundle.delta_apply import BaseSlot, parse_chunk
 from appliance.bundle.errors import (
     ChunkDigestError,
     ManifestSchemaError,

@@ -11,15 +11,14 @@ import pytest
 
 from appliance.bundle.delta import (
     MAGIC_SHUFFLED,
-    BaseSlot,
     DeltaError,
     Extent,
     encode_chunk,
-    parse_chunk,
     shuffle4,
     unshuffle4,
     xz_compress,
 )
+from appliance.bundle.delta_apply import BaseSlot, parse_chunk
 
 N = 256 << 10  # output bytes of the test chunk
 

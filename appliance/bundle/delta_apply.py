@@ -1,0 +1,380 @@
+"""Apply delta chunks (method ``ekdelta1``, format in :mod:`appliance.bundle.delta`) on a device.
+
+Each wire chunk is parsed and checked against the chunk length and the signed base size, then
+rebuilt from the base (active) slot in bounded memory: the output chunk, its decompressed body
+and one read group, whatever the size of the chunk's reference R or of the image. The reader
+verifies the rebuilt chunk against its signed digest before any write (FORMAT.md, ARCHITECTURE
+Decisions 8 and 14). Where the time goes and why it is built this way: FORMAT.md, "Apply".
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.bundle.delta import (
+    _CTRL,
+    _EXT,
+    _HEAD,
+    MAGIC,
+    MAGIC_SHUFFLED,
+    MAX_REFERENCE,
+    METHOD,
+    READ_BLOCK,
+    XZ_MAGIC,
+    XZ_MEM_SLACK,
+    DeltaBaseError,
+    DeltaError,
+    Extent,
+)
+
+
+@dataclass(frozen=True)
+class ParsedChunk:
+    """A structurally valid delta chunk."""
+
+    extents: list[Extent]
+    controls: list[tuple[int, int, int]]
+    body: bytes | bytearray  # controls | diff | extra
+    diff_start: int
+    extra_start: int
+    zero_diff: bool = False  # the diff is all zero bytes: R is copied unchanged
+
+
+# Small frames seen before -> their checked body. Unchanged stretches of the image are all the
+# same chunk (R as it is: one control, an all-zero diff), so their frames repeat byte for byte;
+# a frame's bytes decide what it decompresses to, so that body is decompressed and scanned once,
+# not once per chunk. Bounded: one entry of about one chunk.
+_KNOWN: dict[tuple[bytes, int, int, bytes], tuple[bytes | bytearray, bool]] = {}
+_KNOWN_FRAME = 256
+_KNOWN_ENTRIES = 1
+
+
+def parse_chunk(wire: bytes, out_len: int, base_size: int, where: str) -> ParsedChunk:
+    """Check a delta chunk's structure against the chunk length and the signed base size."""
+    if len(wire) < _HEAD.size:
+        raise DeltaError(f"{where}: {len(wire)} bytes, shorter than the delta chunk header")
+    magic, n_ext, n_ctrl, zlen = _HEAD.unpack_from(wire, 0)
+    if magic not in (MAGIC, MAGIC_SHUFFLED):
+        raise DeltaError(f"{where}: magic {magic!r} is not {MAGIC!r} (method {METHOD})")
+    ext_end = _HEAD.size + n_ext * _EXT.size
+    if n_ext > 4096 or ext_end + zlen != len(wire):
+        raise DeltaError(f"{where}: header sizes ({n_ext} extents, frame {zlen}) do not add up")
+    extents = _parse_extents(memoryview(wire)[_HEAD.size : ext_end], base_size, where)
+    if n_ctrl > out_len + 1:
+        raise DeltaError(f"{where}: {n_ctrl} controls for {out_len} output bytes")
+    frame = memoryview(wire)[ext_end:]
+    key = (magic, n_ctrl, out_len, bytes(frame)) if zlen <= _KNOWN_FRAME else None
+    known = _KNOWN.get(key) if key is not None else None
+    body = (
+        known[0]
+        if known is not None
+        else _decompress(frame, 2 * out_len + n_ctrl * _CTRL.size, where)
+    )
+    diff_start = n_ctrl * _CTRL.size
+    if len(body) < diff_start:
+        raise DeltaError(f"{where}: control block truncated")
+    controls: list[tuple[int, int, int]] = list(_CTRL.iter_unpack(memoryview(body)[:diff_start]))
+    adds = sum(c[0] for c in controls)
+    copies = sum(c[1] for c in controls)
+    if adds + copies != out_len or diff_start + adds + copies != len(body):
+        raise DeltaError(
+            f"{where}: controls produce {adds + copies} bytes from a {len(body)}-byte body; "
+            f"the chunk has {out_len}"
+        )
+    extra_start = diff_start + adds
+    if known is not None:
+        return ParsedChunk(extents, controls, body, diff_start, extra_start, known[1])
+    if magic == MAGIC_SHUFFLED:
+        body = _unshuffled(body, diff_start, extra_start)
+    zero_diff = False
+    if key is not None and len(body) <= out_len + 4096:  # worth remembering: R as it is
+        zero_diff = _all_zero(memoryview(body)[diff_start:extra_start])
+        if len(_KNOWN) >= _KNOWN_ENTRIES:
+            _KNOWN.clear()
+        _KNOWN[key] = (bytes(body), zero_diff)
+    return ParsedChunk(extents, controls, body, diff_start, extra_start, zero_diff)
+
+
+def _parse_extents(table: memoryview, base_size: int, where: str) -> list[Extent]:
+    extents: list[Extent] = []
+    ref_total = 0
+    for i, (off, length) in enumerate(_EXT.iter_unpack(table)):
+        if length == 0 or off + length > base_size:
+            raise DeltaError(f"{where}: extent {i} ({off}+{length}) outside the base ({base_size})")
+        ref_total += length
+        extents.append(Extent(off, length))
+    if ref_total > MAX_REFERENCE:
+        raise DeltaError(f"{where}: reference of {ref_total} bytes exceeds {MAX_REFERENCE}")
+    return extents
+
+
+def _all_zero(view: memoryview) -> bool:
+    import numpy as np
+
+    return not np.frombuffer(view, dtype=np.uint8).any()
+
+
+def _unshuffled(
+    body: bytes | bytearray | memoryview, diff_start: int, extra_start: int
+) -> bytearray:
+    """``body`` with its diff and extra sections unshuffled: one copy, no temporaries."""
+    import numpy as np
+
+    out = bytearray(body)
+    src, dst = memoryview(body), memoryview(out)
+    for start, end in ((diff_start, extra_start), (extra_start, len(body))):
+        q = (end - start) // 4
+        lanes = np.frombuffer(dst[start:end], dtype=np.uint8, count=4 * q).reshape(q, 4)
+        lanes[...] = np.frombuffer(src[start:end], dtype=np.uint8, count=4 * q).reshape(4, q).T
+    return out
+
+
+def _decompress(frame: bytes | memoryview, limit: int, where: str) -> bytes:
+    if bytes(frame[: len(XZ_MAGIC)]) == XZ_MAGIC:
+        return _xz_decompress(frame, limit, where)
+    return _zstd_decompress(frame, limit, where)
+
+
+_XZ_ONE_AT_A_TIME = threading.Lock()
+
+
+def _xz_decompress(frame: bytes | memoryview, limit: int, where: str) -> bytes:
+    """Decode one xz stream of at most ``limit`` bytes, with nothing after it."""
+    import lzma
+
+    dec = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=limit + XZ_MEM_SLACK)
+    try:
+        with _XZ_ONE_AT_A_TIME:  # its dictionary is as large as the body: one at a time
+            out = dec.decompress(frame, max_length=limit + 1)
+    except lzma.LZMAError as exc:
+        raise DeltaError(f"{where}: xz stream does not decompress: {exc}") from None
+    if len(out) > limit or not dec.eof:
+        raise DeltaError(f"{where}: xz stream is truncated or holds more than {limit} bytes")
+    if dec.unused_data:
+        raise DeltaError(f"{where}: {len(dec.unused_data)} bytes follow the xz stream")
+    return out
+
+
+_local = threading.local()  # one zstd decompression context per thread (not thread-safe)
+
+
+def _zstd_decompress(frame: bytes | memoryview, limit: int, where: str) -> bytes:
+    import zstandard
+
+    dctx = getattr(_local, "dctx", None)
+    if dctx is None:  # reused: a fresh context per chunk costs an allocation each time
+        dctx = _local.dctx = zstandard.ZstdDecompressor()
+    try:
+        declared = zstandard.frame_content_size(frame)
+        if declared < 0 or declared > limit:
+            raise DeltaError(f"{where}: zstd frame declares {declared} bytes (limit {limit})")
+        out: Any = dctx.decompress(frame, max_output_size=declared)
+    except zstandard.ZstdError as exc:
+        raise DeltaError(f"{where}: zstd frame does not decompress: {exc}") from None
+    if len(out) != declared:
+        raise DeltaError(f"{where}: zstd frame holds {len(out)} bytes, declares {declared}")
+    return bytes(out)
+
+
+ReadAt = Callable[[int, memoryview], None]
+"""Fill the view with base bytes starting at the given base offset (raise if the base ends)."""
+
+
+def pread_into(fd: int, view: memoryview, offset: int, where: str) -> None:
+    """Fill ``view`` from ``fd`` at ``offset``; pread may return less than asked (loop)."""
+    done = 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got <= 0:  # 0 means the base ends early
+            raise DeltaBaseError(f"{where}: base ends before byte {offset + len(view)}")
+        done += got
+
+
+Span = tuple[int, int, int]  # (position in R, position in the gathered buffer, length)
+
+
+class _Reference:
+    """The chunk's reference R (its extents, concatenated), read piecewise, never held whole.
+
+    :meth:`gather` copies the ``add`` spans of R into one buffer. Spans are read in R order
+    and nearby ones (gaps up to ``GAP``) are merged into one read of at most ``GROUP`` bytes, so
+    a chunk of hundreds of short bsdiff controls costs a few reads, not hundreds. Memory: one
+    group buffer, whatever R's size (up to ``MAX_REFERENCE``).
+    """
+
+    GAP = 8 << 10
+    GROUP = 256 << 10
+
+    def __init__(self, extents: list[Extent], read_at: ReadAt) -> None:
+        self.extents = extents
+        self.starts: list[int] = []
+        total = 0
+        for e in extents:
+            self.starts.append(total)
+            total += e.length
+        self.length = total
+        self.read_at = read_at
+
+    def gather(self, spans: list[Span], into: memoryview) -> None:
+        """``into[o:o+n] = R[pos:pos+n]`` for every span (positions already checked)."""
+        if len(spans) > 2:
+            spans = sorted(spans)
+        group: memoryview | None = None
+        i = 0
+        while i < len(spans):
+            start, o, n = spans[i]
+            end, j = start + n, i + 1
+            while j < len(spans) and spans[j][0] <= end + self.GAP:
+                grown = max(end, spans[j][0] + spans[j][2])
+                if grown - start > self.GROUP:
+                    break
+                end, j = grown, j + 1
+            if j == i + 1:  # alone: straight into place
+                self.read(start, into[o : o + n])
+            else:
+                if group is None:
+                    group = memoryview(bytearray(self.GROUP))
+                self.read(start, group[: end - start])
+                for pos, o, n in spans[i:j]:
+                    into[o : o + n] = group[pos - start : pos - start + n]
+            i = j
+
+    def read(self, pos: int, view: memoryview) -> None:
+        """Fill ``view`` with ``R[pos:pos+len(view)]`` (crossing extents as needed)."""
+        k = bisect.bisect_right(self.starts, pos) - 1
+        done = 0
+        while done < len(view):
+            ext = self.extents[k]
+            inside = pos + done - self.starts[k]
+            take = min(ext.length - inside, len(view) - done)
+            self.read_at(ext.offset + inside, view[done : done + take])
+            done += take
+            k += 1
+
+
+def apply_parsed(parsed: ParsedChunk, read_at: ReadAt, out_len: int, where: str) -> bytearray:
+    """Run the controls: ``add`` spans of R plus the diff, then ``copy`` runs of extra.
+
+    The ``add`` spans of R are gathered to the front of the output (:meth:`_Reference.gather`),
+    numpy adds the whole diff to them in one call, then, back to front, each span moves to its
+    place and the ``extra`` runs fill the gaps (every move goes right, so nothing is
+    overwritten before it moved). An all-zero diff is not added at all. Memory: the output
+    chunk, one read group and the decompressed body, whatever R's size; Python does a couple of
+    slice copies per control, the byte work (reads, the add, the moves) runs in C.
+    """
+    import numpy as np
+
+    ref = _Reference(parsed.extents, read_at)
+    controls = parsed.controls
+    body = memoryview(parsed.body)
+    d, x = parsed.diff_start, parsed.extra_start
+    adds = x - d
+    spans: list[Span] = []
+    pos = o = 0
+    limit = ref.length
+    for add, _copy, seek in controls:
+        if add:
+            if pos < 0 or pos + add > limit:
+                raise DeltaError(f"{where}: control reads reference bytes {pos}+{add} of {limit}")
+            spans.append((pos, o, add))
+            o += add
+        pos += add + seek
+    out = bytearray(out_len)
+    view = memoryview(out)
+    ref.gather(spans, view)
+    if adds and not parsed.zero_diff:
+        front = np.frombuffer(out, dtype=np.uint8, count=adds)
+        np.add(front, np.frombuffer(body[d:x], dtype=np.uint8), out=front)
+    if adds == out_len:
+        return out
+    o, a, x = out_len, adds, len(body)
+    for add, copy, _seek in reversed(controls):
+        if copy:
+            o -= copy
+            x -= copy
+            view[o : o + copy] = body[x : x + copy]
+        if add:
+            o -= add
+            a -= add
+            if o != a:
+                view[o : o + add] = view[a : a + add]  # memmove: may overlap its source
+    return out
+
+
+class BaseSlot:
+    """Read access to the base (active) slot image a delta applies to."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        self._checked: tuple[int, str] | None = None
+
+    def check(self, size: int, sha256: str) -> None:
+        """Raise :class:`DeltaBaseError` unless the first ``size`` bytes hash to ``sha256``.
+
+        Hashed once per open slot (the installer checks before marking the target bad, the
+        reader again before streaming); the slot is mounted read-only meanwhile.
+        """
+        if self._checked == (size, sha256):
+            return
+        digest = hashlib.sha256()
+        buf = memoryview(bytearray(READ_BLOCK))  # one buffer, reused: no allocation per block
+        offset = 0
+        while offset < size:
+            got = os.preadv(self._fd, [buf[: min(READ_BLOCK, size - offset)]], offset)
+            if got <= 0:
+                break
+            digest.update(buf[:got])
+            offset += got
+        if offset != size or digest.hexdigest() != sha256:
+            raise DeltaBaseError(
+                f"delta applies to a base image of {size} bytes with sha256 {sha256[:16]}..., "
+                f"but {self.path} holds {offset} bytes with sha256 {digest.hexdigest()[:16]}...: "
+                "this device runs another version; install the full bundle instead"
+            )
+        self._checked = (size, sha256)
+
+    def rebuild(self, wire: bytes, out_len: int, base_size: int, where: str) -> bytes:
+        """One image chunk from one delta chunk (structure checked; digest is the caller's).
+
+        Thread-safe (positioned reads, no shared state): the reader rebuilds chunks on its
+        verify workers. Returns immutable bytes: sinks may keep what
+        they are given (the installer's read-back does) without copying it again.
+        """
+        parsed = parse_chunk(wire, out_len, base_size, where)
+        fd = self._fd
+        ext = parsed.extents
+        if (
+            parsed.zero_diff
+            and parsed.controls == [(out_len, 0, 0)]
+            and len(ext) == 1
+            and ext[0].length >= out_len  # else apply_parsed names the bad control
+        ):
+            # Unchanged blocks (most of an update): the chunk is one run of the base, read
+            # straight into a bytes object, no buffer to fill and copy.
+            data = os.pread(fd, out_len, ext[0].offset)
+            if len(data) != out_len:
+                raise DeltaBaseError(f"{where}: base ends inside the chunk's reference")
+            return data
+        out = apply_parsed(
+            parsed, lambda off, view: pread_into(fd, view, off, where), out_len, where
+        )
+        return bytes(out)
+
+    def close(self) -> None:
+        """Close the descriptor (idempotent)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> BaseSlot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
