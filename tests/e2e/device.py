@@ -1,10 +1,11 @@
 """Host-side helpers for the end-to-end tests: test recipes, builds, disks, USB sticks.
 
-The QEMU test profile is a recipe that extends the real ``recipes/generic-x86-64.toml`` and
-changes only what a test bench needs (ARCHITECTURE Decision 7): tiny model packages made here
-(so a v3 with a wrong model is one argument away), a latency budget factor for TCG, the kernel
-console on the serial port (last ``console=``, so ``/dev/console`` is ttyS0) with the journal
-forwarded to it (the tests read the agent's own log lines).
+The test builds extend the QEMU profile ``recipes/qemu-x86-64.toml`` (the default image
+``generic-x86-64`` without OpenCV, slots sized to fit) and change only what a test bench needs
+(ARCHITECTURE Decision 7): tiny model packages made here (so a v3 with a wrong model is one
+argument away), a latency budget factor for TCG, the kernel console on the serial port (last
+``console=``, so ``/dev/console`` is ttyS0) with the journal forwarded to it (the tests read the
+agent's own log lines).
 
 Everything the device needs that a technician would set up on site (the camera, i.e. the
 agent's pipeline config on data) is written into the data partition of a copy of the image.
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
-BASE_RECIPE = REPO / "recipes" / "generic-x86-64.toml"
+BASE_RECIPE = REPO / "recipes" / "qemu-x86-64.toml"
 STICK_LABEL = "EK-UPDATE"
 CMDLINE = (
     "console=tty0 console=ttyS0,115200 rootwait "
@@ -31,8 +32,8 @@ CMDLINE = (
 PIPELINE = {
     "model": "/opt/edgekiln/models/primary",
     "fallback_model": "/opt/edgekiln/models/fallback",
-    # The reference split replayed at 5 frames/s: a test-pattern camera (the generic frozen
-    # runtime carries no OpenCV, so no V4L2 camera can be read in QEMU).
+    # The reference split replayed at 5 frames/s: a test-pattern camera (the QEMU profile's
+    # frozen runtime carries no OpenCV, so no V4L2 camera can be read in QEMU).
     "source": "npz:/opt/edgekiln/models/primary/reference.npz?loop=1&fps=5",
     "sink": "/data/edgekiln/results.jsonl",
     "backends": ["onnxruntime"],
@@ -258,3 +259,50 @@ def parse_results(text: bytes) -> list[dict[str, object]]:
         except ValueError:  # a line torn by the power cut
             continue
     return out
+
+
+#: where the hang scenario puts a primary package whose model file never arrives (on data)
+HUNG_ON_DATA = "/edgekiln/models/hung-primary"
+
+
+def debugfs_script(image: Path, lines: list[str], workdir: Path) -> str:
+    """Run debugfs commands (``-w``) on an ext4 image; returns its output.
+
+    debugfs exits 0 even when a command fails: callers check the result they need.
+    """
+    script = workdir / "edit.debugfs"
+    script.write_text("\n".join(lines) + "\n")
+    try:
+        return run(["debugfs", "-w", "-f", str(script), str(image)]).stdout.decode()
+    finally:
+        script.unlink()
+
+
+def package_lines(package: Path, dest: str, *, fifos: tuple[str, ...] = ()) -> list[str]:
+    """debugfs commands that copy a model package to ``dest`` on an ext4 image; the files named
+    in ``fifos`` become named pipes instead (opening one with no writer blocks forever)."""
+    lines = [f"mkdir {Path(dest).parent}", f"mkdir {dest}"]
+    for f in sorted(package.iterdir()):
+        if f.name in fifos:
+            # debugfs 1.47's mknod links the whole path as one name in the current directory,
+            # and leaves the mode 0: cd first, then name it, then give it rw-r--r--
+            lines += [f"cd {dest}", f"mknod {f.name} p", f"sif {f.name} mode 010644", "cd /"]
+        else:
+            lines.append(f"write {f} {dest}/{f.name}")
+    return lines
+
+
+def set_grubenv(esp: Path, values: dict[str, str], workdir: Path) -> dict[str, str]:
+    """Set variables in both grubenv copies of a FAT ESP image with ``grub-editenv`` (what a
+    powered-off device's loader state is changed with); returns the primary copy after."""
+    from appliance.slots.grub import ENV_BACKUP_PATH, ENV_PATH
+
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    block = workdir / "grubenv"
+    for path in (ENV_PATH, ENV_BACKUP_PATH):
+        block.unlink(missing_ok=True)
+        run(["mcopy", "-n", "-i", str(esp), f"::{path}", str(block)], env=env)
+        run(["grub-editenv", str(block), "set", *(f"{k}={v}" for k, v in values.items())])
+        run(["mcopy", "-o", "-i", str(esp), str(block), f"::{path}"], env=env)
+    block.unlink()
+    return esp_grubenv(esp)

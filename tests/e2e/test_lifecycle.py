@@ -15,7 +15,11 @@ e. while it is off, point the camera config at a damaged primary model package; 
 d2. pull the plug once 256 MiB of slot A are written; set the config back; power on: v2 boots
    committed, and the install starts again;
 c. it completes; v3 (its primary model fails its reference check) is tried in A, fails its
-   health gate, and the device reboots into B by itself.
+   health gate, and the device reboots into B by itself;
+f. while it is off, A is put on trial again with its agent masked and a short trial deadline:
+   power on: nothing commits A, its boot deadline marks it bad and reboots into B;
+e (watchdog). that boot of B runs a camera config whose primary model file is a pipe nobody
+   writes: the worker hangs, is killed and restarted with backoff, then the fallback model runs.
 
 The channels are the serial console (the test profile forwards the journal to ttyS0, so the
 agent's own lines, e.g. "health gate: slot B passed", are what the tests wait for), the guest's
@@ -29,6 +33,7 @@ Timeouts are hang protection only (TCG on a loaded 2-core machine), never assert
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -41,18 +46,23 @@ from image.vm import Vm, VmConfig
 from tests.e2e.device import (
     BROKEN_ON_DATA,
     EVENTS,
+    HUNG_ON_DATA,
     PIPELINE,
     RESULTS,
     Build,
+    debugfs_script,
     esp_grubenv,
     ext4_file,
+    make_models,
     make_stick,
+    package_lines,
     parse_results,
     partitions,
     provision,
     read_partition,
     run,
     same_bytes,
+    set_grubenv,
     write_broken_primary,
     write_partition,
 )
@@ -135,6 +145,49 @@ class Device:
         built = partitions(build.image)["rootfs_a"]
         return same_bytes(self.vm.disk, self.layout[f"rootfs_{slot.lower()}"], build.image, built)
 
+    def edit_data(self, pipeline: dict[str, object], lines: list[str]) -> None:
+        """Write the pipeline config (and run debugfs ``lines``) on the powered-off device's
+        data partition."""
+        assert not self.vm.running
+        data = read_partition(self.vm.disk, self.layout["data"], self.work / "data.part")
+        config = self.work / "pipeline.json"
+        config.write_text(json.dumps(pipeline, indent=2))
+        # replay the journal first, as the next mount would: a write into a file system whose
+        # journal still holds newer blocks would be undone by that replay
+        proc = subprocess.run(["e2fsck", "-fy", str(data)], capture_output=True, check=False)
+        assert proc.returncode < 4, f"e2fsck of the data partition failed: {proc.stdout.decode()}"
+        # debugfs's write never replaces a file (and still exits 0): remove the old one first
+        edit = ["rm /edgekiln/pipeline.json", f"write {config} /edgekiln/pipeline.json", *lines]
+        debugfs_script(data, edit, self.work)
+        written = run(["debugfs", "-R", "cat /edgekiln/pipeline.json", str(data)]).stdout
+        assert json.loads(written) == pipeline, "pipeline.json not written"
+        write_partition(data, self.vm.disk, self.layout["data"])
+        data.unlink()
+
+    def edit_slot(self, slot: str, lines: list[str]) -> str:
+        """Run debugfs ``lines`` on a slot's (journal-less) ext4 of the powered-off device;
+        returns debugfs's output."""
+        assert not self.vm.running
+        where = self.layout[f"rootfs_{slot.lower()}"]
+        part = read_partition(self.vm.disk, where, self.work / "slot.part")
+        try:
+            out = debugfs_script(part, lines, self.work)
+            write_partition(part, self.vm.disk, where)
+            return out
+        finally:
+            part.unlink()
+
+    def set_env(self, values: dict[str, str]) -> dict[str, str]:
+        """Set grubenv variables (both copies) on the powered-off device's ESP."""
+        assert not self.vm.running
+        esp = read_partition(self.vm.disk, self.layout["boot"], self.work / "esp.part")
+        try:
+            env = set_grubenv(esp, values, self.work)
+            write_partition(esp, self.vm.disk, self.layout["boot"])
+            return env
+        finally:
+            esp.unlink()
+
     def require(self, *scenarios: str) -> None:
         missing = [s for s in scenarios if s not in self.passed]
         if missing:
@@ -165,6 +218,8 @@ def device(
 ) -> Iterator[Device]:
     work = tmp_path_factory.mktemp("device")
     disk = provision(builds["1.0.0"].image, work / "v1.img")
+    if not os.environ.get("EDGEKILN_E2E_REUSE_BUILDS"):
+        builds["1.0.0"].image.unlink()  # the device's disk is the provisioned copy
     config = VmConfig(
         disk=disk,
         overlay=True,
@@ -317,27 +372,8 @@ def test_d2_power_cut_while_the_installer_writes_slot_a(
 def edit_data(device: Device, pipeline: dict[str, object], package: Path | None) -> None:
     """What a technician changes on data, done to the powered-off device's disk: the pipeline
     config, and a model package copied to ``BROKEN_ON_DATA``."""
-    assert not device.vm.running
-    work = device.work
-    data = read_partition(device.vm.disk, device.layout["data"], work / "data.part")
-    config = work / "pipeline.json"
-    config.write_text(json.dumps(pipeline, indent=2))
-    # debugfs's write never replaces a file (and still exits 0): remove the old one first
-    lines = ["rm /edgekiln/pipeline.json", f"write {config} /edgekiln/pipeline.json"]
-    if package is not None:
-        lines += [f"mkdir {Path(BROKEN_ON_DATA).parent}", f"mkdir {BROKEN_ON_DATA}"]
-        lines += [f"write {f} {BROKEN_ON_DATA}/{f.name}" for f in sorted(package.iterdir())]
-    script = work / "edit.debugfs"
-    script.write_text("\n".join(lines) + "\n")
-    # replay the journal first, as the next mount would: a write into a file system whose
-    # journal still holds newer blocks would be undone by that replay
-    proc = subprocess.run(["e2fsck", "-fy", str(data)], capture_output=True, check=False)
-    assert proc.returncode < 4, f"e2fsck of the data partition failed: {proc.stdout.decode()}"
-    run(["debugfs", "-w", "-f", str(script), str(data)])
-    written = run(["debugfs", "-R", "cat /edgekiln/pipeline.json", str(data)]).stdout
-    assert json.loads(written) == pipeline, "pipeline.json not written"
-    write_partition(data, device.vm.disk, device.layout["data"])
-    data.unlink()
+    lines = package_lines(package, BROKEN_ON_DATA) if package is not None else []
+    device.edit_data(pipeline, lines)
 
 
 def test_c_broken_v3_rolls_back_to_v2(device: Device, figures: dict[str, object]) -> None:
@@ -363,3 +399,134 @@ def test_c_broken_v3_rolls_back_to_v2(device: Device, figures: dict[str, object]
     assert "A" in env.get("ek_bad", ""), env
     assert device.slot_holds("B", device.builds["2.0.0"]), "slot B no longer holds v2"
     device.passed.append("c")
+
+
+#: the trial deadline of the deadline scenario (the image's is 10 min: a tried slot gets that
+#: long to pass its health gate on slow hardware)
+DEADLINE_S = 60
+DEADLINE_DROPIN = "/etc/systemd/system/edgekiln-trial-deadline.timer.d"
+AGENT_UNIT = "/etc/systemd/system/edgekiln-agent.service"
+#: the camera config of the hang scenario: the primary package's model file never arrives
+HUNG_PIPELINE = {**PIPELINE, "model": f"/data{HUNG_ON_DATA}"}
+
+
+def _arm_hung_primary(device: Device) -> None:
+    """On the powered-off device's data: point the camera config at a primary package whose
+    model file is a named pipe nobody writes (a read that never returns, as from a stuck
+    storage device); the fallback model stays v2's own."""
+    primary, _ = make_models(device.work / "hung", "2.0.0")
+    device.edit_data(HUNG_PIPELINE, package_lines(primary, HUNG_ON_DATA, fifos=("model.onnx",)))
+
+
+def test_f_tried_slot_whose_agent_never_starts_falls_back_by_its_deadline(
+    device: Device, figures: dict[str, object]
+) -> None:
+    """After c, while the device is off: slot A (v3) is put on trial again, as an install
+    leaves it, and its agent unit is masked, so nothing on A will ever run the health gate.
+    A shorter ``OnBootSec`` is dropped in for the trial deadline timer. Power on: GRUB boots A
+    on trial, the timer runs ``appliance slots deadline``, which marks A bad and reboots, and
+    GRUB boots the committed B. (Data also gets the hang scenario's camera config, so the boot
+    of B is the next test's.)"""
+    device.require("c")
+    device.vm.power_cut()
+    out = device.edit_slot(
+        "A",
+        [
+            f"rm {AGENT_UNIT}",
+            f"symlink {AGENT_UNIT} /dev/null",
+            f"mkdir {DEADLINE_DROPIN}",
+            f"write {_dropin(device.work)} {DEADLINE_DROPIN}/e2e.conf",
+            f"stat {AGENT_UNIT}",  # debugfs exits 0 whatever failed: read the result back
+            f"cat {DEADLINE_DROPIN}/e2e.conf",
+        ],
+    )
+    assert 'Fast link dest: "/dev/null"' in out and f"OnBootSec={DEADLINE_S}s" in out, out
+    env = device.set_env({"ek_try": "A", "ek_tries_left": "1", "ek_bad": ""})
+    assert env["ek_committed"] == "B" and env["ek_try"] == "A", env
+    _arm_hung_primary(device)
+    started = device.power_on()
+    vm = device.vm
+    # the kernel's own command line: GRUB chose A on trial (the deadline is armed)
+    tried = vm.wait_for(r"Command line:.*edgekiln\.trial=1 edgekiln\.slot=A\b", BOOT_S)
+    expired = vm.wait_for(
+        r"slot A was not committed by its boot deadline", BOOT_S + DEADLINE_S, since=tried.end()
+    )
+    expired_at = time.time()
+    assert "health gate:" not in vm.console()[tried.end() : expired.start()], "the agent ran on A"
+    vm.wait_for(r"Command line:.*edgekiln\.trial=0 edgekiln\.slot=B\b", BOOT_S, since=expired.end())
+    vm.wait_for(r"health gate: slot B committed", BOOT_S, since=expired.end())
+    figures["f_power_on_to_deadline_s"] = round(expired_at - started, 1)
+    figures["f_deadline_to_old_slot_s"] = round(time.time() - expired_at, 1)
+    figures["f_power_on_to_old_slot_s"] = round(time.time() - started, 1)
+    figures["f_deadline_on_boot_s"] = DEADLINE_S
+    assert vm.resets >= 1, "the deadline's reboot was not a guest reset"
+    env = device.env()
+    assert env.get("ek_committed") == "B" and "A" in env.get("ek_bad", ""), env
+    device.passed.append("f")
+
+
+def _dropin(work: Path) -> Path:
+    path = work / "deadline-dropin.conf"
+    # OnBootSec= is a list: the empty assignment drops the image's 10 min first
+    path.write_text(f"[Timer]\nOnBootSec=\nOnBootSec={DEADLINE_S}s\n")
+    return path
+
+
+def _stamp(record: dict[str, object]) -> float:
+    """A record's host time: ``ts`` (results, pipeline events) or ``time`` (supervisor)."""
+    return float(record.get("ts", record.get("time", 0)))  # type: ignore[arg-type]
+
+
+def _of_kind(records: Records, kind: str) -> Records:
+    return [r for r in records if r.get("type") == "event" and r.get("kind") == kind]
+
+
+def test_e_hung_worker_is_killed_restarted_and_replaced_by_the_fallback(
+    device: Device, figures: dict[str, object]
+) -> None:
+    """The worker hangs: its primary model's file is a pipe that never delivers (the process
+    blocks in open(), still alive, no heartbeat). The agent's supervisor kills it when its
+    heartbeat is stale, restarts it with a growing backoff, and after 3 hangs in a row switches
+    to the fallback model, which runs. The events on data and the agent's journal (on the
+    serial console) say why. Rides on the boot of B that f's deadline reboot started."""
+    device.require("c")
+    vm = device.vm
+    if "f" in device.passed:
+        started = time.time() - float(figures["f_power_on_to_old_slot_s"])  # type: ignore[arg-type]
+        since = 0
+    else:  # f failed: a boot of its own
+        vm.power_cut()
+        _arm_hung_primary(device)
+        started = device.power_on()
+        since = vm.wait_for(r"health gate: slot B committed", BOOT_S).end()
+    # the mode change is an alert: a warning in the agent's journal, forwarded to the console
+    changed = vm.wait_for(r"mode_changed .*'previous': 'primary'", BOOT_S * 2, since=since)
+    log = device.wait_results(
+        lambda r: bool(_of_kind(after(r, started), "mode_changed")), BOOT_S, EVENTS
+    )
+    events = after(log, started)
+    hung = [e for e in _of_kind(events, "worker_hung") if e.get("mode") == "primary"]
+    assert len(hung) == 3, events
+    # killed only once its heartbeat was stale (the agent's WatchdogSec 30 s -> 15 s)
+    assert all(float(e["silent_s"]) > 15.0 for e in hung), hung  # type: ignore[arg-type]
+    assert all(e.get("signal") == "SIGKILL" for e in hung), hung
+    # restarted with exponential backoff: 1 s, then 2 s
+    assert [e.get("restart_in_s") for e in hung[:2]] == [1.0, 2.0], hung
+    mode = _of_kind(events, "mode_changed")[0]
+    assert mode.get("alert") is True and mode.get("previous") == "primary", mode
+    assert "3 failures" in str(mode.get("reason")), mode
+    # the fallback model runs (the hung primary never produced a result)
+    records = device.wait_results(
+        lambda r: any(x.get("model") == "tiny-fallback" for x in after(r, started)), BOOT_S
+    )
+    fresh = [r for r in after(records, started) if r.get("degraded") is False]
+    assert fresh and {r.get("model") for r in fresh} == {"tiny-fallback"}, fresh[:3]
+    starts = _of_kind(events, "worker_started")
+    figures["e_watchdog_journal_line"] = changed.group(0)[-160:]
+    figures["e_watchdog_hangs_killed"] = len(hung)
+    figures["e_watchdog_silent_s"] = [e.get("silent_s") for e in hung]
+    figures["e_watchdog_restart_in_s"] = [e.get("restart_in_s") for e in hung]
+    mode_at, first_start = _stamp(mode), _stamp(starts[0])
+    figures["e_watchdog_first_start_to_mode_change_s"] = round(mode_at - first_start, 1)
+    figures["e_watchdog_mode_change_to_fallback_result_s"] = round(_stamp(fresh[0]) - mode_at, 1)
+    device.passed.append("e-watchdog")

@@ -33,6 +33,18 @@ def test_profile_recipe_is_a_valid_recipe(tmp_path: Path) -> None:
     # /dev/console is the last console=: the serial port, so the journal reaches the tests
     assert recipe.kernel.cmdline.split().index("console=ttyS0,115200") > 0
     assert recipe.health.budget_factor > 1.0
+    # the QEMU profile: no OpenCV (the test-pattern camera needs none), slots smaller than the
+    # default image's (the installer writes every byte of a slot: install time under TCG)
+    assert recipe.runtime.extras == ()
+    assert recipe.partitions.rootfs_mib < 1280
+
+
+def test_qemu_profile_slots_hold_the_reference_models() -> None:
+    """The builder's size check passes for the QEMU profile with the real reference models."""
+    from image.recipe import load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "qemu-x86-64.toml")
+    assert recipe.recipe.partitions.rootfs_mib == 992
 
 
 def test_usb_update_unit_matches_the_stick_label() -> None:
