@@ -79,7 +79,8 @@ class Medium(Protocol):
 class DirectMedium:
     """A file or block device opened with ``O_DIRECT`` (plus a buffered descriptor for tails).
 
-    Raises :class:`DirectUnsupported` where the file system refuses ``O_DIRECT`` (tmpfs).
+    Raises :class:`DirectUnsupported` where the file system refuses ``O_DIRECT`` (tmpfs before
+    Linux 6.6, some FUSE and network file systems).
     """
 
     def __init__(self, path: Path) -> None:

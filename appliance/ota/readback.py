@@ -1,5 +1,7 @@
-"""Read the slot back from the medium while later parts are still being written.
+"""Read the slot back from the medium while later parts are still being written (page-cache path).
 
+The installer's default is :mod:`appliance.ota.direct` (O_DIRECT writes); this module serves
+the sinks it is given instead (``sink_factory``) and targets whose file system refuses O_DIRECT.
 :class:`ReadBackSink` wraps the slot's sink. It keeps the verified chunks of the current window
 (references, no copies) and, every ``window`` bytes, hands them to a helper thread that re-reads
 that range **from the medium** and compares it byte for byte with the chunks, while the next
@@ -16,7 +18,7 @@ How the re-read avoids the page cache:
   device, so this needs no fsync per window (durability is the installer's one ``flush`` at the
   end, before the loader is told anything);
 * any other sink (the power-cut test's simulated volatile cache), or a file system without
-  ``O_DIRECT`` (tmpfs): the sink is flushed, the range's clean pages dropped
+  ``O_DIRECT`` (tmpfs before Linux 6.6): the sink is flushed, the range's clean pages dropped
   (``POSIX_FADV_DONTNEED``) and re-read through the cache.
 
 Writes that are not sequential (no bundle payload does that) switch the overlap off; the
