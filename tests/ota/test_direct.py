@@ -32,12 +32,15 @@ def empty_file(path: Path) -> Path:
 
 @pytest.mark.parametrize("size", [1, ALIGN, 300_000, 4 * REGION, 4 * REGION + 4097])
 @pytest.mark.parametrize("step", [10_000, REGION, 3 * REGION])
+@pytest.mark.parametrize("readers", [1, 2])
 def test_sequential_writes_are_written_re_read_and_compared(
-    tmp_path: Path, size: int, step: int
+    tmp_path: Path, size: int, step: int, readers: int
 ) -> None:
     path = empty_file(tmp_path / "slot.img")
     data = os.urandom(size)
-    sink = DirectReadBackSink(DirectMedium(path), region=REGION, piece=REGION // 4)
+    sink = DirectReadBackSink(
+        DirectMedium(path), region=REGION, regions=3, piece=REGION // 4, readers=readers
+    )
     write_all(sink, data, step)
     assert sink.checked(size)
     assert not sink.checked(size + 1)
@@ -121,12 +124,27 @@ class FailingMedium(DirectMedium):
         super().write(offset, data)
 
 
+class TwiceFailingMedium(FailingMedium):
+    """Also corrupts the last byte: with parallel readers the lowest bad offset is reported."""
+
+    def write(self, offset: int, data: memoryview) -> None:
+        if offset + len(data) == 5 * REGION:
+            copy = bytearray(data)
+            copy[-1] ^= 0xFF
+            self.write_tail(offset, bytes(copy))
+            return
+        super().write(offset, data)
+
+
 @pytest.mark.parametrize("bad", [0, REGION + 4097, 5 * REGION - 1])
+@pytest.mark.parametrize("readers", [1, 2])
 def test_a_medium_returning_other_bytes_is_caught_at_the_first_bad_byte(
-    tmp_path: Path, bad: int
+    tmp_path: Path, bad: int, readers: int
 ) -> None:
     path = empty_file(tmp_path / "slot.img")
-    sink = DirectReadBackSink(FailingMedium(path, bad), region=REGION, piece=REGION // 4)
+    sink = DirectReadBackSink(
+        TwiceFailingMedium(path, bad), region=REGION, regions=4, piece=REGION // 4, readers=readers
+    )
     write_all(sink, os.urandom(5 * REGION), 30_000)
     with pytest.raises(ReadBackError, match=f"other bytes than were written at byte {bad} "):
         sink.checked(5 * REGION)
