@@ -11,7 +11,9 @@ the read-back of the slot from the medium: each region is written with O_DIRECT,
 (fdatasync) and re-read with O_DIRECT on a second thread while later regions are written,
 compared byte for byte with what was written; the "+sha256" rows also hash the re-read bytes
 (one more sha256 pass). A second baseline, "dd+rb", adds the time of reading dd's output back
-with O_DIRECT: the I/O of any install that re-reads, done one after the other.
+with O_DIRECT: the I/O of any install that re-reads, done one after the other. The
+"page-cache" rows are the installer's other path (``sink_factory=FileSink``: written through
+the page cache, 2 MiB windows re-read with O_DIRECT), the default before the O_DIRECT path.
 
 Usage: ``python tools/bench_install.py [--sizes 64,256] [--repeat 5] [--targets file,loop]
 [--dir DIR]`` (sizes in MiB).
@@ -38,21 +40,23 @@ from appliance.bundle import Keyring, PayloadSource, TrustedKey, write_bundle
 
 MIB = 1 << 20
 REPEAT = 3
+MODES = ("compare", "compare+sha256", "page-cache")
 # The installer in a child process (so wait4 gives its own peak RSS), timing its phases.
 CHILD = """
 import json, sys, time
 from pathlib import Path
-from appliance.bundle import Keyring, Policy
+from appliance.bundle import FileSink, Keyring, Policy
 from appliance.ota.installer import install
 from appliance.slots.filestore import file_loader
-bundle, ring, state, slot_a, slot_b, hashed = sys.argv[1:7]
+bundle, ring, state, slot_a, slot_b, mode = sys.argv[1:7]
 marks = {"start": time.perf_counter()}
 with open(bundle, "rb") as stream:
     install(stream, policy=Policy(Keyring.load(ring), "bench", "generic-x86-64", 0, None),
             loader=file_loader(Path(state)), booted="A",
             targets={"A": Path(slot_a), "B": Path(slot_b)},
             trace=lambda point: marks.__setitem__(point, time.perf_counter()),
-            hash_readback=hashed == "1")
+            hash_readback=mode.endswith("sha256"),
+            sink_factory=FileSink if mode == "page-cache" else None)
 print(json.dumps({"write": marks["finished"] - marks["start"],
                   "read_back": marks["read-back"] - marks["finished"],
                   "total": marks["tried"] - marks["start"]}))
@@ -111,7 +115,7 @@ def one_run(
             str(state),
             str(root / "slot-a.img"),
             str(target),
-            "1" if name.endswith("sha256") else "0",
+            name,
         ]
     )
     phases = json.loads(out)
@@ -170,6 +174,7 @@ def bench(
     ring: Path,
     repeat: int,
     kind: str,
+    modes: tuple[str, ...] = MODES,
 ) -> dict[str, dict[str, float]]:
     size = size_mib * MIB
     image = root / f"image-{size_mib}.img"
@@ -187,7 +192,6 @@ def bench(
             created=1_750_000_000,
             payloads=[PayloadSource.slot_image(image, compression=compression)],
         )
-    modes = ("compare", "compare+sha256")
     runs: dict[str, list[float]] = {"dd": [], "dd+rb": []}
     for mode in modes:
         runs |= {mode: [], f"{mode} read_back": []}
@@ -216,6 +220,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=REPEAT, help="alternating runs per row")
     parser.add_argument("--dir", type=Path, default=None, help="where the files go (a real disk)")
     parser.add_argument("--targets", default="file,loop", help="slot targets: file, loop")
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help="install rows: " + ", ".join(MODES)
+    )
     args = parser.parse_args()
     key = Ed25519PrivateKey.generate()
     raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -225,6 +232,11 @@ def main() -> int:
         ring.write_bytes(Keyring(version=1, keys=(TrustedKey.from_public_key(raw),)).to_bytes())
         (root / "slot-a.img").write_bytes(b"")
         kinds = args.targets.split(",")
+        modes = tuple(args.modes.split(","))
+        if unknown := set(modes) - set(MODES):
+            parser.error(
+                f"--modes: unknown {', '.join(sorted(unknown))} (known: {', '.join(MODES)})"
+            )
         if "loop" in kinds and not loop_devices_work(root):
             print("loop devices cannot be attached here (not root?): no loop rows")
             kinds.remove("loop")
@@ -238,7 +250,7 @@ def main() -> int:
         for size in (int(s) for s in args.sizes.split(",")):
             for kind in kinds:
                 for compression in ("none", "zstd"):
-                    rows = bench(root, size, compression, key, ring, args.repeat, kind)
+                    rows = bench(root, size, compression, key, ring, args.repeat, kind, modes)
                     for mode, r in rows.items():
                         print(
                             f"{kind:>6} {size:>6}Mi {compression:>8} {mode:>15} {r['dd']:6.2f} "
