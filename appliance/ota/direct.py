@@ -182,7 +182,8 @@ class DirectReadBackSink:
 
     def write(self, offset: int, data: bytes) -> None:
         """Copy verified ``data`` into the region buffer; write the region when it is full."""
-        if offset != self._end or not self.sequential:
+        if offset != self._end or not self.sequential or self._start % ALIGN:
+            # (an unaligned start follows only a flush() in mid-stream)
             self._not_sequential(offset, data)
             return
         view = memoryview(data).cast("B")
