@@ -21,6 +21,8 @@ from __future__ import annotations
 import bisect
 import hashlib
 import logging
+import os
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from appliance.bundle.delta_apply import apply_parsed, parse_chunk
 
 log = logging.getLogger(__name__)
 WINDOW_MARGIN = 256 << 10  # bytes of base on each side of a candidate window
+ENCODE_WORKERS = 4  # threads encoding chunks at once (bsdiff: up to ~17 x MAX_REFERENCE each)
 
 
 def _block_key(block: bytes | memoryview) -> bytes:
@@ -190,6 +193,7 @@ class DeltaEncoder:
                     self._shift_pos.append(j * BLOCK)
                     self._shift_val.append((m - j) * BLOCK)
         self.stats: Counter[str] = Counter()
+        self._stats_lock = threading.Lock()  # chunks are encoded on several threads
 
     def encode(self, index: int, chunk: bytes) -> bytes:
         """The wire bytes of delta chunk ``index`` (verified by applying it again)."""
@@ -217,7 +221,8 @@ class DeltaEncoder:
                     k += 1
                 at = builder.add_ref([Extent(matches[j] * BLOCK, (k - j) * BLOCK)])  # type: ignore[operator]
                 builder.emit(at, [((k - j) * BLOCK, 0, 0)], bytes((k - j) * BLOCK), b"")
-                self.stats["copy_blocks"] += k - j
+                with self._stats_lock:
+                    self.stats["copy_blocks"] += k - j
             else:
                 while k < n and matches[k] is None:
                     k += 1
@@ -266,7 +271,8 @@ class DeltaEncoder:
                 size = _zsize(controls, bdiff, bextra)
                 options.append((size, "bsdiff", windows, controls, bdiff, bextra))
         _size, kind, ext, ctl, diff, extra = min(options, key=lambda o: o[0])
-        self.stats[kind] += 1
+        with self._stats_lock:
+            self.stats[kind] += 1
         at = builder.add_ref(ext) if ext else builder.pos
         builder.emit(at, ctl, diff, extra)
 
@@ -312,14 +318,39 @@ def _in_range(controls: list[tuple[int, int, int]], ref_len: int) -> bool:
 
 
 def iter_delta_chunks(
-    base_path: Path, new_path: Path, chunk_size: int, level: int = 19
+    base_path: Path, new_path: Path, chunk_size: int, level: int = 19, workers: int | None = None
 ) -> Iterator[tuple[bytes, bytes]]:
-    """Yield (image chunk, delta wire chunk) for each chunk of ``new_path`` against the base."""
+    """Yield (image chunk, delta wire chunk) for each chunk of ``new_path`` against the base.
+
+    Chunks are encoded on ``workers`` threads (default: the host's cores, at most
+    ``ENCODE_WORKERS``): bsdiff, zstd and xz release the GIL, and with the whole new image
+    matched first each chunk depends only on read-only state, so the output is the same bytes
+    in the same order as one thread's. Memory: the base and new images, plus per thread one
+    chunk's reference (<= ``MAX_REFERENCE``) and bsdiff's suffix array over it.
+    """
+    from collections import deque
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     new = Path(new_path).read_bytes()
     encoder = DeltaEncoder(BaseIndex.load(base_path), chunk_size, level, new)
-    for i, at in enumerate(range(0, len(new), chunk_size)):
-        chunk = new[at : at + chunk_size]
-        yield chunk, encoder.encode(i, chunk)
+    count = workers if workers is not None else min(os.cpu_count() or 1, ENCODE_WORKERS)
+
+    def job(i: int) -> tuple[bytes, bytes]:
+        chunk = new[i * chunk_size : (i + 1) * chunk_size]
+        return chunk, encoder.encode(i, chunk)
+
+    pending: deque[Future[tuple[bytes, bytes]]] = deque()
+    with ThreadPoolExecutor(max(1, count), thread_name_prefix="delta-encode") as pool:
+        try:
+            for i in range((len(new) + chunk_size - 1) // chunk_size):
+                pending.append(pool.submit(job, i))
+                if len(pending) > 2 * count:  # bounded look-ahead, results in order
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
     log.info("delta %s -> %s: %s", base_path, new_path, dict(encoder.stats))
 
 

@@ -111,3 +111,15 @@ def test_shuffled_lanes_unshuffle_in_place(base: tuple[Path, bytes]) -> None:
     with BaseSlot(path) as slot:
         got = slot.rebuild(wire, n, len(data), "lanes")
     assert got == model(data, [Extent(4096, n)], controls, diff, extra)
+
+
+def test_threaded_encoding_gives_the_same_bytes_in_order(tmp_path: Path) -> None:
+    from appliance.bundle.delta_encode import iter_delta_chunks
+
+    from .kit import CHUNK, write_pair
+
+    base, new = write_pair(tmp_path)
+    one = list(iter_delta_chunks(base, new, CHUNK, level=3, workers=1))
+    three = list(iter_delta_chunks(base, new, CHUNK, level=3, workers=3))
+    assert one == three
+    assert b"".join(chunk for chunk, _wire in three) == new.read_bytes()
