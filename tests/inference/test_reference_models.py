@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -95,3 +96,43 @@ def test_damaged_primary_falls_back_to_the_reference_fallback_model(tmp_path: Pa
     assert [e.kind for e in chain] == ["fallback", "fallback", "loaded"]
     assert all("sha256" in e.reason for e in chain[:2])
     assert len(seen) == 32 and {r["model"] for r in seen} == {load_package(fallback).name}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("backend", "file"),
+    [("onnxruntime", None), ("openvino", None), ("opencv", None), ("litert", "model.tflite")],
+)
+def test_pipeline_results_equal_the_bare_model_on_the_numpy_formula(
+    backend: str, file: str | None
+) -> None:
+    """The pipeline's fused pre-processing into a reused buffer changes no result."""
+    from appliance.inference.backends import BackendOptions, get_backend
+    from appliance.inference.postprocess import Postprocessor
+    from appliance.inference.preprocess import Preprocessor
+
+    root = _package("inspect-primary")
+    package = load_package(root)
+    if file is not None and file not in {f.path for f in package.manifest.files}:
+        pytest.skip(f"{root} has no {file}")
+    frames = 48
+    cfg = PipelineConfig(
+        model=str(root),
+        source=f"npz:{root}/reference.npz",
+        backends=[backend],
+        model_file=file,
+        max_frames=frames,
+    )
+    seen: list[dict[str, object]] = []
+    Pipeline(cfg).run(on_frame=seen.append)
+    assert len(seen) == frames and not any(r["degraded"] for r in seen)
+    model = get_backend(backend).load(package, file, BackendOptions())
+    pre, post = Preprocessor.for_model(model), Postprocessor(model)
+    images, _ = package.load_reference()
+    for record, image in zip(seen, images[:frames], strict=True):
+        x, box = pre._numpy(image, "RGB")  # the plain numpy formula, a fresh tensor
+        want: Any = post(model.run(x), box, (image.shape[1], image.shape[0]))["top"]
+        got: Any = record["top"]
+        assert [d["index"] for d in got] == [d["index"] for d in want]
+        assert [d["score"] for d in got] == pytest.approx([d["score"] for d in want], abs=1e-4)
+    model.close()
