@@ -31,6 +31,7 @@ class Event:
     """Something the operator should know: a fallback step, degraded mode, a lost camera."""
 
     # loaded | fallback | degraded | recovered | source_lost | source_reopened | budget_exceeded
+    # | uplink_error
     kind: str
     reason: str
     model: str | None = None

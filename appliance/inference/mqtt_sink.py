@@ -41,7 +41,7 @@ from typing import Any
 import msgspec
 
 from appliance.inference.errors import ConfigError
-from appliance.inference.mqtt_tls import explain, warn_if_expired
+from appliance.inference.mqtt_tls import explain, is_refusal, warn_if_expired
 from appliance.inference.telemetry_buffer import Cursor, TelemetryBuffer
 
 log = logging.getLogger(__name__)
@@ -145,10 +145,20 @@ class MqttSink:
         self._announce = False  # after a (re)connect: say what the buffer holds and dropped
         self._dropped_reported = 0
         self.last_error: str | None = None  # why the last connection attempt failed, in words
+        # (message, refused) as logged: the pipeline turns them into events (deque: no lock).
+        self.errors: deque[tuple[str, bool]] = deque(maxlen=16)
         self._logged_error: tuple[str, float] = ("", -1e9)
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=cfg.client_id, protocol=mqtt.MQTTv311
-        )
+        client = self._make_client(mqtt, CallbackAPIVersion)
+        client.connect_async(cfg.host, cfg.port, cfg.keepalive)
+        client.loop_start()  # paho's network thread; it reconnects by itself
+        self._client = client
+        self._thread = threading.Thread(target=self._run, name="mqtt-sink", daemon=True)
+        self._thread.start()
+
+    def _make_client(self, mqtt: Any, api: Any) -> Any:
+        """A paho client with our limits, TLS and callbacks; not connected yet."""
+        cfg = self.cfg
+        client = mqtt.Client(api.VERSION2, client_id=cfg.client_id, protocol=mqtt.MQTTv311)
         if cfg.username is not None:
             client.username_pw_set(cfg.username, cfg.password)
         if cfg.ca_file is not None:
@@ -170,11 +180,7 @@ class MqttSink:
         paho_log.addFilter(_PahoErrors(self))
         client.enable_logger(paho_log)
         warn_if_expired(cfg)
-        client.connect_async(cfg.host, cfg.port, cfg.keepalive)
-        client.loop_start()  # paho's network thread; it reconnects by itself
-        self._client = client
-        self._thread = threading.Thread(target=self._run, name="mqtt-sink", daemon=True)
-        self._thread.start()
+        return client
 
     # --- paho callbacks (network thread) -------------------------------------------------
 
@@ -211,6 +217,7 @@ class MqttSink:
         if message != self._logged_error[0] or now - self._logged_error[1] >= ERROR_REPEAT_S:
             self._logged_error = (message, now)
             log.warning("%s; records stay buffered on data until it connects", message)
+            self.errors.append((message, is_refusal(raw)))
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         draining = self._draining

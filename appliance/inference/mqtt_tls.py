@@ -72,6 +72,16 @@ def explain(error: str, cfg: MqttConfig) -> str:  # noqa: PLR0911 (one return pe
     return f"{where}: {error}"
 
 
+REFUSALS = ("ALERT_", "CERTIFICATE_VERIFY_FAILED", "HOSTNAME MISMATCH", "REFUSED THE CONNECTION")
+
+
+def is_refusal(error: str) -> bool:
+    """True when the broker (or our TLS check) refused us: a person must fix a certificate or
+    credential; False for an unreachable broker, which the buffer rides out by itself."""
+    code = error.upper()
+    return any(marker in code for marker in REFUSALS)
+
+
 def warn_if_expired(cfg: MqttConfig) -> None:
     """Log (not refuse) a client certificate already expired by this device's clock.
 

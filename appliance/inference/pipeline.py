@@ -154,6 +154,10 @@ class Pipeline:
         self._last_budget_event: dict[str, float] = {}
         self._limits_of: Runner | None = None
         self._limits_cache: dict[str, float] = {}
+        # A refused or failing MQTT uplink becomes an event (alert when a person must act).
+        sinks = self.sink.sinks if isinstance(self.sink, TeeSink) else [self.sink]
+        uplink = next((s for s in sinks if isinstance(s, MqttSink)), None)
+        self._uplink_errors = uplink.errors if uplink is not None else None
 
     def _record_event(self, event: Event) -> None:
         self.events.append(event)
@@ -220,8 +224,12 @@ class Pipeline:
     ) -> None:
         grabber = LatestFrameGrabber(source) if source.live else None
         retry_at = time.monotonic() + self.cfg.retry_s
+        uplink_errors = self._uplink_errors
         try:
             while not stop.is_set():
+                if uplink_errors:  # filled by the MQTT sink's network thread
+                    message, refused = uplink_errors.popleft()
+                    self._record_event(Event("uplink_error", message, alert=refused))
                 if self.cfg.max_frames is not None and self.stats.frames >= self.cfg.max_frames:
                     break
                 t0 = time.perf_counter()

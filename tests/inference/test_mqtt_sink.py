@@ -14,6 +14,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from appliance.inference.chain import Event
 from appliance.inference.errors import ConfigError
 from appliance.inference.mqtt_sink import MqttConfig, MqttSink
 from appliance.inference.pipeline import Pipeline, PipelineConfig, load_config
@@ -349,6 +350,63 @@ def test_mutual_tls_right_client_certificate_publishes_others_are_refused_and_no
     finally:
         sub.close()
         broker.stop()
+
+
+def test_pipeline_turns_a_refused_uplink_into_an_alert_event_and_keeps_every_result(
+    tiny_package: Path, tmp_path: Path
+) -> None:
+    import threading
+
+    from appliance.inference.package import load_package
+    from appliance.inference.sources import ArraySource
+    from appliance.inference.telemetry_buffer import TelemetryBuffer
+
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca_path, ca_cert, ca_key = make_ca(pki, "site-ca")
+    server = make_server_cert(pki, ca_cert, ca_key)
+    broker = Broker(tmp_path / "broker", tls=(ca_path, *server), client_certs=True, acl=ACL)
+    broker.start()
+    buffer_dir = tmp_path / "data" / "mqtt-buffer"
+    cfg = PipelineConfig(
+        model=str(tiny_package),
+        source="memory",
+        backends=["onnxruntime"],
+        sink=str(tmp_path / "results.jsonl"),
+        mqtt=MqttConfig(  # no client certificate: the broker refuses every connection
+            host="127.0.0.1",
+            port=broker.tls_port,
+            topic=TOPIC,
+            ca_file=str(ca_path),
+            buffer_dir=str(buffer_dir),
+            reconnect_max_s=1,
+        ),
+    )
+    images, _ = load_package(tiny_package).load_reference()
+    stop = threading.Event()
+    timer = threading.Timer(30, stop.set)  # the test's own limit: the event must come first
+
+    def on_event(event: Event) -> None:
+        if event.kind == "uplink_error":
+            stop.set()
+
+    timer.start()
+    try:
+        pipe = Pipeline(cfg, source=ArraySource("memory", images, loops=0, fps=200))
+        stats = pipe.run(stop, on_event=on_event)
+    finally:
+        timer.cancel()
+        broker.stop()
+    (event,) = [e for e in pipe.events if e.kind == "uplink_error"]
+    assert event.alert and "requires a client certificate" in event.reason
+    lines = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert sum(r["type"] == "result" for r in lines) == stats.frames > 0
+    assert any(r.get("kind") == "uplink_error" and r["alert"] for r in lines)
+    buffered = TelemetryBuffer(buffer_dir)
+    records, _ = buffered.peek(100_000)
+    results = [json.loads(r[1:]) for r in records if r[:1] == b"r"]
+    assert [r["frame"] for r in results] == list(range(stats.frames))  # nothing lost
+    buffered.close()
 
 
 def test_tls_files_are_checked_when_the_config_is_read(tmp_path: Path) -> None:
