@@ -218,9 +218,11 @@ class Preprocessor:
         dst = out[0]
         if (w, h) == (self.width, self.height):
             src, box = image, IDENTITY
+            self._padded_for = None  # the whole buffer is overwritten: no border left
         elif self.spec.resize == "stretch":
             src = cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_LINEAR)
             box = Letterbox(self.width / w, self.height / h, 0.0, 0.0)
+            self._padded_for = None
         else:
             nw, nh, px, py, box = letterbox_geometry(w, h, self.width, self.height)
             src = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)

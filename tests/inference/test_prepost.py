@@ -188,7 +188,7 @@ def test_opencv_fused_paths_equal_the_numpy_path_with_a_reused_buffer(
     fused = Preprocessor(spec, shape, layout, np.dtype(np.float32), reuse=True)
     rng = np.random.default_rng(3)
     # Frame sizes change midway (the letterbox border must follow), then return.
-    sizes = [(8, 8), (20, 40), (20, 40), (40, 20), (32, 32), (20, 40)]
+    sizes = [(8, 8), (20, 40), (20, 40), (40, 20), (32, 32), (40, 20), (20, 40)]
     previous = None
     for h, w in sizes:
         for color in ("RGB", "BGR"):
