@@ -24,7 +24,7 @@ fixed per-frame cost), ``--mobilenet`` (a MobileNetV2-shaped classifier, 224x224
 random weights), ``--pose`` (mediapipe 0.10.14's pose_detection.tflite, a real SSD detector,
 224x224 letterboxed from 640x480 frames, 2254 anchors decoded + NMS).
 
-    .venv/bin/python tools/bench_pipeline.py --mobilenet --pose
+    .venv/bin/python tools/bench_pipeline.py --mobilenet --pose [--rounds 3]
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -285,6 +286,13 @@ def main() -> int:
     ap.add_argument("--backends", default="onnxruntime,openvino,litert,opencv,tensorrt")
     ap.add_argument("--frames", type=int, default=256, help="distinct frames (reference model)")
     ap.add_argument("--blocks", type=int, default=60, help="block pairs per measurement")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measurements per row (1 and 2 threads alternate); "
+        "every figure is the median over rounds",
+    )
     ap.add_argument("--mobilenet", action="store_true", help="add a MobileNetV2-shaped model")
     ap.add_argument("--pose", action="store_true", help="add mediapipe's pose detector")
     ap.add_argument("--only-extra", action="store_true", help="skip the reference package")
@@ -299,7 +307,8 @@ def main() -> int:
         if args.pose:
             targets.append(pose_target(work, 96))
         print(
-            f"{args.blocks} alternating block pairs per row. ovh: median over pairs of the "
+            f"{args.blocks} alternating block pairs per measurement, median of {args.rounds} "
+            "measurement(s) per row. ovh: median over pairs of the "
             "median frames' ratio; blk: median over pairs of the block times' ratio (every "
             "frame counts, preemption too); cpu/thr: summed CPU time ratio (process / main "
             "thread); all = pipeline / bare - 1\n"
@@ -311,23 +320,33 @@ def main() -> int:
         breakdown = []
         for t in targets:
             out = work / "r.jsonl"
+            ones: list[Result] = []
+            twos: list[Result] = []
             try:
-                r1 = measure(t, 1, out, args.blocks)
-                r2 = measure(t, 2, out, args.blocks)
+                for _ in range(args.rounds):
+                    ones.append(measure(t, 1, out, args.blocks))
+                    twos.append(measure(t, 2, out, args.blocks))
             except InferenceError as exc:
                 print(f"{t.label:22} {t.backend:11} {t.file or '':17} unavailable: {str(exc)[:60]}")
                 continue
             finally:
                 out.unlink(missing_ok=True)
+
+            def med(rs: list[Result], f: Callable[[Result], float]) -> float:
+                return float(statistics.median(f(r) for r in rs))
+
             print(
                 f"{t.label:22} {t.backend:11} {t.file or '(default)':17} {t.block:3d} "
-                f"{r1.bare_ms():8.3f} {r1.pipe_ms():8.3f} "
-                f"{pct(r1.frame_ratio())} {pct(r1.wall_ratio())} "
-                f"{pct(r1.cpu_ratio('cpu'))} {pct(r1.cpu_ratio('thread'))} "
-                f"{pct(r2.frame_ratio())} {r1.fps():7.1f} {r2.fps():7.1f}",
+                f"{med(ones, Result.bare_ms):8.3f} {med(ones, Result.pipe_ms):8.3f} "
+                f"{pct(med(ones, Result.frame_ratio))} {pct(med(ones, Result.wall_ratio))} "
+                f"{pct(med(ones, lambda r: r.cpu_ratio('cpu')))} "
+                f"{pct(med(ones, lambda r: r.cpu_ratio('thread')))} "
+                f"{pct(med(twos, Result.frame_ratio))} "
+                f"{med(ones, Result.fps):7.1f} {med(twos, Result.fps):7.1f}",
                 flush=True,
             )
-            breakdown.append((t, r1.stages_us))
+            stages = {k: statistics.median(r.stages_us[k] for r in ones) for k in ones[0].stages_us}
+            breakdown.append((t, stages))
         print(
             "\nper-frame cost inside the pipeline at 1 thread, us (medians); loop: a frame's time "
             "minus its timed stages; pre/post warm: the same call repeated at once (caches warm)"
