@@ -16,7 +16,7 @@ d2. pull the plug once 256 MiB of slot A are written; set the config back; power
    committed, and the install starts again;
 c. it completes; v3 (its primary model fails its reference check) is tried in A, fails its
    health gate, and the device reboots into B by itself;
-f. while it is off, A is put on trial again with its agent masked and a short trial deadline:
+f. while it is off, A is put on trial again with its agent masked and a 30 s trial deadline:
    power on: nothing commits A, its boot deadline marks it bad and reboots into B;
 e (watchdog). that boot of B runs a camera config whose primary model file is a pipe nobody
    writes: the worker hangs, is killed and restarted with backoff, then the fallback model runs.
@@ -403,7 +403,7 @@ def test_c_broken_v3_rolls_back_to_v2(device: Device, figures: dict[str, object]
 
 #: the trial deadline of the deadline scenario (the image's is 10 min: a tried slot gets that
 #: long to pass its health gate on slow hardware)
-DEADLINE_S = 60
+DEADLINE_S = 30
 DEADLINE_DROPIN = "/etc/systemd/system/edgekiln-trial-deadline.timer.d"
 AGENT_UNIT = "/etc/systemd/system/edgekiln-agent.service"
 #: the camera config of the hang scenario: the primary package's model file never arrives
