@@ -13,10 +13,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from appliance.inference import ssd_small
 from appliance.inference.backends.base import LoadedModel, TensorInfo
-from appliance.inference.package import DetectionSpec, Manifest, SsdAnchors, expected_shape
+from appliance.inference.package import DetectionSpec, Manifest, expected_shape
 from appliance.inference.preprocess import Letterbox
+from appliance.inference.ssd import (
+    MAX_ROWS,
+    decode_select,
+    decode_ssd,
+    sigmoid,
+    ssd_anchors,
+    ssd_raw_floor,
+)
 
 _F32 = np.dtype(np.float32)
 
@@ -101,48 +108,6 @@ def classify(logits: np.ndarray, kind: str) -> np.ndarray:
     return softmax(v) if kind == "logits" else v
 
 
-# --- SSD -------------------------------------------------------------------------------------
-
-
-def _scale(lo: float, hi: float, i: int, n: int) -> float:
-    return (lo + hi) / 2 if n == 1 else lo + (hi - lo) * i / (n - 1)
-
-
-def ssd_anchors(o: SsdAnchors, input_w: int, input_h: int) -> np.ndarray:
-    """Anchors [N, 4] as (x_center, y_center, w, h), normalised; SsdAnchorsCalculator's order."""
-    out: list[tuple[float, float, float, float]] = []
-    layer = 0
-    n = len(o.strides)
-    while layer < o.num_layers:
-        ratios: list[float] = []
-        scales: list[float] = []
-        last = layer
-        while last < n and o.strides[last] == o.strides[layer]:
-            scale = _scale(o.min_scale, o.max_scale, last, n)
-            if last == 0 and o.reduce_boxes_in_lowest_layer:
-                ratios += [1.0, 2.0, 0.5]
-                scales += [0.1, scale, scale]
-            else:
-                for r in o.aspect_ratios:
-                    ratios.append(r)
-                    scales.append(scale)
-                if o.interpolated_scale_aspect_ratio > 0:
-                    nxt = 1.0 if last == n - 1 else _scale(o.min_scale, o.max_scale, last + 1, n)
-                    scales.append(math.sqrt(scale * nxt))
-                    ratios.append(o.interpolated_scale_aspect_ratio)
-            last += 1
-        sizes = [(s * math.sqrt(r), s / math.sqrt(r)) for s, r in zip(scales, ratios, strict=True)]
-        stride = o.strides[layer]
-        fh, fw = math.ceil(input_h / stride), math.ceil(input_w / stride)
-        for y in range(fh):
-            for x in range(fw):
-                for w, h in sizes:
-                    cx, cy = (x + o.anchor_offset_x) / fw, (y + o.anchor_offset_y) / fh
-                    out.append((cx, cy, 1.0, 1.0) if o.fixed_anchor_size else (cx, cy, w, h))
-        layer = last
-    return np.asarray(out, dtype=np.float32)
-
-
 @dataclass
 class Detection:
     """One detected object: normalised box, class, score, optional keypoints."""
@@ -165,77 +130,7 @@ class Detection:
         }
 
 
-def decode_ssd(
-    raw_boxes: np.ndarray,
-    raw_scores: np.ndarray,
-    anchors: np.ndarray,
-    spec: DetectionSpec,
-    *,
-    input_w: int,
-    input_h: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(boxes [N,4] xyxy, scores [N,C], keypoints [N,K,2]) from raw SSD tensors."""
-    b = raw_boxes.reshape(len(anchors), -1).astype(np.float32)
-    s = raw_scores.reshape(len(anchors), -1).astype(np.float32)
-    xs, ys, ws, hs = spec.box_scale or [input_w, input_h, input_w, input_h]
-    ax, ay, aw, ah = anchors.T
-    if spec.reverse_output_order:  # (x, y, w, h)
-        cx, cy, w, h = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
-    else:  # (y, x, h, w)
-        cy, cx, h, w = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
-    cx = cx / xs * aw + ax
-    cy = cy / ys * ah + ay
-    w = w / ws * aw
-    h = h / hs * ah
-    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
-    k = spec.num_keypoints
-    kp = b[:, 4 : 4 + 2 * k].reshape(-1, k, 2) if k else np.zeros((len(b), 0, 2), np.float32)
-    if k:
-        kp = np.stack(
-            [
-                kp[..., 0] / xs * aw[:, None] + ax[:, None],
-                kp[..., 1] / ys * ah[:, None] + ay[:, None],
-            ],
-            -1,
-        )
-    return boxes, ssd_scores(s, spec), kp
-
-
-def ssd_raw_floor(spec: DetectionSpec) -> float:
-    """A raw score below which no anchor can reach the threshold (a cheap, safe pre-filter).
-
-    :func:`ssd_scores` is monotonic, so ``score >= threshold`` needs ``raw >= threshold's
-    pre-image``; a margin keeps rounding on the safe side (the exact test follows on the few
-    rows that pass). Where clipping makes the bound unsafe, -inf: every row is kept.
-    """
-    t = spec.score_threshold
-    if spec.sigmoid_score:
-        # Scores are float32: near 1 a sigmoid rounds up to the threshold from below.
-        t = min(t, 1.0) * (1 - 2**-20) - 2**-20
-        if t <= 0:
-            return -math.inf
-        t = math.log(t / (1 - t))
-    floor = t - 1e-3
-    lowest = -80.0 if spec.sigmoid_score else -math.inf
-    if spec.score_clipping is not None:
-        lowest = max(lowest, -spec.score_clipping)
-    return floor if floor > lowest else -math.inf
-
-
-def ssd_scores(s: np.ndarray, spec: DetectionSpec) -> np.ndarray:
-    """Raw SSD class scores [N, C] -> scores as the threshold sees them (clipped, sigmoid)."""
-    if spec.score_clipping is not None:
-        s = np.clip(s, -spec.score_clipping, spec.score_clipping)
-    if spec.sigmoid_score:
-        s = _sigmoid(np.clip(s, -80.0, 80.0)).astype(np.float32)  # clip: no exp overflow
-    return s
-
-
 # --- YOLO ------------------------------------------------------------------------------------
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return np.asarray(1.0 / (1.0 + np.exp(-np.clip(x, -80.0, 80.0))))
 
 
 def decode_yolo(
@@ -260,7 +155,7 @@ def decode_yolo(
         for out, stride, anchors in zip(outputs, spec.strides, spec.grid_anchors, strict=True):
             na = len(anchors) // 2
             _, _, gh, gw = out.shape
-            g = _sigmoid(out.reshape(na, per, gh, gw).astype(np.float32))
+            g = sigmoid(out.reshape(na, per, gh, gw).astype(np.float32))
             yy, xx = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
             aw = np.asarray(anchors[0::2], np.float32)[:, None, None]
             ah = np.asarray(anchors[1::2], np.float32)[:, None, None]
@@ -388,8 +283,8 @@ class Postprocessor:
             rows = np.flatnonzero(best_raw >= self.raw_floor)
             if not rows.size:
                 return []
-            if rows.size <= ssd_small.MAX_ROWS:
-                found = ssd_small.decode_select(
+            if rows.size <= MAX_ROWS:
+                found = decode_select(
                     outs[spec.boxes_output].reshape(n, -1)[rows].tolist(),
                     raw_scores[rows].tolist(),
                     self.anchors[rows].tolist(),

@@ -17,8 +17,9 @@ import pytest
 from appliance.inference.backends import get_backend
 from appliance.inference.errors import BackendLoadError
 from appliance.inference.package import load_package
-from appliance.inference.postprocess import Postprocessor, ssd_anchors
+from appliance.inference.postprocess import Postprocessor
 from appliance.inference.preprocess import Preprocessor
+from appliance.inference.ssd import ssd_anchors
 from tests.inference.fixtures import tflite_package
 from tests.inference.mediapipe import tflite_models
 

@@ -217,7 +217,7 @@ def test_opencv_fused_paths_equal_the_numpy_path_with_a_reused_buffer(
 def test_ssd_raw_floor_never_drops_an_anchor_that_passes(
     raw: list[float], threshold: float, sigmoid: bool, clipping: float | None
 ) -> None:
-    from appliance.inference.postprocess import ssd_raw_floor, ssd_scores
+    from appliance.inference.ssd import ssd_raw_floor, ssd_scores
 
     spec = DetectionSpec(
         decoder="ssd", score_threshold=threshold, sigmoid_score=sigmoid, score_clipping=clipping
@@ -239,8 +239,7 @@ def test_ssd_raw_floor_never_drops_an_anchor_that_passes(
 def test_few_anchor_python_decode_equals_the_numpy_decode(
     seed: int, rows: int, classes: int, keypoints: int, xywh: bool, threshold: float
 ) -> None:
-    from appliance.inference import ssd_small
-    from appliance.inference.postprocess import decode_ssd
+    from appliance.inference.ssd import decode_select, decode_ssd
 
     rng = np.random.default_rng(seed)
     spec = DetectionSpec(
@@ -260,9 +259,7 @@ def test_few_anchor_python_decode_equals_the_numpy_decode(
     if np.isclose(scores, threshold, atol=1e-6).any():
         return  # float32 vs float64 sigmoid may round a borderline score either way
     want = select(boxes, scores, spec, kps if keypoints else None)
-    got = ssd_small.decode_select(
-        raw_boxes.tolist(), raw_scores.tolist(), anchors.tolist(), spec, 64, 48
-    )
+    got = decode_select(raw_boxes.tolist(), raw_scores.tolist(), anchors.tolist(), spec, 64, 48)
     assert [d.label for d in want] == [c for _, c, _, _ in got]
     assert [d.score for d in want] == pytest.approx([s for _, _, s, _ in got], abs=1e-6)
     for d, (box, _, _, points) in zip(want, got, strict=True):
