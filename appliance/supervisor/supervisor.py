@@ -132,7 +132,9 @@ class Supervisor:
     def mode(self) -> str:
         return self.modes[self.mode_index]
 
-    def _event(self, kind: str, alert: bool = False, **fields: object) -> None:
+    def _event(
+        self, kind: str, alert: bool = False, *, journal: int = logging.INFO, **fields: object
+    ) -> None:
         event: dict[str, object] = {
             "type": "event",
             "kind": kind,
@@ -142,7 +144,7 @@ class Supervisor:
             **fields,
         }
         self.events.append(event)
-        (log.warning if alert else log.info)("%s %s", kind, fields)
+        log.log(logging.WARNING if alert else journal, "%s %s", kind, fields)
         if self.on_event is not None:
             self.on_event(event)
 
@@ -177,6 +179,7 @@ class Supervisor:
         self._event(
             f"worker_{reason}",
             alert=False,
+            journal=logging.WARNING,  # the agent journals warnings: a technician sees why
             pid=worker.process.pid,
             exitcode=worker.process.exitcode,
             signal=_signal_name(worker.process.exitcode),

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from appliance.supervisor.sdnotify import Notifier
 from appliance.supervisor.supervisor import Policy, Supervisor, WorkerContext
@@ -69,8 +72,9 @@ def pid_gone(pid: int) -> bool:
 
 
 def test_hung_worker_is_killed_and_replaced_within_the_watchdog_period(
-    tmp_path: Path, notify: NotifyListener
+    tmp_path: Path, notify: NotifyListener, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="appliance.supervisor.supervisor")
     beats = tmp_path / "beats"
     starts = tmp_path / "starts"
 
@@ -101,6 +105,8 @@ def test_hung_worker_is_killed_and_replaced_within_the_watchdog_period(
     hung = next(e for e in sup.events if e["kind"] == "worker_hung")
     assert hung["signal"] == "SIGKILL"
     assert pid_gone(int(hung["pid"]))  # type: ignore[call-overload]
+    # The agent journals warnings only: the kill and its reason must be among them.
+    assert any(r.getMessage().startswith("worker_hung ") for r in caplog.records)
     rows = [line.split() for line in beats.read_text().splitlines()]
     first_pid = rows[0][0]
     last_old = max(float(t) for p, t in rows if p == first_pid)
