@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 ALIGN = 4096  # O_DIRECT offset/length/buffer alignment that every Linux block size divides
 REGION = 4 << 20  # bytes per O_DIRECT write and per durable read-back unit
-REGIONS = 2  # region buffers: one being filled while one is re-read (bounds memory)
+REGIONS = 3  # region buffers: one filled, one written, one re-read at once (bounds memory)
 PIECE = 2 << 20  # bytes per O_DIRECT re-read
 READERS = 1  # regions re-read at once (each reader has its own piece buffer)
 
@@ -164,7 +164,9 @@ class DirectReadBackSink:
         self._current = self._free.get()
         self._fill = 0  # bytes of the current buffer holding data
         self._start = 0  # image offset of the current buffer's first byte
-        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._writes: queue.Queue[Job | None] = queue.Queue()  # full regions to write
+        self._write_error: BaseException | None = None
+        self._jobs: queue.Queue[Job | None] = queue.Queue()  # written regions to re-read
         self._hash = hashlib.sha256() if hash_readback else None
         self._checked = 0
         self._lock = threading.Lock()
@@ -177,6 +179,9 @@ class DirectReadBackSink:
         ]
         for thread in self._threads:
             thread.start()
+        # The O_DIRECT writes get their own thread: the caller fills the next region meanwhile.
+        self._writer = threading.Thread(target=self._write_loop, name="slot-write", daemon=True)
+        self._writer.start()
 
     # -- the Sink protocol ------------------------------------------------------------------
 
@@ -186,6 +191,8 @@ class DirectReadBackSink:
             # (an unaligned start follows only a flush() in mid-stream)
             self._not_sequential(offset, data)
             return
+        if self._write_error is not None:
+            raise self._write_error
         view = memoryview(data).cast("B")
         while view:
             n = min(len(view), self.region - self._fill)
@@ -200,6 +207,9 @@ class DirectReadBackSink:
         """Write what is left (its unaligned tail buffered), make it all durable."""
         if self.sequential and self._fill:
             self._write_region()
+        self._writes.join()
+        if self._write_error is not None:
+            raise self._write_error
         self.medium.sync()
 
     def close(self) -> None:
@@ -239,17 +249,35 @@ class DirectReadBackSink:
     # -- writer side --------------------------------------------------------------------------
 
     def _write_region(self) -> None:
-        """O_DIRECT-write the current buffer's aligned part (tail buffered), queue its re-read."""
-        index, start, fill = self._current, self._start, self._fill
-        aligned = fill - fill % ALIGN
-        if aligned:
-            self.medium.write(start, self._views[index][:aligned])
-        if fill > aligned:
-            # Only the image's very end is unaligned: the page cache takes it, sync() flushes.
-            self.medium.write_tail(start + aligned, bytes(self._views[index][aligned:fill]))
-        self._jobs.put((index, start, fill))
-        self._start, self._fill = start + fill, 0
-        self._current = self._free.get()  # waits while every other buffer awaits its re-read
+        """Hand the current buffer to the write thread; take a free one."""
+        self._writes.put((self._current, self._start, self._fill))
+        self._start, self._fill = self._start + self._fill, 0
+        self._current = self._free.get()  # waits while every other buffer is written or re-read
+
+    def _write_loop(self) -> None:
+        """O_DIRECT-write each full region (its unaligned tail buffered), queue its re-read."""
+        while (job := self._writes.get()) is not None:
+            index, start, fill = job
+            try:
+                if self._write_error is None:
+                    aligned = fill - fill % ALIGN
+                    if aligned:
+                        self.medium.write(start, self._views[index][:aligned])
+                    if fill > aligned:
+                        # Only the image's very end is unaligned: the page cache takes it.
+                        tail = bytes(self._views[index][aligned:fill])
+                        self.medium.write_tail(start + aligned, tail)
+            except BaseException as exc:  # raised on the caller's thread (write/flush)
+                log.debug("%s: writing at byte %d failed", self.label, start, exc_info=True)
+                # Its frames hold a view of the region buffer, which close() must release.
+                self._write_error = exc.with_traceback(None)
+            finally:
+                # A region that was not written is not re-read (checked() then fails).
+                if self._write_error is None:
+                    self._jobs.put(job)
+                else:
+                    self._free.put(index)
+                self._writes.task_done()
 
     def _not_sequential(self, offset: int, data: bytes) -> None:
         """Out-of-order writes (no bundle payload makes them): no overlapped read-back then."""
@@ -257,6 +285,7 @@ class DirectReadBackSink:
             self.sequential = False
             if self._fill:
                 self._write_region()
+            self._writes.join()  # the medium sees the writes in order
             log.warning("%s: writes out of order; the slot is re-read in one pass", self.label)
         self.medium.write_tail(offset, bytes(data))
 
@@ -313,6 +342,9 @@ class DirectReadBackSink:
                 self._error, self._error_at = message, offset
 
     def _stop(self) -> None:
+        if self._writer.is_alive():  # the queued regions are written (and re-read) first
+            self._writes.put(None)
+            self._writer.join()
         alive = [thread for thread in self._threads if thread.is_alive()]
         for _ in alive:
             self._jobs.put(None)

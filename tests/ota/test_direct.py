@@ -194,6 +194,32 @@ def test_writes_after_a_mid_stream_flush_still_land(tmp_path: Path) -> None:
     assert path.read_bytes() == data
 
 
+class BrokenMedium(DirectMedium):
+    """A medium whose write fails with EIO from its third region on (a dying eMMC)."""
+
+    def write(self, offset: int, data: memoryview) -> None:
+        if offset >= 2 * REGION:
+            raise OSError(5, "Input/output error")
+        super().write(offset, data)
+
+
+def test_a_failing_region_write_is_raised_to_the_writer_and_never_checked(
+    tmp_path: Path,
+) -> None:
+    # The O_DIRECT writes run on the sink's own thread: the failure must still reach the
+    # caller (at a later write or at flush), and no region at or after it counts as checked.
+    path = empty_file(tmp_path / "slot.img")
+    sink = DirectReadBackSink(BrokenMedium(path), region=REGION, regions=3)
+    data = os.urandom(6 * REGION)
+    with pytest.raises(OSError, match="Input/output error"):
+        write_all(sink, data, 10_000)
+    with pytest.raises(OSError, match="Input/output error"):
+        sink.flush()
+    assert not sink.checked(len(data))
+    assert sink._checked <= 2 * REGION  # only regions written before the failure re-read
+    sink.close()
+
+
 @pytest.fixture
 def loop_device(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     """(loop device, its backing file): a real block device, 4 MiB."""
