@@ -39,7 +39,7 @@ from appliance.bundle.manifest import (
 )
 from appliance.bundle.ordered import WORKERS, OrderedPipeline
 from appliance.bundle.sink import MemorySink, NullSink, Sink
-from appliance.bundle.writebehind import WriteBehind
+from appliance.bundle.writebehind import Inline, WriteBehind, writer_for
 
 Progress = Callable[[int, int], None]
 
@@ -163,7 +163,7 @@ class VerifiedBundle:
                 f"member {p.name!r} has {head.size} bytes; the signed manifest says {p.size}"
             )
         self._next += 1  # consumed from here on, even if it fails
-        writer = WriteBehind(sink)
+        writer = writer_for(sink)
         try:
             self._verify_chunks(p, writer, progress, base)
         except BaseException:
@@ -174,7 +174,11 @@ class VerifiedBundle:
         sink.flush()
 
     def _verify_chunks(
-        self, p: Payload, writer: WriteBehind, progress: Progress | None, base: BaseSlot | None
+        self,
+        p: Payload,
+        writer: WriteBehind | Inline,
+        progress: Progress | None,
+        base: BaseSlot | None,
     ) -> None:
         """Read, verify (and decompress or rebuild) each chunk; hand only verified ones on.
 

@@ -3,6 +3,9 @@
 Hashing (OpenSSL), decompression (zstd) and ``os.pwrite`` all release the GIL, so on two cores
 writing chunk N overlaps verifying chunk N+1. Writes stay strictly in order, at most ``depth``
 verified chunks wait in memory (O(chunk) still), and only verified chunks are ever queued.
+A sink that already writes on its own thread (``writes_behind = True``, the installer's
+O_DIRECT sink: it only copies each chunk into a region buffer) is called directly instead
+(:func:`writer_for`): one thread hand-off and ``depth`` chunk buffers fewer.
 """
 
 from __future__ import annotations
@@ -14,6 +17,28 @@ from appliance.bundle.ordered import share_malloc_arena
 from appliance.bundle.sink import Sink
 
 _STOP = None
+
+
+class Inline:
+    """The :class:`WriteBehind` interface, calling ``sink.write`` on the caller's thread."""
+
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Hand a verified chunk to the sink now."""
+        self._sink.write(offset, data)
+
+    def close(self) -> None:
+        """Nothing waits here."""
+
+    def abandon(self) -> None:
+        """Nothing waits here."""
+
+
+def writer_for(sink: Sink) -> WriteBehind | Inline:
+    """:class:`Inline` for a sink that writes behind by itself, else a :class:`WriteBehind`."""
+    return Inline(sink) if getattr(sink, "writes_behind", False) else WriteBehind(sink)
 
 
 class WriteBehind:

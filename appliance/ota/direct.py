@@ -43,7 +43,7 @@ ALIGN = 4096  # O_DIRECT offset/length/buffer alignment that every Linux block s
 REGION = 4 << 20  # bytes per O_DIRECT write and per durable read-back unit
 REGIONS = 3  # region buffers: one filled, one written, one re-read at once (bounds memory)
 PIECE = 2 << 20  # bytes per O_DIRECT re-read
-READERS = 1  # regions re-read at once (each reader has its own piece buffer)
+READERS = 2  # regions re-read at once (each its own piece buffer): two reads in flight
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _memcmp = _libc.memcmp
@@ -184,6 +184,10 @@ class DirectReadBackSink:
         self._writer.start()
 
     # -- the Sink protocol ------------------------------------------------------------------
+
+    # write() only copies into a region buffer (the O_DIRECT write has its own thread), so the
+    # bundle reader calls it directly, without a write-behind thread (writebehind.writer_for).
+    writes_behind = True
 
     def write(self, offset: int, data: bytes) -> None:
         """Copy verified ``data`` into the region buffer; write the region when it is full."""
