@@ -218,12 +218,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="64,256", help="image sizes in MiB")
     parser.add_argument("--repeat", type=int, default=REPEAT, help="alternating runs per row")
-    parser.add_argument("--dir", type=Path, default=None, help="where the files go (a real disk)")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="where the files go (a real disk; created if missing)",
+    )
     parser.add_argument("--targets", default="file,loop", help="slot targets: file, loop")
     parser.add_argument(
         "--modes", default=",".join(MODES), help="install rows: " + ", ".join(MODES)
     )
     args = parser.parse_args()
+    if args.dir is not None:
+        args.dir.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-install-") as tmp:
