@@ -22,7 +22,11 @@ T = TypeVar("T")
 
 # Two workers use both cores of the smallest targets; more only adds memory on the rest.
 WORKERS = min(2, os.cpu_count() or 1)
-M_ARENA_MAX = -8  # glibc mallopt parameter
+M_ARENA_MAX = -8  # glibc mallopt parameters
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+CHUNK_MMAP_THRESHOLD = 8 << 20  # chunk buffers below this come from the heap, reused
+CHUNK_TRIM_THRESHOLD = 16 << 20  # free heap kept before it is returned to the kernel
 
 
 @functools.cache
@@ -36,16 +40,45 @@ def share_malloc_arena() -> None:
     (glibc fixes its arena limit the first time it needs one); an explicit MALLOC_ARENA_MAX in
     the environment wins. A no-op where mallopt is missing. The reader's threads call it first.
     """
-    if "MALLOC_ARENA_MAX" in os.environ or sys.platform != "linux":
+    if "MALLOC_ARENA_MAX" in os.environ:
         return
+    mallopt = _mallopt()
+    if mallopt is not None:
+        mallopt(M_ARENA_MAX, 1)
+
+
+def _mallopt() -> Callable[[int, int], int] | None:
+    """glibc's mallopt, or None (not Linux/glibc)."""
+    if sys.platform != "linux":
+        return None
     import ctypes
 
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc-like: nothing to tune
-        return
+        return None
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt(M_ARENA_MAX, 1)
+    mallopt.restype = ctypes.c_int
+    return mallopt
+
+
+@functools.cache
+def reuse_chunk_memory() -> None:
+    """Keep freed chunk-sized buffers in the heap instead of unmapping them (best effort).
+
+    Each 1 MiB chunk (and, for zstd, its decompressed image) is a fresh allocation. glibc's
+    dynamic thresholds still let most of them be mapped and unmapped, or the heap top be
+    trimmed, so the kernel zero-fills and faults in the pages again: a 1 GiB zstd install
+    took ~130 000 minor faults and 0.6 s of system time; with fixed thresholds ~12 000 and
+    0.3 s, for +1.3 MiB of peak RSS (measured, tools/bench_install.py). It holds for the rest
+    of the process; MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ in the environment win.
+    """
+    if {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & set(os.environ):
+        return
+    mallopt = _mallopt()
+    if mallopt is not None:
+        mallopt(M_MMAP_THRESHOLD, CHUNK_MMAP_THRESHOLD)
+        mallopt(M_TRIM_THRESHOLD, CHUNK_TRIM_THRESHOLD)
 
 
 class OrderedPipeline(Generic[T]):
