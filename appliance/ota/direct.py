@@ -2,12 +2,13 @@
 
 :class:`DirectReadBackSink` is the installer's sink for a slot on a file system or block device
 that accepts ``O_DIRECT``. The bundle reader hands it verified chunks in order; it copies them
-into one of a few page-aligned region buffers and writes each full region with ``O_DIRECT``
-(no page cache: no page allocation, no copy into the cache, no writeback later). A helper
-thread then makes the region durable (``fdatasync``), re-reads it from the medium with
-``O_DIRECT`` and compares it byte for byte with the buffer it was written from, while the
-writer fills and writes the next region. Total time approaches max(write, read) instead of
-their sum, and memory is ``regions x region + piece``, constant in the image size.
+into one of a few page-aligned region buffers; a write thread writes each full region with
+``O_DIRECT`` (no page cache: no page allocation, no copy into the cache, no writeback later)
+while the caller fills the next. Re-read threads then make the region durable
+(``fdatasync``), re-read it from the medium with ``O_DIRECT`` and compare it byte for byte with
+the buffer it was written from, while later regions are filled and written. Total time
+approaches max(write, read) instead of their sum, and memory is
+``regions x region + readers x piece``, constant in the image size.
 
 Why this keeps the update-flow invariants:
 
