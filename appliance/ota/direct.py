@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import hashlib
 import logging
 import mmap
 import os
@@ -36,20 +35,15 @@ import threading
 from pathlib import Path
 from typing import Protocol
 
-from appliance.ota.errors import ReadBackError
+from appliance.ota.readback_common import ALIGN, ReadBackState, memcmp
 
 log = logging.getLogger(__name__)
 
-ALIGN = 4096  # O_DIRECT offset/length/buffer alignment that every Linux block size divides
 REGION = 4 << 20  # bytes per O_DIRECT write and per durable read-back unit
 REGIONS = 3  # region buffers: one filled, one written, one re-read at once (bounds memory)
 PIECE = 2 << 20  # bytes per O_DIRECT re-read
 READERS = 2  # regions re-read at once (each its own piece buffer): two reads in flight
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_memcmp = _libc.memcmp
-_memcmp.restype = ctypes.c_int
-_memcmp.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 
 Job = tuple[int, int, int]  # (buffer index, first byte, length)
 
@@ -133,7 +127,7 @@ class DirectUnsupported(OSError):
     """The target's file system does not do O_DIRECT; use the page-cache read-back instead."""
 
 
-class DirectReadBackSink:
+class DirectReadBackSink(ReadBackState):
     """Sink writing aligned regions with O_DIRECT; re-reads each durable region on a thread.
 
     ``region``: bytes per write and per re-read unit; ``regions``: buffers (>= 2 to overlap);
@@ -151,12 +145,11 @@ class DirectReadBackSink:
         hash_readback: bool = False,
         label: str = "slot",
     ) -> None:
+        super().__init__(hash_readback=hash_readback)
         self.medium = medium
         self.label = label
         self.region = max(ALIGN, region - region % ALIGN)
         self.piece = max(ALIGN, min(self.region, piece - piece % ALIGN))
-        self.sequential = True
-        self._end = 0  # bytes written, contiguously from 0
         self._buffers = [mmap.mmap(-1, self.region) for _ in range(max(2, regions))]
         self._views = [memoryview(b) for b in self._buffers]
         self._free: queue.Queue[int] = queue.Queue()
@@ -168,18 +161,7 @@ class DirectReadBackSink:
         self._writes: queue.Queue[Job | None] = queue.Queue()  # full regions to write
         self._write_error: BaseException | None = None
         self._jobs: queue.Queue[Job | None] = queue.Queue()  # written regions to re-read
-        self._hash = hashlib.sha256() if hash_readback else None
-        self._checked = 0
-        self._lock = threading.Lock()
-        self._error: str | None = None
-        self._error_at = -1  # the failure at the lowest offset wins (readers run in parallel)
-        # The hash needs the regions in order: one reader then.
-        self._threads = [
-            threading.Thread(target=self._read_loop, name=f"slot-read-back-{i}", daemon=True)
-            for i in range(1 if hash_readback else max(1, readers))
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._start_readers(self._read_loop, readers)
         # The O_DIRECT writes get their own thread: the caller fills the next region meanwhile.
         self._writer = threading.Thread(target=self._write_loop, name="slot-write", daemon=True)
         self._writer.start()
@@ -228,28 +210,6 @@ class DirectReadBackSink:
             for buffer in self._buffers:
                 buffer.close()
             self._views, self._buffers = [], []
-
-    # -- results ------------------------------------------------------------------------------
-
-    def checked(self, size: int) -> bool:
-        """True if the first ``size`` bytes were written in order, re-read and equal.
-
-        False if not all covered (the caller then re-reads the slot in one pass). Raises
-        :class:`ReadBackError` if the medium returned other bytes than were written.
-        """
-        self._stop()
-        if self._error is not None:
-            raise ReadBackError(self._error)
-        return self.sequential and self._end == size and self._checked == size
-
-    def digest(self) -> str | None:
-        """sha256 of the bytes as re-read (only with ``hash_readback``)."""
-        return None if self._hash is None else self._hash.hexdigest()
-
-    @property
-    def error(self) -> str | None:
-        """Why the read-back failed, if it did."""
-        return self._error
 
     # -- writer side --------------------------------------------------------------------------
 
@@ -327,7 +287,7 @@ class DirectReadBackSink:
                 self._fail(end, f"{self.label} ends at byte {end}, {start + length} were written")
                 return
             # memcmp through ctypes: ~10 GB/s with the GIL released.
-            if _memcmp(address, written + done, n) != 0:
+            if memcmp(address, written + done, n) != 0:
                 bad = start + done + _first_difference(view[:n], self._views[index][done:])
                 self._fail(
                     bad,
@@ -340,11 +300,6 @@ class DirectReadBackSink:
             done += n
         with self._lock:
             self._checked += length
-
-    def _fail(self, offset: int, message: str) -> None:
-        with self._lock:
-            if self._error is None or offset < self._error_at:
-                self._error, self._error_at = message, offset
 
     def _stop(self) -> None:
         if self._writer.is_alive():  # the queued regions are written (and re-read) first

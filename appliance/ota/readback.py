@@ -34,22 +34,16 @@ import hashlib
 import mmap
 import os
 import queue
-import threading
 from pathlib import Path
 
 from appliance.bundle import FileSink, Sink
 from appliance.ota.errors import ReadBackError
+from appliance.ota.readback_common import ALIGN, ReadBackState, memcmp
 
 READ_BLOCK = 1 << 20
 WINDOW = 2 << 20
 DEPTH = 1  # windows queued for re-reading before the writer waits (bounds memory)
 READERS = 1  # windows re-read at once (>1 only without hash_readback; 2 measured no faster)
-ALIGN = 4096  # O_DIRECT offset/length/buffer alignment that every Linux block size divides
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_memcmp = _libc.memcmp
-_memcmp.restype = ctypes.c_int
-_memcmp.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 
 Job = tuple[int, int, list[bytes]]
 
@@ -87,7 +81,7 @@ def _open_direct(path: Path) -> int | None:
         raise
 
 
-class ReadBackSink:
+class ReadBackSink(ReadBackState):
     """A sink that forwards writes and checks each window as re-read from ``path``.
 
     ``window``: bytes per re-read; ``depth``: windows queued before the writer waits;
@@ -106,31 +100,19 @@ class ReadBackSink:
         readers: int = READERS,
         direct: bool = True,
     ) -> None:
+        super().__init__(hash_readback=hash_readback)
         self.inner = inner
         self.path = Path(path)
         self.window = max(ALIGN, window - window % ALIGN)
-        self.sequential = True
-        self._end = 0  # bytes written, contiguously from 0
         self._start = 0  # first byte of the window being collected
         self._chunks: list[bytes] = []
-        self._hash = hashlib.sha256() if hash_readback else None
-        self._checked = 0  # bytes re-read and found equal (windows are disjoint)
-        self._lock = threading.Lock()
-        self._error: str | None = None
-        self._error_at = -1  # the failure at the lowest offset wins (readers run in parallel)
         self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=depth)
         # A FileSink writes through the kernel's page cache, which O_DIRECT reads bypass.
         self._coherent = isinstance(inner, FileSink)
         self._direct_fd = _open_direct(self.path) if self._coherent and direct else None
         self._use_direct = self._direct_fd is not None
         self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        # The hash needs the windows in order: one reader then.
-        self._threads = [
-            threading.Thread(target=self._read_loop, name=f"slot-read-back-{i}", daemon=True)
-            for i in range(1 if hash_readback else max(1, readers))
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._start_readers(self._read_loop, readers)
 
     # -- the Sink protocol ------------------------------------------------------------------
 
@@ -159,23 +141,6 @@ class ReadBackSink:
             self._stop()
         finally:
             self.inner.close()
-
-    # -- results ------------------------------------------------------------------------------
-
-    def checked(self, size: int) -> bool:
-        """True if the first ``size`` bytes were all written in order, re-read and equal.
-
-        False if they were not all covered (the caller then re-reads the slot in one pass).
-        Raises :class:`ReadBackError` if the medium returned other bytes than were written.
-        """
-        self._stop()
-        if self._error is not None:
-            raise ReadBackError(self._error)
-        return self.sequential and self._end == size and self._checked == size
-
-    def digest(self) -> str | None:
-        """sha256 of the bytes as re-read (only with ``hash_readback``)."""
-        return None if self._hash is None else self._hash.hexdigest()
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -255,7 +220,7 @@ class ReadBackSink:
                 n = min(len(chunk) - used, piece_end - pos)
                 # memcmp through ctypes: ~10 GB/s with the GIL released (memoryview == is
                 # per item, ~0.2 GB/s).
-                if _memcmp(base + at, _address(chunk) + used, n) != 0:
+                if memcmp(base + at, _address(chunk) + used, n) != 0:
                     self._fail(
                         chunk_start,
                         f"{self.path} reads back other bytes than were written in "
@@ -265,11 +230,6 @@ class ReadBackSink:
                 at, used, pos = at + n, used + n, pos + n
         with self._lock:
             self._checked += end - start
-
-    def _fail(self, offset: int, message: str) -> None:
-        with self._lock:
-            if self._error is None or offset < self._error_at:
-                self._error, self._error_at = message, offset
 
     def _stop(self) -> None:
         alive = [thread for thread in self._threads if thread.is_alive()]
@@ -286,8 +246,3 @@ class ReadBackSink:
     def direct(self) -> bool:
         """True while ranges are re-read with O_DIRECT (past the page cache)."""
         return self._use_direct
-
-    @property
-    def error(self) -> str | None:
-        """Why the read-back failed, if it did."""
-        return self._error
