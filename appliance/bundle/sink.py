@@ -22,7 +22,9 @@ class Sink(Protocol):
     def write(self, offset: int, data: bytes) -> None:
         """Store ``data`` at ``offset`` (may stay in a volatile cache until :meth:`flush`).
 
-        Called in offset order from one helper thread (write-behind), never concurrently.
+        Called in offset order and never concurrently: from the write-behind thread, or from
+        the reading thread itself for a sink with ``writes_behind = True`` (it has its own
+        writer thread; see :func:`~appliance.bundle.writebehind.writer_for`).
         """
 
     def flush(self) -> None:
