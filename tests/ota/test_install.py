@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,10 +19,10 @@ from appliance.bundle import FileSink
 from appliance.bundle.errors import BundleError
 from appliance.ota.direct import DirectMedium, DirectUnsupported
 from appliance.ota.errors import ReadBackError, TargetError
-from appliance.ota.installer import install
+from appliance.ota.installer import InstallResult, install
 from appliance.slots.errors import InvalidTransition
 from appliance.slots.filestore import file_loader
-from appliance.slots.state import BootState
+from appliance.slots.state import BootState, Slot
 from appliance.state import load_state
 from tools.powercut import IMAGE_SIZE, PRODUCT, TARGET, Device
 
@@ -35,17 +36,27 @@ def device(tmp_path: Path) -> Device:
     return dev
 
 
+def install_on(
+    device: Device, bundle: bytes | None = None, booted: Slot = "A", **options: Any
+) -> InstallResult:
+    """The real installer on ``device``: ``bundle`` (default: its v2) from memory."""
+    return install(
+        io.BytesIO(device.bundle_v2 if bundle is None else bundle),
+        policy=device.policy(),
+        loader=device.loader(),
+        booted=booted,
+        targets=device.slots,
+        **options,
+    )
+
+
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()[:IMAGE_SIZE]).hexdigest()
 
 
 def test_install_writes_verifies_and_tries_once(device: Device) -> None:
-    result = install(
-        io.BytesIO(device.bundle_v2),
-        policy=device.policy(),
-        loader=device.loader(),
-        booted="A",
-        targets=device.slots,
+    result = install_on(
+        device,
         data_dir=device.root / "data",
     )
     assert result.slot == "B" and result.version == "2.0.0"
@@ -59,12 +70,8 @@ def test_install_writes_verifies_and_tries_once(device: Device) -> None:
 
 
 def test_hash_readback_digests_the_slot_as_re_read(device: Device) -> None:
-    result = install(
-        io.BytesIO(device.bundle_v2),
-        policy=device.policy(),
-        loader=device.loader(),
-        booted="A",
-        targets=device.slots,
+    result = install_on(
+        device,
         hash_readback=True,
     )
     assert result.image_sha256 == hashlib.sha256(device.v2).hexdigest() == digest(device.slots["B"])
@@ -76,12 +83,9 @@ def test_refused_bundle_leaves_slot_and_loader_untouched(device: Device) -> None
     tampered = bytearray(device.bundle_v2)
     tampered[600] ^= 1  # inside the manifest: the signature no longer matches
     with pytest.raises(BundleError):
-        install(
-            io.BytesIO(bytes(tampered)),
-            policy=device.policy(),
-            loader=device.loader(),
-            booted="A",
-            targets=device.slots,
+        install_on(
+            device,
+            bytes(tampered),
         )
     assert device.slots["B"].read_bytes() == before
     assert device.loader().read() == BootState()
@@ -90,12 +94,9 @@ def test_refused_bundle_leaves_slot_and_loader_untouched(device: Device) -> None
 def test_truncated_download_leaves_the_slot_marked_bad(device: Device) -> None:
     cut = device.bundle_v2[: len(device.bundle_v2) // 2]
     with pytest.raises(BundleError):
-        install(
-            io.BytesIO(cut),
-            policy=device.policy(),
-            loader=device.loader(),
-            booted="A",
-            targets=device.slots,
+        install_on(
+            device,
+            cut,
         )
     assert device.loader().read() == BootState("A", None, 0, frozenset({"B"}))
     assert device.boot() == ("A", "1.0.0")
@@ -104,12 +105,9 @@ def test_truncated_download_leaves_the_slot_marked_bad(device: Device) -> None:
 def test_refuses_while_the_running_slot_is_on_trial(device: Device) -> None:
     device.loader().write(BootState("A", "B", 0))
     with pytest.raises(InvalidTransition, match="not committed yet"):
-        install(
-            io.BytesIO(device.bundle_v2),
-            policy=device.policy(),
-            loader=device.loader(),
+        install_on(
+            device,
             booted="B",
-            targets=device.slots,
         )
 
 
@@ -124,12 +122,8 @@ class FlakyMedium(FileSink):
 
 def test_read_back_mismatch_keeps_the_slot_bad(device: Device) -> None:
     with pytest.raises(ReadBackError, match="reads back"):
-        install(
-            io.BytesIO(device.bundle_v2),
-            policy=device.policy(),
-            loader=device.loader(),
-            booted="A",
-            targets=device.slots,
+        install_on(
+            device,
             sink_factory=FlakyMedium,
         )
     assert device.loader().read() == BootState("A", None, 0, frozenset({"B"}))
@@ -137,12 +131,8 @@ def test_read_back_mismatch_keeps_the_slot_bad(device: Device) -> None:
 
 def test_read_back_mismatch_on_the_o_direct_path_keeps_the_slot_bad(device: Device) -> None:
     with pytest.raises(ReadBackError, match="other bytes than were written at byte 70000 "):
-        install(
-            io.BytesIO(device.bundle_v2),
-            policy=device.policy(),
-            loader=device.loader(),
-            booted="A",
-            targets=device.slots,
+        install_on(
+            device,
             medium_factory=lambda path: FailingMedium(path, 70_000),
             region=32 * 1024,
         )
@@ -155,12 +145,8 @@ def no_o_direct(path: Path) -> DirectMedium:
 
 
 def test_slot_without_o_direct_is_written_through_the_page_cache(device: Device) -> None:
-    result = install(
-        io.BytesIO(device.bundle_v2),
-        policy=device.policy(),
-        loader=device.loader(),
-        booted="A",
-        targets=device.slots,
+    result = install_on(
+        device,
         medium_factory=no_o_direct,
         hash_readback=True,
     )
@@ -275,12 +261,9 @@ def _delta_bundle(device: Device, tmp_path: Path) -> tuple[bytes, bytes]:
 def test_delta_bundle_is_rebuilt_from_the_running_slot(device: Device, tmp_path: Path) -> None:
     bundle, new = _delta_bundle(device, tmp_path)
     assert len(bundle) < len(device.bundle_v2) // 10
-    install(
-        io.BytesIO(bundle),
-        policy=device.policy(),
-        loader=device.loader(),
-        booted="A",
-        targets=device.slots,
+    install_on(
+        device,
+        bundle,
     )
     assert device.slots["B"].read_bytes() == new
     assert device.loader().read() == BootState("A", "B", 1)
@@ -293,12 +276,9 @@ def test_delta_for_another_base_changes_nothing(device: Device, tmp_path: Path) 
     device.slots["A"].write_bytes(device.v2)  # the running slot is not the delta's base
     before = device.slots["B"].read_bytes()
     with pytest.raises(DeltaBaseError, match="install the full bundle"):
-        install(
-            io.BytesIO(bundle),
-            policy=device.policy(),
-            loader=device.loader(),
-            booted="A",
-            targets=device.slots,
+        install_on(
+            device,
+            bundle,
         )
     assert device.loader().read() == BootState()
     assert device.slots["B"].read_bytes() == before
