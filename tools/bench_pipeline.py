@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -44,6 +45,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from appliance.inference.backends import BackendOptions, LoadedModel, get_backend  # noqa: E402
 from appliance.inference.errors import InferenceError  # noqa: E402
 from appliance.inference.package import load_package  # noqa: E402
 from appliance.inference.pipeline import Pipeline, PipelineConfig  # noqa: E402
@@ -60,8 +62,9 @@ class Target:
     pkg: Path
     backend: str
     file: str | None
-    frames: np.ndarray  # [N, H, W, 3] uint8, RGB
+    frames: np.ndarray  # [N, H, W, 3] uint8, in colour order ``color``
     block: int  # frames per block
+    color: str = "BGR"  # what OpenCV cameras, files and folders deliver
 
 
 @dataclass
@@ -124,11 +127,13 @@ class Interleaved(ArraySource):
     whole loop: read, pre, infer, post, publish, record, callback, for ``block`` frames).
     """
 
-    def __init__(self, t: Target, total: int) -> None:
-        super().__init__("bench", t.frames, loops=0)
+    def __init__(self, t: Target, total: int, threads: int) -> None:
+        super().__init__("bench", t.frames, color=t.color, loops=0)
         self.t = t
         self.total = total
+        self.threads = threads
         self.pipe: Pipeline | None = None
+        self.bare: LoadedModel | None = None  # the plain file when the pipeline runs a fused one
         self.xs: list[np.ndarray] = []
         self.result = Result(frames_per_block=t.block)
         self._pipe_start: Clocks | None = None
@@ -142,9 +147,15 @@ class Interleaved(ArraySource):
         if self.pipe.chain.runner is None:  # raised through Pipeline.run to main()
             raise InferenceError(f"not loaded: {self.pipe.events[-2].reason}")
         model = self.pipe.chain.runner.model
+        fused = model.file.fused
+        if fused is not None:  # bare = the plain file the fused one was made from
+            if self.bare is None:
+                options = BackendOptions(threads=self.threads)
+                self.bare = get_backend(model.backend).load(model.package, fused.of, options)
+            model = self.bare
         if not self.xs:  # a separate preprocessor: the pipeline's may reuse its buffers
             pre = Preprocessor.for_model(model)
-            self.xs = [pre(img, "RGB")[0].copy() for img in self.t.frames]
+            self.xs = [pre(img, self.t.color)[0].copy() for img in self.t.frames]
         n = len(self.xs)
         xs = [self.xs[(first + k) % n] for k in range(self.t.block)]
         marks = [0.0] * (len(xs) + 1)
@@ -187,10 +198,14 @@ def measure(t: Target, threads: int, out: Path, blocks: int, warm_blocks: int = 
     cfg = PipelineConfig(
         model=str(t.pkg), source="bench", backends=[t.backend], model_file=t.file, threads=threads
     )
-    src = Interleaved(t, (blocks + warm_blocks) * t.block)
+    src = Interleaved(t, (blocks + warm_blocks) * t.block, threads)
     pipe = Pipeline(cfg, sink=JsonlSink(out), source=src)
     src.pipe = pipe
-    pipe.run(on_frame=src.on_frame)
+    try:
+        pipe.run(on_frame=src.on_frame)
+    finally:
+        if src.bare is not None:
+            src.bare.close()
     if pipe.chain.runner is None or pipe.stats.degraded_frames:
         raise InferenceError(f"pipeline degraded: {[e.reason for e in pipe.events]}")
     res = src.result
@@ -221,9 +236,9 @@ def warm_stages(pipe: Pipeline, t: Target, frames: int = 16) -> dict[str, float]
     assert runner is not None
     pre_us, post_us = [], []
     for img in t.frames[:frames]:
-        runner.pre(img, "RGB")
+        runner.pre(img, t.color)
         s0 = time.perf_counter()
-        x, box = runner.pre(img, "RGB")
+        x, box = runner.pre(img, t.color)
         s1 = time.perf_counter()
         raw = runner.model.run(x)
         runner.post(raw, box, (img.shape[1], img.shape[0]))
@@ -235,24 +250,63 @@ def warm_stages(pipe: Pipeline, t: Target, frames: int = 16) -> dict[str, float]
     return {"pre warm": float(np.median(pre_us)), "post warm": float(np.median(post_us))}
 
 
-def reference_targets(pkg: Path, backends: list[str], count: int) -> list[Target]:
-    images, _ = load_package(pkg).load_reference()
-    frames = images[:count]
-    out = []
-    m = load_package(pkg).manifest
-    for b in backends:
-        files = [f.path for f in m.files if f.format == "tflite"] if b == "litert" else [None]
-        out += [Target(f"{pkg.name}", pkg, b, f, frames, 32) for f in files]
+ONNX_BACKENDS = ("onnxruntime", "openvino", "opencv", "tensorrt")
+
+
+def bgr(images: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(images[..., ::-1])
+
+
+def fused_copy(pkg: Path, work: Path) -> Path:
+    """A copy of ``pkg`` with fused ONNX files for BGR frames, as ``kiln`` builds ship it."""
+    from image.model_fuse import fuse_package
+
+    out = work / pkg.name
+    if not out.exists():
+        shutil.copytree(pkg, out)
+        fuse_package(out, color="BGR", check=8)
     return out
 
 
-def mobilenet_target(work: Path, count: int) -> Target:
+def onnx_rows(
+    label: str, pkg: Path, b: str, frames: np.ndarray, block: int, plain: bool
+) -> list[Target]:
+    """The fused file (what the pipeline loads by default) and, with ``plain``, the ONNX file."""
+    rows = [Target(label, pkg, b, None, frames, block)]
+    if plain:
+        rows.append(Target(label, pkg, b, "model.onnx", frames, block))
+    return rows
+
+
+def reference_targets(
+    pkg: Path, work: Path, backends: list[str], count: int, plain: bool
+) -> list[Target]:
+    images, _ = load_package(pkg).load_reference()
+    frames = bgr(images[:count])
+    fused = fused_copy(pkg, work)
+    m = load_package(pkg).manifest
+    out = []
+    for b in backends:
+        if b in ONNX_BACKENDS:
+            out += onnx_rows(pkg.name, fused, b, frames, 32, plain)
+        elif b == "litert":
+            tflites = [f.path for f in m.files if f.format == "tflite"]
+            out += [Target(pkg.name, pkg, b, f, frames, 32) for f in tflites]
+    return out
+
+
+def mobilenet_targets(work: Path, count: int, backends: list[str], plain: bool) -> list[Target]:
+    """The MobileNetV2-shaped ONNX classifier on every ONNX-reading back end asked for."""
     sys.path.insert(0, str(REPO / "tools"))
     from bench_models import mobilenet_package
 
-    pkg = mobilenet_package(work / "mobilenet-v2-like", count=count, calib=1)
+    pkg = fused_copy(mobilenet_package(work / "src" / "mobilenet-v2-like", count, calib=1), work)
     images, _ = load_package(pkg).load_reference()
-    return Target("mobilenet-v2-like", pkg, "onnxruntime", None, images, 4)
+    out = []
+    for b in backends:
+        if b in ONNX_BACKENDS:
+            out += onnx_rows("mobilenet-v2-like", pkg, b, bgr(images), 4, plain)
+    return out
 
 
 def pose_target(work: Path, count: int) -> Target:
@@ -267,7 +321,7 @@ def pose_target(work: Path, count: int) -> Target:
     photo = cv2.imread(str(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"))
     if photo is None:
         raise SystemExit("matplotlib's sample photo grace_hopper.jpg is missing")
-    base = cv2.resize(photo, (680, 520))[..., ::-1]
+    base = cv2.resize(photo, (680, 520))  # BGR, as a camera delivers it
     frames = np.stack([base[i % 40 : i % 40 + 480, i % 37 : i % 37 + 640] for i in range(count)])
     model = tflite_models()["pose_detection"]
     pkg = tflite_package(work / "pose", model, 224, 224, "detection", POSE, ["person"])
@@ -296,14 +350,21 @@ def main() -> int:
     ap.add_argument("--mobilenet", action="store_true", help="add a MobileNetV2-shaped model")
     ap.add_argument("--pose", action="store_true", help="add mediapipe's pose detector")
     ap.add_argument("--only-extra", action="store_true", help="skip the reference package")
+    ap.add_argument(
+        "--plain",
+        action="store_true",
+        help="also run the pipeline on the plain ONNX file (file model.onnx) next to the fused one",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         work = Path(tmp)
         targets: list[Target] = []
         if not args.only_extra:
-            targets += reference_targets(args.model, args.backends.split(","), args.frames)
+            targets += reference_targets(
+                args.model, work, args.backends.split(","), args.frames, args.plain
+            )
         if args.mobilenet:
-            targets.append(mobilenet_target(work, 64))
+            targets += mobilenet_targets(work, 64, args.backends.split(","), args.plain)
         if args.pose:
             targets.append(pose_target(work, 96))
         print(

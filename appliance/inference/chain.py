@@ -17,11 +17,11 @@ from pathlib import Path
 
 import msgspec
 
-from appliance.inference.backends import BackendOptions, LoadedModel, get_backend
+from appliance.inference.backends import BackendOptions, LoadedModel, get_backend, load_model
 from appliance.inference.errors import InferenceError
 from appliance.inference.package import load_package
 from appliance.inference.postprocess import Postprocessor
-from appliance.inference.preprocess import Preprocessor
+from appliance.inference.preprocess import Preprocess, Preprocessor
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Runner:
 
     candidate: Candidate
     model: LoadedModel
-    pre: Preprocessor
+    pre: Preprocess
     post: Postprocessor
     budget: dict[str, float] = field(default_factory=dict)  # ms per stage, from model.json
     identity: dict[str, object] = field(default_factory=dict)  # what every result names
@@ -87,7 +87,7 @@ class Runner:
 def load_runner(c: Candidate, options: BackendOptions, top: int = 3) -> Runner:
     """Load one candidate; every failure is an InferenceError subclass with a clear message."""
     package = load_package(c.package)
-    model = get_backend(c.backend).load(package, c.file, options)
+    model = load_model(get_backend(c.backend), package, c.file, options, top)
     budget = msgspec.structs.asdict(package.manifest.budget_ms)
     return Runner(c, model, Preprocessor.for_model(model), Postprocessor(model, top), budget)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
+
 from appliance.inference.errors import PackageError
 
 Dim = int | str  # a fixed size, or a symbolic name ("N", "batch") / "?" when unknown
@@ -74,6 +76,32 @@ def _dims(value_info: bytes) -> list[Dim]:
                             d = v.decode("utf-8", "replace") or "?"
                     dims.append(d)
     return dims
+
+
+# TensorProto.DataType -> numpy, for the input types a model package may declare.
+ELEM_TYPES: dict[int, np.dtype] = {
+    1: np.dtype(np.float32),
+    2: np.dtype(np.uint8),
+    3: np.dtype(np.int8),
+}
+
+
+def _elem_type(value_info: bytes) -> int:
+    for type_proto in _sub(value_info, 2):
+        for tensor in _sub(type_proto, 1):
+            for num, _wire, v in _fields(tensor):
+                if num == 1 and isinstance(v, int):
+                    return v
+    return 0
+
+
+def onnx_input_dtype(data: bytes, name: str) -> np.dtype:
+    """numpy dtype of graph input ``name`` (float32 when it is another or an unknown type)."""
+    for graph in _sub(data, 7):
+        for vi in _sub(graph, 11):
+            if next((v.decode("utf-8", "replace") for v in _sub(vi, 1)), "") == name:
+                return ELEM_TYPES.get(_elem_type(vi), np.dtype(np.float32))
+    return np.dtype(np.float32)
 
 
 def onnx_inputs(data: bytes, where: str = "model.onnx") -> list[tuple[str, list[Dim]]]:

@@ -41,6 +41,20 @@ class Quantization(msgspec.Struct, frozen=True):
     output_dtype: Literal["uint8", "int8"] | None = None
 
 
+class Fused(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An ONNX file with the pre- (and for classification the top-k) processing in its graph.
+
+    Its input is the frame itself: uint8 ``[1, H, W, 3]`` in colour order ``color``, already
+    resized to ``input.shape``. The graph casts, reorders the channels to ``input.color``,
+    normalises and transposes; with ``top_k`` a classifier's outputs are ``scores [1, K]``
+    (softmax applied when ``output.kind`` is ``logits``; best first) and ``indices [1, K]``.
+    """
+
+    of: str  # the plain ONNX file of this package it was made from
+    color: Literal["RGB", "BGR"]
+    top_k: int = 0  # classification only: 0 keeps the source's outputs
+
+
 class ModelFile(msgspec.Struct, frozen=True):
     """One model file of the package."""
 
@@ -57,6 +71,8 @@ class ModelFile(msgspec.Struct, frozen=True):
     # its sha256 (required: the .xml is only the graph, the .bin holds every weight).
     weights: str | None = None
     weights_sha256: str | None = None
+    # A fused variant of another ONNX file (see Fused); never picked unless asked for.
+    fused: Fused | None = None
 
     @property
     def weights_path(self) -> str | None:
@@ -250,6 +266,27 @@ def _check_files(files: list[ModelFile], where: Path) -> None:
         if f.quantization is not None and f.quantization.input_scale <= 0:
             raise _fail(where, f"files[{i}].quantization.input_scale", "must be > 0")
         _check_weights(where, i, f)
+    for i, f in enumerate(files):
+        if f.fused is not None:
+            _check_fused(where, i, f, files)
+
+
+def _check_fused(where: Path, i: int, f: ModelFile, files: list[ModelFile]) -> None:
+    """A fused file is an NHWC ONNX file made from a plain ONNX file listed in the same package."""
+    assert f.fused is not None
+    if f.format != "onnx":
+        raise _fail(where, f"files[{i}].fused", f"only an onnx file can be fused, not {f.format}")
+    if f.layout != "NHWC":
+        raise _fail(where, f"files[{i}].layout", "a fused file takes NHWC frames: set NHWC")
+    source = next((g for g in files if g.path == f.fused.of), None)
+    if source is None or source.format != "onnx" or source.fused is not None:
+        raise _fail(
+            where,
+            f"files[{i}].fused.of",
+            f"{f.fused.of!r} is not a plain onnx file of this package",
+        )
+    if f.fused.top_k < 0:
+        raise _fail(where, f"files[{i}].fused.top_k", "must be >= 0")
 
 
 def _check_weights(where: Path, i: int, f: ModelFile) -> None:
@@ -286,6 +323,9 @@ def _check_rest(m: Manifest, where: Path) -> None:
             raise _fail(where, "detection", "required when task is 'detection'")
         if m.detection.decoder == "ssd" and m.detection.anchors is None:
             raise _fail(where, "detection.anchors", "required for the ssd decoder")
+    for i, f in enumerate(m.files):
+        if f.fused is not None and f.fused.top_k and m.task != "classification":
+            raise _fail(where, f"files[{i}].fused.top_k", "only a classifier has a top-k")
     for name, value in msgspec.structs.asdict(m.budget_ms).items():
         if value <= 0:
             raise _fail(where, f"budget_ms.{name}", f"must be > 0, got {value}")
@@ -338,13 +378,17 @@ class ModelPackage:
             raise PackageError(f"{self.manifest_path}: files: no entry for {path!r}")
         for fmt in formats:
             for f in self.manifest.files:
-                if f.format == fmt:
+                if f.format == fmt and f.fused is None:
                     return f
         have = sorted({f.format for f in self.manifest.files})
         raise PackageError(
             f"{self.manifest_path}: files: no file in format {'/'.join(formats)} "
             f"(package has {have})"
         )
+
+    def fused_for(self, f: ModelFile) -> ModelFile | None:
+        """The fused variant made from file ``f`` (see :class:`Fused`), if the package has one."""
+        return next((g for g in self.manifest.files if g.fused and g.fused.of == f.path), None)
 
     def read_verified(self, f: ModelFile) -> bytes:
         """Read a model file and check its sha256; what was checked is what gets loaded.

@@ -236,6 +236,8 @@ class Postprocessor:
         self.top = top
         _n, _c, h, w = expected_shape(m, model.file) if model.layout == "NCHW" else _nhwc(m, model)
         self.input_w, self.input_h = w, h
+        # A fused classifier (image/model_fuse.py) outputs (scores [1, K], indices [1, K]).
+        self.fused_top = model.file.fused.top_k if model.file.fused is not None else 0
         self.anchors: np.ndarray | None = None
         self.raw_floor = -math.inf
         d = m.detection
@@ -244,8 +246,14 @@ class Postprocessor:
             self.raw_floor = ssd_raw_floor(d)
 
     def scores(self, raw: list[np.ndarray]) -> np.ndarray:
-        """Class scores of a classification model (batch of one)."""
+        """Class scores of a classification model (batch of one; not for a fused top-k)."""
         return classify(dequantize(raw[0], self.outputs[0]), self.manifest.output.kind)
+
+    def best(self, raw: list[np.ndarray]) -> int:
+        """The top-1 class index of a classification model's outputs (batch of one)."""
+        if self.fused_top:
+            return int(raw[1].flat[0])
+        return int(self.scores(raw).argmax())
 
     def __call__(
         self,
@@ -256,6 +264,17 @@ class Postprocessor:
         """Result dict; detection boxes mapped back to the frame if ``box``, ``frame_wh`` given."""
         m = self.manifest
         if m.task == "classification":
+            if self.fused_top:  # softmax and top-k ran in the graph: only the k best are here
+                labels, n = m.labels, len(m.labels)
+                pairs = zip(
+                    raw[0][0, : self.top].tolist(), raw[1][0, : self.top].tolist(), strict=True
+                )
+                return {
+                    "top": [
+                        {"label": labels[i] if i < n else str(i), "index": i, "score": round(x, 6)}
+                        for x, i in pairs
+                    ]
+                }
             out = raw[0]
             if out.size <= SMALL:
                 values = dequantize(out, self.outputs[0]).reshape(-1).tolist()

@@ -15,7 +15,7 @@ preprocessor: valid until the next call.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -44,6 +44,12 @@ def build_lut(
         q = np.round(real / q_scale + q_zero) if q_scale > 0 else np.round(real)
         return np.clip(q, info.min, info.max).astype(dtype)
     return real.astype(dtype)
+
+
+class Preprocess(Protocol):
+    """What the pipeline and the self-test call: a frame -> (input batch, the letterbox used)."""
+
+    def __call__(self, image: np.ndarray, color: str = "RGB") -> tuple[np.ndarray, Letterbox]: ...
 
 
 IDENTITY = Letterbox(1.0, 1.0, 0.0, 0.0)
@@ -141,8 +147,14 @@ class Preprocessor:
         self._pad = float(np.float32(PAD * a64[0] + b64[0]))
 
     @classmethod
-    def for_model(cls, model: LoadedModel, *, reuse: bool = False) -> Preprocessor:
+    def for_model(
+        cls, model: LoadedModel, *, reuse: bool = False
+    ) -> Preprocessor | FramePreprocessor:
+        """The pre-processing ``model``'s file needs (a fused file takes the frame itself)."""
         m = model.package.manifest
+        if model.file.fused is not None:
+            _n, h, w, _c = expected_shape(m, model.file)
+            return FramePreprocessor(w, h, m.input.resize, model.file.fused.color, reuse=reuse)
         q = model.file.quantization
         info = model.input
         scale = q.input_scale if q else info.scale
@@ -160,11 +172,16 @@ class Preprocessor:
         return self._out
 
     def __call__(self, image: np.ndarray, color: str = "RGB") -> tuple[np.ndarray, Letterbox]:
-        if self._cv is not None:
-            if self.layout == "NCHW":
-                return self._planes_cv(image, color)
-            if self._uniform and color == self.spec.color:
-                return self._pixels_cv(image)
+        if self._cv is not None and self.layout == "NCHW":
+            return self._planes_cv(image, color)  # planes are reordered for free
+        if color != self.spec.color:
+            cv2 = _cv2()
+            if cv2 is not None:  # interleaved: reverse once, on the resized frame (a camera's BGR)
+                small, box = resize(image, self.width, self.height, self.spec.resize)
+                x, _ = self(cv2.cvtColor(small, cv2.COLOR_BGR2RGB), self.spec.color)
+                return x, box
+        if self._cv is not None and self._uniform and color == self.spec.color:
+            return self._pixels_cv(image)
         return self._numpy(image, color)
 
     def _numpy(self, image: np.ndarray, color: str) -> tuple[np.ndarray, Letterbox]:
@@ -233,3 +250,57 @@ class Preprocessor:
         a, b = self._ab[0]
         cv2.addWeighted(src, a, src, 0.0, b, dst=dst, dtype=cv2.CV_32F)
         return out, box
+
+
+class FramePreprocessor:
+    """For a fused file (normalisation inside the graph): the frame, resized, as uint8 [1,H,W,3].
+
+    Frames in the file's colour order at the model's size go through untouched (a view); others
+    are resized (stretch or letterbox, the border written once into a reused buffer while the
+    frame size holds) and, in the other colour order, reversed in one OpenCV pass.
+    """
+
+    def __init__(
+        self, width: int, height: int, mode: str, color: str, *, reuse: bool = False
+    ) -> None:
+        self.width, self.height, self.mode, self.color = width, height, mode, color
+        self.reuse = reuse
+        self._cv: Any = _cv2()
+        self._out: np.ndarray | None = None
+        self._padded_for: tuple[int, int] | None = None
+
+    def _buffer(self, size: tuple[int, int]) -> np.ndarray:
+        """The letterbox canvas: the border stays written while frames keep their size."""
+        if self._out is None or not self.reuse:
+            self._out = np.empty((self.height, self.width, 3), np.uint8)
+            self._padded_for = None
+        if self._padded_for != size:
+            self._out[...] = PAD
+            self._padded_for = size
+        return self._out
+
+    def __call__(self, image: np.ndarray, color: str = "RGB") -> tuple[np.ndarray, Letterbox]:
+        h, w = image.shape[:2]
+        cv2 = self._cv
+        if (w, h) == (self.width, self.height):
+            img, box = image, IDENTITY
+        elif cv2 is None:
+            img, box = resize(image, self.width, self.height, self.mode)
+        elif self.mode == "stretch":
+            img = cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_LINEAR)
+            box = Letterbox(self.width / w, self.height / h, 0.0, 0.0)
+        else:
+            nw, nh, px, py, box = letterbox_geometry(w, h, self.width, self.height)
+            img = self._buffer((w, h))
+            cv2.resize(
+                image, (nw, nh), dst=img[py : py + nh, px : px + nw], interpolation=cv2.INTER_LINEAR
+            )
+        if color != self.color:
+            img = (
+                cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+                if cv2 is not None
+                else np.ascontiguousarray(img[..., ::-1])
+            )
+        elif not img.flags.c_contiguous:
+            img = np.ascontiguousarray(img)
+        return img[None], box

@@ -31,11 +31,17 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.inference.backends import DEFAULT_ORDER, BackendOptions, LoadedModel, get_backend
+from appliance.inference.backends import (
+    DEFAULT_ORDER,
+    BackendOptions,
+    LoadedModel,
+    get_backend,
+    load_model,
+)
 from appliance.inference.errors import InferenceError, PackageError
 from appliance.inference.package import load_package
 from appliance.inference.postprocess import Postprocessor
-from appliance.inference.preprocess import Preprocessor
+from appliance.inference.preprocess import Preprocess, Preprocessor
 
 TOLERANCE = 0.005
 SUBSET_ALPHA = 0.001
@@ -112,7 +118,8 @@ def run_selftest(
             "the self-test needs a classification reference split"
         )
     name = pick_backend(backend)
-    model = get_backend(name).load(package, file, BackendOptions(threads=threads, device=device))
+    options = BackendOptions(threads=threads, device=device)
+    model = load_model(get_backend(name), package, file, options)  # what the pipeline runs
     try:
         pre, post = Preprocessor.for_model(model), Postprocessor(model)
         images, labels = package.load_reference()
@@ -187,7 +194,7 @@ def min_correct(n: int, expected: float, subset: bool) -> int:
 
 def _evaluate(
     model: LoadedModel,
-    pre: Preprocessor,
+    pre: Preprocess,
     post: Postprocessor,
     images: np.ndarray,
     labels: np.ndarray,
@@ -201,7 +208,7 @@ def _evaluate(
         t1 = time.perf_counter()
         raw = model.run(x)
         t2 = time.perf_counter()
-        pred = int(post.scores(raw).argmax())
+        pred = post.best(raw)
         t3 = time.perf_counter()
         correct += pred == int(labels[i])
         infer_ms.append((t2 - t1) * 1000)

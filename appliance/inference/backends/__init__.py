@@ -8,10 +8,14 @@ instead of breaking the runtime. ``available()`` reports every back end's state.
 from __future__ import annotations
 
 import importlib
+import logging
 from dataclasses import dataclass
 
 from appliance.inference.backends.base import Backend, BackendOptions, LoadedModel, TensorInfo
 from appliance.inference.errors import BackendUnavailableError, InferenceError
+from appliance.inference.package import ModelPackage
+
+log = logging.getLogger(__name__)
 
 REGISTRY: dict[str, str] = {
     "onnxruntime": "appliance.inference.backends.ort:OnnxRuntimeBackend",
@@ -21,6 +25,8 @@ REGISTRY: dict[str, str] = {
     "opencv": "appliance.inference.backends.opencv:OpenCvBackend",
 }
 DEFAULT_ORDER = ("onnxruntime", "openvino", "litert", "tensorrt", "opencv")
+# Back ends that run a fused ONNX file (pre-processing and top-k in the graph, uint8 input).
+FUSED_BACKENDS = ("onnxruntime", "openvino", "opencv")
 BACKEND_NAMES = tuple(REGISTRY)
 
 __all__ = [
@@ -34,6 +40,7 @@ __all__ = [
     "TensorInfo",
     "available",
     "get_backend",
+    "load_model",
 ]
 
 
@@ -71,3 +78,35 @@ def available() -> list[BackendStatus]:
         except InferenceError as exc:
             out.append(BackendStatus(name, False, str(exc)))
     return out
+
+
+def load_model(
+    backend: Backend,
+    package: ModelPackage,
+    path: str | None = None,
+    options: BackendOptions | None = None,
+    top: int = 1,
+) -> LoadedModel:
+    """Load what the pipeline runs: the fused variant of the chosen file when one fits, else it.
+
+    A file named by ``path`` is loaded as it is. Otherwise, on a back end that runs fused files,
+    the fused variant (image/model_fuse.py) of the file the back end picks is tried first, if it
+    keeps at least ``top`` classes; a fused file that fails to load is logged and skipped.
+    """
+    if path is None and backend.name in FUSED_BACKENDS:
+        plain = backend.choose_file(package, None)
+        fused = package.fused_for(plain)
+        task = package.manifest.task
+        if (
+            fused is not None
+            and fused.fused
+            and (task != "classification" or fused.fused.top_k >= top)
+        ):
+            try:
+                return backend.load(package, fused.path, options)
+            except InferenceError as exc:
+                log.warning(
+                    "%s: fused file not used (%s); loading %s", package.root, exc, plain.path
+                )
+            return backend.load(package, plain.path, options)
+    return backend.load(package, path, options)

@@ -8,7 +8,7 @@ import numpy as np
 
 from appliance.inference.backends.base import Backend, BackendOptions, LoadedModel, TensorInfo
 from appliance.inference.errors import BackendLoadError, BackendUnavailableError, InferenceRunError
-from appliance.inference.onnx_shape import onnx_inputs
+from appliance.inference.onnx_shape import onnx_input_dtype, onnx_inputs
 from appliance.inference.package import ModelFile, ModelPackage
 
 
@@ -64,7 +64,7 @@ class OpenCvBackend(Backend):
             device=f"CPU (opencv {cv2.__version__} dnn, {options.threads} thread(s))",
             package=package,
             file=f,
-            inputs=[TensorInfo(name, tuple(dims), np.dtype(np.float32))],
+            inputs=[TensorInfo(name, tuple(dims), onnx_input_dtype(data, name))],
             outputs=[TensorInfo(n, (), np.dtype(np.float32)) for n in out_names],
         )
         model.net = net
