@@ -140,11 +140,13 @@ class Preprocessor:
             (1, 3, self.height, self.width) if layout == "NCHW" else (1, self.height, self.width, 3)
         )
         self._out: np.ndarray | None = None
-        self._padded_for: tuple[int, int] | None = None  # frame size the reused pad was made for
         self._cv: Any = _cv2() if self.dtype == np.float32 else None
         self._ab = [(float(x), float(y)) for x, y in zip(a64, b64, strict=True)]
         self._uniform = len(set(self._ab)) == 1
-        self._pad = float(np.float32(PAD * a64[0] + b64[0]))
+        # NHWC: the frame resized (letterbox border written once) in the model's colour order.
+        self._frames = FramePreprocessor(
+            self.width, self.height, spec.resize, spec.color, reuse=True
+        )
 
     @classmethod
     def for_model(
@@ -174,15 +176,21 @@ class Preprocessor:
     def __call__(self, image: np.ndarray, color: str = "RGB") -> tuple[np.ndarray, Letterbox]:
         if self._cv is not None and self.layout == "NCHW":
             return self._planes_cv(image, color)  # planes are reordered for free
-        if color != self.spec.color:
-            cv2 = _cv2()
-            if cv2 is not None:  # interleaved: reverse once, on the resized frame (a camera's BGR)
-                small, box = resize(image, self.width, self.height, self.spec.resize)
-                x, _ = self(cv2.cvtColor(small, cv2.COLOR_BGR2RGB), self.spec.color)
-                return x, box
-        if self._cv is not None and self._uniform and color == self.spec.color:
-            return self._pixels_cv(image)
-        return self._numpy(image, color)
+        cv2 = _cv2() if self.layout == "NHWC" else None
+        if cv2 is None:
+            return self._numpy(image, color)
+        # Interleaved: size and colour order on the uint8 pixels first (a reused canvas), then
+        # one conversion pass: a table lookup, or one fused convert+scale+shift.
+        batch, box = self._frames(image, color)
+        small = batch[0]
+        if self._cv_lut is not None:
+            return cv2.LUT(small, self._cv_lut).view(self.dtype)[None], box
+        if self._cv is not None and self._uniform:
+            out = self._buffer()
+            a, b = self._ab[0]
+            cv2.addWeighted(small, a, small, 0.0, b, dst=out[0], dtype=cv2.CV_32F)
+            return out, box
+        return self._numpy(small, self.spec.color)[0], box
 
     def _numpy(self, image: np.ndarray, color: str) -> tuple[np.ndarray, Letterbox]:
         img, box = resize(image, self.width, self.height, self.spec.resize)
@@ -225,30 +233,6 @@ class Preprocessor:
         out = self._buffer()
         for c, (a, b) in enumerate(self._ab):
             cv2.addWeighted(planes[c], a, planes[c], 0.0, b, dst=out[0, c], dtype=cv2.CV_32F)
-        return out, box
-
-    def _pixels_cv(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
-        """NHWC float, one ``a``/``b`` for all channels: one fused pass over the pixels."""
-        cv2 = self._cv
-        h, w = image.shape[:2]
-        out = self._buffer()
-        dst = out[0]
-        if (w, h) == (self.width, self.height):
-            src, box = image, IDENTITY
-            self._padded_for = None  # the whole buffer is overwritten: no border left
-        elif self.spec.resize == "stretch":
-            src = cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_LINEAR)
-            box = Letterbox(self.width / w, self.height / h, 0.0, 0.0)
-            self._padded_for = None
-        else:
-            nw, nh, px, py, box = letterbox_geometry(w, h, self.width, self.height)
-            src = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
-            if self._padded_for != (w, h) or not self.reuse:
-                dst[...] = self._pad  # the border: written once while the frame size holds
-                self._padded_for = (w, h)
-            dst = dst[py : py + nh, px : px + nw]
-        a, b = self._ab[0]
-        cv2.addWeighted(src, a, src, 0.0, b, dst=dst, dtype=cv2.CV_32F)
         return out, box
 
 
