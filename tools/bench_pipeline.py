@@ -2,9 +2,15 @@
 
 For each model and back end, in one process, on one loaded model, on the same frames:
 
-* ``bare``: ``model.run(x)`` on inputs pre-processed beforehand (the back end alone);
+* ``bare``: ``model.run(x)`` of the package's plain file on inputs pre-processed beforehand
+  (the back end alone, as a user would call it);
 * ``pipeline``: the real :class:`Pipeline` loop (capture from memory, pre, infer, post,
-  JSON-lines publish to a file through its writer thread);
+  JSON-lines publish to a file through its writer thread) on what it loads by default: for the
+  ONNX back ends the package's fused file (``kiln model fuse``: channel order, normalisation,
+  layout, softmax and top-k in the graph; the packages are fused here as the image build does),
+  with ``--plain`` also the plain ``model.onnx`` for comparison in the same run.
+
+Frames are BGR, as OpenCV cameras, video files and image folders deliver them.
 
 alternating in short blocks (``--block`` frames, about 5-100 ms each): the source pauses the
 pipeline every block and runs the same frames through the bare model. A busy 2-core machine
@@ -24,7 +30,7 @@ fixed per-frame cost), ``--mobilenet`` (a MobileNetV2-shaped classifier, 224x224
 random weights), ``--pose`` (mediapipe 0.10.14's pose_detection.tflite, a real SSD detector,
 224x224 letterboxed from 640x480 frames, 2254 anchors decoded + NMS).
 
-    .venv/bin/python tools/bench_pipeline.py --mobilenet --pose [--rounds 3]
+    .venv/bin/python tools/bench_pipeline.py --mobilenet --pose [--plain] [--rounds 3]
 """
 
 from __future__ import annotations
