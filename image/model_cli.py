@@ -1,4 +1,4 @@
-"""``kiln model optimise PKG --target T`` and ``kiln model compare OLD NEW``."""
+"""``kiln model optimise PKG --target T``, ``kiln model fuse PKG``, ``kiln model compare A B``."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def format_table(res: Optimisation) -> str:
 
 @click.group()
 def model() -> None:
-    """Model optimisation per target (INT8 with an accuracy gate) and A/B comparison."""
+    """Model optimisation per target (INT8 with an accuracy gate), fusing, A/B comparison."""
 
 
 @model.command()
@@ -138,3 +138,44 @@ def compare(
         click.echo(f"report: {html}")
     if not cmp.passed:
         raise CompareFailedError("; ".join(cmp.reasons))
+
+
+@model.command()
+@click.argument("package", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--color",
+    type=click.Choice(["BGR", "RGB"]),
+    default="BGR",
+    show_default=True,
+    help="Channel order of the frames the device feeds (cameras, videos, image folders: BGR).",
+)
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Classes a classifier's fused file outputs (softmax + top-k in the graph); 0: keep "
+    "its outputs. Ignored for detection.",
+)
+@click.option(
+    "--check",
+    type=click.IntRange(min=0),
+    default=64,
+    show_default=True,
+    help="Reference images on which fused and plain file must agree (0: no check).",
+)
+def fuse(package: Path, color: str, top_k: int, check: int) -> None:
+    """Add a fused ONNX file (pre-processing, softmax, top-k in the graph) for each ONNX file.
+
+    The fused file takes the uint8 frame and is listed in model.json after its source; the
+    device prefers it on onnxruntime, OpenVINO and OpenCV. It is checked against its source on
+    the reference split first; if they disagree the package is left as it was.
+    """
+    from image.model_fuse import fuse_package
+
+    for f in fuse_package(package, color=color, top_k=top_k, check=check):
+        top = f", top-{f.top_k}" if f.top_k else ""
+        click.echo(
+            f"{package}: {f.source} -> {f.path} ({f.size} bytes, {f.color} frames{top}, "
+            f"{f.images_checked} reference images checked)"
+        )

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ FRAME = "frame"  # the fused file's input
 SCORE_TOLERANCE = 1e-4
 OUTPUT_TOLERANCE = 1e-3
 DEFAULT_TOP_K = 5
+COLORS = ("BGR", "RGB")  # the camera's channel order a fused file takes
 
 
 class FuseError(BuildError):
@@ -51,6 +53,8 @@ class FusedFile:
     path: str
     size: int
     images_checked: int
+    color: str = "BGR"
+    top_k: int = 0  # 0: the source's outputs kept (detection, or asked for)
 
 
 def fused_name(f: ModelFile) -> str:
@@ -72,6 +76,11 @@ def fuse_onnx(data: bytes, m: Manifest, f: ModelFile, color: str, top_k: int) ->
             f"{f.path}: fusing needs exactly one input, the model has {len(real_inputs)}"
         )
     source_in = real_inputs[0].name
+    if real_inputs[0].type.tensor_type.elem_type != TensorProto.FLOAT:
+        raise FuseError(
+            f"{f.path}: input {source_in!r} is not float32; only a float model can take the "
+            "normalised frame (fuse the FP32 or QDQ ONNX file)"
+        )
     layout = f.layout or m.input.layout
     s = m.input.shape
     h, w = (s[2], s[3]) if m.input.layout == "NCHW" else (s[1], s[2])
@@ -114,7 +123,7 @@ def fuse_onnx(data: bytes, m: Manifest, f: ModelFile, color: str, top_k: int) ->
         g.node.insert(0, node)
     g.initializer.extend(inits)
     if top_k:
-        _fold_top_k(g, m, top_k)
+        _fold_top_k(g, m, f, top_k)
     model.producer_name, model.producer_version = "edgekiln model fuse", "1"
     try:
         onnx.checker.check_model(model)
@@ -123,12 +132,15 @@ def fuse_onnx(data: bytes, m: Manifest, f: ModelFile, color: str, top_k: int) ->
     return bytes(model.SerializeToString())
 
 
-def _fold_top_k(g: Any, m: Manifest, top_k: int) -> None:
+def _fold_top_k(g: Any, m: Manifest, f: ModelFile, top_k: int) -> None:
     """Replace a classifier's output by (scores [1, K], indices [1, K]), best first."""
     from onnx import TensorProto, helper, numpy_helper
 
     if m.task != "classification" or len(g.output) != 1:
-        raise FuseError("top-k fusing needs a classifier with exactly one output")
+        raise FuseError(
+            f"{f.path}: top-k fusing needs a classifier with exactly one output, this "
+            f"{m.task} model has {len(g.output)}; fuse with top_k 0 (pre-processing only)"
+        )
     k = min(top_k, len(m.labels)) if m.labels else top_k
     out = g.output[0].name
     nodes = [helper.make_node("Flatten", [out], [PREFIX + "flat"], axis=1)]
@@ -153,53 +165,62 @@ def _fold_top_k(g: Any, m: Manifest, top_k: int) -> None:
 
 
 def fuse_package(
-    root: Path, color: str = "BGR", top_k: int = DEFAULT_TOP_K, check: int = 64
+    root: Path,
+    color: str = "BGR",
+    top_k: int = DEFAULT_TOP_K,
+    check: int = 64,
+    files: Sequence[str] | None = None,
 ) -> list[FusedFile]:
     """Add a fused file for every plain ONNX file of the package at ``root``, checked, listed.
 
-    Earlier fused files are replaced. ``check``: reference images compared (0: none; the whole
-    split when it is smaller). model.json is replaced atomically once every fused file is
-    written; a failed check puts the old model.json and fused files back.
+    ``files`` limits it to those plain ONNX files (the build fuses only the one its runtime
+    picks). Earlier fused files of the same sources are replaced. ``check``: reference images
+    compared (0: none; the whole split when it is smaller). Every graph is made in memory
+    first; then the fused files and model.json are written (each atomically) and the package is
+    loaded and checked; any failure puts the old model.json and fused files back.
     """
+    if color not in COLORS:
+        raise FuseError(f"color {color!r}: choose one of {', '.join(COLORS)}")
+    if top_k < 0 or check < 0:
+        raise FuseError(f"top_k ({top_k}) and check ({check}) must be >= 0")
     package = load_package(root)
     m = package.manifest
     k = top_k if m.task == "classification" else 0
-    plain = [f for f in m.files if f.format == "onnx" and f.fused is None]
-    if not plain:
-        raise FuseError(f"{package.manifest_path}: files: no onnx file to fuse")
-    data = json.loads(package.manifest_path.read_bytes())
-    entries = [e for e in data["files"] if not e.get("fused")]
-    earlier = {  # put back if this run fails
-        e["path"]: (root / e["path"]).read_bytes()
-        for e in data["files"]
-        if e.get("fused") and (root / e["path"]).is_file()
-    }
-    written = []
-    for f in plain:
-        fused = fuse_onnx(package.read_verified(f), m, f, color, k)
-        path = fused_name(f)
-        atomic_write_bytes(root / path, fused)
-        entry: dict[str, Any] = {
-            "path": path,
-            "format": "onnx",
-            "precision": f.precision,
-            "sha256": hashlib.sha256(fused).hexdigest(),
-            "layout": "NHWC",
-            "fused": {"of": f.path, "color": color, "top_k": k},
-        }
-        if f.top1 is not None:
-            entry["top1"] = f.top1
-        index = next(i for i, e in enumerate(entries) if e["path"] == f.path)
-        entries.insert(index + 1, entry)
-        written.append(FusedFile(f.path, path, len(fused), 0))
-    data["files"] = entries
+    if k and m.labels:  # a graph cannot rank more classes than it has
+        k = min(k, len(m.labels))
+    plain = _sources(package, files)
+    made = {f.path: fuse_onnx(package.read_verified(f), m, f, color, k) for f in plain}
     original = package.manifest_path.read_bytes()
-    atomic_write_bytes(package.manifest_path, (json.dumps(data, indent=2) + "\n").encode())
+    data = json.loads(original)
+    replaced = [e for e in data["files"] if (e.get("fused") or {}).get("of") in made]
+    earlier = {  # put back if this run fails
+        e["path"]: (root / e["path"]).read_bytes() for e in replaced if (root / e["path"]).is_file()
+    }
+    entries = [e for e in data["files"] if e not in replaced]
+    written: list[FusedFile] = []
     try:
+        for f in plain:
+            fused, path = made[f.path], fused_name(f)
+            atomic_write_bytes(root / path, fused)
+            entry: dict[str, Any] = {
+                "path": path,
+                "format": "onnx",
+                "precision": f.precision,
+                "sha256": hashlib.sha256(fused).hexdigest(),
+                "layout": "NHWC",
+                "fused": {"of": f.path, "color": color, "top_k": k},
+            }
+            if f.top1 is not None:
+                entry["top1"] = f.top1
+            written.append(FusedFile(f.path, path, len(fused), 0, color, k))
+            index = next(i for i, e in enumerate(entries) if e["path"] == f.path)
+            entries.insert(index + 1, entry)
+        data["files"] = entries
+        atomic_write_bytes(package.manifest_path, (json.dumps(data, indent=2) + "\n").encode())
+        checked = load_package(root)  # the new model.json passes the device's own validation
         if check:
-            checked = load_package(root)
             written = [
-                FusedFile(w.source, w.path, w.size, check_fused(checked, w.source, w.path, check))
+                replace(w, images_checked=check_fused(checked, w.source, w.path, check))
                 for w in written
             ]
     except BaseException:  # a failed check (or an interrupt) leaves the package as it was
@@ -209,11 +230,38 @@ def fuse_package(
         for path, old in earlier.items():
             atomic_write_bytes(root / path, old)
         raise
+    for path in set(earlier) - {w.path for w in written}:  # renamed by hand: now unlisted
+        (root / path).unlink(missing_ok=True)
     return written
 
 
+def _sources(package: ModelPackage, files: Sequence[str] | None) -> list[ModelFile]:
+    """The plain ONNX files to fuse: all, or those named by ``files``."""
+    plain = [f for f in package.manifest.files if f.format == "onnx" and f.fused is None]
+    if files is not None:
+        unknown = sorted(set(files) - {f.path for f in plain})
+        if unknown:
+            raise FuseError(
+                f"{package.manifest_path}: files: {unknown} are not plain onnx files of the "
+                f"package (it has {[f.path for f in plain]})"
+            )
+        plain = [f for f in plain if f.path in files]
+    if not plain:
+        have = sorted({f.format for f in package.manifest.files})
+        raise FuseError(
+            f"{package.manifest_path}: files: no plain onnx file to fuse (the package has "
+            f"{have}); fusing needs the model as ONNX: add it or do not fuse this package"
+        )
+    return plain
+
+
 def check_fused(package: ModelPackage, source: str, fused: str, count: int) -> int:
-    """Run source and fused file on reference images through onnxruntime; raise if they differ."""
+    """Run source and fused file on reference images through onnxruntime; raise if they differ.
+
+    Classification: the same top-k classes (k: the fused file's, else 5) with scores within
+    ``SCORE_TOLERANCE``; detection: every output within ``OUTPUT_TOLERANCE``. Returns the number
+    of images compared (0 when the package has no reference split).
+    """
     from appliance.inference.backends import get_backend
     from appliance.inference.postprocess import Postprocessor
     from appliance.inference.preprocess import Preprocessor
@@ -224,9 +272,11 @@ def check_fused(package: ModelPackage, source: str, fused: str, count: int) -> i
     backend = get_backend("onnxruntime")
     plain, joined = backend.load(package, source), backend.load(package, fused)
     try:
-        pre_p, post_p = Preprocessor.for_model(plain), Postprocessor(plain, 5)
-        pre_f, post_f = Preprocessor.for_model(joined), Postprocessor(joined, 5)
-        color = joined.file.fused.color if joined.file.fused else "RGB"
+        spec = joined.file.fused
+        top = spec.top_k if spec is not None and spec.top_k else DEFAULT_TOP_K
+        pre_p, post_p = Preprocessor.for_model(plain), Postprocessor(plain, top)
+        pre_f, post_f = Preprocessor.for_model(joined), Postprocessor(joined, top)
+        color = spec.color if spec is not None else "RGB"
         n = min(count, len(images))
         for i in range(n):
             rgb = images[i]
@@ -251,6 +301,8 @@ def _compare(
         if any(abs(x["score"] - y["score"]) > SCORE_TOLERANCE for x, y in zip(a, b, strict=True)):
             raise FuseError(f"{where}: scores {b} differ from the source's {a}")
         return
+    if len(want) != len(got):
+        raise FuseError(f"{where}: {len(got)} outputs, the source has {len(want)}")
     for j, (x, y) in enumerate(zip(want, got, strict=True)):
         diff = float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
         if diff > OUTPUT_TOLERANCE:
