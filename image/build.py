@@ -8,7 +8,10 @@ runtime    freeze's own key (appliance sources, installed versions, target), or 
 slot       base key, runtime digest, model package digests, overlay files, device config,
            keyring, slot size, UUID seed, epoch, builder code; with ``models.optimise`` the
            packages are first optimised for the target (image.model_build, cached under
-           model/ by package digest, target, options, optimiser code) and the slot hashes those
+           model/ by package digest, target, options, optimiser code); with ``models.fuse``
+           (default) each then gets the fused file of its target runtime's ONNX file
+           (image.model_fuse_build, cached under fused/ by package digest, file, fuse code),
+           and the slot hashes those
 boot       grub.cfg, grubenv, GRUB modules and version, ESP size and volume id
 data       data tree, size, UUID seed, epoch
 disk       always assembled (sparse dd, seconds), then .bmap and a zstd copy
@@ -369,18 +372,28 @@ class Pipeline:
         return rt.path, rt.digest
 
     def _models(self) -> dict[str, Path]:
-        """The packages the slot holds: as given, or optimised for the target (image.model_build).
+        """The packages the slot holds: as given or optimised, then with fused files.
 
-        The slot key hashes these trees, so it includes the optimisation's result; the choice
-        is recorded in the manifest's components.
+        Optimised for the target with ``models.optimise`` (image.model_build), then given the
+        fused variant of the file the target's runtime picks with ``models.fuse``
+        (image.model_fuse_build). The slot key hashes these trees, so it includes both results;
+        both are recorded in the manifest's components and the slot stage's detail.
         """
         given = {
             "primary": self.loaded.resolve(self.recipe.models.primary),
             "fallback": self.loaded.resolve(self.recipe.models.fallback),
         }
-        self.model_detail = ""
-        if not self.recipe.models.optimise:
-            return given
+        out: dict[str, Path] = given
+        lines: list[str] = []
+        if self.recipe.models.optimise:
+            out, lines = self._optimise(given)
+        if self.recipe.models.fuse:
+            out, fused = self._fuse(out)
+            lines += fused
+        self.model_detail = "; ".join(lines)
+        return out
+
+    def _optimise(self, given: dict[str, Path]) -> tuple[dict[str, Path], list[str]]:
         from image.model_build import describe, optimised_package
 
         out, lines = {}, []
@@ -395,8 +408,25 @@ class Pipeline:
             self.components.setdefault("model_optimisation", {})[role] = model.summary
             out[role] = model.path
             lines.append(f"{describe(model)}{' (cached)' if model.cached else ''}")
-        self.model_detail = "; ".join(lines)
-        return out
+        return out, lines
+
+    def _fuse(self, packages: dict[str, Path]) -> tuple[dict[str, Path], list[str]]:
+        from image.model_fuse_build import describe, fused_package, target_runtime
+
+        runtime = target_runtime(self.loaded)
+        out, lines = {}, []
+        for role, source in packages.items():
+            start = self._stage(f"fuse:{role}", f"fused model file for {runtime}")
+            model = fused_package(self.loaded, role, source, self.cache, runtime)
+            result = StageResult(
+                f"fuse:{role}", model.cached, round(time.monotonic() - start, 2),
+                key=model.key, detail=describe(model),
+            )  # fmt: skip
+            self.observer.done(result)  # not a report stage: the slot stage's detail says it
+            self.components.setdefault("model_fusing", {})[role] = model.summary
+            out[role] = model.path
+            lines.append(describe(model))
+        return out, lines
 
     def stage_slot(self, base: rootfs.BaseRoot, runtime: Path, runtime_digest: str) -> Path:
         start = self._stage("slot", "root filesystem slot (ext4, no journal)")

@@ -56,6 +56,11 @@ class Models(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defau
     the target's runtime, gated at ``max_accuracy_drop`` percentage points of top-1 below the
     FP32 parent, then ``select`` picks what ships: the ``fastest`` passing variant, the
     ``smallest`` one, or the ``fp32`` parent (the table is still measured and shipped).
+    ``fuse = true`` (the default) then gives each package the fused variant of the ONNX file the
+    target's runtime picks (image/model_fuse_build.py): pre-processing, softmax and top-k in the
+    graph, uint8 BGR frames in, checked against the plain file on the reference split. Only
+    runtimes that run fused files get one (onnxruntime, OpenVINO on an ONNX file, OpenCV);
+    ``fuse = false`` ships the packages without it.
     Defaults are omitted from the recipe's canonical form, so a recipe without optimisation keeps
     its digest.
     """
@@ -65,6 +70,7 @@ class Models(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defau
     optimise: bool = False
     max_accuracy_drop: float = 1.0
     select: Literal["fastest", "smallest", "fp32"] = "fastest"
+    fuse: bool = True
 
 
 class Partitions(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -116,10 +116,12 @@ def test_slot_holds_the_optimised_packages_and_the_device_accepts_them(
         assert not step.cached and step.key and f"{role}: " in step.detail
         pkg_dir = _rdump(slot, f"/opt/edgekiln/models/{role}", tmp_path / role)
         pkg = load_package(pkg_dir)
-        (f,) = pkg.manifest.files
-        # The smallest variant that passes the gate on onnxruntime is an INT8 QDQ ONNX.
+        # The smallest variant that passes the gate on onnxruntime is an INT8 QDQ ONNX, and
+        # models.fuse (default) adds its fused variant (tests/image/test_model_fuse_build.py).
+        f, fused = pkg.manifest.files
         assert (f.format, f.precision) == ("onnx", "int8")
         assert f.path.startswith("model_int8") and not (pkg_dir / "model.onnx").exists()
+        assert fused.fused is not None and fused.fused.of == f.path
         table = json.loads((pkg_dir / "optimisation.json").read_text())
         assert table["runtime"] == "onnxruntime" and table["selected"] in ("int8", "int8-u8s8")
         chosen = next(v for v in table["variants"] if v["name"] == table["selected"])
@@ -130,7 +132,7 @@ def test_slot_holds_the_optimised_packages_and_the_device_accepts_them(
         # The device's own self-test (reference split, sha256 of the file) passes on it.
         report = run_selftest(pkg_dir, "onnxruntime")
         assert report.passed, report.reasons
-        assert report.file == f.path
+        assert report.file == fused.path  # what the pipeline runs
     slot_stage = next(s for s in pipe.report.stages if s.name == "slot")
     assert "primary: int8" in slot_stage.detail and "fallback: " in slot_stage.detail
 
