@@ -164,7 +164,16 @@ def compare(
     show_default=True,
     help="Reference images on which fused and plain file must agree (0: no check).",
 )
-def fuse(package: Path, color: str, top_k: int, check: int) -> None:
+@click.option(
+    "--check-on",
+    "backends",
+    multiple=True,
+    type=click.Choice(["onnxruntime", "openvino", "opencv"]),
+    default=["onnxruntime"],
+    show_default=True,
+    help="Runtime to compare fused and plain file on (repeat for several).",
+)
+def fuse(package: Path, color: str, top_k: int, check: int, backends: tuple[str, ...]) -> None:
     """Add a fused ONNX file (pre-processing, softmax, top-k in the graph) for each ONNX file.
 
     The fused file takes the uint8 frame and is listed in model.json after its source; the
@@ -173,9 +182,9 @@ def fuse(package: Path, color: str, top_k: int, check: int) -> None:
     """
     from image.model_fuse import fuse_package
 
-    for f in fuse_package(package, color=color, top_k=top_k, check=check):
+    for f in fuse_package(package, color=color, top_k=top_k, check=check, backends=backends):
         top = f", top-{f.top_k}" if f.top_k else ""
         click.echo(
             f"{package}: {f.source} -> {f.path} ({f.size} bytes, {f.color} frames{top}, "
-            f"{f.images_checked} reference images checked)"
+            f"{f.images_checked} reference images checked on {', '.join(backends)})"
         )

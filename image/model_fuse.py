@@ -170,12 +170,14 @@ def fuse_package(
     top_k: int = DEFAULT_TOP_K,
     check: int = 64,
     files: Sequence[str] | None = None,
+    backends: Sequence[str] = ("onnxruntime",),
 ) -> list[FusedFile]:
     """Add a fused file for every plain ONNX file of the package at ``root``, checked, listed.
 
     ``files`` limits it to those plain ONNX files (the build fuses only the one its runtime
     picks). Earlier fused files of the same sources are replaced. ``check``: reference images
-    compared (0: none; the whole split when it is smaller). Every graph is made in memory
+    compared on each of ``backends`` (0: none; the whole split when it is smaller; the build
+    adds the target's runtime to onnxruntime). Every graph is made in memory
     first; then the fused files and model.json are written (each atomically) and the package is
     loaded and checked; any failure puts the old model.json and fused files back.
     """
@@ -219,10 +221,13 @@ def fuse_package(
         atomic_write_bytes(package.manifest_path, (json.dumps(data, indent=2) + "\n").encode())
         checked = load_package(root)  # the new model.json passes the device's own validation
         if check:
-            written = [
-                replace(w, images_checked=check_fused(checked, w.source, w.path, check))
-                for w in written
-            ]
+            for backend in backends:
+                written = [
+                    replace(
+                        w, images_checked=check_fused(checked, w.source, w.path, check, backend)
+                    )
+                    for w in written
+                ]
     except BaseException:  # a failed check (or an interrupt) leaves the package as it was
         atomic_write_bytes(package.manifest_path, original)
         for w in written:
@@ -255,8 +260,10 @@ def _sources(package: ModelPackage, files: Sequence[str] | None) -> list[ModelFi
     return plain
 
 
-def check_fused(package: ModelPackage, source: str, fused: str, count: int) -> int:
-    """Run source and fused file on reference images through onnxruntime; raise if they differ.
+def check_fused(
+    package: ModelPackage, source: str, fused: str, count: int, backend: str = "onnxruntime"
+) -> int:
+    """Run source and fused file on reference images on ``backend``; raise if they differ.
 
     Classification: the same top-k classes (k: the fused file's, else 5) with scores within
     ``SCORE_TOLERANCE``; detection: every output within ``OUTPUT_TOLERANCE``. Returns the number
@@ -269,8 +276,8 @@ def check_fused(package: ModelPackage, source: str, fused: str, count: int) -> i
     if package.manifest.reference is None:
         return 0
     images, _labels = package.load_reference()
-    backend = get_backend("onnxruntime")
-    plain, joined = backend.load(package, source), backend.load(package, fused)
+    runtime = get_backend(backend)
+    plain, joined = runtime.load(package, source), runtime.load(package, fused)
     try:
         spec = joined.file.fused
         top = spec.top_k if spec is not None and spec.top_k else DEFAULT_TOP_K
@@ -283,7 +290,7 @@ def check_fused(package: ModelPackage, source: str, fused: str, count: int) -> i
             frame = rgb[..., ::-1] if color == "BGR" else rgb
             want = plain.run(pre_p(rgb, "RGB")[0])
             got = joined.run(pre_f(np.ascontiguousarray(frame), color)[0])
-            _compare(package, fused, i, want, got, post_p, post_f)
+            _compare(f"{package.root / fused} on {backend}", package, i, want, got, post_p, post_f)
     finally:
         plain.close()
         joined.close()
@@ -291,9 +298,9 @@ def check_fused(package: ModelPackage, source: str, fused: str, count: int) -> i
 
 
 def _compare(
-    package: ModelPackage, fused: str, i: int, want: list[Any], got: list[Any], pp: Any, pf: Any
+    what: str, package: ModelPackage, i: int, want: list[Any], got: list[Any], pp: Any, pf: Any
 ) -> None:
-    where = f"{package.root / fused}: reference image {i}"
+    where = f"{what}: reference image {i}"
     if package.manifest.task == "classification":
         a, b = pp(want)["top"], pf(got)["top"]
         if [t["index"] for t in a] != [t["index"] for t in b]:

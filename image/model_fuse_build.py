@@ -6,8 +6,12 @@ runtime runs fused files (``FUSED_BACKENDS``: onnxruntime, OpenVINO, OpenCV). No
 made when the runtime picks another format (an OpenVINO IR from the optimiser, a TFLite file on
 Coral) or runs none (TensorRT builds its own engine on the device); the step says why.
 
+Before it is listed, the fused file is checked against its source on the reference split on
+onnxruntime and on the target's own runtime (image.model_fuse.check_fused).
+
 The fused package is cached under ``<cache>/fused/<key>/package/``; the key hashes the source
-package's tree digest, the chosen file, the options (colour, top-k, check), the fusing code and
+package's tree digest, the chosen file, the options (colour, top-k, check, the runtimes checked
+on), the fusing code and
 the ``onnx`` version that serialises the graph. Fusing is deterministic (the same key always gives
 the same bytes), so a cold and a cached build hold the same slot.
 """
@@ -94,7 +98,12 @@ def code_digest() -> str:
     return h.hexdigest()
 
 
-def fuse_key(package_dir: Path, file: str) -> str:
+def check_backends(runtime: str) -> tuple[str, ...]:
+    """Where a fused file is checked: onnxruntime, and the target's own runtime."""
+    return ("onnxruntime",) if runtime == "onnxruntime" else ("onnxruntime", runtime)
+
+
+def fuse_key(package_dir: Path, file: str, runtime: str) -> str:
     """Content key of one fused package (see the module docstring for what it hashes)."""
     from image.rootfs import tree_digest
 
@@ -103,6 +112,7 @@ def fuse_key(package_dir: Path, file: str) -> str:
         "package": tree_digest(package_dir),
         "file": file,
         "options": {"color": COLOR, "top_k": DEFAULT_TOP_K, "check": CHECK},
+        "checked_on": check_backends(runtime),
         "code": code_digest(),
         "onnx": importlib.metadata.version("onnx"),
     }
@@ -116,7 +126,8 @@ def fused_package(
     file, why = file_to_fuse(source, runtime)
     if file is None:
         return FusedModel(role, source, source, "", False, {"skipped": why})
-    key = fuse_key(source, file)
+    key = fuse_key(source, file, runtime)
+    backends = check_backends(runtime)
     entry = cache_dir / KIND / key
     out = entry / "package"
     if (entry / "complete").exists():
@@ -129,7 +140,9 @@ def fused_package(
     tmp.mkdir()
     try:
         shutil.copytree(source, tmp / "package", symlinks=True)
-        (made,) = fuse_package(tmp / "package", COLOR, DEFAULT_TOP_K, CHECK, files=[file])
+        (made,) = fuse_package(
+            tmp / "package", COLOR, DEFAULT_TOP_K, CHECK, files=[file], backends=backends
+        )
         summary = {
             "runtime": runtime,
             "file": made.source,
@@ -139,6 +152,7 @@ def fused_package(
             "size_bytes": made.size,
             "sha256": hashlib.sha256((tmp / "package" / made.path).read_bytes()).hexdigest(),
             "images_checked": made.images_checked,
+            "checked_on": list(backends),
         }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         (tmp / "complete").write_text("ok\n")

@@ -224,7 +224,9 @@ def test_a_failed_check_leaves_the_package_byte_identical(
         fuse_package(root, color="RGB")
     before = snapshot(root)
     monkeypatch.setattr(model_fuse, "fuse_onnx", _wrong_constants(model_fuse.fuse_onnx))
-    with pytest.raises(FuseError, match=r"model\.fused\.onnx: reference image 0: (top|scores)"):
+    with pytest.raises(
+        FuseError, match=r"model\.fused\.onnx on onnxruntime: reference image 0: (top|scores)"
+    ):
         fuse_package(root)
     assert snapshot(root) == before
     load_package(root)
@@ -241,6 +243,19 @@ def test_a_package_without_onnx_is_refused(tmp_path: Path) -> None:
         FuseError, match=r"no plain onnx file to fuse \(the package has \['tflite'\]"
     ):
         fuse_package(root)
+    assert snapshot(root) == before
+
+
+def test_the_check_runs_on_every_runtime_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = copy_primary(tmp_path / "pkg")
+    (res,) = fuse_package(root, backends=("onnxruntime", "openvino", "opencv"))
+    assert res.images_checked == 64
+    before = snapshot(root)
+    monkeypatch.setattr(model_fuse, "fuse_onnx", _wrong_constants(model_fuse.fuse_onnx))
+    with pytest.raises(FuseError, match=r"model\.fused\.onnx on openvino: reference image 0"):
+        fuse_package(root, backends=("openvino",))
     assert snapshot(root) == before
 
 
@@ -441,12 +456,13 @@ def test_a_model_with_two_real_inputs_is_refused(tmp_path: Path) -> None:
 
 def test_cli_fuses_and_prints_one_line_per_file(tmp_path: Path) -> None:
     root = copy_primary(tmp_path / "pkg")
-    result = CliRunner().invoke(model_cli, ["fuse", str(root), "--color", "RGB", "--top-k", "3"])
+    argv = ["fuse", str(root), "--color", "RGB", "--top-k", "3", "--check-on", "onnxruntime"]
+    result = CliRunner().invoke(model_cli, [*argv, "--check-on", "openvino"])
     assert result.exit_code == 0, result.output
     size = (root / "model.fused.onnx").stat().st_size
     assert result.output == (
         f"{root}: model.onnx -> model.fused.onnx ({size} bytes, RGB frames, top-3, "
-        "64 reference images checked)\n"
+        "64 reference images checked on onnxruntime, openvino)\n"
     )
     assert load_package(root).manifest.files[1].fused == Fused("model.onnx", "RGB", 3)
     bad = CliRunner().invoke(model_cli, ["fuse", str(root), "--color", "YUV"])

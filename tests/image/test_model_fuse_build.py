@@ -124,6 +124,7 @@ def test_the_default_target_slot_holds_fused_files_the_device_runs(
             "runtime": "onnxruntime", "file": "model.onnx", "fused": "model.fused.onnx",
             "color": "BGR", "top_k": 4, "size_bytes": (pkg_dir / "model.fused.onnx").stat().st_size,
             "sha256": sha(pkg_dir / "model.fused.onnx"), "images_checked": 64,
+            "checked_on": ["onnxruntime"],
         }  # fmt: skip
         # The source package in the recipe directory is untouched.
         source = pipe.loaded.resolve(getattr(pipe.recipe.models, role))
@@ -190,6 +191,9 @@ def test_each_target_fuses_only_what_its_runtime_runs(
     file, why = file_to_fuse(source, runtime)
     if runtime in ("onnxruntime", "openvino"):  # the reference package ships no IR
         assert (file, why) == ("model.onnx", "")
+        model = fused_package(loaded, "primary", source, tmp_path / "cache", runtime)
+        assert model.summary["fused"] == "model.fused.onnx"
+        assert model.summary["checked_on"] == list(dict.fromkeys(["onnxruntime", runtime]))
         return
     assert file is None and why == f"{runtime} runs no fused file"
     model = fused_package(loaded, "primary", source, tmp_path / "cache", runtime)
@@ -259,10 +263,11 @@ def test_a_fused_file_that_disagrees_fails_the_build(
 
 def test_the_key_follows_package_and_file(recipes: Path, tmp_path: Path) -> None:
     pkg = recipes / "models" / "inspect-primary"
-    key = fuse_key(pkg, "model.onnx")
-    assert fuse_key(pkg, "model.onnx") == key
+    key = fuse_key(pkg, "model.onnx", "onnxruntime")
+    assert fuse_key(pkg, "model.onnx", "onnxruntime") == key
+    assert fuse_key(pkg, "model.onnx", "openvino") != key  # also checked on OpenVINO
     changed = Path(shutil.copytree(pkg, tmp_path / "changed"))
     with np.load(changed / "reference.npz") as npz:
         images, labels = npz["images"], npz["labels"]
     np.savez_compressed(changed / "reference.npz", images=images[::-1], labels=labels[::-1])
-    assert fuse_key(changed, "model.onnx") != key
+    assert fuse_key(changed, "model.onnx", "onnxruntime") != key
