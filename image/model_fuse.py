@@ -38,6 +38,7 @@ FRAME = "frame"  # the fused file's input
 SCORE_TOLERANCE = 1e-4
 OUTPUT_TOLERANCE = 1e-3
 DEFAULT_TOP_K = 5
+TOP_K_OPSET = 11  # TopK's largest/sorted attributes
 COLORS = ("BGR", "RGB")  # the camera's channel order a fused file takes
 
 
@@ -75,6 +76,10 @@ def fuse_onnx(data: bytes, m: Manifest, f: ModelFile, color: str, top_k: int) ->
         raise FuseError(
             f"{f.path}: fusing needs exactly one input, the model has {len(real_inputs)}"
         )
+    # The names this module gives the fused file's input and outputs may already be taken (a
+    # classifier whose output is "scores"): such tensors are renamed inside the graph.
+    for taken in (FRAME, "scores", "indices") if top_k else (FRAME,):
+        _rename(g, taken, PREFIX + "source_" + taken)
     source_in = real_inputs[0].name
     if real_inputs[0].type.tensor_type.elem_type != TensorProto.FLOAT:
         raise FuseError(
@@ -123,7 +128,7 @@ def fuse_onnx(data: bytes, m: Manifest, f: ModelFile, color: str, top_k: int) ->
         g.node.insert(0, node)
     g.initializer.extend(inits)
     if top_k:
-        _fold_top_k(g, m, f, top_k)
+        _fold_top_k(g, model.opset_import, m, f, top_k)
     model.producer_name, model.producer_version = "edgekiln model fuse", "1"
     try:
         onnx.checker.check_model(model)
@@ -132,7 +137,20 @@ def fuse_onnx(data: bytes, m: Manifest, f: ModelFile, color: str, top_k: int) ->
     return bytes(model.SerializeToString())
 
 
-def _fold_top_k(g: Any, m: Manifest, f: ModelFile, top_k: int) -> None:
+def _rename(g: Any, old: str, new: str) -> None:
+    """Rename tensor ``old`` everywhere in graph ``g`` (not in subgraphs: none use these)."""
+    for node in g.node:
+        for names in (node.input, node.output):
+            for i, n in enumerate(names):
+                if n == old:
+                    names[i] = new
+    for values in (g.input, g.output, g.value_info, g.initializer):
+        for v in values:
+            if v.name == old:
+                v.name = new
+
+
+def _fold_top_k(g: Any, opsets: Any, m: Manifest, f: ModelFile, top_k: int) -> None:
     """Replace a classifier's output by (scores [1, K], indices [1, K]), best first."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -140,6 +158,12 @@ def _fold_top_k(g: Any, m: Manifest, f: ModelFile, top_k: int) -> None:
         raise FuseError(
             f"{f.path}: top-k fusing needs a classifier with exactly one output, this "
             f"{m.task} model has {len(g.output)}; fuse with top_k 0 (pre-processing only)"
+        )
+    opset = next((o.version for o in opsets if o.domain in ("", "ai.onnx")), 0)
+    if opset < TOP_K_OPSET:
+        raise FuseError(
+            f"{f.path}: opset {opset}: a top-k in the graph needs opset >= {TOP_K_OPSET}; "
+            "re-export the model or fuse with top_k 0 (pre-processing only)"
         )
     k = min(top_k, len(m.labels)) if m.labels else top_k
     out = g.output[0].name

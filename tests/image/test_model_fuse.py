@@ -306,13 +306,15 @@ def _package(
     return root
 
 
-def _graph(nodes: list[Any], inputs: list[Any], output: Any, init: list[Any]) -> bytes:
+def _graph(
+    nodes: list[Any], inputs: list[Any], output: Any, init: list[Any], opset: int = 17
+) -> bytes:
     import onnx
     from onnx import helper
 
     model = helper.make_model(
         helper.make_graph(nodes, "tiny", inputs, [output], init),
-        opset_imports=[helper.make_opsetid("", 17)],
+        opset_imports=[helper.make_opsetid("", opset)],
     )
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -421,6 +423,67 @@ def test_a_detector_gets_pre_processing_only(tmp_path: Path) -> None:
             np.testing.assert_allclose(got, want, atol=model_fuse.OUTPUT_TOLERANCE)
         plain.close()
         fused.close()
+
+
+def named_classifier(inp: str, out: str, opset: int, size: int = 8) -> bytes:
+    """NCHW Conv, pool, Gemm with the given input/output tensor names and opset."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(11)
+    init = [
+        numpy_helper.from_array(rng.normal(0, 0.5, (6, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.normal(0, 1.0, (4, 6)).astype(np.float32), "fw"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (4,)).astype(np.float32), "fb"),
+    ]
+    nodes = [
+        helper.make_node("Conv", [inp, "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "fw", "fb"], [out], transB=1),
+    ]
+    float_t = TensorProto.FLOAT
+    inputs = [helper.make_tensor_value_info(inp, float_t, [1, 3, size, size])]
+    output = helper.make_tensor_value_info(out, float_t, [1, 4])
+    return _graph(nodes, inputs, output, init, opset)
+
+
+def _named_package(root: Path, inp: str, out: str, opset: int) -> Path:
+    import onnxruntime as ort
+
+    data = named_classifier(inp, out, opset)
+    images = np.random.default_rng(12).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+    x = ((images.astype(np.float32) / 255 - MEAN) / STD).transpose(0, 3, 1, 2)
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    labels = np.array([sess.run(None, {inp: x[i : i + 1]})[0].argmax() for i in range(16)])
+    spec: dict[str, Any] = {"name": inp, "shape": [1, 3, 8, 8], "layout": "NCHW", "color": "RGB"}
+    spec |= {"scale": 1 / 255, "mean": MEAN.tolist(), "std": STD.tolist()}
+    return _package(
+        root, data, spec, "classification", ["a", "b", "c", "d"], "logits", images, labels
+    )
+
+
+def test_tensors_named_like_the_fused_ones_are_renamed(tmp_path: Path) -> None:
+    """A classifier whose input is "frame" and whose output is "scores"."""
+    import onnx
+
+    root = _named_package(tmp_path / "named", "frame", "scores", 17)
+    (res,) = fuse_package(root, backends=("onnxruntime", "openvino"))
+    assert (res.images_checked, res.top_k) == (16, 4)
+    graph = onnx.load(root / "model.fused.onnx").graph
+    assert [i.name for i in graph.input] == ["frame"]
+    assert [o.name for o in graph.output] == ["scores", "indices"]
+    assert agree(root, "onnxruntime", "model.fused.onnx", top=4) == 16
+
+
+def test_an_old_opset_gets_no_top_k_but_may_fuse_pre_processing(tmp_path: Path) -> None:
+    root = _named_package(tmp_path / "old", "input", "out", 10)
+    before = snapshot(root)
+    with pytest.raises(FuseError, match=r"model\.onnx: opset 10: a top-k in the graph needs"):
+        fuse_package(root)
+    assert snapshot(root) == before
+    (res,) = fuse_package(root, top_k=0)
+    assert (res.images_checked, res.top_k) == (16, 0)
 
 
 def test_a_model_with_two_real_inputs_is_refused(tmp_path: Path) -> None:
