@@ -68,7 +68,8 @@ def _versions() -> dict[str, str]:
 def code_digest() -> str:
     """sha256 over the optimiser's own sources (and the package format it writes)."""
     here = Path(__file__).parent
-    files = sorted(here.glob("model_*.py"))
+    # The fuse step (model_fuse*.py) runs after optimisation and has its own cache key.
+    files = sorted(f for f in here.glob("model_*.py") if not f.name.startswith("model_fuse"))
     import appliance.inference.package as package_module
 
     files.append(Path(package_module.__file__ or ""))

@@ -91,17 +91,16 @@ def load_model(
 
     A file named by ``path`` is loaded as it is. Otherwise, on a back end that runs fused files,
     the fused variant (image/model_fuse.py) of the file the back end picks is tried first, if it
-    keeps at least ``top`` classes; a fused file that fails to load is logged and skipped.
+    keeps at least ``top`` classes (or all of them); a fused file that fails to load is logged
+    and skipped.
     """
     if path is None and backend.name in FUSED_BACKENDS:
         plain = backend.choose_file(package, None)
         fused = package.fused_for(plain)
-        task = package.manifest.task
-        if (
-            fused is not None
-            and fused.fused
-            and (task != "classification" or fused.fused.top_k >= top)
-        ):
+        m = package.manifest
+        # A classifier's fused top-k holds at most every class: enough for any larger ``top``.
+        need = min(top, len(m.labels)) if m.task == "classification" else 0
+        if fused is not None and fused.fused and fused.fused.top_k >= need:
             try:
                 return backend.load(package, fused.path, options)
             except InferenceError as exc:
