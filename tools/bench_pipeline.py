@@ -23,7 +23,10 @@ then slows both sides of each pair alike, and each block pair gives one ratio.
   work on the machine; ``thr`` = the same with the main thread's CPU time only
   (``time.thread_time``);
 * per-stage medians in microseconds as the pipeline measured them (pre, infer, post, publish,
-  capture) and ``loop`` = median frame minus those stages (record, clocks, budget, stats).
+  capture) and ``loop`` = median frame minus those stages (record, clocks, budget, stats);
+* ``fps 1t`` / ``fps 2t``: frames per second of the pipeline alone (a separate run, no bare
+  model loaded) with 1 and 2 back-end threads. ``ovh 2t`` with a fused file is indicative only:
+  the fused and the plain file's sessions share the process and spin on each other's cores.
 
 Models: ``--model DIR`` (default: the reference package, 96x96, ~0.1 ms: the worst case for a
 fixed per-frame cost), ``--mobilenet`` (a MobileNetV2-shaped classifier, 224x224, 1000 classes,
@@ -98,6 +101,7 @@ class Result:
     frame_pairs: list[tuple[float, float]] = field(default_factory=list)
     stages_us: dict[str, float] = field(default_factory=dict)
     frames_per_block: int = 1
+    fps_alone: float = 0.0  # the pipeline on its own (see throughput())
 
     def wall_ratio(self) -> float:
         """Median over block pairs of the block times' ratio (every frame counts)."""
@@ -121,9 +125,8 @@ class Result:
         return statistics.median(p for _, p in self.frame_pairs) * 1e3
 
     def fps(self) -> float:
-        """Pipeline frames per second (mean block time: throughput, preemption included)."""
-        mean = statistics.fmean(p.wall for _, p in self.pairs) / self.frames_per_block
-        return 1.0 / mean
+        """Pipeline frames per second, measured on its own (no bare model loaded)."""
+        return self.fps_alone
 
 
 class Interleaved(ArraySource):
@@ -199,6 +202,29 @@ class Interleaved(ArraySource):
         return super().read()
 
 
+def throughput(t: Target, threads: int, out: Path, frames: int, warm: int = 8) -> float:
+    """Frames per second of the pipeline alone, after ``warm`` frames.
+
+    Not taken from the alternating run: there a fused file's session and the plain file's bare
+    session sit in one process, and with 2 threads each onnxruntime pool spins after its turn,
+    taking the cores from the other (fused MobileNetV2 looked like 80 instead of 218 fps).
+    """
+    cfg = PipelineConfig(
+        model=str(t.pkg),
+        source="bench",
+        backends=[t.backend],
+        model_file=t.file,
+        threads=threads,
+        max_frames=frames + warm,
+    )
+    marks: list[float] = []
+    src = ArraySource("bench", t.frames, color=t.color, loops=0)
+    Pipeline(cfg, sink=JsonlSink(out), source=src).run(
+        on_frame=lambda _r: marks.append(time.perf_counter())
+    )
+    return (len(marks) - warm - 1) / (marks[-1] - marks[warm])
+
+
 def measure(t: Target, threads: int, out: Path, blocks: int, warm_blocks: int = 2) -> Result:
     """Alternate bare and pipeline blocks on one loaded model; drop the first ``warm_blocks``."""
     cfg = PipelineConfig(
@@ -229,6 +255,7 @@ def measure(t: Target, threads: int, out: Path, blocks: int, warm_blocks: int = 
     res.stages_us["loop"] = float(np.median(loop))
     res.stages_us["bare"] = res.bare_ms() * 1e3
     res.stages_us.update(warm_stages(pipe, t))
+    res.fps_alone = throughput(t, threads, out, blocks * t.block)
     return res
 
 
