@@ -83,6 +83,10 @@ def resize(image: np.ndarray, width: int, height: int, mode: str) -> tuple[np.nd
     return out, box
 
 
+def _other(color: str) -> str:
+    return "BGR" if color == "RGB" else "RGB"
+
+
 def _cv2() -> Any:
     try:
         import cv2
@@ -143,6 +147,13 @@ class Preprocessor:
         self._cv: Any = _cv2() if self.dtype == np.float32 else None
         self._ab = [(float(x), float(y)) for x, y in zip(a64, b64, strict=True)]
         self._uniform = len(set(self._ab)) == 1
+        # NHWC with per-channel a/b: cv2.transform's 3x4 matrix per colour order of the frame
+        # (the diagonal scales, the last column shifts, a swapped frame reads the anti-diagonal).
+        same = np.column_stack([np.diag(a64), b64])
+        self._matrix = {
+            spec.color: same,
+            _other(spec.color): np.column_stack([same[:, 2::-1], b64]),
+        }
         # NHWC: the frame resized (letterbox border written once) in the model's colour order.
         self._frames = FramePreprocessor(
             self.width, self.height, spec.resize, spec.color, reuse=True
@@ -181,6 +192,12 @@ class Preprocessor:
             return self._numpy(image, color)
         # Interleaved: size and colour order on the uint8 pixels first (a reused canvas), then
         # one conversion pass: a table lookup, or one fused convert+scale+shift.
+        if self._cv is not None and not self._uniform and color in self._matrix:
+            # Per-channel a/b: one conversion, then one 3x4 transform that also reorders.
+            batch, box = self._frames(image, self.spec.color)  # sized; channels left as they are
+            out = self._buffer()
+            cv2.transform(batch[0].astype(np.float32), self._matrix[color], dst=out[0])
+            return out, box
         batch, box = self._frames(image, color)
         small = batch[0]
         if self._cv_lut is not None:

@@ -179,6 +179,9 @@ NHWC_UNIFORM = InputSpec(
         (SPEC, (1, 3, 8, 8)),  # NCHW: split into planes, one fused pass per plane
         (NHWC_UNIFORM, (1, 32, 32, 3)),  # NHWC letterboxed, one a/b: one fused pass
         (msgspec.structs.replace(NHWC_UNIFORM, resize="stretch"), (1, 32, 32, 3)),
+        # NHWC, one a/b per channel: one conversion + one cv2.transform (colour order folded in)
+        (msgspec.structs.replace(SPEC, shape=[1, 8, 8, 3], layout="NHWC"), (1, 8, 8, 3)),
+        (msgspec.structs.replace(NHWC_UNIFORM, mean=[0.5, 0.4, 0.3]), (1, 32, 32, 3)),
     ],
 )
 def test_opencv_fused_paths_equal_the_numpy_path_with_a_reused_buffer(
@@ -197,8 +200,6 @@ def test_opencv_fused_paths_equal_the_numpy_path_with_a_reused_buffer(
             want, want_box = fused._numpy(img, color)
             assert x.shape == shape and x.dtype == np.float32 and box == want_box
             np.testing.assert_allclose(x, want, rtol=1e-6, atol=1e-6)
-            if layout == "NHWC" and color != spec.color:
-                continue  # NHWC with a colour swap takes the numpy path (its own tensor)
             if previous is not None:
                 assert x is previous  # the same buffer every frame
             previous = x
