@@ -96,7 +96,7 @@ def evaluate(
                 raw = model.run(x)
                 infer_ms.append((time.perf_counter() - t0) * 1000)
                 if r == 0:
-                    preds[i] = int(post.scores(raw).argmax())
+                    preds[i] = post.best(raw)
         return Evaluation(
             file=model.file.path,
             backend=backend,
