@@ -89,7 +89,9 @@ def load_runner(c: Candidate, options: BackendOptions, top: int = 3) -> Runner:
     package = load_package(c.package)
     model = load_model(get_backend(c.backend), package, c.file, options, top)
     budget = msgspec.structs.asdict(package.manifest.budget_ms)
-    return Runner(c, model, Preprocessor.for_model(model), Postprocessor(model, top), budget)
+    # The pipeline runs one frame at a time: the input tensor can live in one reused buffer.
+    pre = Preprocessor.for_model(model, reuse=True)
+    return Runner(c, model, pre, Postprocessor(model, top), budget)
 
 
 class FallbackChain:

@@ -256,9 +256,10 @@ class Preprocessor:
 class FramePreprocessor:
     """For a fused file (normalisation inside the graph): the frame, resized, as uint8 [1,H,W,3].
 
-    Frames in the file's colour order at the model's size go through untouched (a view); others
-    are resized (stretch or letterbox, the border written once into a reused buffer while the
-    frame size holds) and, in the other colour order, reversed in one OpenCV pass.
+    Frames in the file's colour order at the model's size go through untouched (a view). Others
+    are resized (stretch or letterbox) and reordered in place in one canvas that is reused with
+    ``reuse`` (no fresh pages per frame; the letterbox border is written once while the frame
+    size holds).
     """
 
     def __init__(
@@ -268,40 +269,44 @@ class FramePreprocessor:
         self.reuse = reuse
         self._cv: Any = _cv2()
         self._out: np.ndarray | None = None
-        self._padded_for: tuple[int, int] | None = None
+        self._padded_for: tuple[int, int] | None = None  # the frame size the border is for
 
-    def _buffer(self, size: tuple[int, int]) -> np.ndarray:
-        """The letterbox canvas: the border stays written while frames keep their size."""
+    def _canvas(self, border_for: tuple[int, int] | None) -> np.ndarray:
+        """The output canvas; with ``border_for`` its letterbox border is in place."""
         if self._out is None or not self.reuse:
             self._out = np.empty((self.height, self.width, 3), np.uint8)
             self._padded_for = None
-        if self._padded_for != size:
+        if border_for is None:
+            self._padded_for = None  # the caller overwrites every pixel
+        elif self._padded_for != border_for:
             self._out[...] = PAD
-            self._padded_for = size
+            self._padded_for = border_for
         return self._out
 
     def __call__(self, image: np.ndarray, color: str = "RGB") -> tuple[np.ndarray, Letterbox]:
         h, w = image.shape[:2]
         cv2 = self._cv
-        if (w, h) == (self.width, self.height):
-            img, box = image, IDENTITY
-        elif cv2 is None:
+        swap = color != self.color
+        if cv2 is None:
             img, box = resize(image, self.width, self.height, self.mode)
-        elif self.mode == "stretch":
-            img = cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_LINEAR)
+            img = img[..., ::-1] if swap else img
+            return np.ascontiguousarray(img)[None], box
+        if (w, h) == (self.width, self.height):
+            if not swap:
+                return np.ascontiguousarray(image)[None], IDENTITY
+            out = self._canvas(None)
+            cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=out)
+            return out[None], IDENTITY
+        if self.mode == "stretch":
+            out = self._canvas(None)
+            cv2.resize(image, (self.width, self.height), dst=out, interpolation=cv2.INTER_LINEAR)
             box = Letterbox(self.width / w, self.height / h, 0.0, 0.0)
         else:
             nw, nh, px, py, box = letterbox_geometry(w, h, self.width, self.height)
-            img = self._buffer((w, h))
+            out = self._canvas((w, h))
             cv2.resize(
-                image, (nw, nh), dst=img[py : py + nh, px : px + nw], interpolation=cv2.INTER_LINEAR
+                image, (nw, nh), dst=out[py : py + nh, px : px + nw], interpolation=cv2.INTER_LINEAR
             )
-        if color != self.color:
-            img = (
-                cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-                if cv2 is not None
-                else np.ascontiguousarray(img[..., ::-1])
-            )
-        elif not img.flags.c_contiguous:
-            img = np.ascontiguousarray(img)
-        return img[None], box
+        if swap:  # in place: the grey border reads the same in either order
+            cv2.cvtColor(out, cv2.COLOR_BGR2RGB, dst=out)
+        return out[None], box
