@@ -14,6 +14,7 @@ def print_plan(loaded: LoadedRecipe, cache_dir: Path | None) -> None:
     """Print the merged recipe (JSON), the files it came from, and the stage list."""
     from image.build import STAGES, default_cache_dir, image_name
     from image.model_build import plan_note
+    from image.model_fuse_build import plan_note as fuse_plan_note
     from image.rootfs import base_key
 
     cache = (cache_dir or default_cache_dir()).resolve()
@@ -32,7 +33,9 @@ def print_plan(loaded: LoadedRecipe, cache_dir: Path | None) -> None:
         "base": f"key {key} ({base_state})",
         "runtime": "frozen appliance runtime (image.freeze, own cache)",
         "slot": "rootfs_a: ext4 without journal, overlay + runtime + models; "
-        + plan_note(loaded, cache),
+        + plan_note(loaded, cache)
+        + "; "
+        + fuse_plan_note(loaded),
         "boot": "ESP: grub-mkimage EFI, grub.cfg, grubenv x2",
         "data": "ext4 with journal",
         "disk": "GPT boot/rootfs_a/rootfs_b/data, dd conv=notrunc,sparse",

@@ -98,6 +98,22 @@ def code_digest() -> str:
     return h.hexdigest()
 
 
+def plan_note(loaded: LoadedRecipe) -> str:
+    """What ``kiln build --plan`` says about the fuse step."""
+    from appliance.inference.backends import FUSED_BACKENDS
+
+    if not loaded.recipe.models.fuse:
+        return "models not fused (models.fuse = false)"
+    runtime = target_runtime(loaded)
+    if runtime not in FUSED_BACKENDS:
+        return f"no fused files ({runtime} runs none)"
+    return (
+        f"fuse the ONNX file {runtime} picks from each package, if any, for {COLOR} frames "
+        f"(top-{DEFAULT_TOP_K}, "
+        f"checked on {' and '.join(check_backends(runtime))})"
+    )
+
+
 def check_backends(runtime: str) -> tuple[str, ...]:
     """Where a fused file is checked: onnxruntime, and the target's own runtime."""
     return ("onnxruntime",) if runtime == "onnxruntime" else ("onnxruntime", runtime)

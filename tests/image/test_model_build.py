@@ -176,6 +176,7 @@ def test_plan_shows_the_model_step(built: dict[str, object], recipes: Path, cach
     assert re.search(r"primary [0-9a-f]{12} \(cached\), fallback [0-9a-f]{12} \(cached\)", out)
     assert re.search(r"primary [0-9a-f]{12} \(to run\)", plan("opt.toml", cache / "empty"))
     assert "models as given (models.optimise = false)" in plan("plain.toml", cache)
+    assert "fuse the ONNX file onnxruntime picks from each package, if any, for BGR frames" in out
 
 
 def test_bad_calibration_fails_the_build_naming_recipe_and_figures(
