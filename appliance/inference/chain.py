@@ -84,10 +84,18 @@ class Runner:
         }
 
 
-def load_runner(c: Candidate, options: BackendOptions, top: int = 3) -> Runner:
-    """Load one candidate; every failure is an InferenceError subclass with a clear message."""
+def load_runner(
+    c: Candidate,
+    options: BackendOptions,
+    top: int = 3,
+    on_skip: Callable[[str], None] | None = None,
+) -> Runner:
+    """Load one candidate; every failure is an InferenceError subclass with a clear message.
+
+    ``on_skip`` hears why a fused file was passed over for the plain one (a damaged file).
+    """
     package = load_package(c.package)
-    model = load_model(get_backend(c.backend), package, c.file, options, top)
+    model = load_model(get_backend(c.backend), package, c.file, options, top, on_skip)
     budget = msgspec.structs.asdict(package.manifest.budget_ms)
     # The pipeline runs one frame at a time: the input tensor can live in one reused buffer.
     pre = Preprocessor.for_model(model, reuse=True)
@@ -122,6 +130,15 @@ class FallbackChain:
         )
         self.on_event(event)
 
+    def _skipped(self, c: Candidate) -> Callable[[str], None]:
+        """An alert for a fused file that did not load: the slot holds a damaged file."""
+
+        def emit(why: str) -> None:
+            reason = f"{c.role} {c.package.name}: {why}"
+            self._emit(Event("fallback", reason, str(c.package), c.backend, alert=True))
+
+        return emit
+
     def next_runner(self, reason: str | None = None) -> Runner | None:
         """Drop the current runner (for ``reason``) and load the next candidate that works."""
         if self.runner is not None:
@@ -134,7 +151,7 @@ class FallbackChain:
             self.position += 1
             c = self.candidates[self.position]
             try:
-                self.runner = load_runner(c, self.options, self.top)
+                self.runner = load_runner(c, self.options, self.top, self._skipped(c))
             except InferenceError as exc:
                 self._emit(
                     Event(

@@ -158,7 +158,24 @@ def test_a_damaged_fused_file_falls_back_to_the_plain_one(
     with caplog.at_level(logging.WARNING):
         model = load_model(get_backend("onnxruntime"), load_package(fused), top=3)
     assert model.file.path == "model.onnx"
-    assert "fused file not used" in caplog.text and "sha256" in caplog.text
+    assert "fused file model.fused.onnx not used" in caplog.text and "sha256" in caplog.text
+
+
+def test_pipeline_raises_an_alert_for_a_damaged_fused_file_and_runs_the_plain_one(
+    fused: Path, tmp_path: Path
+) -> None:
+    (fused / "model.fused.onnx").write_bytes(b"not onnx")  # bit rot on the slot
+    images, _ = load_package(fused).load_reference()
+    out = tmp_path / "r.jsonl"
+    cfg = PipelineConfig(model=str(fused), source="mem", backends=["onnxruntime"])
+    Pipeline(cfg, sink=JsonlSink(out), source=ArraySource("mem", images[:3], "RGB")).run()
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    alerts = [r for r in records if r["type"] == "event" and r["alert"]]
+    assert len(alerts) == 1 and alerts[0]["kind"] == "fallback"
+    assert "model.fused.onnx not used" in alerts[0]["reason"] and "sha256" in alerts[0]["reason"]
+    results = [r for r in records if r["type"] == "result"]
+    assert [r["file"] for r in results] == ["model.onnx"] * 3
+    assert not any(r["degraded"] for r in results)
 
 
 def test_litert_never_loads_a_fused_file(fused: Path) -> None:

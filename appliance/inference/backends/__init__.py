@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from appliance.inference.backends.base import Backend, BackendOptions, LoadedModel, TensorInfo
@@ -86,13 +87,14 @@ def load_model(
     path: str | None = None,
     options: BackendOptions | None = None,
     top: int = 1,
+    on_skip: Callable[[str], None] | None = None,
 ) -> LoadedModel:
     """Load what the pipeline runs: the fused variant of the chosen file when one fits, else it.
 
     A file named by ``path`` is loaded as it is. Otherwise, on a back end that runs fused files,
     the fused variant (image/model_fuse.py) of the file the back end picks is tried first, if it
-    keeps at least ``top`` classes (or all of them); a fused file that fails to load is logged
-    and skipped.
+    keeps at least ``top`` classes (or all of them); a fused file that fails to load is logged,
+    reported to ``on_skip`` and skipped.
     """
     if path is None and backend.name in FUSED_BACKENDS:
         plain = backend.choose_file(package, None)
@@ -104,8 +106,9 @@ def load_model(
             try:
                 return backend.load(package, fused.path, options)
             except InferenceError as exc:
-                log.warning(
-                    "%s: fused file not used (%s); loading %s", package.root, exc, plain.path
-                )
+                why = f"fused file {fused.path} not used ({exc}); loading {plain.path}"
+                log.warning("%s: %s", package.root, why)
+                if on_skip is not None:
+                    on_skip(why)
             return backend.load(package, plain.path, options)
     return backend.load(package, path, options)
