@@ -14,7 +14,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -22,51 +21,19 @@ import pytest
 
 from appliance.inference.package import load_package
 from appliance.inference.selftest import run_selftest
-from image.build import Observer, Pipeline, StageResult
+from image.build import Pipeline
 from image.model_build import KIND, ModelStepError, model_key
 from image.recipe import load_recipe
+from tests.image.slot_stage import Recorder, copy_recipes, rdump, run_slot
 
 pytestmark = [pytest.mark.integration]
-REPO = Path(__file__).resolve().parents[2]
 KILN = Path(sys.executable).parent / "kiln"
-MINI = (
-    '[rootfs]\ntarball = "base.tar"\n\n'
-    "[partitions]\nrootfs_mib = 980\ndata_mib = 40\nboot_mib = 40\n\n"
-    "[runtime]\nextras = []\n"
-)
-
-
-class Recorder(Observer):
-    """Keeps every finished stage, including the model steps that are not report stages."""
-
-    def __init__(self) -> None:
-        self.results: dict[str, StageResult] = {}
-
-    def done(self, result: StageResult) -> None:
-        self.results[result.name] = result
-
-
-def _base_tarball(path: Path) -> None:
-    root = path.parent / "base-tree"
-    for d in ("boot", "etc/systemd/system", "usr/lib/systemd/system", "var/log"):
-        (root / d).mkdir(parents=True, exist_ok=True)
-    (root / "boot" / "vmlinuz-6.1.0-test-amd64").write_bytes(b"kernel")
-    (root / "boot" / "initrd.img-6.1.0-test-amd64").write_bytes(b"initrd")
-    (root / "etc" / "fstab").write_text("# fstab\n")
-    with tarfile.open(path, "w") as tar:
-        tar.add(root, arcname=".")
 
 
 @pytest.fixture(scope="module")
 def recipes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real recipes and reference packages; ``plain`` and ``opt`` (optimise, smallest) on top."""
-    top = tmp_path_factory.mktemp("recipes")
-    for toml in (REPO / "recipes").glob("*.toml"):
-        shutil.copy(toml, top / toml.name)
-    for name in ("inspect-primary", "inspect-fallback"):
-        shutil.copytree(REPO / "recipes" / "models" / name, top / "models" / name)
-    _base_tarball(top / "base.tar")
-    (top / "plain.toml").write_text('extends = "generic-x86-64.toml"\n' + MINI)
+    top = copy_recipes(tmp_path_factory.mktemp("recipes"))
     # "smallest" depends on file sizes only, so the selection is the same on every run.
     (top / "opt.toml").write_text(
         'extends = "plain.toml"\n[models]\noptimise = true\nselect = "smallest"\n'
@@ -79,30 +46,11 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-def _slot(recipe: Path, cache: Path, out: Path) -> tuple[Pipeline, Recorder, Path]:
-    """Run the base and slot stages of ``recipe`` (runtime: a placeholder folder)."""
-    runtime = out / "runtime"
-    runtime.mkdir(parents=True, exist_ok=True)
-    (runtime / "appliance").write_text("placeholder\n")
-    rec = Recorder()
-    pipe = Pipeline(load_recipe(recipe), out, cache_dir=cache, observer=rec)
-    base = pipe.stage_base()
-    return pipe, rec, pipe.stage_slot(base, runtime, "runtime-digest")
-
-
-def _rdump(slot: Path, inside: str, dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        ["debugfs", "-R", f"rdump {inside} {dest}", str(slot)], check=True, capture_output=True
-    )
-    return dest / Path(inside).name
-
-
 @pytest.fixture(scope="module")
 def built(
     recipes: Path, cache: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, object]:
-    pipe, rec, slot = _slot(recipes / "opt.toml", cache, tmp_path_factory.mktemp("out"))
+    pipe, rec, slot = run_slot(recipes / "opt.toml", cache, tmp_path_factory.mktemp("out"))
     return {"pipe": pipe, "rec": rec, "slot": slot}
 
 
@@ -114,7 +62,7 @@ def test_slot_holds_the_optimised_packages_and_the_device_accepts_them(
     for role in ("primary", "fallback"):
         step = rec.results[f"model:{role}"]
         assert not step.cached and step.key and f"{role}: " in step.detail
-        pkg_dir = _rdump(slot, f"/opt/edgekiln/models/{role}", tmp_path / role)
+        pkg_dir = rdump(slot, f"/opt/edgekiln/models/{role}", tmp_path / role)
         pkg = load_package(pkg_dir)
         # The smallest variant that passes the gate on onnxruntime is an INT8 QDQ ONNX, and
         # models.fuse (default) adds its fused variant (tests/image/test_model_fuse_build.py).
@@ -142,12 +90,12 @@ def test_model_step_is_cached_and_the_slot_key_follows_the_result(
 ) -> None:
     first = built["pipe"]
     assert isinstance(first, Pipeline)
-    pipe, rec, slot = _slot(recipes / "opt.toml", cache, tmp_path / "again")
+    pipe, rec, slot = run_slot(recipes / "opt.toml", cache, tmp_path / "again")
     assert rec.results["model:primary"].cached and rec.results["model:fallback"].cached
     assert rec.results["slot"].cached and slot == built["slot"]
     assert pipe.components["model_optimisation"] == first.components["model_optimisation"]
     # Without optimisation the slot holds other model trees, so its key differs.
-    _, plain_rec, _ = _slot(recipes / "plain.toml", cache, tmp_path / "plain")
+    _, plain_rec, _ = run_slot(recipes / "plain.toml", cache, tmp_path / "plain")
     assert "model:primary" not in plain_rec.results
     assert plain_rec.results["slot"].key != rec.results["slot"].key
     # The model key follows the options and the package's bytes.
@@ -190,7 +138,7 @@ def test_bad_calibration_fails_the_build_naming_recipe_and_figures(
     # Constant grey frames: the activation ranges say nothing about real frames.
     np.savez_compressed(calib, images=np.full_like(images, 128), labels=labels)
     with pytest.raises(ModelStepError) as exc:
-        _slot(bad / "opt.toml", tmp_path / "cache", tmp_path / "out")
+        run_slot(bad / "opt.toml", tmp_path / "cache", tmp_path / "out")
     msg = str(exc.value)
     assert msg.startswith(f"{bad / 'opt.toml'}: models.optimise: the fallback package fails")
     assert "vs FP32 0.9609" in msg and "pp drop > 1.00 pp allowed" in msg

@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,6 @@ import pytest
 import image.model_fuse as model_fuse
 from appliance.inference.package import Fused, load_package
 from appliance.inference.selftest import run_selftest
-from image.build import Observer, Pipeline, StageResult
 from image.model_fuse_build import (
     KIND,
     FuseStepError,
@@ -32,63 +29,18 @@ from image.model_fuse_build import (
     target_runtime,
 )
 from image.recipe import load_recipe
+from tests.image.slot_stage import REPO, copy_recipes, rdump, run_slot
 
 pytestmark = [pytest.mark.integration]
-REPO = Path(__file__).resolve().parents[2]
-MINI = (
-    '[rootfs]\ntarball = "base.tar"\n\n'
-    "[partitions]\nrootfs_mib = 980\ndata_mib = 40\nboot_mib = 40\n\n"
-    "[runtime]\nextras = []\n"
-)
 ROLES = ("primary", "fallback")
-
-
-class Recorder(Observer):
-    """Keeps every finished stage, including the model steps that are not report stages."""
-
-    def __init__(self) -> None:
-        self.results: dict[str, StageResult] = {}
-
-    def done(self, result: StageResult) -> None:
-        self.results[result.name] = result
 
 
 @pytest.fixture(scope="module")
 def recipes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real recipes and reference packages; ``plain`` (fuse by default) and ``nofuse``."""
-    top = tmp_path_factory.mktemp("recipes")
-    for toml in (REPO / "recipes").glob("*.toml"):
-        shutil.copy(toml, top / toml.name)
-    for name in ("inspect-primary", "inspect-fallback"):
-        shutil.copytree(REPO / "recipes" / "models" / name, top / "models" / name)
-    tree = top / "base-tree"
-    for d in ("boot", "etc/systemd/system", "usr/lib/systemd/system", "var/log"):
-        (tree / d).mkdir(parents=True, exist_ok=True)
-    (tree / "boot" / "vmlinuz-6.1.0-test-amd64").write_bytes(b"kernel")
-    (tree / "boot" / "initrd.img-6.1.0-test-amd64").write_bytes(b"initrd")
-    with tarfile.open(top / "base.tar", "w") as tar:
-        tar.add(tree, arcname=".")
-    (top / "plain.toml").write_text('extends = "generic-x86-64.toml"\n' + MINI)
+    top = copy_recipes(tmp_path_factory.mktemp("recipes"))
     (top / "nofuse.toml").write_text('extends = "plain.toml"\n[models]\nfuse = false\n')
     return top
-
-
-def _slot(recipe: Path, cache: Path, out: Path) -> tuple[Pipeline, Recorder, Path]:
-    """Run the base and slot stages of ``recipe`` (runtime: a placeholder folder)."""
-    runtime = out / "runtime"
-    runtime.mkdir(parents=True, exist_ok=True)
-    (runtime / "appliance").write_text("placeholder\n")
-    rec = Recorder()
-    pipe = Pipeline(load_recipe(recipe), out, cache_dir=cache, observer=rec)
-    return pipe, rec, pipe.stage_slot(pipe.stage_base(), runtime, "runtime-digest")
-
-
-def _rdump(slot: Path, inside: str, dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        ["debugfs", "-R", f"rdump {inside} {dest}", str(slot)], check=True, capture_output=True
-    )
-    return dest / Path(inside).name
 
 
 def sha(path: Path) -> str:
@@ -98,7 +50,7 @@ def sha(path: Path) -> str:
 @pytest.fixture(scope="module")
 def built(recipes: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     cache = tmp_path_factory.mktemp("cache")
-    pipe, rec, slot = _slot(recipes / "plain.toml", cache, tmp_path_factory.mktemp("out"))
+    pipe, rec, slot = run_slot(recipes / "plain.toml", cache, tmp_path_factory.mktemp("out"))
     return {"pipe": pipe, "rec": rec, "slot": slot, "cache": cache}
 
 
@@ -109,7 +61,7 @@ def test_the_default_target_slot_holds_fused_files_the_device_runs(
     for role in ROLES:
         step = rec.results[f"fuse:{role}"]
         assert not step.cached and step.key
-        pkg_dir = _rdump(slot, f"/opt/edgekiln/models/{role}", tmp_path / role)
+        pkg_dir = rdump(slot, f"/opt/edgekiln/models/{role}", tmp_path / role)
         pkg = load_package(pkg_dir)
         paths = [f.path for f in pkg.manifest.files]
         assert paths[:2] == ["model.onnx", "model.fused.onnx"]
@@ -139,14 +91,16 @@ def test_the_default_target_slot_holds_fused_files_the_device_runs(
 def test_rebuilds_are_cached_and_byte_identical(
     built: dict[str, Any], recipes: Path, tmp_path: Path
 ) -> None:
-    pipe, rec, slot = _slot(recipes / "plain.toml", built["cache"], tmp_path / "again")
+    pipe, rec, slot = run_slot(recipes / "plain.toml", built["cache"], tmp_path / "again")
     assert rec.results["fuse:primary"].cached and rec.results["fuse:fallback"].cached
     assert rec.results["fuse:primary"].key == built["rec"].results["fuse:primary"].key
     assert rec.results["slot"].cached and slot == built["slot"]
     assert pipe.components == built["pipe"].components
     assert "(cached)" in next(s for s in pipe.report.stages if s.name == "slot").detail
     # A fresh cache fuses again: the same slot, byte for byte.
-    _, fresh_rec, fresh_slot = _slot(recipes / "plain.toml", tmp_path / "fresh", tmp_path / "out")
+    _, fresh_rec, fresh_slot = run_slot(
+        recipes / "plain.toml", tmp_path / "fresh", tmp_path / "out"
+    )
     assert not fresh_rec.results["fuse:primary"].cached
     assert fresh_rec.results["slot"].key == built["rec"].results["slot"].key
     assert sha(fresh_slot) == sha(built["slot"])
@@ -155,10 +109,10 @@ def test_rebuilds_are_cached_and_byte_identical(
 def test_fuse_false_ships_the_packages_as_given(
     built: dict[str, Any], recipes: Path, tmp_path: Path
 ) -> None:
-    pipe, rec, slot = _slot(recipes / "nofuse.toml", built["cache"], tmp_path / "out")
+    pipe, rec, slot = run_slot(recipes / "nofuse.toml", built["cache"], tmp_path / "out")
     assert "fuse:primary" not in rec.results and "model_fusing" not in pipe.components
     assert rec.results["slot"].key != built["rec"].results["slot"].key
-    pkg = load_package(_rdump(slot, "/opt/edgekiln/models/primary", tmp_path / "p"))
+    pkg = load_package(rdump(slot, "/opt/edgekiln/models/primary", tmp_path / "p"))
     assert all(f.fused is None for f in pkg.manifest.files)
 
 
@@ -252,7 +206,7 @@ def test_a_fused_file_that_disagrees_fails_the_build(
     before = {p.name: sha(p) for p in (recipes / "models" / "inspect-primary").iterdir()}
     cache = tmp_path / "cache"
     with pytest.raises(FuseStepError) as exc:
-        _slot(recipes / "plain.toml", cache, tmp_path / "out")
+        run_slot(recipes / "plain.toml", cache, tmp_path / "out")
     msg = str(exc.value)
     assert msg.startswith(f"{recipes / 'plain.toml'}: models.fuse: the primary package cannot")
     assert "reference image 0" in msg and "set models.fuse = false" in msg
