@@ -31,6 +31,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -396,36 +397,49 @@ class Pipeline:
     def _optimise(self, given: dict[str, Path]) -> tuple[dict[str, Path], list[str]]:
         from image.model_build import describe, optimised_package
 
-        out, lines = {}, []
-        for role in given:
-            start = self._stage(f"model:{role}", f"optimise for {self.recipe.target.name}")
-            model = optimised_package(self.loaded, role, self.cache)
-            result = StageResult(
-                f"model:{role}", model.cached, round(time.monotonic() - start, 2),
-                key=model.key, detail=describe(model),
-            )  # fmt: skip
-            self.observer.done(result)  # not a report stage: the slot stage's detail says it
-            self.components.setdefault("model_optimisation", {})[role] = model.summary
-            out[role] = model.path
-            lines.append(f"{describe(model)}{' (cached)' if model.cached else ''}")
-        return out, lines
+        def make(role: str, _source: Path) -> Any:
+            return optimised_package(self.loaded, role, self.cache)
+
+        def line(model: Any) -> str:
+            return f"{describe(model)}{' (cached)' if model.cached else ''}"
+
+        title = f"optimise for {self.recipe.target.name}"
+        return self._per_package("model", title, "model_optimisation", given, make, describe, line)
 
     def _fuse(self, packages: dict[str, Path]) -> tuple[dict[str, Path], list[str]]:
         from image.model_fuse_build import describe, fused_package, target_runtime
 
         runtime = target_runtime(self.loaded)
+
+        def make(role: str, source: Path) -> Any:
+            return fused_package(self.loaded, role, source, self.cache, runtime)
+
+        title = f"fused model file for {runtime}"
+        return self._per_package("fuse", title, "model_fusing", packages, make, describe, describe)
+
+    def _per_package(
+        self,
+        step: str,
+        title: str,
+        component: str,
+        packages: dict[str, Path],
+        make: Callable[[str, Path], Any],
+        describe: Callable[[Any], str],
+        line: Callable[[Any], str],
+    ) -> tuple[dict[str, Path], list[str]]:
+        """Run one model step per package: timed, recorded in components, one detail line each."""
         out, lines = {}, []
         for role, source in packages.items():
-            start = self._stage(f"fuse:{role}", f"fused model file for {runtime}")
-            model = fused_package(self.loaded, role, source, self.cache, runtime)
+            start = self._stage(f"{step}:{role}", title)
+            model = make(role, source)
             result = StageResult(
-                f"fuse:{role}", model.cached, round(time.monotonic() - start, 2),
+                f"{step}:{role}", model.cached, round(time.monotonic() - start, 2),
                 key=model.key, detail=describe(model),
             )  # fmt: skip
             self.observer.done(result)  # not a report stage: the slot stage's detail says it
-            self.components.setdefault("model_fusing", {})[role] = model.summary
+            self.components.setdefault(component, {})[role] = model.summary
             out[role] = model.path
-            lines.append(describe(model))
+            lines.append(line(model))
         return out, lines
 
     def stage_slot(self, base: rootfs.BaseRoot, runtime: Path, runtime_digest: str) -> Path:

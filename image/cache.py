@@ -15,12 +15,14 @@ remain.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from image.errors import BuildError
 
@@ -77,6 +79,14 @@ def remove_tree(tree: Path) -> None:
         shutil.rmtree(tree)
     else:
         tree.unlink()
+
+
+def commit(tmp: Path, entry: Path, summary: dict[str, Any]) -> None:
+    """Finish an entry built in ``tmp``: write its summary.json and completion mark, swap it in."""
+    (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    (tmp / "complete").write_text("ok\n")
+    remove_tree(entry)
+    os.replace(tmp, entry)
 
 
 def touch(entry: Path) -> None:

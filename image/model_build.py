@@ -138,10 +138,7 @@ def optimised_package(
             select=opts["select"],
         )
         summary = _summary(res)
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        (tmp / "complete").write_text("ok\n")
-        build_cache.remove_tree(entry)
-        os.replace(tmp, entry)
+        build_cache.commit(tmp, entry, summary)
     except GateError as exc:
         origin = loaded.provenance.get("models.optimise", loaded.path)
         raise ModelStepError(

@@ -170,10 +170,7 @@ def fused_package(
             "images_checked": made.images_checked,
             "checked_on": list(backends),
         }
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        (tmp / "complete").write_text("ok\n")
-        build_cache.remove_tree(entry)
-        os.replace(tmp, entry)
+        build_cache.commit(tmp, entry, summary)
     except FuseError as exc:
         origin = loaded.provenance.get("models.fuse", loaded.path)
         raise FuseStepError(
