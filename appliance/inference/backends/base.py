@@ -8,9 +8,11 @@ reports what it runs on. Back ends import their library inside :meth:`Backend.pr
 from __future__ import annotations
 
 import logging
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import numpy as np
 
@@ -20,6 +22,13 @@ from appliance.inference.package import ModelFile, ModelPackage, expected_shape,
 log = logging.getLogger(__name__)
 
 Dim = int | str
+T = TypeVar("T")
+R = TypeVar("R")
+# Writes one input batch into the buffer it is given (and returns that buffer with what else it
+# made, e.g. the letterbox), or, given None, into one of its own.
+Fill = Callable[[np.ndarray | None], tuple[np.ndarray, T]]
+# Reads the raw outputs (with what ``Fill`` made) into a result that holds no array of them.
+Read = Callable[[list[np.ndarray], T], R]
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,20 @@ class LoadedModel(ABC):
     @abstractmethod
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         """Run one input batch; return the raw output tensors in the model's output order."""
+
+    def run_frame(self, fill: Fill[T], read: Read[T, R]) -> tuple[R, float, float]:
+        """``fill`` the input, run, ``read`` the outputs: (the result, t_filled, t_ran).
+
+        A back end whose runtime owns its tensors hands ``fill`` the input buffer (the
+        pre-processor writes the tensor there) and ``read`` views of the outputs: no copy
+        either way. The others pass None and copies. The times are ``time.perf_counter()`` when
+        ``fill`` returned and when the model had run: the pipeline's pre/infer/post split.
+        """
+        batch, extra = fill(None)
+        t_filled = time.perf_counter()
+        raw = self.run(batch)
+        t_ran = time.perf_counter()
+        return read(raw, extra), t_filled, t_ran
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release runtime resources (optional)."""

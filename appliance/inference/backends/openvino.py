@@ -6,11 +6,22 @@ On this CPU OpenVINO otherwise picks bf16 and drifts from the reference outputs 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
 
-from appliance.inference.backends.base import Backend, BackendOptions, Dim, LoadedModel, TensorInfo
+from appliance.inference.backends.base import (
+    Backend,
+    BackendOptions,
+    Dim,
+    Fill,
+    LoadedModel,
+    R,
+    Read,
+    T,
+    TensorInfo,
+)
 from appliance.inference.errors import BackendLoadError, BackendUnavailableError, InferenceRunError
 from appliance.inference.package import ModelFile, ModelPackage
 
@@ -41,13 +52,43 @@ class OvModel(LoadedModel):
     weights: Any = None  # an IR's verified .bin bytes: the compiled model may still share them
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        request = self.request
         try:
-            self.request.infer({0: batch})
-            n = len(self.outputs)
+            tensor = request.get_input_tensor(0).data
+            if tensor.shape == batch.shape and tensor.dtype == batch.dtype:
+                # Into the request's own tensor: 30 us less per call than infer({0: batch})
+                # on the reference model (145 vs 175 us), which dispatches the dict in Python.
+                tensor[...] = batch
+                request.infer()
+            else:  # another shape (a dynamic input) or dtype: OpenVINO converts or refuses
+                request.infer({0: batch})
             # Copy: the request reuses its output buffers on the next call.
-            return [np.array(self.request.get_output_tensor(i).data) for i in range(n)]
+            return [np.array(request.get_output_tensor(i).data) for i in range(len(self.outputs))]
         except Exception as exc:
             raise InferenceRunError(f"{self.describe()}: {exc}") from exc
+
+    def run_frame(self, fill: Fill[T], read: Read[T, R]) -> tuple[R, float, float]:
+        """Zero copy: ``fill`` writes into the request's input tensor, ``read`` reads its outputs.
+
+        The views are only valid until the next inference: ``read`` must not keep them (the
+        post-processor makes Python values).
+        """
+        request = self.request
+        try:
+            view = request.get_input_tensor(0).data
+        except Exception as exc:
+            raise InferenceRunError(f"{self.describe()}: input tensor: {exc}") from exc
+        batch, extra = fill(view)
+        t_filled = time.perf_counter()
+        if batch is not view:  # the pre-processor's own batch (a shape it cannot fill)
+            return read(self.run(batch), extra), t_filled, time.perf_counter()
+        try:
+            request.infer()
+            outs = [request.get_output_tensor(i).data for i in range(len(self.outputs))]
+        except Exception as exc:
+            raise InferenceRunError(f"{self.describe()}: {exc}") from exc
+        t_ran = time.perf_counter()
+        return read(outs, extra), t_filled, t_ran
 
 
 class OpenVinoBackend(Backend):
