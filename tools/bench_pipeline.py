@@ -3,12 +3,15 @@
 For each model and back end, in one process, on one loaded model, on the same frames:
 
 * ``bare``: ``model.run(x)`` of the package's plain file on inputs pre-processed beforehand
-  (the back end alone, as a user would call it);
+  (the back end alone, as a user would call it: the batch is copied in, the outputs out);
 * ``pipeline``: the real :class:`Pipeline` loop (capture from memory, pre, infer, post,
   JSON-lines publish to a file through its writer thread) on what it loads by default: for the
   ONNX back ends the package's fused file (``kiln model fuse``: channel order, normalisation,
   layout, softmax and top-k in the graph; the packages are fused here as the image build does),
-  with ``--plain`` also the plain ``model.onnx`` for comparison in the same run.
+  with ``--plain`` also the plain ``model.onnx`` for comparison in the same run. On LiteRT and
+  OpenVINO the pipeline runs zero-copy (``LoadedModel.run_frame``): the pre-processor writes
+  into the runtime's input tensor and the post-processor reads its outputs in place, which the
+  bare call, given a separate batch, cannot do.
 
 Frames are BGR, as OpenCV cameras, video files and image folders deliver them.
 

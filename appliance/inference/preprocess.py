@@ -10,7 +10,7 @@ one pass per plane instead of convert, multiply and add). This runs on every fra
 the model has evicted the caches, where each extra call costs several times its warm price.
 With ``reuse=True`` (the pipeline) the tensor is written into one buffer owned by the
 preprocessor: valid until the next call. With ``out`` (a back end's own input buffer, see
-``LoadedModel.run_filled``) it is written there and ``out`` itself is returned.
+``LoadedModel.run_frame``) it is written there and ``out`` itself is returned.
 """
 
 from __future__ import annotations
