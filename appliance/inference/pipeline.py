@@ -278,8 +278,8 @@ class Pipeline:
             shape = image.shape
             pre, post = runner.pre, runner.post
             try:
-                # Where the runtime owns its tensors (LiteRT) the pre-processor writes into its
-                # input and the post-processor reads its outputs: no tensor copy per frame.
+                # Where the runtime owns its tensors (LiteRT, OpenVINO) the pre-processor writes
+                # into its input and the post-processor reads its outputs: no copy per frame.
                 result, t2, t3 = runner.model.run_frame(
                     lambda out: pre(image, color, out),
                     lambda raw, box: post(raw, box, (shape[1], shape[0])),
