@@ -228,6 +228,55 @@ def test_frozen_selftest_passes_on_its_backend(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_frozen_pipeline_publishes_what_the_source_tree_does(
+    backend: str,
+    generic: FrozenRuntime,
+    openvino_rt: FrozenRuntime,
+    reference_package: Path,
+    tmp_path: Path,
+) -> None:
+    """``appliance run`` frozen: the OpenVINO runtime has no OpenCV, so its frames take the
+    numpy pre-processing into the infer request's own tensor (zero-copy ``run_frame``)."""
+    from appliance.inference.package import load_package
+    from appliance.inference.pipeline import Pipeline, PipelineConfig
+
+    rt = generic if backend == "onnxruntime" else openvino_rt
+    pkg = load_package(reference_package)
+    assert pkg.manifest.reference is not None
+    source = f"npz:{pkg.root / pkg.manifest.reference.split}"
+    frozen_out = tmp_path / "frozen.jsonl"
+    args = ["run", "--model", str(reference_package), "--source", source]
+    args += ["--backend", backend, "--sink", str(frozen_out), "--max-frames", "48"]
+    done = subprocess.run([str(rt.executable), *args], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    tree_out = tmp_path / "tree.jsonl"
+    cfg = PipelineConfig(
+        model=str(reference_package),
+        source=source,
+        backends=[backend],
+        sink=str(tree_out),
+        max_frames=48,
+    )
+    Pipeline(cfg).run()
+
+    def results(path: Path) -> list[dict[str, object]]:
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        return [r for r in records if r["type"] == "result"]
+
+    frozen, tree = results(frozen_out), results(tree_out)
+    assert len(frozen) == len(tree) == 48
+    for f, t in zip(frozen, tree, strict=True):
+        assert f["backend"] == t["backend"] == backend and not f.get("degraded")
+        assert f["frame"] == t["frame"]
+        ft, tt = f["top"], t["top"]
+        assert isinstance(ft, list) and isinstance(tt, list)
+        assert [c["index"] for c in ft] == [c["index"] for c in tt]
+        for a, b in zip(ft, tt, strict=True):
+            assert abs(a["score"] - b["score"]) <= 1e-5  # numpy vs OpenCV pre-processing
+
+
+@pytest.mark.slow
 def test_generic_runtime_is_stripped(generic: FrozenRuntime) -> None:
     """Bundled ELF files lose their debug info (a third of the size) and still load."""
     import sysconfig
