@@ -80,16 +80,44 @@ class LoadedModel(ABC):
     def run_frame(self, fill: Fill[T], read: Read[T, R]) -> tuple[R, float, float]:
         """``fill`` the input, run, ``read`` the outputs: (the result, t_filled, t_ran).
 
-        A back end whose runtime owns its tensors hands ``fill`` the input buffer (the
-        pre-processor writes the tensor there) and ``read`` views of the outputs: no copy
-        either way. The others pass None and copies. The times are ``time.perf_counter()`` when
-        ``fill`` returned and when the model had run: the pipeline's pre/infer/post split.
+        A back end whose runtime owns its tensors (:meth:`_input_buffer`) hands ``fill`` the
+        input buffer (the pre-processor writes the tensor there) and ``read`` views of the
+        outputs (:meth:`_run_in_place`): no copy either way. The others pass None and copy
+        (:meth:`run`), as does a ``fill`` that returns a batch of its own. The times are
+        ``time.perf_counter()`` when ``fill`` returned and when the model had run: the
+        pipeline's pre/infer/post split.
+
+        Every reference to the runtime's memory held here is dropped before the model runs and
+        after ``read``, also when ``fill`` or ``read`` raise (not kept alive by a traceback):
+        LiteRT refuses to run while one is alive. ``read`` must not keep any either.
         """
-        batch, extra = fill(None)
+        buffer = self._input_buffer()
+        try:
+            batch, extra = fill(buffer)
+        except BaseException:
+            del buffer
+            raise
         t_filled = time.perf_counter()
-        raw = self.run(batch)
+        own = buffer is not None and batch is buffer
+        del buffer
+        if own:
+            del batch
+            outs = self._run_in_place()
+        else:
+            outs = self.run(batch)
         t_ran = time.perf_counter()
-        return read(raw, extra), t_filled, t_ran
+        try:
+            return read(outs, extra), t_filled, t_ran
+        finally:
+            del outs
+
+    def _input_buffer(self) -> np.ndarray | None:
+        """The runtime's own input tensor to write a batch into, or None (the default)."""
+        return None
+
+    def _run_in_place(self) -> list[np.ndarray]:
+        """Run on the batch written into :meth:`_input_buffer`; views of the outputs."""
+        raise NotImplementedError(f"{self.backend}: no input buffer of its own")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release runtime resources (optional)."""

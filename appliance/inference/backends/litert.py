@@ -11,21 +11,11 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
 
-from appliance.inference.backends.base import (
-    Backend,
-    BackendOptions,
-    Fill,
-    LoadedModel,
-    R,
-    Read,
-    T,
-    TensorInfo,
-)
+from appliance.inference.backends.base import Backend, BackendOptions, LoadedModel, TensorInfo
 from appliance.inference.errors import (
     BackendLoadError,
     BackendUnavailableError,
@@ -99,42 +89,25 @@ class LiteRtModel(LoadedModel):
         except Exception as exc:  # RuntimeError from the interpreter
             raise InferenceRunError(f"{self.describe()}: {exc}") from exc
 
-    def run_frame(self, fill: Fill[T], read: Read[T, R]) -> tuple[R, float, float]:
-        """Zero copy: ``fill`` writes into the input tensor, ``read`` reads the output tensors.
+    def _input_buffer(self) -> np.ndarray | None:
+        """The interpreter's input tensor: no ``set_tensor`` copy (600 KB a frame for pose).
 
-        Every view of the interpreter's memory is dropped before the next ``invoke``, also when
-        ``fill`` or ``read`` raise, so the interpreter's own guard (it refuses to run while such
-        a view is alive) stays in force: a ``read`` that kept one would fail the next frame
-        with InferenceRunError, not read stale memory. A pre-processor that hands back a batch
-        of its own instead of the view is copied in with ``set_tensor`` (checked there).
+        ``run_frame`` drops this view before ``invoke``, so the interpreter's own guard (it
+        refuses to run while a numpy view of its memory is alive) stays in force: a ``read``
+        that kept one fails the next frame with InferenceRunError, not read stale memory.
         """
-        interp = self.interpreter
         try:
-            view = interp.tensor(self.in_index)()
+            return self.interpreter.tensor(self.in_index)()  # type: ignore[no-any-return]
         except Exception as exc:
             raise InferenceRunError(f"{self.describe()}: input tensor: {exc}") from exc
+
+    def _run_in_place(self) -> list[np.ndarray]:
+        interp = self.interpreter
         try:
-            batch, extra = fill(view)
-        except BaseException:
-            del view  # not kept alive by the traceback
-            raise
-        t_filled = time.perf_counter()
-        own = batch is view
-        del view
-        if own:
-            del batch
-            try:
-                interp.invoke()
-                outs = [interp.tensor(i)() for i in self.out_indices]
-            except Exception as exc:  # RuntimeError from the interpreter
-                raise InferenceRunError(f"{self.describe()}: {exc}") from exc
-        else:
-            outs = self.run(batch)  # copies
-        t_ran = time.perf_counter()
-        try:
-            return read(outs, extra), t_filled, t_ran
-        finally:
-            del outs
+            interp.invoke()
+            return [interp.tensor(i)() for i in self.out_indices]
+        except Exception as exc:  # RuntimeError from the interpreter
+            raise InferenceRunError(f"{self.describe()}: {exc}") from exc
 
 
 class LiteRtBackend(Backend):

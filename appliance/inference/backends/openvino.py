@@ -6,22 +6,11 @@ On this CPU OpenVINO otherwise picks bf16 and drifts from the reference outputs 
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
 
-from appliance.inference.backends.base import (
-    Backend,
-    BackendOptions,
-    Dim,
-    Fill,
-    LoadedModel,
-    R,
-    Read,
-    T,
-    TensorInfo,
-)
+from appliance.inference.backends.base import Backend, BackendOptions, Dim, LoadedModel, TensorInfo
 from appliance.inference.errors import BackendLoadError, BackendUnavailableError, InferenceRunError
 from appliance.inference.package import ModelFile, ModelPackage
 
@@ -67,28 +56,21 @@ class OvModel(LoadedModel):
         except Exception as exc:
             raise InferenceRunError(f"{self.describe()}: {exc}") from exc
 
-    def run_frame(self, fill: Fill[T], read: Read[T, R]) -> tuple[R, float, float]:
-        """Zero copy: ``fill`` writes into the request's input tensor, ``read`` reads its outputs.
-
-        The views are only valid until the next inference: ``read`` must not keep them (the
-        post-processor makes Python values).
-        """
-        request = self.request
+    def _input_buffer(self) -> np.ndarray | None:
+        """The request's input tensor. Its output views (``_run_in_place``) are valid only
+        until the next inference: ``read`` must not keep them."""
         try:
-            view = request.get_input_tensor(0).data
+            return self.request.get_input_tensor(0).data  # type: ignore[no-any-return]
         except Exception as exc:
             raise InferenceRunError(f"{self.describe()}: input tensor: {exc}") from exc
-        batch, extra = fill(view)
-        t_filled = time.perf_counter()
-        if batch is not view:  # the pre-processor's own batch (a shape it cannot fill)
-            return read(self.run(batch), extra), t_filled, time.perf_counter()
+
+    def _run_in_place(self) -> list[np.ndarray]:
+        request = self.request
         try:
             request.infer()
-            outs = [request.get_output_tensor(i).data for i in range(len(self.outputs))]
+            return [request.get_output_tensor(i).data for i in range(len(self.outputs))]
         except Exception as exc:
             raise InferenceRunError(f"{self.describe()}: {exc}") from exc
-        t_ran = time.perf_counter()
-        return read(outs, extra), t_filled, t_ran
 
 
 class OpenVinoBackend(Backend):
