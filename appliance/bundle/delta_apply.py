@@ -94,7 +94,7 @@ def parse_chunk(wire: bytes, out_len: int, base_size: int, where: str) -> Parsed
         body = _unshuffled(body, diff_start, extra_start)
     zero_diff = False
     if key is not None and len(body) <= out_len + 4096:  # worth remembering: R as it is
-        zero_diff = _all_zero(memoryview(body)[diff_start:extra_start])
+        zero_diff = _all_zero(body, diff_start, extra_start)
         if len(_KNOWN) >= _KNOWN_ENTRIES:
             _KNOWN.clear()
         _KNOWN[key] = (bytes(body), zero_diff)
@@ -114,25 +114,39 @@ def _parse_extents(table: memoryview, base_size: int, where: str) -> list[Extent
     return extents
 
 
-def _all_zero(view: memoryview) -> bool:
-    import numpy as np
-
-    return not np.frombuffer(view, dtype=np.uint8).any()
+def _all_zero(body: bytes | bytearray, start: int, end: int) -> bool:
+    return body.count(0, start, end) == end - start
 
 
-def _unshuffled(
-    body: bytes | bytearray | memoryview, diff_start: int, extra_start: int
-) -> bytearray:
-    """``body`` with its diff and extra sections unshuffled: one copy, no temporaries."""
-    import numpy as np
-
+def _unshuffled(body: bytes | bytearray, diff_start: int, extra_start: int) -> bytearray:
+    """``body`` with its diff and extra sections unshuffled: one copy, strided in C."""
     out = bytearray(body)
-    src, dst = memoryview(body), memoryview(out)
     for start, end in ((diff_start, extra_start), (extra_start, len(body))):
         q = (end - start) // 4
-        lanes = np.frombuffer(dst[start:end], dtype=np.uint8, count=4 * q).reshape(q, 4)
-        lanes[...] = np.frombuffer(src[start:end], dtype=np.uint8, count=4 * q).reshape(4, q).T
+        for lane in range(4):
+            out[start + lane : start + 4 * q : 4] = body[start + lane * q : start + (lane + 1) * q]
     return out
+
+
+# Bytewise addition mod 256 without numpy (it would cost the device ~18 MiB of RSS just to
+# import): SWAR on Python integers, ADD_SLICE bytes at a time, no carry crossing a byte.
+ADD_SLICE = 64 << 10
+_HIGH = int.from_bytes(b"\x80" * ADD_SLICE, "little")
+_LOW = int.from_bytes(b"\x7f" * ADD_SLICE, "little")
+
+
+def add_mod256(dst: memoryview, src: memoryview) -> None:
+    """``dst[i] = (dst[i] + src[i]) % 256`` for every byte (equal lengths)."""
+    for at in range(0, len(dst), ADD_SLICE):
+        n = min(ADD_SLICE, len(dst) - at)
+        high, low = (
+            (_HIGH, _LOW)
+            if n == ADD_SLICE
+            else (_HIGH >> (8 * (ADD_SLICE - n)), _LOW >> (8 * (ADD_SLICE - n)))
+        )
+        x = int.from_bytes(dst[at : at + n], "little")
+        y = int.from_bytes(src[at : at + n], "little")
+        dst[at : at + n] = (((x & low) + (y & low)) ^ ((x ^ y) & high)).to_bytes(n, "little")
 
 
 def _decompress(frame: bytes | memoryview, limit: int, where: str) -> bytes:
@@ -262,14 +276,12 @@ def apply_parsed(parsed: ParsedChunk, read_at: ReadAt, out_len: int, where: str)
     """Run the controls: ``add`` spans of R plus the diff, then ``copy`` runs of extra.
 
     The ``add`` spans of R are gathered to the front of the output (:meth:`_Reference.gather`),
-    numpy adds the whole diff to them in one call, then, back to front, each span moves to its
-    place and the ``extra`` runs fill the gaps (every move goes right, so nothing is
+    the diff is added to them (:func:`add_mod256`, no numpy), then, back to front, each span
+    moves to its place and the ``extra`` runs fill the gaps (every move goes right, so nothing is
     overwritten before it moved). An all-zero diff is not added at all. Memory: the output
     chunk, one read group and the decompressed body, whatever R's size; Python does a couple of
     slice copies per control, the byte work (reads, the add, the moves) runs in C.
     """
-    import numpy as np
-
     ref = _Reference(parsed.extents, read_at)
     controls = parsed.controls
     body = memoryview(parsed.body)
@@ -289,8 +301,7 @@ def apply_parsed(parsed: ParsedChunk, read_at: ReadAt, out_len: int, where: str)
     view = memoryview(out)
     ref.gather(spans, view)
     if adds and not parsed.zero_diff:
-        front = np.frombuffer(out, dtype=np.uint8, count=adds)
-        np.add(front, np.frombuffer(body[d:x], dtype=np.uint8), out=front)
+        add_mod256(view[:adds], body[d:x])
     if adds == out_len:
         return out
     o, a, x = out_len, adds, len(body)
