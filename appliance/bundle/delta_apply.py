@@ -1,4 +1,4 @@
-"""Apply delta chunks (method ``ekdelta1``, format in :mod:`appliance.bundle.delta`) on a device.
+"""Apply delta chunks (ekdelta1, ekdelta2; format in :mod:`appliance.bundle.delta`) on a device.
 
 Each wire chunk is parsed and checked against the chunk length and the signed base size, then
 rebuilt from the base (active) slot in bounded memory: the output chunk, its decompressed body
@@ -22,6 +22,7 @@ from appliance.bundle.delta import (
     _EXT,
     _HEAD,
     MAGIC,
+    MAGIC_RUN,
     MAGIC_SHUFFLED,
     MAX_REFERENCE,
     METHOD,
@@ -60,6 +61,8 @@ def parse_chunk(wire: bytes, out_len: int, base_size: int, where: str) -> Parsed
     if len(wire) < _HEAD.size:
         raise DeltaError(f"{where}: {len(wire)} bytes, shorter than the delta chunk header")
     magic, n_ext, n_ctrl, zlen = _HEAD.unpack_from(wire, 0)
+    if magic == MAGIC_RUN:
+        return _parse_run(wire, n_ext, n_ctrl, zlen, out_len, base_size, where)
     if magic not in (MAGIC, MAGIC_SHUFFLED):
         raise DeltaError(f"{where}: magic {magic!r} is not {MAGIC!r} (method {METHOD})")
     ext_end = _HEAD.size + n_ext * _EXT.size
@@ -99,6 +102,20 @@ def parse_chunk(wire: bytes, out_len: int, base_size: int, where: str) -> Parsed
             _KNOWN.clear()
         _KNOWN[key] = (bytes(body), zero_diff)
     return ParsedChunk(extents, controls, body, diff_start, extra_start, zero_diff)
+
+
+def _parse_run(
+    wire: bytes, n_ext: int, n_ctrl: int, zlen: int, out_len: int, base_size: int, where: str
+) -> ParsedChunk:
+    """An ``EKD0`` chunk: the output is R as it is (extents only; no controls, no frame)."""
+    if n_ext == 0 or n_ext > 4096 or n_ctrl or zlen or _HEAD.size + n_ext * _EXT.size != len(wire):
+        raise DeltaError(f"{where}: an EKD0 chunk is a header and 1..4096 extents, nothing else")
+    extents = _parse_extents(memoryview(wire)[_HEAD.size :], base_size, where)
+    total = sum(e.length for e in extents)
+    if total != out_len:
+        raise DeltaError(f"{where}: the extents of an EKD0 chunk produce {total} bytes; "
+                         f"the chunk has {out_len}")  # fmt: skip
+    return ParsedChunk(extents, [(out_len, 0, 0)], b"", 0, out_len, zero_diff=True)
 
 
 def _parse_extents(table: memoryview, base_size: int, where: str) -> list[Extent]:

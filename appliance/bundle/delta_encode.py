@@ -1,4 +1,4 @@
-"""Encode a delta (method ``ekdelta1``) from a base slot image to a new one, chunk by chunk.
+"""Encode a delta (method ``ekdelta2``) from a base slot image to a new one, chunk by chunk.
 
 Runs on the build host (``kiln bundle --delta-from``); memory is O(base image) here, never on the
 device. For each chunk of the new image:
