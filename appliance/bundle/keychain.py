@@ -77,8 +77,8 @@ def verify_rotation(current: Keyring, link: Rotation, where: str) -> Keyring:
     signer = next((k for k in current.keys if k.verify(link.signature, link.manifest)), None)
     if signer is None:
         raise KeyringChainError(
-            f"{where}: the bundle manifest that carried keyring rotation is not signed by any key "
-            f"of {current.source} (version {current.version})"
+            f"{where}: the manifest of the bundle that carried this keyring is not signed by any "
+            f"key of {current.source} (version {current.version})"
         )
     try:
         manifest = parse_manifest(link.manifest, Limits())
@@ -165,7 +165,11 @@ def load_keyring(baked: Path, data_dir: Path | None) -> LoadedKeyring:
     seen = [ring]
     refused: str | None = None
     try:
-        on_data: Keyring | None = Keyring.from_bytes(path.read_bytes(), str(path))
+        with open(path, "rb") as f:  # bounded: the data partition is not trusted
+            raw = f.read(Limits().max_keyring_size + 1)
+        if len(raw) > Limits().max_keyring_size:
+            raise KeyringError(f"larger than {Limits().max_keyring_size} bytes")
+        on_data: Keyring | None = Keyring.from_bytes(raw, str(path))
     except FileNotFoundError:
         on_data = None
     except (OSError, KeyringError) as exc:
