@@ -48,7 +48,8 @@ class Summary:
     def add(self, out: Outcome, head_limit: int) -> None:
         self.cases += 1
         self.kinds[out.kind] += 1
-        self.errors[f"{out.kind}: {out.error or 'ACCEPTED'}"] += 1
+        what = out.error or ("ACCEPTED" if out.accepted else "the genuine bundle (kept as is)")
+        self.errors[f"{out.kind}: {what}"] += 1
         self.accepted += out.accepted
         self.early += out.early
         self.unverified += out.unverified
