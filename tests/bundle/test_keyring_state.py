@@ -153,7 +153,7 @@ def test_manifest_must_name_the_key_that_signed_it() -> None:
 
 def test_bake_keyring_into_a_root_tree(tmp_path: Path) -> None:
     from appliance.bundle.keyring import DEVICE_KEYRING
-    from image.keys import KeyFileError, bake_keyring
+    from image.release.keys import KeyFileError, bake_keyring
 
     src = tmp_path / "ring.json"
     src.write_bytes(trusted_keyring(3).to_bytes())

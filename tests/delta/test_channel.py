@@ -18,7 +18,7 @@ from appliance.bundle import FileSink, PayloadSource, open_bundle, write_bundle
 from appliance.bundle.delta_apply import BaseSlot
 from appliance.ota.channel import ChannelError, check_download, poll
 from appliance.ota.fetch import fetch
-from image.publish import publish
+from image.release.publish import publish
 from tests.bundle.kit import CREATED, KEY, PRODUCT, TARGET, policy
 
 from .kit import CHUNK, write_pair

@@ -93,7 +93,7 @@ def test_keys_left_beside_the_repository_by_the_old_default_are_refused(tmp_path
 
 
 def test_online_keys_are_kept_apart(tmp_path: Path) -> None:
-    from image.publish import publish
+    from image.release.publish import publish
 
     www = tmp_path / "www"
     publish(_bundle(tmp_path), www / "repo", keys=tmp_path / "offline",

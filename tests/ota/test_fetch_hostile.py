@@ -79,7 +79,7 @@ def _bundle(path: Path, payload: PayloadSource, version: str) -> Path:
 def test_tuf_target_length_is_enforced_while_streaming(tmp_path: Path) -> None:
     """The mirror serves a validly signed but other (larger) bundle where the channel chose the
     delta: refused after the head, before its payload, and nothing stays in updates/."""
-    from image.publish import publish
+    from image.release.publish import publish
 
     base, new = write_pair(tmp_path)
     full = _bundle(tmp_path / "f.bundle", PayloadSource.slot_image(new), "2.0.0")
