@@ -23,7 +23,7 @@ pointed at the parent served ``REPO.keys/targets.pem``, the private key, with th
 Which key is where, in production: **root** and **targets** are offline keys (an air-gapped
 signing machine or a hardware token: whoever holds targets decides what devices install, root
 rotates every other key); **snapshot** and **timestamp** are online keys (the publishing host
-re-signs them on every publish and before the 1-day timestamp expires), so
+re-signs them on every publish; the timestamp expires after 1 day), so
 ``--online-keys DIR`` may keep those two apart from the offline pair. A stolen online key lets
 an attacker freeze or replay the channel's view, never choose a bundle: that needs targets,
 and the device still checks every bundle's own Ed25519 signature (docs/decisions.md §5).
