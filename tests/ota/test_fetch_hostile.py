@@ -9,6 +9,7 @@ that shows the lie; nothing is left in ``updates/``.
 from __future__ import annotations
 
 import io
+import re
 import shutil
 from pathlib import Path
 
@@ -24,6 +25,9 @@ from tests.delta.kit import CHUNK, write_pair
 from .hostile import Bytes, LyingHead, Mirror, serve
 
 MANIFEST_LIMIT = 4 << 20
+# The reader's SizeLimitError for the first header (its wording may drop the declared size:
+# error texts quote no number an unauthenticated input chose).
+REFUSAL = re.compile(rf"member 'manifest\.json' at byte 0 declares .*limit here.*{MANIFEST_LIMIT}")
 
 
 def keyring_file(tmp_path: Path) -> Path:
@@ -45,7 +49,7 @@ def test_oversize_declared_manifest_is_refused_before_it_is_asked_for(
     updates = tmp_path / "updates"
     with serve(mirror) as url, pytest.raises(SizeLimitError) as caught:
         Fetcher(f"{url}/x.bundle", updates, policy()).run()
-    assert f"declares {declared} bytes; the limit here is {MANIFEST_LIMIT}" in str(caught.value)
+    assert REFUSAL.search(str(caught.value)), caught.value
     assert mirror.requests == [("/x.bundle", "bytes=0-511")]  # refused within one request
     assert mirror.sent <= 512
     assert left_in(updates) == []
@@ -61,7 +65,7 @@ def test_cli_fetch_from_a_lying_mirror_exits_5_and_keeps_nothing(tmp_path: Path)
             "--retries", "0",
         )  # fmt: skip
     assert done.returncode == 5, done.stderr
-    assert "manifest.json" in done.stderr and "declares 419430400 bytes" in done.stderr
+    assert REFUSAL.search(done.stderr), done.stderr
     assert len(mirror.requests) == 1
     assert left_in(data / "updates") == []
 
