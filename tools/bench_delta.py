@@ -320,8 +320,8 @@ def breakdown(bundle: Path) -> str:
     doc = json.loads(manifest)["payloads"][0]
     copies = copy_bytes = at = 0
     for chunk in doc["chunks"]:
-        _magic, n_ext, n_ctrl, _zlen = struct.unpack_from("<4sIII", data, at)
-        if n_ext == 1 and n_ctrl == 1:  # one run of the base, all-zero diff: unchanged bytes
+        magic, _n_ext, _n_ctrl, _zlen = struct.unpack_from("<4sIII", data, at)
+        if magic == b"EKD0":  # runs of the base as they are: unchanged bytes
             copies += 1
             copy_bytes += chunk["size"]
         at += chunk["size"]

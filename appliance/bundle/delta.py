@@ -133,7 +133,7 @@ def encode_chunk(extents: list[Extent], controls: list[tuple[int, int, int]], di
 def _is_run(extents: list[Extent], controls: list[tuple[int, int, int]], diff: bytes,
             extra: bytes) -> bool:  # fmt: skip
     """True if the controls output R unchanged, front to back (an ``EKD0`` chunk)."""
-    if extra or any(copy or seek for _add, copy, seek in controls):
+    if extra or not controls or any(copy or seek or not add for add, copy, seek in controls):
         return False
     return len(diff) == sum(e.length for e in extents) and diff.count(0) == len(diff)
 
