@@ -4,7 +4,7 @@ A delta payload has one wire chunk per chunk of the **new** slot image. Each wir
 self-contained (so downloads resume per chunk and each rebuilt chunk is verified alone)::
 
     magic  b"EKD1" (or b"EKD4": diff and extra stored in 4-byte lanes, see below;
-           or b"EKD0": the chunk is R as it is, n_ctrl = zlen = 0, no frame)
+           or b"EKD0": the chunk is R as it is, n_ctrl = 0, see below)
     u32    n_ext      reference extents (read from the base slot, concatenated: R)
     u32    n_ctrl     control triples
     u32    zlen       bytes of the compressed frame that follows the extents
@@ -14,9 +14,12 @@ self-contained (so downloads resume per chunk and each rebuilt chunk is verified
 
 ``ekdelta2`` is ``ekdelta1`` plus the ``EKD0`` form: most chunks of an update are unchanged
 blocks of the base, and as one control with an all-zero diff each cost a ~56-byte zstd frame
-(84 bytes with its header and extent); as ``EKD0`` they cost 16 + 12 per extent. Devices read
-both methods; the writer makes ``ekdelta2`` (a device that knows only ``ekdelta1`` refuses it
-from the manifest, before anything is written).
+(84 bytes with its header and extent). ``EKD0`` is the header and the extent table only: raw
+(``zlen`` = 0; 16 + 12 bytes for one extent) or as one zstd frame of ``zlen`` bytes declaring
+exactly 12 x ``n_ext`` bytes (files that moved by different amounts make tables of ~100
+extents per chunk: 303 KB raw, 6.3 KB packed on a package-install pair). Devices read both
+methods; the writer makes ``ekdelta2`` (a device that knows only ``ekdelta1`` refuses it from
+the manifest, before anything is written).
 
 The controls are bsdiff's: for each triple, ``add`` output bytes are ``R[pos:pos+add] + diff``
 (bytewise, mod 256), then ``copy`` bytes come verbatim from ``extra``, then ``pos += add +
@@ -110,8 +113,11 @@ def encode_chunk(extents: list[Extent], controls: list[tuple[int, int, int]], di
     import zstandard
 
     if extents and _is_run(extents, controls, diff, extra):
-        head = _HEAD.pack(MAGIC_RUN, len(extents), 0, 0)
-        return head + b"".join(_EXT.pack(e.offset, e.length) for e in extents)
+        table = b"".join(_EXT.pack(e.offset, e.length) for e in extents)
+        packed = zstandard.ZstdCompressor(level=level, write_content_size=True).compress(table)
+        if len(packed) < len(table):  # runs of moved files: tables of ~100 extents pack ~50x
+            return _HEAD.pack(MAGIC_RUN, len(extents), 0, len(packed)) + packed
+        return _HEAD.pack(MAGIC_RUN, len(extents), 0, 0) + table
     ctrl = b"".join(_CTRL.pack(*c) for c in controls)
     body = ctrl + diff + extra
     cctx = zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=False)

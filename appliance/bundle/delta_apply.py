@@ -112,10 +112,21 @@ def parse_chunk(wire: bytes, out_len: int, base_size: int, where: str) -> Parsed
 def _parse_run(
     wire: bytes, n_ext: int, n_ctrl: int, zlen: int, out_len: int, base_size: int, where: str
 ) -> ParsedChunk:
-    """An ``EKD0`` chunk: the output is R as it is (extents only; no controls, no frame)."""
-    if n_ext == 0 or n_ext > 4096 or n_ctrl or zlen or _HEAD.size + n_ext * _EXT.size != len(wire):
-        raise DeltaError(f"{where}: an EKD0 chunk is a header and 1..4096 extents, nothing else")
-    extents = _parse_extents(memoryview(wire)[_HEAD.size :], base_size, where)
+    """An ``EKD0`` chunk: the output is R as it is (an extent table, raw or one zstd frame)."""
+    size = n_ext * _EXT.size
+    if n_ext == 0 or n_ext > 4096 or n_ctrl or _HEAD.size + (zlen or size) != len(wire):
+        raise DeltaError(
+            f"{where}: an EKD0 chunk is a header and 1..4096 extents (raw or one zstd frame), "
+            "nothing else"
+        )
+    table = memoryview(wire)[_HEAD.size :]
+    if zlen:
+        table = memoryview(_zstd_decompress(table, size, where))
+        if len(table) != size:
+            raise DeltaError(
+                f"{where}: EKD0 frame holds {len(table)} bytes, {n_ext} extents are {size}"
+            )
+    extents = _parse_extents(table, base_size, where)
     total = sum(e.length for e in extents)
     if total != out_len:
         raise DeltaError(f"{where}: the extents of an EKD0 chunk produce {total} bytes; "
