@@ -83,7 +83,7 @@ class TargetSpec:
     # Why this target cannot be frozen on a normal build host (None: it can).
     unbuildable_here: str | None = None
     # Strip debug sections from bundled ELF files that carry them (libpython, lib-dynload,
-    # some wheels) but were not patchelf-repaired; see image.freeze.runtime.strip_debug_info.
+    # some wheels) but were not patchelf-repaired; see image.freeze.pyinstaller.strip_debug_info.
     strip: bool = True
 
     @property
