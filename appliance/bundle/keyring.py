@@ -3,7 +3,7 @@
 A keyring is canonical JSON (FORMAT.md, "Keyring"). The image bakes one in; a newer one may
 arrive as a ``keyring`` payload inside a bundle signed by a currently trusted key, and is kept
 on the data partition (``keys/keyring-v1.json``: the file name carries the format version so an
-older slot keeps reading its own format, ARCHITECTURE Decision 10).
+older slot keeps reading its own format, docs/decisions.md §10).
 """
 
 from __future__ import annotations

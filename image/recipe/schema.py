@@ -32,7 +32,7 @@ class RecipeError(BuildError):
 
 
 class Target(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """The hardware target: one row of ARCHITECTURE's target table."""
+    """The hardware target: one row of the target table (docs/decisions.md §22)."""
 
     name: str
     arch: Literal["amd64", "arm64"]
@@ -93,14 +93,14 @@ class Kernel(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class Health(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """Health-gate settings (ARCHITECTURE Decision 7)."""
+    """Health-gate settings (docs/decisions.md §7)."""
 
     budget_factor: float = 1.0
     reference_count: int = 16
 
 
 class Agent(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """The agent service and the hardware watchdog (ARCHITECTURE Decision 4)."""
+    """The agent service and the hardware watchdog (docs/decisions.md §4)."""
 
     watchdog_sec: int = 30
     runtime_watchdog_sec: int = 30
@@ -153,7 +153,7 @@ class Recipe(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     pipeline: PipelineDefaults = PipelineDefaults()
 
 
-# --- the target table (ARCHITECTURE "Targets") -------------------------------------------------
+# --- the target table (docs/decisions.md §22) ----------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ Target paths are ``<product>/<target>/full.bundle`` (the current release) and
 ``custom.edgekiln`` = {kind, version, security_version, image_sha256[, base_sha256]}. A device
 picks the delta for its active slot when it leads to the current full release's image, else the
 full bundle (appliance/ota/channel.py). TUF adds freshness and rollback protection on top of the
-bundle signature (ARCHITECTURE Decision 5); it never replaces it.
+bundle signature (docs/decisions.md §5); it never replaces it.
 
 TUF role keys (Ed25519, one per role) live in ``KEYS_DIR`` (default ``REPO_DIR.keys``, never
 served), created on the first publish. They are stored unencrypted: keep that directory offline.
