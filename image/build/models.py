@@ -31,62 +31,43 @@ def slot_models(
     }
     lines: list[str] = []
     if models.optimise:
-        out, optimised = _optimise(loaded, cache, observer, components, out)
-        lines += optimised
+        from image.model.stage import describe, optimised_package
+
+        def optimised(role: str, _source: Path) -> Any:
+            return optimised_package(loaded, role, cache)
+
+        def line(model: Any) -> str:
+            return f"{describe(model)}{' (cached)' if model.cached else ''}"
+
+        title = f"optimise for {loaded.recipe.target.name}"
+        out, done = _per_package(
+            observer, components, out, "model", title, "model_optimisation", optimised, describe, line
+        )
+        lines += done
     if models.fuse:
-        out, fused = _fuse(loaded, cache, observer, components, out)
-        lines += fused
+        from image.model import fuse_stage
+
+        runtime = fuse_stage.target_runtime(loaded)
+
+        def fused(role: str, source: Path) -> Any:
+            return fuse_stage.fused_package(loaded, role, source, cache, runtime)
+
+        what = fuse_stage.describe
+        title = f"fused model file for {runtime}"
+        out, done = _per_package(
+            observer, components, out, "fuse", title, "model_fusing", fused, what, what
+        )
+        lines += done
     return out, "; ".join(lines)
 
 
-def _optimise(
-    loaded: LoadedRecipe,
-    cache: Path,
-    observer: Observer,
-    components: dict[str, Any],
-    given: dict[str, Path],
-) -> tuple[dict[str, Path], list[str]]:
-    from image.model.stage import describe, optimised_package
-
-    def make(role: str, _source: Path) -> Any:
-        return optimised_package(loaded, role, cache)
-
-    def line(model: Any) -> str:
-        return f"{describe(model)}{' (cached)' if model.cached else ''}"
-
-    title = f"optimise for {loaded.recipe.target.name}"
-    return _per_package(
-        "model", title, "model_optimisation", observer, components, given, make, describe, line
-    )
-
-
-def _fuse(
-    loaded: LoadedRecipe,
-    cache: Path,
+def _per_package(
     observer: Observer,
     components: dict[str, Any],
     packages: dict[str, Path],
-) -> tuple[dict[str, Path], list[str]]:
-    from image.model.fuse_stage import describe, fused_package, target_runtime
-
-    runtime = target_runtime(loaded)
-
-    def make(role: str, source: Path) -> Any:
-        return fused_package(loaded, role, source, cache, runtime)
-
-    title = f"fused model file for {runtime}"
-    return _per_package(
-        "fuse", title, "model_fusing", observer, components, packages, make, describe, describe
-    )
-
-
-def _per_package(
     step: str,
     title: str,
     component: str,
-    observer: Observer,
-    components: dict[str, Any],
-    packages: dict[str, Path],
     make: Callable[[str, Path], Any],
     describe: Callable[[Any], str],
     line: Callable[[Any], str],

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from appliance.info_cli import BACKEND_MODULES
 from image.errors import BuildError
 
 
@@ -17,15 +18,9 @@ class UnknownTargetError(BuildError):
     """The name is neither a known hardware target nor a back end."""
 
 
-# Top-level import name of every inference library any target may carry.
-BACKEND_LIBRARIES: dict[str, str] = {
-    "onnxruntime": "onnxruntime",
-    "openvino": "openvino",
-    "litert": "ai_edge_litert",
-    "tflite_runtime": "tflite_runtime",
-    "tensorrt": "tensorrt",
-    "opencv": "cv2",
-}
+# Top-level import name of every inference library any target may carry: the table the frozen
+# program's ``appliance info`` reports from, so the smoke check compares like with like.
+BACKEND_LIBRARIES: dict[str, str] = BACKEND_MODULES
 
 # Build-host tools and test libraries that must never reach a device, even if something imports
 # them lazily (``image`` is the builder; appliance never imports it, this only enforces it).
