@@ -13,13 +13,27 @@ picks the delta for its active slot when it leads to the current full release's 
 full bundle (appliance/ota/channel.py). TUF adds freshness and rollback protection on top of the
 bundle signature (docs/decisions.md §5); it never replaces it.
 
-TUF role keys (Ed25519, one per role) live in ``KEYS_DIR`` (default ``REPO_DIR.keys``, never
-served), created on the first publish. They are stored unencrypted: keep that directory offline.
+TUF role keys (Ed25519, one per role, PKCS#8 PEM, unencrypted, mode 0600) are created on the
+first publish. They never live under or beside a served tree: ``--keys DIR`` holds them, by
+default ``$EDGEKILN_TUF_KEYS`` or ``~/.config/edgekiln/tuf-keys``, in a folder named for the
+repository (``<name>-<sha256 of its absolute path, 12 hex>``). Keys are refused inside
+``REPO_DIR`` always, and inside ``REPO_DIR``'s parent unless given explicitly (a web server
+pointed at the parent served ``REPO.keys/targets.pem``, the private key, with the old default).
+
+Which key is where, in production: **root** and **targets** are offline keys (an air-gapped
+signing machine or a hardware token: whoever holds targets decides what devices install, root
+rotates every other key); **snapshot** and **timestamp** are online keys (the publishing host
+re-signs them on every publish; the timestamp expires after 1 day), so
+``--online-keys DIR`` may keep those two apart from the offline pair. A stolen online key lets
+an attacker freeze or replay the channel's view, never choose a bundle: that needs targets,
+and the device still checks every bundle's own Ed25519 signature (docs/decisions.md §5).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,7 +41,9 @@ from typing import Any
 
 from image.errors import BuildError
 
+log = logging.getLogger(__name__)
 ROLES = ("root", "targets", "snapshot", "timestamp")
+ONLINE_ROLES = ("snapshot", "timestamp")
 
 
 class PublishError(BuildError):
@@ -77,15 +93,45 @@ def _target_paths(manifest: Any) -> tuple[str, dict[str, Any]]:
     return "full.bundle", custom
 
 
+def default_keys_dir(repo: Path) -> Path:
+    """Where ``kiln publish`` keeps ``repo``'s TUF keys when ``--keys`` is not given."""
+    env = os.environ.get("EDGEKILN_TUF_KEYS")
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    base = Path(env) if env else Path(config) / "edgekiln" / "tuf-keys"
+    where = repo.resolve()
+    return base / f"{where.name}-{hashlib.sha256(str(where).encode()).hexdigest()[:12]}"
+
+
+def check_keys_dir(repo: Path, keys: Path, *, explicit: bool, what: str = "--keys") -> None:
+    """Refuse a keys folder a web server serving ``repo`` (or its parent) could hand out."""
+    served, place = repo.resolve(), keys.resolve()
+    if place.is_relative_to(served):
+        raise PublishError(
+            f"{what} {keys} is inside the repository {repo}, which is served as it is: the "
+            "private keys would be public; keep them outside any served folder"
+        )
+    if not explicit and place.is_relative_to(served.parent):
+        raise PublishError(
+            f"the default TUF keys folder {keys} is inside {served.parent}, the repository's "
+            "parent (served trees often start there); pass --keys DIR outside any served folder"
+        )
+    if explicit and place.is_relative_to(served.parent):
+        log.warning("TUF keys %s sit beside the served repository %s: never serve %s", keys,
+                    repo, served.parent)  # fmt: skip
+
+
 class Repo:
     """The four top-level roles of one repository directory."""
 
-    def __init__(self, repo: Path, keys: Path, days: int) -> None:
+    def __init__(self, repo: Path, keys: Path, days: int, online_keys: Path | None = None) -> None:
         self.repo = repo
         self.meta = repo / "metadata"
         self.keys = keys
         self.days = days
-        self.signers = {role: _signer(keys, role) for role in ROLES}
+        self.signers = {
+            role: _signer(online_keys if online_keys and role in ONLINE_ROLES else keys, role)
+            for role in ROLES
+        }
 
     def _write(self, md: Any, name: str) -> None:
         from tuf.api.serialization.json import JSONSerializer
@@ -157,8 +203,29 @@ class Repo:
         self._write(timestamp, "timestamp.json")
 
 
-def publish(bundle: Path, repo: Path, keys: Path | None = None, days: int = 30) -> list[str]:
-    """Add ``bundle`` to the TUF repository at ``repo`` (created on first use); target paths."""
+def publish(
+    bundle: Path,
+    repo: Path,
+    keys: Path | None = None,
+    days: int = 30,
+    online_keys: Path | None = None,
+) -> list[str]:
+    """Add ``bundle`` to the TUF repository at ``repo`` (created on first use); target paths.
+
+    ``keys``: the role keys (default :func:`default_keys_dir`); ``online_keys``: snapshot and
+    timestamp keys kept apart from root and targets (default: in ``keys``).
+    """
+    old = repo.with_name(repo.name + ".keys")
+    if keys is None and old.exists():
+        raise PublishError(
+            f"{old} holds TUF keys beside the repository (the old default: served from "
+            f"{repo.resolve().parent} it hands out the private keys); move it outside any "
+            "served folder and pass --keys DIR"
+        )
+    keys_dir = keys if keys is not None else default_keys_dir(repo)
+    check_keys_dir(repo, keys_dir, explicit=keys is not None)
+    if online_keys is not None:
+        check_keys_dir(repo, online_keys, explicit=True, what="--online-keys")
     from appliance.bundle import peek_manifest
     from appliance.bundle.errors import BundleError
 
@@ -168,7 +235,7 @@ def publish(bundle: Path, repo: Path, keys: Path | None = None, days: int = 30) 
     except (OSError, BundleError) as exc:
         raise PublishError(f"cannot read bundle {bundle}: {exc}") from None
     name, custom = _target_paths(manifest)
-    r = Repo(repo, keys or repo.with_name(repo.name + ".keys"), days)
+    r = Repo(repo, keys_dir, days, online_keys)
     if not (repo / "metadata" / "timestamp.json").exists():
         r.init()
     paths = [f"{manifest.product}/{target}/{name}" for target in manifest.targets]
