@@ -10,7 +10,7 @@ v1; its ``provenance.optimisation`` points there).
 
 Variants: onnxruntime and OpenVINO get ORT ``quantize_static`` QDQ per-channel INT8 with int8
 (S8S8) and uint8 (U8S8) activations; OpenVINO adds FP16 IR and NNCF INT8 IR (accuracy control
-when plain NNCF fails); LiteRT passes through (model_passthrough.py); TensorRT ships QDQ + FP32 +
+when plain NNCF fails); LiteRT passes through (passthrough.py); TensorRT ships QDQ + FP32 +
 a calibration cache, gated on onnxruntime as a proxy (model_tensorrt.py).
 
 If no INT8 candidate passes, the step fails (``GateError``, both figures in the message) unless
