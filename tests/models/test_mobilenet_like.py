@@ -19,10 +19,12 @@ from onnx import helper, numpy_helper
 
 from appliance.inference.backends import BackendOptions, get_backend
 from appliance.inference.chain import Candidate, Event, FallbackChain
+from appliance.inference.package import load_package
 from appliance.inference.selftest import run_selftest
 from image.model_eval import evaluate
 from image.model_fuse import fuse_package
 from image.model_optimise import optimise
+from image.model_quantise import QuantisationError
 
 DROP = 0.10
 
@@ -70,6 +72,25 @@ def test_optimise_intel_openvino_selects_a_file_on_any_cpu(
     assert json.loads((out / "optimisation.json").read_text())["selected"] == best.name
     report = run_selftest(out, "openvino")
     assert report.passed, report.reasons
+    # The output pins its splits by digest (the self-test reads only the split model.json names).
+    ref = load_package(out).manifest.reference
+    assert ref is not None and ref.sha256 == _sha(out / "reference.npz")
+    cal = load_package(out).manifest.calibration
+    assert cal is not None and cal.sha256 == _sha(out / "calibration.npz")
+
+
+def test_a_replaced_calibration_split_is_refused(mobilenet_pkg: Path, tmp_path: Path) -> None:
+    pkg = Path(shutil.copytree(mobilenet_pkg, tmp_path / "p"))
+    m = json.loads((pkg / "model.json").read_text())
+    m["calibration"]["sha256"] = _sha(pkg / "calibration.npz")
+    (pkg / "model.json").write_text(json.dumps(m))
+    np.savez_compressed(pkg / "calibration.npz", images=np.zeros((4, 64, 64, 3), np.uint8))
+    with pytest.raises(QuantisationError, match=r"calibration\.sha256 says"):
+        optimise(pkg, "onnxruntime", tmp_path / "out", timing_rounds=1)
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
 def test_variant_openvino_refuses_is_a_failed_row_and_the_run_goes_on(
@@ -79,8 +100,6 @@ def test_variant_openvino_refuses_is_a_failed_row_and_the_run_goes_on(
         mobilenet_pkg, tmp_path / "pkg", "model_inverse.onnx", _inverse_head(mobilenet_pkg)
     )
     # A valid model: onnxruntime runs it and agrees with the labels.
-    from appliance.inference.package import load_package
-
     ort_ev = evaluate(load_package(pkg), "onnxruntime", file="model_inverse.onnx")
     assert ort_ev.top1 == 1.0
     res = optimise(pkg, "openvino", tmp_path / "out", max_accuracy_drop=DROP, timing_rounds=1)
@@ -110,8 +129,6 @@ def test_generic_target_ships_a_file_every_back_end_of_its_chain_loads(
     res = optimise(
         mobilenet_pkg, "generic-x86-64", out, select="int8", max_accuracy_drop=DROP, timing_rounds=1
     )
-    from appliance.inference.package import load_package
-
     pkg = load_package(out)
     selected = res.variant(res.selected).file
     assert pkg.manifest.files[0].path == selected
