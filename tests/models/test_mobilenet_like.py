@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +157,16 @@ def test_generic_target_ships_a_file_every_back_end_of_its_chain_loads(
     # onnxruntime, the target's own back end, runs the INT8 file.
     report = run_selftest(out, "onnxruntime")
     assert report.passed and report.file == selected, report.reasons
+
+
+def test_selftest_says_what_split_size_makes_the_gate_meaningful(mobilenet_pkg: Path) -> None:
+    appliance = str(Path(sys.executable).with_name("appliance"))
+    out = subprocess.run(
+        [appliance, "selftest", "--model", str(mobilenet_pkg), "--backend", "onnxruntime"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    assert "note: the reference split has 96 images: 0.5 pp is 0.48 of an image" in out
+    assert "at least 200 images" in out and "PASS" in out
