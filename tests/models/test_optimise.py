@@ -173,3 +173,39 @@ def test_cache_by_content_hash(colour_pkg: Path, tmp_path: Path) -> None:
         colour_pkg, "onnxruntime", tmp_path / "c", cache_dir=cache, max_accuracy_drop=0.02
     )
     assert not third.cached
+
+
+@pytest.mark.parametrize("isa", ["AVX2", "AVX512_CORE", "AVX512_CORE_VNNI"])
+def test_openvino_optimise_holds_on_each_instruction_set(
+    colour_pkg: Path, tmp_path: Path, isa: str
+) -> None:
+    """The CLI run for intel-openvino with oneDNN capped at ``isa`` (other kernels are chosen:
+    jit_avx2_*, jit_avx512_*, brgconv_avx512_*): it never ends on a variant OpenVINO cannot
+    compile or run there. Here, capped at AVX2 on an AVX-512 BF16 CPU, OpenVINO keeps the bf16
+    default hint and its fp32-default-hint model returns an empty output: a failed row."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": isa}
+    args = ["--target", "intel-openvino", "-o", str(out), "--no-cache"]
+    r = subprocess.run(
+        [sys.executable, "-m", "image.cli", "model", "optimise", str(colour_pkg), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    table = json.loads((out / TABLE_FILE).read_text())
+    rows = {v["name"]: v for v in table["variants"]}
+    for v in rows.values():
+        assert not (v["error"] and v["passed"]), v
+        if v["error"]:
+            assert "on openvino" in v["error"] and f"{v['name']} " in r.stdout
+            assert "FAILED: " in r.stdout
+    assert rows[table["selected"]]["passed"] and not rows[table["selected"]]["error"]
+    report = run_selftest(out, "openvino")
+    assert report.passed, report.reasons
