@@ -10,7 +10,7 @@ key hashes the model trees it uses, a different selection rebuilds the slot.
 
 Timing decides ``select = "fastest"`` (and the table holds measured latencies), so two uncached
 runs may ship different bytes; a cache entry is therefore an *input* of later builds, like the
-base root (ARCHITECTURE Decision 11). ``select = "smallest"`` depends on file sizes only.
+base root (docs/decisions.md §11). ``select = "smallest"`` depends on file sizes only.
 """
 
 from __future__ import annotations

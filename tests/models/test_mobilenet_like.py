@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
@@ -170,3 +171,34 @@ def test_selftest_says_what_split_size_makes_the_gate_meaningful(mobilenet_pkg: 
     ).stdout
     assert "note: the reference split has 96 images: 0.5 pp is 0.48 of an image" in out
     assert "at least 200 images" in out and "PASS" in out
+
+
+def test_the_docs_worked_example_makes_a_package_the_device_accepts(
+    mobilenet_pkg: Path, tmp_path: Path
+) -> None:
+    """Follow MODEL_PACKAGE.md only: its make_package.py script, a float-normalised data set."""
+    from tests.models.mobilenet_like import blob_images, normalise
+
+    doc = (Path(__file__).parents[2] / "appliance/inference/MODEL_PACKAGE.md").read_text()
+    script = doc.split("<!-- make_package.py -->\n```python\n", 1)[1].split("\n```\n", 1)[0]
+    (tmp_path / "make_package.py").write_text(script)
+    x = normalise(blob_images(300, 5))  # what a torchvision data loader yields
+    sess = ort.InferenceSession(str(mobilenet_pkg / "model.onnx"))
+    y = np.array([sess.run(None, {"input": x[i : i + 1]})[0].argmax() for i in range(len(x))])
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    labels = load_package(mobilenet_pkg).manifest.labels
+    (tmp_path / "labels.txt").write_text("\n".join(labels) + "\n")
+    out = tmp_path / "pkg"
+    args = [str(out), str(mobilenet_pkg / "model.onnx"), str(tmp_path / "data.npz")]
+    args += [str(tmp_path / "labels.txt"), "200", "64"]
+    subprocess.run(
+        [sys.executable, str(tmp_path / "make_package.py"), *args],
+        check=True,
+        timeout=300,
+    )
+    pkg = load_package(out)
+    ref = pkg.manifest.reference
+    # Un-normalise, round, clip: the uint8 images give back the model's own labels.
+    assert ref is not None and ref.count == 200 and ref.top1 >= 0.99
+    report = run_selftest(out, "onnxruntime")
+    assert report.passed and not report.notes, (report.reasons, report.notes)
