@@ -24,10 +24,10 @@ from appliance.inference.backends import BackendOptions, get_backend
 from appliance.inference.chain import Candidate, Event, FallbackChain
 from appliance.inference.package import load_package
 from appliance.inference.selftest import run_selftest
-from image.model_eval import evaluate
-from image.model_fuse import fuse_package
-from image.model_optimise import optimise
-from image.model_quantise import QuantisationError
+from image.model.eval import evaluate
+from image.model.fuse import fuse_package
+from image.model.optimise import optimise
+from image.model.quantise import QuantisationError
 
 DROP = 0.10
 
