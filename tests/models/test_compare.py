@@ -151,6 +151,7 @@ def _perturbed(src: Path, dst: Path, classes: int) -> Path:
     return pkg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("classes", [100, 1000])
 def test_compare_stays_readable_at_many_classes(classes: int, tmp_path: Path) -> None:
     import matplotlib.image as mpimg

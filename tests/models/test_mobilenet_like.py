@@ -59,6 +59,7 @@ def _inverse_head(src: Path) -> onnx.ModelProto:
     return model
 
 
+@pytest.mark.slow
 def test_optimise_intel_openvino_selects_a_file_on_any_cpu(
     mobilenet_pkg: Path, tmp_path: Path
 ) -> None:
@@ -96,6 +97,7 @@ def _sha(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_variant_openvino_refuses_is_a_failed_row_and_the_run_goes_on(
     mobilenet_pkg: Path, tmp_path: Path
 ) -> None:

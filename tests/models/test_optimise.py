@@ -175,6 +175,7 @@ def test_cache_by_content_hash(colour_pkg: Path, tmp_path: Path) -> None:
     assert not third.cached
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("isa", ["AVX2", "AVX512_CORE", "AVX512_CORE_VNNI"])
 def test_openvino_optimise_holds_on_each_instruction_set(
     colour_pkg: Path, tmp_path: Path, isa: str
