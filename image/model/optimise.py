@@ -50,7 +50,14 @@ from image.model.nncf import (
     nncf_int8_ir,
 )
 from image.model.quantise import QuantisationError, quantise_onnx_int8
-from image.model.variants import FALLBACK_RUNTIMES, Scratch, Variant, failed, measured
+from image.model.variants import (
+    FALLBACK_RUNTIMES,
+    Scratch,
+    Variant,
+    failed,
+    measured,
+    pin_splits,
+)
 from image.model.variants import entry as _entry
 from image.model.variants import write_manifest as _write_manifest
 
@@ -464,23 +471,12 @@ def _write_output(
             files,
             {"optimisation": {"table": TABLE_FILE, "target": res.target, "selected": best.name}},
         )
-        _pin_splits(tmp)
+        pin_splits(tmp)
         (tmp / TABLE_FILE).write_text(json.dumps(res.to_json(), indent=2) + "\n")
         load_package(tmp)  # the output must be a valid package before it replaces anything
         _replace_tree(tmp, out, move=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _pin_splits(root: Path) -> None:
-    """Record each split's sha256 in model.json: the device's self-test reads only that file."""
-    path = root / "model.json"
-    data = json.loads(path.read_text())
-    for key in ("reference", "calibration"):
-        if isinstance(data.get(key), dict) and (root / data[key]["split"]).is_file():
-            digest = hashlib.sha256((root / data[key]["split"]).read_bytes()).hexdigest()
-            data[key]["sha256"] = digest
-    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def _replace_tree(src: Path, dst: Path, *, move: bool = False) -> None:

@@ -157,3 +157,14 @@ def write_manifest(
     if extra:
         data.setdefault("provenance", {}).update(extra)
     (root / "model.json").write_text(json.dumps(data, indent=2) + "\n")
+
+
+def pin_splits(root: Path) -> None:
+    """Record each split's sha256 in model.json: the device's self-test reads only that file."""
+    path = root / "model.json"
+    data = json.loads(path.read_text())
+    for key in ("reference", "calibration"):
+        if isinstance(data.get(key), dict) and (root / data[key]["split"]).is_file():
+            digest = hashlib.sha256((root / data[key]["split"]).read_bytes()).hexdigest()
+            data[key]["sha256"] = digest
+    path.write_text(json.dumps(data, indent=2) + "\n")
