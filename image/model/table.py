@@ -33,6 +33,7 @@ class Variant:
     passed: bool = False
     device: str = ""
     note: str = ""
+    error: str = ""  # why it could not be built, loaded or run (then it never passes)
 
 
 @dataclass
