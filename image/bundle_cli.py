@@ -82,12 +82,16 @@ def _created() -> int:
     "--delta-from", type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Make a delta against this OLD slot image, disk image or full bundle (signed by --key).",
 )  # fmt: skip
+@click.option(
+    "--allow-downgrade", is_flag=True,
+    help="Sign consent to install over a newer version of the same security_version.",
+)  # fmt: skip
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 def bundle(
     slot_image: Path, recipe: Path | None, product: str | None, targets: tuple[str, ...],
     version: str | None, security_version: int | None, key_path: Path | None,
     keyring_update: Path | None, expires_in: int | None, compression: str, zstd_level: int,
-    chunk_size: int, delta_from: Path | None, output: Path,
+    chunk_size: int, delta_from: Path | None, allow_downgrade: bool, output: Path,
 ) -> None:  # fmt: skip
     """Make a signed full (or, with --delta-from, delta) update bundle from SLOT-IMAGE."""
     target_list = list(targets)
@@ -146,12 +150,12 @@ def bundle(
                 out, key=key, product=product, targets=target_list, version=version,
                 security_version=security_version, created=created, expires=expires,
                 payloads=payloads, chunk_size=chunk_size, zstd_level=zstd_level,
-                spool_dir=output.parent,
+                spool_dir=output.parent, allow_downgrade=allow_downgrade,
                 progress=lambda n: bar.advance(task, n),
             )  # fmt: skip
     except BundleError as exc:
         raise BundleBuildError(str(exc)) from None
-    p = manifest.payloads[0]
+    p = next(p for p in manifest.payloads if p.kind != "keyring")
     click.echo(
         f"bundle {output}: {product} {version} for {', '.join(target_list)}, "
         f"security_version {security_version}, key {manifest.key_id}; "

@@ -232,7 +232,7 @@ def test_rotation_bundle_from_the_cli(release: dict[str, Path]) -> None:
     )
     assert out.returncode == 0, out.stderr
     info = json.loads(run("appliance", "bundle", "info", "--json", str(d / "rotate.bundle")).stdout)
-    assert [p["kind"] for p in info["payloads"]] == ["full", "keyring"]
+    assert [p["kind"] for p in info["payloads"]] == ["keyring", "full"]  # rotation first
     out = run(
         "appliance", "bundle", "verify", str(d / "rotate.bundle"), "--keyring", str(release["ring"])
     )
