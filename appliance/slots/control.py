@@ -61,7 +61,7 @@ def reconcile(
         _forget_install(loader, current.trying, data_dir)
     now = loader.read()
     if data_dir is not None and now.committed == booted:
-        from appliance.state import load_state, record_committed
+        from appliance.state import load_state, note_slot, record_committed, slot_records
 
         state = load_state(data_dir)
         if state.committed is None or state.committed.slot != booted:
@@ -73,6 +73,8 @@ def reconcile(
                 record.version,
                 record.security_version,
             )
+        elif booted not in slot_records(data_dir):  # recorded by a runtime before slot records
+            note_slot(data_dir, state.committed)
     return now
 
 
