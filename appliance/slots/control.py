@@ -137,7 +137,9 @@ class RollbackPlan:
     detail: str
 
 
-def plan_rollback(loader: Loader, booted: Slot, data_dir: Path | None) -> RollbackPlan:
+def plan_rollback(
+    loader: Loader, booted: Slot, data_dir: Path | None, config: DeviceConfig | None = None
+) -> RollbackPlan:
     """Where "roll back" goes: back to the last committed slot, or the previous release once.
 
     Raises (nothing changed) when there is nothing to roll back to, or when the previous
@@ -164,7 +166,7 @@ def plan_rollback(loader: Loader, booted: Slot, data_dir: Path | None) -> Rollba
         )
     after = sm.rollback(state, booted)  # refuses a bad other slot
     target = after.trying or other(booted)
-    record = _check_floor(target, data_dir)
+    record = _check_floor(target, data_dir, config)
     return RollbackPlan(
         "previous",
         booted,
@@ -175,7 +177,7 @@ def plan_rollback(loader: Loader, booted: Slot, data_dir: Path | None) -> Rollba
     )
 
 
-def _check_floor(target: Slot, data_dir: Path | None) -> SlotRecord:
+def _check_floor(target: Slot, data_dir: Path | None, config: DeviceConfig | None) -> SlotRecord:
     """The record of ``target`` if it may boot: known, and not below the floor."""
     if data_dir is None:
         raise BelowFloorError(
@@ -191,7 +193,7 @@ def _check_floor(target: Slot, data_dir: Path | None) -> SlotRecord:
             "cannot be checked against the anti-rollback floor: roll back refused; install a "
             "bundle instead"
         )
-    floor = security_floor(data_dir)
+    floor = security_floor(data_dir, None if config is None else config.security_version)
     if record.security_version < floor:
         raise BelowFloorError(
             f"slot {target} holds {record.version} (security_version "
@@ -201,10 +203,12 @@ def _check_floor(target: Slot, data_dir: Path | None) -> SlotRecord:
     return record
 
 
-def rollback(loader: Loader, booted: Slot, data_dir: Path | None) -> BootState:
+def rollback(
+    loader: Loader, booted: Slot, data_dir: Path | None, config: DeviceConfig | None = None
+) -> BootState:
     """Go back to the last committed slot (cancel a pending try, leave a trial), or else try
     the previous release once if it is not below the floor."""
-    plan = plan_rollback(loader, booted, data_dir)
+    plan = plan_rollback(loader, booted, data_dir, config)
     if plan.kind == "leave":
         fail_booted(loader, booted, data_dir)
     elif plan.kind == "cancel":

@@ -5,6 +5,8 @@ hardening items; issue #18 item 7).
 The device: two slot image files, a GRUB environment (both copies) on a fake ESP, a data
 directory, and the running slot's device.json. Every refusal is checked for its exit code and
 message, and for leaving the slots, both grubenv copies and the files on data byte-identical.
+Module-level imports are only names that c1892db has, so that each test runs against that
+commit and fails by its assertions (helpers added since are imported where they are used).
 """
 
 from __future__ import annotations
@@ -23,15 +25,7 @@ from appliance.bundle import Keyring, PayloadSource, TrustedKey, write_bundle
 from appliance.device import DeviceConfig
 from appliance.slots import control
 from appliance.slots.state import BootState
-from appliance.state import (
-    SlotRecord,
-    UpdateState,
-    load_state,
-    record_committed,
-    save_state,
-    slot_records,
-    state_path,
-)
+from appliance.state import SlotRecord, UpdateState, load_state, save_state, state_path
 from tools.powercut import CHUNK, PRODUCT, TARGET, Device
 
 APPLIANCE = str(Path(sys.executable).parent / "appliance")
@@ -39,10 +33,12 @@ CREATED = 1_750_000_000
 
 
 @pytest.fixture
-def device(tmp_path: Path) -> Device:
+def device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Device:
     dev = Device(tmp_path / "device")
     dev.reset()
     (dev.root / "keyring.json").write_bytes(dev.keyring.to_bytes())
+    # The running slot's device.json, for the commands and for the agent's calls alike.
+    monkeypatch.setenv("EDGEKILN_DEVICE_CONFIG", str(dev.root / "device.json"))
     return dev
 
 
@@ -152,8 +148,12 @@ def refused(
 
 
 def first_boot(device: Device, booted: str, cfg: DeviceConfig) -> None:
-    """What the agent does at every boot before its health gate (the factory commit, too)."""
-    control.reconcile(device.loader(), booted, data(device), cfg)  # type: ignore[arg-type]
+    """What the agent does at every boot before its health gate (the factory commit, too).
+
+    ``cfg`` is the running slot's device.json, already written where the agent reads it.
+    """
+    assert json.loads((device.root / "device.json").read_text())["version"] == cfg.version
+    control.reconcile(device.loader(), booted, data(device))  # type: ignore[arg-type]
 
 
 # -- #17 vulnerability 1: anti-rollback from the factory ---------------------------------------
@@ -171,6 +171,8 @@ def test_factory_fresh_device_refuses_an_older_signed_bundle(device: Device) -> 
     first_boot(device, "A", cfg)
     state = load_state(data(device))
     assert state.committed == SlotRecord("A", "2.0.0", 2) and state.security_floor == 2
+    from appliance.state import slot_records
+
     assert slot_records(data(device))["A"] == SlotRecord("A", "2.0.0", 2)
 
     # Deleting the state file later does not re-open the downgrade ...

@@ -92,7 +92,9 @@ class SlotsScreen(TaskScreen):
         try:
             booted = self.device.booted()
             # Refusals (nothing to go back to, below the floor) show before any question.
-            plan = control.plan_rollback(self.device.loader(), booted, self.device.data_dir)
+            plan = control.plan_rollback(
+                self.device.loader(), booted, self.device.data_dir, self.device.config
+            )
         except ApplianceError as exc:
             self.say(f"roll back refused: {exc}")
             return
@@ -112,7 +114,7 @@ class SlotsScreen(TaskScreen):
 
         try:
             state = control.rollback(
-                self.device.loader(), self.device.booted(), self.device.data_dir
+                self.device.loader(), self.device.booted(), self.device.data_dir, self.device.config
             )
         except ApplianceError as exc:
             self.say(f"roll back failed: {exc}")
@@ -173,7 +175,8 @@ class SlotsScreen(TaskScreen):
         from appliance.slots import control
 
         try:
-            control.commit_booted(self.device.loader(), self.device.booted(), self.device.data_dir)
+            device = self.device
+            control.commit_booted(device.loader(), device.booted(), device.data_dir, device.config)
         except ApplianceError as exc:
             self.say(f"mark good failed: {exc}")
             return
