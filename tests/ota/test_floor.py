@@ -269,9 +269,11 @@ def test_health_gate_of_a_slot_below_the_floor_fails_it(
 
 def test_after_a_rollback_commit_the_state_names_the_slot_the_loader_boots(device: Device) -> None:
     updated_to_b(device)
-    from appliance.state import note_slot
+    import appliance.state
 
-    note_slot(data(device), SlotRecord("A", "1.9.0", 2))  # A: an older build, same level
+    note_slot = getattr(appliance.state, "note_slot", None)  # (c1892db kept no slot records)
+    if note_slot is not None:
+        note_slot(data(device), SlotRecord("A", "1.9.0", 2))  # A: an older build, same level
     proc = slots(device, "rollback", "--booted=B")
     assert proc.returncode == 0, proc.stderr
     assert "next boot: slot A (tried once)" in proc.stdout
