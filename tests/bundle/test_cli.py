@@ -282,3 +282,22 @@ def test_passphrase_prompt_without_the_environment_variable(tmp_path: Path) -> N
         env={"EDGEKILN_KEY_PASSPHRASE": "prompted passphrase"},
     )
     assert ok.returncode == 0 and "# key id" in ok.stdout
+
+
+def test_allow_downgrade_from_the_cli_is_signed(release: dict[str, Path]) -> None:
+    d = release["dir"]
+    common = ["--slot-image", str(release["image"]), "--product", "acme-cam"]
+    common += ["--target", "generic-x86-64", "--security-version", "3"]
+    common += ["--key", str(d / "keys/rel1.key")]
+    for flag, name in (([], "plain.bundle"), (["--allow-downgrade"], "down.bundle")):
+        out = run("kiln", "bundle", *common, "--version", "1.0.0", *flag, "-o", str(d / name))
+        assert out.returncode == 0, out.stderr
+    info = json.loads(run("appliance", "bundle", "info", "--json", str(d / "down.bundle")).stdout)
+    assert info["allow_downgrade"] is True
+    info = json.loads(run("appliance", "bundle", "info", "--json", str(d / "plain.bundle")).stdout)
+    assert info["allow_downgrade"] is False
+    assert b"allow_downgrade" not in (d / "plain.bundle").read_bytes()  # omitted: canonical
+    out = run(
+        "appliance", "bundle", "verify", str(d / "down.bundle"), "--keyring", str(release["ring"])
+    )
+    assert out.returncode == 0, out.stderr

@@ -366,6 +366,25 @@ def test_valid_keyring_rotation_is_stored_after_the_slot(device: Device) -> None
     assert device.loader().read() == BootState("A", "B", 1)
 
 
+def test_keyring_rotation_after_the_slot_image_is_refused_before_it(device: Device) -> None:
+    """A bundle written before the writer put the rotation first: it cannot be validated before
+    the slot is written, so it is refused untouched (the rotation itself is valid here)."""
+    from tests.bundle.kit import Member, assemble, canonical, split_members
+
+    first_boot(device, "A", config(device, "1.0.0", 1))
+    path = bundle(device, "1.1.0", 1, keyring=Keyring(version=2, keys=device.keyring.keys))
+    members = split_members(path.read_bytes())
+    manifest = canonical.decode(members[0].data)
+    manifest["payloads"].reverse()  # image first, keyring last (as the old writer did)
+    raw = canonical.encode(manifest)
+    members = [Member("manifest.json", raw), Member("manifest.sig", device.key.sign(raw))]
+    members += reversed(split_members(path.read_bytes())[2:])
+    path.write_bytes(assemble(members))
+    before = snapshot(device)
+    refused(install(device, path), 3, "the keyring rotation comes after the slot image")
+    assert snapshot(device) == before
+
+
 # -- hardening: downgrades within a level, expiry without a clock, the file's length ----------
 
 
