@@ -36,8 +36,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from appliance.bundle import FileSink, Policy, Sink, apply_keyring_update, open_bundle
+from appliance.bundle import FileSink, Policy, Rotation, Sink, apply_keyring_update, open_bundle
 from appliance.bundle.errors import KeyringError
+from appliance.bundle.keychain import verify_rotation
 from appliance.bundle.keyring import Keyring
 from appliance.bundle.manifest import KIND_KEYRING, Manifest, is_older
 from appliance.bundle.tarstream import BLOCK, END_OF_ARCHIVE, padding
@@ -142,8 +143,10 @@ def _read_rotation(bundle: VerifiedBundle, current: Keyring, source: str) -> byt
             "`kiln bundle` (it puts the keyring first)"
         )
     data = bundle.read_keyring()  # each chunk checked against its signed digest
-    new = Keyring.from_bytes(data, f"{source} keyring payload")
-    current.check_successor(new)
+    # The very check apply_keyring_update makes after the read-back (signed by a key of the
+    # current keyring, newer, no key un-revoked, one usable key left), made before the write.
+    rotation = Rotation(data, bundle.manifest_bytes, bundle.signature)
+    verify_rotation(current, rotation, f"{source} keyring payload")
     return data
 
 
@@ -279,7 +282,8 @@ def install(
             SlotRecord(target, manifest.version, manifest.security_version, manifest.key_id),
         )
         if keyring_bytes is not None:
-            apply_keyring_update(policy.keyring, keyring_bytes, data_dir)
+            rotation = Rotation(keyring_bytes, bundle.manifest_bytes, bundle.signature)
+            apply_keyring_update(policy.keyring, keyring_bytes, data_dir, rotation)
     trace("recorded")
     loader.begin_try(target)
     trace("tried")
