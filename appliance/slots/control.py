@@ -61,9 +61,19 @@ def reconcile(
         _forget_install(loader, current.trying, data_dir)
     now = loader.read()
     if data_dir is not None and now.committed == booted:
-        from appliance.state import load_state, note_slot, record_committed, slot_records
+        from appliance.state import (
+            StateError,
+            load_state,
+            note_slot,
+            record_committed,
+            slot_records,
+        )
 
-        state = load_state(data_dir)
+        try:
+            state = load_state(data_dir)
+        except StateError as exc:  # the agent must still run; installs refuse until it is fixed
+            log.error("cannot record the committed slot: %s", exc)
+            return now
         if state.committed is None or state.committed.slot != booted:
             record = _booted_record(booted, state, config)
             record_committed(data_dir, record)

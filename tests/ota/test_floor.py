@@ -452,3 +452,11 @@ def test_truncated_or_padded_file_is_refused_before_the_slot_is_touched(
         f"file is {word}",
     )
     assert snapshot(device) == before  # the inactive slot keeps its old release
+
+
+def test_a_damaged_state_file_does_not_stop_the_agent_at_boot(device: Device) -> None:
+    config(device, "1.0.0", 1)
+    state_path(data(device)).write_bytes(b"not json")
+    first_boot(device, "A", config(device, "1.0.0", 1))  # logs the error, raises nothing
+    assert state_path(data(device)).read_bytes() == b"not json"  # never silently reset
+    assert device.loader().read() == BootState()
