@@ -38,6 +38,31 @@ def _delta_base(old: Path, key: Ed25519PrivateKey, stack: contextlib.ExitStack) 
         raise BundleBuildError(f"--delta-from {old}: {exc}") from None
 
 
+def _check_baked_level(slot_image: Path, security_version: int) -> None:
+    """Refuse a bundle whose signed level differs from the one baked into its slot image.
+
+    The device's anti-rollback floor never goes below the running slot's own level (its
+    /etc/edgekiln/device.json, docs/decisions.md §19): a bundle signed above it would leave a
+    floor that deleting the state file lowers again. Slot images without that file (not ext4,
+    or not built by kiln) are not checked.
+    """
+    import json
+
+    from image.inspect import _debugfs_cat
+
+    raw = _debugfs_cat(slot_image, 0, "/etc/edgekiln/device.json")
+    try:
+        baked = json.loads(raw)["security_version"] if raw else None
+    except (ValueError, KeyError, TypeError):
+        baked = None
+    if isinstance(baked, int) and baked != security_version:
+        raise BundleBuildError(
+            f"{slot_image} bakes security_version {baked} (its /etc/edgekiln/device.json) but the "
+            f"bundle would sign {security_version}: the device takes its floor from the slot; "
+            f"pass --security-version {baked} or rebuild the image at {security_version}"
+        )
+
+
 def _created() -> int:
     """Creation time: SOURCE_DATE_EPOCH for reproducible bundles, else now."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
@@ -122,6 +147,7 @@ def bundle(
             f"kiln bundle needs {', '.join(missing)} (or a --recipe that sets them)"
         )
     assert product and version and security_version is not None and key_path  # for mypy
+    _check_baked_level(slot_image, security_version)
     key = load_private_key(key_path, get_passphrase(confirm=False))
     stack = contextlib.ExitStack()
     if delta_from is not None:

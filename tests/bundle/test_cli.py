@@ -301,3 +301,31 @@ def test_allow_downgrade_from_the_cli_is_signed(release: dict[str, Path]) -> Non
         "appliance", "bundle", "verify", str(d / "down.bundle"), "--keyring", str(release["ring"])
     )
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.integration
+def test_bundle_level_must_match_the_level_baked_into_the_slot(
+    release: dict[str, Path], tmp_path: Path
+) -> None:
+    """The device's floor reads the running slot's device.json: a bundle must sign that level."""
+    tree = tmp_path / "tree" / "etc" / "edgekiln"
+    tree.mkdir(parents=True)
+    (tree / "device.json").write_text(json.dumps({"version": "1.4.0", "security_version": 2}))
+    slot = tmp_path / "slot.ext4"
+    made = subprocess.run(
+        ["mke2fs", "-q", "-F", "-t", "ext4", "-O", "^has_journal", "-d", str(tmp_path / "tree"),
+         str(slot), "4M"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    common = ["--slot-image", str(slot), "--product", "acme-cam", "--target", "generic-x86-64"]
+    common += ["--version", "1.4.0", "--key", str(release["dir"] / "keys/rel1.key")]
+    out = run("kiln", "bundle", *common, "--security-version", "3", "-o", str(tmp_path / "x"))
+    assert out.returncode != 0
+    assert (
+        "bakes security_version 2 (its /etc/edgekiln/device.json) but the bundle would sign 3"
+        in (out.stderr)
+    )
+    assert not (tmp_path / "x").exists()
+    out = run("kiln", "bundle", *common, "--security-version", "2", "-o", str(tmp_path / "y"))
+    assert out.returncode == 0, out.stderr
