@@ -48,11 +48,11 @@ class Policy:
     """What this device accepts; the installer builds it from the keyring and the state file.
 
     ``product``/``target`` None skip that check (diagnostics only: the installer always sets
-    them). ``trusted_now`` is a Unix time only when the clock is trusted (Decision 6), else None
-    and expiry is not enforced. ``min_security_version`` is the device's anti-rollback floor
-    (docs/decisions.md §19). ``running_version`` is the release the device runs: an older
-    ``version`` at the floor's ``security_version`` is refused unless the signed manifest says
-    ``allow_downgrade`` (None: not checked).
+    them). ``trusted_now`` is a Unix time only when the clock is trusted (docs/decisions.md
+    §6), else None and expiry is not enforced. ``min_security_version`` is the device's
+    anti-rollback floor (docs/decisions.md §19). ``running_version`` is the release the device
+    runs: an older ``version`` at the floor's ``security_version`` is refused unless the signed
+    manifest says ``allow_downgrade`` (None: not checked).
     """
 
     keyring: Keyring
