@@ -158,7 +158,7 @@ def test_image_checked_by_independent_tools(first: dict[str, object], tmp_path: 
     assert "ExecStart=/opt/edgekiln/appliance/appliance agent" in unit
     wd = run("debugfs", "-R", "cat /etc/systemd/system.conf.d/50-edgekiln-watchdog.conf", str(slot))
     assert "RuntimeWatchdogSec=30" in wd
-    assert "PARTLABEL=data" in run("debugfs", "-R", "cat /etc/fstab", str(slot))
+    assert "/dev/disk/edgekiln/data" in run("debugfs", "-R", "cat /etc/fstab", str(slot))
     assert "vmlinuz-6.1.0-test-amd64" in run("debugfs", "-R", "stat /boot/vmlinuz", str(slot))
     runtime = run("debugfs", "-R", "stat /opt/edgekiln/appliance/appliance", str(slot))
     assert "Type: regular" in runtime
