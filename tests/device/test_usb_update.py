@@ -229,8 +229,12 @@ def test_the_tuis_mount_takes_the_same_three_file_systems_only(
     (top / "x.bundle").write_bytes(b"x")
     sqfs = tmp_path / "stick.sqfs"
     subprocess.run(["mksquashfs", str(top), str(sqfs), "-quiet", "-noappend"], check=True)
-    with pytest.raises(UsbError, match="a stick must carry vfat, exfat or ext4"):
-        mount_readonly(UsbPartition(str(sqfs), "sqfs", "squashfs", "1M", None), tmp_path / "m")
+    try:
+        with pytest.raises(UsbError, match="a stick must carry vfat, exfat or ext4"):
+            mount_readonly(UsbPartition(str(sqfs), "sqfs", "squashfs", "1M", None), tmp_path / "m")
+    finally:  # mounted after all (code without the type list): leave no mount behind
+        if os.path.ismount(tmp_path / "m" / "sqfs"):
+            subprocess.run(["umount", str(tmp_path / "m" / "sqfs")], check=True)
     ext4 = ext4_stick(tmp_path, {"x.bundle": top / "x.bundle"})
     where = mount_readonly(UsbPartition(str(ext4), "stick", "ext4", "16M", None), tmp_path / "m")
     try:
