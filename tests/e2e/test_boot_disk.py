@@ -4,8 +4,10 @@ An independent device (its own v1 disk, not the lifecycle's chained one) is powe
 second, writable drive: GPT partitions named ``rootfs_b`` (a byte pattern) and ``data`` (ext4
 with a marker file), plus a FAT partition labelled ``EK-UPDATE`` holding v1's own bundle, so the
 image's USB rule installs it at boot. The device must boot, mount its own data (the agent's
-results land there), install into its own slot B, and leave every byte of the second drive as
-it was. ``/dev/disk/by-partlabel/`` would point at whichever disk udev saw last.
+results land there), install into its own slot B, then boot that slot B on trial (GRUB names it
+to the kernel by its partition UUID on the ESP's disk, not by name) and commit it, and leave
+every byte of the second drive as it was through both boots. ``/dev/disk/by-partlabel/`` and
+``root=PARTLABEL=`` would take whichever disk's partition of that name came first or last.
 """
 
 from __future__ import annotations
@@ -140,3 +142,26 @@ def test_a_second_disk_named_like_the_devices_partitions_is_left_alone(vm: Vm, v
     esp.unlink()
     assert env.get("ek_try") == "B" and env.get("ek_committed") == "A", env
     assert sha256_file(foreign) == before, "the second disk was written"
+
+    # Power on again with the second disk still in: the tried slot B is the device's own.
+    uuid = partuuid(vm.config.disk, "rootfs_b")
+    vm.start()
+    vm.wait_for(rf"root=PARTUUID={uuid} .*edgekiln\.trial=1 edgekiln\.slot=B", BOOT_S)
+    vm.wait_for(r"health gate: slot B committed", BOOT_S)
+    assert "already installed from USB: skipped" in vm.wait_for(
+        r"edgekiln-usb-update: .*already installed from USB: skipped", BOOT_S
+    ).group(0)
+    vm.power_cut()
+    esp = read_partition(vm.disk, layout["boot"], work / "esp.part")
+    env = esp_grubenv(esp)
+    esp.unlink()
+    assert env.get("ek_committed") == "B" and not env.get("ek_try"), env
+    assert sha256_file(foreign) == before, "the second disk was written"
+
+
+def partuuid(disk: Path, name: str) -> str:
+    """A GPT partition's UUID as the kernel writes it (lower case)."""
+    import json
+
+    doc = json.loads(run(["sfdisk", "-J", str(disk)]).stdout)
+    return next(p["uuid"].lower() for p in doc["partitiontable"]["partitions"] if p["name"] == name)

@@ -145,7 +145,7 @@ def test_image_checked_by_independent_tools(first: dict[str, object], tmp_path: 
     env_list = run("grub-editenv", str(grubenv), "list")
     assert "ek_committed=A" in env_list
     cfg = run("mtype", "-i", str(esp), "::/grub/grub.cfg", env=MTOOLS_ENV)
-    assert "root=PARTLABEL=$ek_label" in cfg and "console=ttyS0,115200" in cfg
+    assert "root=$ek_root" in cfg and "--part-uuid" in cfg and "console=ttyS0,115200" in cfg
     efi = run("mdir", "-i", str(esp), "::/EFI/BOOT", env=MTOOLS_ENV)
     assert "BOOTX64  EFI" in efi
     slot = extract(image, "rootfs_a", tmp_path / "slot.ext4")
