@@ -21,7 +21,7 @@ from appliance.device import Device, DeviceConfig
 from appliance.ota.installer import DEFAULT_TARGETS
 
 REPO = Path(__file__).resolve().parents[2]
-OVERLAY = REPO / "image" / "overlay"
+OVERLAY = REPO / "image" / "build" / "overlay"
 HELPER = OVERLAY / "usr/lib/edgekiln/on-boot-disk"
 RULE = OVERLAY / "usr/lib/udev/rules.d/61-edgekiln-boot-disk.rules"
 
