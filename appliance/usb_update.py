@@ -202,7 +202,9 @@ def usb_update(
             booted=booted, keyring_path=keyring_path,
         )  # fmt: skip
     if done and reboot:
-        say("rebooting to try it")
-        proc = subprocess.run(["systemctl", "reboot"], capture_output=True, text=True, check=False)
+        say("rebooting to try it")  # --no-block: this unit ends cleanly before the shutdown
+        proc = subprocess.run(
+            ["systemctl", "reboot", "--no-block"], capture_output=True, text=True, check=False
+        )
         if proc.returncode != 0:
             raise UsbUpdateError(f"systemctl reboot failed: {proc.stderr.strip()}; reboot by hand")
