@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from image.vm import Vm, VmConfig
+from image.vm.qemu import Vm, VmConfig
 from tests.e2e.conftest import _cache_root, _one_build
 from tests.e2e.device import (
     RESULTS,
