@@ -202,7 +202,7 @@ def usb_update(
             booted=booted, keyring_path=keyring_path,
         )  # fmt: skip
     if done and reboot:
-        say("rebooting to try it")  # --no-block: this unit ends cleanly before the shutdown
+        say("rebooting to try it")  # --no-block: queue the reboot, do not wait for it
         proc = subprocess.run(
             ["systemctl", "reboot", "--no-block"], capture_output=True, text=True, check=False
         )
