@@ -18,9 +18,9 @@ COMMANDS: dict[str, str] = {
     "inspect": "image.inspect_cli:inspect",
     "flash": "image.flash_cli:flash",
     "freeze": "image.freeze.cli:freeze",
-    "keys": "image.release.keys_cli:keys",
+    "keys": "image.release.cli:keys",
     "bundle": "image.release.cli:bundle",
-    "publish": "image.release.publish_cli:publish",
+    "publish": "image.release.cli:publish",
     "model": "image.model.cli:model",
 }
 
