@@ -9,17 +9,17 @@ f32); the whole table goes to ``optimisation.json`` in the output package (model
 v1; its ``provenance.optimisation`` points there).
 
 Variants: onnxruntime and OpenVINO get ORT ``quantize_static`` QDQ per-channel INT8 with int8
-(S8S8) and uint8 (U8S8) activations; OpenVINO adds FP16 IR and NNCF INT8 IR (accuracy control
-when plain NNCF fails); LiteRT passes through (passthrough.py); TensorRT ships QDQ + FP32 +
-a calibration cache, gated on onnxruntime as a proxy (tensorrt.py). A variant that cannot be
-built, loaded or run on this CPU is a row with its ``error`` (variants.py), never the end of the
-run; a selected file that a fallback back end of the target cannot load ships with the FP32
-parent beside it.
+(S8S8) and uint8 (U8S8) activations; OpenVINO adds a 7-bit QDQ file, FP16 IR and NNCF INT8
+IR, plain and 7-bit (accuracy control when they fail); LiteRT passes through (passthrough.py);
+TensorRT ships QDQ + FP32 + a calibration cache, gated on onnxruntime as a proxy (tensorrt.py).
+A variant that cannot be built, loaded or run on this CPU is a row with its ``error``
+(variants.py), never the end of the run; a selected file that a fallback back end of the target
+cannot load ships with the FP32 parent beside it.
 
-The gate measures the build host's CPU. OpenVINO picks its INT8 kernels per instruction set:
-with oneDNN capped at AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2``, the path of a CPU without VNNI) the
-QDQ files of the reference fallback model lost 19 pp (int16 saturation of u8 x s8 products)
-where NNCF's IR lost 0.78 pp; the device's own self-test gates the file again on its CPU.
+OpenVINO picks its INT8 kernels per instruction set: with oneDNN capped at AVX2 (the path of a
+CPU without VNNI) the 8-bit QDQ files of the reference fallback model lost 19 pp (int16
+saturation of u8 x s8 products). So OpenVINO's INT8 rows are gated on the host and again under
+that cap (openvino_rows.py, isa.py; docs/decisions.md §30).
 
 If no INT8 candidate passes, the step fails (``GateError``, every INT8 row's figure or reason in
 the message) unless ``allow_fallback`` is set: an INT8 build that silently ships worse accuracy
