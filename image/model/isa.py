@@ -161,7 +161,8 @@ def _main(argv: list[str]) -> int:
             print(
                 f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA')} did not take effect: "
                 f"OpenVINO still chose {', '.join(above)}; this OpenVINO build ignores the cap, "
-                "so the gate cannot measure the AVX2 path here",
+                "so the gate cannot measure the AVX2 path here: use an OpenVINO release whose "
+                "CPU plugin honours it (2026.4 does) or build on an AVX2-only host",
                 file=sys.stderr,
             )
             return 2
