@@ -334,6 +334,7 @@ class Pass:
             self.ctx.policy(),
             rate=self.ctx.config.rate,
             window=window,
+            now=self.ctx.now,
             expected=Expected(choice.length, choice.sha256),
             opener=functools.partial(http_range, timeout=self.ctx.timeout_s),
         )

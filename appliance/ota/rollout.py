@@ -8,8 +8,9 @@ TUF targets metadata of a release::
 
 A device takes the release only when its bucket (a stable hash of its id and the release
 version, 0-99) is below the current stage's percentage and its site is allowed (an empty list:
-every site). ``aborted`` and ``held`` are 0 % (nobody new takes it; nobody is downgraded: a
-device already on the release sees nothing to do). A release without the field is for every
+every site). ``paused``, ``aborted`` and ``held`` are 0 % (nobody new takes it; nobody is
+downgraded: a device already on the release sees nothing to do); ``resume`` returns a paused
+rollout to its stage. A release without the field is for every
 device. The id and the site live on data (docs/decisions.md §18).
 """
 
@@ -35,7 +36,7 @@ def percent(rollout: dict[str, Any] | None) -> int:
     state = rollout.get("state")
     stages = rollout.get("stages") or []
     stage = rollout.get("stage", 0)
-    if state not in ("active", "paused") or not isinstance(stage, int):
+    if state != "active" or not isinstance(stage, int):
         return 0
     if not 0 <= stage < len(stages) or not isinstance(stages[stage], int):
         return 0

@@ -264,8 +264,7 @@ def keyring(
 
 
 @click.command()
-@click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("repo_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--keys", type=click.Path(file_okay=False, path_type=Path),
     help="TUF role keys, created on first publish (default $EDGEKILN_TUF_KEYS or "
@@ -276,14 +275,49 @@ def keyring(
     "--online-keys", type=click.Path(file_okay=False, path_type=Path),
     help="Snapshot and timestamp keys (the online pair), kept apart from --keys.",
 )  # fmt: skip
-@click.option("--expires-days", type=click.IntRange(1, 3650), default=30, show_default=True)
+@click.option("--expires-days", type=click.IntRange(1, 3650), default=30, show_default=True,
+              help="Targets and snapshot expiry.")  # fmt: skip
+@click.option("--timestamp-days", type=click.IntRange(1, 365), default=1, show_default=True,
+              help="Timestamp expiry: re-sign at least this often (--refresh).")  # fmt: skip
+@click.option("--refresh", is_flag=True, help="REPO_DIR only: re-sign snapshot and timestamp.")
+@click.option("--status", "show_status", is_flag=True,
+              help="REPO_DIR only: versions, rollout stages and expiries.")  # fmt: skip
+@click.option("--hold", is_flag=True, help="No device takes it until `kiln rollout start`.")
 def publish(
-    bundle: Path, repo_dir: Path, keys: Path | None, online_keys: Path | None, expires_days: int
-) -> None:
-    """Publish BUNDLE (full or delta) into the TUF repository REPO_DIR."""
+    paths: tuple[Path, ...], keys: Path | None, online_keys: Path | None, expires_days: int,
+    timestamp_days: int, refresh: bool, show_status: bool, hold: bool,
+) -> None:  # fmt: skip
+    """Publish BUNDLE (full or delta) into the TUF repository REPO_DIR.
+
+    \b
+    kiln publish BUNDLE REPO_DIR
+    kiln publish --refresh REPO_DIR     (cron-friendly: online keys only)
+    kiln publish --status REPO_DIR
+    """
     from image.release.publish import default_keys_dir
     from image.release.publish import publish as do_publish
 
-    for path in do_publish(bundle, repo_dir, keys, expires_days, online_keys):
-        click.echo(f"published {path}")
+    if refresh or show_status:
+        if len(paths) != 1:
+            raise click.UsageError("--refresh and --status take REPO_DIR alone")
+        from image.release.rollout import Expiries, status
+        from image.release.rollout import refresh as do_refresh
+
+        repo = paths[0]
+        if refresh:
+            expiries = Expiries(expires_days, expires_days, timestamp_days)
+            until = do_refresh(repo, keys or default_keys_dir(repo), online_keys, expiries)
+            click.echo(f"refreshed {repo}: timestamp valid until {until:%Y-%m-%d %H:%M} UTC")
+        if show_status:
+            for line in status(repo):
+                click.echo(line)
+        return
+    if len(paths) != 2:
+        raise click.UsageError("kiln publish BUNDLE REPO_DIR")
+    bundle, repo_dir = paths
+    if not bundle.is_file():
+        raise click.BadParameter(f"{bundle} is not a file", param_hint="BUNDLE")
+    for path in do_publish(bundle, repo_dir, keys, expires_days, online_keys,
+                           timestamp_days=timestamp_days, hold=hold):  # fmt: skip
+        click.echo(f"published {path}{' (held: kiln rollout start)' if hold else ''}")
     click.echo(f"TUF keys: {keys or default_keys_dir(repo_dir)} (keep root and targets offline)")

@@ -23,7 +23,8 @@ pointed at the parent served ``REPO.keys/targets.pem``, the private key, with th
 Which key is where, in production: **root** and **targets** are offline keys (an air-gapped
 signing machine or a hardware token: whoever holds targets decides what devices install, root
 rotates every other key); **snapshot** and **timestamp** are online keys (the publishing host
-re-signs them on every publish; the timestamp expires after 1 day), so
+re-signs them on every publish and ``kiln publish --refresh`` re-signs them alone, e.g. from
+cron; the timestamp expires after ``--timestamp-days``, 1 by default), so
 ``--online-keys DIR`` may keep those two apart from the offline pair. A stolen online key lets
 an attacker freeze or replay the channel's view, never choose a bundle: that needs targets,
 and the device still checks every bundle's own Ed25519 signature (docs/decisions.md §5).
@@ -123,8 +124,12 @@ def check_keys_dir(repo: Path, keys: Path, *, explicit: bool, what: str = "--key
 class Repo:
     """The four top-level roles of one repository directory."""
 
-    def __init__(self, repo: Path, keys: Path, days: int, online_keys: Path | None = None) -> None:
+    def __init__(
+        self, repo: Path, keys: Path, days: int, online_keys: Path | None = None,
+        timestamp_days: int = 1,
+    ) -> None:  # fmt: skip
         self.repo = repo
+        self.timestamp_days = timestamp_days
         self.meta = repo / "metadata"
         self.keys = keys
         self.days = days
@@ -160,7 +165,7 @@ class Repo:
         shutil.copyfile(self.meta / "1.root.json", self.meta / "root.json")
         self._write(Metadata(Targets(expires=_expiry(self.days))), "1.targets.json")
         self._write(Metadata(Snapshot(expires=_expiry(self.days))), "1.snapshot.json")
-        self._write(Metadata(Timestamp(expires=_expiry(self.days))), "timestamp.json")
+        self._write(Metadata(Timestamp(expires=_expiry(self.timestamp_days))), "timestamp.json")
 
     def load(self, role: str) -> Any:
         """The newest metadata of ``role``."""
@@ -199,7 +204,7 @@ class Repo:
         timestamp = self.load("timestamp")
         timestamp.signed.snapshot_meta = MetaFile(snapshot.signed.version)
         timestamp.signed.version += 1
-        timestamp.signed.expires = _expiry(1)
+        timestamp.signed.expires = _expiry(self.timestamp_days)
         self._write(timestamp, "timestamp.json")
 
 
@@ -209,11 +214,15 @@ def publish(
     keys: Path | None = None,
     days: int = 30,
     online_keys: Path | None = None,
+    *,
+    timestamp_days: int = 1,
+    hold: bool = False,
 ) -> list[str]:
     """Add ``bundle`` to the TUF repository at ``repo`` (created on first use); target paths.
 
     ``keys``: the role keys (default :func:`default_keys_dir`); ``online_keys``: snapshot and
-    timestamp keys kept apart from root and targets (default: in ``keys``).
+    timestamp keys kept apart from root and targets (default: in ``keys``). ``hold``: no
+    device takes the release until ``kiln rollout start`` (image/release/rollout.py).
     """
     old = repo.with_name(repo.name + ".keys")
     if keys is None and old.exists():
@@ -235,7 +244,9 @@ def publish(
     except (OSError, BundleError) as exc:
         raise PublishError(f"cannot read bundle {bundle}: {exc}") from None
     name, custom = _target_paths(manifest)
-    r = Repo(repo, keys_dir, days, online_keys)
+    if hold:
+        custom["rollout"] = {"state": "held", "stages": [], "stage": 0, "sites": []}
+    r = Repo(repo, keys_dir, days, online_keys, timestamp_days)
     if not (repo / "metadata" / "timestamp.json").exists():
         r.init()
     paths = [f"{manifest.product}/{target}/{name}" for target in manifest.targets]
