@@ -59,8 +59,10 @@ def run(
         config = msgspec.structs.replace(config, reboot=reboot_policy)
     if "unknown" in (device.config.product, device.config.target):
         raise click.UsageError("this device's product/target are unknown (device.json)")
-    if booted:
-        device = Device(device.config, device.data_dir, device.loader_spec, booted)
+    device = Device(
+        device.config, device.data_dir, loader_spec or device.loader_spec,
+        booted or device.booted_override,
+    )  # fmt: skip
     slot = parse_slot(booted) if booted else device.booted()
     assert slot is not None
     trusted = Path("/run/systemd/timesync/synchronized").exists()
