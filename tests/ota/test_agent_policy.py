@@ -65,10 +65,10 @@ def test_reboot_policies(tmp_path: Path, www: Server) -> None:
 def test_cli_run_and_status(tmp_path: Path, www: Server) -> None:
     d = make_device(tmp_path, www)
     publish_to(www, release(d.dev, tmp_path, 2, "2.0.0"))
-    (tmp_path / "device.json").write_text(json.dumps(
-        {"product": "powercut", "target": "generic-x86-64", "version": "1.0.0"}))  # fmt: skip
-    (tmp_path / "update.json").write_text(json.dumps(
-        {"channels": [d.channel], "tuf_root": str(d.tuf_root), "window": "00:00-23:59"}))  # fmt: skip
+    device = {"product": "powercut", "target": "generic-x86-64", "version": "1.0.0"}
+    update = {"channels": [d.channel], "tuf_root": str(d.tuf_root), "window": "00:00-23:59"}
+    (tmp_path / "device.json").write_text(json.dumps(device))
+    (tmp_path / "update.json").write_text(json.dumps(update))
     ring = tmp_path / "keyring.json"
     ring.write_bytes(Keyring.to_bytes(d.dev.keyring))
     env = {"EDGEKILN_DEVICE_CONFIG": str(tmp_path / "device.json"),
