@@ -327,6 +327,8 @@ class Pass:
             kind=choice.kind,
             length=choice.length,
             resumed_at=self.state.bytes_downloaded,
+            rate=self.ctx.config.rate,
+            metered=self.ctx.config.metered,
         )
         fetcher = Fetcher(
             choice.url,
