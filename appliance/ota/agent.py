@@ -125,8 +125,10 @@ class Pass:
     def _save(self) -> None:
         agent_state.save(self.ctx.data_dir, self.state)
 
-    def _outcome(self, name: str, detail: str = "", **details: object) -> str:
-        self.event(name, detail=detail, **details)
+    def _outcome(
+        self, name: str, detail: str = "", *, alert: bool = False, **details: object
+    ) -> str:
+        self.event(name, alert=alert, detail=detail, **details)
         self.state.last_outcome, self.state.last_detail = name, detail
         self._save()
         return name
@@ -136,8 +138,9 @@ class Pass:
         delay = agent_state.backoff_delay(self.state.failures, self.ctx.rng)
         self.state.next_attempt = self.ctx.now() + delay
         return self._outcome(
-            name, detail, failures=self.state.failures, retry_in_s=round(delay, 1), **details
-        )
+            name, detail, alert=True, failures=self.state.failures, retry_in_s=round(delay, 1),
+            **details,
+        )  # fmt: skip
 
     def run(self, force: bool = False) -> str:
         """One pass; returns the outcome's event name."""
@@ -199,6 +202,7 @@ class Pass:
             f"{trying.version} did not commit; not tried again until a newer release",
             version=trying.version,
             slot=trying.slot,
+            alert=True,
         )
         return None
 
@@ -324,7 +328,7 @@ class Pass:
         self.event(
             "update.downloading",
             version=choice.version,
-            kind=choice.kind,
+            bundle=choice.kind,
             length=choice.length,
             resumed_at=self.state.bytes_downloaded,
             rate=self.ctx.config.rate,
@@ -360,7 +364,7 @@ class Pass:
     def _install(self, choice: Choice, bundle: Path) -> str:
         from appliance.ota.installer import install
 
-        self.event("update.installing", version=choice.version, kind=choice.kind)
+        self.event("update.installing", version=choice.version, bundle=choice.kind)
         try:
             with open(bundle, "rb") as stream:
                 result = install(

@@ -6,8 +6,8 @@ the old or the new state, never a torn one. A damaged file is logged and replace
 state: it holds no security decision (the anti-rollback floor lives in ``appliance/state.py``),
 only bookkeeping and the list of releases that rolled back here.
 
-Events go to ``DATA/edgekiln/events.jsonl`` (the supervisor's event log), one JSON object per
-line, appended and fsynced, named ``update.<step>``.
+Events go to ``DATA/edgekiln/events.jsonl`` (the supervisor's event log, in its shape:
+``{"type": "event", "kind": "update.<step>", "alert", "time", ...}``), appended and fsynced.
 """
 
 from __future__ import annotations
@@ -135,8 +135,11 @@ class EventLog:
         self.path = Path(path)
         self.events: list[dict[str, Any]] = []
 
-    def __call__(self, name: str, **details: Any) -> None:
-        event = {"ts": round(time.time(), 3), "event": name, **details}
+    def __call__(self, name: str, *, alert: bool = False, **details: Any) -> None:
+        # The supervisor's shape (appliance/supervisor/supervisor.py), so readers of the log
+        # (TUI, telemetry) see one format.
+        event = {**details, "type": "event", "kind": name, "alert": alert,
+                 "time": round(time.time(), 3)}  # fmt: skip
         self.events.append(event)
         log.info("%s %s", name, json.dumps(details, default=str))
         try:

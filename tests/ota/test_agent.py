@@ -33,7 +33,7 @@ def test_installs_reboots_commits_then_idles_on_timestamp_only(
     d.commit()
     www.clear()
     assert d.run() == "update.up-to-date"
-    names = [e["event"] for e in d.events()]
+    names = [e["kind"] for e in d.events()]
     for step in ("update.polled", "update.downloading", "update.downloaded", "update.installing",
                  "update.installed", "update.rebooting", "update.committed"):  # fmt: skip
         assert step in names
@@ -56,7 +56,7 @@ def test_a_release_that_rolled_back_is_not_tried_again_until_a_newer_one(
     assert d.boot() == ("A", "1.0.0")  # the loader falls back
     www.clear()
     assert d.run() == "update.skipped-rolled-back"
-    assert "update.rolled-back" in [e["event"] for e in d.events()]
+    assert "update.rolled-back" in [e["kind"] for e in d.events()]
     assert not [h for h in www.hits if "/targets/" in h.path]  # nothing downloaded
     assert d.run() == "update.skipped-rolled-back"
     publish_to(www, release(d.dev, tmp_path, 3, "3.0.0"))
@@ -68,7 +68,7 @@ def test_two_runs_never_overlap(tmp_path: Path, www: Server) -> None:
     d = make_device(tmp_path, www)
     with agent_state.run_lock(d.data), pytest.raises(AgentBusyError):
         d.run()
-    assert d.events()[-1]["event"] == "update.busy"
+    assert d.events()[-1]["kind"] == "update.busy"
     lock = d.data / "edgekiln" / agent_state.LOCK_NAME
     with open(lock) as f:  # released after the run: anyone can take it
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -117,4 +117,4 @@ def test_an_interrupted_download_resumes_and_a_moved_channel_drops_it(
     publish_to(www, release(d.dev, tmp_path, 3, "3.0.0"))
     assert e.run(force=True) == "update.rebooting"
     assert not any(p.exists() for p in old_parts)
-    assert "update.dropped-download" in [ev["event"] for ev in e.events()]
+    assert "update.dropped-download" in [ev["kind"] for ev in e.events()]

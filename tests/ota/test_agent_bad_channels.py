@@ -106,7 +106,7 @@ def test_bad_channel(case: str, tmp_path: Path, www: Server, keys_home: Path) ->
     before = time.time()
     assert d.run() == CASES[case]
     event = d.events()[-1]
-    assert event["event"] == CASES[case]
+    assert event["kind"] == CASES[case]
     assert EXPLAINED[case] in event["detail"], event["detail"]
     # nothing installed
     assert d.dev.loader().read() == loader_before
