@@ -65,17 +65,17 @@ def run(
     )  # fmt: skip
     slot = parse_slot(booted) if booted else device.booted()
     assert slot is not None
-    trusted = Path("/run/systemd/timesync/synchronized").exists()
 
     def policy():  # type: ignore[no-untyped-def]
         from appliance.bundle import Policy, effective_keyring
+        from appliance.ota.clock import trusted_now
         from appliance.state import security_floor
 
         return Policy(
             keyring=effective_keyring(keyring_path, device.data_dir),
             product=device.config.product, target=device.config.target,
             min_security_version=security_floor(device.data_dir),
-            trusted_now=int(time.time()) if trusted else None,  # docs/decisions.md §6
+            trusted_now=trusted_now(device.data_dir),  # docs/decisions.md §6
         )  # fmt: skip
 
     ctx = Context(

@@ -32,7 +32,8 @@ def test_killed_mid_download_resumes_from_the_last_verified_chunk(
     ring = tmp_path / "keyring.json"
     ring.write_bytes(d.dev.keyring.to_bytes())
     env = {**os.environ, "EDGEKILN_DEVICE_CONFIG": str(tmp_path / "device.json"),
-           "EDGEKILN_UPDATE_CONFIG": str(tmp_path / "update.json"), "PYTHONPATH": str(REPO)}  # fmt: skip
+           "EDGEKILN_UPDATE_CONFIG": str(tmp_path / "update.json"),
+           "PYTHONPATH": str(REPO)}  # fmt: skip
     argv = [sys.executable, "-m", "appliance.cli", "update", "run", "--data-dir", str(d.data),
             "--loader", f"grub:{d.dev.root / 'esp'}", "--booted", "A", "--keyring", str(ring),
             "--slot", f"A={d.dev.slots['A']}", "--slot", f"B={d.dev.slots['B']}"]  # fmt: skip
