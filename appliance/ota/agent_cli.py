@@ -20,6 +20,20 @@ def site_of(data_dir: Path) -> str | None:
         return None
 
 
+def _verified_on_data(data_dir: Path) -> int:
+    """Bytes the download journal holds verified (also after a run that was killed)."""
+    import msgspec
+
+    from appliance.ota.fetch import JOURNAL, Journal
+
+    try:
+        return msgspec.json.decode(
+            (data_dir / "updates" / JOURNAL).read_bytes(), type=Journal
+        ).verified
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return 0
+
+
 def _when(ts: float | None) -> str:
     if not ts:
         return "never"
@@ -117,16 +131,18 @@ def status(data_dir: Path | None, config_path: Path | None, as_json: bool) -> No
     except UpdateConfigError as exc:
         window = f"unknown ({exc})"
     pending = "nothing"
+    fetched = state.bytes_downloaded
     if state.pending is not None:
         p = state.pending
-        pending = f"{p.kind} {p.version} ({state.bytes_downloaded} of {p.length} bytes)"
+        fetched = max(fetched, _verified_on_data(device.data_dir))
+        pending = f"{p.kind} {p.version} ({fetched} of {p.length} bytes verified on data)"
     if state.trying is not None:
         pending = f"{state.trying.version} installed in slot {state.trying.slot}, not committed"
     rows = [
         ("channel", state.channel or "-"),
         ("last poll", _when(state.last_poll)),
         ("pending", pending),
-        ("bytes downloaded", str(state.bytes_downloaded)),
+        ("bytes downloaded", str(fetched)),
         ("next window", window),
         ("last outcome", f"{state.last_outcome or '-'}: {state.last_detail or ''}".rstrip(": ")),
         ("failures", f"{state.failures} (next attempt {_when(state.next_attempt)})"),

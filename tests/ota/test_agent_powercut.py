@@ -52,6 +52,9 @@ def test_killed_mid_download_resumes_from_the_last_verified_chunk(
     verified = json.loads(journal.read_text())["verified"]
     length = v2.stat().st_size
     assert 4 * CHUNK < verified < length
+    status = subprocess.run([*argv[:3], "update", "status", "--data-dir", str(d.data)],
+                            env=env, capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert f"bytes downloaded  {verified}\n" in status, status
     before = d.dev.loader().read()
     assert before.trying is None  # nothing installed yet
     www.clear()
