@@ -62,6 +62,8 @@ def admit(
     sites = (rollout or {}).get("sites") or []
     if sites and site not in sites:
         return Admission(False, f"site {site or '(none)'} is not in the rollout's sites", b, pct)
+    if pct < 100 and device_id in ("", "unknown"):
+        return Admission(False, "this device has no id on data: it waits for 100 %", b, pct)
     if b >= pct:
         state = (rollout or {}).get("state", "active")
         return Admission(False, f"bucket {b} is not below the rollout's {pct} % ({state})", b, pct)

@@ -118,3 +118,33 @@ def test_an_interrupted_download_resumes_and_a_moved_channel_drops_it(
     assert e.run(force=True) == "update.rebooting"
     assert not any(p.exists() for p in old_parts)
     assert "update.dropped-download" in [ev["kind"] for ev in e.events()]
+
+
+def test_a_device_on_the_delta_base_downloads_the_delta(tmp_path: Path, www: Server) -> None:
+    import io
+
+    from appliance.bundle import PayloadSource, write_bundle
+
+    d = make_device(tmp_path, www)
+    v1, v2 = tmp_path / "v1.img", tmp_path / "v2.img"
+    v1.write_bytes(_image(1))
+    v2.write_bytes(_image(1)[:100_000] + b"new" + _image(1)[100_003:])
+    full = tmp_path / "full2.bundle"
+    full.write_bytes(d.dev._bundle(v2.read_bytes(), "2.0.0"))
+    out = io.BytesIO()
+    write_bundle(
+        out, key=d.dev.key, product="powercut", targets=["generic-x86-64"], version="2.0.0",
+        security_version=1, created=1_750_000_000, payloads=[PayloadSource.delta(v2, v1)],
+        chunk_size=16 * 1024,
+    )  # fmt: skip
+    delta = tmp_path / "delta2.bundle"
+    delta.write_bytes(out.getvalue())
+    publish_to(www, full)
+    publish_to(www, delta)
+    www.clear()
+    assert d.run() == "update.rebooting"
+    started = next(e for e in d.events() if e["kind"] == "update.downloading")
+    assert started["bundle"] == "delta" and started["length"] == delta.stat().st_size
+    # the delta, plus its first tar header read once more (fetch.py checks it first, alone)
+    assert sum(h.sent for h in www.hits if "/targets/" in h.path) <= delta.stat().st_size + 512
+    assert d.dev.slots["B"].read_bytes()[: len(v2.read_bytes())] == v2.read_bytes()

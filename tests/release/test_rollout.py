@@ -40,6 +40,9 @@ def test_admission_follows_state_stage_and_sites() -> None:
     for state in ("paused", "aborted", "held"):
         assert percent({**r, "state": state}) == 0
     assert percent(None) == 100 and percent({**r, "stage": 5}) == 0
+    half = {"state": "active", "stages": [50, 100], "stage": 0, "sites": []}
+    assert not admit(half, "unknown", None, "1").allowed  # no id on data: not bucketed
+    assert admit({**half, "stage": 1}, "unknown", None, "1").allowed
 
 
 def test_stage_lists_are_checked() -> None:
