@@ -13,8 +13,8 @@ picks the delta for its active slot when it leads to the current full release's 
 full bundle (appliance/ota/channel.py). TUF adds freshness and rollback protection on top of the
 bundle signature (docs/decisions.md §5); it never replaces it.
 
-TUF role keys (Ed25519, one per role, PKCS#8 PEM, unencrypted, mode 0600) are created on the
-first publish. They never live under or beside a served tree: ``--keys DIR`` holds them, by
+TUF role keys (Ed25519, one per role, PKCS#8 PEM, mode 0600; root and targets encrypted with
+``$EDGEKILN_TUF_PASSPHRASE`` when it is set) are created on the first publish. They never live under or beside a served tree: ``--keys DIR`` holds them, by
 default ``$EDGEKILN_TUF_KEYS`` or ``~/.config/edgekiln/tuf-keys``, in a folder named for the
 repository (``<name>-<sha256 of its absolute path, 12 hex>``). Keys are refused inside
 ``REPO_DIR`` always, and inside ``REPO_DIR``'s parent unless given explicitly (a web server
@@ -51,25 +51,55 @@ class PublishError(BuildError):
     """The bundle could not be published (unreadable bundle, damaged repository or keys)."""
 
 
+TUF_PASSPHRASE_ENV = "EDGEKILN_TUF_PASSPHRASE"  # noqa: S105 - the variable's name
+
+
+def _offline_passphrase(role: str) -> bytes | None:
+    """The passphrase of the offline pair (root, targets) from the environment, if set."""
+    value = os.environ.get(TUF_PASSPHRASE_ENV)
+    return value.encode() if value and role not in ONLINE_ROLES else None
+
+
+def load_tuf_key(path: Path, role: str) -> Any:
+    """A role's signer from its PEM (offline keys may be encrypted: $EDGEKILN_TUF_PASSPHRASE)."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    from securesystemslib.signer import CryptoSigner  # type: ignore[attr-defined]
+
+    pem = path.read_bytes()
+    encrypted = b"ENCRYPTED" in pem.split(b"\n", 1)[0]
+    passphrase = _offline_passphrase(role) if encrypted else None
+    if encrypted and passphrase is None:
+        raise PublishError(
+            f"the {role} key {path} is encrypted: set {TUF_PASSPHRASE_ENV} to its passphrase"
+        )
+    try:
+        return CryptoSigner(load_pem_private_key(pem, passphrase))
+    except (ValueError, TypeError) as exc:
+        raise PublishError(
+            f"cannot load the {role} key {path}: {exc} (wrong passphrase?)"
+        ) from None
+
+
 def _signer(keys: Path, role: str) -> Any:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import (
+        BestAvailableEncryption,
         Encoding,
         NoEncryption,
         PrivateFormat,
-        load_pem_private_key,
     )
-    from securesystemslib.signer import CryptoSigner  # type: ignore[attr-defined]
 
     path = keys / f"{role}.pem"
     if not path.exists():
         keys.mkdir(parents=True, exist_ok=True, mode=0o700)
+        passphrase = _offline_passphrase(role)
+        encryption = BestAvailableEncryption(passphrase) if passphrase else NoEncryption()
         pem = Ed25519PrivateKey.generate().private_bytes(
-            Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
+            Encoding.PEM, PrivateFormat.PKCS8, encryption
         )
         path.write_bytes(pem)
         path.chmod(0o600)
-    return CryptoSigner(load_pem_private_key(path.read_bytes(), None))
+    return load_tuf_key(path, role)
 
 
 def _expiry(days: int) -> datetime:

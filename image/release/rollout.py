@@ -40,18 +40,15 @@ class Expiries:
 
 
 def _existing_signer(keys: Path, role: str) -> Any:
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-    from securesystemslib.signer import CryptoSigner  # type: ignore[attr-defined]
+    from image.release.publish import load_tuf_key
 
     path = keys / f"{role}.pem"
-    try:
-        pem = path.read_bytes()
-    except OSError as exc:
+    if not path.is_file():
         raise PublishError(
-            f"the {role} key {path} is not there ({exc.strerror}): pass --keys (root, targets) "
-            "or --online-keys (snapshot, timestamp) pointing at the folder kiln publish made"
-        ) from None
-    return CryptoSigner(load_pem_private_key(pem, None))
+            f"the {role} key {path} is not there: pass --keys (root, targets) or "
+            "--online-keys (snapshot, timestamp) pointing at the folder kiln publish made"
+        )
+    return load_tuf_key(path, role)
 
 
 def _expiry(days: int) -> datetime:

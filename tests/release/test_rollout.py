@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from appliance.ota.rollout import admit, bucket, percent
-from image.release.publish import publish
+from image.release.publish import PublishError, publish
 from image.release.rollout import Expiries, RolloutError, change, parse_stages, refresh, status
 from tests.bundle.test_cli import run as run_cli
 from tests.ota.agent_kit import make_device, publish_to, release
@@ -147,3 +147,28 @@ def test_cli_rollout_and_publish_status(tmp_path: Path, www: Server, keys_home: 
     assert done.returncode == 0 and "refreshed" in done.stdout, done.stderr
     done = run_cli("kiln", "rollout", "resume", "2.0.0", str(repo))
     assert done.returncode != 0 and "only a paused rollout resumes" in done.stderr
+
+
+def test_offline_keys_can_be_passphrase_encrypted(
+    tmp_path: Path, www: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = make_device(tmp_path, www)
+    repo = www.root / "repo3"
+    offline, online = tmp_path / "offline3", tmp_path / "online3"
+    monkeypatch.setenv("EDGEKILN_TUF_PASSPHRASE", "correct horse battery")
+    publish(release(d.dev, tmp_path, 2, "2.0.0"), repo, offline, online_keys=online)
+    for role in ("root", "targets"):
+        assert (offline / f"{role}.pem").read_bytes().startswith(b"-----BEGIN ENCRYPTED")
+    for role in ("snapshot", "timestamp"):  # online: cron signs them unattended
+        assert b"ENCRYPTED" not in (online / f"{role}.pem").read_bytes()
+    monkeypatch.delenv("EDGEKILN_TUF_PASSPHRASE")
+    refresh(repo, offline, online, Expiries())  # needs no passphrase
+    with pytest.raises(PublishError, match="is encrypted: set EDGEKILN_TUF_PASSPHRASE"):
+        change(repo, offline, online, "2.0.0", "start", Expiries(), [100])
+    monkeypatch.setenv("EDGEKILN_TUF_PASSPHRASE", "wrong passphrase")
+    with pytest.raises(PublishError, match="wrong passphrase"):
+        change(repo, offline, online, "2.0.0", "start", Expiries(), [100])
+    monkeypatch.setenv("EDGEKILN_TUF_PASSPHRASE", "correct horse battery")
+    change(repo, offline, online, "2.0.0", "start", Expiries(), [100])
+    d.channel, d.tuf_root = f"{www.url}/repo3", repo / "metadata" / "1.root.json"
+    assert d.run() == "update.rebooting"
