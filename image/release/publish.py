@@ -14,11 +14,12 @@ full bundle (appliance/ota/channel.py). TUF adds freshness and rollback protecti
 bundle signature (docs/decisions.md §5); it never replaces it.
 
 TUF role keys (Ed25519, one per role, PKCS#8 PEM, mode 0600; root and targets encrypted with
-``$EDGEKILN_TUF_PASSPHRASE`` when it is set) are created on the first publish. They never
-live under or beside a served tree: ``--keys DIR`` holds them, by default
-``$EDGEKILN_TUF_KEYS`` or ``~/.config/edgekiln/tuf-keys``, in a folder named for the repository (``<name>-<sha256 of its absolute path, 12 hex>``). Keys are refused inside
-``REPO_DIR`` always, and inside ``REPO_DIR``'s parent unless given explicitly (a web server
-pointed at the parent served ``REPO.keys/targets.pem``, the private key, with the old default).
+``$EDGEKILN_TUF_PASSPHRASE`` when it is set) are created on the first publish. They never live
+under or beside a served tree: ``--keys DIR`` holds them, by default ``$EDGEKILN_TUF_KEYS`` or
+``~/.config/edgekiln/tuf-keys``, in a folder named for the repository (``<name>-<sha256 of its
+absolute path, 12 hex>``). Keys are refused inside ``REPO_DIR`` always, and inside
+``REPO_DIR``'s parent unless given explicitly (a web server pointed at the parent served
+``REPO.keys/targets.pem``, the private key, with the old default).
 
 Which key is where, in production: **root** and **targets** are offline keys (an air-gapped
 signing machine or a hardware token: whoever holds targets decides what devices install, root
