@@ -22,6 +22,11 @@ COMMANDS: dict[str, str] = {
     "bundle": "image.release.cli:bundle",
     "publish": "image.release.publish_cli:publish",
     "model": "image.model.cli:model",
+    "discover": "image.lan.cli:discover",
+    "pair": "image.lan.cli:pair",
+    "status": "image.lan.cli:status",
+    "push": "image.lan.cli:push",
+    "diag": "image.lan.cli:diag",
 }
 
 
