@@ -178,7 +178,9 @@ class LanDevice:
             "PYTHONPATH": str(REPO),
         }
 
-    def start(self, veth: Veth, port: int, *extra: str, mdns: bool = False) -> None:
+    def start(
+        self, veth: Veth, port: int, *extra: str, mdns: bool = False, wait: bool = True
+    ) -> None:
         """Run ``appliance api serve`` in the device namespace; wait until it listens."""
         self.port = port
         cmd = [
@@ -191,6 +193,12 @@ class LanDevice:
         ]  # fmt: skip
         log = (self.root / "serve.log").open("wb")
         self.proc = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=log)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Until the server says it listens (its log), or raise with the log."""
+        assert self.proc is not None
         deadline = time.monotonic() + 60
         while b"LAN API on" not in (self.root / "serve.log").read_bytes():
             if self.proc.poll() is not None or time.monotonic() > deadline:

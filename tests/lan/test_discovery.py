@@ -1,0 +1,66 @@
+"""mDNS across the veth: 20 device processes advertise, the laptop browses; TXT contents;
+the record is withdrawn on shutdown."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from image.cli import cli as kiln
+from image.lan.browse import browse
+
+from .rig import LanDevice, Release, Veth
+
+COUNT = 20
+
+
+@pytest.fixture
+def twenty(tmp_path: Path, veth: Veth, release: Release) -> Iterator[list[LanDevice]]:
+    base = 20443 + os.getpid() % 1000 * 30
+    devices = [LanDevice(tmp_path / f"d{i}", i, release) for i in range(COUNT)]
+    try:
+        for i, dev in enumerate(devices):
+            dev.start(veth, base + i, mdns=True, wait=False)
+        for dev in devices:
+            dev.wait_ready()
+        yield devices
+    finally:
+        for dev in devices:
+            dev.stop()
+
+
+@pytest.mark.slow
+def test_twenty_devices_discovered_then_one_withdraws(twenty: list[LanDevice], veth: Veth) -> None:
+    time.sleep(2)  # let the devices finish probing and announcing
+    start = time.monotonic()
+    seen = browse(30, [veth.host_addr], expect=COUNT)
+    elapsed = time.monotonic() - start
+    print(f"discovery of {COUNT} devices: {elapsed:.2f} s")
+    assert sorted(s.id for s in seen) == sorted(d.id for d in twenty)
+    first = next(s for s in seen if s.id == "dev00")
+    assert first.address == veth.dev_addr and first.port == twenty[0].port
+    assert first.txt["fp"] == twenty[0].fingerprint()
+    assert first.txt["site"] == "plant-1" and first.txt["target"] == "generic-x86-64"
+    assert first.txt["slot"] == "A" and first.txt["port"] == str(twenty[0].port)
+    assert {"name", "version", "mode"} <= set(first.txt)
+
+    twenty[0].stop()  # SIGTERM: goodbye packets withdraw the record
+    again = browse(4, [veth.host_addr])
+    assert "dev00" not in {s.id for s in again} and len(again) == COUNT - 1
+
+    # a state change (here: the site set on data) is re-announced within the refresh period
+    (twenty[1].data / "edgekiln" / "site").write_text("plant-2\n")
+    time.sleep(6)
+    moved = {s.id: s for s in browse(4, [veth.host_addr], expect=COUNT - 1)}
+    assert moved["dev01"].txt["site"] == "plant-2"
+
+    result = CliRunner().invoke(
+        kiln, ["discover", "--seconds", "3", "--mdns-interface", veth.host_addr, "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(result.output.strip().splitlines()) == COUNT - 1
