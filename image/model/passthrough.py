@@ -17,7 +17,8 @@ from pathlib import Path
 
 from appliance.inference.package import ModelPackage, load_package
 from image.model.eval import evaluate
-from image.model.optimise import TABLE_FILE, Optimisation, Variant, _replace_tree
+from image.model.optimise import TABLE_FILE, Optimisation, _replace_tree
+from image.model.variants import Variant
 
 
 def missing_tools(package: ModelPackage) -> list[str]:
