@@ -142,6 +142,17 @@ class Runtime(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defa
     extras: tuple[Literal["opencv"], ...] = ()
 
 
+class Lan(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The site-LAN API (``appliance api serve``): off unless ``api = true``.
+
+    ``interface`` is the LAN interface it listens on (``auto``: the default route's).
+    """
+
+    api: bool = False
+    interface: str = "auto"
+    port: int = 8443
+
+
 class Recipe(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """A fully merged, typed recipe."""
 
@@ -159,6 +170,7 @@ class Recipe(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     signing: Signing = Signing()
     runtime: Runtime = Runtime()
     pipeline: PipelineDefaults = PipelineDefaults()
+    lan: Lan = Lan()
 
 
 # --- the target table (ARCHITECTURE "Targets") -------------------------------------------------
@@ -376,6 +388,7 @@ def _fail(loaded: LoadedRecipe, dotted: str, message: str) -> RecipeError:
 def _check(loaded: LoadedRecipe, *, check_files: bool) -> None:
     _check_identity(loaded)
     _check_settings(loaded)
+    _check_lan(loaded)
     _check_models(loaded)
     _check_pipeline(loaded)
     _check_sizes(loaded, check_files=check_files)
@@ -405,6 +418,14 @@ def _check_identity(loaded: LoadedRecipe) -> None:
                 f"target.{attr}",
                 f"{value!r} does not fit target {r.target.name!r} (use {' or '.join(allowed)})",
             )
+
+
+def _check_lan(loaded: LoadedRecipe) -> None:
+    lan = loaded.recipe.lan
+    if not 1 <= lan.port <= 65535:
+        raise _fail(loaded, "lan.port", "must be a TCP port (1-65535)")
+    if not re.match(r"^[A-Za-z0-9_.-]{1,15}$", lan.interface):
+        raise _fail(loaded, "lan.interface", "must be an interface name (e.g. eth0) or 'auto'")
 
 
 def _check_settings(loaded: LoadedRecipe) -> None:

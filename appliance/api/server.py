@@ -349,12 +349,32 @@ class Handler(BaseHTTPRequestHandler):
         self.reply(HTTPStatus.OK, {"committed": booted})
 
 
+def default_interface(proc_route: Path = Path("/proc/net/route")) -> str:
+    """The interface of the IPv4 default route, else the first non-loopback one."""
+    try:
+        for line in proc_route.read_text().splitlines()[1:]:
+            fields = line.split()
+            if len(fields) > 2 and fields[1] == "00000000":
+                return fields[0]
+    except OSError:
+        pass
+    names = sorted(p.name for p in Path("/sys/class/net").iterdir() if p.name != "lo")
+    from appliance.api.errors import InterfaceError
+
+    if not names:
+        raise InterfaceError("no LAN interface found (only lo): check the network settings")
+    return names[0]
+
+
 def interface_address(name: str) -> str:
-    """The IPv4 address of interface ``name`` (SIOCGIFADDR)."""
+    """The IPv4 address of interface ``name`` (``auto``: :func:`default_interface`)."""
     import fcntl
     import struct
 
     from appliance.api.errors import InterfaceError
+
+    if name == "auto":
+        name = default_interface()
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         try:

@@ -454,13 +454,16 @@ class Pipeline:
             slots_spec=boot.slots_spec(self.loaded),
             device_json=device_config(self.loaded),
             keyring=self.keyring,
+            lan_api=self.recipe.lan.api,
+            lan_interface=self.recipe.lan.interface,
+            lan_port=self.recipe.lan.port,
         )
         key = _key(
             IMAGE_FORMAT, base.key, runtime_digest, model_digests,
             code_digest("fs.py", "rootfs.py", "pipeline.py", overlay=True),
             hashlib.sha256(config.device_json).hexdigest(), config.watchdog_sec,
             config.runtime_watchdog_sec, hashlib.sha256(config.keyring or b"").hexdigest(),
-            config.slots_spec,
+            config.slots_spec, config.lan_api, config.lan_interface, config.lan_port,
             self.recipe.partitions.rootfs_mib, self.seed, self.epoch,
         )  # fmt: skip
         path, hit = self._cached_file("slot", key, "rootfs.ext4")

@@ -87,6 +87,9 @@ class OverlayConfig:
     slots_spec: str  # the agent's loader (appliance.slots.config), e.g. grub:/boot/efi
     device_json: bytes
     keyring: bytes | None
+    lan_api: bool = False  # recipe [lan]: enable edgekiln-api.service
+    lan_interface: str = "auto"
+    lan_port: int = 8443
 
 
 def file_digest(path: Path) -> str:
@@ -243,6 +246,8 @@ def assemble_root(
         "watchdog_sec": str(config.watchdog_sec),
         "runtime_watchdog_sec": str(config.runtime_watchdog_sec),
         "slots_spec": config.slots_spec,
+        "lan_interface": config.lan_interface,
+        "lan_port": str(config.lan_port),
     }
     for src in sorted(OVERLAY_DIR.rglob("*")):
         if src.is_dir():
@@ -256,6 +261,13 @@ def assemble_root(
     for unit, wants in ENABLED_UNITS:
         source = "/etc/systemd/system" if unit.startswith("edgekiln-") else "/lib/systemd/system"
         _symlink(dest, f"etc/systemd/system/{wants}/{unit}", f"{source}/{unit}")
+    if config.lan_api:
+        unit = "edgekiln-api.service"
+        _symlink(
+            dest,
+            f"etc/systemd/system/multi-user.target.wants/{unit}",
+            f"/etc/systemd/system/{unit}",
+        )
     # Mutable config on data (Decision 9); mount points on the read-only root.
     _symlink(dest, "etc/systemd/network", "/data/etc/systemd/network")
     for mount_point in ("data", "boot/efi"):
