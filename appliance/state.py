@@ -1,7 +1,7 @@
 """Installed-version and anti-rollback state, kept on the data partition and written atomically.
 
 One JSON file, ``update-state-v1.json`` (the format version is in the name so a newer runtime
-writes a new file beside it and an older slot keeps reading its own: ARCHITECTURE Decision 10).
+writes a new file beside it and an older slot keeps reading its own: docs/decisions.md §10).
 
 ``security_floor`` is the highest ``security_version`` of any **committed** slot (Decision 5):
 a bundle that was installed but rolled back before commit never raises it. The bundle reader

@@ -1,6 +1,6 @@
 """Install a verified bundle into the inactive slot; the loader then tries it once.
 
-Order (each step durable before the next; ARCHITECTURE "Update flow"):
+Order (each step durable before the next; docs/decisions.md §20):
 
 1. refuse unless the booted slot is committed (else the inactive slot is the only good one);
 2. ``open_bundle``: signature, manifest and policy verified before any payload byte is read;

@@ -2,7 +2,7 @@
 
 Thin glue between the state machine, a :class:`~appliance.slots.loader.Loader` and the
 anti-rollback record in :mod:`appliance.state` (owned by the bundle package): committing a slot
-is what raises the ``security_version`` floor (ARCHITECTURE Decision 5).
+is what raises the ``security_version`` floor (docs/decisions.md §5).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The base comes from ``mmdebstrap`` (Debian ``suite``, ``variant``, the recipe's packages) or from
 a supplied tarball, and is cached under ``<cache>/base/<key>/root`` where the key hashes every
-input (ARCHITECTURE Decision 11: the cached base is one of the inputs of a reproducible build).
+input (docs/decisions.md §11: the cached base is one of the inputs of a reproducible build).
 Each build hard-links the base into a scratch tree (``cp -al``: fast, no extra space) and adds
 the overlay: the frozen runtime, the model packages, systemd units, fstab, device config and
 keyring. Overlay writes always unlink first, so the cached base is never modified through a link.

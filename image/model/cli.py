@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from image.model.optimise import DEFAULT_MAX_DROP, SELECT_CHOICES, TARGET_RUNTIMES, Optimisation
+from image.model.optimise import DEFAULT_MAX_DROP, SELECT_CHOICES, TARGET_RUNTIMES
+from image.model.table import Optimisation
 
 
 def _cache_dir() -> Path:

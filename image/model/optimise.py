@@ -31,11 +31,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +47,18 @@ from image.model.nncf import (
     nncf_available,
     nncf_int8_ir,
 )
+from image.model.passthrough import passthrough_litert
 from image.model.quantise import QuantisationError, quantise_onnx_int8
+from image.model.table import (
+    TABLE_FILE,
+    Optimisation,
+    Variant,
+    replace_tree,
+    result_from_json,
+)
 from image.model.variants import (
     FALLBACK_RUNTIMES,
     Scratch,
-    Variant,
     failed,
     measured,
     pin_splits,
@@ -65,7 +70,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_DROP = 0.01
 SELECT_CHOICES = ("fastest", "int8", "smallest", "fp32")
-TABLE_FILE = "optimisation.json"
 INT8_ONNX = "model_int8.onnx"
 INT8_U8_ONNX = "model_int8_u8.onnx"
 INT8_AC_IR = "model_int8_ac.xml"
@@ -92,32 +96,6 @@ class GateError(BuildError):
 
 class UnsupportedTargetError(BuildError):
     """The target's runtime cannot be optimised on this build host (says what is missing)."""
-
-
-@dataclass
-class Optimisation:
-    """The result of one run: every variant, the selected one, and the gate's settings."""
-
-    package: str
-    target: str
-    runtime: str
-    threads: int
-    max_accuracy_drop: float
-    parent_top1: float
-    images: int
-    variants: list[Variant] = field(default_factory=list)
-    selected: str = ""
-    speedup: float = 1.0
-    size_ratio: float = 1.0
-    notes: list[str] = field(default_factory=list)
-    output: str = ""
-    cached: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def variant(self, name: str) -> Variant:
-        return next(v for v in self.variants if v.name == name)
 
 
 def runtime_of(target: str) -> str:
@@ -175,14 +153,12 @@ def optimise(
     }
     key = cache_key(package, target, options)
     if cache_dir is not None and (cache_dir / key / TABLE_FILE).exists():
-        _replace_tree(cache_dir / key, out)
-        result = _result_from_json(json.loads((out / TABLE_FILE).read_text()))
+        replace_tree(cache_dir / key, out)
+        result = result_from_json(json.loads((out / TABLE_FILE).read_text()))
         result.cached, result.output = True, str(out)
         return result
 
     if runtime in ("litert",):
-        from image.model.passthrough import passthrough_litert
-
         result = passthrough_litert(package, target, out)
     else:
         # No TensorRT here: gate on onnxruntime as a proxy, ship INT8 QDQ + FP32 + cache.
@@ -205,7 +181,7 @@ def optimise(
             _add_tensorrt_files(package, out, result, calibration)
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        _replace_tree(out, cache_dir / key)
+        replace_tree(out, cache_dir / key)
     return result
 
 
@@ -474,25 +450,6 @@ def _write_output(
         pin_splits(tmp)
         (tmp / TABLE_FILE).write_text(json.dumps(res.to_json(), indent=2) + "\n")
         load_package(tmp)  # the output must be a valid package before it replaces anything
-        _replace_tree(tmp, out, move=True)
+        replace_tree(tmp, out, move=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _replace_tree(src: Path, dst: Path, *, move: bool = False) -> None:
-    """Put ``src`` at ``dst`` (an existing ``dst`` is removed only once the new one is complete)."""
-    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-    if not move:
-        staged = dst.with_name(f".{dst.name}.new-{os.getpid()}")
-        shutil.rmtree(staged, ignore_errors=True)
-        shutil.copytree(src, staged)
-        src = staged
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _result_from_json(data: dict[str, Any]) -> Optimisation:
-    variants = [Variant(**v) for v in data.pop("variants", [])]
-    return Optimisation(**data, variants=variants)

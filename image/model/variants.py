@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from appliance.inference.backends import get_backend
 from appliance.inference.errors import BackendUnavailableError, InferenceError
 from appliance.inference.package import ModelPackage, load_package
 from image.model.eval import Evaluation, EvaluationError, evaluate
+from image.model.table import Variant
 
 # The other back ends a target's device may fall back to (recipes/<target>.toml: the target's
 # back end first; generic-x86-64 bundles OpenCV, intel-openvino carries ONNX Runtime).
@@ -28,25 +28,6 @@ FALLBACK_RUNTIMES: dict[str, tuple[str, ...]] = {
     "generic-x86-64": ("opencv",),
     "intel-openvino": ("onnxruntime",),
 }
-
-
-@dataclass
-class Variant:
-    """One row of the table: a file run with one set of runtime options."""
-
-    name: str
-    file: str
-    precision: str
-    hint: str  # the runtime's execution precision hint ("f32", "default" = the CPU's choice)
-    top1: float = 0.0
-    drop_pp: float = 0.0
-    p50_ms: float = 0.0
-    p95_ms: float = 0.0
-    size_bytes: int = 0
-    passed: bool = False
-    device: str = ""
-    note: str = ""
-    error: str = ""  # why it could not be built, loaded or run (then it never passes)
 
 
 def measured(ev: Evaluation, name: str, precision: str, hint: str, parent_top1: float) -> Variant:

@@ -5,7 +5,7 @@ used as it is (or through a qcow2 overlay, so one built image serves many scenar
 variables live in a private copy of OVMF_VARS so every VM starts from the same firmware state.
 
 KVM is used only when asked for (``accel="kvm"``) or when ``EDGEKILN_VM_ACCEL=kvm`` is set: on
-some hosts ``/dev/kvm`` exists but guests hang (see FINDINGS), so TCG is the safe default.
+some hosts ``/dev/kvm`` exists but guests hang (docs/decisions.md §23), so TCG is the safe default.
 """
 
 from __future__ import annotations

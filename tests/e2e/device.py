@@ -2,7 +2,7 @@
 
 The test builds extend the QEMU profile ``recipes/qemu-x86-64.toml`` (the default image
 ``generic-x86-64`` without OpenCV, slots sized to fit) and change only what a test bench needs
-(ARCHITECTURE Decision 7): tiny model packages made here (so a v3 with a wrong model is one
+(docs/decisions.md §7): tiny model packages made here (so a v3 with a wrong model is one
 argument away), a latency budget factor for TCG, the kernel console on the serial port (last
 ``console=``, so ``/dev/console`` is ttyS0) with the journal forwarded to it (the tests read the
 agent's own log lines).

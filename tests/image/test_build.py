@@ -254,7 +254,7 @@ def test_rebuild_is_cached_and_byte_identical(
 def test_uncached_rebuild_is_byte_identical(
     first: dict[str, object], mini: Path, cache: Path, tmp_path: Path
 ) -> None:
-    # Fresh slot/boot/data caches; base and runtime shared (ARCHITECTURE Decision 11).
+    # Fresh slot/boot/data caches; base and runtime shared (docs/decisions.md §11).
     fresh = tmp_path / "cache"
     fresh.mkdir()
     for kind in ("base", "freeze", "keys"):

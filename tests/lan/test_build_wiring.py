@@ -17,7 +17,7 @@ RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 def _recipe(tmp_path: Path, text: str) -> Path:
     out = tmp_path / "recipes"
-    shutil.copytree(RECIPES, out, ignore=shutil.ignore_patterns("models"))
+    shutil.copytree(RECIPES, out, ignore=shutil.ignore_patterns("models"), dirs_exist_ok=True)
     path = out / "site.toml"
     path.write_text('extends = "generic-x86-64.toml"\n' + text)
     return path
@@ -81,3 +81,10 @@ def test_api_unit_rendered_and_enabled_only_when_asked(tmp_path: Path, enabled: 
 def test_interface_address_auto_and_by_name() -> None:
     assert interface_address("lo") == "127.0.0.1"
     assert interface_address("auto")  # the default route's interface (or the first with IPv4)
+
+
+def test_a_recipe_without_lan_keeps_its_digest(tmp_path: Path) -> None:
+    plain = load_recipe(_recipe(tmp_path, ""), check_files=False)
+    assert "lan" not in plain.to_dict()
+    on = load_recipe(_recipe(tmp_path, "[lan]\napi = true\n"), check_files=False)
+    assert on.to_dict()["lan"] == {"api": True} and on.digest != plain.digest
