@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .rig import NetnsUnavailable, Release, Veth
+from tools.lan_rig import NetnsUnavailable, Release, Veth
 
 
 @pytest.fixture(scope="module")

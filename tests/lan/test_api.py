@@ -21,8 +21,7 @@ from image.cli import cli as kiln
 from image.lan.client import DeviceClient
 from image.lan.errors import DeviceRefused, PinMismatch
 from image.lan.store import PairedStore
-
-from .rig import LanDevice, Release, Veth, image, wait_for
+from tools.lan_rig import LanDevice, Release, Veth, image, wait_for
 
 _ports = itertools.count(18443 + os.getpid() % 1000 * 20)
 

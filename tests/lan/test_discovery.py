@@ -13,8 +13,7 @@ from click.testing import CliRunner
 
 from image.cli import cli as kiln
 from image.lan.browse import browse
-
-from .rig import LanDevice, Release, Veth
+from tools.lan_rig import LanDevice, Release, Veth
 
 COUNT = 20
 

@@ -17,8 +17,7 @@ from image.cli import cli as kiln
 from image.lan.errors import LanError
 from image.lan.push import push
 from image.lan.store import PairedStore
-
-from .rig import LanDevice, Release, Veth, image, wait_for
+from tools.lan_rig import LanDevice, Release, Veth, image, wait_for
 
 IMAGE = 24 * 1024 * 1024  # big enough that the drop lands mid-upload
 

@@ -1,5 +1,5 @@
-"""Test rig: a device network namespace joined to this one by a veth pair, and file-backed
-devices running the real ``appliance api serve`` inside it.
+"""Site-LAN rig (tests/lan, tools/bench_lan_push.py): a device network namespace joined to
+this one by a veth pair, and file-backed devices running the real ``appliance api serve``.
 
 The laptop side is the test process itself (the root namespace's end of the veth), so mDNS
 multicast and the API cross a real interface and nothing leaves the machine.
@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from appliance.bundle import Keyring, PayloadSource, TrustedKey, write_bundle
 
 PRODUCT, TARGET = "lan-test", "generic-x86-64"
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 class NetnsUnavailable(Exception):
@@ -115,7 +115,7 @@ class Release:
             security_version=1,
             created=1_750_000_000,
             payloads=[PayloadSource("rootfs.img", "full", data, "none")],
-            chunk_size=64 * 1024,
+            chunk_size=1 << 20,
         )
         path = self.root / name
         path.write_bytes(out.getvalue())
