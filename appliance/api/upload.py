@@ -14,6 +14,8 @@ from typing import BinaryIO
 
 from appliance.api.errors import ApiError
 
+MAX_READ = 4 << 20
+
 
 class UploadStalled(ApiError):
     """The client sent nothing for the stall timeout, or dropped the connection."""
@@ -34,7 +36,8 @@ class BodyStream:
         left = self.length - self.received
         if left <= 0:
             return b""
-        n = left if n is None or n < 0 else min(n, left)
+        # Callers ask for exact sizes; "all of it" is capped so no read buffers a whole bundle.
+        n = min(left, MAX_READ) if n is None or n < 0 else min(n, left, MAX_READ)
         try:
             data = self._rfile.read(n)
         except TimeoutError as exc:
