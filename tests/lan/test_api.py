@@ -197,7 +197,7 @@ def _stalled_upload(dev: LanDevice, veth: Veth, token: str, bundle: bytes) -> ss
 def test_second_upload_409_and_stalled_client_abandoned(
     device: LanDevice, veth: Veth, release: Release
 ) -> None:
-    start(device, veth, "--stall-timeout", "2")
+    start(device, veth, "--stall-timeout", "6")
     client = paired_client(device, veth)
     assert client.token is not None
     bundle = release.bundle("v2.ekb", image(2, device.image_size))
