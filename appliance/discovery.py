@@ -14,6 +14,10 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from zeroconf import ServiceInfo
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +37,7 @@ class Advertiser:
     """Keep one device's service record announced while the API runs."""
 
     def __init__(self, device_id: str, port: int, snapshot: Snapshot) -> None:
-        from zeroconf import IPVersion, ServiceInfo, Zeroconf
+        from zeroconf import IPVersion, Zeroconf
 
         self._snapshot = snapshot
         self._port = port
@@ -42,14 +46,7 @@ class Advertiser:
         address, properties = snapshot()
         self._zc = Zeroconf(interfaces=[address], ip_version=IPVersion.V4Only)
         self._current = (address, properties)
-        self._info = ServiceInfo(
-            SERVICE_TYPE,
-            self._name,
-            addresses=[socket.inet_aton(address)],
-            port=port,
-            properties=properties,
-            server=self._host,
-        )
+        self._info = self._make_info(address, properties)
         self._zc.register_service(self._info, allow_name_change=True)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="mdns-refresh", daemon=True)
@@ -58,23 +55,40 @@ class Advertiser:
 
     def refresh(self) -> bool:
         """Re-announce if the address or a TXT value changed; whether it did."""
-        from zeroconf import ServiceInfo
-
         address, properties = self._snapshot()
         if (address, properties) == self._current:
             return False
+        if address != self._current[0]:
+            # The responder's sockets are bound to the old address: withdraw there, start over.
+            from zeroconf import IPVersion, Zeroconf
+
+            self._zc.unregister_service(self._info)
+            self._zc.close()
+            self._zc = Zeroconf(interfaces=[address], ip_version=IPVersion.V4Only)
+            self._current = (address, properties)
+            self._info = self._make_info(address, properties)
+            self._zc.register_service(self._info, allow_name_change=True)
+            log.info("re-registered %s on new address %s", self._info.name, address)
+            return True
         self._current = (address, properties)
-        self._info = ServiceInfo(
+        self._info = self._make_info(address, properties, self._info.name)
+        self._zc.update_service(self._info)
+        log.info("re-announced %s (%s)", self._info.name, address)
+        return True
+
+    def _make_info(
+        self, address: str, properties: dict[str, str], name: str | None = None
+    ) -> ServiceInfo:
+        from zeroconf import ServiceInfo
+
+        return ServiceInfo(
             SERVICE_TYPE,
-            self._info.name,
+            name or self._name,
             addresses=[socket.inet_aton(address)],
             port=self._port,
             properties=properties,
             server=self._host,
         )
-        self._zc.update_service(self._info)
-        log.info("re-announced %s (%s)", self._info.name, address)
-        return True
 
     def _watch(self) -> None:
         while not self._stop.wait(REFRESH_S):
@@ -88,5 +102,7 @@ class Advertiser:
         self._stop.set()
         try:
             self._zc.unregister_service(self._info)
+        except Exception as exc:  # the interface may be gone: the record then expires (TTL)
+            log.warning("cannot withdraw the mDNS record %s: %r", self._info.name, exc)
         finally:
             self._zc.close()

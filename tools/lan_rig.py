@@ -186,7 +186,7 @@ class LanDevice:
         cmd = [
             "ip", "netns", "exec", veth.ns,
             sys.executable, "-m", "appliance.cli", "api", "serve",
-            "--bind", veth.dev_addr, "--port", str(port),
+            *([] if "--interface" in extra else ["--bind", veth.dev_addr]), "--port", str(port),
             "--keyring", str(self.release.keyring),
             "--slot", f"A={self.slots['A']}", "--slot", f"B={self.slots['B']}",
             "--simulate-reboot", "--mdns" if mdns else "--no-mdns", *extra,

@@ -6,13 +6,22 @@ import dataclasses
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from appliance import cli_options
+from appliance.api.errors import InterfaceError
+from appliance.errors import ApplianceError
+
+ADDRESS_CHECK_S = 5.0
+
+if TYPE_CHECKING:
+    from appliance.device import Device
 
 
-def _device(data_dir: Path | None, keyring_path: Path | None, slots: tuple[str, ...]):  # type: ignore[no-untyped-def]
+def _device(data_dir: Path | None, keyring_path: Path | None, slots: tuple[str, ...]) -> Device:
+    """The device from the environment, with the keyring and slot targets given here."""
     from appliance.device import Device
 
     device = Device.from_env(data_dir)
@@ -108,8 +117,19 @@ def serve(
         f"(certificate {server.fingerprint})",
         err=True,
     )
+    bound = str(server.server_address[0])
+    moved: str | None = None
     try:
-        stop.wait()
+        while not stop.wait(ADDRESS_CHECK_S):
+            if interface is None:
+                continue
+            try:
+                now = address()
+            except ApplianceError as exc:
+                now = f"none ({exc})"
+            if now != bound:
+                moved = now
+                break
     except KeyboardInterrupt:
         pass
     finally:
@@ -117,6 +137,12 @@ def serve(
             advertiser.close()
         server.shutdown()
         server.server_close()
+    if moved is not None:
+        # systemd (Restart=always) starts the API again, listening and advertised on the new one
+        raise InterfaceError(
+            f"the address of LAN interface {interface} changed from {bound} to {moved}: "
+            "stopped; start again to listen there"
+        )
 
 
 @api.command("pair-code")

@@ -4,6 +4,7 @@ the record is withdrawn on shutdown."""
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,3 +64,46 @@ def test_twenty_devices_discovered_then_one_withdraws(twenty: list[LanDevice], v
     )
     assert result.exit_code == 0, result.output
     assert len(result.output.strip().splitlines()) == COUNT - 1
+
+
+def test_address_change_stops_the_api_for_a_restart(
+    tmp_path: Path, veth: Veth, release: Release
+) -> None:
+    dev = LanDevice(tmp_path / "d", 42, release)
+    new = veth.dev_addr.rsplit(".", 1)[0] + ".77"
+    try:
+        dev.start(veth, 21999, "--interface", veth.dev_if, mdns=True)
+        seen = browse(5, [veth.host_addr], expect=1)
+        assert [s.address for s in seen if s.id == "dev42"] == [veth.dev_addr]
+        # the new address is a secondary one until the old is removed: promote it then
+        sysctl = f"net.ipv4.conf.{veth.dev_if}.promote_secondaries=1"
+        subprocess.run(["ip", "netns", "exec", veth.ns, "sysctl", "-qw", sysctl], check=True)
+        subprocess.run(
+            ["ip", "-n", veth.ns, "addr", "add", f"{new}/24", "dev", veth.dev_if], check=True
+        )
+        subprocess.run(
+            ["ip", "-n", veth.ns, "addr", "del", f"{veth.dev_addr}/24", "dev", veth.dev_if],
+            check=True,
+        )
+        assert dev.proc is not None
+        assert dev.proc.wait(30) != 0
+        log = (dev.root / "serve.log").read_text()
+        assert f"changed from {veth.dev_addr} to {new}" in log
+        # started again (as systemd would), it listens and is advertised on the new address
+        dev.start(veth, 21999, "--interface", veth.dev_if, mdns=True)
+        assert f"https://{new}:21999" in (dev.root / "serve.log").read_text()
+        seen = browse(5, [veth.host_addr], expect=1)
+        assert [s.address for s in seen if s.id == "dev42"] == [new]
+    finally:
+        dev.stop()
+        subprocess.run(
+            ["ip", "-n", veth.ns, "addr", "add", f"{veth.dev_addr}/24", "dev", veth.dev_if],
+            check=False,
+        )
+        subprocess.run(
+            ["ip", "-n", veth.ns, "addr", "del", f"{new}/24", "dev", veth.dev_if], check=False
+        )
+        subprocess.run(
+            ["ip", "-n", veth.ns, "route", "replace", "224.0.0.0/4", "dev", veth.dev_if],
+            check=False,
+        )
