@@ -100,6 +100,8 @@ class Advertiser:
     def close(self) -> None:
         """Withdraw the record (goodbye) and stop."""
         self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()  # a refresh in progress finishes before the record is withdrawn
         try:
             self._zc.unregister_service(self._info)
         except Exception as exc:  # the interface may be gone: the record then expires (TTL)
