@@ -107,3 +107,24 @@ def test_address_change_stops_the_api_for_a_restart(
             ["ip", "-n", veth.ns, "route", "replace", "224.0.0.0/4", "dev", veth.dev_if],
             check=False,
         )
+
+
+def test_pair_by_name_takes_address_and_fingerprint_from_mdns(
+    tmp_path: Path, veth: Veth, release: Release, xdg: Path
+) -> None:
+    from image.lan.store import PairedStore
+
+    dev = LanDevice(tmp_path / "d", 43, release)
+    try:
+        dev.start(veth, 21998, mdns=True)
+        args = ["pair", "dev43", "--code", dev.pair_code(), "--mdns-interface", veth.host_addr]
+        result = CliRunner().invoke(kiln, args)
+        assert result.exit_code == 0, result.output
+        paired = PairedStore().find("dev43")
+        assert (paired.address, paired.port) == (veth.dev_addr, 21998)
+        assert paired.fingerprint == dev.fingerprint()
+        missing = ["pair", "dev99", "--code", "1", "--seconds", "2"]
+        result = CliRunner().invoke(kiln, [*missing, "--mdns-interface", veth.host_addr])
+        assert result.exit_code != 0 and "not seen on the LAN" in str(result.exception)
+    finally:
+        dev.stop()
