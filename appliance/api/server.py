@@ -141,8 +141,20 @@ class Handler(BaseHTTPRequestHandler):
     def event(self, kind: str, **details: Any) -> None:
         append_event(self.device.events_path, kind, client=self.client, **details)
 
+    def content_length(self) -> int | None:
+        """The declared body size; None (after a 400/411 reply) unless a non-negative integer."""
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            return 0
+        if not raw.strip().isdigit():
+            self.error(HTTPStatus.BAD_REQUEST, "Content-Length must be a byte count", close=True)
+            return None
+        return int(raw)
+
     def read_json(self) -> dict[str, Any] | None:
-        length = int(self.headers.get("Content-Length") or 0)
+        length = self.content_length()
+        if length is None:
+            return None
         if length > MAX_JSON_BODY:
             self.error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "JSON body over 4 KiB", close=True)
             return None
@@ -259,10 +271,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def upload(self) -> None:
         config = self.server.config
-        try:
-            length = int(self.headers["Content-Length"])
-        except (KeyError, TypeError, ValueError):
+        if self.headers.get("Content-Length") is None:
             self.error(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required", close=True)
+            return
+        length = self.content_length()
+        if length is None:
             return
         if length > config.max_upload:
             self.error(

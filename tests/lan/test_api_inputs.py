@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import ssl
 import threading
 from collections.abc import Iterator
@@ -85,6 +86,25 @@ def test_headers_and_queries(server: ApiServer) -> None:
     assert raw(server, "GET", "/v1/status", b"", {"Authorization": "Basic abc"}) == 401
     assert raw(server, "GET", "/v1/status", b"", {"Authorization": f"bearer  {token}"}) == 200
     assert raw(server, "PUT", "/v1/bundle", b"", {**auth, "Content-Length": "abc"}) in (400, 411)
+
+
+@pytest.mark.parametrize("length", ["-1", "abc", "1e9", " -5"])
+def test_bad_content_length_is_refused_before_reading(server: ApiServer, length: str) -> None:
+    """``Content-Length: -1`` once made the pairing endpoint read to EOF into memory."""
+    token = server.tokens.issue("t")
+    headers = {"Content-Length": length, "Authorization": f"Bearer {token}"}
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    host, port = server.server_address[:2]
+    for method, path in (("POST", "/v1/pair"), ("PUT", "/v1/bundle")):
+        sock = ctx.wrap_socket(socket.create_connection((str(host), int(port)), 10))
+        try:
+            head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode())
+            sock.sendall(b"x" * 1000)  # the connection stays open: only a length check answers
+            assert sock.recv(64).startswith(b"HTTP/1.1 400")
+        finally:
+            sock.close()
 
 
 def test_redaction() -> None:
