@@ -257,7 +257,8 @@ class Handler(BaseHTTPRequestHandler):
         body = self.read_json()
         if body is None:
             return
-        code, name = str(body.get("code", "")), str(body.get("name", "laptop"))[:64]
+        code = str(body.get("code", ""))
+        name = "".join(c for c in str(body.get("name", "laptop")) if c.isprintable())[:64]
         if not take_pair_code(self.server.config.api_dir, code):
             self.failed_attempt("wrong or expired pairing code")
             status = HTTPStatus.TOO_MANY_REQUESTS if limiter.locked(self.client) else 403

@@ -23,6 +23,7 @@ def test_pair_screen_code_fingerprint_and_revoke(device: Device) -> None:
     api_dir = device.state_dir / "api"
     store = TokenStore(api_dir)
     token = store.issue("tech@laptop")
+    store.issue("[/bold] not markup [link=x]")  # a name a laptop chose: shown as text
     app = TechnicianApp(device, clock=lambda: DEMO_EPOCH, live=False)
     shown: dict[str, str] = {}
 
@@ -38,11 +39,12 @@ def test_pair_screen_code_fingerprint_and_revoke(device: Device) -> None:
         shown["code"] = match.group(1)
         tokens = app.screen.query_one("#tokens", OptionList)
         assert "tech@laptop" in str(tokens.get_option_at_index(0).prompt)
+        assert "[/bold] not markup" in str(tokens.get_option_at_index(1).prompt)
         revoke = Keys(pilot, "pair: revoke a laptop")
         await revoke("tab", "tab", "tab", "tab", "down", "x", "y")
         assert "revoked 1 token(s)" in text_of(app, "#message")
 
     run_app(app, body)
-    assert store.check(token) is None
+    assert store.check(token) is None and len(store.load().tokens) == 1
     assert take_pair_code(api_dir, shown["code"]) and not take_pair_code(api_dir, shown["code"])
     assert [a["action"] for a in actions(device)] == ["pair.new_code", "pair.revoke"]

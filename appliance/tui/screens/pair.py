@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import ClassVar
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
@@ -84,9 +85,9 @@ class PairScreen(TaskScreen):
 
         for record in records:
             when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(record.created))
-            tokens.add_option(
-                Option(f"{record.sha256[:12]}  {when}  {record.name}", id=record.sha256[:12])
-            )
+            # the name comes from the laptop: shown as plain text, never as markup
+            line = Text(f"{record.sha256[:12]}  {when}  {record.name}")
+            tokens.add_option(Option(line, id=record.sha256[:12]))
         if not records:
             tokens.add_option(Option("(none)", id="none", disabled=True))
 
