@@ -28,6 +28,7 @@ def discover(seconds: float, mdns_interface: str | None, as_json: bool) -> None:
     """List the devices that answer on the LAN within SECONDS."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from image.lan.browse import browse
 
@@ -41,17 +42,10 @@ def discover(seconds: float, mdns_interface: str | None, as_json: bool) -> None:
         table.add_column(column)
     for s in seen:
         t = s.txt
-        table.add_row(
-            s.id,
-            t.get("name", ""),
-            t.get("site", ""),
-            t.get("target", ""),
-            t.get("version", ""),
-            t.get("slot", ""),
-            t.get("mode", ""),
-            f"{s.address}:{s.port}",
-            t.get("fp", "")[:19] + "…",
-        )
+        cells = [s.id, *(t.get(k, "") for k in ("name", "site", "target", "version", "slot"))]
+        cells += [t.get("mode", ""), f"{s.address}:{s.port}", t.get("fp", "")[:19] + "…"]
+        # TXT values are unauthenticated: shown as plain text, never as console markup
+        table.add_row(*(Text(c) for c in cells))
     Console().print(table)
 
 
@@ -141,6 +135,7 @@ def push(
     """Install BUNDLE on DEVICES (or --site S, or --all) in parallel; summary at the end."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from image.lan.push import push as do_push
 
@@ -152,7 +147,7 @@ def push(
     table.add_column("device")
     table.add_column("result")
     for r in results:
-        table.add_row(r.device.label, ("[green]" if r.ok else "[red]") + r.detail)
+        table.add_row(Text(r.device.label), Text(r.detail, style="green" if r.ok else "red"))
     Console(width=200).print(table)
     if not all(r.ok for r in results):
         raise LanError(f"{sum(not r.ok for r in results)} device(s) failed (see above)")

@@ -32,6 +32,7 @@ def push(
     bundle: Path, devices: Sequence[PairedDevice], *, show: bool = True, timeout: float = 60.0
 ) -> list[PushResult]:
     """Upload ``bundle`` to every device in parallel; one failure never stops the others."""
+    from rich.markup import escape
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -51,15 +52,16 @@ def push(
     )
 
     def one(device: PairedDevice) -> PushResult:
-        task = progress.add_task(device.label, total=size)
+        label = escape(device.label)  # the device named itself: never console markup
+        task = progress.add_task(label, total=size)
         try:
             reply = client_for(device, timeout).upload(
                 bundle, lambda done: progress.update(task, completed=done)
             )
         except LanError as exc:
-            progress.update(task, description=f"{device.label} [red]failed")
+            progress.update(task, description=f"{label} [red]failed")
             return PushResult(device, False, str(exc))
-        progress.update(task, description=f"{device.label} [green]installed")
+        progress.update(task, description=f"{label} [green]installed")
         detail = f"installed {reply.get('installed')} into slot {reply.get('slot')}"
         return PushResult(device, True, detail, reply)
 

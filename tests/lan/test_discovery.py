@@ -115,8 +115,13 @@ def test_pair_by_name_takes_address_and_fingerprint_from_mdns(
     from image.lan.store import PairedStore
 
     dev = LanDevice(tmp_path / "d", 43, release)
+    (dev.data / "edgekiln" / "name").write_text("[/bold] line [link=x]\n")  # not markup
     try:
         dev.start(veth, 21998, mdns=True)
+        table = ["discover", "--seconds", "3", "--mdns-interface", veth.host_addr]
+        result = CliRunner().invoke(kiln, table, env={"COLUMNS": "250"})
+        assert result.exit_code == 0, result.output
+        assert "[/bold] line [link=x]" in result.output
         args = ["pair", "dev43", "--code", dev.pair_code(), "--mdns-interface", veth.host_addr]
         result = CliRunner().invoke(kiln, args)
         assert result.exit_code == 0, result.output
