@@ -297,6 +297,9 @@ class Pipeline:
             update=update_config(self.loaded),
             poll_interval_s=self.recipe.update.poll_interval_s,
             poll_jitter_s=self.recipe.update.poll_jitter_s,
+            lan_api=self.recipe.lan.api,
+            lan_interface=self.recipe.lan.interface,
+            lan_port=self.recipe.lan.port,
         )
         key = _key(
             IMAGE_FORMAT, base.key, runtime_digest, model_digests,
@@ -305,6 +308,7 @@ class Pipeline:
             config.runtime_watchdog_sec, hashlib.sha256(config.keyring or b"").hexdigest(),
             config.slots_spec, hashlib.sha256(b"".join(config.update or ())).hexdigest(),
             config.poll_interval_s, config.poll_jitter_s,
+            config.lan_api, config.lan_interface, config.lan_port,
             self.recipe.partitions.rootfs_mib, self.seed, self.epoch,
         )  # fmt: skip
         path, hit = self._cached_file("slot", key, "rootfs.ext4")

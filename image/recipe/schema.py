@@ -154,6 +154,17 @@ class Runtime(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defa
     extras: tuple[Literal["opencv"], ...] = ()
 
 
+class Lan(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """The site-LAN API (``appliance api serve``): off unless ``api = true``.
+
+    ``interface`` is the LAN interface it listens on (``auto``: the default route's).
+    """
+
+    api: bool = False
+    interface: str = "auto"
+    port: int = 8443
+
+
 class Recipe(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """A fully merged, typed recipe."""
 
@@ -172,6 +183,7 @@ class Recipe(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     runtime: Runtime = Runtime()
     pipeline: PipelineDefaults = PipelineDefaults()
     update: Update = Update()
+    lan: Lan = Lan()
 
 
 # --- the target table (docs/decisions.md §22) ----------------------------------------------------
@@ -230,6 +242,8 @@ class LoadedRecipe:
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe as plain data (for ``--plan`` and the manifest)."""
         data: dict[str, Any] = msgspec.to_builtins(self.recipe)
+        if self.recipe.lan == Lan():
+            del data["lan"]  # a recipe without [lan] keeps its digest
         return data
 
     @property
