@@ -57,9 +57,34 @@ def test_the_cap_takes_effect_in_a_fresh_process(tmp_path: Path) -> None:
     assert not any("avx512" in k or "amx" in k for k in run.kernels), run.kernels
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("select", ["smallest", "int8"])
-@pytest.mark.parametrize("name", ["inspect-fallback", "inspect-primary"])
+def test_the_child_refuses_when_the_cap_is_not_in_its_environment(tmp_path: Path) -> None:
+    """What the gate does if OpenVINO ignored the cap: refuse, naming the kernels it chose."""
+    if "avx512f" not in Path("/proc/cpuinfo").read_text():
+        pytest.skip("an AVX2-only CPU runs AVX2 kernels with or without the cap")
+    pkg = _reference("inspect-fallback", tmp_path)
+    spec = json.dumps({"runtime": "openvino", "threads": 1, "runs": [], "isa": "avx2"})
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
+    done = subprocess.run(
+        [sys.executable, "-m", "image.model.isa", str(pkg), spec],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2 and "did not take effect" in done.stderr, done.stderr
+    assert "avx512" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "select"),
+    [
+        ("inspect-fallback", "smallest"),  # the S8S8 QDQ file before the fix: fails under AVX2
+        pytest.param("inspect-fallback", "int8", marks=pytest.mark.slow),
+        pytest.param("inspect-primary", "smallest", marks=pytest.mark.slow),
+        pytest.param("inspect-primary", "int8", marks=pytest.mark.slow),
+    ],
+)
 def test_intel_openvino_file_passes_the_selftest_under_avx2(
     name: str, select: str, tmp_path: Path
 ) -> None:
