@@ -103,7 +103,7 @@ def prune(kind_dir: Path, keep: int) -> list[Path]:
     if not kind_dir.is_dir():
         return []
     # Only entries named by a content key: other things may share the folder (the arm64 root
-    # and site-packages of image.freeze_foreign live beside the frozen runtimes).
+    # and site-packages of image.freeze.foreign live beside the frozen runtimes).
     entries = [e for e in kind_dir.iterdir() if e.is_dir() and KEY_NAME.fullmatch(e.name)]
 
     def mtime(e: Path) -> float:

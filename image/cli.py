@@ -11,17 +11,17 @@ from appliance.errors import ApplianceError
 from image import __version__
 from image.errors import BuildError
 
-# Each builder module owns its command; add one line here per command.
+# Each subpackage owns its command module; add one line here per command.
 COMMANDS: dict[str, str] = {
-    "vm": "image.vm_cli:vm",
-    "build": "image.build_cli:build",
+    "vm": "image.vm.cli:vm",
+    "build": "image.build.cli:build",
     "inspect": "image.inspect_cli:inspect",
     "flash": "image.flash_cli:flash",
-    "freeze": "image.freeze_cli:freeze",
-    "keys": "image.keys_cli:keys",
-    "bundle": "image.bundle_cli:bundle",
-    "publish": "image.publish_cli:publish",
-    "model": "image.model_cli:model",
+    "freeze": "image.freeze.cli:freeze",
+    "keys": "image.release.keys_cli:keys",
+    "bundle": "image.release.cli:bundle",
+    "publish": "image.release.publish_cli:publish",
+    "model": "image.model.cli:model",
 }
 
 

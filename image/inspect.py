@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from image.disk import Partition, read_table
+from image.build.disk import Partition, read_table
 from image.errors import BuildError
 
 

@@ -52,12 +52,12 @@ class Models(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defau
     """Model package directories (model package format v1), relative to the recipe.
 
     ``optimise = true`` runs ``kiln model optimise`` for the recipe's target on both packages
-    before the slot stage (image/model_build.py): INT8 and reduced-precision variants measured on
+    before the slot stage (image/model/stage.py): INT8 and reduced-precision variants measured on
     the target's runtime, gated at ``max_accuracy_drop`` percentage points of top-1 below the
     FP32 parent, then ``select`` picks what ships: the ``fastest`` passing variant, the
     ``smallest`` one, or the ``fp32`` parent (the table is still measured and shipped).
     ``fuse = true`` (the default) then gives each package the fused variant of the ONNX file the
-    target's runtime picks (image/model_fuse_build.py): pre-processing, softmax and top-k in the
+    target's runtime picks (image/model/fuse_stage.py): pre-processing, softmax and top-k in the
     graph, uint8 BGR frames in, checked against the plain file on the reference split. Only
     runtimes that run fused files get one (onnxruntime, OpenVINO on an ONNX file, OpenCV);
     ``fuse = false`` ships the packages without it.

@@ -2,7 +2,7 @@
 """Benchmark: our delta bundle (ekdelta1) against xdelta3, zstd --patch-from, bsdiff4, full zstd.
 
 Image pairs are real journal-less ext4 slot images made with the project's reproducible
-``image.fs.make_ext4`` from a Debian bookworm minbase root (+ python3), cached once:
+``image.build.fs.make_ext4`` from a Debian bookworm minbase root (+ python3), cached once:
 
   v1   base root + numpy 2.1.3 (wheel unpacked into dist-packages) + an 8 MiB float32 model
   v2   numpy 2.2.1 + the model fine-tuned (every weight nudged) + a version file   (package+model)
@@ -108,8 +108,8 @@ def make_tree(dest: Path, numpy: str, tuned: bool, version: str, extra: bool) ->
 
 
 def make_image(name: str, numpy: str, tuned: bool, version: str, extra: bool = False) -> Path:
-    """The cached ext4 slot image ``name`` (journal-less, reproducible: image.fs.make_ext4)."""
-    from image.fs import fs_uuid_for, make_ext4
+    """The cached ext4 slot image ``name`` (journal-less, reproducible: image.build.fs)."""
+    from image.build.fs import fs_uuid_for, make_ext4
 
     out = CACHE / "images" / f"{name}.ext4"
     if out.exists():

@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from image.freeze import FrozenRuntime, freeze_runtime, snapshot_sources  # noqa: E402
+from image.freeze.runtime import FrozenRuntime, freeze_runtime, snapshot_sources  # noqa: E402
 
 BACKEND = {"generic-x86-64": "onnxruntime", "intel-openvino": "openvino"}
 

@@ -5,7 +5,7 @@
         [--select fastest,smallest] [--rounds 3] [--json OUT]
 
 For every target, package and ``select`` it runs the builder's own step
-(``image.model_optimise.optimise``, as ``image.model_build`` calls it, gate 1 pp, no cache) and
+(``image.model.optimise.optimise``, as ``image.model.stage`` calls it, gate 1 pp, no cache) and
 prints one row: the variant shipped, its precision, its size and top-1 against the FP32 parent
 measured on the same runtime in the same run, and its p50 speed-up over FP32. Ratios are
 FP32 / shipped (size) and FP32 p50 / shipped p50 (speed). LiteRT rows are the pass-through (no
@@ -30,7 +30,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from image.model_optimise import GateError, optimise  # noqa: E402
+from image.model.optimise import GateError, optimise  # noqa: E402
 
 TARGETS = "generic-x86-64,intel-openvino,coral-usb-arm64,jetson-orin"
 

@@ -3,7 +3,7 @@
     .venv/bin/python tools/bench_models.py [--package DIR ...] [--mobilenet] [--threads 1,2]
                                            [--rounds 3] [--json OUT]
 
-For each package: the FP32 ONNX and an INT8 QDQ ONNX (``image.model_quantise``, the package's
+For each package: the FP32 ONNX and an INT8 QDQ ONNX (``image.model.quantise``, the package's
 calibration split) run on onnxruntime, OpenVINO (f32 hint and the CPU's default hint, bf16 where
 supported) and OpenCV DNN (FP32), side by side in one run, through the device's own back ends
 and pre-processing. Ratios are against FP32 on the same runtime at the same thread count.
@@ -33,10 +33,10 @@ sys.path.insert(0, str(REPO))
 
 from appliance.inference.errors import PackageError  # noqa: E402
 from appliance.inference.package import load_package  # noqa: E402
-from image.model_eval import EvaluationError, evaluate  # noqa: E402
-from image.model_nncf import fp16_ir, nncf_available, nncf_int8_ir  # noqa: E402
-from image.model_optimise import _entry  # noqa: E402
-from image.model_quantise import quantise_onnx_int8  # noqa: E402
+from image.model.eval import EvaluationError, evaluate  # noqa: E402
+from image.model.nncf import fp16_ir, nncf_available, nncf_int8_ir  # noqa: E402
+from image.model.optimise import _entry  # noqa: E402
+from image.model.quantise import quantise_onnx_int8  # noqa: E402
 
 # (runtime, file, f32 hint, label)
 VARIANTS = [

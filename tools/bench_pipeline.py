@@ -295,7 +295,7 @@ def bgr(images: np.ndarray) -> np.ndarray:
 
 def fused_copy(pkg: Path, work: Path) -> Path:
     """A copy of ``pkg`` with fused ONNX files for BGR frames, as ``kiln`` builds ship it."""
-    from image.model_fuse import fuse_package
+    from image.model.fuse import fuse_package
 
     out = work / pkg.name
     if not out.exists():

@@ -1,110 +1,106 @@
 #!/usr/bin/env python3
-"""Fuzz the bundle reader: mutate valid bundles and check that none is accepted.
+"""Fuzz the bundle reader and the download path with mutations and the attacks of issue #17.
 
-Mutations: single and multiple bit flips, truncations, splices of two valid bundles, inserted
-junk, and byte overwrites. For every case the reader runs to the end through an oracle sink
-that counts bytes arriving before the manifest was verified and bytes that are not the genuine
-image. Prints counts per mutation and per error; exits 1 if any mutated bundle was accepted
-or any unverified byte reached the sink.
+Cases (tests/bundle/attacks.py): half classic mutations of valid bundles (bit flips,
+truncations, splices, inserted junk, overwrites), half attacks: lying tar heads (declared
+manifests above the limit up to 8 GiB), traversal and link headers, forged rotated keyrings on
+the data partition, keyring-rotation abuse inside signed bundles, delta control bombs, and
+downloads from a lying mirror. Prints counts per kind and per error; exits 1 if any case was
+accepted, any byte reached the target before verification or was not the genuine image, a
+refused download left a file, or a request asked for more than the manifest limit before the
+signature was checked.
 
-    .venv/bin/python tools/fuzz_bundle.py                 # 12,000 cases, seed 1
+    .venv/bin/python tools/fuzz_bundle.py                 # 10,000 cases, seed 1
     .venv/bin/python tools/fuzz_bundle.py -n 50000 --seed 7
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import sys
+import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.bundle import mutate
-from tests.bundle.kit import CHUNK, image_bytes, make_bundle, policy, trusted_keyring
+from tests.bundle.attacks import Fuzzer, Outcome
 
 
-def main() -> int:  # noqa: PLR0912 - one branch per mutation kind
+@dataclass
+class Summary:
+    """Totals of a run."""
+
+    cases: int = 0
+    accepted: int = 0
+    early: int = 0
+    unverified: int = 0
+    leftover: int = 0
+    over_asked: int = 0
+    written: Counter[str] = field(default_factory=Counter)
+    kinds: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+
+    def add(self, out: Outcome, head_limit: int) -> None:
+        self.cases += 1
+        self.kinds[out.kind] += 1
+        what = out.error or ("ACCEPTED" if out.accepted else "the genuine bundle (kept as is)")
+        self.errors[f"{out.kind}: {what}"] += 1
+        self.accepted += out.accepted
+        self.early += out.early
+        self.unverified += out.unverified
+        self.leftover += out.leftover
+        self.over_asked += out.asked > head_limit
+        self.written[out.kind] += out.written
+
+    @property
+    def ok(self) -> bool:
+        return not (self.accepted or self.early or self.unverified or self.leftover
+                    or self.over_asked)  # fmt: skip
+
+
+def run(cases: int, seed: int, work: Path) -> Summary:
+    """``cases`` random cases from ``seed``; the fuzzer's files live under ``work``."""
+    fuzzer = Fuzzer(work)
+    head_limit = 512 + fuzzer.limit + 511 + 1024
+    rng = random.Random(seed)
+    summary = Summary()
+    for _ in range(cases):
+        summary.add(fuzzer.case(rng), head_limit)
+    return summary
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("-n", "--cases", type=int, default=12_000)
+    parser.add_argument("-n", "--cases", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    rng = random.Random(args.seed)
-
-    images = {"a": image_bytes(CHUNK * 3 + 123, seed=1), "b": image_bytes(CHUNK * 2 + 7, seed=2)}
-    valid = {
-        "a-none": (make_bundle(images["a"]), images["a"]),
-        "a-zstd": (make_bundle(images["a"], compression="zstd"), images["a"]),
-        "b-none": (make_bundle(images["b"], version="2.0.0"), images["b"]),
-        "b-zstd-keyring": (
-            make_bundle(
-                images["b"], compression="zstd", keyring_payload=trusted_keyring(2).to_bytes()
-            ),
-            images["b"],
-        ),
-    }
-    by_bytes = {data: genuine for data, genuine in valid.values()}
-    pol = policy()
-    for name, (data, genuine) in valid.items():
-        if not mutate.read(data, genuine, pol).accepted:
-            print(f"valid bundle {name} was refused: the fuzzer is broken", file=sys.stderr)
-            return 2
-
-    kinds = Counter[str]()
-    errors = Counter[str]()
-    accepted = early = unverified = identical = 0
-    start = time.perf_counter()
-    names = sorted(valid)
-    for _ in range(args.cases):
-        base = rng.choice(names)
-        data, genuine = valid[base]
-        kind = rng.choice(["flip", "multiflip", "truncate", "splice", "insert", "overwrite"])
-        if kind == "flip":
-            out = mutate.flip(data, rng.randrange(len(data) * 8))
-        elif kind == "multiflip":
-            out = data
-            for _ in range(rng.randint(2, 16)):
-                out = mutate.flip(out, rng.randrange(len(data) * 8))
-        elif kind == "truncate":
-            out = mutate.truncate(data, rng.randrange(len(data)))
-        elif kind == "splice":
-            other = valid[rng.choice(names)][0]
-            out = mutate.splice(
-                data, other, rng.randrange(len(data) + 1), rng.randrange(len(other) + 1)
-            )
-        elif kind == "insert":
-            junk = bytes(rng.randrange(256) for _ in range(rng.randint(1, 1024)))
-            out = mutate.insert(data, rng.randrange(len(data) + 1), junk)
-        else:
-            at = rng.randrange(len(data))
-            junk = bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))
-            out = data[:at] + junk + data[at + len(junk) :]
-        kinds[kind] += 1
-        if out in by_bytes:  # a splice or overwrite can reproduce a valid bundle exactly
-            identical += 1
-            genuine = by_bytes[out]
-        result = mutate.read(out, genuine, pol)
-        early += result.early_writes
-        unverified += result.unverified_writes
-        if result.accepted and out not in by_bytes:
-            accepted += 1
-        errors[result.error or "accepted (identical to a valid bundle)"] += 1
-    elapsed = time.perf_counter() - start
-
-    print(f"{args.cases} mutated bundles (seed {args.seed}) in {elapsed:.1f} s")
-    print("mutations: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
+    logging.getLogger("appliance").setLevel(logging.CRITICAL)  # refusals are counted, not logged
+    shm = Path("/dev/shm")  # noqa: S108 - a private TemporaryDirectory inside it
+    with tempfile.TemporaryDirectory(dir=shm if shm.is_dir() else None) as tmp:
+        start = time.perf_counter()
+        s = run(args.cases, args.seed, Path(tmp))
+        elapsed = time.perf_counter() - start
+    print(f"{s.cases} cases (seed {args.seed}) in {elapsed:.1f} s")
+    print("kinds: " + ", ".join(f"{k} {v}" for k, v in sorted(s.kinds.items())))
     print("outcomes:")
-    for name, count in errors.most_common():
+    for name, count in sorted(s.errors.items()):
         print(f"  {count:7d}  {name}")
-    print(f"identical to a valid bundle (not mutations): {identical}")
-    print(f"ACCEPTED mutations: {accepted}")
-    print(f"writes before verification: {early}")
-    print(f"unverified bytes written: {unverified}")
-    return 1 if accepted or early or unverified else 0
+    print("bytes written to the target (all verified genuine prefixes of refused streams):")
+    for kind, total in sorted(s.written.items()):
+        print(f"  {total:10d}  {kind}")
+    print(f"ACCEPTED: {s.accepted}")
+    print(f"writes before verification: {s.early}")
+    print(f"unverified bytes written: {s.unverified}")
+    print(f"files left by refused downloads: {s.leftover}")
+    print(f"head requests above the manifest limit: {s.over_asked}")
+    return 0 if s.ok else 1
 
 
 if __name__ == "__main__":

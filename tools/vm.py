@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Boot an edgekiln image in QEMU (same as ``kiln vm``); see image/vm.py for the library."""
+"""Boot an edgekiln image in QEMU (same as ``kiln vm``); see image/vm/qemu.py for the library."""
 
 from __future__ import annotations
 
-from image.vm_cli import vm
+from image.vm.cli import vm
 
 if __name__ == "__main__":
     vm()

@@ -17,13 +17,14 @@ zstandard is imported only when a zstd payload is read or written.
 from __future__ import annotations
 
 from appliance.bundle.errors import BundleError
-from appliance.bundle.keyring import (
-    Keyring,
-    TrustedKey,
+from appliance.bundle.keychain import (
+    LoadedKeyring,
+    Rotation,
     apply_keyring_update,
     effective_keyring,
-    key_id_for,
+    load_keyring,
 )
+from appliance.bundle.keyring import Keyring, TrustedKey, key_id_for
 from appliance.bundle.manifest import FORMAT_VERSION, Limits, Manifest, Payload
 from appliance.bundle.reader import (
     Policy,
@@ -42,12 +43,14 @@ __all__ = [
     "FileSink",
     "Keyring",
     "Limits",
+    "LoadedKeyring",
     "Manifest",
     "MemorySink",
     "NullSink",
     "Payload",
     "PayloadSource",
     "Policy",
+    "Rotation",
     "Sink",
     "TrustedKey",
     "VerifiedBundle",
@@ -55,6 +58,7 @@ __all__ = [
     "check_policy",
     "effective_keyring",
     "key_id_for",
+    "load_keyring",
     "open_bundle",
     "peek_manifest",
     "write_bundle",

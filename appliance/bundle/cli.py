@@ -16,7 +16,7 @@ from typing import BinaryIO
 import click
 
 from appliance import cli_options
-from appliance.bundle.keyring import effective_keyring
+from appliance.bundle.keychain import effective_keyring
 from appliance.bundle.manifest import describe
 from appliance.bundle.reader import Policy, Progress, open_bundle, peek_manifest
 

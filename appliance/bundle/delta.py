@@ -51,6 +51,11 @@ XZ_MAGIC = b"\xfd7zXZ\x00"
 XZ_MIN_FRAME = 4096  # smaller zstd frames are left alone: nothing worth a slower decode
 XZ_KEEP = 0.97  # keep xz only if at most this fraction of the zstd frame
 XZ_MEM_SLACK = 4 << 20  # decoder memory beyond the dictionary (<= the body limit)
+# At most one control per CONTROL_BYTES output bytes, plus one. The encoder keeps to it (a
+# chunk whose bsdiff controls would exceed it is encoded without bsdiff: at most two controls
+# per 4 KiB block) and the device refuses more before decompressing anything: with the old
+# bound (one per output byte) an 8.7 KB signed chunk decoded to 16.7 M controls (+1.4 GiB).
+CONTROL_BYTES = 64
 
 
 class DeltaError(BundleError):
@@ -65,11 +70,16 @@ class MissingBaseError(BundleError):
     """A delta payload was streamed without access to the active slot it applies to."""
 
 
+def max_controls(out_len: int) -> int:
+    """The most controls a chunk rebuilding ``out_len`` bytes may carry (encoder and device)."""
+    return out_len // CONTROL_BYTES + 1
+
+
 def chunk_bound(chunk_size: int) -> int:
     """Largest wire size of one delta chunk for ``chunk_size``: header, extents, a zstd frame."""
     from appliance.bundle.manifest import zstd_bound
 
-    max_ctrl = chunk_size // 8 + 1
+    max_ctrl = max_controls(chunk_size)
     return _HEAD.size + 4096 * _EXT.size + zstd_bound(2 * chunk_size + max_ctrl * _CTRL.size)
 
 

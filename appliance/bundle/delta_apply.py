@@ -21,6 +21,7 @@ from appliance.bundle.delta import (
     _CTRL,
     _EXT,
     _HEAD,
+    CONTROL_BYTES,
     MAGIC,
     MAGIC_SHUFFLED,
     MAX_REFERENCE,
@@ -31,6 +32,7 @@ from appliance.bundle.delta import (
     DeltaBaseError,
     DeltaError,
     Extent,
+    max_controls,
 )
 
 
@@ -66,8 +68,11 @@ def parse_chunk(wire: bytes, out_len: int, base_size: int, where: str) -> Parsed
     if n_ext > 4096 or ext_end + zlen != len(wire):
         raise DeltaError(f"{where}: header sizes ({n_ext} extents, frame {zlen}) do not add up")
     extents = _parse_extents(memoryview(wire)[_HEAD.size : ext_end], base_size, where)
-    if n_ctrl > out_len + 1:
-        raise DeltaError(f"{where}: {n_ctrl} controls for {out_len} output bytes")
+    if n_ctrl > max_controls(out_len):
+        raise DeltaError(
+            f"{where}: {n_ctrl} controls for {out_len} output bytes; the format allows at most "
+            f"{max_controls(out_len)} (one per {CONTROL_BYTES} bytes): refused before decoding"
+        )
     frame = memoryview(wire)[ext_end:]
     key = (magic, n_ctrl, out_len, bytes(frame)) if zlen <= _KNOWN_FRAME else None
     known = _KNOWN.get(key) if key is not None else None

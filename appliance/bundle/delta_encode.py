@@ -28,7 +28,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.bundle.delta import BLOCK, MAX_REFERENCE, DeltaError, Extent, encode_chunk
+from appliance.bundle.delta import (
+    BLOCK,
+    MAX_REFERENCE,
+    DeltaError,
+    Extent,
+    encode_chunk,
+    max_controls,
+)
 from appliance.bundle.delta_apply import apply_parsed, parse_chunk
 
 log = logging.getLogger(__name__)
@@ -211,6 +218,19 @@ class DeltaEncoder:
                 if m is not None:
                     self._shift_pos.append(start + j * BLOCK)
                     self._shift_val.append(m * BLOCK - start - j * BLOCK)
+        wire = self._encode(start, chunk, matches, bsdiff=True)
+        if wire is None:  # bsdiff's controls would pass the format's bound: without it
+            with self._stats_lock:
+                self.stats["too_many_controls"] += 1
+            wire = self._encode(start, chunk, matches, bsdiff=False)
+            assert wire is not None  # literal/aligned runs: <= 2 controls per 4 KiB block
+        self._verify(wire, chunk, index)
+        return wire
+
+    def _encode(
+        self, start: int, chunk: bytes, matches: list[int | None], *, bsdiff: bool
+    ) -> bytes | None:
+        """One chunk's wire bytes; None if its controls would exceed ``max_controls``."""
         builder = _Builder()
         j = 0
         n = len(matches)
@@ -227,11 +247,11 @@ class DeltaEncoder:
                 while k < n and matches[k] is None:
                     k += 1
                 lo, hi = j * BLOCK, min(k * BLOCK, len(chunk))
-                self._literal(builder, start + lo, chunk[lo:hi])
+                self._literal(builder, start + lo, chunk[lo:hi], bsdiff)
             j = k
-        wire = builder.encode(self.level)
-        self._verify(wire, chunk, index)
-        return wire
+        if len(builder.controls) > max_controls(len(chunk)):
+            return None
+        return builder.encode(self.level)
 
     def _shifts_near(self, pos: int, length: int) -> list[int]:
         """Shifts of the nearest matched blocks before and after [pos, pos+length), and 0."""
@@ -245,7 +265,7 @@ class DeltaEncoder:
         shifts.append(0)
         return list(dict.fromkeys(shifts))
 
-    def _literal(self, builder: _Builder, pos: int, data: bytes) -> None:
+    def _literal(self, builder: _Builder, pos: int, data: bytes, bsdiff: bool = True) -> None:
         """Encode bytes that match no base block: best of bsdiff, aligned difference, literal."""
         import bsdiff4.core
 
@@ -262,7 +282,7 @@ class DeltaEncoder:
                 options.append((_zsize(ctl, diff, b""), "aligned", ext, ctl, diff, b""))
         windows = _windows(pos, len(data), shifts, len(base))
         room = MAX_REFERENCE - builder.ref_len - 2 * self.chunk_size
-        windows = _clip(windows, room)
+        windows = _clip(windows, room) if bsdiff else []
         if windows:
             ref = b"".join(base[e.offset : e.offset + e.length] for e in windows)
             bcontrol, bdiff, bextra = bsdiff4.core.diff(ref, data)

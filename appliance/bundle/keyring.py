@@ -3,7 +3,8 @@
 A keyring is canonical JSON (FORMAT.md, "Keyring"). The image bakes one in; a newer one may
 arrive as a ``keyring`` payload inside a bundle signed by a currently trusted key, and is kept
 on the data partition (``keys/keyring-v1.json``: the file name carries the format version so an
-older slot keeps reading its own format, ARCHITECTURE Decision 10).
+older slot keeps reading its own format, docs/decisions.md §10) with the evidence that
+authenticates it at every load (:mod:`appliance.bundle.keychain`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from cryptography.exceptions import InvalidSignature
@@ -28,7 +30,6 @@ from appliance.bundle.errors import (
     RevokedKeyError,
     UnknownKeyError,
 )
-from appliance.fsutil import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -220,28 +221,10 @@ class Keyring:
             )
 
 
-def effective_keyring(baked: Path, data_dir: Path | None) -> Keyring:
-    """The keyring to trust: the newer of the image's and the rotated one on data."""
-    ring = Keyring.load(baked)
-    if data_dir is not None:
-        rotated = data_dir / DATA_KEYRING_PATH
-        if rotated.exists():
-            other = Keyring.load(rotated)
-            if other.version > ring.version:
-                ring = other
-    return ring
+def __getattr__(name: str) -> Any:
+    """Loading and storing rotated keyrings moved to :mod:`appliance.bundle.keychain`."""
+    if name in ("effective_keyring", "apply_keyring_update", "load_keyring"):
+        from appliance.bundle import keychain
 
-
-def apply_keyring_update(current: Keyring, new_bytes: bytes, data_dir: Path) -> Keyring:
-    """Validate a verified ``keyring`` payload against ``current`` and store it on data atomically.
-
-    ``new_bytes`` must come from :meth:`VerifiedBundle.read_keyring` (signed by a key that
-    ``current`` trusts). Returns the new keyring.
-    """
-    target = data_dir / DATA_KEYRING_PATH
-    new = Keyring.from_bytes(new_bytes, f"{target} (update)")
-    current.check_successor(new)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(target, new_bytes, mode=0o644)
-    log.info("keyring rotated to version %d (%d keys) at %s", new.version, len(new.keys), target)
-    return Keyring(version=new.version, keys=new.keys, source=str(target))
+        return getattr(keychain, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

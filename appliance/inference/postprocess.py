@@ -236,7 +236,7 @@ class Postprocessor:
         self.top = top
         _n, _c, h, w = expected_shape(m, model.file) if model.layout == "NCHW" else _nhwc(m, model)
         self.input_w, self.input_h = w, h
-        # A fused classifier (image/model_fuse.py) outputs (scores [1, K], indices [1, K]).
+        # A fused classifier (image/model/fuse.py) outputs (scores [1, K], indices [1, K]).
         self.fused_top = model.file.fused.top_k if model.file.fused is not None else 0
         self.anchors: np.ndarray | None = None
         self.raw_floor = -math.inf

@@ -10,6 +10,14 @@ part file is cut back to the journal's length and the download resumes with
 ``Range: bytes=N-``: at most the one unit in flight (and the small head, which is
 re-checked on every run so that a new release at the same URL is noticed) is fetched twice.
 
+Nothing unauthenticated sizes a buffer: the first tar header is checked (canonical, named
+``manifest.json``, at most ``Limits.max_manifest_size``) before the manifest is asked for, and
+every later read is a unit the signed manifest implies. With ``expected`` (the length and
+sha256 a TUF channel signed for the file) the head must fit that length, the manifest's total
+must equal it before any payload byte is asked for, and the whole-file sha256 is computed
+while streaming and checked before the file is kept. A refused download (anything but an
+interruption) removes its part file and journal: nothing refused stays in ``DIR``.
+
 A bandwidth cap (bytes/s) and an allowed daily window (``HH:MM-HH:MM`` on the device clock,
 UTC) are honoured between reads; outside the window :class:`OutsideWindowError` stops the
 download with the journal kept. The finished file is an ordinary bundle: ``appliance install``
@@ -34,8 +42,8 @@ from typing import BinaryIO
 import msgspec
 
 from appliance.bundle import Policy, open_bundle, tarstream
-from appliance.bundle.errors import ChunkDigestError
-from appliance.bundle.manifest import Manifest
+from appliance.bundle.errors import BundleError, ChunkDigestError
+from appliance.bundle.manifest import MANIFEST_NAME, Limits, Manifest
 from appliance.fsutil import atomic_write_bytes, fsync_dir
 from appliance.ota.errors import OtaError, SourceError
 
@@ -47,6 +55,10 @@ READ = 64 << 10
 
 class FetchError(OtaError):
     """The download failed in a way resuming cannot fix (bad server, bad bytes, bad journal)."""
+
+
+class TargetMismatchError(FetchError):
+    """The file is not the one the update channel signed for (length or sha256)."""
 
 
 class OutsideWindowError(OtaError):
@@ -63,6 +75,14 @@ class Journal(msgspec.Struct, forbid_unknown_fields=True):
     total: int
     verified: int
     complete: bool = False
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the update channel (TUF targets metadata) signed for the file: length and sha256."""
+
+    length: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -188,15 +208,29 @@ def _read_exact(body: BinaryIO, n: int, throttle: Throttle, where: str) -> bytes
     return bytes(buf)
 
 
-def _head(url: str, opener: Opener, throttle: Throttle) -> bytes:
-    """manifest.json + manifest.sig as bytes (two requests: the header tells the length)."""
-    with opener(url, 0, 511) as body:
-        first = _read_exact(body, 512, throttle, "the first header")
-    try:
-        size = int(first[124:135], 8)
-    except ValueError:
-        raise FetchError(f"{url}: not a bundle (no ustar header at byte 0)") from None
-    head_len = 512 + size + tarstream.padding(size) + 1024
+def _head(
+    url: str, opener: Opener, throttle: Throttle, limits: Limits, length: int | None
+) -> bytes:
+    """manifest.json + manifest.sig as bytes (two requests: the header tells the length).
+
+    The first header is checked like the reader checks it (canonical ustar, name
+    ``manifest.json``, size within ``limits.max_manifest_size``) before the second request
+    asks for that many bytes: nobody who can answer the request (a mirror, a man in the
+    middle on plain HTTP) can make the device buffer more than the limit.
+    """
+    with opener(url, 0, tarstream.BLOCK - 1) as body:
+        first = _read_exact(body, tarstream.BLOCK, throttle, "the first header")
+    header = tarstream.read_header(
+        tarstream.StreamReader(io.BytesIO(first), url), MANIFEST_NAME, limits.max_manifest_size
+    )
+    if header is None or header.name != MANIFEST_NAME:
+        raise FetchError(f"{url}: not a bundle (its first member is not {MANIFEST_NAME})")
+    head_len = tarstream.BLOCK + header.size + tarstream.padding(header.size) + 1024
+    if length is not None and head_len > length:
+        raise FetchError(
+            f"{url}: its manifest alone ({head_len} bytes) is longer than the {length} bytes "
+            "the update channel signed for this file; refused"
+        )
     with opener(url, 0, head_len - 1) as body:
         return _read_exact(body, head_len, throttle, "the manifest")
 
@@ -214,14 +248,17 @@ class Fetcher:
         window: Window | None = None,
         opener: Opener = http_range,
         now: Callable[[], float] = time.time,
+        expected: Expected | None = None,
     ) -> None:
         self.url = url
+        self.expected = expected
         self.dir = Path(directory)
         self.policy = policy
         self.window = window
         self.opener = opener
         self.now = now
         self.throttle = Throttle(rate)
+        self._parts: list[Path] = []  # part files this run created or resumed
 
     @property
     def fetched(self) -> int:
@@ -257,26 +294,57 @@ class Fetcher:
         return self.dir / f"{manifest_sha[:16]}.bundle.part"
 
     def run(self) -> Path:
-        """Download (or resume) and return the finished bundle's path."""
+        """Download (or resume) and return the finished bundle's path.
+
+        A refusal (a head that is not a bundle or fails its signature or policy, a chunk that
+        fails its digest, a file that is not the channel's target) removes this download's
+        part file and journal: nothing refused stays in the directory. An interruption
+        (:class:`SourceError`, :class:`OutsideWindowError`) keeps them for the next run.
+        """
         self._check_window()
         self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            return self._run()
+        except (FetchError, BundleError):
+            self._discard()
+            raise
+
+    def _discard(self) -> None:
+        journal = self._load_journal()
+        if journal is not None:
+            self.part_path(journal.manifest_sha256).unlink(missing_ok=True)
+            if not journal.complete:
+                self.journal_path.unlink(missing_ok=True)
+        for part in self._parts:
+            part.unlink(missing_ok=True)
+        fsync_dir(self.dir)
+
+    def _run(self) -> Path:
         journal = self._load_journal()
         # The head (manifest + signature, ~160 bytes per chunk) is fetched again on every run:
         # a new release published at the same URL must not resume the old bundle's bytes.
-        head = _head(self.url, self.opener, self.throttle)
+        length = self.expected.length if self.expected is not None else None
+        head = _head(self.url, self.opener, self.throttle, self.policy.limits, length)
         verified = open_bundle(io.BytesIO(head), self.policy, self.url)  # signature + policy
         digest = hashlib.sha256(verified.manifest_bytes).hexdigest()
         units = layout(verified.manifest, len(head))
         total = units[-1].offset + units[-1].size
+        if length is not None and total != length:
+            raise TargetMismatchError(
+                f"{self.url}: the signed bundle is {total} bytes, the update channel signed "
+                f"{length} bytes for this file; refused before its payload was fetched"
+            )
         part = self.part_path(digest)
         final = part.with_suffix("")
         done = journal is not None and journal.complete and journal.manifest_sha256 == digest
         if done and final.exists():
+            self._check_expected(final, None)
             return final
         if journal is not None and (journal.manifest_sha256 != digest or not part.exists()):
             # Another bundle now (a newer release): its partial download is useless.
             self.part_path(journal.manifest_sha256).unlink(missing_ok=True)
             journal = None
+        self._parts.append(part)
         if journal is not None and journal.url != self.url:
             journal.url = self.url  # the same signed bundle from a mirror: resume
             self._save(journal)
@@ -288,32 +356,65 @@ class Fetcher:
             fsync_dir(self.dir)
             journal = Journal(self.url, digest, total, len(head))
             self._save(journal)
-        self._continue(journal, units, part)
+        whole = self._continue(journal, units, part)
+        self._check_expected(part, whole)
         os.replace(part, final)
         fsync_dir(self.dir)
         journal.complete = True
         self._save(journal)
         return final
 
-    def _continue(self, journal: Journal, units: list[Unit], part: Path) -> None:
-        pending = [u for u in units if u.offset >= journal.verified]
-        if not pending:
+    def _check_expected(self, path: Path, digest: str | None) -> None:
+        """Refuse a file whose sha256 is not the channel's (before it is called finished)."""
+        if self.expected is None:
             return
-        if pending[0].offset != journal.verified:
+        if digest is None:
+            digest = _file_sha256(path)
+        if digest != self.expected.sha256:
+            path.unlink(missing_ok=True)
+            raise TargetMismatchError(
+                f"{self.url}: the downloaded file's sha256 {digest[:16]}... is not the "
+                f"{self.expected.sha256[:16]}... the update channel signed; removed (the file "
+                "on the server changed: poll again)"
+            )
+
+    def _continue(self, journal: Journal, units: list[Unit], part: Path) -> str | None:
+        """Fetch the units after ``journal.verified``; the whole file's sha256 if asked for."""
+        pending = [u for u in units if u.offset >= journal.verified]
+        if pending and pending[0].offset != journal.verified:
             raise FetchError(f"{self.journal_path}: verified length is not a unit boundary")
+        whole = hashlib.sha256() if self.expected is not None else None
         with open(part, "r+b") as out:
             out.truncate(journal.verified)  # drop a unit that was written but not journalled
+            if whole is not None:  # what earlier runs kept: read back once, O(1) memory
+                while block := out.read(READ):
+                    whole.update(block)
             out.seek(journal.verified)
-            with self.opener(self.url, journal.verified, None) as body:
-                for unit in pending:
-                    self._check_window()
-                    data = _read_exact(body, unit.size, self.throttle, f"byte {unit.offset}")
-                    _check_unit(unit, data, self.url)
-                    out.write(data)
-                    out.flush()
-                    os.fsync(out.fileno())
-                    journal.verified = unit.offset + unit.size
-                    self._save(journal)
+            if pending:
+                # Ask for exactly the bytes the signed manifest implies (and, with a channel,
+                # that the channel signed): nothing past them is read from the body.
+                end = pending[-1].offset + pending[-1].size - 1
+                with self.opener(self.url, journal.verified, end) as body:
+                    for unit in pending:
+                        self._check_window()
+                        data = _read_exact(body, unit.size, self.throttle, f"byte {unit.offset}")
+                        _check_unit(unit, data, self.url)
+                        if whole is not None:
+                            whole.update(data)
+                        out.write(data)
+                        out.flush()
+                        os.fsync(out.fileno())
+                        journal.verified = unit.offset + unit.size
+                        self._save(journal)
+        return whole.hexdigest() if whole is not None else None
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(READ):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _check_unit(unit: Unit, data: bytes, url: str) -> None:
@@ -338,12 +439,20 @@ def fetch(
     window: Window | None = None,
     retries: int = 0,
     opener: Opener = http_range,
+    expected: Expected | None = None,
 ) -> Path:
-    """Download ``url`` into ``directory`` (resuming); retry network errors ``retries`` times."""
+    """Download ``url`` into ``directory`` (resuming); retry network errors ``retries`` times.
+
+    ``expected``: the length and sha256 an update channel signed for the file, enforced while
+    streaming (the head and the manifest's total first, the digest before the file is kept).
+    """
     attempt = 0
     while True:
         try:
-            return Fetcher(url, directory, policy, rate=rate, window=window, opener=opener).run()
+            return Fetcher(
+                url, directory, policy, rate=rate, window=window, opener=opener,
+                expected=expected,
+            ).run()  # fmt: skip
         except SourceError:
             if attempt >= retries:
                 raise

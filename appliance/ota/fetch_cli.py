@@ -100,8 +100,8 @@ def poll(
 
     from appliance.bundle import Policy, effective_keyring
     from appliance.device import Device
-    from appliance.ota.channel import check_download
     from appliance.ota.channel import poll as do_poll
+    from appliance.ota.fetch import Expected
     from appliance.ota.fetch import fetch as fetch_bundle
     from appliance.state import security_floor
 
@@ -129,6 +129,10 @@ def poll(
             keyring=effective_keyring(keyring_path, device.data_dir), product=product,
             target=target, min_security_version=security_floor(device.data_dir),
         )  # fmt: skip
-        path = fetch_bundle(choice.url, device.data_dir / "updates", policy, rate=_rate(rate))
-        check_download(path, choice)
+        # The channel's signed length and sha256 are enforced while streaming: a mirror that
+        # serves something else is refused before it costs memory, disk or the whole download.
+        path = fetch_bundle(
+            choice.url, device.data_dir / "updates", policy, rate=_rate(rate),
+            expected=Expected(choice.length, choice.sha256),
+        )  # fmt: skip
         click.echo(str(path))

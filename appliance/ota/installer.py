@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from appliance.bundle import FileSink, Policy, Sink, apply_keyring_update, open_bundle
+from appliance.bundle import FileSink, Policy, Rotation, Sink, apply_keyring_update, open_bundle
 from appliance.ota.direct import REGION, DirectMedium, DirectReadBackSink, DirectUnsupported, Medium
 from appliance.ota.errors import NoImageError, ReadBackError, TargetError
 from appliance.ota.readback import ReadBackSink, read_back_sha256
@@ -203,7 +203,8 @@ def install(
             SlotRecord(target, manifest.version, manifest.security_version, manifest.key_id),
         )
         if keyring_bytes is not None:
-            apply_keyring_update(policy.keyring, keyring_bytes, data_dir)
+            rotation = Rotation(keyring_bytes, bundle.manifest_bytes, bundle.signature)
+            apply_keyring_update(policy.keyring, keyring_bytes, data_dir, rotation)
     trace("recorded")
     loader.begin_try(target)
     trace("tried")

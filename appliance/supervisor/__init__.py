@@ -7,5 +7,5 @@
 * :mod:`appliance.supervisor.pipeline_worker` -- the real inference pipeline as a worker.
 
 The systemd unit lives with the image:
-``image/overlay/etc/systemd/system/edgekiln-agent.service.in``.
+``image/build/overlay/etc/systemd/system/edgekiln-agent.service.in``.
 """

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from appliance.bundle import Keyring, apply_keyring_update, effective_keyring, errors, open_bundle
+from appliance.bundle import (
+    Keyring,
+    Rotation,
+    apply_keyring_update,
+    effective_keyring,
+    errors,
+    open_bundle,
+)
 from appliance.bundle.keyring import DATA_KEYRING_PATH, TrustedKey
 from appliance.state import (
     SlotRecord,
@@ -57,7 +64,9 @@ def test_rotation_through_a_signed_bundle(tmp_path: Path) -> None:
     new = Keyring(version=2, keys=(*keys, TrustedKey.from_public_key(raw_pub(NEXT_KEY))))
     bundle = make_bundle(keyring_payload=new.to_bytes())
     verified = open_bundle(io.BytesIO(bundle), policy(keyring=current))
-    rotated = apply_keyring_update(current, verified.read_keyring(), data_dir)
+    data = verified.read_keyring()
+    rotation = Rotation(data, verified.manifest_bytes, verified.signature)
+    rotated = apply_keyring_update(current, data, data_dir, rotation)
     verified.finish()
     assert (data_dir / DATA_KEYRING_PATH).read_bytes() == new.to_bytes()
     assert effective_keyring(baked, data_dir).version == 2
@@ -65,12 +74,21 @@ def test_rotation_through_a_signed_bundle(tmp_path: Path) -> None:
     with pytest.raises(errors.RevokedKeyError):
         read_all(make_bundle(key=KEY), policy(keyring=rotated))
     read_all(make_bundle(key=NEXT_KEY), policy(keyring=rotated))
-    # Replaying the older keyring, or un-revoking, is refused.
+    # Replaying the older keyring, or un-revoking, is refused (even signed by a trusted key).
     with pytest.raises(errors.KeyringRollbackError):
-        apply_keyring_update(rotated, old.to_bytes(), data_dir)
+        apply_keyring_update(rotated, old.to_bytes(), data_dir, _rotation(old.to_bytes()))
     unrevoke = Keyring(version=3, keys=(*old.keys, TrustedKey.from_public_key(raw_pub(NEXT_KEY))))
     with pytest.raises(errors.KeyringRollbackError, match="un-revokes"):
-        apply_keyring_update(rotated, unrevoke.to_bytes(), data_dir)
+        apply_keyring_update(rotated, unrevoke.to_bytes(), data_dir, _rotation(unrevoke.to_bytes()))
+
+
+def _rotation(ring: bytes) -> Rotation:
+    """The evidence of a bundle signed by NEXT_KEY that carries ``ring``."""
+    verified = open_bundle(
+        io.BytesIO(make_bundle(key=NEXT_KEY, keyring_payload=ring)),
+        policy(keyring=Keyring(1, (TrustedKey.from_public_key(raw_pub(NEXT_KEY)),))),
+    )
+    return Rotation(ring, verified.manifest_bytes, verified.signature)
 
 
 def test_key_not_after_is_enforced_on_trusted_time() -> None:
@@ -135,7 +153,7 @@ def test_manifest_must_name_the_key_that_signed_it() -> None:
 
 def test_bake_keyring_into_a_root_tree(tmp_path: Path) -> None:
     from appliance.bundle.keyring import DEVICE_KEYRING
-    from image.keys import KeyFileError, bake_keyring
+    from image.release.keys import KeyFileError, bake_keyring
 
     src = tmp_path / "ring.json"
     src.write_bytes(trusted_keyring(3).to_bytes())

@@ -18,7 +18,7 @@ from appliance.bundle import FileSink, PayloadSource, open_bundle, write_bundle
 from appliance.bundle.delta_apply import BaseSlot
 from appliance.ota.channel import ChannelError, check_download, poll
 from appliance.ota.fetch import fetch
-from image.publish import publish
+from image.release.publish import publish
 from tests.bundle.kit import CREATED, KEY, PRODUCT, TARGET, policy
 
 from .kit import CHUNK, write_pair
@@ -45,6 +45,14 @@ def bundle_file(path: Path, payload: PayloadSource, version: str) -> Path:
     )  # fmt: skip
     path.write_bytes(out.getvalue())
     return path
+
+
+@pytest.fixture(autouse=True)
+def keys_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Default TUF keys go here, not into the real ~/.config (and not beside the repo)."""
+    home = tmp_path / "offline" / "tuf-keys"
+    monkeypatch.setenv("EDGEKILN_TUF_KEYS", str(home))
+    return home
 
 
 @pytest.fixture
@@ -108,7 +116,7 @@ def test_rolled_back_channel_metadata_is_refused(channel: dict[str, Path]) -> No
             poll(url, state, channel["root"], PRODUCT, TARGET, None)
 
 
-def test_cli_publish_then_poll_and_fetch(tmp_path: Path) -> None:
+def test_cli_publish_then_poll_and_fetch(tmp_path: Path, keys_home: Path) -> None:
     from appliance.bundle import Keyring, TrustedKey
     from tests.bundle.kit import raw_pub
     from tests.bundle.test_cli import run
@@ -120,7 +128,8 @@ def test_cli_publish_then_poll_and_fetch(tmp_path: Path) -> None:
     for b in (full, delta):
         done = run("kiln", "publish", str(b), str(repo))
         assert done.returncode == 0, done.stderr
-    assert (tmp_path / "www" / "repo.keys" / "root.pem").exists()  # beside REPO_DIR, not in it
+    assert not list((tmp_path / "www").rglob("*.pem"))  # nothing served holds a key
+    assert len(list(keys_home.glob("repo-*/root.pem"))) == 1
     ring = tmp_path / "ring.json"
     ring.write_bytes(Keyring(1, (TrustedKey.from_public_key(raw_pub(KEY)),)).to_bytes())
     with serve_dir(repo) as www:  # REPO_DIR alone is what gets served

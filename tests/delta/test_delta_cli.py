@@ -1,4 +1,4 @@
-"""``kiln bundle --delta-from`` on real ext4 slot images (image.fs.make_ext4), then applied."""
+"""``kiln bundle --delta-from`` on real ext4 slot images (image.build.fs), then applied."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from appliance.bundle import FileSink, Keyring, Policy, open_bundle
 from appliance.bundle.delta_apply import BaseSlot
 from appliance.bundle.delta_base import ext4_size
-from image.fs import fs_uuid_for, make_ext4
+from image.build.fs import fs_uuid_for, make_ext4
 from tests.bundle.test_cli import run
 
 pytestmark = pytest.mark.integration

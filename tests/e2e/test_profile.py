@@ -9,7 +9,7 @@ import pytest
 from appliance.cli import COMMANDS
 from tests.e2e.device import PIPELINE, STICK_LABEL, write_recipe
 
-OVERLAY = Path(__file__).resolve().parents[2] / "image" / "overlay"
+OVERLAY = Path(__file__).resolve().parents[2] / "image" / "build" / "overlay"
 
 
 def test_every_appliance_command_is_collected_by_pyinstaller() -> None:

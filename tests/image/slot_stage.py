@@ -11,7 +11,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from image.build import Observer, Pipeline, StageResult
+from image.build.pipeline import Observer, Pipeline, StageResult
 from image.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,8 +1,8 @@
 """The build pipeline end to end on a small supplied base tarball, checked with host tools.
 
 The base is a tiny tree passed as ``rootfs.tarball`` (so no Debian download here; the real
-Debian build is in test_build_debian.py); the frozen runtime is real (image.freeze, cached for
-the session). Everything else is the real pipeline: slot, ESP, data, GPT, bmap, zstd, manifest.
+Debian build is in test_build_debian.py); the frozen runtime is real (image.freeze.runtime, cached
+for the session). Everything else is the real pipeline: slot, ESP, data, GPT, bmap, zstd, manifest.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from image.build import Pipeline, image_name
-from image.build_sign import signing_material
+from image.build.pipeline import Pipeline, image_name
+from image.build.sign import signing_material
 from image.inspect import inspect_image
 from image.recipe import load_recipe
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-# The frozen runtime comes from image.freeze (another part of the builder).
-pytest.importorskip("image.freeze")
+# The frozen runtime comes from image.freeze.runtime (another part of the builder).
+pytest.importorskip("image.freeze.runtime")
 KILN = Path(sys.executable).parent / "kiln"
 MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
 
@@ -94,7 +94,7 @@ def runtime(mini: Path, cache: Path, tmp_path_factory: pytest.TempPathFactory) -
 
     Builds within the session must see the same runtime even while appliance/ is edited.
     """
-    from image.freeze import freeze_runtime
+    from image.freeze.runtime import freeze_runtime
 
     out = tmp_path_factory.mktemp("runtime")
     loaded = load_recipe(mini / "mini.toml")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from image import rootfs
+from image.build import rootfs
 from tests.image.test_rootfs_boot import config
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from image.disk import (
+from image.build.disk import (
     MIB,
     TYPE_ESP,
     PartitionTooSmall,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from image.disk import MIB, assemble_disk, compress, standard_layout, write_bmap
+from image.build.disk import MIB, assemble_disk, compress, standard_layout, write_bmap
 from image.flash import (
     FlashError,
     check_target_safe,

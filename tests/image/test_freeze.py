@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from image.freeze import (
+from image.freeze.prebuilt import PrebuiltRuntimeError, check_prebuilt, elf_machine
+from image.freeze.report import differing, file_digests, package_of, size_report, tree_digest
+from image.freeze.runtime import (
     FreezeError,
     FrozenRuntime,
     freeze_runtime,
@@ -20,9 +22,7 @@ from image.freeze import (
     snapshot_sources,
     target_spec,
 )
-from image.freeze_prebuilt import PrebuiltRuntimeError, check_prebuilt, elf_machine
-from image.freeze_report import differing, file_digests, package_of, size_report, tree_digest
-from image.freeze_targets import UnknownTargetError, resolve_target
+from image.freeze.targets import UnknownTargetError, resolve_target
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from image.freeze import FrozenRuntime, freeze_runtime
-from image.freeze_foreign import frozen_env
-from image.freeze_prebuilt import PrebuiltRuntimeError, check_prebuilt
-from image.freeze_targets import resolve_target
+from image.freeze.foreign import frozen_env
+from image.freeze.prebuilt import PrebuiltRuntimeError, check_prebuilt
+from image.freeze.runtime import FrozenRuntime, freeze_runtime
+from image.freeze.targets import resolve_target
 
 
 @pytest.fixture(scope="session")

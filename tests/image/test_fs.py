@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from image.fs import FilesystemTooSmall, fs_uuid_for, make_ext4, make_vfat
+from image.build.fs import FilesystemTooSmall, fs_uuid_for, make_ext4, make_vfat
 
 pytestmark = pytest.mark.integration
 EPOCH = 1_700_000_000

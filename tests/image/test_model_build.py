@@ -21,8 +21,8 @@ import pytest
 
 from appliance.inference.package import load_package
 from appliance.inference.selftest import run_selftest
-from image.build import Pipeline
-from image.model_build import KIND, ModelStepError, model_key
+from image.build.pipeline import Pipeline
+from image.model.stage import KIND, ModelStepError, model_key
 from image.recipe import load_recipe
 from tests.image.slot_stage import Recorder, copy_recipes, rdump, run_slot
 

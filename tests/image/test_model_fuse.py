@@ -1,4 +1,4 @@
-"""image/model_fuse.py: fused ONNX files (pre-processing, softmax and top-k in the graph).
+"""image/model/fuse.py: fused ONNX files (pre-processing, softmax and top-k in the graph).
 
 Real models throughout: the reference package (recipes/models/inspect-primary) and tiny ONNX
 graphs made here with onnx.helper (an NHWC classifier, a detector, a two-input model). Fused and
@@ -21,14 +21,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import image.model_fuse as model_fuse
+import image.model.fuse as model_fuse
 from appliance.inference.backends import get_backend, load_model
 from appliance.inference.package import Fused, load_package
 from appliance.inference.postprocess import Postprocessor
 from appliance.inference.preprocess import Preprocessor
 from appliance.inference.selftest import run_selftest
-from image.model_cli import model as model_cli
-from image.model_fuse import FusedFile, FuseError, fuse_onnx, fuse_package
+from image.model.cli import model as model_cli
+from image.model.fuse import FusedFile, FuseError, fuse_onnx, fuse_package
 
 REPO = Path(__file__).resolve().parents[2]
 PRIMARY = REPO / "recipes" / "models" / "inspect-primary"

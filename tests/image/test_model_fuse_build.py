@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-import image.model_fuse as model_fuse
+import image.model.fuse as model_fuse
 from appliance.inference.package import Fused, load_package
 from appliance.inference.selftest import run_selftest
-from image.model_fuse_build import (
+from image.model.fuse_stage import (
     KIND,
     FuseStepError,
     file_to_fuse,

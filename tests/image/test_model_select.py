@@ -10,7 +10,7 @@ import pytest
 
 from appliance.inference.package import load_package
 from image.errors import BuildError
-from image.model_optimise import TABLE_FILE, GateError, optimise
+from image.model.optimise import TABLE_FILE, GateError, optimise
 
 PRIMARY = Path(__file__).resolve().parents[2] / "recipes" / "models" / "inspect-primary"
 

@@ -187,7 +187,7 @@ def test_repo_openvino_recipe_asks_for_the_optimised_model() -> None:
 
 
 def test_runtime_extras_bundle_opencv_on_the_default_target_only(recipe_dir: Path) -> None:
-    from image.freeze import target_spec
+    from image.freeze.runtime import target_spec
 
     default = load_recipe(recipe_dir / "generic-x86-64.toml")
     assert default.recipe.runtime.extras == ("opencv",)

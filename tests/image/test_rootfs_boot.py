@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from image import boot, rootfs
+from image.build import boot, rootfs
 from image.recipe import load_recipe
 
 pytestmark = pytest.mark.integration
@@ -131,7 +131,7 @@ def test_arm64_loader_is_refused_before_building(recipe_dir: Path) -> None:
 
 
 def test_device_config_names_target_and_budget(recipe_dir: Path) -> None:
-    from image.build import device_config
+    from image.build.pipeline import device_config
 
     loaded = load_recipe(recipe_dir / "intel-openvino.toml")
     doc = json.loads(device_config(loaded))

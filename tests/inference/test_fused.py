@@ -1,6 +1,6 @@
 """Fused ONNX files on the device side: manifest rules, loading, pre/post, the pipeline.
 
-The fused files are made by the real builder code (image/model_fuse.py) from real models (the
+The fused files are made by the real builder code (image/model/fuse.py) from real models (the
 repo's reference package and the tiny test classifier) and run on the real runtimes.
 """
 
@@ -25,7 +25,7 @@ from appliance.inference.preprocess import FramePreprocessor, Preprocessor, resi
 from appliance.inference.selftest import run_selftest
 from appliance.inference.sink import JsonlSink
 from appliance.inference.sources import ArraySource
-from image.model_fuse import fuse_package
+from image.model.fuse import fuse_package
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO / "recipes" / "models" / "inspect-primary"

@@ -13,9 +13,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from image.model_compare import CompareFailedError, compare_packages, format_comparison
-from image.model_optimise import optimise
-from image.model_report import write_report
+from image.model.compare import CompareFailedError, compare_packages, format_comparison
+from image.model.optimise import optimise
+from image.model.report import write_report
 
 KILN = [sys.executable, "-m", "image.cli"]
 

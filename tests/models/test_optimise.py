@@ -12,9 +12,9 @@ import pytest
 
 from appliance.inference.package import load_package
 from appliance.inference.selftest import run_selftest
-from image.model_nncf import nncf_available
-from image.model_optimise import INT8_ONNX, TABLE_FILE, GateError, optimise
-from image.model_quantise import QuantisationError
+from image.model.nncf import nncf_available
+from image.model.optimise import INT8_ONNX, TABLE_FILE, GateError, optimise
+from image.model.quantise import QuantisationError
 
 
 def _ops(path: Path) -> set[str]:
@@ -71,9 +71,9 @@ def test_openvino_variants_include_default_hint_and_int8(colour_pkg: Path, tmp_p
 def test_nncf_int8_ir_is_quantised_and_runs_on_the_device_backend(
     colour_pkg: Path, tmp_path: Path
 ) -> None:
-    from image.model_eval import evaluate
-    from image.model_nncf import fake_quantize_count, nncf_int8_ir
-    from image.model_optimise import _entry, _write_manifest
+    from image.model.eval import evaluate
+    from image.model.nncf import fake_quantize_count, nncf_int8_ir
+    from image.model.optimise import _entry, _write_manifest
 
     root = Path(shutil.copytree(colour_pkg, tmp_path / "ir"))
     parent = load_package(root)

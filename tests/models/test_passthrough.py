@@ -18,7 +18,7 @@ import pytest
 from appliance.inference.backends import get_backend
 from appliance.inference.package import load_package
 from image.errors import BuildError
-from image.model_optimise import TABLE_FILE, optimise
+from image.model.optimise import TABLE_FILE, optimise
 from tests.inference.fixtures import tflite_package
 from tests.inference.mediapipe import tflite_models
 

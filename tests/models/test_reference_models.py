@@ -16,7 +16,7 @@ import pytest
 
 from appliance.inference.package import load_package
 from appliance.inference.selftest import run_selftest
-from image.model_optimise import GateError, optimise
+from image.model.optimise import GateError, optimise
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = ["inspect-primary", "inspect-fallback"]

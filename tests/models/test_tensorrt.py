@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 
 from appliance.inference.package import load_package
-from image.model_optimise import TABLE_FILE, optimise
-from image.model_tensorrt import CACHE_FILE, parse_calibration_cache
+from image.model.optimise import TABLE_FILE, optimise
+from image.model.tensorrt import CACHE_FILE, parse_calibration_cache
 
 
 def test_tensorrt_package_has_int8_fp32_and_cache(colour_pkg: Path, tmp_path: Path) -> None:

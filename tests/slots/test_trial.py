@@ -1,6 +1,6 @@
 """The boot-level deadline of a tried slot: the command on a real grubenv, the units in systemd.
 
-The units are the image's own (``image/overlay``), rendered as the builder renders them, and
+The units are the image's own (``image/build/overlay``), rendered as the builder renders them, and
 parsed by ``systemd-analyze verify``. They are not *run* by a systemd here: a service manager
 started outside a booted system moves the host's processes between cgroups (tried once, see
 the #7 report); running them is the QEMU end-to-end suite's job.
@@ -23,7 +23,7 @@ from appliance.slots.state import BootState, loader_choice
 from appliance.slots.trial import TrialExpired, check_deadline, on_trial_boot
 
 APPLIANCE = str(Path(sys.executable).parent / "appliance")
-OVERLAY = Path(__file__).resolve().parents[2] / "image" / "overlay"
+OVERLAY = Path(__file__).resolve().parents[2] / "image" / "build" / "overlay"
 UNITS = OVERLAY / "etc" / "systemd" / "system"
 
 
@@ -81,7 +81,7 @@ def test_deadline_command_exit_status(tmp_path: Path) -> None:
 
 
 def render_units(dest: Path, slots_spec: str) -> list[str]:
-    """The deadline units and the agent unit, rendered as image/rootfs.py renders them."""
+    """The deadline units and the agent unit, rendered as image/build/rootfs.py renders them."""
     dest.mkdir(parents=True, exist_ok=True)
     names = []
     for src in sorted(UNITS.glob("edgekiln-*")):

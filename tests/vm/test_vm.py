@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from image.vm import Vm, VmConfig, VmError, parse_writes, qemu_command
+from image.vm.qemu import Vm, VmConfig, VmError, parse_writes, qemu_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -92,7 +92,7 @@ def load_model(
     """Load what the pipeline runs: the fused variant of the chosen file when one fits, else it.
 
     A file named by ``path`` is loaded as it is. Otherwise, on a back end that runs fused files,
-    the fused variant (image/model_fuse.py) of the file the back end picks is tried first, if it
+    the fused variant (image/model/fuse.py) of the file the back end picks is tried first, if it
     keeps at least ``top`` classes (or all of them); a fused file that fails to load is logged,
     reported to ``on_skip`` and skipped.
     """

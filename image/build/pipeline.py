@@ -1,0 +1,652 @@
+"""The build pipeline: plain stage functions over one validated recipe, cached by content hash.
+
+Stages and what their cache key hashes (a change re-runs the stage and everything after it):
+
+=========  ===============================================================================
+base       suite, mirror, variant, components, packages, hooks (or the tarball's digest)
+runtime    freeze's own key (appliance sources, installed versions, target), or --runtime
+slot       base key, runtime digest, model package digests, overlay files, device config,
+           keyring, slot size, UUID seed, epoch, builder code; with ``models.optimise`` the
+           packages are first optimised for the target (image.model.stage, cached under
+           model/ by package digest, target, options, optimiser code); with ``models.fuse``
+           (default) each then gets the fused file of its target runtime's ONNX file
+           (image.model.fuse_stage, cached under fused/ by package digest, file, fuse code),
+           and the slot hashes those
+boot       grub.cfg, grubenv, GRUB modules and version, ESP size and volume id
+data       data tree, size, UUID seed, epoch
+disk       always assembled (sparse dd, seconds), then .bmap and a zstd copy
+manifest   partition digests, recipe digest, component versions (signed when a key is set)
+bundle     the full update bundle of this version (appliance.bundle format, signed)
+=========  ===============================================================================
+
+A model-only change therefore re-runs slot, disk and manifest, and takes base, runtime, boot
+and data from the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from appliance.fsutil import atomic_write_bytes, atomic_writer
+from image import cache
+from image.build import boot, disk, fs, rootfs
+from image.errors import BuildError
+from image.recipe import MIB, LoadedRecipe, canonical_json
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EPOCH = 1704067200  # 2024-01-01T00:00:00Z, as image.freeze.runtime
+IMAGE_FORMAT = 1
+STAGES = (
+    "base", "runtime", "slot", "boot", "data", "disk", "bmap", "compress", "manifest", "bundle",
+)  # fmt: skip
+
+
+def default_cache_dir() -> Path:
+    """``$EDGEKILN_CACHE`` or ``$XDG_CACHE_HOME/edgekiln`` (``~/.cache/edgekiln``)."""
+    if os.environ.get("EDGEKILN_CACHE"):
+        return Path(os.environ["EDGEKILN_CACHE"])
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "edgekiln"
+
+
+def build_epoch() -> int:
+    """``SOURCE_DATE_EPOCH`` if set, else a fixed date: every timestamp in the image."""
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    return int(value) if value else DEFAULT_EPOCH
+
+
+@dataclass
+class StageResult:
+    """What one stage did: cache hit or not, time, output size, key."""
+
+    name: str
+    cached: bool
+    seconds: float
+    size: int = 0
+    key: str = ""
+    detail: str = ""
+
+
+@dataclass
+class BuildReport:
+    """The build report: per stage results plus the produced files."""
+
+    recipe: str
+    recipe_digest: str
+    version: str
+    target: str
+    stages: list[StageResult] = field(default_factory=list)
+    outputs: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=2, sort_keys=True).encode() + b"\n"
+
+    def summary(self) -> str:
+        """A readable table: stage, cache, seconds, size."""
+        lines = [
+            f"build of {self.target} {self.version} ({self.recipe})",
+            f"{'stage':<10} {'cache':<6} {'seconds':>8} {'size MiB':>10}  detail",
+        ]
+        for s in self.stages:
+            cache = "hit" if s.cached else "miss"
+            lines.append(
+                f"{s.name:<10} {cache:<6} {s.seconds:>8.1f} {s.size / MIB:>10.1f}  {s.detail}"
+            )
+        lines.append(f"{'total':<10} {'':<6} {self.seconds:>8.1f}")
+        for name, path in sorted(self.outputs.items()):
+            lines.append(f"{name}: {path}")
+        return "\n".join(lines) + "\n"
+
+
+class Observer:
+    """Progress hooks; the CLI draws them with rich, tests ignore them."""
+
+    def start(self, stage: str, what: str) -> None:
+        """A stage begins."""
+
+    def done(self, result: StageResult) -> None:
+        """A stage ended."""
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(canonical_json(list(parts))).hexdigest()[:32]
+
+
+def code_digest(*modules: str, overlay: bool = False) -> str:
+    """Digest of the builder modules (and the overlay files) whose code decides a stage's bytes."""
+    here = Path(__file__).parent
+    parts = [rootfs.file_digest(here / name) for name in modules]
+    return _key(*parts, rootfs.overlay_digest() if overlay else "")
+
+
+def image_name(loaded: LoadedRecipe) -> str:
+    r = loaded.recipe
+    return f"{r.product}-{r.target.name}-{r.version}"
+
+
+def uuid_seed(loaded: LoadedRecipe) -> str:
+    """UUIDs (disk, partitions, file systems) derive from product, target and version."""
+    r = loaded.recipe
+    return f"{r.product}/{r.target.name}/{r.version}"
+
+
+def pipeline_config(loaded: LoadedRecipe) -> bytes:
+    """The agent's first ``/data/edgekiln/pipeline.json`` (a technician may change it later)."""
+    r = loaded.recipe
+    backends: list[str] = [r.target.backend, "opencv"]  # OpenCV DNN: the last resort
+    doc = {
+        "model": f"/{rootfs.MODELS_DIR}/primary",
+        "fallback_model": f"/{rootfs.MODELS_DIR}/fallback",
+        "source": r.pipeline.source,
+        "backends": backends,
+        "sink": "/data/edgekiln/results.jsonl",
+        "threads": r.pipeline.threads,
+        "budget_factor": r.health.budget_factor,
+    }
+    return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+
+
+def device_config(loaded: LoadedRecipe) -> bytes:
+    """``/etc/edgekiln/device.json``: what the device needs to know about its image."""
+    r = loaded.recipe
+    doc = {
+        "format": 1,
+        "product": r.product,
+        "version": r.version,
+        "security_version": r.security_version,
+        "target": r.target.name,
+        "arch": r.target.arch,
+        "backend": r.target.backend,
+        "loader": r.target.loader,
+        "health": {
+            "budget_factor": r.health.budget_factor,
+            "reference_count": r.health.reference_count,
+        },
+        "models": {
+            "primary": f"/{rootfs.MODELS_DIR}/primary",
+            "fallback": f"/{rootfs.MODELS_DIR}/fallback",
+        },
+        "data_dir": "/data",
+        "recipe_digest": loaded.digest,
+    }
+    return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+
+
+class Pipeline:
+    """Run the stages of one recipe into ``outdir`` with caches under ``cache_dir``."""
+
+    def __init__(
+        self,
+        loaded: LoadedRecipe,
+        outdir: Path,
+        *,
+        cache_dir: Path | None = None,
+        runtime: Path | None = None,
+        keyring: bytes | None = None,
+        key: Ed25519PrivateKey | None = None,
+        observer: Observer | None = None,
+        compress_level: int = 3,
+    ) -> None:
+        self.loaded = loaded
+        self.recipe = loaded.recipe
+        self.outdir = outdir
+        self.cache = (cache_dir or default_cache_dir()).resolve()
+        self.runtime_dir = runtime
+        self.keyring = keyring
+        self.key = key
+        self.observer = observer or Observer()
+        self.compress_level = compress_level
+        self.epoch = build_epoch()
+        self.seed = uuid_seed(loaded)
+        self.report = BuildReport(
+            recipe=str(loaded.path),
+            recipe_digest=loaded.digest,
+            version=self.recipe.version,
+            target=self.recipe.target.name,
+        )
+        self.components: dict[str, Any] = {}
+        self.partitions: dict[str, Any] = {}
+        self.model_detail = ""  # what _models() did (optimised variants), for the slot's line
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _stage(self, name: str, what: str) -> float:
+        self.observer.start(name, what)
+        return time.monotonic()
+
+    def _done(
+        self,
+        name: str,
+        start: float,
+        *,
+        cached: bool,
+        size: int = 0,
+        key: str = "",
+        detail: str = "",
+    ) -> None:
+        result = StageResult(name, cached, round(time.monotonic() - start, 2), size, key, detail)
+        self.report.stages.append(result)
+        self.observer.done(result)
+
+    def _cached_file(self, kind: str, key: str, name: str) -> tuple[Path, bool]:
+        path = self.cache / kind / key / name
+        hit = (path.parent / "complete").exists()
+        if hit:
+            cache.touch(path.parent)
+        return path, hit
+
+    KEEP_ENTRIES = 4  # results kept per stage kind (slot images are the rootfs size each)
+
+    @classmethod
+    def _commit(cls, path: Path, digest: str) -> None:
+        (path.parent / "digest").write_text(digest + "\n")
+        (path.parent / "complete").write_text("ok\n")
+        cache.prune(path.parent.parent, cls.KEEP_ENTRIES)
+
+    # -- stages -------------------------------------------------------------------------------
+
+    def run(self) -> BuildReport:
+        """Run every stage; returns the report (also written to the output directory)."""
+        t0 = time.monotonic()
+        boot.self_check(self.loaded)
+        self.outdir.mkdir(parents=True, exist_ok=True)
+        base = self.stage_base()
+        runtime_path, runtime_digest = self.stage_runtime()
+        slot = self.stage_slot(base, runtime_path, runtime_digest)
+        esp = self.stage_boot()
+        data = self.stage_data()
+        cached = self.cache / "outputs" / self._outputs_key()
+        if (cached / "complete").exists():
+            self._restore_outputs(cached)
+        else:
+            image = self.stage_disk(esp, slot, data)
+            self.stage_bmap(image)
+            # The compressed image (zstd process) and the bundle (zstandard, releases the GIL)
+            # are independent: make them side by side.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                compressed = pool.submit(self.stage_compress, image)
+                self.stage_manifest(image)
+                self.stage_bundle(slot)
+                compressed.result()
+            self.report.stages.sort(key=lambda s: STAGES.index(s.name))
+            self._store_outputs(cached)
+        self.report.seconds = round(time.monotonic() - t0, 2)
+        atomic_write_bytes(self.outdir / "build-report.json", self.report.to_json())
+        atomic_write_bytes(self.outdir / "build-report.txt", self.report.summary().encode())
+        return self.report
+
+    # -- the output files, cached as a whole ---------------------------------------------------
+
+    def _outputs_key(self) -> str:
+        """Everything the disk, bmap, compressed image, manifest and bundle depend on."""
+        keys = {s.name: s.key for s in self.report.stages}
+        p = self.recipe.partitions
+        signer = ""
+        if self.key is not None:
+            from appliance.bundle.keyring import key_id_for
+            from image.release.keys import raw_public
+
+            signer = key_id_for(raw_public(self.key))
+        return _key(
+            IMAGE_FORMAT, keys["slot"], keys["boot"], keys["data"],
+            [p.boot_mib, p.rootfs_mib, p.data_mib], self.recipe.target.arch, self.seed,
+            self.compress_level, signer, self.loaded.digest, self.components, self.epoch,
+            code_digest("disk.py", "pipeline.py"),
+        )  # fmt: skip
+
+    _OUTPUT_STAGES = ("disk", "bmap", "compress", "manifest", "bundle")
+    _KEEP_OUTPUTS = 3  # cached output sets kept (each about the compressed image x 3)
+
+    def _store_outputs(self, cached: Path) -> None:
+        tmp = cached.with_name(cached.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for path in self.report.outputs.values():
+            fs.run_tool(["cp", "--sparse=always", "--reflink=auto", path, str(tmp)])
+        stages = [asdict(s) for s in self.report.stages if s.name in self._OUTPUT_STAGES]
+        names = {name: Path(path).name for name, path in self.report.outputs.items()}
+        doc = {"outputs": names, "stages": stages, "partitions": self.partitions}
+        (tmp / "outputs.json").write_text(json.dumps(doc, sort_keys=True))
+        (tmp / "complete").write_text("ok\n")
+        shutil.rmtree(cached, ignore_errors=True)
+        tmp.rename(cached)
+        cache.prune(cached.parent, self._KEEP_OUTPUTS)
+
+    def _restore_outputs(self, cached: Path) -> None:
+        """Copy a cached output set into the output directory (sparse); stages report hits."""
+        doc = json.loads((cached / "outputs.json").read_text())
+        self.partitions = doc["partitions"]
+        start = time.monotonic()
+        for name, filename in sorted(doc["outputs"].items()):
+            src = str(cached / filename)
+            fs.run_tool(["cp", "--sparse=always", "--reflink=auto", src, str(self.outdir)])
+            self.report.outputs[name] = str(self.outdir / filename)
+        seconds = round(time.monotonic() - start, 2)
+        for stage in doc["stages"]:
+            self.observer.start(stage["name"], "cached output")
+            copied = seconds if stage["name"] == "disk" else 0.0
+            result = StageResult(**{**stage, "cached": True, "seconds": copied})
+            self.report.stages.append(result)
+            self.observer.done(result)
+        os.utime(cached)  # most recently used: kept by the pruning above
+
+    def stage_base(self) -> rootfs.BaseRoot:
+        start = self._stage("base", f"Debian {self.recipe.rootfs.suite} base root")
+        base = rootfs.ensure_base(self.loaded, self.cache)
+        self.components["kernel"] = rootfs.kernel_version(base.root)
+        self.components["base"] = base.key
+        self._done(
+            "base", start, cached=base.cached, key=base.key, detail=self.components["kernel"]
+        )
+        return base
+
+    def stage_runtime(self) -> tuple[Path, str]:
+        start = self._stage("runtime", f"frozen appliance runtime ({self.recipe.target.backend})")
+        from image.freeze.runtime import freeze_runtime
+
+        prebuilt = self.runtime_dir
+        out = self.cache / "work" / "runtime" / self.recipe.target.name
+        rt = freeze_runtime(self.loaded, out, cache_dir=self.cache / "freeze", prebuilt=prebuilt)
+        # Only what the runtime is, not how it was obtained (frozen, cached or --runtime).
+        self.components["runtime"] = {"digest": rt.digest, "backend": rt.backend}
+        self._done(
+            "runtime",
+            start,
+            cached=rt.cached or prebuilt is not None,
+            size=rt.size.total_bytes,
+            key=rt.digest[:32],
+            detail=f"prebuilt {prebuilt}" if prebuilt else "",
+        )
+        return rt.path, rt.digest
+
+    def _models(self) -> dict[str, Path]:
+        """The packages the slot holds: as given or optimised, then with fused files.
+
+        Optimised for the target with ``models.optimise`` (image.model.stage), then given the
+        fused variant of the file the target's runtime picks with ``models.fuse``
+        (image.model.fuse_stage). The slot key hashes these trees, so it includes both results;
+        both are recorded in the manifest's components and the slot stage's detail.
+        """
+        given = {
+            "primary": self.loaded.resolve(self.recipe.models.primary),
+            "fallback": self.loaded.resolve(self.recipe.models.fallback),
+        }
+        out: dict[str, Path] = given
+        lines: list[str] = []
+        if self.recipe.models.optimise:
+            out, lines = self._optimise(given)
+        if self.recipe.models.fuse:
+            out, fused = self._fuse(out)
+            lines += fused
+        self.model_detail = "; ".join(lines)
+        return out
+
+    def _optimise(self, given: dict[str, Path]) -> tuple[dict[str, Path], list[str]]:
+        from image.model.stage import describe, optimised_package
+
+        def make(role: str, _source: Path) -> Any:
+            return optimised_package(self.loaded, role, self.cache)
+
+        def line(model: Any) -> str:
+            return f"{describe(model)}{' (cached)' if model.cached else ''}"
+
+        title = f"optimise for {self.recipe.target.name}"
+        return self._per_package("model", title, "model_optimisation", given, make, describe, line)
+
+    def _fuse(self, packages: dict[str, Path]) -> tuple[dict[str, Path], list[str]]:
+        from image.model.fuse_stage import describe, fused_package, target_runtime
+
+        runtime = target_runtime(self.loaded)
+
+        def make(role: str, source: Path) -> Any:
+            return fused_package(self.loaded, role, source, self.cache, runtime)
+
+        title = f"fused model file for {runtime}"
+        return self._per_package("fuse", title, "model_fusing", packages, make, describe, describe)
+
+    def _per_package(
+        self,
+        step: str,
+        title: str,
+        component: str,
+        packages: dict[str, Path],
+        make: Callable[[str, Path], Any],
+        describe: Callable[[Any], str],
+        line: Callable[[Any], str],
+    ) -> tuple[dict[str, Path], list[str]]:
+        """Run one model step per package: timed, recorded in components, one detail line each."""
+        out, lines = {}, []
+        for role, source in packages.items():
+            start = self._stage(f"{step}:{role}", title)
+            model = make(role, source)
+            result = StageResult(
+                f"{step}:{role}", model.cached, round(time.monotonic() - start, 2),
+                key=model.key, detail=describe(model),
+            )  # fmt: skip
+            self.observer.done(result)  # not a report stage: the slot stage's detail says it
+            self.components.setdefault(component, {})[role] = model.summary
+            out[role] = model.path
+            lines.append(line(model))
+        return out, lines
+
+    def stage_slot(self, base: rootfs.BaseRoot, runtime: Path, runtime_digest: str) -> Path:
+        start = self._stage("slot", "root filesystem slot (ext4, no journal)")
+        models = self._models()
+        model_digests = {role: rootfs.tree_digest(p) for role, p in models.items()}
+        self.components["models"] = {role: _model_version(p) for role, p in models.items()}
+        config = rootfs.OverlayConfig(
+            watchdog_sec=self.recipe.agent.watchdog_sec,
+            runtime_watchdog_sec=self.recipe.agent.runtime_watchdog_sec,
+            slots_spec=boot.slots_spec(self.loaded),
+            device_json=device_config(self.loaded),
+            keyring=self.keyring,
+        )
+        key = _key(
+            IMAGE_FORMAT, base.key, runtime_digest, model_digests,
+            code_digest("fs.py", "rootfs.py", "pipeline.py", overlay=True),
+            hashlib.sha256(config.device_json).hexdigest(), config.watchdog_sec,
+            config.runtime_watchdog_sec, hashlib.sha256(config.keyring or b"").hexdigest(),
+            config.slots_spec,
+            self.recipe.partitions.rootfs_mib, self.seed, self.epoch,
+        )  # fmt: skip
+        path, hit = self._cached_file("slot", key, "rootfs.ext4")
+        if not hit:
+            tree = self.cache / "work" / "root" / key
+            try:
+                rootfs.assemble_root(base.root, tree, runtime=runtime, models=models, config=config)
+                fs.make_ext4(
+                    tree, path, self.recipe.partitions.rootfs_mib,
+                    fs.fs_uuid_for(self.seed, "rootfs"), self.epoch,
+                )  # fmt: skip
+            finally:
+                shutil.rmtree(tree, ignore_errors=True)
+            self._commit(path, rootfs.file_digest(path))
+        self._done(
+            "slot", start, cached=hit, size=_allocated(path), key=key, detail=self.model_detail
+        )
+        return path
+
+    def stage_boot(self) -> Path:
+        start = self._stage("boot", "boot partition (GRUB EFI, grub.cfg, grubenv)")
+        size = self.recipe.partitions.boot_mib
+        volume_id = int(fs.fs_uuid_for(self.seed, "boot").hex[:8], 16)
+        key = _key(
+            IMAGE_FORMAT,
+            boot.boot_key(self.loaded),
+            size,
+            volume_id,
+            self.epoch,
+            code_digest("fs.py", "boot.py"),
+        )
+        path, hit = self._cached_file("boot", key, "boot.vfat")
+        if not hit:
+            tree = self.cache / "work" / "esp" / key
+            shutil.rmtree(tree, ignore_errors=True)
+            try:
+                boot.build_esp_tree(self.loaded, tree)
+                fs.make_vfat(tree, path, size, volume_id, self.epoch, label=boot.ESP_LABEL)
+            finally:
+                shutil.rmtree(tree, ignore_errors=True)
+            self._commit(path, rootfs.file_digest(path))
+        self._done("boot", start, cached=hit, size=_allocated(path), key=key)
+        return path
+
+    def stage_data(self) -> Path:
+        start = self._stage("data", "data partition (ext4)")
+        size = self.recipe.partitions.data_mib
+        dirs = ("etc/systemd/network", "log", "edgekiln")
+        pipeline = pipeline_config(self.loaded)
+        key = _key(
+            IMAGE_FORMAT, dirs, size, self.seed, self.epoch, code_digest("fs.py"),
+            hashlib.sha256(pipeline).hexdigest(),
+        )  # fmt: skip
+        path, hit = self._cached_file("data", key, "data.ext4")
+        if not hit:
+            tree = self.cache / "work" / "data" / key
+            shutil.rmtree(tree, ignore_errors=True)
+            try:
+                for d in dirs:
+                    (tree / d).mkdir(parents=True, exist_ok=True)
+                (tree / "edgekiln" / "pipeline.json").write_bytes(pipeline)
+                fs.make_ext4(
+                    tree, path, size, fs.fs_uuid_for(self.seed, "data"), self.epoch,
+                    label="data", journal=True, field="partitions.data_mib",
+                )  # fmt: skip
+            finally:
+                shutil.rmtree(tree, ignore_errors=True)
+            self._commit(path, rootfs.file_digest(path))
+        self._done("data", start, cached=hit, size=_allocated(path), key=key)
+        return path
+
+    def stage_disk(self, esp: Path, slot: Path, data: Path) -> Path:
+        start = self._stage("disk", "GPT disk image")
+        p = self.recipe.partitions
+        images = {"boot": esp, "rootfs_a": slot, "data": data}
+        layout = disk.standard_layout(
+            self.recipe.target.arch, p.boot_mib, p.rootfs_mib, p.data_mib, images
+        )
+        out = self.outdir / f"{image_name(self.loaded)}.img"
+        table = disk.assemble_disk(out, layout, self.seed)
+        for part in table:
+            source = images.get(part.name)
+            digest = (source.parent / "digest").read_text().strip() if source else None
+            self.partitions[part.name] = {
+                "number": part.number,
+                "start": part.start,
+                "size": part.size,
+                "uuid": part.uuid,
+                "type": part.type_guid,
+                "sha256": digest,  # of the whole partition; None: left empty (zeros)
+            }
+        self.report.outputs["image"] = str(out)
+        self._done(
+            "disk",
+            start,
+            cached=False,
+            size=_allocated(out),
+            detail=f"{out.stat().st_size / MIB:.0f} MiB apparent",
+        )
+        return out
+
+    def stage_bmap(self, image: Path) -> Path:
+        start = self._stage("bmap", "block map (.bmap)")
+        bmap = disk.write_bmap(image, image.with_suffix(".bmap"))
+        self.report.outputs["bmap"] = str(bmap)
+        self._done("bmap", start, cached=False, size=bmap.stat().st_size)
+        return bmap
+
+    def stage_compress(self, image: Path) -> Path:
+        start = self._stage("compress", "compressed image (zstd)")
+        out = disk.compress(image, image.with_name(image.name + ".zst"), self.compress_level)
+        self.report.outputs["compressed"] = str(out)
+        self._done("compress", start, cached=False, size=out.stat().st_size)
+        return out
+
+    def stage_manifest(self, image: Path) -> Path:
+        start = self._stage("manifest", "image manifest")
+        r = self.recipe
+        doc = {
+            "format": IMAGE_FORMAT,
+            "product": r.product,
+            "version": r.version,
+            "security_version": r.security_version,
+            "target": r.target.name,
+            "arch": r.target.arch,
+            "recipe_digest": self.loaded.digest,
+            # The .bmap holds a SHA-256 per mapped range (holes are zeros): its digest pins the
+            # whole image without hashing gigabytes of holes again.
+            "image": {
+                "name": image.name,
+                "size": image.stat().st_size,
+                "bmap_sha256": rootfs.file_digest(image.with_suffix(".bmap")),
+            },
+            "partitions": self.partitions,
+            "components": self.components,
+            "epoch": self.epoch,
+        }
+        body = canonical_json(doc)
+        out = self.outdir / f"{image_name(self.loaded)}.manifest.json"
+        atomic_write_bytes(out, body)
+        self.report.outputs["manifest"] = str(out)
+        detail = "unsigned (no signing key)"
+        if self.key is not None:
+            from appliance.bundle.keyring import key_id_for
+            from image.release.keys import raw_public
+
+            key_id, signature = key_id_for(raw_public(self.key)), self.key.sign(body)
+            sig = out.with_name(out.name.removesuffix(".json") + ".sig")
+            atomic_write_bytes(
+                sig, json.dumps({"key_id": key_id, "signature": signature.hex()}).encode() + b"\n"
+            )
+            self.report.outputs["signature"] = str(sig)
+            detail = f"signed by {key_id}"
+        self._done("manifest", start, cached=False, size=len(body), detail=detail)
+        return out
+
+    def stage_bundle(self, slot: Path) -> Path | None:
+        """The full update bundle of this version (appliance.bundle format), from the slot."""
+        start = self._stage("bundle", "full update bundle")
+        if self.key is None:
+            self._done("bundle", start, cached=False, detail="skipped (no signing key)")
+            return None
+        from appliance.bundle.writer import PayloadSource, write_bundle
+
+        r = self.recipe
+        out = self.outdir / f"{image_name(self.loaded)}.bundle"
+        with atomic_writer(out) as handle:
+            write_bundle(
+                handle, key=self.key, product=r.product, targets=[r.target.name],
+                version=r.version, security_version=r.security_version, created=self.epoch,
+                payloads=[PayloadSource.slot_image(slot)], zstd_level=self.compress_level,
+                spool_dir=self.outdir,
+            )  # fmt: skip
+        self.report.outputs["bundle"] = str(out)
+        self._done("bundle", start, cached=False, size=out.stat().st_size)
+        return out
+
+
+def _model_version(package: Path) -> dict[str, str]:
+    try:
+        doc = json.loads((package / "model.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise BuildError(f"{package}/model.json: cannot read: {exc}") from None
+    return {"name": str(doc.get("name", "")), "version": str(doc.get("version", ""))}
+
+
+def _allocated(path: Path) -> int:
+    """Bytes a (sparse) file really occupies."""
+    return path.stat().st_blocks * 512

@@ -1,0 +1,1 @@
+"""``kiln freeze``: the ``appliance`` program frozen with PyInstaller for one hardware target."""

@@ -1,0 +1,230 @@
+"""Freeze ``appliance`` for a foreign CPU (arm64) on an x86-64 build host, under qemu-user.
+
+Binary analysis and the bootloader must come from the target's own Python, so PyInstaller runs
+as an arm64 program. Steps (each cached by a content hash in ``cache_dir``):
+
+1. An arm64 Debian root: ``debootstrap --foreign --arch=arm64`` with Python 3.11 and its shared
+   libpython; every downloaded .deb is unpacked with ``dpkg-deb -x`` (no second stage: that would
+   need binfmt_misc, which build hosts often do not mount).
+2. The target's Python packages as aarch64 wheels, installed by the host's pip with
+   ``--platform manylinux_2_XX_aarch64 --only-binary=:all:`` and pinned to the versions of this
+   venv, plus PyInstaller itself (its aarch64 wheel carries the arm64 bootloader).
+3. PyInstaller under ``qemu-aarch64-static -L ROOT`` called directly. Without binfmt_misc an
+   emulated program cannot start other arm64 programs, so the children PyInstaller spawns are
+   host shell wrappers: ``python`` (its isolated analysis subprocesses) re-enters the emulator,
+   ``ldd`` runs the arm64 dynamic loader's ``--list`` under the emulator, ``ldconfig`` is empty,
+   and ``objcopy``/``objdump``/``strip`` are the root's arm64 binutils, emulated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+from image.errors import BuildError
+from image.freeze.targets import TargetSpec
+
+log = logging.getLogger(__name__)
+
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+ROOT_PACKAGES = ("python3.11", "libpython3.11", "binutils")
+QEMU = {"aarch64": "qemu-aarch64-static"}
+DEBIAN_ARCH = {"aarch64": "arm64"}
+LOADER = {"aarch64": "lib/ld-linux-aarch64.so.1"}
+PYTHON = "usr/bin/python3.11"
+# Bookworm has glibc 2.36: any manylinux wheel up to that works on the device.
+GLIBC_MAX = 36
+
+
+class ForeignBuildError(BuildError):
+    """The emulated (arm64) build failed."""
+
+
+def _run(cmd: list[str], what: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-25:])
+        raise ForeignBuildError(
+            f"{what} failed (exit {proc.returncode}): {' '.join(cmd[:6])} ...\n{tail}"
+        )
+    return proc  # type: ignore[no-any-return]
+
+
+def _digest(data: object) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def ensure_root(arch: str, cache_dir: Path) -> Path:
+    """An arm64 Debian root with Python 3.11 unpacked (cached by suite, mirror and packages)."""
+    key = _digest([SUITE, MIRROR, ROOT_PACKAGES, arch])
+    root = cache_dir / f"root-{DEBIAN_ARCH[arch]}-{key}"
+    if (root / ".complete").exists():
+        return root
+    if root.exists():
+        shutil.rmtree(root)
+    for tool in ("debootstrap", "dpkg-deb", QEMU[arch]):
+        if shutil.which(tool) is None:
+            raise ForeignBuildError(
+                f"{tool} not found: apt-get install debootstrap qemu-user-static"
+            )
+    cmd = ["debootstrap", "--foreign", f"--arch={DEBIAN_ARCH[arch]}", "--variant=minbase"]
+    cmd += [f"--include={','.join(ROOT_PACKAGES)}", SUITE, str(root), MIRROR]
+    _run(cmd, "debootstrap --foreign")
+    # The first stage unpacks only the "required" set; unpack the rest (python) without running
+    # any maintainer script: the emulator needs files, not a configured system.
+    for deb in sorted((root / "var/cache/apt/archives").glob("*.deb")):
+        _run(["dpkg-deb", "-x", str(deb), str(root)], f"unpacking {deb.name}")
+    if not (root / PYTHON).exists() or not (root / LOADER[arch]).exists():
+        raise ForeignBuildError(f"{root}: no {PYTHON} or {LOADER[arch]} after unpacking")
+    (root / ".complete").write_text("ok\n")
+    return root
+
+
+def requirements(spec: TargetSpec, src: Path) -> list[str]:
+    """What to install for the runtime: declared and imported distributions, pinned to this venv.
+
+    *src* is the source snapshot: packages ``appliance`` imports without declaring them (found by
+    :func:`image.freeze.deps.imported`) are installed too, so the arm64 runtime carries what the
+    x86-64 one does.
+    """
+    from image.freeze.deps import declared, imported
+
+    names = {*declared(spec), *imported(src, spec), "pyinstaller"}
+    pinned = []
+    for name in sorted(names):
+        try:
+            pinned.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pinned.append(name)
+    return pinned
+
+
+def ensure_site(spec: TargetSpec, cache_dir: Path, src: Path) -> Path:
+    """Install the target's packages as aarch64 wheels into a folder (host pip, no emulation)."""
+    reqs = requirements(spec, src)
+    site = cache_dir / f"site-{spec.arch}-{_digest([reqs, spec.arch])}"
+    if (site / ".complete").exists():
+        return site
+    if site.exists():
+        shutil.rmtree(site)
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--target", str(site)]
+    cmd += ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp"]
+    cmd += ["--platform", f"manylinux2014_{spec.arch}"]
+    for minor in range(17, GLIBC_MAX + 1):
+        cmd += ["--platform", f"manylinux_2_{minor}_{spec.arch}"]
+    _run([*cmd, *reqs], f"pip install of {spec.arch} wheels")
+    (site / ".complete").write_text("\n".join(reqs) + "\n")
+    return site
+
+
+def _wrappers(bindir: Path, root: Path, arch: str) -> Path:
+    """Host shell scripts the emulated PyInstaller spawns instead of arm64 programs."""
+    bindir.mkdir(parents=True)
+    qemu = shutil.which(QEMU[arch]) or QEMU[arch]
+    scripts = {
+        "python": f'exec {qemu} -L {root} {root / PYTHON} -S "$@"\n',
+        "ldd": f'exec {qemu} -L {root} {root / LOADER[arch]} --list "$@"\n',
+        "ldconfig": 'echo "0 libs found in cache"\n',
+    }
+    # The host's binutils do not know arm64 ELF files (objcopy appends the archive to the
+    # bootloader; objdump tells binaries from data): use the root's, emulated.
+    for tool in ("objcopy", "objdump", "strip"):
+        scripts[tool] = f'exec {qemu} -L {root} {root / "usr/bin" / tool} "$@"\n'
+
+    for name, body in scripts.items():
+        path = bindir / name
+        path.write_text(f"#!/bin/sh\n{body}")
+        path.chmod(0o755)
+    return bindir / "python"
+
+
+RUNNER = """\
+import sys
+
+# Children re-enter the emulator through this host wrapper (no binfmt_misc needed).
+sys.executable = sys._base_executable = {python!r}
+import PyInstaller.__main__
+
+PyInstaller.__main__.run({args!r})
+"""
+
+
+def emulator(arch: str, root: Path) -> list[str]:
+    """The command prefix that runs one of *root*'s programs on this host."""
+    return [shutil.which(QEMU[arch]) or QEMU[arch], "-L", str(root)]
+
+
+def frozen_env(exe: Path) -> dict[str, str]:
+    """Environment to run a frozen onedir program under the emulator.
+
+    PyInstaller's Linux bootloader restarts itself once with LD_LIBRARY_PATH pointing into
+    ``_internal``; without binfmt_misc that re-exec of an arm64 file fails ("Syntax error: word
+    unexpected"), so the emulated run starts with the state the restart would set.
+    """
+    env = dict(os.environ)
+    env.update(
+        _PYI_ARCHIVE_FILE=str(exe),
+        _PYI_PARENT_PROCESS_LEVEL="-1",
+        _PYI_LINUX_PROCESS_NAME=exe.name,
+        LD_LIBRARY_PATH=str(exe.parent / "_internal"),
+    )
+    return env
+
+
+def build(
+    spec: TargetSpec,
+    workdir: Path,
+    epoch: str,
+    *,
+    cache_dir: Path | None,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Freeze *spec* for its foreign CPU in *workdir*; return the onedir tree (smoke-tested)."""
+    say = progress or (lambda msg: log.info("%s", msg))
+    from image.freeze.runtime import (
+        PROGRAM,
+        build_env,
+        smoke_check,
+        strip_debug_info,
+        write_build_files,
+    )
+
+    if spec.arch not in QEMU:
+        raise ForeignBuildError(f"no emulator known for {spec.arch}")
+    store = cache_dir if cache_dir is not None else workdir / "foreign"
+    store.mkdir(parents=True, exist_ok=True)
+    say(f"{spec.name}: {DEBIAN_ARCH[spec.arch]} Debian root (debootstrap --foreign, cached)")
+    root = ensure_root(spec.arch, store)
+    say(f"{spec.name}: {spec.arch} wheels (pip --platform, cached)")
+    site = ensure_site(spec, store, workdir / "src" / "appliance")
+    spec_file = write_build_files(spec, workdir)  # the source snapshot is in workdir/src
+    env = build_env(epoch, workdir / "pyi-config")
+    host_path = env.get("PATH", "/usr/bin:/bin")
+    python = _wrappers(workdir / "bin", root, spec.arch)
+    env.update(
+        PATH=f"{workdir / 'bin'}:{host_path}",
+        PYTHONPATH=f"{workdir / 'src'}:{site}",
+        PYTHONDONTWRITEBYTECODE="1",
+        PYTHONNOUSERSITE="1",
+    )
+    args = ["--noconfirm", "--clean", "--log-level", "WARN", "--distpath", str(workdir / "dist")]
+    args += ["--workpath", str(workdir / "build"), str(spec_file)]
+    runner = workdir / "run_pyinstaller.py"
+    runner.write_text(RUNNER.format(python=str(python), args=args))
+    say(f"{spec.name}: PyInstaller under {QEMU[spec.arch]} (slow: minutes)")
+    _run([str(python), str(runner)], f"PyInstaller under {QEMU[spec.arch]}", env=env)
+    tree = workdir / "dist" / PROGRAM
+    if spec.strip:
+        strip_debug_info(tree, [str(workdir / "bin" / "strip")])
+    exe = tree / PROGRAM
+    smoke_check(exe, spec, runner=emulator(spec.arch, root), env=frozen_env(exe))
+    return tree

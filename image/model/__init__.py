@@ -1,0 +1,1 @@
+"""``kiln model``: model packages optimised, quantised, fused and compared for a target."""

@@ -1,0 +1,495 @@
+"""``kiln model optimise``: build a target runtime's precision variants, gate them, pick one.
+
+For each candidate (FP32, the runtime's reduced-precision execution hint, INT8) the reference
+split runs on the target's own runtime; a candidate passes the gate when its top-1 is at most
+``max_accuracy_drop`` below the FP32 parent's on the same runtime in the same run. The fastest
+passing candidate (p50 of infer) that the device will really run is shipped (OpenVINO rows with
+the CPU's default hint, bf16 here, are measured but not shippable: the device's back end sets
+f32); the whole table goes to ``optimisation.json`` in the output package (model.json keeps format
+v1; its ``provenance.optimisation`` points there).
+
+Variants: onnxruntime and OpenVINO get ORT ``quantize_static`` QDQ per-channel INT8 with int8
+(S8S8) and uint8 (U8S8) activations; OpenVINO adds FP16 IR and NNCF INT8 IR (accuracy control
+when plain NNCF fails); LiteRT passes through (model_passthrough.py); TensorRT ships QDQ + FP32 +
+a calibration cache, gated on onnxruntime as a proxy (model_tensorrt.py).
+
+If no INT8 candidate passes, the step fails (``GateError``, both figures in the message) unless
+``allow_fallback`` is set: an INT8 build that silently ships worse accuracy is what this exists to
+prevent (Ultralytics-style exports ship a collapsed INT8 model).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.inference.package import ModelPackage, load_package
+from image.errors import BuildError
+from image.model.eval import Evaluation, evaluate
+from image.model.nncf import (
+    FP16_IR,
+    INT8_IR,
+    fake_quantize_count,
+    fp16_ir,
+    nncf_available,
+    nncf_int8_ir,
+)
+from image.model.quantise import quantise_onnx_int8
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_DROP = 0.01
+SELECT_CHOICES = ("fastest", "int8", "smallest", "fp32")
+TABLE_FILE = "optimisation.json"
+INT8_ONNX = "model_int8.onnx"
+INT8_U8_ONNX = "model_int8_u8.onnx"
+INT8_AC_IR = "model_int8_ac.xml"
+# Bump when the recipe of a variant changes, so cached outputs are rebuilt.
+RECIPE_VERSION = "2"  # 2: IR entries carry weights_sha256
+TARGET_RUNTIMES = {
+    "onnxruntime": "onnxruntime",
+    "generic-x86-64": "onnxruntime",
+    "openvino": "openvino",
+    "intel-openvino": "openvino",
+    "litert": "litert",
+    "coral-usb-arm64": "litert",
+    "coral-devboard": "litert",
+    "tensorrt": "tensorrt",
+    "jetson-orin": "tensorrt",
+}
+
+
+class GateError(BuildError):
+    """No INT8 variant kept its accuracy within ``max_accuracy_drop`` of the FP32 parent."""
+
+    exit_code = 3
+
+
+class UnsupportedTargetError(BuildError):
+    """The target's runtime cannot be optimised on this build host (says what is missing)."""
+
+
+@dataclass
+class Variant:
+    """One row of the table: a file run with one set of runtime options."""
+
+    name: str
+    file: str
+    precision: str
+    hint: str  # the runtime's execution precision hint ("f32", "default" = the CPU's choice)
+    top1: float = 0.0
+    drop_pp: float = 0.0
+    p50_ms: float = 0.0
+    p95_ms: float = 0.0
+    size_bytes: int = 0
+    passed: bool = False
+    device: str = ""
+    note: str = ""
+
+
+@dataclass
+class Optimisation:
+    """The result of one run: every variant, the selected one, and the gate's settings."""
+
+    package: str
+    target: str
+    runtime: str
+    threads: int
+    max_accuracy_drop: float
+    parent_top1: float
+    images: int
+    variants: list[Variant] = field(default_factory=list)
+    selected: str = ""
+    speedup: float = 1.0
+    size_ratio: float = 1.0
+    notes: list[str] = field(default_factory=list)
+    output: str = ""
+    cached: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def variant(self, name: str) -> Variant:
+        return next(v for v in self.variants if v.name == name)
+
+
+def runtime_of(target: str) -> str:
+    """The inference runtime of a target name, recipe target or runtime name."""
+    if target not in TARGET_RUNTIMES:
+        raise UnsupportedTargetError(
+            f"target {target!r}: unknown; choose one of {', '.join(sorted(TARGET_RUNTIMES))}"
+        )
+    return TARGET_RUNTIMES[target]
+
+
+def _row(ev: Evaluation, name: str, precision: str, hint: str, parent_top1: float) -> Variant:
+    drop = (parent_top1 - ev.top1) * 100
+    return Variant(
+        name=name,
+        file=ev.file,
+        precision=precision,
+        hint=hint,
+        top1=ev.top1,
+        drop_pp=drop,
+        p50_ms=ev.p50_ms,
+        p95_ms=ev.p95_ms,
+        size_bytes=ev.size_bytes,
+        device=ev.device,
+    )
+
+
+def cache_key(package: ModelPackage, target: str, options: dict[str, Any]) -> str:
+    """Content hash of everything the output depends on (files, manifest, options, recipe)."""
+    h = hashlib.sha256()
+    h.update(package.manifest_path.read_bytes())
+    for f in sorted(package.root.rglob("*")):
+        if f.is_file() and f.name != "model.json":
+            h.update(f.relative_to(package.root).as_posix().encode() + b"\0")
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+    h.update(json.dumps([target, options, RECIPE_VERSION], sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def optimise(
+    package_dir: Path | str,
+    target: str,
+    out: Path,
+    *,
+    max_accuracy_drop: float = DEFAULT_MAX_DROP,
+    threads: int = 1,
+    calibration: Path | None = None,
+    allow_fallback: bool = False,
+    cache_dir: Path | None = None,
+    timing_rounds: int = 2,
+    select: str = "fastest",
+) -> Optimisation:
+    """Build, gate and select; write the output package to ``out`` (replaced if it exists).
+
+    ``select``: ``fastest`` ships the fastest passing variant; ``int8`` ships the fastest passing
+    INT8 variant even if a float one runs faster; ``smallest`` ships the passing variant with the
+    fewest bytes (e.g. for cellular updates; unlike ``fastest`` it does not depend on timing
+    noise); ``fp32`` ships the FP32 parent with the table (a failing INT8 gate is then recorded,
+    not raised).
+    """
+    if select not in SELECT_CHOICES:
+        raise BuildError(f"select: {select!r} is not one of {', '.join(SELECT_CHOICES)}")
+    package = load_package(package_dir)
+    runtime = runtime_of(target)
+    options = {
+        "max_accuracy_drop": max_accuracy_drop,
+        "threads": threads,
+        "allow_fallback": allow_fallback,
+        "select": select,
+        "calibration": hashlib.sha256(calibration.read_bytes()).hexdigest() if calibration else "",
+    }
+    key = cache_key(package, target, options)
+    if cache_dir is not None and (cache_dir / key / TABLE_FILE).exists():
+        _replace_tree(cache_dir / key, out)
+        result = _result_from_json(json.loads((out / TABLE_FILE).read_text()))
+        result.cached, result.output = True, str(out)
+        return result
+
+    if runtime in ("litert",):
+        from image.model.passthrough import passthrough_litert
+
+        result = passthrough_litert(package, target, out)
+    else:
+        # No TensorRT here: gate on onnxruntime as a proxy, ship INT8 QDQ + FP32 + cache.
+        trt = runtime == "tensorrt"
+        with tempfile.TemporaryDirectory(prefix="kiln-opt-") as tmp:
+            result = _optimise_onnx(
+                package,
+                target,
+                "onnxruntime" if trt else runtime,
+                Path(tmp),
+                out,
+                max_accuracy_drop=max_accuracy_drop,
+                threads=threads,
+                calibration=calibration,
+                allow_fallback=allow_fallback,
+                timing_rounds=timing_rounds,
+                select="int8" if trt else select,
+            )
+        if trt:
+            _add_tensorrt_files(package, out, result, calibration)
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        _replace_tree(out, cache_dir / key)
+    return result
+
+
+def _optimise_onnx(
+    package: ModelPackage,
+    target: str,
+    runtime: str,
+    work: Path,
+    out: Path,
+    *,
+    max_accuracy_drop: float,
+    threads: int,
+    calibration: Path | None,
+    allow_fallback: bool,
+    timing_rounds: int,
+    select: str,
+) -> Optimisation:
+    fp32 = package.select_file(("onnx",))
+    if fp32.precision != "fp32":
+        raise BuildError(
+            f"{package.manifest_path}: files: the first ONNX file {fp32.path!r} is "
+            f"{fp32.precision}, not fp32; optimise the FP32 parent package instead"
+        )
+    # Variants are built inside a scratch copy of the package, so the device code (which only
+    # loads files listed in a verified model.json) evaluates them unchanged.
+    sc = _Scratch(package, work / "pkg", runtime, threads, timing_rounds)
+    quantise_onnx_int8(package, sc.root / INT8_ONNX, source=fp32.path, calibration=calibration)
+    quantise_onnx_int8(
+        package,
+        sc.root / INT8_U8_ONNX,
+        source=fp32.path,
+        calibration=calibration,
+        unsigned_activations=True,
+    )
+    sc.add(fp32.path, "fp32")
+    sc.add(INT8_ONNX, "int8")
+    sc.add(INT8_U8_ONNX, "int8")
+    use_nncf = runtime == "openvino" and nncf_available()
+    if use_nncf:
+        sc.add(fp16_ir(package, sc.root), "fp16")
+        sc.add(nncf_int8_ir(package, sc.root, calibration=calibration), "int8")
+    parent = sc.run(fp32.path, True)
+    labels = sc.labels
+    res = Optimisation(
+        package=str(package.root),
+        target=target,
+        runtime=runtime,
+        threads=threads,
+        max_accuracy_drop=max_accuracy_drop,
+        parent_top1=parent.top1,
+        images=len(labels),
+    )
+    res.variants.append(_row(parent, "fp32", "fp32", "f32", parent.top1))
+    res.variants.append(_row(sc.run(INT8_ONNX, True), "int8", "int8", "f32", parent.top1))
+    res.variants.append(_row(sc.run(INT8_U8_ONNX, True), "int8-u8s8", "int8", "f32", parent.top1))
+    if runtime == "openvino":
+        _openvino_rows(res, sc, fp32.path, use_nncf, calibration)
+    spkg = sc.package
+    for v in res.variants:
+        v.passed = v.drop_pp <= max_accuracy_drop * 100 + 1e-9
+    int8_ok = [v for v in res.variants if v.precision == "int8" and v.passed]
+    if not int8_ok and not allow_fallback and select != "fp32":
+        worst = min((v for v in res.variants if v.precision == "int8"), key=lambda v: v.drop_pp)
+        raise GateError(
+            f"{package.root}: INT8 on {runtime} fails the accuracy gate: best INT8 variant "
+            f"{worst.name} top-1 {worst.top1:.4f} "
+            f"vs FP32 {parent.top1:.4f} on the same runtime ({worst.drop_pp:.2f} pp drop > "
+            f"{max_accuracy_drop * 100:.2f} pp allowed, {len(labels)} reference images). "
+            "Check the calibration split (it must look like real frames), or pass "
+            "--allow-fallback to ship the best passing non-INT8 variant"
+        )
+    passing = [v for v in res.variants if v.passed]
+    if select == "int8" and int8_ok:
+        passing = int8_ok
+    # Only what the device will run can be shipped: its openvino back end always sets the f32
+    # hint (model.json cannot ask for the CPU's default, bf16 here), so default-hint rows are
+    # measured for the record but not selectable.
+    shippable = [v for v in passing if v.hint != "default"] or passing
+    best = _choose(shippable, select, res)
+    fastest = min(passing, key=lambda v: v.p50_ms)
+    if select == "fastest" and fastest.hint == "default" and fastest is not best:
+        res.notes.append(
+            f"{fastest.name} was fastest (p50 {fastest.p50_ms:.3f} ms vs {best.p50_ms:.3f} ms) "
+            "but needs OpenVINO's default precision hint, which the device's back end does not "
+            "use; not shipped"
+        )
+    res.selected = best.name
+    res.speedup = res.variant("fp32").p50_ms / best.p50_ms if best.p50_ms else 1.0
+    res.size_ratio = res.variant("fp32").size_bytes / best.size_bytes if best.size_bytes else 1.0
+    _write_output(spkg, package, best, res, out)
+    return res
+
+
+def _choose(shippable: list[Variant], select: str, res: Optimisation) -> Variant:
+    """The variant to ship among the passing, shippable ones."""
+    if select == "fp32":
+        return res.variant("fp32")
+    if select == "smallest":
+        # Ties (S8S8 and U8S8 files are the same size) go to the earlier row, not to timing
+        # noise: the same inputs then ship the same file.
+        return min(shippable, key=lambda v: v.size_bytes)
+    return min(shippable, key=lambda v: v.p50_ms)
+
+
+class _Scratch:
+    """A scratch package whose model.json lists every variant built so far."""
+
+    def __init__(
+        self, parent: ModelPackage, root: Path, runtime: str, threads: int, rounds: int
+    ) -> None:
+        shutil.copytree(parent.root, root)
+        self.parent, self.root, self.runtime = parent, root, runtime
+        self.threads, self.rounds = threads, rounds
+        self.entries: list[dict[str, Any]] = []
+        self.images, self.labels = parent.load_reference()
+        self.package = parent
+
+    def add(self, path: str, precision: str) -> None:
+        self.entries.append(_entry(self.root, path, precision))
+        _write_manifest(self.root, self.parent, self.entries)
+        self.package = load_package(self.root)
+
+    def run(self, file: str, f32: bool) -> Evaluation:
+        return evaluate(
+            self.package,
+            self.runtime,
+            file=file,
+            threads=self.threads,
+            precision_f32=f32,
+            images=self.images,
+            labels=self.labels,
+            timing_rounds=self.rounds,
+        )
+
+
+def _openvino_rows(
+    res: Optimisation, sc: _Scratch, fp32: str, use_nncf: bool, calibration: Path | None
+) -> None:
+    """OpenVINO's extra rows: the CPU's default hint (bf16 here), FP16 IR, NNCF INT8 IR."""
+    top = res.parent_top1
+    # OpenVINO's default on a bf16-capable CPU is bf16 execution; it can beat INT8 there.
+    res.variants.append(_row(sc.run(fp32, False), "fp32-default-hint", "fp32", "default", top))
+    res.variants.append(_row(sc.run(INT8_ONNX, False), "int8-default-hint", "int8", "default", top))
+    if not use_nncf:
+        res.notes.append("NNCF is not installed (pip install nncf): no FP16/INT8 IR variants")
+        return
+    res.variants.append(_row(sc.run(FP16_IR, True), "fp16-ir", "fp16", "f32", top))
+    nncf_row = _row(sc.run(INT8_IR, True), "int8-nncf", "int8", "f32", top)
+    res.variants.append(nncf_row)
+    res.variants.append(
+        _row(sc.run(INT8_IR, False), "int8-nncf-default-hint", "int8", "default", top)
+    )
+    if nncf_row.drop_pp > res.max_accuracy_drop * 100 + 1e-9:
+        # Plain NNCF lost too much: let NNCF keep the costliest layers in float.
+        accuracy = (sc.images, sc.labels, res.max_accuracy_drop)
+        nncf_int8_ir(sc.parent, sc.root / "ac", calibration=calibration, accuracy=accuracy)
+        shutil.move(sc.root / "ac" / INT8_IR, sc.root / INT8_AC_IR)
+        shutil.move(sc.root / "ac" / "model_int8.bin", sc.root / "model_int8_ac.bin")
+        fq_plain = fake_quantize_count(sc.root / INT8_IR)
+        fq = fake_quantize_count(sc.root / INT8_AC_IR)
+        # A model with every layer reverted to float is not INT8, whatever its file name.
+        precision = "int8" if fq else "fp32"
+        sc.add(INT8_AC_IR, precision)
+        row = _row(sc.run(INT8_AC_IR, True), "int8-nncf-ac", precision, "f32", top)
+        row.note = f"accuracy control kept {fq} of {fq_plain} FakeQuantize ops"
+        res.variants.append(row)
+
+
+def _add_tensorrt_files(
+    package: ModelPackage, out: Path, res: Optimisation, calibration: Path | None
+) -> None:
+    """Add the FP32 ONNX (second: the device falls back to it) and a TensorRT calibration cache."""
+    from image.model.tensorrt import CACHE_FILE, calibration_cache, calibration_ranges
+
+    fp32 = package.select_file(("onnx",))
+    (out / CACHE_FILE).write_bytes(calibration_cache(calibration_ranges(package, calibration)))
+    data = json.loads((out / "model.json").read_text())
+    if not any(f["path"] == fp32.path for f in data["files"]):
+        shutil.copy2(package.path_of(fp32), out / fp32.path)
+        data["files"].append(_entry(out, fp32.path, "fp32"))
+    (out / "model.json").write_text(json.dumps(data, indent=2) + "\n")
+    res.runtime = "tensorrt"
+    res.notes.append(
+        "TensorRT is not on this build host: accuracy and latency were measured on onnxruntime "
+        "(CPU) as a proxy; the device re-measures at its first engine build. model_int8.onnx is "
+        f"QDQ (TensorRT 10 explicit INT8: needs BuilderFlag.INT8); {CACHE_FILE} is for "
+        "TensorRT 8.x implicit INT8 calibration"
+    )
+    (out / TABLE_FILE).write_text(json.dumps(res.to_json(), indent=2) + "\n")
+    load_package(out)
+
+
+def _entry(root: Path, path: str, precision: str, top1: float | None = None) -> dict[str, Any]:
+    e: dict[str, Any] = {
+        "path": path,
+        "format": "openvino-ir" if path.endswith(".xml") else "onnx",
+        "precision": precision,
+        "sha256": hashlib.sha256((root / path).read_bytes()).hexdigest(),
+    }
+    if e["format"] == "openvino-ir":
+        # The .xml is only the graph; every weight is in the .bin beside it (same stem).
+        weights = root / (path[: -len(".xml")] + ".bin")
+        e["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    if top1 is not None:
+        e["top1"] = round(top1, 6)
+    return e
+
+
+def _write_manifest(
+    root: Path,
+    parent: ModelPackage,
+    files: list[dict[str, Any]],
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """model.json of ``parent`` with a new files list (every other field kept as it was)."""
+    data = json.loads(parent.manifest_path.read_text())
+    data["files"] = files
+    if extra:
+        data.setdefault("provenance", {}).update(extra)
+    (root / "model.json").write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _write_output(
+    spkg: ModelPackage, parent: ModelPackage, best: Variant, res: Optimisation, out: Path
+) -> None:
+    """The selected file + the splits + model.json + optimisation.json, swapped in at once."""
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes 0700; a package is read by the device's service user
+    try:
+        for p in parent.root.iterdir():  # splits and anything else that is not a model file
+            listed = {f.path for f in parent.manifest.files}
+            if p.is_file() and p.name not in listed and p.name not in ("model.json", TABLE_FILE):
+                shutil.copy2(p, tmp / p.name)
+        shutil.copy2(spkg.root / best.file, tmp / best.file)
+        if best.file.endswith(".xml"):  # an IR's weights (model.json's weights_sha256)
+            bin_name = best.file[: -len(".xml")] + ".bin"
+            shutil.copy2(spkg.root / bin_name, tmp / bin_name)
+        res.output = str(out)
+        top1 = best.top1 if best.precision != "fp32" else None
+        _write_manifest(
+            tmp,
+            parent,
+            [_entry(tmp, best.file, best.precision, top1)],
+            {"optimisation": {"table": TABLE_FILE, "target": res.target, "selected": best.name}},
+        )
+        (tmp / TABLE_FILE).write_text(json.dumps(res.to_json(), indent=2) + "\n")
+        load_package(tmp)  # the output must be a valid package before it replaces anything
+        _replace_tree(tmp, out, move=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_tree(src: Path, dst: Path, *, move: bool = False) -> None:
+    """Put ``src`` at ``dst`` (an existing ``dst`` is removed only once the new one is complete)."""
+    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+    if not move:
+        staged = dst.with_name(f".{dst.name}.new-{os.getpid()}")
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.copytree(src, staged)
+        src = staged
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _result_from_json(data: dict[str, Any]) -> Optimisation:
+    variants = [Variant(**v) for v in data.pop("variants", [])]
+    return Optimisation(**data, variants=variants)

@@ -1,0 +1,1 @@
+"""``kiln keys``, ``kiln bundle``, ``kiln publish``: release keys, update bundles, TUF channel."""

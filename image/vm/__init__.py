@@ -1,0 +1,1 @@
+"""``kiln vm``: boot a device image in QEMU (serial log, port forwards, power cuts)."""
