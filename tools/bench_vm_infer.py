@@ -38,7 +38,7 @@ import click
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from image.vm import Vm, VmConfig  # noqa: E402
+from image.vm.qemu import Vm, VmConfig  # noqa: E402
 
 MODEL = REPO / "recipes" / "models" / "inspect-primary" / "model.onnx"
 TIMING = """

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from image.vm import Vm, VmConfig
+from image.vm.qemu import Vm, VmConfig
 from tests.e2e.device import (
     Build,
     esp_grubenv,
