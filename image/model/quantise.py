@@ -8,6 +8,7 @@ onnxruntime and OpenVINO run with INT8 kernels.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import tempfile
 from pathlib import Path
@@ -38,7 +39,15 @@ def calibration_images(package: ModelPackage, override: Path | None = None) -> n
             "calibration split (add calibration.npz and a 'calibration' entry, or pass "
             "--calibration FILE.npz)"
         )
-    images = load_split(package.root / cal.split)
+    path = package.root / cal.split
+    if cal.sha256 is not None and path.is_file():
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != cal.sha256:
+            raise QuantisationError(
+                f"{path}: sha256 is {digest}, model.json calibration.sha256 says {cal.sha256}; "
+                "the split was replaced: restore it or update the digest"
+            )
+    images = load_split(path)
     if len(images) == 0:
         raise QuantisationError(f"{package.root / cal.split}: the calibration split is empty")
     return images
