@@ -18,10 +18,16 @@ COMMANDS: dict[str, str] = {
     "inspect": "image.inspect_cli:inspect",
     "flash": "image.flash_cli:flash",
     "freeze": "image.freeze.cli:freeze",
-    "keys": "image.release.keys_cli:keys",
+    "keys": "image.release.cli:keys",
     "bundle": "image.release.cli:bundle",
-    "publish": "image.release.publish_cli:publish",
+    "publish": "image.release.cli:publish",
+    "rollout": "image.release.rollout_cli:rollout",
     "model": "image.model.cli:model",
+    "discover": "image.lan.cli:discover",
+    "pair": "image.lan.cli:pair",
+    "status": "image.lan.cli:status",
+    "push": "image.lan.cli:push",
+    "diag": "image.lan.cli:diag",
 }
 
 

@@ -7,7 +7,7 @@ copies on a fake ESP, a data directory):
    for v2 and SIGKILLs itself at a random point: a byte offset of the slot write, or a state
    transition (after the manifest check, after the slot is marked bad, inside each loader
    write, after the write, the read-back, the record, the try);
-2. the slot writes went through a model of a volatile write cache (ARCHITECTURE Decision 13):
+2. the slot writes went through a model of a volatile write cache (docs/decisions.md §13):
    bytes not yet fsynced are lost, or written back partly and torn, at random. Half the runs
    put it under the installer's O_DIRECT path (:class:`VolatileMedium`: regions made durable
    and re-read while later ones are written), half under the page-cache path
@@ -258,8 +258,10 @@ class Device:
             (self.root / "esp" / "grub" / name).write_bytes(initial_env())
         for copy in self.uboot_copies:
             copy.device.write_bytes(bytes(UBOOT_ENV_SIZE))
+        initial = self.root / "u-boot-initial-env"  # the board's default environment
+        initial.write_text("bootcmd=run distro_bootcmd\n")
         for _ in self.uboot_copies:  # both copies valid: A committed, U-Boot's own variables
-            UBootEnvStore(self.uboot_copies).write(
+            UBootEnvStore(self.uboot_copies, initial).write(
                 {**EkCodec().encode(BootState()), "bootcmd": "run distro_bootcmd"}
             )
 

@@ -37,7 +37,7 @@ clearly smaller still; its dictionary is the body's own size and the decoder run
 
 Everything here is checked against the signed ``base.size`` and the chunk's length before it is
 used; the rebuilt chunk is then checked against its signed digest by the reader, before any
-write (FORMAT.md, ARCHITECTURE Decisions 8 and 14).
+write (FORMAT.md, docs/decisions.md §8 and §14).
 """
 
 from __future__ import annotations

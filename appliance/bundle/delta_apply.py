@@ -3,8 +3,8 @@
 Each wire chunk is parsed and checked against the chunk length and the signed base size, then
 rebuilt from the base (active) slot in bounded memory: the output chunk, its decompressed body
 and one read group, whatever the size of the chunk's reference R or of the image. The reader
-verifies the rebuilt chunk against its signed digest before any write (FORMAT.md, ARCHITECTURE
-Decisions 8 and 14). Where the time goes and why it is built this way: FORMAT.md, "Apply".
+verifies the rebuilt chunk against its signed digest before any write (FORMAT.md, docs/decisions.md
+§8 and §14). Where the time goes and why it is built this way: FORMAT.md, "Apply".
 """
 
 from __future__ import annotations

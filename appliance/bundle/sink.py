@@ -2,7 +2,7 @@
 
 The reader hands a sink only chunks whose digests matched the signed manifest. The OTA
 installer writes through a sink; the power-cut test supplies one that models a volatile write
-cache (ARCHITECTURE Decision 13). The reader never knows where the bytes go.
+cache (docs/decisions.md §13). The reader never knows where the bytes go.
 """
 
 from __future__ import annotations

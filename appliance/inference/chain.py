@@ -17,9 +17,15 @@ from pathlib import Path
 
 import msgspec
 
-from appliance.inference.backends import BackendOptions, LoadedModel, get_backend, load_model
-from appliance.inference.errors import InferenceError
-from appliance.inference.package import load_package
+from appliance.inference.backends import (
+    Backend,
+    BackendOptions,
+    LoadedModel,
+    get_backend,
+    load_model,
+)
+from appliance.inference.errors import BackendUnavailableError, InferenceError
+from appliance.inference.package import ModelPackage, load_package
 from appliance.inference.postprocess import Postprocessor
 from appliance.inference.preprocess import Preprocess, Preprocessor
 
@@ -92,14 +98,49 @@ def load_runner(
 ) -> Runner:
     """Load one candidate; every failure is an InferenceError subclass with a clear message.
 
-    ``on_skip`` hears why a fused file was passed over for the plain one (a damaged file).
+    ``on_skip`` hears why a fused file was passed over for the plain one (a damaged file), and
+    why a file the back end picked did not load when another file of the package was loaded
+    instead (OpenCV cannot load an INT8 QDQ file; the optimiser ships the FP32 file beside it).
     """
     package = load_package(c.package)
-    model = load_model(get_backend(c.backend), package, c.file, options, top, on_skip)
+    backend = get_backend(c.backend)
+    try:
+        model = load_model(backend, package, c.file, options, top, on_skip)
+    except BackendUnavailableError:
+        raise
+    except InferenceError as exc:
+        if c.file is not None:
+            raise
+        model = _load_next_file(backend, package, exc, options, on_skip)
     budget = msgspec.structs.asdict(package.manifest.budget_ms)
     # The pipeline runs one frame at a time: the input tensor can live in one reused buffer.
     pre = Preprocessor.for_model(model, reuse=True)
     return Runner(c, model, pre, Postprocessor(model, top), budget)
+
+
+def _load_next_file(
+    backend: Backend,
+    package: ModelPackage,
+    first_error: InferenceError,
+    options: BackendOptions,
+    on_skip: Callable[[str], None] | None,
+) -> LoadedModel:
+    """The package's next plain file this back end reads, after the one it picked failed."""
+    picked = backend.choose_file(package, None)
+    others = [
+        f
+        for f in package.manifest.files
+        if f.format in backend.formats and f.fused is None and f.path != picked.path
+    ]
+    why = str(first_error)
+    for f in others:
+        if on_skip is not None:
+            on_skip(f"{picked.path} does not load on {backend.name} ({why}); trying {f.path}")
+        try:
+            return backend.load(package, f.path, options)
+        except InferenceError as exc:
+            picked, why = f, str(exc)
+    raise first_error
 
 
 class FallbackChain:
@@ -131,7 +172,7 @@ class FallbackChain:
         self.on_event(event)
 
     def _skipped(self, c: Candidate) -> Callable[[str], None]:
-        """An alert for a fused file that did not load: the slot holds a damaged file."""
+        """An alert for a file of the package that did not load while another one did."""
 
         def emit(why: str) -> None:
             reason = f"{c.role} {c.package.name}: {why}"

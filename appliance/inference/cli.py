@@ -83,6 +83,8 @@ def selftest(
             f"  pre+infer+post p50 {r.total_p50_ms:7.2f} ms  p95 {r.total_p95_ms:7.2f} ms  "
             f"(budget {r.budget_total_ms:.2f} ms)"
         )
+        for note in r.notes:
+            click.echo(f"  note: {note}")
         click.echo("  PASS" if r.passed else "  FAIL: " + "; ".join(r.reasons))
     if not r.passed:
         raise SelftestFailedError(f"self-test failed: {'; '.join(r.reasons)}")

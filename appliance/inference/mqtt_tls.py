@@ -85,7 +85,7 @@ def is_refusal(error: str) -> bool:
 def warn_if_expired(cfg: MqttConfig) -> None:
     """Log (not refuse) a client certificate already expired by this device's clock.
 
-    Not a refusal: the device clock may be wrong (ARCHITECTURE Decision 6); the broker decides.
+    Not a refusal: the device clock may be wrong (docs/decisions.md §6); the broker decides.
     """
     if cfg.cert_file is None:
         return

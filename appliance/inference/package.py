@@ -15,19 +15,26 @@ Usage::
 from __future__ import annotations
 
 import hashlib
+import io
 import re
+import zipfile
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 import numpy as np
 
-from appliance.inference.errors import DigestMismatchError, PackageError
+from appliance.inference.errors import DigestMismatchError, PackageError, ShapeMismatchError
+from appliance.inference.package_check import (
+    MAX_MANIFEST_BYTES,
+    MAX_MODEL_FILE_BYTES,
+    MAX_SPLIT_BYTES,
+    check_manifest,
+)
 
 FileFormat = Literal["onnx", "tflite", "openvino-ir", "edgetpu-tflite"]
 Layout = Literal["NCHW", "NHWC"]
-MAX_MANIFEST_BYTES = 1 << 20
 
 
 class Quantization(msgspec.Struct, frozen=True):
@@ -123,6 +130,7 @@ class Reference(msgspec.Struct, frozen=True):
     count: int
     top1: float
     histogram: dict[str, float] = msgspec.field(default_factory=dict)
+    sha256: str | None = None  # the split file's digest: checked before it is read
 
 
 class Calibration(msgspec.Struct, frozen=True):
@@ -130,6 +138,7 @@ class Calibration(msgspec.Struct, frozen=True):
 
     split: str
     count: int
+    sha256: str | None = None
 
 
 class SsdAnchors(msgspec.Struct, frozen=True):
@@ -211,128 +220,27 @@ def parse_manifest(data: bytes, where: Path) -> Manifest:
     return manifest
 
 
-def _fail(where: Path, field: str, msg: str) -> PackageError:
-    return PackageError(f"{where}: {field}: {msg}")
+def check_labels(package: ModelPackage, f: ModelFile, outputs: list[np.ndarray]) -> None:
+    """A classifier lists one label per class of its output (checked when a file loads).
 
-
-def _check_relpath(where: Path, field: str, value: str) -> None:
-    p = PurePosixPath(value)
-    if not value or p.is_absolute() or ".." in p.parts or "\\" in value:
-        raise _fail(where, field, f"{value!r} must be a relative path inside the package")
-
-
-def check_manifest(m: Manifest, where: Path) -> None:
-    """Meaning checks msgspec's types cannot express."""
-    _check_input(m.input, where)
-    _check_files(m.files, where)
-    _check_rest(m, where)
-
-
-def _check_input(inp: InputSpec, where: Path) -> None:
-    if len(inp.shape) != 4:
-        raise _fail(where, "input.shape", f"expected 4 dims, got {len(inp.shape)}")
-    if any(d <= 0 for d in inp.shape):
-        raise _fail(where, "input.shape", f"every dim must be > 0, got {inp.shape}")
-    channels = inp.shape[1] if inp.layout == "NCHW" else inp.shape[3]
-    if channels != 3:
-        raise _fail(
-            where,
-            "input.shape",
-            f"{inp.shape} has {channels} channels in layout {inp.layout}; expected 3",
-        )
-    for name, values in (("input.mean", inp.mean), ("input.std", inp.std)):
-        if len(values) != 3:
-            raise _fail(where, name, f"expected 3 values, got {len(values)}")
-    if any(s == 0 for s in inp.std):
-        raise _fail(where, "input.std", "values must be non-zero")
-
-
-def _check_files(files: list[ModelFile], where: Path) -> None:
-    if not files:
-        raise _fail(where, "files", "at least one model file is required")
-    seen: set[str] = set()
-    for i, f in enumerate(files):
-        _check_relpath(where, f"files[{i}].path", f.path)
-        if f.path in seen:
-            raise _fail(where, f"files[{i}].path", f"{f.path!r} is listed twice")
-        seen.add(f.path)
-        if not re.fullmatch(r"[0-9a-f]{64}", f.sha256):
-            raise _fail(where, f"files[{i}].sha256", "expected 64 lowercase hex digits")
-        # Only TFLite files take integer input tensors; an INT8 ONNX or OpenVINO IR (QDQ,
-        # NNCF FakeQuantize) takes float input, so it has no input quantisation to declare.
-        quantised_tflite = f.format in ("tflite", "edgetpu-tflite")
-        if f.precision in ("int8", "uint8") and quantised_tflite and f.quantization is None:
-            raise _fail(where, f"files[{i}].quantization", "required for a quantised TFLite file")
-        if f.quantization is not None and f.quantization.input_scale <= 0:
-            raise _fail(where, f"files[{i}].quantization.input_scale", "must be > 0")
-        _check_weights(where, i, f)
-    for i, f in enumerate(files):
-        if f.fused is not None:
-            _check_fused(where, i, f, files)
-
-
-def _check_fused(where: Path, i: int, f: ModelFile, files: list[ModelFile]) -> None:
-    """A fused file is an NHWC ONNX file made from a plain ONNX file listed in the same package."""
-    assert f.fused is not None
-    if f.format != "onnx":
-        raise _fail(where, f"files[{i}].fused", f"only an onnx file can be fused, not {f.format}")
-    if f.layout != "NHWC":
-        raise _fail(where, f"files[{i}].layout", "a fused file takes NHWC frames: set NHWC")
-    source = next((g for g in files if g.path == f.fused.of), None)
-    if source is None or source.format != "onnx" or source.fused is not None:
-        raise _fail(
-            where,
-            f"files[{i}].fused.of",
-            f"{f.fused.of!r} is not a plain onnx file of this package",
-        )
-    if f.fused.top_k < 0:
-        raise _fail(where, f"files[{i}].fused.top_k", "must be >= 0")
-
-
-def _check_weights(where: Path, i: int, f: ModelFile) -> None:
-    """An OpenVINO IR names its .bin and that file's sha256; other formats have no weights file."""
-    if f.format != "openvino-ir":
-        for name in ("weights", "weights_sha256"):
-            if getattr(f, name) is not None:
-                raise _fail(
-                    where, f"files[{i}].{name}", f"only for openvino-ir files, not {f.format}"
-                )
+    Checked for a classifier whose first output is scores ``[1, C]`` (``logits`` or
+    ``probabilities``); a ``raw`` output (landmarks, heads) and a fused file with ``top_k``
+    (K scores, not one per class) have nothing to compare.
+    """
+    m = package.manifest
+    if m.task != "classification" or m.output.kind == "raw" or not outputs:
         return
-    if not f.path.endswith(".xml"):
-        raise _fail(where, f"files[{i}].path", f"{f.path!r}: an openvino-ir file is the .xml")
-    if f.weights is not None:
-        _check_relpath(where, f"files[{i}].weights", f.weights)
-        if f.weights == f.path:
-            raise _fail(where, f"files[{i}].weights", "must differ from path (the .bin file)")
-    if f.weights_sha256 is None:
-        raise _fail(
-            where,
-            f"files[{i}].weights_sha256",
-            f"required for an openvino-ir file: the sha256 of {f.weights_path!r} "
-            "(rebuild the package with kiln model optimise, or add the .bin's sha256)",
+    if f.fused is not None and f.fused.top_k:
+        return
+    shape = np.shape(outputs[0])
+    if len(shape) != 2 or shape[0] != 1:
+        return
+    if shape[1] != len(m.labels):
+        raise ShapeMismatchError(
+            f"{package.manifest_path}: labels: {len(m.labels)} labels, but {f.path}'s output "
+            f"{m.output.name!r} is {list(shape)}, {shape[1]} classes; list exactly one label "
+            "per output class, in output order"
         )
-    if not re.fullmatch(r"[0-9a-f]{64}", f.weights_sha256):
-        raise _fail(where, f"files[{i}].weights_sha256", "expected 64 lowercase hex digits")
-
-
-def _check_rest(m: Manifest, where: Path) -> None:
-    if m.task == "classification" and not m.labels:
-        raise _fail(where, "labels", "a classification model needs at least one label")
-    if m.task == "detection":
-        if m.detection is None:
-            raise _fail(where, "detection", "required when task is 'detection'")
-        if m.detection.decoder == "ssd" and m.detection.anchors is None:
-            raise _fail(where, "detection.anchors", "required for the ssd decoder")
-    for i, f in enumerate(m.files):
-        if f.fused is not None and f.fused.top_k and m.task != "classification":
-            raise _fail(where, f"files[{i}].fused.top_k", "only a classifier has a top-k")
-    for name, value in msgspec.structs.asdict(m.budget_ms).items():
-        if value <= 0:
-            raise _fail(where, f"budget_ms.{name}", f"must be > 0, got {value}")
-    if m.reference is not None:
-        _check_relpath(where, "reference.split", m.reference.split)
-        if not 0.0 <= m.reference.top1 <= 1.0:
-            raise _fail(where, "reference.top1", f"must be in [0, 1], got {m.reference.top1}")
 
 
 def file_layout(m: Manifest, f: ModelFile) -> Layout:
@@ -407,8 +315,16 @@ class ModelPackage:
             raise PackageError(f"{self.manifest_path}: files: {f.path!r} has no weights file")
         return self._read_checked(self.root / rel, f.weights_sha256, "weights_sha256")
 
-    def _read_checked(self, p: Path, want: str, field: str) -> bytes:
+    def _read_checked(
+        self, p: Path, want: str, field: str, limit: int = MAX_MODEL_FILE_BYTES
+    ) -> bytes:
         try:
+            size = p.stat().st_size
+            if size > limit:
+                raise PackageError(
+                    f"{p}: {size} bytes; the limit for a package file read into memory is "
+                    f"{limit}; the file is not a model of this package or was replaced"
+                )
             data = p.read_bytes()
         except OSError as exc:
             raise PackageError(
@@ -428,10 +344,16 @@ class ModelPackage:
         if ref is None:
             raise PackageError(f"{self.manifest_path}: reference: missing; the self-test needs it")
         p = self.root / ref.split
+        if ref.sha256 is not None:
+            data = self._read_checked(p, ref.sha256, "reference.sha256", MAX_SPLIT_BYTES)
+            source: Path | io.BytesIO = io.BytesIO(data)
+        else:
+            source = p
         try:
-            with np.load(p, allow_pickle=False) as npz:
+            check_split_size(p, source)
+            with np.load(source, allow_pickle=False) as npz:
                 images, labels = npz["images"], npz["labels"]
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
             raise PackageError(f"{p}: cannot read reference split: {exc}") from None
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
             raise PackageError(
@@ -448,8 +370,25 @@ class ModelPackage:
         return images, labels.astype(np.int64)
 
 
+def check_split_size(p: Path, source: Path | io.BytesIO) -> None:
+    """Refuse an .npz whose arrays would inflate beyond ``MAX_SPLIT_BYTES`` (before reading)."""
+    with zipfile.ZipFile(source) as z:
+        total = sum(i.file_size for i in z.infolist())
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
+    if total > MAX_SPLIT_BYTES:
+        raise PackageError(
+            f"{p}: its arrays hold {total} bytes uncompressed; the limit is {MAX_SPLIT_BYTES} "
+            "(use fewer or smaller images)"
+        )
+
+
 def load_package(root: Path | str) -> ModelPackage:
     """Parse and check ``root/model.json``."""
+    if "\0" in str(root):
+        raise PackageError(
+            f"{str(root)!r}: a package path cannot contain a NUL byte; check the path you typed"
+        )
     root = Path(root)
     where = root / "model.json"
     try:

@@ -15,7 +15,7 @@ reopened with backoff.
 Only a bad configuration or a missing local file/folder source raises (ConfigError/SourceError).
 
 Each frame's record carries the stage timings (capture, pre, infer, post, publish) in ms and the
-stages over the model's budget (scaled by ``budget_factor``, ARCHITECTURE Decision 7).
+stages over the model's budget (scaled by ``budget_factor``, docs/decisions.md §7).
 """
 
 from __future__ import annotations

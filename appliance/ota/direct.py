@@ -20,7 +20,7 @@ Why this keeps the update-flow invariants:
   before that.
 
 The I/O itself sits behind :class:`Medium`, so the power-cut test can put a simulated volatile
-write cache under the same logic (ARCHITECTURE Decision 13).
+write cache under the same logic (docs/decisions.md §13).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ commits nor reboots. The layers, outermost first:
   (grub.cfg / boot.scr) reboots after N seconds; initramfs-tools honours it instead of
   dropping to a shell;
 * the kernel or PID 1 hangs once systemd runs: the hardware watchdog (``RuntimeWatchdogSec``,
-  ARCHITECTURE Decision 4) resets;
+  docs/decisions.md §4) resets;
 * the agent crashes or hangs repeatedly: ``StartLimitAction=reboot`` on the agent unit;
 * everything else (the agent never starts because a dependency failed, e.g. the ESP did not
   mount; emergency mode; a health gate that never finishes; a start job that never ends):

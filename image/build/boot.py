@@ -1,6 +1,6 @@
 """The boot partition's content per loader (x86-64: GRUB EFI + grub.cfg + grubenv).
 
-The A/B protocol belongs to :mod:`appliance.slots.grub` (ARCHITECTURE Decision 3): this module
+The A/B protocol belongs to :mod:`appliance.slots.grub` (docs/decisions.md §3): this module
 only builds the EFI binary with ``grub-mkimage`` (small and reproducible, unlike
 grub-mkstandalone) from that module's ``GRUB_MODULES`` and embedded config, and writes its
 rendered ``grub.cfg`` and initial grubenv (both copies) into the ESP tree.

@@ -91,7 +91,7 @@ def build(
     results = []
     for n in (1, 2):
         # Each run gets its own slot/boot/data cache; base and runtime come from the shared one
-        # (ARCHITECTURE Decision 11: the cached base is an input).
+        # (docs/decisions.md §11: the cached base is an input).
         scratch = Path(tempfile.mkdtemp(prefix=f"repro{n}-", dir=shared))
         for kind in ("base", "freeze", "model"):  # model: optimised packages are timed inputs
             (scratch / kind).symlink_to(shared / kind, target_is_directory=True)

@@ -1,6 +1,6 @@
 """GPT disk images: an sfdisk script with fixed UUIDs, partitions placed with ``dd``, a .bmap.
 
-The layout is ARCHITECTURE's: ``boot`` (ESP), ``rootfs_a``, ``rootfs_b``, ``data`` (last, so
+The layout is docs/decisions.md §21: ``boot`` (ESP), ``rootfs_a``, ``rootfs_b``, ``data`` (last, so
 it can grow to the disk's size on first boot). Every partition starts on a MiB boundary; the
 disk and partition UUIDs are derived from the recipe and version, so the table is
 byte-reproducible. Nothing is mounted and no loop device is used.
@@ -59,7 +59,7 @@ class Partition:
 def standard_layout(
     arch: str, boot_mib: int, rootfs_mib: int, data_mib: int, images: dict[str, Path]
 ) -> list[PartitionSpec]:
-    """ARCHITECTURE's four partitions, with the images to place into them."""
+    """The four partitions (docs/decisions.md §21), with the images to place into them."""
     return [
         PartitionSpec("boot", TYPE_ESP, boot_mib, images.get("boot")),
         PartitionSpec("rootfs_a", TYPE_ROOT[arch], rootfs_mib, images.get("rootfs_a")),

@@ -9,7 +9,7 @@
 - vfat (ESP): ``mkfs.vfat --invariant`` with a fixed volume id, then ``mmd``/``mcopy`` (mtools,
   which honours SOURCE_DATE_EPOCH).
 
-All three are byte-identical for identical inputs (see FINDINGS.md).
+All three are byte-identical for identical inputs (docs/decisions.md §26).
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def make_ext4(
 ) -> Path:
     """Build an ext4 image of ``tree`` at ``out`` (``size_mib`` MiB); byte-reproducible.
 
-    Slots use ``journal=False`` (mounted ``ro,noload``, ARCHITECTURE Decision 1); the data
+    Slots use ``journal=False`` (mounted ``ro,noload``, docs/decisions.md §1); the data
     partition keeps its journal. ``field`` names the recipe setting to raise if it does not fit.
     """
     out.parent.mkdir(parents=True, exist_ok=True)

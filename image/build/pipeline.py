@@ -43,6 +43,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from appliance.fsutil import atomic_write_bytes, atomic_writer
 from image import cache
 from image.build import boot, disk, fs, rootfs
+from image.build.device_files import device_config, pipeline_config, update_config
+from image.build.manifest import manifest_body, sign_manifest
+from image.build.models import slot_models
+from image.build.report import BuildReport, Observer, StageResult
 from image.errors import BuildError
 from image.recipe import MIB, LoadedRecipe, canonical_json
 
@@ -67,60 +71,6 @@ def build_epoch() -> int:
     """``SOURCE_DATE_EPOCH`` if set, else a fixed date: every timestamp in the image."""
     value = os.environ.get("SOURCE_DATE_EPOCH")
     return int(value) if value else DEFAULT_EPOCH
-
-
-@dataclass
-class StageResult:
-    """What one stage did: cache hit or not, time, output size, key."""
-
-    name: str
-    cached: bool
-    seconds: float
-    size: int = 0
-    key: str = ""
-    detail: str = ""
-
-
-@dataclass
-class BuildReport:
-    """The build report: per stage results plus the produced files."""
-
-    recipe: str
-    recipe_digest: str
-    version: str
-    target: str
-    stages: list[StageResult] = field(default_factory=list)
-    outputs: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def to_json(self) -> bytes:
-        return json.dumps(asdict(self), indent=2, sort_keys=True).encode() + b"\n"
-
-    def summary(self) -> str:
-        """A readable table: stage, cache, seconds, size."""
-        lines = [
-            f"build of {self.target} {self.version} ({self.recipe})",
-            f"{'stage':<10} {'cache':<6} {'seconds':>8} {'size MiB':>10}  detail",
-        ]
-        for s in self.stages:
-            cache = "hit" if s.cached else "miss"
-            lines.append(
-                f"{s.name:<10} {cache:<6} {s.seconds:>8.1f} {s.size / MIB:>10.1f}  {s.detail}"
-            )
-        lines.append(f"{'total':<10} {'':<6} {self.seconds:>8.1f}")
-        for name, path in sorted(self.outputs.items()):
-            lines.append(f"{name}: {path}")
-        return "\n".join(lines) + "\n"
-
-
-class Observer:
-    """Progress hooks; the CLI draws them with rich, tests ignore them."""
-
-    def start(self, stage: str, what: str) -> None:
-        """A stage begins."""
-
-    def done(self, result: StageResult) -> None:
-        """A stage ended."""
 
 
 def _key(*parts: Any) -> str:
@@ -151,52 +101,10 @@ def slot_fs_uuid(loaded: LoadedRecipe) -> uuid.UUID:
     It (and the htree hash seed, and with ``metadata_csum`` every metadata checksum) sits in
     the slot image, so a per-version UUID changed thousands of scattered blocks and cost a
     delta ~0.7 MB. Both slots carrying one UUID is harmless: the same image is flashed into
-    both anyway, and slots are found by PARTLABEL / partition number (docs/decisions.md §2).
+    both anyway, and slots are found by partition number and PARTUUID, never by file-system UUID (docs/decisions.md §2).
     """
     r = loaded.recipe
     return fs.fs_uuid_for(r.product, r.target.name, "rootfs")
-
-
-def pipeline_config(loaded: LoadedRecipe) -> bytes:
-    """The agent's first ``/data/edgekiln/pipeline.json`` (a technician may change it later)."""
-    r = loaded.recipe
-    backends: list[str] = [r.target.backend, "opencv"]  # OpenCV DNN: the last resort
-    doc = {
-        "model": f"/{rootfs.MODELS_DIR}/primary",
-        "fallback_model": f"/{rootfs.MODELS_DIR}/fallback",
-        "source": r.pipeline.source,
-        "backends": backends,
-        "sink": "/data/edgekiln/results.jsonl",
-        "threads": r.pipeline.threads,
-        "budget_factor": r.health.budget_factor,
-    }
-    return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
-
-
-def device_config(loaded: LoadedRecipe) -> bytes:
-    """``/etc/edgekiln/device.json``: what the device needs to know about its image."""
-    r = loaded.recipe
-    doc = {
-        "format": 1,
-        "product": r.product,
-        "version": r.version,
-        "security_version": r.security_version,
-        "target": r.target.name,
-        "arch": r.target.arch,
-        "backend": r.target.backend,
-        "loader": r.target.loader,
-        "health": {
-            "budget_factor": r.health.budget_factor,
-            "reference_count": r.health.reference_count,
-        },
-        "models": {
-            "primary": f"/{rootfs.MODELS_DIR}/primary",
-            "fallback": f"/{rootfs.MODELS_DIR}/fallback",
-        },
-        "data_dir": "/data",
-        "recipe_digest": loaded.digest,
-    }
-    return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
 
 
 class Pipeline:
@@ -233,7 +141,7 @@ class Pipeline:
         )
         self.components: dict[str, Any] = {}
         self.partitions: dict[str, Any] = {}
-        self.model_detail = ""  # what _models() did (optimised variants), for the slot's line
+        self.model_detail = ""  # what slot_models() did (optimised variants), for the slot's line
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -318,7 +226,7 @@ class Pipeline:
             IMAGE_FORMAT, keys["slot"], keys["boot"], keys["data"],
             [p.boot_mib, p.rootfs_mib, p.data_mib], self.recipe.target.arch, self.seed,
             self.compress_level, signer, self.loaded.digest, self.components, self.epoch,
-            code_digest("disk.py", "pipeline.py"),
+            code_digest("disk.py", "manifest.py", "pipeline.py"),
         )  # fmt: skip
 
     _OUTPUT_STAGES = ("disk", "bmap", "compress", "manifest", "bundle")
@@ -386,79 +294,11 @@ class Pipeline:
         )
         return rt.path, rt.digest
 
-    def _models(self) -> dict[str, Path]:
-        """The packages the slot holds: as given or optimised, then with fused files.
-
-        Optimised for the target with ``models.optimise`` (image.model.stage), then given the
-        fused variant of the file the target's runtime picks with ``models.fuse``
-        (image.model.fuse_stage). The slot key hashes these trees, so it includes both results;
-        both are recorded in the manifest's components and the slot stage's detail.
-        """
-        given = {
-            "primary": self.loaded.resolve(self.recipe.models.primary),
-            "fallback": self.loaded.resolve(self.recipe.models.fallback),
-        }
-        out: dict[str, Path] = given
-        lines: list[str] = []
-        if self.recipe.models.optimise:
-            out, lines = self._optimise(given)
-        if self.recipe.models.fuse:
-            out, fused = self._fuse(out)
-            lines += fused
-        self.model_detail = "; ".join(lines)
-        return out
-
-    def _optimise(self, given: dict[str, Path]) -> tuple[dict[str, Path], list[str]]:
-        from image.model.stage import describe, optimised_package
-
-        def make(role: str, _source: Path) -> Any:
-            return optimised_package(self.loaded, role, self.cache)
-
-        def line(model: Any) -> str:
-            return f"{describe(model)}{' (cached)' if model.cached else ''}"
-
-        title = f"optimise for {self.recipe.target.name}"
-        return self._per_package("model", title, "model_optimisation", given, make, describe, line)
-
-    def _fuse(self, packages: dict[str, Path]) -> tuple[dict[str, Path], list[str]]:
-        from image.model.fuse_stage import describe, fused_package, target_runtime
-
-        runtime = target_runtime(self.loaded)
-
-        def make(role: str, source: Path) -> Any:
-            return fused_package(self.loaded, role, source, self.cache, runtime)
-
-        title = f"fused model file for {runtime}"
-        return self._per_package("fuse", title, "model_fusing", packages, make, describe, describe)
-
-    def _per_package(
-        self,
-        step: str,
-        title: str,
-        component: str,
-        packages: dict[str, Path],
-        make: Callable[[str, Path], Any],
-        describe: Callable[[Any], str],
-        line: Callable[[Any], str],
-    ) -> tuple[dict[str, Path], list[str]]:
-        """Run one model step per package: timed, recorded in components, one detail line each."""
-        out, lines = {}, []
-        for role, source in packages.items():
-            start = self._stage(f"{step}:{role}", title)
-            model = make(role, source)
-            result = StageResult(
-                f"{step}:{role}", model.cached, round(time.monotonic() - start, 2),
-                key=model.key, detail=describe(model),
-            )  # fmt: skip
-            self.observer.done(result)  # not a report stage: the slot stage's detail says it
-            self.components.setdefault(component, {})[role] = model.summary
-            out[role] = model.path
-            lines.append(line(model))
-        return out, lines
-
     def stage_slot(self, base: rootfs.BaseRoot, runtime: Path, runtime_digest: str) -> Path:
         start = self._stage("slot", "root filesystem slot (ext4, no journal)")
-        models = self._models()
+        models, self.model_detail = slot_models(
+            self.loaded, self.cache, self.observer, self.components
+        )
         model_digests = {role: rootfs.tree_digest(p) for role, p in models.items()}
         self.components["models"] = {role: _model_version(p) for role, p in models.items()}
         config = rootfs.OverlayConfig(
@@ -467,13 +307,21 @@ class Pipeline:
             slots_spec=boot.slots_spec(self.loaded),
             device_json=device_config(self.loaded),
             keyring=self.keyring,
+            update=update_config(self.loaded),
+            poll_interval_s=self.recipe.update.poll_interval_s,
+            poll_jitter_s=self.recipe.update.poll_jitter_s,
+            lan_api=self.recipe.lan.api,
+            lan_interface=self.recipe.lan.interface,
+            lan_port=self.recipe.lan.port,
         )
         key = _key(
             IMAGE_FORMAT, base.key, runtime_digest, model_digests,
             code_digest("fs.py", "rootfs.py", "pipeline.py", overlay=True),
             hashlib.sha256(config.device_json).hexdigest(), config.watchdog_sec,
             config.runtime_watchdog_sec, hashlib.sha256(config.keyring or b"").hexdigest(),
-            config.slots_spec,
+            config.slots_spec, hashlib.sha256(b"".join(config.update or ())).hexdigest(),
+            config.poll_interval_s, config.poll_jitter_s,
+            config.lan_api, config.lan_interface, config.lan_port,
             self.recipe.partitions.rootfs_mib, self.seed, self.epoch,
         )  # fmt: skip
         path, hit = self._cached_file("slot", key, "rootfs.ext4")
@@ -591,40 +439,15 @@ class Pipeline:
 
     def stage_manifest(self, image: Path) -> Path:
         start = self._stage("manifest", "image manifest")
-        r = self.recipe
-        doc = {
-            "format": IMAGE_FORMAT,
-            "product": r.product,
-            "version": r.version,
-            "security_version": r.security_version,
-            "target": r.target.name,
-            "arch": r.target.arch,
-            "recipe_digest": self.loaded.digest,
-            # The .bmap holds a SHA-256 per mapped range (holes are zeros): its digest pins the
-            # whole image without hashing gigabytes of holes again.
-            "image": {
-                "name": image.name,
-                "size": image.stat().st_size,
-                "bmap_sha256": rootfs.file_digest(image.with_suffix(".bmap")),
-            },
-            "partitions": self.partitions,
-            "components": self.components,
-            "epoch": self.epoch,
-        }
-        body = canonical_json(doc)
+        body = manifest_body(
+            self.loaded, image, self.partitions, self.components, self.epoch, IMAGE_FORMAT
+        )
         out = self.outdir / f"{image_name(self.loaded)}.manifest.json"
         atomic_write_bytes(out, body)
         self.report.outputs["manifest"] = str(out)
         detail = "unsigned (no signing key)"
         if self.key is not None:
-            from appliance.bundle.keyring import key_id_for
-            from image.release.keys import raw_public
-
-            key_id, signature = key_id_for(raw_public(self.key)), self.key.sign(body)
-            sig = out.with_name(out.name.removesuffix(".json") + ".sig")
-            atomic_write_bytes(
-                sig, json.dumps({"key_id": key_id, "signature": signature.hex()}).encode() + b"\n"
-            )
+            sig, key_id = sign_manifest(out, body, self.key)
             self.report.outputs["signature"] = str(sig)
             detail = f"signed by {key_id}"
         self._done("manifest", start, cached=False, size=len(body), detail=detail)

@@ -7,7 +7,7 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from image.build.pipeline import Observer, StageResult
+from image.build.report import Observer, StageResult
 from image.recipe import MIB
 
 

@@ -30,6 +30,13 @@ from importlib import metadata
 from pathlib import Path
 
 from image.errors import BuildError
+from image.freeze.pyinstaller import (
+    PROGRAM,
+    build_env,
+    smoke_check,
+    strip_debug_info,
+    write_build_files,
+)
 from image.freeze.targets import TargetSpec
 
 log = logging.getLogger(__name__)
@@ -190,13 +197,6 @@ def build(
 ) -> Path:
     """Freeze *spec* for its foreign CPU in *workdir*; return the onedir tree (smoke-tested)."""
     say = progress or (lambda msg: log.info("%s", msg))
-    from image.freeze.runtime import (
-        PROGRAM,
-        build_env,
-        smoke_check,
-        strip_debug_info,
-        write_build_files,
-    )
 
     if spec.arch not in QEMU:
         raise ForeignBuildError(f"no emulator known for {spec.arch}")

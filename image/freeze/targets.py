@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from appliance.info_cli import BACKEND_MODULES
 from image.errors import BuildError
 
 
@@ -17,15 +18,9 @@ class UnknownTargetError(BuildError):
     """The name is neither a known hardware target nor a back end."""
 
 
-# Top-level import name of every inference library any target may carry.
-BACKEND_LIBRARIES: dict[str, str] = {
-    "onnxruntime": "onnxruntime",
-    "openvino": "openvino",
-    "litert": "ai_edge_litert",
-    "tflite_runtime": "tflite_runtime",
-    "tensorrt": "tensorrt",
-    "opencv": "cv2",
-}
+# Top-level import name of every inference library any target may carry: the table the frozen
+# program's ``appliance info`` reports from, so the smoke check compares like with like.
+BACKEND_LIBRARIES: dict[str, str] = BACKEND_MODULES
 
 # Build-host tools and test libraries that must never reach a device, even if something imports
 # them lazily (``image`` is the builder; appliance never imports it, this only enforces it).
@@ -83,7 +78,7 @@ class TargetSpec:
     # Why this target cannot be frozen on a normal build host (None: it can).
     unbuildable_here: str | None = None
     # Strip debug sections from bundled ELF files that carry them (libpython, lib-dynload,
-    # some wheels) but were not patchelf-repaired; see image.freeze.runtime.strip_debug_info.
+    # some wheels) but were not patchelf-repaired; see image.freeze.pyinstaller.strip_debug_info.
     strip: bool = True
 
     @property

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from image.model.optimise import DEFAULT_MAX_DROP, SELECT_CHOICES, TARGET_RUNTIMES, Optimisation
+from image.model.optimise import DEFAULT_MAX_DROP, SELECT_CHOICES, TARGET_RUNTIMES
+from image.model.table import Optimisation
 
 
 def _cache_dir() -> Path:
@@ -27,9 +28,16 @@ def format_table(res: Optimisation) -> str:
     ]
     for v in res.variants:
         mark = " <- selected" if v.name == res.selected else ""
+        if v.error:  # could not be built, loaded or run: the reason, one line
+            why = " ".join(v.error.split())
+            lines.append(
+                f"{v.name:<24} {'-':>7} {'-':>8} {'-':>8} {'-':>8} {'-':>8}  FAILED: {why}"
+            )
+            continue
         lines.append(
             f"{v.name:<24} {v.top1:>7.4f} {v.drop_pp:>8.2f} {v.p50_ms:>8.3f} {v.p95_ms:>8.3f} "
             f"{v.size_bytes / 1e6:>8.3f}  {'pass' if v.passed else 'FAIL'}{mark}"
+            + "".join(f"  [{k}: {d:.2f} pp]" for k, d in v.drop_pp_isa.items() if k != "host")
             + (f"  ({v.note})" if v.note else "")
         )
     if res.variants:

@@ -68,9 +68,19 @@ class Comparison:
         return np.asarray(self.new.confusion - self.old.confusion)
 
     def per_class_recall(self, side: Side) -> np.ndarray:
+        """Recall per class; NaN for a class with no image in the data (n/a, not 0)."""
         rows = side.confusion.sum(axis=1)
-        out = np.divide(np.diag(side.confusion), rows, out=np.zeros(len(rows)), where=rows > 0)
+        nan = np.full(len(rows), np.nan)
+        out = np.divide(np.diag(side.confusion), rows, out=nan, where=rows > 0)
         return np.asarray(out)
+
+    def confusion_changes(self) -> list[tuple[int, int, int]]:
+        """(true, predicted, NEW - OLD count) of every changed off-diagonal cell, largest first."""
+        delta = self.confusion_delta
+        np.fill_diagonal(delta, 0)
+        t, p = np.nonzero(delta)
+        order = sorted(zip(t, p, delta[t, p], strict=True), key=lambda x: (-abs(x[2]), x[0], x[1]))
+        return [(int(a), int(b), int(d)) for a, b, d in order]
 
 
 def _load_data(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -159,8 +169,18 @@ def compare_packages(
     return cmp
 
 
-def format_comparison(c: Comparison) -> str:
-    """The comparison as a text table."""
+TOP = 10  # rows per section in the terminal; the report lists every class
+
+
+def _pct(v: float) -> str:
+    return "n/a" if np.isnan(v) else f"{v:.3f}"
+
+
+def format_comparison(c: Comparison, top: int | None = TOP) -> str:
+    """The comparison as text: summary first, then the ``top`` largest changes per section.
+
+    ``top=None`` lists every class and every changed confusion cell (the report's full tables).
+    """
     o, n = c.old, c.new
     speed, ratio = o.p50_ms / max(n.p50_ms, 1e-9), o.size_bytes / max(n.size_bytes, 1)
     rows = [
@@ -174,31 +194,46 @@ def format_comparison(c: Comparison) -> str:
             f"{ratio:.2f}x smaller",
         ),
     ]
+    k = len(c.labels)
     ro, rn = c.per_class_recall(o), c.per_class_recall(n)
-    for i, lab in enumerate(c.labels):
-        rows.append(
-            (f"recall {lab}", f"{ro[i]:.3f}", f"{rn[i]:.3f}", f"{(rn[i] - ro[i]) * 100:+.1f} pp")
-        )
-    for i, lab in enumerate(c.labels):
-        rows.append(
-            (f"predicted {lab}", f"{o.distribution[i]:.3f}", f"{n.distribution[i]:.3f}", "")
-        )
+    seen = int(np.sum(~np.isnan(ro)))
     lines = [
         f"OLD {o.name} {o.version} ({o.file})  vs  NEW {n.name} {n.version} ({n.file}) on "
         f"{c.backend}, {c.images} images",
+        "gate: " + ("pass" if c.passed else "FAIL: " + "; ".join(c.reasons)),
+        f"agreement {c.agreement * 100:.1f}%, distribution shift TVD {c.tvd:.3f}, PSI {c.psi:.3f}",
+        f"classes: {k}, {seen} with images in the data (recall n/a for the other {k - seen})",
         f"{'':<22} {'OLD':>10} {'NEW':>10}  change",
     ]
     lines += [f"{a:<22} {b:>10} {d:>10}  {e}" for a, b, d, e in rows]
+    recall = [i for i in range(k) if top is None or (not np.isnan(ro[i]) and rn[i] != ro[i])]
+    if top is not None:
+        recall = sorted(recall, key=lambda i: (-abs(rn[i] - ro[i]), i))[:top]
+    lines.append(_heading("recall", len(recall), k, top))
+    for i in recall:
+        change = "" if np.isnan(ro[i]) else f"{(rn[i] - ro[i]) * 100:+.1f} pp"
+        lines.append(f"  {c.labels[i][:20]:<20} {_pct(ro[i]):>10} {_pct(rn[i]):>10}  {change}")
+    shift = np.abs(n.distribution - o.distribution)
+    shares = [i for i in range(k) if top is None or shift[i] > 0]
+    if top is not None:
+        shares = sorted(shares, key=lambda i: (-shift[i], i))[:top]
+    lines.append(_heading("predicted share", len(shares), k, top))
+    for i in shares:
+        lines.append(
+            f"  {c.labels[i][:20]:<20} {o.distribution[i]:>10.3f} {n.distribution[i]:>10.3f}"
+        )
+    changes = c.confusion_changes()
+    shown = changes if top is None else changes[:top]
     lines.append(
-        f"agreement {c.agreement * 100:.1f}%, distribution shift TVD {c.tvd:.3f}, PSI {c.psi:.3f}"
+        "confusion changes"
+        + (f" (largest {len(shown)} of {len(changes)})" if top is not None else "")
+        + ": "
+        + (", ".join(f"{c.labels[t]}->{c.labels[p]} {d:+d}" for t, p, d in shown) or "none")
     )
-    delta = c.confusion_delta
-    changed = [
-        f"{c.labels[t]}->{c.labels[p]} {delta[t, p]:+d}"
-        for t in range(len(c.labels))
-        for p in range(len(c.labels))
-        if t != p and delta[t, p] != 0
-    ]
-    lines.append("confusion changes: " + (", ".join(changed) if changed else "none"))
-    lines.append("gate: " + ("pass" if c.passed else "FAIL: " + "; ".join(c.reasons)))
     return "\n".join(lines)
+
+
+def _heading(what: str, shown: int, k: int, top: int | None) -> str:
+    if top is None:
+        return f"{what} per class (all {k}):"
+    return f"{what}: the {shown} largest changes of {k} classes (every class in --report):"

@@ -109,6 +109,11 @@ def evaluate(
         )
     except InferenceError as exc:
         raise EvaluationError(f"{package.root}/{model.file.path} on {backend}: {exc}") from exc
+    except (ValueError, IndexError, TypeError) as exc:  # outputs the runtime got wrong
+        raise EvaluationError(
+            f"{package.root}/{model.file.path} on {backend}: its outputs cannot be read "
+            f"({type(exc).__name__}: {exc}); {model.describe()}"
+        ) from exc
     finally:
         model.close()
 

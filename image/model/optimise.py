@@ -9,13 +9,21 @@ f32); the whole table goes to ``optimisation.json`` in the output package (model
 v1; its ``provenance.optimisation`` points there).
 
 Variants: onnxruntime and OpenVINO get ORT ``quantize_static`` QDQ per-channel INT8 with int8
-(S8S8) and uint8 (U8S8) activations; OpenVINO adds FP16 IR and NNCF INT8 IR (accuracy control
-when plain NNCF fails); LiteRT passes through (model_passthrough.py); TensorRT ships QDQ + FP32 +
-a calibration cache, gated on onnxruntime as a proxy (model_tensorrt.py).
+(S8S8) and uint8 (U8S8) activations; OpenVINO adds a 7-bit QDQ file, FP16 IR and NNCF INT8
+IR, plain and 7-bit (accuracy control when they fail); LiteRT passes through (passthrough.py);
+TensorRT ships QDQ + FP32 + a calibration cache, gated on onnxruntime as a proxy (tensorrt.py).
+A variant that cannot be built, loaded or run on this CPU is a row with its ``error``
+(variants.py), never the end of the run; a selected file that a fallback back end of the target
+cannot load ships with the FP32 parent beside it.
 
-If no INT8 candidate passes, the step fails (``GateError``, both figures in the message) unless
-``allow_fallback`` is set: an INT8 build that silently ships worse accuracy is what this exists to
-prevent (Ultralytics-style exports ship a collapsed INT8 model).
+OpenVINO picks its INT8 kernels per instruction set: with oneDNN capped at AVX2 (the path of a
+CPU without VNNI) the 8-bit QDQ files of the reference fallback model lost 19 pp (int16
+saturation of u8 x s8 products). So OpenVINO's INT8 rows are gated on the host and again under
+that cap (openvino_rows.py, isa.py; docs/decisions.md §30).
+
+If no INT8 candidate passes, the step fails (``GateError``, every INT8 row's figure or reason in
+the message) unless ``allow_fallback`` is set: an INT8 build that silently ships worse accuracy
+is what this exists to prevent (Ultralytics-style exports ship a collapsed INT8 model).
 """
 
 from __future__ import annotations
@@ -23,36 +31,41 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.inference.package import ModelPackage, load_package
+from appliance.inference.package import ModelFile, ModelPackage, load_package
 from image.errors import BuildError
-from image.model.eval import Evaluation, evaluate
-from image.model.nncf import (
-    FP16_IR,
-    INT8_IR,
-    fake_quantize_count,
-    fp16_ir,
-    nncf_available,
-    nncf_int8_ir,
-)
+from image.model.isa import worst_drop_pp
+from image.model.openvino_rows import gate_openvino, openvino_rows, passes_gate
+from image.model.passthrough import passthrough_litert
 from image.model.quantise import quantise_onnx_int8
+from image.model.table import (
+    TABLE_FILE,
+    Optimisation,
+    Variant,
+    replace_tree,
+    result_from_json,
+)
+from image.model.variants import (
+    FALLBACK_RUNTIMES,
+    Scratch,
+    measured,
+    pin_splits,
+)
+from image.model.variants import entry as _entry
+from image.model.variants import write_manifest as _write_manifest
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_DROP = 0.01
 SELECT_CHOICES = ("fastest", "int8", "smallest", "fp32")
-TABLE_FILE = "optimisation.json"
 INT8_ONNX = "model_int8.onnx"
 INT8_U8_ONNX = "model_int8_u8.onnx"
-INT8_AC_IR = "model_int8_ac.xml"
 # Bump when the recipe of a variant changes, so cached outputs are rebuilt.
-RECIPE_VERSION = "2"  # 2: IR entries carry weights_sha256
+RECIPE_VERSION = "3"  # 2: IR entries carry weights_sha256; 3: gate under AVX2, 7-bit NNCF
 TARGET_RUNTIMES = {
     "onnxruntime": "onnxruntime",
     "generic-x86-64": "onnxruntime",
@@ -76,50 +89,6 @@ class UnsupportedTargetError(BuildError):
     """The target's runtime cannot be optimised on this build host (says what is missing)."""
 
 
-@dataclass
-class Variant:
-    """One row of the table: a file run with one set of runtime options."""
-
-    name: str
-    file: str
-    precision: str
-    hint: str  # the runtime's execution precision hint ("f32", "default" = the CPU's choice)
-    top1: float = 0.0
-    drop_pp: float = 0.0
-    p50_ms: float = 0.0
-    p95_ms: float = 0.0
-    size_bytes: int = 0
-    passed: bool = False
-    device: str = ""
-    note: str = ""
-
-
-@dataclass
-class Optimisation:
-    """The result of one run: every variant, the selected one, and the gate's settings."""
-
-    package: str
-    target: str
-    runtime: str
-    threads: int
-    max_accuracy_drop: float
-    parent_top1: float
-    images: int
-    variants: list[Variant] = field(default_factory=list)
-    selected: str = ""
-    speedup: float = 1.0
-    size_ratio: float = 1.0
-    notes: list[str] = field(default_factory=list)
-    output: str = ""
-    cached: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def variant(self, name: str) -> Variant:
-        return next(v for v in self.variants if v.name == name)
-
-
 def runtime_of(target: str) -> str:
     """The inference runtime of a target name, recipe target or runtime name."""
     if target not in TARGET_RUNTIMES:
@@ -127,22 +96,6 @@ def runtime_of(target: str) -> str:
             f"target {target!r}: unknown; choose one of {', '.join(sorted(TARGET_RUNTIMES))}"
         )
     return TARGET_RUNTIMES[target]
-
-
-def _row(ev: Evaluation, name: str, precision: str, hint: str, parent_top1: float) -> Variant:
-    drop = (parent_top1 - ev.top1) * 100
-    return Variant(
-        name=name,
-        file=ev.file,
-        precision=precision,
-        hint=hint,
-        top1=ev.top1,
-        drop_pp=drop,
-        p50_ms=ev.p50_ms,
-        p95_ms=ev.p95_ms,
-        size_bytes=ev.size_bytes,
-        device=ev.device,
-    )
 
 
 def cache_key(package: ModelPackage, target: str, options: dict[str, Any]) -> str:
@@ -191,14 +144,12 @@ def optimise(
     }
     key = cache_key(package, target, options)
     if cache_dir is not None and (cache_dir / key / TABLE_FILE).exists():
-        _replace_tree(cache_dir / key, out)
-        result = _result_from_json(json.loads((out / TABLE_FILE).read_text()))
+        replace_tree(cache_dir / key, out)
+        result = result_from_json(json.loads((out / TABLE_FILE).read_text()))
         result.cached, result.output = True, str(out)
         return result
 
     if runtime in ("litert",):
-        from image.model.passthrough import passthrough_litert
-
         result = passthrough_litert(package, target, out)
     else:
         # No TensorRT here: gate on onnxruntime as a proxy, ship INT8 QDQ + FP32 + cache.
@@ -221,7 +172,7 @@ def optimise(
             _add_tensorrt_files(package, out, result, calibration)
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        _replace_tree(out, cache_dir / key)
+        replace_tree(out, cache_dir / key)
     return result
 
 
@@ -247,7 +198,7 @@ def _optimise_onnx(
         )
     # Variants are built inside a scratch copy of the package, so the device code (which only
     # loads files listed in a verified model.json) evaluates them unchanged.
-    sc = _Scratch(package, work / "pkg", runtime, threads, timing_rounds)
+    sc = Scratch(package, work / "pkg", runtime, threads, timing_rounds)
     quantise_onnx_int8(package, sc.root / INT8_ONNX, source=fp32.path, calibration=calibration)
     quantise_onnx_int8(
         package,
@@ -257,13 +208,12 @@ def _optimise_onnx(
         unsigned_activations=True,
     )
     sc.add(fp32.path, "fp32")
+    listed = _listed_files(package, fp32.path)
+    for f in listed:
+        sc.add(f.path, f.precision)
     sc.add(INT8_ONNX, "int8")
     sc.add(INT8_U8_ONNX, "int8")
-    use_nncf = runtime == "openvino" and nncf_available()
-    if use_nncf:
-        sc.add(fp16_ir(package, sc.root), "fp16")
-        sc.add(nncf_int8_ir(package, sc.root, calibration=calibration), "int8")
-    parent = sc.run(fp32.path, True)
+    parent = sc.run(fp32.path, True)  # nothing can be gated without it: its error propagates
     labels = sc.labels
     res = Optimisation(
         package=str(package.root),
@@ -274,25 +224,22 @@ def _optimise_onnx(
         parent_top1=parent.top1,
         images=len(labels),
     )
-    res.variants.append(_row(parent, "fp32", "fp32", "f32", parent.top1))
-    res.variants.append(_row(sc.run(INT8_ONNX, True), "int8", "int8", "f32", parent.top1))
-    res.variants.append(_row(sc.run(INT8_U8_ONNX, True), "int8-u8s8", "int8", "f32", parent.top1))
+    top = parent.top1
+    res.variants.append(measured(parent, "fp32", "fp32", "f32", top))
+    res.variants.append(sc.row("int8", INT8_ONNX, "int8", "f32", top))
+    res.variants.append(sc.row("int8-u8s8", INT8_U8_ONNX, "int8", "f32", top))
     if runtime == "openvino":
-        _openvino_rows(res, sc, fp32.path, use_nncf, calibration)
+        openvino_rows(res, sc, fp32.path, INT8_U8_ONNX, calibration)
+    # Files the package already lists (e.g. the owner's own quantisation-aware INT8 file) compete.
+    res.variants += [sc.row(f"listed:{f.path}", f.path, f.precision, "f32", top) for f in listed]
     spkg = sc.package
+    if runtime == "openvino":  # docs/decisions.md §30: INT8 gates on the target's weakest ISA
+        gate_openvino(res, sc, fp32.path, threads, calibration)
     for v in res.variants:
-        v.passed = v.drop_pp <= max_accuracy_drop * 100 + 1e-9
+        v.passed = passes_gate(v, max_accuracy_drop)
     int8_ok = [v for v in res.variants if v.precision == "int8" and v.passed]
     if not int8_ok and not allow_fallback and select != "fp32":
-        worst = min((v for v in res.variants if v.precision == "int8"), key=lambda v: v.drop_pp)
-        raise GateError(
-            f"{package.root}: INT8 on {runtime} fails the accuracy gate: best INT8 variant "
-            f"{worst.name} top-1 {worst.top1:.4f} "
-            f"vs FP32 {parent.top1:.4f} on the same runtime ({worst.drop_pp:.2f} pp drop > "
-            f"{max_accuracy_drop * 100:.2f} pp allowed, {len(labels)} reference images). "
-            "Check the calibration split (it must look like real frames), or pass "
-            "--allow-fallback to ship the best passing non-INT8 variant"
-        )
+        raise GateError(_gate_message(package, res, len(labels)))
     passing = [v for v in res.variants if v.passed]
     if select == "int8" and int8_ok:
         passing = int8_ok
@@ -311,8 +258,66 @@ def _optimise_onnx(
     res.selected = best.name
     res.speedup = res.variant("fp32").p50_ms / best.p50_ms if best.p50_ms else 1.0
     res.size_ratio = res.variant("fp32").size_bytes / best.size_bytes if best.size_bytes else 1.0
-    _write_output(spkg, package, best, res, out)
+    keep_fp32 = _fallback_notes(sc, best, fp32.path, FALLBACK_RUNTIMES.get(target, ()), res)
+    _write_output(spkg, package, best, res, out, fp32.path if keep_fp32 else None)
     return res
+
+
+def _fallback_notes(
+    sc: Scratch, best: Variant, fp32: str, runtimes: tuple[str, ...], res: Optimisation
+) -> bool:
+    """True when a fallback back end of the target cannot load ``best``: ship FP32 beside it."""
+    if best.file == fp32:
+        return False
+    fails = sc.fallback_failures(best.file, runtimes)
+    for rt, why in fails.items():
+        res.notes.append(
+            f"{best.file} does not load on {rt}, a fallback back end of {res.target} ({why}); "
+            f"{fp32} ships beside it for that back end"
+        )
+    return bool(fails)
+
+
+def _listed_files(package: ModelPackage, parent: str) -> list[ModelFile]:
+    """The package's other plain ONNX / OpenVINO IR files: measured as candidates too."""
+    return [
+        f
+        for f in package.manifest.files
+        if f.path != parent and f.fused is None and f.format in ("onnx", "openvino-ir")
+    ]
+
+
+def _gate_message(package: ModelPackage, res: Optimisation, images: int) -> str:
+    """No INT8 variant passed: every INT8 row and why it did not pass."""
+    rows = [v for v in res.variants if v.precision == "int8"]
+    why = "; ".join(
+        f"{v.name}: {v.error}"
+        if v.error
+        else f"{v.name}: top-1 {v.top1:.4f}, {v.drop_pp:.2f} pp drop{_isa_drops(v)}"
+        for v in rows
+    )
+    measured_rows = [v for v in rows if not v.error]
+    head = f"{package.root}: INT8 on {res.runtime} fails the accuracy gate"
+    if measured_rows:
+        best = min(measured_rows, key=lambda v: worst_drop_pp(v.drop_pp, v.drop_pp_isa))
+        worst = worst_drop_pp(best.drop_pp, best.drop_pp_isa)
+        head += (
+            f": best INT8 variant {best.name} top-1 {best.top1:.4f} vs FP32 "
+            f"{res.parent_top1:.4f} on the same runtime ({worst:.2f} pp drop{_isa_drops(best)} > "
+            f"{res.max_accuracy_drop * 100:.2f} pp allowed, {images} reference images)"
+        )
+    else:
+        head += ": no INT8 variant could be loaded"
+    return (
+        f"{head}. Every INT8 row: {why}. Check the calibration split (it must look like real "
+        "frames), or pass --allow-fallback to ship the best passing non-INT8 variant"
+    )
+
+
+def _isa_drops(v: Variant) -> str:
+    """`` (avx2: 19.14 pp)``: the row's drop under each capped instruction set, if measured."""
+    extra = {k: d for k, d in v.drop_pp_isa.items() if k != "host"}
+    return f" (host; {', '.join(f'{k}: {d:.2f} pp' for k, d in extra.items())})" if extra else ""
 
 
 def _choose(shippable: list[Variant], select: str, res: Optimisation) -> Variant:
@@ -324,70 +329,6 @@ def _choose(shippable: list[Variant], select: str, res: Optimisation) -> Variant
         # noise: the same inputs then ship the same file.
         return min(shippable, key=lambda v: v.size_bytes)
     return min(shippable, key=lambda v: v.p50_ms)
-
-
-class _Scratch:
-    """A scratch package whose model.json lists every variant built so far."""
-
-    def __init__(
-        self, parent: ModelPackage, root: Path, runtime: str, threads: int, rounds: int
-    ) -> None:
-        shutil.copytree(parent.root, root)
-        self.parent, self.root, self.runtime = parent, root, runtime
-        self.threads, self.rounds = threads, rounds
-        self.entries: list[dict[str, Any]] = []
-        self.images, self.labels = parent.load_reference()
-        self.package = parent
-
-    def add(self, path: str, precision: str) -> None:
-        self.entries.append(_entry(self.root, path, precision))
-        _write_manifest(self.root, self.parent, self.entries)
-        self.package = load_package(self.root)
-
-    def run(self, file: str, f32: bool) -> Evaluation:
-        return evaluate(
-            self.package,
-            self.runtime,
-            file=file,
-            threads=self.threads,
-            precision_f32=f32,
-            images=self.images,
-            labels=self.labels,
-            timing_rounds=self.rounds,
-        )
-
-
-def _openvino_rows(
-    res: Optimisation, sc: _Scratch, fp32: str, use_nncf: bool, calibration: Path | None
-) -> None:
-    """OpenVINO's extra rows: the CPU's default hint (bf16 here), FP16 IR, NNCF INT8 IR."""
-    top = res.parent_top1
-    # OpenVINO's default on a bf16-capable CPU is bf16 execution; it can beat INT8 there.
-    res.variants.append(_row(sc.run(fp32, False), "fp32-default-hint", "fp32", "default", top))
-    res.variants.append(_row(sc.run(INT8_ONNX, False), "int8-default-hint", "int8", "default", top))
-    if not use_nncf:
-        res.notes.append("NNCF is not installed (pip install nncf): no FP16/INT8 IR variants")
-        return
-    res.variants.append(_row(sc.run(FP16_IR, True), "fp16-ir", "fp16", "f32", top))
-    nncf_row = _row(sc.run(INT8_IR, True), "int8-nncf", "int8", "f32", top)
-    res.variants.append(nncf_row)
-    res.variants.append(
-        _row(sc.run(INT8_IR, False), "int8-nncf-default-hint", "int8", "default", top)
-    )
-    if nncf_row.drop_pp > res.max_accuracy_drop * 100 + 1e-9:
-        # Plain NNCF lost too much: let NNCF keep the costliest layers in float.
-        accuracy = (sc.images, sc.labels, res.max_accuracy_drop)
-        nncf_int8_ir(sc.parent, sc.root / "ac", calibration=calibration, accuracy=accuracy)
-        shutil.move(sc.root / "ac" / INT8_IR, sc.root / INT8_AC_IR)
-        shutil.move(sc.root / "ac" / "model_int8.bin", sc.root / "model_int8_ac.bin")
-        fq_plain = fake_quantize_count(sc.root / INT8_IR)
-        fq = fake_quantize_count(sc.root / INT8_AC_IR)
-        # A model with every layer reverted to float is not INT8, whatever its file name.
-        precision = "int8" if fq else "fp32"
-        sc.add(INT8_AC_IR, precision)
-        row = _row(sc.run(INT8_AC_IR, True), "int8-nncf-ac", precision, "f32", top)
-        row.note = f"accuracy control kept {fq} of {fq_plain} FakeQuantize ops"
-        res.variants.append(row)
 
 
 def _add_tensorrt_files(
@@ -414,40 +355,16 @@ def _add_tensorrt_files(
     load_package(out)
 
 
-def _entry(root: Path, path: str, precision: str, top1: float | None = None) -> dict[str, Any]:
-    e: dict[str, Any] = {
-        "path": path,
-        "format": "openvino-ir" if path.endswith(".xml") else "onnx",
-        "precision": precision,
-        "sha256": hashlib.sha256((root / path).read_bytes()).hexdigest(),
-    }
-    if e["format"] == "openvino-ir":
-        # The .xml is only the graph; every weight is in the .bin beside it (same stem).
-        weights = root / (path[: -len(".xml")] + ".bin")
-        e["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
-    if top1 is not None:
-        e["top1"] = round(top1, 6)
-    return e
-
-
-def _write_manifest(
-    root: Path,
-    parent: ModelPackage,
-    files: list[dict[str, Any]],
-    extra: dict[str, Any] | None = None,
-) -> None:
-    """model.json of ``parent`` with a new files list (every other field kept as it was)."""
-    data = json.loads(parent.manifest_path.read_text())
-    data["files"] = files
-    if extra:
-        data.setdefault("provenance", {}).update(extra)
-    (root / "model.json").write_text(json.dumps(data, indent=2) + "\n")
-
-
 def _write_output(
-    spkg: ModelPackage, parent: ModelPackage, best: Variant, res: Optimisation, out: Path
+    spkg: ModelPackage,
+    parent: ModelPackage,
+    best: Variant,
+    res: Optimisation,
+    out: Path,
+    second: str | None = None,
 ) -> None:
-    """The selected file + the splits + model.json + optimisation.json, swapped in at once."""
+    """The selected file (+ ``second``, the FP32 parent for a fallback back end) + the splits +
+    model.json + optimisation.json, swapped in at once."""
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -462,34 +379,21 @@ def _write_output(
             bin_name = best.file[: -len(".xml")] + ".bin"
             shutil.copy2(spkg.root / bin_name, tmp / bin_name)
         res.output = str(out)
-        top1 = best.top1 if best.precision != "fp32" else None
+        # The device's self-test expects the weakest ISA's figure (it may run on that CPU).
+        top1 = min([best.top1, *best.top1_isa.values()]) if best.precision != "fp32" else None
+        files = [_entry(tmp, best.file, best.precision, top1)]
+        if second is not None:
+            shutil.copy2(spkg.root / second, tmp / second)
+            files.append(_entry(tmp, second, "fp32"))
         _write_manifest(
             tmp,
             parent,
-            [_entry(tmp, best.file, best.precision, top1)],
+            files,
             {"optimisation": {"table": TABLE_FILE, "target": res.target, "selected": best.name}},
         )
+        pin_splits(tmp)
         (tmp / TABLE_FILE).write_text(json.dumps(res.to_json(), indent=2) + "\n")
         load_package(tmp)  # the output must be a valid package before it replaces anything
-        _replace_tree(tmp, out, move=True)
+        replace_tree(tmp, out, move=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _replace_tree(src: Path, dst: Path, *, move: bool = False) -> None:
-    """Put ``src`` at ``dst`` (an existing ``dst`` is removed only once the new one is complete)."""
-    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-    if not move:
-        staged = dst.with_name(f".{dst.name}.new-{os.getpid()}")
-        shutil.rmtree(staged, ignore_errors=True)
-        shutil.copytree(src, staged)
-        src = staged
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _result_from_json(data: dict[str, Any]) -> Optimisation:
-    variants = [Variant(**v) for v in data.pop("variants", [])]
-    return Optimisation(**data, variants=variants)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from appliance.inference.package import ModelPackage, load_package
 from image.model.eval import evaluate
-from image.model.optimise import TABLE_FILE, Optimisation, Variant, _replace_tree
+from image.model.table import TABLE_FILE, Optimisation, Variant, replace_tree
 
 
 def missing_tools(package: ModelPackage) -> list[str]:
@@ -86,7 +86,7 @@ def passthrough_litert(package: ModelPackage, target: str, out: Path) -> Optimis
 
         (tmp / "pkg" / TABLE_FILE).write_text(json.dumps(res.to_json(), indent=2) + "\n")
         load_package(tmp / "pkg")
-        _replace_tree(tmp / "pkg", out, move=True)
+        replace_tree(tmp / "pkg", out, move=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return res

@@ -8,6 +8,7 @@ onnxruntime and OpenVINO run with INT8 kernels.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import tempfile
 from pathlib import Path
@@ -38,7 +39,15 @@ def calibration_images(package: ModelPackage, override: Path | None = None) -> n
             "calibration split (add calibration.npz and a 'calibration' entry, or pass "
             "--calibration FILE.npz)"
         )
-    images = load_split(package.root / cal.split)
+    path = package.root / cal.split
+    if cal.sha256 is not None and path.is_file():
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != cal.sha256:
+            raise QuantisationError(
+                f"{path}: sha256 is {digest}, model.json calibration.sha256 says {cal.sha256}; "
+                "the split was replaced: restore it or update the digest"
+            )
+    images = load_split(path)
     if len(images) == 0:
         raise QuantisationError(f"{package.root / cal.split}: the calibration split is empty")
     return images
@@ -72,10 +81,12 @@ def quantise_onnx_int8(
     source: str = "model.onnx",
     calibration: Path | None = None,
     unsigned_activations: bool = False,
+    reduce_range: bool = False,
 ) -> Path:
     """Write an INT8 QDQ ONNX of ``source`` to ``out`` (per-channel int8 weights).
 
     Activations are int8 (S8S8), or uint8 with ``unsigned_activations`` (U8S8).
+    ``reduce_range``: 7-bit weights, so a u8 x s7 pair sum fits int16 on a CPU without VNNI.
     """
     try:
         from onnxruntime.quantization import (
@@ -116,6 +127,7 @@ def quantise_onnx_int8(
                 # MobileNetV2; without VNNI they may saturate: the gate decides.
                 activation_type=QuantType.QUInt8 if unsigned_activations else QuantType.QInt8,
                 weight_type=QuantType.QInt8,
+                reduce_range=reduce_range,
                 calibrate_method=CalibrationMethod.MinMax,
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
             )

@@ -35,7 +35,14 @@ def _summary_png(c: Comparison, path: Path) -> None:
     plt.close(fig)
 
 
+MATRIX_MAX = 12  # classes up to which the full confusion matrices stay readable
+TOP_N = 20  # bars in the charts beyond that
+
+
 def _confusion_png(c: Comparison, path: Path) -> None:
+    if len(c.labels) > MATRIX_MAX:
+        _top_confusions_png(c, path)
+        return
     import matplotlib.pyplot as plt
 
     k = len(c.labels)
@@ -65,16 +72,48 @@ def _confusion_png(c: Comparison, path: Path) -> None:
     plt.close(fig)
 
 
+def _top_confusions_png(c: Comparison, path: Path) -> None:
+    """Many classes: the TOP_N most frequent confusions (true -> predicted), OLD beside NEW."""
+    import matplotlib.pyplot as plt
+
+    both = c.old.confusion + c.new.confusion
+    np.fill_diagonal(both, 0)
+    flat = np.argsort(-both, axis=None, kind="stable")[:TOP_N]
+    pairs = [divmod(int(i), len(c.labels)) for i in flat if both.flat[i] > 0]
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.32 * max(1, len(pairs))))
+    y = np.arange(len(pairs))
+    names = [f"{c.labels[t][:18]} -> {c.labels[p][:18]}" for t, p in pairs]
+    ax.barh(y - 0.2, [c.old.confusion[t, p] for t, p in pairs], 0.4, label="OLD", color=OLD_C)
+    ax.barh(y + 0.2, [c.new.confusion[t, p] for t, p in pairs], 0.4, label="NEW", color=NEW_C)
+    ax.set_yticks(y, names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("images")
+    ax.set_title(
+        f"the {len(pairs)} most frequent confusions of {len(c.labels)} classes (true -> predicted)"
+    )
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def _distribution_png(c: Comparison, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    k = np.arange(len(c.labels))
-    fig, ax = plt.subplots(figsize=(7, 3.4))
-    ax.bar(k - 0.2, c.old.distribution, 0.4, label="OLD", color=OLD_C)
-    ax.bar(k + 0.2, c.new.distribution, 0.4, label="NEW", color=NEW_C)
-    ax.set_xticks(k, c.labels)
+    k = len(c.labels)
+    shown = np.arange(k)
+    title = f"prediction distribution (TVD {c.tvd:.3f}, PSI {c.psi:.3f})"
+    if k > TOP_N:  # only the classes whose share moved most, with readable labels
+        shift = np.abs(c.new.distribution - c.old.distribution)
+        shown = np.argsort(-shift, kind="stable")[:TOP_N]
+        title = f"the {len(shown)} of {k} classes whose share changed most (TVD {c.tvd:.3f})"
+    x = np.arange(len(shown))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.45 * len(shown)), 3.8))
+    ax.bar(x - 0.2, c.old.distribution[shown], 0.4, label="OLD", color=OLD_C)
+    ax.bar(x + 0.2, c.new.distribution[shown], 0.4, label="NEW", color=NEW_C)
+    ax.set_xticks(x, [c.labels[i][:14] for i in shown], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("fraction of predictions")
-    ax.set_title(f"prediction distribution (TVD {c.tvd:.3f}, PSI {c.psi:.3f})")
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -107,7 +146,7 @@ def write_report(c: Comparison, out_dir: Path) -> Path:
         "<img src='summary.png' alt='accuracy, latency, size'>",
         "<img src='confusion.png' alt='confusion matrices'>",
         "<img src='distribution.png' alt='prediction distribution'>",
-        f"<pre>{html.escape(format_comparison(c))}</pre>",
+        f"<pre>{html.escape(format_comparison(c, top=None))}</pre>",
     ]
     path = out_dir / "report.html"
     path.write_text("\n".join(body) + "\n", encoding="utf-8")

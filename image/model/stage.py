@@ -4,13 +4,13 @@ For each package (primary, fallback) :func:`image.model.optimise.optimise` runs 
 target with the recipe's gate (``max_accuracy_drop``, in percentage points) and ``select``. The
 result is cached under ``<cache>/model/<key>/package/`` where the key hashes every input that
 decides its bytes: the package's tree digest, the target, the options, the optimiser's code
-(``image/model_*.py`` and the package format module) and the versions of the runtimes and
+(``image/model/*.py`` and the package format modules) and the versions of the runtimes and
 quantisers it measured with. The slot stage then copies the cached package, and since the slot's
 key hashes the model trees it uses, a different selection rebuilds the slot.
 
 Timing decides ``select = "fastest"`` (and the table holds measured latencies), so two uncached
 runs may ship different bytes; a cache entry is therefore an *input* of later builds, like the
-base root (ARCHITECTURE Decision 11). ``select = "smallest"`` depends on file sizes only.
+base root (docs/decisions.md §11). ``select = "smallest"`` depends on file sizes only.
 """
 
 from __future__ import annotations
@@ -71,8 +71,9 @@ def code_digest() -> str:
     # The fuse step (fuse*.py) runs after optimisation and has its own cache key.
     files = sorted(f for f in here.glob("*.py") if not f.name.startswith("fuse"))
     import appliance.inference.package as package_module
+    import appliance.inference.package_check as check_module
 
-    files.append(Path(package_module.__file__ or ""))
+    files += [Path(package_module.__file__ or ""), Path(check_module.__file__ or "")]
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())

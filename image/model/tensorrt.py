@@ -1,8 +1,8 @@
 """TensorRT targets: ship ONNX for the on-device engine build, with INT8 made ready on the host.
 
-TensorRT is not installable on any machine here (FINDINGS.md), so the gate runs the same files
-on onnxruntime (CPU) as a proxy and the table says so; the device repeats the measurement at
-its first engine build. Two INT8 routes travel in the package:
+TensorRT is not installable on any machine here (docs/decisions.md §25), so the gate runs the
+same files on onnxruntime (CPU) as a proxy and the table says so; the device repeats the
+measurement at its first engine build. Two INT8 routes travel in the package:
 
 * ``model_int8.onnx``: QDQ (explicit quantisation), what TensorRT 10 recommends; the engine
   builder needs ``BuilderFlag.INT8`` set for it.

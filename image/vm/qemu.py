@@ -5,7 +5,7 @@ used as it is (or through a qcow2 overlay, so one built image serves many scenar
 variables live in a private copy of OVMF_VARS so every VM starts from the same firmware state.
 
 KVM is used only when asked for (``accel="kvm"``) or when ``EDGEKILN_VM_ACCEL=kvm`` is set: on
-some hosts ``/dev/kvm`` exists but guests hang (see FINDINGS), so TCG is the safe default.
+some hosts ``/dev/kvm`` exists but guests hang (docs/decisions.md §23), so TCG is the safe default.
 """
 
 from __future__ import annotations
@@ -74,6 +74,9 @@ class VmConfig:
     forwards: dict[int, int] = field(default_factory=dict)
     #: extra raw drives (e.g. a "USB stick" image holding a bundle), attached read-only
     extra_drives: list[Path] = field(default_factory=list)
+    #: extra raw drives the guest may write (a second disk whose partitions carry the device's
+    #: own partition names: the guest must leave it alone)
+    writable_drives: list[Path] = field(default_factory=list)
     #: boot through a qcow2 overlay so the base image stays untouched
     overlay: bool = False
     watchdog: bool = True
@@ -83,7 +86,11 @@ class VmConfig:
     #: included) is on the host before a kill and only unflushed guest data is lost.
     cache: str = "unsafe"
     #: CPU model. TCG's default (qemu64) lacks SSSE3/SSE4.x, which numpy 2 needs (the frozen
-    #: runtime dies with "invalid opcode"); "max" offers every feature the accelerator has.
+    #: runtime dies with "invalid opcode"); "max" offers every feature the accelerator has:
+    #: AVX2 and FMA (QEMU 7.2's TCG has no AVX-512 or AMX). TCG emulates each vector float
+    #: operation with a helper call, so wider vectors are cheaper: the reference model costs
+    #: 25.7 ms of CPU per frame under "max" or "Haswell", 36.7 ms under the SSE-only "Nehalem"
+    #: (0.13 ms natively; tools/bench_vm_infer.py).
     cpu: str = "max"
     #: record every guest write to the virtio disks (QEMU trace event
     #: ``virtio_blk_handle_write``), so a test can act when the guest writes a given region
@@ -136,6 +143,8 @@ def qemu_command(
     ]  # fmt: skip
     for extra in config.extra_drives:
         cmd += ["-drive", f"file={extra},format=raw,if=virtio,readonly=on"]
+    for extra in config.writable_drives:
+        cmd += ["-drive", f"file={extra},format=raw,if=virtio"]
     if config.watchdog:
         # A hung guest must really reset: systemd drives this through RuntimeWatchdogSec.
         cmd += ["-device", "i6300esb", "-action", "watchdog=reset"]

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from image.freeze.prebuilt import PrebuiltRuntimeError, check_prebuilt, elf_machine
+from image.freeze.pyinstaller import render_spec
 from image.freeze.report import differing, file_digests, package_of, size_report, tree_digest
 from image.freeze.runtime import (
     FreezeError,
     FrozenRuntime,
     freeze_runtime,
-    render_spec,
     snapshot_sources,
     target_spec,
 )

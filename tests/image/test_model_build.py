@@ -25,6 +25,7 @@ from image.build.pipeline import Pipeline
 from image.model.stage import KIND, ModelStepError, model_key
 from image.recipe import load_recipe
 from tests.image.slot_stage import Recorder, copy_recipes, rdump, run_slot
+from tests.timing import NO_LATENCY_GATE
 
 pytestmark = [pytest.mark.integration]
 KILN = Path(sys.executable).parent / "kiln"
@@ -66,11 +67,15 @@ def test_slot_holds_the_optimised_packages_and_the_device_accepts_them(
         pkg = load_package(pkg_dir)
         # The smallest variant that passes the gate on onnxruntime is an INT8 QDQ ONNX, and
         # models.fuse (default) adds its fused variant (tests/image/test_model_fuse_build.py).
-        f, fused = pkg.manifest.files
+        # OpenCV (bundled by generic-x86-64, a fallback back end) cannot load a QDQ file: the
+        # FP32 parent ships after it for that back end, and the table's notes say so.
+        f, fused, fp32 = pkg.manifest.files
         assert (f.format, f.precision) == ("onnx", "int8")
-        assert f.path.startswith("model_int8") and not (pkg_dir / "model.onnx").exists()
-        assert fused.fused is not None and fused.fused.of == f.path
+        assert f.path.startswith("model_int8") and fused.fused is not None
+        assert fused.fused.of == f.path
+        assert (fp32.path, fp32.precision) == ("model.onnx", "fp32")
         table = json.loads((pkg_dir / "optimisation.json").read_text())
+        assert any("opencv" in n and "model.onnx ships beside it" in n for n in table["notes"])
         assert table["runtime"] == "onnxruntime" and table["selected"] in ("int8", "int8-u8s8")
         chosen = next(v for v in table["variants"] if v["name"] == table["selected"])
         assert chosen["passed"] and chosen["drop_pp"] <= 1.0 + 1e-9
@@ -78,7 +83,7 @@ def test_slot_holds_the_optimised_packages_and_the_device_accepts_them(
         summary = pipe.components["model_optimisation"][role]
         assert summary["selected"] == table["selected"] and summary["precision"] == "int8"
         # The device's own self-test (reference split, sha256 of the file) passes on it.
-        report = run_selftest(pkg_dir, "onnxruntime")
+        report = run_selftest(pkg_dir, "onnxruntime", budget_factor=NO_LATENCY_GATE)
         assert report.passed, report.reasons
         assert report.file == fused.path  # what the pipeline runs
     slot_stage = next(s for s in pipe.report.stages if s.name == "slot")

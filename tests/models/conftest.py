@@ -21,3 +21,11 @@ def constant_calibration(tmp_path_factory: pytest.TempPathFactory) -> Path:
     p = tmp_path_factory.mktemp("calib") / "constant.npz"
     np.savez_compressed(p, images=np.full((32, 32, 32, 3), 128, np.uint8))
     return p
+
+
+@pytest.fixture(scope="session")
+def mobilenet_pkg(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A MobileNetV2-style package with 120 classes (not the reference models' architecture)."""
+    from tests.models.mobilenet_like import make_mobilenet_package
+
+    return make_mobilenet_package(tmp_path_factory.mktemp("models") / "mobilenet-like")

@@ -128,3 +128,54 @@ def test_cli_optimise_and_compare(
     )
     assert r.returncode == CompareFailedError.exit_code
     assert "gate: FAIL" in r.stdout and (tmp_path / "rep" / "report.html").exists()
+
+
+def _perturbed(src: Path, dst: Path, classes: int) -> Path:
+    """NEW: the same net with the head rows of 10 class pairs swapped (a worse model)."""
+    import hashlib
+
+    pkg = Path(shutil.copytree(src, dst))
+    model = onnx.load(str(pkg / "model.onnx"))
+    for init in model.graph.initializer:
+        if init.name == "fw":
+            w = numpy_helper.to_array(init).copy()
+            rows = np.arange(20) * (classes // 20)
+            w[rows] = w[np.roll(rows, 1)]
+            init.CopyFrom(numpy_helper.from_array(w, "fw"))
+    data = model.SerializeToString()
+    (pkg / "model.onnx").write_bytes(data)
+    m = json.loads((pkg / "model.json").read_text())
+    m["files"][0]["sha256"] = hashlib.sha256(data).hexdigest()
+    m["version"] = "2.0.0"
+    (pkg / "model.json").write_text(json.dumps(m))
+    return pkg
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("classes", [100, 1000])
+def test_compare_stays_readable_at_many_classes(classes: int, tmp_path: Path) -> None:
+    import matplotlib.image as mpimg
+
+    from tests.models.mobilenet_like import make_mobilenet_package
+
+    old = make_mobilenet_package(tmp_path / "old", count=96, calib=4, classes=classes)
+    new = _perturbed(old, tmp_path / "new", classes)
+    c = compare_packages(old, new, timing_rounds=1, max_accuracy_drop=1.0)
+    recall = c.per_class_recall(c.old)
+    assert np.isnan(recall).sum() >= classes - 96  # no reference image: n/a, not 0.000
+    text = format_comparison(c)
+    lines = text.splitlines()
+    # Summary first, then at most 10 rows per section: a screen, not one row per class.
+    assert lines[1].startswith("gate: ") and lines[2].startswith("agreement ")
+    assert f"classes: {classes}, " in lines[3] and "recall n/a for the other" in lines[3]
+    assert len(lines) <= 45, len(lines)
+    assert "the 10 largest changes of" in text or "largest changes of" in text
+    # The report holds the full tables: every class, n/a where it had no image.
+    html = write_report(c, tmp_path / "rep").read_text()
+    assert all(f"class_{i:03d}" in html for i in range(0, classes, max(1, classes // 50)))
+    assert "n/a" in html and f"recall per class (all {classes})" in html
+    for name in ("confusion.png", "distribution.png"):
+        img = mpimg.imread(tmp_path / "rep" / name)
+        h, w = img.shape[:2]
+        assert 150 < h < 1500 and 400 < w < 2000, (name, img.shape)
+        assert img[..., :3].mean() > 0.6, name  # mostly white background, not a black block

@@ -36,9 +36,16 @@ def ref(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 def test_int8_passes_gate(ref: Path, target: str, tmp_path: Path) -> None:
     res = optimise(ref, target, tmp_path / "out", select="int8", timing_rounds=1)
     best = res.variant(res.selected)
-    assert best.precision == "int8" and best.passed
+    assert best.precision == "int8" and best.passed and not best.error
     assert best.drop_pp <= 1.0
-    assert res.variant("int8").size_bytes < res.variant("fp32").size_bytes / 2
+    qdq = [v for v in res.variants if v.name in ("int8", "int8-u8s8") and not v.error]
+    assert qdq and all(v.size_bytes < res.variant("fp32").size_bytes / 2 for v in qdq)
+    # Any CPU: an INT8 row the runtime refused (OpenVINO on AMX) is reported, not fatal.
+    for v in res.variants:
+        assert bool(v.error) == (v.p50_ms == 0.0), v
+        assert not (v.error and v.passed), v
+        if v.error:
+            assert target in v.error
     report = run_selftest(tmp_path / "out", target, budget_factor=20.0)
     assert report.top1 >= report.min_top1, report.reasons
 

@@ -17,7 +17,13 @@ from typing import ClassVar, TypeVar
 import numpy as np
 
 from appliance.inference.errors import BackendLoadError, InferenceRunError, ShapeMismatchError
-from appliance.inference.package import ModelFile, ModelPackage, expected_shape, file_layout
+from appliance.inference.package import (
+    ModelFile,
+    ModelPackage,
+    check_labels,
+    expected_shape,
+    file_layout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +189,7 @@ def warm_up(model: LoadedModel) -> None:
     """Run one zero batch so the first real frame is not slow and a broken model fails at load."""
     want = expected_shape(model.package.manifest, model.file)
     try:
-        model.run(np.zeros(want, dtype=model.input.dtype))
+        raw = model.run(np.zeros(want, dtype=model.input.dtype))
     except InferenceRunError as exc:
         raise BackendLoadError(f"{model.describe()}: warm-up inference failed: {exc}") from None
+    check_labels(model.package, model.file, raw)

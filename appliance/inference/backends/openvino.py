@@ -1,7 +1,7 @@
 """OpenVINO back end: CPU by default (device configurable), f32 precision hint by default.
 
 On this CPU OpenVINO otherwise picks bf16 and drifts from the reference outputs by up to 0.025
-(FINDINGS.md); ``INFERENCE_PRECISION_HINT=f32`` brings it to ~4e-6.
+(docs/decisions.md §24); ``INFERENCE_PRECISION_HINT=f32`` brings it to ~4e-6.
 """
 
 from __future__ import annotations

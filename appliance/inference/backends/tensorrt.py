@@ -1,6 +1,6 @@
 """TensorRT back end: build an engine from the ONNX on the device, cache it in the data partition.
 
-NOT EXECUTED on our machines: TensorRT is not installable here (FINDINGS.md) and no GPU is
+NOT EXECUTED on our machines: TensorRT is not installable here (docs/decisions.md §25) and no GPU is
 present. The cache-key logic (:func:`engine_key`, :func:`cached_engine`) is pure and unit-tested;
 the TensorRT / CUDA calls follow the TensorRT 10 Python API (``build_serialized_network``,
 ``set_tensor_address``, ``execute_async_v3``) with cuda-python's ``cudart`` for memory, and are

@@ -1,0 +1,82 @@
+"""The two config files the image gives the device: device.json on the slot, pipeline.json on data.
+
+``/etc/edgekiln/device.json`` says what the image is (product, version, ``security_version``,
+target, loader, health settings, model paths); it is part of the signed slot. The agent's first
+``/data/edgekiln/pipeline.json`` (source, back ends, sink) is on data, where a technician may
+change it later.
+"""
+
+from __future__ import annotations
+
+import json
+
+from image.build import rootfs
+from image.recipe import LoadedRecipe
+
+
+def pipeline_config(loaded: LoadedRecipe) -> bytes:
+    """The agent's first ``/data/edgekiln/pipeline.json`` (a technician may change it later)."""
+    r = loaded.recipe
+    backends: list[str] = [r.target.backend, "opencv"]  # OpenCV DNN: the last resort
+    doc = {
+        "model": f"/{rootfs.MODELS_DIR}/primary",
+        "fallback_model": f"/{rootfs.MODELS_DIR}/fallback",
+        "source": r.pipeline.source,
+        "backends": backends,
+        "sink": "/data/edgekiln/results.jsonl",
+        "threads": r.pipeline.threads,
+        "budget_factor": r.health.budget_factor,
+    }
+    return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+
+
+def device_config(loaded: LoadedRecipe) -> bytes:
+    """``/etc/edgekiln/device.json``: what the device needs to know about its image."""
+    r = loaded.recipe
+    doc = {
+        "format": 1,
+        "product": r.product,
+        "version": r.version,
+        "security_version": r.security_version,
+        "target": r.target.name,
+        "arch": r.target.arch,
+        "backend": r.target.backend,
+        "loader": r.target.loader,
+        "health": {
+            "budget_factor": r.health.budget_factor,
+            "reference_count": r.health.reference_count,
+        },
+        "models": {
+            "primary": f"/{rootfs.MODELS_DIR}/primary",
+            "fallback": f"/{rootfs.MODELS_DIR}/fallback",
+        },
+        "data_dir": "/data",
+        "recipe_digest": loaded.digest,
+    }
+    return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+
+
+def update_config(loaded: LoadedRecipe) -> tuple[bytes, bytes] | None:
+    """``/etc/edgekiln/update.json`` and the channel's TUF root, or None (no ``[update]``).
+
+    The agent (appliance/ota/agent_config.py) reads update.json; the root.json is the trust
+    anchor baked into the slot (TUF rotates it on the device afterwards, on data).
+    """
+    from image.recipe.update_checks import bandwidth_bytes
+
+    u = loaded.recipe.update
+    if not u.channels or not u.tuf_root:
+        return None
+    doc = {
+        "channels": list(u.channels),
+        "tuf_root": "/etc/edgekiln/tuf-root.json",
+        "poll_interval_s": u.poll_interval_s,
+        "poll_jitter_s": u.poll_jitter_s,
+        "window": u.window,
+        "rate": bandwidth_bytes(u.bandwidth_cap),
+        "metered": u.metered,
+        "reboot": u.reboot,
+        "max_bundle_bytes": u.max_bundle_mib << 20,
+    }
+    root = loaded.resolve(u.tuf_root).read_bytes()
+    return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n", root
