@@ -6,11 +6,12 @@ Configured by the ``mqtt`` block of pipeline.json::
              "buffer_dir": "/data/edgekiln/mqtt-buffer", "buffer_max_mb": 64}
 
 Mutual TLS adds ``"ca_file"``, ``"cert_file"`` and ``"key_file"`` (PEM paths); a refused
-handshake is explained in words (:mod:`~appliance.inference.mqtt_tls`) in the log and in
+handshake is explained in words (:mod:`~appliance.telemetry.mqtt_tls`) in the log and in
 :attr:`MqttSink.last_error`, and records stay buffered.
 
-Results go to ``<topic>/results`` and events to ``<topic>/events``, one JSON object per
-message, QoS 1 by default.
+Results go to ``<topic>/results``, events to ``<topic>/events`` and telemetry windows to
+``<topic>/windows``, one JSON object per message, QoS 1 by default (events and windows are
+sent at once, results gathered for ``flush_s``).
 
 The frame path only encodes a record and appends it to an in-memory queue. A worker thread
 moves records on:
@@ -41,12 +42,13 @@ from typing import Any
 import msgspec
 
 from appliance.inference.errors import ConfigError
-from appliance.inference.mqtt_tls import explain, is_refusal, warn_if_expired
-from appliance.inference.telemetry_buffer import Cursor, TelemetryBuffer
+from appliance.telemetry.mqtt_tls import explain, is_refusal, warn_if_expired
+from appliance.telemetry.telemetry_buffer import Cursor, TelemetryBuffer
 
 log = logging.getLogger(__name__)
 _ENCODER = msgspec.json.Encoder()
-_RESULT, _EVENT = b"r", b"e"  # first byte of a buffered line: which sub-topic
+_RESULT, _EVENT, _WINDOW = b"r", b"e", b"w"  # first byte of a buffered line: which sub-topic
+_KINDS = {"event": _EVENT, "window": _WINDOW}
 ERROR_REPEAT_S = 60.0  # the same connection error is logged again at most this often
 
 
@@ -128,7 +130,11 @@ class MqttSink:
         self._mqtt = mqtt
         self._flush_s = flush_s
         self._batch_size = batch
-        self._topics = {_RESULT: f"{cfg.topic}/results", _EVENT: f"{cfg.topic}/events"}
+        self._topics = {
+            _RESULT: f"{cfg.topic}/results",
+            _EVENT: f"{cfg.topic}/events",
+            _WINDOW: f"{cfg.topic}/windows",
+        }
         max_bytes = int(cfg.buffer_max_mb * (1 << 20))
         self.buffer = TelemetryBuffer(
             Path(cfg.buffer_dir), max_bytes=max_bytes, segment_bytes=min(1 << 20, max_bytes // 4)
@@ -227,9 +233,9 @@ class MqttSink:
     # --- the frame path ------------------------------------------------------------------
 
     def publish(self, record: dict[str, object]) -> None:
-        kind = _EVENT if record.get("type") == "event" else _RESULT
+        kind = _KINDS.get(str(record.get("type")), _RESULT)
         self._incoming.append(kind + _ENCODER.encode(record))
-        if kind is _EVENT:
+        if kind is not _RESULT:
             self._wake.set()
 
     # --- the worker ----------------------------------------------------------------------
