@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "bundle": "image.release.cli:bundle",
     "publish": "image.release.cli:publish",
     "model": "image.model.cli:model",
+    "fleet": "image.fleet.cli:fleet",
 }
 
 

@@ -1,0 +1,150 @@
+"""``kiln fleet ingest``: device messages from an MQTT 5 shared subscription into the store.
+
+docs/decisions.md §17: several ingesters split one broker's load with a shared subscription
+(``$share/<group>/edgekiln/+/+/windows`` and ``.../events``): the broker hands each message to
+one member of the group. Each ingester keeps a persistent session (clean start off, a session
+expiry), so messages that arrive while it is down wait at the broker. A message is acknowledged
+(PUBACK, manual) only after its row is committed, so a killed ingester loses nothing: what it
+had not acknowledged is delivered again, and the insert by message id stores it once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from image.fleet.errors import FleetError
+from image.fleet.metrics import FleetMetrics
+from image.fleet.store import Store
+
+log = logging.getLogger(__name__)
+SESSION_EXPIRY_S = 7 * 86400  # messages wait a week at the broker for a stopped ingester
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerUrl:
+        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
+            raise FleetError(f"--broker {url}: expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+        tls = parts.scheme in ("mqtts", "ssl")
+        return cls(parts.hostname, parts.port or (8883 if tls else 1883), tls)
+
+
+class Ingester:
+    """One member of the ingest group; ``run(stop)`` until ``stop`` is set."""
+
+    def __init__(
+        self,
+        broker: BrokerUrl,
+        store: Store,
+        *,
+        client_id: str,
+        group: str = "kiln-fleet",
+        prefix: str = "edgekiln",
+        ca_file: str | None = None,
+        metrics: FleetMetrics | None = None,
+    ) -> None:
+        from paho.mqtt import client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        self.store = store
+        self.metrics = metrics
+        self.broker = broker
+        self.topics = [f"$share/{group}/{prefix}/+/+/{kind}" for kind in ("windows", "events")]
+        self.stored = 0
+        self.duplicates = 0
+        self.rejected = 0
+        self.subscribed = threading.Event()
+        self.failure: str | None = None
+        self._stop: threading.Event | None = None
+        self._lock = threading.Lock()
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        c.manual_ack_set(True)
+        if broker.tls:
+            c.tls_set(ca_certs=ca_file)
+        c.on_connect = self._on_connect
+        c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
+        c.reconnect_delay_set(1, 10)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        self._connect_props = props
+        self.client = c
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            log.warning("fleet ingest: broker refused the connection: %s", reason)
+            return
+        client.subscribe([(t, 1) for t in self.topics])
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, codes: Any, props: Any) -> None:
+        log.info("fleet ingest: subscribed to %s", ", ".join(self.topics))
+        self.subscribed.set()
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        try:
+            message = json.loads(msg.payload)
+            if not isinstance(message, dict) or not message.get("id") or not message.get("device"):
+                raise ValueError("not a device message with id and device")
+        except ValueError as exc:
+            self.rejected += 1
+            log.warning("fleet ingest: %s: dropped unreadable message (%s)", msg.topic, exc)
+            client.ack(msg.mid, msg.qos)
+            return
+        try:
+            with self._lock:
+                stored = self.store.insert(message)
+        except Exception as exc:  # not acknowledged: the broker keeps it for the next start
+            log.exception("fleet ingest: storing %s failed; stopping", message.get("id"))
+            self.failure = f"storing {message.get('id')} into {self.store.url} failed: {exc}"
+            if self._stop is not None:
+                self._stop.set()
+            return
+        if stored:
+            self.stored += 1
+        else:
+            self.duplicates += 1
+        if self.metrics is not None:
+            self.metrics.observe(message, stored)
+        client.ack(msg.mid, msg.qos)
+
+    def run(self, stop: threading.Event) -> None:
+        """Connect, ingest until ``stop`` is set, disconnect (the session stays at the broker).
+
+        A message that cannot be stored stops the ingester (FleetError) without acknowledging
+        it: the broker keeps it in the session, and the next start stores it.
+        """
+        self._stop = stop
+        try:
+            self.client.connect(
+                self.broker.host,
+                self.broker.port,
+                30,
+                clean_start=False,
+                properties=self._connect_props,
+            )
+        except OSError as exc:
+            raise FleetError(
+                f"broker {self.broker.host}:{self.broker.port}: cannot connect ({exc}); "
+                "check --broker and that the broker runs"
+            ) from None
+        self.client.loop_start()
+        try:
+            stop.wait()
+        finally:
+            self.client.disconnect()
+            self.client.loop_stop()
+        if self.failure is not None:
+            raise FleetError(f"fleet ingest: {self.failure}; fix the database and start again")
