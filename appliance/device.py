@@ -71,6 +71,11 @@ def load_device_config(path: Path) -> DeviceConfig:
         raise DeviceConfigError(f"{path}: {exc}; the image's device.json is damaged") from None
 
 
+def running_config() -> DeviceConfig:
+    """The running slot's device.json (``$EDGEKILN_DEVICE_CONFIG`` or the image's path)."""
+    return load_device_config(Path(os.environ.get("EDGEKILN_DEVICE_CONFIG", DEVICE_CONFIG)))
+
+
 @dataclasses.dataclass(frozen=True)
 class Device:
     """Paths and identity of one device (the real one, or a demo over a temp directory)."""
@@ -93,7 +98,7 @@ class Device:
     @classmethod
     def from_env(cls, data_dir: Path | None = None) -> Device:
         """The device this process runs on, as the environment and device.json describe it."""
-        config = load_device_config(Path(os.environ.get("EDGEKILN_DEVICE_CONFIG", DEVICE_CONFIG)))
+        config = running_config()
         data = data_dir or Path(os.environ.get("EDGEKILN_DATA", config.data_dir))
         return cls(
             config=config,
@@ -165,16 +170,21 @@ class Device:
         return booted_slot()
 
     def policy(self) -> Policy:
-        """What a bundle must pass here: keyring (rotated one on data wins), target, floor."""
+        """What a bundle must pass here: keyring (data's if newer), target, floor, version."""
         from appliance.bundle import Policy, effective_keyring
+        from appliance.ota.clock import trusted_now
         from appliance.state import security_floor
 
+        version = self.config.version
         return Policy(
             keyring=effective_keyring(self.keyring_path, self.data_dir),
             product=self.config.product,
             target=self.config.target,
-            min_security_version=security_floor(self.data_dir),
-            trusted_now=None,  # offline installs never rely on the clock (Decision 6)
+            # The floor never goes below the running slot's own level (docs/decisions.md §19).
+            min_security_version=security_floor(self.data_dir, self.config.security_version),
+            # Expiry only with a clock synced since boot (docs/decisions.md §6).
+            trusted_now=None if self.demo else trusted_now(self.data_dir),
+            running_version=None if version == "unknown" else version,
         )
 
     # -- actions ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@
   ``docs/decisions.md §N``.
 - Every ``docs/decisions.md §N`` cited anywhere is a section of docs/decisions.md.
 - Every file path the pages in docs/ name exists, so the reading order they give is true.
+- The README's architecture section names every module of image/ and none it does not have.
 """
 
 from __future__ import annotations
@@ -80,3 +81,33 @@ def test_the_checks_catch_what_they_are_for() -> None:
     assert not OUTSIDE.search("docs/decisions.md §4; /usr/share/doc")
     assert CITATION.findall("docs/decisions.md §8 and §14") == [("8", "14")]
     assert PATH.findall("read `image/build/pipeline.py` first") == ["image/build/pipeline.py"]
+
+
+def _image_block() -> str:
+    """The README architecture block's rows for image/ (up to the next top-level folder)."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    start = text.index("\nimage/ ")
+    end = re.search(r"\n[a-z]\S*/ ", text[start + 1 :])
+    assert end is not None, "README: the architecture block lists a folder after image/"
+    return text[start : start + 1 + end.start()]
+
+
+def test_readme_architecture_names_every_image_module_and_no_other() -> None:
+    block = _image_block()
+    image = REPO / "image"
+    unnamed = [
+        str(path.relative_to(REPO))
+        for path in sorted(image.rglob("*.py"))
+        if path.name != "__init__.py"
+        and "pyinstaller_hooks" not in path.parts
+        and not re.search(rf"(?<![\w/]){re.escape(path.name)}", block)
+    ]
+    unnamed += [
+        f"image/{d.name}/"
+        for d in sorted(image.iterdir())
+        if d.is_dir() and (d / "__init__.py").exists() and f"{d.name}/" not in block
+    ]
+    assert not unnamed, "README architecture section does not name: " + ", ".join(unnamed)
+    named = set(re.findall(r"(?<![\w/.])([a-z_]+\.py)\b", block))
+    existing = {path.name for path in image.rglob("*.py")}
+    assert named <= existing, f"README names modules image/ does not have: {named - existing}"

@@ -161,6 +161,6 @@ def smoke_check(
     if missing or extra or not info.get("frozen"):
         raise FreezeError(
             f"frozen runtime {exe} for {spec.name} is wrong: missing {missing}, "
-            f"unexpected {extra}, frozen={info.get('frozen')}; check freeze_targets.py"
+            f"unexpected {extra}, frozen={info.get('frozen')}; check image/freeze/targets.py"
         )
     return info

@@ -66,6 +66,31 @@ def _delta_base(old: Path, key: Ed25519PrivateKey, stack: contextlib.ExitStack) 
         raise BundleBuildError(f"--delta-from {old}: {exc}") from None
 
 
+def _check_baked_level(slot_image: Path, security_version: int) -> None:
+    """Refuse a bundle whose signed level differs from the one baked into its slot image.
+
+    The device's anti-rollback floor never goes below the running slot's own level (its
+    /etc/edgekiln/device.json, docs/decisions.md §19): a bundle signed above it would leave a
+    floor that deleting the state file lowers again. Slot images without that file (not ext4,
+    or not built by kiln) are not checked.
+    """
+    import json
+
+    from image.inspect import _debugfs_cat
+
+    raw = _debugfs_cat(slot_image, 0, "/etc/edgekiln/device.json")
+    try:
+        baked = json.loads(raw)["security_version"] if raw else None
+    except (ValueError, KeyError, TypeError):
+        baked = None
+    if isinstance(baked, int) and baked != security_version:
+        raise BundleBuildError(
+            f"{slot_image} bakes security_version {baked} (its /etc/edgekiln/device.json) but the "
+            f"bundle would sign {security_version}: the device takes its floor from the slot; "
+            f"pass --security-version {baked} or rebuild the image at {security_version}"
+        )
+
+
 def _created() -> int:
     """Creation time: SOURCE_DATE_EPOCH for reproducible bundles, else now."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
@@ -110,12 +135,16 @@ def _created() -> int:
     "--delta-from", type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Make a delta against this OLD slot image, disk image or full bundle (signed by --key).",
 )  # fmt: skip
+@click.option(
+    "--allow-downgrade", is_flag=True,
+    help="Sign consent to install over a newer version of the same security_version.",
+)  # fmt: skip
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 def bundle(
     slot_image: Path, recipe: Path | None, product: str | None, targets: tuple[str, ...],
     version: str | None, security_version: int | None, key_path: Path | None,
     keyring_update: Path | None, expires_in: int | None, compression: str, zstd_level: int,
-    chunk_size: int, delta_from: Path | None, output: Path,
+    chunk_size: int, delta_from: Path | None, allow_downgrade: bool, output: Path,
 ) -> None:  # fmt: skip
     """Make a signed full (or, with --delta-from, delta) update bundle from SLOT-IMAGE."""
     target_list = list(targets)
@@ -146,6 +175,7 @@ def bundle(
             f"kiln bundle needs {', '.join(missing)} (or a --recipe that sets them)"
         )
     assert product and version and security_version is not None and key_path  # for mypy
+    _check_baked_level(slot_image, security_version)
     key = load_private_key(key_path, get_passphrase(confirm=False))
     stack = contextlib.ExitStack()
     if delta_from is not None:
@@ -174,12 +204,12 @@ def bundle(
                 out, key=key, product=product, targets=target_list, version=version,
                 security_version=security_version, created=created, expires=expires,
                 payloads=payloads, chunk_size=chunk_size, zstd_level=zstd_level,
-                spool_dir=output.parent,
+                spool_dir=output.parent, allow_downgrade=allow_downgrade,
                 progress=lambda n: bar.advance(task, n),
             )  # fmt: skip
     except BundleError as exc:
         raise BundleBuildError(str(exc)) from None
-    p = manifest.payloads[0]
+    p = next(p for p in manifest.payloads if p.kind != "keyring")
     click.echo(
         f"bundle {output}: {product} {version} for {', '.join(target_list)}, "
         f"security_version {security_version}, key {manifest.key_id}; "

@@ -153,6 +153,7 @@ def test_image_checked_by_independent_tools(first: dict[str, object], tmp_path: 
     assert "has_journal" not in run("dumpe2fs", "-h", str(slot))
     device = json.loads(run("debugfs", "-R", "cat /etc/edgekiln/device.json", str(slot)))
     assert device["version"] == "1.2.3" and device["target"] == "generic-x86-64"
+    assert device["security_version"] == 1  # the slot's own level (recipes/base.toml)
     unit = run("debugfs", "-R", "cat /etc/systemd/system/edgekiln-agent.service", str(slot))
     assert "Type=notify" in unit and "WatchdogSec=30" in unit
     assert "ExecStart=/opt/edgekiln/appliance/appliance agent" in unit

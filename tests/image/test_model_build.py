@@ -25,6 +25,7 @@ from image.build.pipeline import Pipeline
 from image.model.stage import KIND, ModelStepError, model_key
 from image.recipe import load_recipe
 from tests.image.slot_stage import Recorder, copy_recipes, rdump, run_slot
+from tests.timing import NO_LATENCY_GATE
 
 pytestmark = [pytest.mark.integration]
 KILN = Path(sys.executable).parent / "kiln"
@@ -82,7 +83,7 @@ def test_slot_holds_the_optimised_packages_and_the_device_accepts_them(
         summary = pipe.components["model_optimisation"][role]
         assert summary["selected"] == table["selected"] and summary["precision"] == "int8"
         # The device's own self-test (reference split, sha256 of the file) passes on it.
-        report = run_selftest(pkg_dir, "onnxruntime")
+        report = run_selftest(pkg_dir, "onnxruntime", budget_factor=NO_LATENCY_GATE)
         assert report.passed, report.reasons
         assert report.file == fused.path  # what the pipeline runs
     slot_stage = next(s for s in pipe.report.stages if s.name == "slot")

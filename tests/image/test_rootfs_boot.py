@@ -136,5 +136,9 @@ def test_device_config_names_target_and_budget(recipe_dir: Path) -> None:
     loaded = load_recipe(recipe_dir / "intel-openvino.toml")
     doc = json.loads(device_config(loaded))
     assert doc["target"] == "intel-openvino" and doc["backend"] == "openvino"
+    # The slot's own anti-rollback level: the device's floor never goes below the running
+    # slot's (docs/decisions.md §19), read from this file inside the signed slot image.
+    assert doc["security_version"] == loaded.recipe.security_version
+    assert doc["version"] == loaded.recipe.version
     assert doc["health"]["budget_factor"] == 1.0
     assert doc["models"]["primary"] == "/opt/edgekiln/models/primary"

@@ -16,10 +16,10 @@ import pytest
 from appliance.inference.package import load_package
 from appliance.inference.pipeline import Pipeline, PipelineConfig
 from appliance.inference.selftest import TOLERANCE, run_selftest
+from tests.timing import NO_LATENCY_GATE
 
 MODELS = Path(__file__).resolve().parents[2] / "recipes" / "models"
 PACKAGES = ["inspect-primary", "inspect-fallback"]
-NO_LATENCY_GATE = 1e6
 
 
 def _package(name: str) -> Path:

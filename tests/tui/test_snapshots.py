@@ -110,6 +110,14 @@ def test_slots(snap_compare: Any, snap_device: Device) -> None:
     assert snap_compare(app_for(snap_device), press=["6"])
 
 
+def test_slots_update_pending(snap_compare: Any, snap_device: Device) -> None:
+    from appliance.state import SlotRecord, record_installed
+
+    snap_device.loader().begin_try("B")  # what an install leaves: B tried at the next boot
+    record_installed(snap_device.data_dir, SlotRecord("B", "1.1.0", 2))
+    assert snap_compare(app_for(snap_device), press=["6"])
+
+
 def test_logs_filtered(snap_compare: Any, snap_device: Device) -> None:
     def loaded(app: TechnicianApp) -> bool:
         return "edgekiln-agent.log" in str(app.screen.query_one("#logs-title").render())

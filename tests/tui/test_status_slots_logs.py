@@ -60,6 +60,7 @@ def test_slots_rollback_and_mark_good_ask_and_log(device: Device) -> None:
         keys = Keys(pilot, "slots: roll back to the other slot")
         await keys("6")
         assert "A     committed" in text_of(app, "#slots-table")
+        assert "B     inactive   0.9.5 (security 1)" in text_of(app, "#slots-table")
         await keys("r", "n")  # the question, answered no: nothing changes
         assert device.loader().read() == BootState()
         await keys("r", "y")

@@ -219,17 +219,20 @@ class UpdateScreen(TaskScreen):
             self.device.log_action("update.failed", bundle=str(path), error=msg)
             self.app.call_from_thread(self.say, f"install failed: {msg}")
             return
-        self.device.log_action("update.installed", version=result.version, slot=result.slot)
-        self.app.call_from_thread(self._installed_ok, result.version, result.slot)
+        self.device.log_action(
+            "update.installed", version=result.version, slot=result.slot, notes=result.notes
+        )
+        self.app.call_from_thread(self._installed_ok, result.version, result.slot, result.notes)
 
     def _progress(self, done: int, total: int) -> None:
         self.query_one("#progress", ProgressBar).update(total=total or None, progress=done)
 
-    def _installed_ok(self, version: str, slot: str) -> None:
+    def _installed_ok(self, version: str, slot: str, notes: tuple[str, ...] = ()) -> None:
         self._installed = True
         bar = self.query_one("#progress", ProgressBar)
         bar.update(total=1, progress=1)
-        self.say(f"installed {version} into slot {slot}, read back and verified: b reboots")
+        said = f"installed {version} into slot {slot}, read back and verified: b reboots"
+        self.say("\n".join((said, *(f"note: {note}" for note in notes))))
 
     def action_reboot(self) -> None:
         if not self._installed:
