@@ -13,6 +13,7 @@ from image.fleet.inventory import inventory
 from image.fleet.peers import anomalies
 from image.fleet.store import Store
 from tests.fleet.conftest import IngestProcess
+from tests.fleet.postgres import postgres_cluster
 from tests.fleet.simulate import publish_all
 from tests.inference.mqtt_broker import Broker, free_port
 
@@ -108,3 +109,21 @@ def test_the_same_message_twice_is_stored_once(
     assert store.insert(dict(fleet[0])) is True
     assert store.insert(dict(fleet[0])) is False
     assert store.counts()["windows"] == 1
+
+
+def test_hundred_devices_three_deviants_on_postgresql_and_duplicates_stored_once(
+    broker: Broker, fleet: list[dict[str, object]], tmp_path: Path
+) -> None:
+    with postgres_cluster() as url:
+        a = IngestProcess(broker.port, url, "ing-pg1", tmp_path / "a.log")
+        b = IngestProcess(broker.port, url, "ing-pg2", tmp_path / "b.log")
+        publish_all(broker.port, fleet)
+        publish_all(broker.port, fleet[:50])  # devices re-sending after an outage
+        wait_rows(url, 400)
+        a.stop()
+        b.stop()
+        check_fleet(url, fleet)
+        store = Store.open(url)
+        assert store.engine == "postgresql"
+        assert store.insert(dict(fleet[0])) is False
+        store.close()
