@@ -101,8 +101,10 @@ def render(store: Store, *, since: float = 0.0, drift_threshold: float = 0.2) ->
     site_fps: dict[str, list[float]] = defaultdict(list)
     site_err: dict[str, int] = defaultdict(int)
     drift: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    span = rows[-1][3] - rows[0][3] if rows else 0.0
+    step = max(span / 48, 1.0)  # about 50 points across the period shown
     for device, site, version, start, fps, err, psi in rows:
-        bucket = start - start % 3600 if rows[-1][3] - rows[0][3] > 7200 else start - start % 60
+        bucket = start - start % step
         per_version[str(version)][bucket].add(device)
         if fps is not None:
             site_fps[site].append(fps)
