@@ -240,7 +240,7 @@ class TelemetrySink:
             self._timer.join()
         now = self.clock()
         with self._lock:
-            start, pending = self._start, self.agg.frames
+            start, pending = self._start, self.agg.count
             summary = self.agg.close(start, max(now, start + 1e-3)) if pending else None
         if summary is not None:
             self._send_window(summary, start)

@@ -87,7 +87,7 @@ def fleet_messages(tmp: Path, count: int = 100) -> list[dict[str, object]]:
     return msgs
 
 
-def publish_all(port: int, messages: list[dict[str, Any]], *, clients: int = 100) -> None:
+def publish_all(port: int, messages: list[dict[str, Any]]) -> None:
     """Publish ``messages`` (QoS 1) from one real MQTT client per device; wait for every ack."""
     import json
 
