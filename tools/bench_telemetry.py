@@ -193,18 +193,26 @@ def ingest_rate(count: int, postgres: bool) -> None:
     try:
         print(f"\n{'store':<12}{'messages':>10}{'msg/s':>10}{'x needed (16.7/s)':>20}")
         for name, db in dbs:
-            ing = IngestProcess(broker.port, db, f"bench-{name}", tmp / f"{name}.log")
+            # A group per store: a stopped member's session would keep receiving its share.
+            ing = IngestProcess(
+                broker.port, db, f"bench-{name}", tmp / f"{name}.log", "--group", f"bench-{name}"
+            )
             t0 = time.monotonic()
             publish_all(broker.port, messages)
-            while True:
-                store = Store.open(db)
-                n = store.counts()["windows"]
-                store.close()
-                if n >= count:
-                    break
-                time.sleep(0.05)
+            deadline = time.monotonic() + 600
+            try:
+                while True:
+                    store = Store.open(db)
+                    n = store.counts()["windows"]
+                    store.close()
+                    if n >= count:
+                        break
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"{name}: only {n} of {count} stored in 600 s")
+                    time.sleep(0.05)
+            finally:
+                ing.stop()
             seconds = time.monotonic() - t0
-            ing.stop()
             rate = count / seconds
             print(f"{name:<12}{count:>10}{rate:>10.0f}{rate / (1000 / 60):>20.0f}")
     finally:

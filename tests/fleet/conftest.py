@@ -32,6 +32,20 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, object]]:
     return fleet_messages(tmp_path_factory.mktemp("fleet"))
 
 
+_RUNNING: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_leftover_ingesters() -> Iterator[None]:
+    """A test that fails half-way leaves no ingester process behind."""
+    yield
+    while _RUNNING:
+        proc = _RUNNING.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 class IngestProcess:
     """``kiln fleet ingest`` as a real process (so a test can SIGKILL it)."""
 
@@ -57,6 +71,7 @@ class IngestProcess:
             stderr=log.open("ab"),
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+        _RUNNING.append(self.proc)
         self._wait_for("subscribed to", offset=0)
 
     def _wait_for(self, text: str, offset: int, timeout: float = 30.0) -> None:
