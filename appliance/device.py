@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from appliance.bootdisk import SLOT_DEVICES
 from appliance.errors import ApplianceError
 
 if TYPE_CHECKING:
@@ -85,11 +86,9 @@ class Device:
     loader_spec: str | None = None
     booted_override: str | None = None
     keyring_path: Path = Path("/etc/edgekiln/keyring.json")
+    # the slots on the boot disk only, never a stick's partition of the same name (bootdisk.py)
     slot_targets: Mapping[str, Path] = dataclasses.field(
-        default_factory=lambda: {
-            "A": Path("/dev/disk/by-partlabel/rootfs_a"),
-            "B": Path("/dev/disk/by-partlabel/rootfs_b"),
-        }
+        default_factory=lambda: {str(k): v for k, v in SLOT_DEVICES.items()}
     )
     sys_root: Path = Path("/")  # prefix for /sys and /dev lookups (a demo points it elsewhere)
     usb_globs: tuple[str, ...] = USB_GLOBS

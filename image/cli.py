@@ -21,8 +21,14 @@ COMMANDS: dict[str, str] = {
     "keys": "image.release.cli:keys",
     "bundle": "image.release.cli:bundle",
     "publish": "image.release.cli:publish",
+    "rollout": "image.release.rollout_cli:rollout",
     "model": "image.model.cli:model",
     "fleet": "image.fleet.cli:fleet",
+    "discover": "image.lan.cli:discover",
+    "pair": "image.lan.cli:pair",
+    "status": "image.lan.cli:status",
+    "push": "image.lan.cli:push",
+    "diag": "image.lan.cli:diag",
 }
 
 

@@ -138,7 +138,7 @@ def _read_head(reader: tarstream.StreamReader, limits: Limits) -> tuple[bytes, b
         raise MissingMemberError(f"{source} ends before {MANIFEST_NAME}; not a bundle")
     if head.name != MANIFEST_NAME:
         raise UnexpectedMemberError(
-            f"{source}: first member is {head.name!r}, expected {MANIFEST_NAME}"
+            f"{source}: the first member is not {MANIFEST_NAME}; not a bundle"
         )
     data = reader.read_exact(head.size, MANIFEST_NAME)
     tarstream.read_padding(reader, head.size, MANIFEST_NAME)
@@ -149,7 +149,7 @@ def _read_head(reader: tarstream.StreamReader, limits: Limits) -> tuple[bytes, b
         raise DuplicateMemberError(f"{source}: {MANIFEST_NAME} appears twice")
     if head.name != SIGNATURE_NAME:
         raise UnexpectedMemberError(
-            f"{source}: second member is {head.name!r}, expected {SIGNATURE_NAME}"
+            f"{source}: the second member is not {SIGNATURE_NAME}; not a bundle"
         )
     if head.size != SIGNATURE_SIZE:
         raise SizeMismatchError(

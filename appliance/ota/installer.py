@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from appliance.bootdisk import SLOT_DEVICES
 from appliance.bundle import FileSink, Policy, Rotation, Sink, apply_keyring_update, open_bundle
 from appliance.bundle.errors import KeyringError
 from appliance.bundle.keychain import verify_rotation
@@ -51,10 +52,8 @@ from appliance.slots.loader import Loader
 from appliance.slots.state import Slot, other
 
 log = logging.getLogger(__name__)
-DEFAULT_TARGETS: Mapping[Slot, Path] = {
-    "A": Path("/dev/disk/by-partlabel/rootfs_a"),
-    "B": Path("/dev/disk/by-partlabel/rootfs_b"),
-}
+#: the slots on the boot disk only (appliance/bootdisk.py), never a stick's same-named partition
+DEFAULT_TARGETS: Mapping[Slot, Path] = SLOT_DEVICES
 Trace = Callable[[str], None]
 
 

@@ -21,6 +21,7 @@ from image.recipe.schema import (
     RecipeError,
     origin_of,
 )
+from image.recipe.update_checks import check_update
 
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.+-]+)?$")
 _PRODUCT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -34,10 +35,12 @@ def check(loaded: LoadedRecipe, *, check_files: bool) -> None:
     """Every check, in order; the first failure raises."""
     _check_identity(loaded)
     _check_settings(loaded)
+    _check_lan(loaded)
     _check_models(loaded)
     _check_pipeline(loaded)
     _check_telemetry(loaded)
     _check_sizes(loaded, check_files=check_files)
+    check_update(loaded, _fail, check_files=check_files)
 
 
 def _check_identity(loaded: LoadedRecipe) -> None:
@@ -64,6 +67,14 @@ def _check_identity(loaded: LoadedRecipe) -> None:
                 f"target.{attr}",
                 f"{value!r} does not fit target {r.target.name!r} (use {' or '.join(allowed)})",
             )
+
+
+def _check_lan(loaded: LoadedRecipe) -> None:
+    lan = loaded.recipe.lan
+    if not 1 <= lan.port <= 65535:
+        raise _fail(loaded, "lan.port", "must be a TCP port (1-65535)")
+    if not re.match(r"^[A-Za-z0-9_.-]{1,15}$", lan.interface):
+        raise _fail(loaded, "lan.interface", "must be an interface name (e.g. eth0) or 'auto'")
 
 
 def _check_settings(loaded: LoadedRecipe) -> None:

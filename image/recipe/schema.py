@@ -141,6 +141,26 @@ class Signing(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     key: str | None = None
 
 
+class Update(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Hands-off updates (``appliance update run`` on a timer); no channel: updates off.
+
+    Written into the slot as ``/etc/edgekiln/update.json`` with the channel's TUF root as
+    ``/etc/edgekiln/tuf-root.json`` (rotated through TUF afterwards; checks in
+    image/recipe/update_checks.py). ``window`` is local time and may cross midnight;
+    ``bandwidth_cap`` is bytes/s with an optional k/M suffix.
+    """
+
+    channels: tuple[str, ...] = ()
+    tuf_root: str | None = None
+    poll_interval_s: int = 6 * 3600
+    poll_jitter_s: int = 1800
+    window: str | None = None
+    bandwidth_cap: str | None = None
+    metered: bool = False
+    reboot: Literal["window", "now", "manual"] = "window"
+    max_bundle_mib: int = 2048
+
+
 class Runtime(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
     """The frozen ``appliance`` runtime: a prebuilt PyInstaller onedir, or built by freeze.
 
@@ -150,6 +170,17 @@ class Runtime(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defa
 
     prebuilt: str | None = None
     extras: tuple[Literal["opencv"], ...] = ()
+
+
+class Lan(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """The site-LAN API (``appliance api serve``): off unless ``api = true``.
+
+    ``interface`` is the LAN interface it listens on (``auto``: the default route's).
+    """
+
+    api: bool = False
+    interface: str = "auto"
+    port: int = 8443
 
 
 class Recipe(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -170,6 +201,8 @@ class Recipe(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     runtime: Runtime = Runtime()
     pipeline: PipelineDefaults = PipelineDefaults()
     telemetry: TelemetrySettings = TelemetrySettings()
+    update: Update = Update()
+    lan: Lan = Lan()
 
 
 # --- the target table (docs/decisions.md §22) ----------------------------------------------------
@@ -228,6 +261,8 @@ class LoadedRecipe:
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe as plain data (for ``--plan`` and the manifest)."""
         data: dict[str, Any] = msgspec.to_builtins(self.recipe)
+        if self.recipe.lan == Lan():
+            del data["lan"]  # a recipe without [lan] keeps its digest
         return data
 
     @property

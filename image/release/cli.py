@@ -294,8 +294,7 @@ def keyring(
 
 
 @click.command()
-@click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("repo_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--keys", type=click.Path(file_okay=False, path_type=Path),
     help="TUF role keys, created on first publish (default $EDGEKILN_TUF_KEYS or "
@@ -306,14 +305,105 @@ def keyring(
     "--online-keys", type=click.Path(file_okay=False, path_type=Path),
     help="Snapshot and timestamp keys (the online pair), kept apart from --keys.",
 )  # fmt: skip
-@click.option("--expires-days", type=click.IntRange(1, 3650), default=30, show_default=True)
+@click.option("--expires-days", type=click.IntRange(1, 3650), default=30, show_default=True,
+              help="Targets and snapshot expiry.")  # fmt: skip
+@click.option("--timestamp-days", type=click.IntRange(1, 365), default=1, show_default=True,
+              help="Timestamp expiry: re-sign at least this often (--refresh).")  # fmt: skip
+@click.option("--refresh", is_flag=True, help="REPO_DIR only: re-sign snapshot and timestamp.")
+@click.option("--status", "show_status", is_flag=True,
+              help="REPO_DIR only: versions, rollout stages and expiries.")  # fmt: skip
+@click.option("--hold", is_flag=True, help="No device takes it until `kiln rollout start`.")
+@click.option(
+    "--deltas",
+    type=click.IntRange(0, 20),
+    default=0,
+    show_default=True,
+    help="Also publish deltas from the last N releases on the channel (needs --key).",
+)
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Release key that signs the deltas (passphrase: EDGEKILN_KEY_PASSPHRASE).",
+)
+@click.option(
+    "--max-bundle-mib",
+    type=click.IntRange(min=1),
+    help="Refuse bundles over this size (the recipe's update.max_bundle_mib).",
+)
+@click.option("--allow-oversize", is_flag=True, help="Publish a bundle over --max-bundle-mib.")
 def publish(
-    bundle: Path, repo_dir: Path, keys: Path | None, online_keys: Path | None, expires_days: int
-) -> None:
-    """Publish BUNDLE (full or delta) into the TUF repository REPO_DIR."""
+    paths: tuple[Path, ...], keys: Path | None, online_keys: Path | None, expires_days: int,
+    timestamp_days: int, refresh: bool, show_status: bool, hold: bool, deltas: int,
+    key_path: Path | None, max_bundle_mib: int | None, allow_oversize: bool,
+) -> None:  # fmt: skip
+    """Publish BUNDLE (full or delta) into the TUF repository REPO_DIR.
+
+    \b
+    kiln publish BUNDLE REPO_DIR
+    kiln publish --refresh REPO_DIR     (cron-friendly: online keys only)
+    kiln publish --status REPO_DIR
+    """
     from image.release.publish import default_keys_dir
+
+    if refresh or show_status:
+        if len(paths) != 1:
+            raise click.UsageError("--refresh and --status take REPO_DIR alone")
+        from image.release.rollout import Expiries, status
+        from image.release.rollout import refresh as do_refresh
+
+        repo = paths[0]
+        if refresh:
+            expiries = Expiries(expires_days, expires_days, timestamp_days)
+            until = do_refresh(repo, keys or default_keys_dir(repo), online_keys, expiries)
+            click.echo(f"refreshed {repo}: timestamp valid until {until:%Y-%m-%d %H:%M} UTC")
+        if show_status:
+            for line in status(repo):
+                click.echo(line)
+        return
+    if len(paths) != 2:
+        raise click.UsageError("kiln publish BUNDLE REPO_DIR")
+    bundle, repo_dir = paths
+    if not bundle.is_file():
+        raise click.BadParameter(f"{bundle} is not a file", param_hint="BUNDLE")
+    _publish_release(
+        bundle, repo_dir, keys, online_keys, expires_days, timestamp_days, hold, deltas,
+        key_path, max_bundle_mib, allow_oversize,
+    )  # fmt: skip
+    click.echo(f"TUF keys: {keys or default_keys_dir(repo_dir)} (keep root and targets offline)")
+
+
+def _publish_release(
+    bundle: Path, repo_dir: Path, keys: Path | None, online_keys: Path | None,
+    expires_days: int, timestamp_days: int, hold: bool, deltas: int, key_path: Path | None,
+    max_bundle_mib: int | None, allow_oversize: bool,
+) -> None:  # fmt: skip
+    """Size limit, automatic deltas from the last N releases, publish, who downloads what."""
+    from image.release.autodelta import check_size, make_deltas, previous_releases
     from image.release.publish import publish as do_publish
 
-    for path in do_publish(bundle, repo_dir, keys, expires_days, online_keys):
-        click.echo(f"published {path}")
-    click.echo(f"TUF keys: {keys or default_keys_dir(repo_dir)} (keep root and targets offline)")
+    check_size(bundle, max_bundle_mib, allow_oversize)
+    olds = []
+    if deltas:
+        if key_path is None:
+            raise click.UsageError("--deltas needs --key (the release key signs the deltas)")
+        from appliance.bundle import peek_manifest
+
+        with open(bundle, "rb") as f:
+            m = peek_manifest(f, source=str(bundle))
+        image = next(p.image.sha256 for p in m.payloads if p.kind == "full")
+        olds = previous_releases(repo_dir, m.product, m.targets[0], image, deltas)
+    made = []
+    if olds:
+        assert key_path is not None
+        made = make_deltas(bundle, olds, load_private_key(key_path, get_passphrase(False)),
+                           bundle.parent)  # fmt: skip
+    for item in (bundle, *made):
+        check_size(item, max_bundle_mib, allow_oversize)
+        for path in do_publish(item, repo_dir, keys, expires_days, online_keys,
+                               timestamp_days=timestamp_days, hold=hold):  # fmt: skip
+            click.echo(f"published {path}{' (held: kiln rollout start)' if hold else ''}")
+    for old, delta in zip(olds, made, strict=True):
+        click.echo(f"devices on {old.version} (image {old.image_sha256[:12]}) download "
+                   f"{delta.stat().st_size} bytes (delta)")  # fmt: skip
+    click.echo(f"any other device downloads {bundle.stat().st_size} bytes (full)")

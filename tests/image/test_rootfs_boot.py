@@ -70,7 +70,7 @@ def test_overlay_adds_units_config_models_and_never_touches_the_base(
     assert os.readlink(out / "boot/initrd.img") == "initrd.img-6.1.0-9-amd64"
     assert os.readlink(out / "etc/systemd/network") == "/data/etc/systemd/network"
     fstab = (out / "etc/fstab").read_text()
-    assert "PARTLABEL=data" in fstab and "/var " in fstab and "/tmp " in fstab
+    assert "/dev/disk/edgekiln/data" in fstab and "/var " in fstab and "/tmp " in fstab
     assert (out / "opt/edgekiln/appliance/appliance").read_bytes() == b"\x7fELF"
     assert (out / "opt/edgekiln/models/primary/model.json").exists()
     assert (out / "etc/edgekiln/device.json").read_bytes() == b'{"format": 1}\n'
