@@ -68,7 +68,13 @@ def test_broker_down_windows_are_buffered_on_data_and_delivered_in_order(
     tele.roll(clock() + 0.5)  # past the 30th window's end (float steps of 0.1 s)
     wait_for(lambda: len(tele.uplink.buffer) >= 30, what="30 windows in the disk buffer")
     assert tele.windows_sent == 30 and not tele.uplink.connected
-    assert any((tmp_path / "data/buf").glob("seg-*.log"))
+    lines = [
+        x
+        for seg in (tmp_path / "data/buf").glob("seg-*.log")
+        for x in seg.read_bytes().splitlines()
+    ]
+    # An older version rolled back to reads only "r" and "e" lines (docs/decisions.md §10).
+    assert len(lines) == 30 and all(x.startswith(b'e{"type":"window"') for x in lines)
     broker.start()
     wait_for(
         lambda: sum(t.endswith("/windows") for t, _ in sub.messages) >= 30,
