@@ -6,6 +6,10 @@ one member of the group. Each ingester keeps a persistent session (clean start o
 expiry), so messages that arrive while it is down wait at the broker. A message is acknowledged
 (PUBACK, manual) only after its row is committed, so a killed ingester loses nothing: what it
 had not acknowledged is delivered again, and the insert by message id stores it once.
+
+Messages are committed in batches (up to ``BATCH``, at least every ``FLUSH_S``), then
+acknowledged: one commit (one fsync on PostgreSQL) per batch instead of per message. The
+client's MQTT 5 Receive Maximum lets the broker keep that many unacknowledged in flight.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from image.fleet.store import Store
 
 log = logging.getLogger(__name__)
 SESSION_EXPIRY_S = 7 * 86400  # messages wait a week at the broker for a stopped ingester
+BATCH = 500
+FLUSH_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,8 @@ class Ingester:
         c.reconnect_delay_set(1, 10)
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = SESSION_EXPIRY_S
+        props.ReceiveMaximum = BATCH * 2
+        self._pending: list[tuple[dict[str, Any], int, int]] = []
         self._connect_props = props
         self.client = c
 
@@ -103,22 +111,34 @@ class Ingester:
             log.warning("fleet ingest: %s: dropped unreadable message (%s)", msg.topic, exc)
             client.ack(msg.mid, msg.qos)
             return
-        try:
-            with self._lock:
-                stored = self.store.insert(message)
-        except Exception as exc:  # not acknowledged: the broker keeps it for the next start
-            log.exception("fleet ingest: storing %s failed; stopping", message.get("id"))
-            self.failure = f"storing {message.get('id')} into {self.store.url} failed: {exc}"
-            if self._stop is not None:
-                self._stop.set()
-            return
-        if stored:
-            self.stored += 1
-        else:
-            self.duplicates += 1
-        if self.metrics is not None:
-            self.metrics.observe(message, stored)
-        client.ack(msg.mid, msg.qos)
+        with self._lock:
+            self._pending.append((message, msg.mid, msg.qos))
+            full = len(self._pending) >= BATCH
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit the pending messages in one transaction, then acknowledge them."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+            if not batch or self.failure is not None:
+                return
+            try:
+                results = self.store.insert_many([m for m, _mid, _qos in batch])
+            except Exception as exc:  # not acknowledged: the broker keeps them for the next start
+                log.exception("fleet ingest: storing %d messages failed; stopping", len(batch))
+                self.failure = f"storing into {self.store.url} failed: {exc}"
+                if self._stop is not None:
+                    self._stop.set()
+                return
+        for (message, mid, qos), stored in zip(batch, results, strict=True):
+            if stored:
+                self.stored += 1
+            else:
+                self.duplicates += 1
+            if self.metrics is not None:
+                self.metrics.observe(message, stored)
+            self.client.ack(mid, qos)
 
     def run(self, stop: threading.Event) -> None:
         """Connect, ingest until ``stop`` is set, disconnect (the session stays at the broker).
@@ -142,7 +162,9 @@ class Ingester:
             ) from None
         self.client.loop_start()
         try:
-            stop.wait()
+            while not stop.wait(FLUSH_S):
+                self.flush()
+            self.flush()
         finally:
             self.client.disconnect()
             self.client.loop_stop()

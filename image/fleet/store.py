@@ -125,17 +125,24 @@ class Store:
 
     def insert(self, message: dict[str, Any]) -> bool:
         """Store one device message; False if its id was already stored (a duplicate)."""
-        kind = message.get("type")
+        return self.insert_many([message])[0]
+
+    def insert_many(self, messages: list[dict[str, Any]]) -> list[bool]:
+        """Store messages in one transaction; per message, False for a duplicate (or a result)."""
+        out = []
         with self.transaction() as cur:
-            if kind == "window":
-                stored = self._insert_window(cur, message)
-            elif kind == "event":
-                stored = self._insert_event(cur, message)
-            else:
-                return False  # per-frame results are not kept in the fleet store
-            if stored:
-                self._touch_device(cur, message)
-        return stored
+            for message in messages:
+                kind = message.get("type")
+                if kind == "window":
+                    stored = self._insert_window(cur, message)
+                elif kind == "event":
+                    stored = self._insert_event(cur, message)
+                else:
+                    stored = False  # per-frame results are not kept in the fleet store
+                if stored:
+                    self._touch_device(cur, message)
+                out.append(stored)
+        return out
 
     def _insert_window(self, cur: Any, m: dict[str, Any]) -> bool:
         system = m.get("system") or {}
