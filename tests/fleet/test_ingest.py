@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -71,9 +72,12 @@ def test_ingester_killed_mid_stream_loses_and_doubles_nothing(
 ) -> None:
     db = str(tmp_path / "fleet.db")
     ing = IngestProcess(broker.port, db, "ing-k", tmp_path / "ing.log")
-    publish_all(broker.port, fleet[:200])
-    ing.kill()  # SIGKILL: whatever it had not acknowledged stays at the broker
-    publish_all(broker.port, fleet[200:])  # arrives while no ingester runs
+    publisher = threading.Thread(target=publish_all, args=(broker.port, fleet[:200]))
+    publisher.start()
+    wait_rows(db, 40)  # rows are arriving: kill it while the first half still streams in
+    ing.kill()  # SIGKILL: whatever it had not committed and acknowledged stays at the broker
+    publisher.join()
+    publish_all(broker.port, fleet[200:])  # the second half arrives while no ingester runs
     ing = IngestProcess(broker.port, db, "ing-k", tmp_path / "ing.log")
     wait_rows(db, 400)
     ing.stop()
