@@ -41,6 +41,11 @@ def fleet() -> None:
 @click.option("--ca-file", default=None, help="CA of the broker's certificate (mqtts).")
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus /metrics here.")
 @click.option("--metrics-addr", default="127.0.0.1", show_default=True)
+@click.option(
+    "--retire",
+    is_flag=True,
+    help="Store what waits in this --client-id's session, then end the session and exit.",
+)
 def ingest(
     broker: str,
     db: str,
@@ -50,6 +55,7 @@ def ingest(
     ca_file: str | None,
     metrics_port: int | None,
     metrics_addr: str,
+    retire: bool,
 ) -> None:
     """Store device windows and events until SIGTERM / Ctrl-C (idempotent by message id)."""
     logging.getLogger("image.fleet").setLevel(logging.INFO)  # progress lines on stderr
@@ -74,7 +80,12 @@ def ingest(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     click.echo(f"ingesting from {broker} into {store.url} as {cid} (group {group})", err=True)
-    ingester.run(stop)
+    if retire:
+        if client_id is None:
+            raise FleetError("--retire needs the --client-id of the ingester to retire")
+        ingester.retire()
+    else:
+        ingester.run(stop)
     click.echo(
         f"stored {ingester.stored}, duplicates {ingester.duplicates}, rejected {ingester.rejected}",
         err=True,

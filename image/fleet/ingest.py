@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -88,6 +89,7 @@ class Ingester:
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         props.ReceiveMaximum = BATCH * 2
         self._pending: list[tuple[dict[str, Any], int, int]] = []
+        self.last_message = time.monotonic()
         self._connect_props = props
         self.client = c
 
@@ -112,6 +114,7 @@ class Ingester:
             client.ack(msg.mid, msg.qos)
             return
         with self._lock:
+            self.last_message = time.monotonic()
             self._pending.append((message, msg.mid, msg.qos))
             full = len(self._pending) >= BATCH
         if full:
@@ -140,7 +143,29 @@ class Ingester:
                 self.metrics.observe(message, stored)
             self.client.ack(mid, qos)
 
-    def run(self, stop: threading.Event) -> None:
+    def retire(self, quiet_s: float = 2.0) -> None:
+        """Store what waits in this member's session, then end the session at the broker.
+
+        A stopped member of a shared group keeps receiving its share into its session; this
+        drains that share (until ``quiet_s`` without a message) and disconnects with a session
+        expiry of 0, so the broker forgets the member and gives the others everything.
+        """
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.wait(0.1):
+                if time.monotonic() - self.last_message > quiet_s and self.subscribed.is_set():
+                    stop.set()
+
+        threading.Thread(target=watch, daemon=True).start()
+        end = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+        end.SessionExpiryInterval = 0
+        self.run(stop, disconnect_properties=end)
+
+    def run(self, stop: threading.Event, disconnect_properties: Any = None) -> None:
         """Connect, ingest until ``stop`` is set, disconnect (the session stays at the broker).
 
         A message that cannot be stored stops the ingester (FleetError) without acknowledging
@@ -166,7 +191,7 @@ class Ingester:
                 self.flush()
             self.flush()
         finally:
-            self.client.disconnect()
+            self.client.disconnect(properties=disconnect_properties)
             self.client.loop_stop()
         if self.failure is not None:
             raise FleetError(f"fleet ingest: {self.failure}; fix the database and start again")

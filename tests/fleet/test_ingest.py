@@ -131,3 +131,33 @@ def test_hundred_devices_three_deviants_on_postgresql_and_duplicates_stored_once
         assert store.engine == "postgresql"
         assert store.insert(dict(fleet[0])) is False
         store.close()
+
+
+def test_a_retired_member_hands_over_its_queued_share_and_gets_no_more(
+    broker: Broker, fleet: list[dict[str, object]], tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    db = str(tmp_path / "fleet.db")
+    a = IngestProcess(broker.port, db, "ing-old", tmp_path / "a.log")
+    b = IngestProcess(broker.port, db, "ing-new", tmp_path / "b.log")
+    a.stop()  # stopped, its session stays: the broker keeps queueing its share
+    publish_all(broker.port, fleet[:200])
+    time.sleep(1.0)
+    store = Store.open(db)
+    waiting = 200 - store.counts()["windows"]
+    store.close()
+    assert waiting > 0  # the stopped member's share waits at the broker
+    done = subprocess.run(
+        [sys.executable, "-m", "image.cli", "fleet", "ingest", "--broker",
+         f"mqtt://127.0.0.1:{broker.port}", "--db", db, "--client-id", "ing-old", "--retire"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"stored {waiting}," in done.stderr
+    wait_rows(db, 200)
+    publish_all(broker.port, fleet[200:])  # now all of it goes to the remaining member
+    wait_rows(db, 400, timeout=30)
+    b.stop()
+    check_fleet(db, fleet)
