@@ -171,7 +171,7 @@ def bytes_per_day(window_s: float = 60.0, fps: float = 30.0, windows: int = 5) -
 
 def ingest_rate(count: int, postgres: bool) -> None:
     from image.fleet.store import Store
-    from tests.fleet.conftest import IngestProcess
+    from tests.fleet.ingester import IngestProcess
     from tests.fleet.postgres import postgres_cluster
     from tests.fleet.simulate import device_windows, publish_all
     from tests.inference.mqtt_broker import Broker

@@ -13,7 +13,7 @@ import pytest
 from image.fleet.inventory import inventory
 from image.fleet.peers import anomalies
 from image.fleet.store import Store
-from tests.fleet.conftest import IngestProcess
+from tests.fleet.ingester import IngestProcess
 from tests.fleet.postgres import postgres_cluster
 from tests.fleet.simulate import publish_all
 from tests.inference.mqtt_broker import Broker, free_port
