@@ -230,6 +230,8 @@ TARGETS: dict[str, TargetSpec] = {
 BUILDABLE_ARCHES = ("amd64",)
 RUNTIME_EXTRAS_MIB = 170  # OpenCV in the frozen runtime: 159 MB measured, with headroom
 
+#: highest health.budget_factor a recipe may carry (emulation under QEMU TCG needs 500)
+MAX_BUDGET_FACTOR = 1000.0
 BOOT_MIN_MIB = 40  # FAT32 with 512-byte clusters needs >= 65525 clusters (~33 MiB) + slack
 DATA_MIN_MIB = 32
 
