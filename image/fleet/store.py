@@ -158,13 +158,7 @@ class Store:
             "predictions": json.dumps(m.get("predictions") or {}, sort_keys=True),
             "body": json.dumps(m, sort_keys=True),
         }
-        cols = ", ".join(_WINDOW_COLS)
-        marks = ", ".join("?" * len(_WINDOW_COLS))
-        cur.execute(
-            self.sql(f"INSERT INTO windows ({cols}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING"),  # noqa: S608
-            [row[k] for k in _WINDOW_COLS],
-        )
-        return bool(cur.rowcount == 1)
+        return self._insert(cur, "windows", _WINDOW_COLS, row)
 
     def _insert_event(self, cur: Any, m: dict[str, Any]) -> bool:
         row = {
@@ -173,11 +167,15 @@ class Store:
             "ts": _num(m.get("ts")) or 0.0,
             "body": json.dumps(m, sort_keys=True),
         }
-        cols = ", ".join(_EVENT_COLS)
-        marks = ", ".join("?" * len(_EVENT_COLS))
+        return self._insert(cur, "events", _EVENT_COLS, row)
+
+    def _insert(self, cur: Any, table: str, columns: Sequence[str], row: dict[str, Any]) -> bool:
+        """Insert ``row`` once: a message id seen before (a redelivery) stores nothing."""
+        cols = ", ".join(columns)
+        marks = ", ".join("?" * len(columns))
         cur.execute(
-            self.sql(f"INSERT INTO events ({cols}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING"),  # noqa: S608
-            [row[k] for k in _EVENT_COLS],
+            self.sql(f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING"),  # noqa: S608
+            [row[k] for k in columns],
         )
         return bool(cur.rowcount == 1)
 
