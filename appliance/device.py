@@ -27,6 +27,7 @@ import msgspec
 
 from appliance.bootdisk import SLOT_DEVICES
 from appliance.errors import ApplianceError
+from appliance.fsutil import read_optional
 
 if TYPE_CHECKING:
     from appliance.bundle import Policy
@@ -60,12 +61,9 @@ class DeviceConfig(msgspec.Struct, frozen=True):
 
 def load_device_config(path: Path) -> DeviceConfig:
     """Read ``device.json``; a missing file gives defaults (a development machine)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    data = read_optional(path, DeviceConfigError)
+    if data is None:
         return DeviceConfig()
-    except OSError as exc:
-        raise DeviceConfigError(f"cannot read {path}: {exc.strerror}") from None
     try:
         return msgspec.json.decode(data, type=DeviceConfig)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:

@@ -55,3 +55,17 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` atomically and durably."""
     with atomic_writer(path, mode) as handle:
         handle.write(data)
+
+
+def read_optional(path: Path, error: type[Exception]) -> bytes | None:
+    """The bytes of ``path``, or None when it does not exist.
+
+    Any other OS error raises ``error`` naming the file, so a missing file (a fresh device)
+    and an unreadable one (a damaged data partition) are never confused.
+    """
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise error(f"cannot read {path}: {exc.strerror}") from None

@@ -21,7 +21,7 @@ from pathlib import Path
 import msgspec
 
 from appliance.errors import ApplianceError
-from appliance.fsutil import atomic_write_bytes
+from appliance.fsutil import atomic_write_bytes, read_optional
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +59,9 @@ def state_path(data_dir: Path) -> Path:
 def load_state(data_dir: Path) -> UpdateState:
     """Read the state; a missing file is a fresh device (floor 0), a damaged one an error."""
     path = state_path(data_dir)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    data = read_optional(path, StateError)
+    if data is None:
         return UpdateState()
-    except OSError as exc:
-        raise StateError(f"cannot read {path}: {exc.strerror}") from None
     try:
         state = msgspec.json.decode(data, type=UpdateState, strict=True)
     except msgspec.DecodeError as exc:

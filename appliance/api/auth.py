@@ -29,7 +29,7 @@ from typing import Any
 import msgspec
 
 from appliance.api.errors import TokenStoreError
-from appliance.fsutil import atomic_write_bytes
+from appliance.fsutil import atomic_write_bytes, read_optional
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +78,9 @@ class TokenStore:
 
     def load(self) -> TokenFile:
         """The stored tokens; a missing file is none paired, a damaged one an error."""
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
+        data = read_optional(self.path, TokenStoreError)
+        if data is None:
             return TokenFile()
-        except OSError as exc:
-            raise TokenStoreError(f"cannot read {self.path}: {exc.strerror}") from None
         try:
             return msgspec.json.decode(data, type=TokenFile)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:

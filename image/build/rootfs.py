@@ -235,6 +235,19 @@ def _copy_tree(src: Path, dest: Path) -> None:
         run_tool(["chown", "-R", "-h", "0:0", str(dest)])
 
 
+def template_values(config: OverlayConfig) -> dict[str, str]:
+    """What the overlay's ``*.in`` templates (units, drop-ins) are rendered with."""
+    return {
+        "watchdog_sec": str(config.watchdog_sec),
+        "runtime_watchdog_sec": str(config.runtime_watchdog_sec),
+        "slots_spec": config.slots_spec,
+        "poll_interval_s": str(config.poll_interval_s),
+        "poll_jitter_s": str(config.poll_jitter_s),
+        "lan_interface": config.lan_interface,
+        "lan_port": str(config.lan_port),
+    }
+
+
 def assemble_root(
     base: Path,
     dest: Path,
@@ -247,15 +260,7 @@ def assemble_root(
     cache.remove_tree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     run_tool(["cp", "-al", str(base), str(dest)])
-    values = {
-        "watchdog_sec": str(config.watchdog_sec),
-        "runtime_watchdog_sec": str(config.runtime_watchdog_sec),
-        "slots_spec": config.slots_spec,
-        "poll_interval_s": str(config.poll_interval_s),
-        "poll_jitter_s": str(config.poll_jitter_s),
-        "lan_interface": config.lan_interface,
-        "lan_port": str(config.lan_port),
-    }
+    values = template_values(config)
     for src in sorted(OVERLAY_DIR.rglob("*")):
         if src.is_dir():
             continue

@@ -21,6 +21,7 @@ from appliance.slots import grubenv
 from appliance.slots.grub import grub_loader, initial_env
 from appliance.slots.state import BootState, loader_choice
 from appliance.slots.trial import TrialExpired, check_deadline, on_trial_boot
+from image.build.rootfs import OverlayConfig, template_values
 
 APPLIANCE = str(Path(sys.executable).parent / "appliance")
 OVERLAY = Path(__file__).resolve().parents[2] / "image" / "build" / "overlay"
@@ -91,9 +92,8 @@ def render_units(dest: Path, slots_spec: str) -> list[str]:
         name = src.name
         if name.endswith(".in"):
             name = name[:-3]
-            text = string.Template(text).substitute(
-                watchdog_sec="30", runtime_watchdog_sec="60", slots_spec=slots_spec
-            )
+            config = OverlayConfig(30, 60, slots_spec, device_json=b"{}", keyring=None)
+            text = string.Template(text).substitute(template_values(config))
         (dest / name).write_text(text)
         names.append(name)
     return names
