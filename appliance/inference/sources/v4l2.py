@@ -5,9 +5,9 @@ so the same code runs in every target's frozen runtime, x86-64 and arm64 alike. 
 opened non-blocking; each :meth:`V4L2Source.read` waits at most ``READ_TIMEOUT_MS`` for a
 buffer (select), copies it out of the mmap ring and converts it to BGR (``pixels.py``).
 
-URI options (query string): ``format=YUYV|MJPG|GREY`` (default: the device's current format
-when we can convert it, else YUYV, else MJPG), ``width=`` / ``height=`` (default: the device's
-current size) and ``fps=``.
+URI options (query string): ``format=YUYV|MJPG|GREY`` (default: MJPG when the camera offers
+it, else YUYV, else GREY), ``width=`` / ``height=`` (default: the device's current size) and
+``fps=``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from appliance.inference.sources.pixels import to_bgr
 
 # Our names for the formats we convert, keyed by linuxpy's PixelFormat names.
 CONVERTIBLE = {"YUYV": "YUYV", "MJPEG": "MJPG", "JPEG": "JPEG", "GREY": "GREY"}
-PREFERRED = ("YUYV", "MJPG")
+# MJPEG first: simplejpeg decodes it as fast as OpenCV does, while our numpy YUYV conversion
+# costs more than OpenCV's SIMD one (tools/bench_capture.py); YUYV-only cameras still work.
+PREFERRED = ("MJPG", "JPEG", "YUYV", "GREY")
 BUFFERS = 2  # the driver's ring: small, the grabber keeps only the newest frame anyway
 
 
@@ -95,8 +97,6 @@ class V4L2Source:
                     f"{self.uri}: {self.device} does not offer {wanted}; it offers "
                     f"{sorted(offered) or 'no format we can convert'}"
                 )
-        elif CONVERTIBLE.get(current.pixel_format.name) in offered:
-            wanted = CONVERTIBLE[current.pixel_format.name]
         else:
             choices = [f for f in PREFERRED if f in offered]
             if not choices:
