@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "bundle": "appliance.bundle.cli:bundle",
     "tui": "appliance.tui.cli:tui",
     "update": "appliance.ota.fetch_cli:update",
+    "usb-update": "appliance.usb_update:usb_update",
 }
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from appliance.bootdisk import SLOT_DEVICES
 from appliance.errors import ApplianceError
 
 if TYPE_CHECKING:
@@ -71,6 +72,11 @@ def load_device_config(path: Path) -> DeviceConfig:
         raise DeviceConfigError(f"{path}: {exc}; the image's device.json is damaged") from None
 
 
+def running_config() -> DeviceConfig:
+    """The running slot's device.json (``$EDGEKILN_DEVICE_CONFIG`` or the image's path)."""
+    return load_device_config(Path(os.environ.get("EDGEKILN_DEVICE_CONFIG", DEVICE_CONFIG)))
+
+
 @dataclasses.dataclass(frozen=True)
 class Device:
     """Paths and identity of one device (the real one, or a demo over a temp directory)."""
@@ -80,11 +86,9 @@ class Device:
     loader_spec: str | None = None
     booted_override: str | None = None
     keyring_path: Path = Path("/etc/edgekiln/keyring.json")
+    # the slots on the boot disk only, never a stick's partition of the same name (bootdisk.py)
     slot_targets: Mapping[str, Path] = dataclasses.field(
-        default_factory=lambda: {
-            "A": Path("/dev/disk/by-partlabel/rootfs_a"),
-            "B": Path("/dev/disk/by-partlabel/rootfs_b"),
-        }
+        default_factory=lambda: {str(k): v for k, v in SLOT_DEVICES.items()}
     )
     sys_root: Path = Path("/")  # prefix for /sys and /dev lookups (a demo points it elsewhere)
     usb_globs: tuple[str, ...] = USB_GLOBS
@@ -93,7 +97,7 @@ class Device:
     @classmethod
     def from_env(cls, data_dir: Path | None = None) -> Device:
         """The device this process runs on, as the environment and device.json describe it."""
-        config = load_device_config(Path(os.environ.get("EDGEKILN_DEVICE_CONFIG", DEVICE_CONFIG)))
+        config = running_config()
         data = data_dir or Path(os.environ.get("EDGEKILN_DATA", config.data_dir))
         return cls(
             config=config,
@@ -165,16 +169,21 @@ class Device:
         return booted_slot()
 
     def policy(self) -> Policy:
-        """What a bundle must pass here: keyring (rotated one on data wins), target, floor."""
+        """What a bundle must pass here: keyring (data's if newer), target, floor, version."""
         from appliance.bundle import Policy, effective_keyring
+        from appliance.ota.clock import trusted_now
         from appliance.state import security_floor
 
+        version = self.config.version
         return Policy(
             keyring=effective_keyring(self.keyring_path, self.data_dir),
             product=self.config.product,
             target=self.config.target,
-            min_security_version=security_floor(self.data_dir),
-            trusted_now=None,  # offline installs never rely on the clock (Decision 6)
+            # The floor never goes below the running slot's own level (docs/decisions.md §19).
+            min_security_version=security_floor(self.data_dir, self.config.security_version),
+            # Expiry only with a clock synced since boot (docs/decisions.md §6).
+            trusted_now=None if self.demo else trusted_now(self.data_dir),
+            running_version=None if version == "unknown" else version,
         )
 
     # -- actions ---------------------------------------------------------------------------

@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "keys": "image.release.cli:keys",
     "bundle": "image.release.cli:bundle",
     "publish": "image.release.cli:publish",
+    "rollout": "image.release.rollout_cli:rollout",
     "model": "image.model.cli:model",
 }
 

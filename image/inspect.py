@@ -72,6 +72,8 @@ def slot_info(image: Path, part: Partition) -> dict[str, Any]:
     info["models"] = models
     runtime = _debugfs_cat(image, part.start, "/opt/edgekiln/appliance/appliance")
     info["runtime"] = "present" if runtime else "missing"
+    update = _debugfs_cat(image, part.start, "/etc/edgekiln/update.json")
+    info["update"] = json.loads(update) if update else None  # recipe [update]
     return info
 
 

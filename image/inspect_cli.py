@@ -64,6 +64,13 @@ def _text(info: dict[str, Any]) -> str:
             f"security_version {dev['security_version']}, kernel {slot['kernel']}, "
             f"runtime {slot['runtime']}, models {models}"
         )
+        u = slot.get("update")
+        lines.append(
+            f"  updates: {', '.join(u['channels'])}, every {u['poll_interval_s']} s, window "
+            f"{u['window'] or 'any time'}, cap {u['rate'] or 'none'} B/s, reboot {u['reboot']}"
+            if u
+            else "  updates: off (no [update] in the recipe)"
+        )
     ver = info.get("verification")
     if ver:
         lines += ["", f"manifest: {ver.get('manifest')}", f"  signature: {ver.get('signature')}"]

@@ -258,8 +258,10 @@ class Device:
             (self.root / "esp" / "grub" / name).write_bytes(initial_env())
         for copy in self.uboot_copies:
             copy.device.write_bytes(bytes(UBOOT_ENV_SIZE))
+        initial = self.root / "u-boot-initial-env"  # the board's default environment
+        initial.write_text("bootcmd=run distro_bootcmd\n")
         for _ in self.uboot_copies:  # both copies valid: A committed, U-Boot's own variables
-            UBootEnvStore(self.uboot_copies).write(
+            UBootEnvStore(self.uboot_copies, initial).write(
                 {**EkCodec().encode(BootState()), "bootcmd": "run distro_bootcmd"}
             )
 

@@ -6,7 +6,7 @@ Public API (see FORMAT.md beside this file)::
 
     policy = Policy(keyring=Keyring.load(path), product="acme-cam", target="generic-x86-64",
                     min_security_version=state.security_floor, trusted_now=None)
-    with open("x.bundle", "rb") as f, FileSink("/dev/disk/by-partlabel/rootfs_b") as sink:
+    with open("x.bundle", "rb") as f, FileSink("/dev/disk/edgekiln/rootfs_b") as sink:
         bundle = open_bundle(f, policy)          # manifest + signature + policy verified
         bundle.stream_payload(bundle.manifest.payloads[0].name, sink)  # chunk-verified writes
         bundle.finish()                          # nothing unlisted follows

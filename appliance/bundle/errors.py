@@ -154,3 +154,7 @@ class RollbackError(PolicyError):
 
 class BundleExpiredError(PolicyError):
     """The bundle's ``expires`` time has passed on a trusted clock."""
+
+
+class DowngradeError(PolicyError):
+    """An older ``version`` at the same ``security_version``, not marked ``allow_downgrade``."""

@@ -100,6 +100,7 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     chunk_size: int
     payloads: list[Payload]
     expires: int | None = None
+    allow_downgrade: bool = False  # signed consent to an older version at the same level
 
     def payload(self, name: str) -> Payload:
         """The payload called ``name`` (KeyError if absent)."""
@@ -130,6 +131,30 @@ def zstd_bound(size: int) -> int:
     """Upper bound of a zstd frame holding ``size`` bytes (ZSTD_COMPRESSBOUND plus a header)."""
     margin = ((128 << 10) - size) >> 11 if size < (128 << 10) else 0
     return size + (size >> 8) + margin + 64
+
+
+def semver_key(version: str) -> tuple[int, int, int, tuple[tuple[int, int | str], ...]]:
+    """A sort key with semver 2.0.0 precedence (build metadata ignored; ValueError if invalid).
+
+    A release sorts after its pre-releases; numeric identifiers before alphanumeric ones.
+    """
+    match = SEMVER_RE.match(version)
+    if match is None:
+        raise ValueError(f"{version!r} is not semver")
+    major, minor, patch, pre = match.group(1, 2, 3, 4)
+    if pre is None:
+        tail: tuple[tuple[int, int | str], ...] = ((2, 0),)  # after every pre-release
+    else:
+        tail = tuple((0, int(p)) if p.isdigit() else (1, p) for p in pre.split("."))
+    return int(major), int(minor), int(patch), tail
+
+
+def is_older(version: str, than: str) -> bool:
+    """Whether semver ``version`` precedes ``than`` (False if either is not semver)."""
+    try:
+        return semver_key(version) < semver_key(than)
+    except ValueError:
+        return False
 
 
 def _fail(field: str, problem: str) -> ManifestSchemaError:
@@ -297,6 +322,7 @@ def describe(m: Manifest) -> dict[str, Any]:
         "security_version": m.security_version,
         "created": m.created,
         "expires": m.expires,
+        "allow_downgrade": m.allow_downgrade,
         "key_id": m.key_id,
         "chunk_size": m.chunk_size,
         "payloads": [

@@ -16,6 +16,7 @@ from appliance.bundle import canonical, tarstream
 from appliance.bundle.errors import (
     BundleError,
     BundleExpiredError,
+    DowngradeError,
     DuplicateMemberError,
     MissingMemberError,
     RevokedKeyError,
@@ -34,6 +35,7 @@ from appliance.bundle.manifest import (
     SIGNATURE_SIZE,
     Limits,
     Manifest,
+    is_older,
     parse_manifest,
 )
 from appliance.bundle.verified import Progress, VerifiedBundle
@@ -46,8 +48,11 @@ class Policy:
     """What this device accepts; the installer builds it from the keyring and the state file.
 
     ``product``/``target`` None skip that check (diagnostics only: the installer always sets
-    them). ``trusted_now`` is a Unix time only when the clock is trusted (Decision 6), else None
-    and expiry is not enforced. ``min_security_version`` is the committed slot's (Decision 5).
+    them). ``trusted_now`` is a Unix time only when the clock is trusted (docs/decisions.md
+    §6), else None and expiry is not enforced. ``min_security_version`` is the device's
+    anti-rollback floor (docs/decisions.md §19). ``running_version`` is the release the device
+    runs: an older ``version`` at the floor's ``security_version`` is refused unless the signed
+    manifest says ``allow_downgrade`` (None: not checked).
     """
 
     keyring: Keyring
@@ -56,6 +61,7 @@ class Policy:
     min_security_version: int = 0
     trusted_now: int | None = None
     limits: Limits = field(default_factory=Limits)
+    running_version: str | None = None
 
 
 def _untrusted_key_id(data: bytes) -> str | None:
@@ -103,7 +109,19 @@ def check_policy(m: Manifest, policy: Policy) -> None:
     if m.security_version < policy.min_security_version:
         raise RollbackError(
             f"bundle security_version {m.security_version} is below the committed "
-            f"{policy.min_security_version} (anti-rollback); use a newer bundle"
+            f"{policy.min_security_version} (this device's anti-rollback floor); use a newer "
+            "bundle"
+        )
+    if (
+        policy.running_version is not None
+        and m.security_version <= policy.min_security_version
+        and is_older(m.version, policy.running_version)
+        and not m.allow_downgrade
+    ):
+        raise DowngradeError(
+            f"bundle version {m.version} is older than the running {policy.running_version} at "
+            f"the same security_version {m.security_version}; refused (a release manager may "
+            "sign a downgrade with `kiln bundle --allow-downgrade`)"
         )
     if m.expires is not None and policy.trusted_now is not None and policy.trusted_now > m.expires:
         raise BundleExpiredError(
@@ -120,7 +138,7 @@ def _read_head(reader: tarstream.StreamReader, limits: Limits) -> tuple[bytes, b
         raise MissingMemberError(f"{source} ends before {MANIFEST_NAME}; not a bundle")
     if head.name != MANIFEST_NAME:
         raise UnexpectedMemberError(
-            f"{source}: first member is {head.name!r}, expected {MANIFEST_NAME}"
+            f"{source}: the first member is not {MANIFEST_NAME}; not a bundle"
         )
     data = reader.read_exact(head.size, MANIFEST_NAME)
     tarstream.read_padding(reader, head.size, MANIFEST_NAME)
@@ -131,7 +149,7 @@ def _read_head(reader: tarstream.StreamReader, limits: Limits) -> tuple[bytes, b
         raise DuplicateMemberError(f"{source}: {MANIFEST_NAME} appears twice")
     if head.name != SIGNATURE_NAME:
         raise UnexpectedMemberError(
-            f"{source}: second member is {head.name!r}, expected {SIGNATURE_NAME}"
+            f"{source}: the second member is not {SIGNATURE_NAME}; not a bundle"
         )
     if head.size != SIGNATURE_SIZE:
         raise SizeMismatchError(

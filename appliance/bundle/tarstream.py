@@ -120,7 +120,11 @@ class StreamReader:
 def _octal(field: bytes, what: str, offset: int) -> int:
     text = field.rstrip(b"\0 ").lstrip(b" ")
     if not text or any(c not in b"01234567" for c in text):
-        raise TarHeaderError(f"tar header at byte {offset}: {what} field {field!r} is not octal")
+        # The field's bytes are not quoted: before the signature is checked they are only
+        # "some file's bytes", and an error text must not disclose a file it was pointed at.
+        raise TarHeaderError(
+            f"tar header at byte {offset}: the {what} field is not octal; not a bundle"
+        )
     return int(text, 8)
 
 
@@ -157,36 +161,38 @@ def read_header(reader: StreamReader, expected: str, max_size: int) -> Header | 
     name = block[0:100].split(b"\0", 1)[0]
     prefix = block[345:500].split(b"\0", 1)[0]
     full = (prefix + b"/" + name) if prefix else name
-    shown = full.decode("utf-8", "replace")
+    # A name is quoted only when it is the one expected: an error text quotes no bytes of an
+    # input that is not yet authenticated (any file the device was pointed at).
+    shown = repr(expected) if full == expected.encode() else f"(not {expected})"
     typeflag = block[156:157]
     if typeflag in _UNSAFE_TYPES:
         raise UnsafeMemberError(
-            f"member {shown!r} at byte {offset} is a {_UNSAFE_TYPES[typeflag]}; "
+            f"member {shown} at byte {offset} is a {_UNSAFE_TYPES[typeflag]}; "
             "bundles hold regular files only"
         )
     if typeflag not in (b"0", b"\0"):
         raise UnsafeMemberError(
-            f"member {shown!r} at byte {offset} has tar type {typeflag!r}; only regular files"
+            f"member {shown} at byte {offset} has an unsupported tar type; only regular files"
         )
     if full.startswith(b"/") or b".." in full.split(b"/") or b"/" in full:
         raise UnsafeMemberError(
-            f"member name {shown!r} at byte {offset} is absolute, has '..' or a directory; refused"
+            f"member name {shown} at byte {offset} is absolute, has '..' or a directory; refused"
         )
     size = _octal(block[124:136], "size", offset)
     if size > max_size:
         raise SizeLimitError(
-            f"member {shown!r} at byte {offset} declares {size} bytes; the limit here is {max_size}"
+            f"member {shown} at byte {offset} declares more bytes than the limit here ({max_size})"
         )
     try:
         canonical = build_header(full.decode("ascii"), size)
     except (UnicodeDecodeError, ValueError):
         raise TarHeaderError(
-            f"member name {shown!r} at byte {offset} is not a canonical name"
+            f"member name {shown} at byte {offset} is not a canonical name"
         ) from None
     if block != canonical:
         at = next(i for i in range(BLOCK) if block[i] != canonical[i])
         raise TarHeaderError(
-            f"tar header of {shown!r} at byte {offset} differs from the canonical header at "
+            f"tar header of {shown} at byte {offset} differs from the canonical header at "
             f"header byte {at}; bundles are written only by write_bundle/kiln bundle"
         )
     return Header(full.decode("ascii"), size, offset)

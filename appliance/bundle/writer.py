@@ -229,12 +229,17 @@ def write_bundle(
     zstd_level: int = 3,
     spool_dir: Path | None = None,
     progress: Callable[[int], None] | None = None,
+    allow_downgrade: bool = False,
 ) -> Manifest:
     """Write a signed bundle to ``out`` and return its manifest.
 
     The manifest is validated with the reader's own rules before anything is written.
     ``progress(n)`` is called with the byte count of each image chunk hashed/compressed.
+    A ``keyring`` payload is placed before the slot image, so that the installer validates a
+    rotation before it touches the target slot. ``allow_downgrade`` signs consent to install
+    this release over a newer one of the same ``security_version``.
     """
+    payloads = sorted(payloads, key=lambda p: p.kind != "keyring")
     raw_pub = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     prepared: list[_Prepared] = []
     try:
@@ -251,6 +256,7 @@ def write_bundle(
             key_id=key_id_for(raw_pub),
             chunk_size=chunk_size,
             payloads=[p.entry for p in prepared],
+            allow_downgrade=allow_downgrade,
         )
         data = manifest.to_bytes()
         try:

@@ -14,6 +14,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from appliance.ota.errors import OtaError
 
@@ -34,6 +35,8 @@ class Choice:
     path: str
     sha256: str
     length: int
+    image_sha256: str = ""  # the slot image the bundle leads to
+    rollout: dict[str, Any] | None = None  # ``kiln rollout`` stage (image/release/rollout.py)
 
 
 def _updater(repo_url: str, state_dir: Path, trusted_root: Path):  # type: ignore[no-untyped-def]
@@ -72,7 +75,7 @@ def poll(
         if active_sha256 is not None:
             delta = updater.get_targetinfo(f"{product}/{target}/delta-{active_sha256[:16]}.bundle")
     except (RepositoryError, DownloadError) as exc:
-        raise ChannelError(f"update channel {repo_url}: {type(exc).__name__}: {exc}") from exc
+        raise ChannelError(f"update channel {repo_url}: {_reason(exc)}") from exc
     if full is None:
         raise ChannelError(f"update channel {repo_url} has no release for {product}/{target}")
     full_custom = full.custom.get("edgekiln", {})
@@ -91,7 +94,19 @@ def poll(
     parent, _, name = pick.path.rpartition("/")
     url = f"{repo_url.rstrip('/')}/targets/{parent}/{sha}.{name}"
     return Choice(custom.get("kind", "full"), custom.get("version", "?"), url, pick.path, sha,
-                  pick.length)  # fmt: skip
+                  pick.length, str(full_custom.get("image_sha256", "")),
+                  full_custom.get("rollout"))  # fmt: skip
+
+
+def _reason(exc: BaseException) -> str:
+    """The error and its causes, named (python-tuf's network errors often carry no text)."""
+    parts: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(parts) < 4:
+        text = str(seen).strip()
+        parts.append(f"{type(seen).__name__}: {text}" if text else type(seen).__name__)
+        seen = seen.__cause__ or seen.__context__
+    return " <- ".join(parts)
 
 
 def check_download(path: Path, choice: Choice) -> None:

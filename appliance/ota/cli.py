@@ -35,7 +35,11 @@ def _slot_paths(values: tuple[str, ...]) -> dict[str, Path]:
 @click.option("--product", envvar="EDGEKILN_PRODUCT", help="This product (default: device.json).")
 @click.option("--target", envvar="EDGEKILN_TARGET", help="Hardware target (default: device.json).")
 @click.option("--slot", "slots", multiple=True, help="Slot device or image: A=PATH / B=PATH.")
-@click.option("--trusted-time", help="Enforce expiry: Unix time, or 'now' if the clock is trusted.")
+@click.option(
+    "--trusted-time",
+    help="Enforce expiry at this Unix time, or 'now' (default: the clock when it was synced "
+    "since boot, else expiry is not checked and the output says so).",
+)
 @click.option(
     "--hash-readback",
     is_flag=True,
@@ -56,6 +60,7 @@ def install(
     """Verify and write a bundle into the inactive slot; the next boot tries it once."""
     from appliance.bundle import Policy, effective_keyring
     from appliance.device import Device
+    from appliance.ota.clock import trusted_now
     from appliance.ota.installer import install as do_install
     from appliance.ota.source import open_stream
     from appliance.slots.booted import booted_slot
@@ -74,7 +79,7 @@ def install(
         )
     slot = parse_slot(booted) if booted else booted_slot()
     assert slot is not None
-    now = None
+    now = trusted_now(data_dir)
     if trusted_time == "now":
         now = int(time.time())
     elif trusted_time is not None:
@@ -85,8 +90,9 @@ def install(
         keyring=effective_keyring(keyring_path, data_dir),
         product=product,
         target=target,
-        min_security_version=security_floor(data_dir),
+        min_security_version=security_floor(data_dir, device.config.security_version),
         trusted_now=now,
+        running_version=device.config.version if device.config.version != "unknown" else None,
     )
     with contextlib.ExitStack() as stack:
         stream, label = open_stream(src, stack)
@@ -111,6 +117,8 @@ def install(
             progress=progress,
             hash_readback=hash_readback,
         )
+    for note in result.notes:
+        click.echo(f"note: {note}")
     click.echo(
         f"installed {result.version} into slot {result.slot} ({result.image_size} bytes, "
         f"sha256 {result.image_sha256}); reboot to try it"

@@ -13,6 +13,10 @@ class SourceError(OtaError):
     """The bundle source (file, stdin, URL) could not be opened or read."""
 
 
+class SourceLengthError(SourceError):
+    """A seekable bundle file is longer or shorter than its signed manifest describes."""
+
+
 class TargetError(OtaError):
     """The inactive slot's device or image file is unusable (missing, too small)."""
 

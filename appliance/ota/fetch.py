@@ -167,12 +167,15 @@ class Throttle:
 Opener = Callable[[str, int, int | None], BinaryIO]
 
 
-def http_range(url: str, start: int, end: int | None) -> BinaryIO:
-    """A response body for bytes ``start``..``end`` (inclusive; None: to the end)."""
+def http_range(url: str, start: int, end: int | None, timeout: float | None = None) -> BinaryIO:
+    """A response body for bytes ``start``..``end`` (inclusive; None: to the end).
+
+    ``timeout``: seconds a connect or a read may stall (default ``TIMEOUT_S``).
+    """
     want = f"bytes={start}-{'' if end is None else end}"
     req = urllib.request.Request(url, headers={"Range": want})  # noqa: S310 - http(s) only
     try:
-        resp = urllib.request.urlopen(req, timeout=TIMEOUT_S)  # noqa: S310
+        resp = urllib.request.urlopen(req, timeout=timeout or TIMEOUT_S)  # noqa: S310
     except (urllib.error.URLError, OSError) as exc:
         raise SourceError(f"cannot download {url} ({want}): {exc}") from exc
     if resp.status == 206:

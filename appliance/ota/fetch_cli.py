@@ -136,3 +136,13 @@ def poll(
             expected=Expected(choice.length, choice.sha256),
         )  # fmt: skip
         click.echo(str(path))
+
+
+def _agent_commands() -> None:
+    from appliance.ota.agent_cli import run, status
+
+    update.add_command(run)
+    update.add_command(status)
+
+
+_agent_commands()

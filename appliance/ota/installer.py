@@ -3,7 +3,11 @@
 Order (each step durable before the next; docs/decisions.md §20):
 
 1. refuse unless the booted slot is committed (else the inactive slot is the only good one);
-2. ``open_bundle``: signature, manifest and policy verified before any payload byte is read;
+2. ``open_bundle``: signature, manifest and policy verified before any payload byte is read
+   (the policy's floor and running version: docs/decisions.md §19); then, still before the
+   target is touched, a seekable source's length is checked against the length the manifest
+   implies, and a keyring rotation (which the writer puts before the slot image) is read,
+   verified and validated against the current keyring;
 3. the loader marks the target slot not bootable;
 4. payload chunks are verified and written through a :class:`~appliance.bundle.Sink`, which is
    flushed (fsync) at the end; ``finish()`` checks nothing unlisted follows. A ``delta``
@@ -14,8 +18,8 @@ Order (each step durable before the next; docs/decisions.md §20):
    ``sink_factory`` sink, or a file system without O_DIRECT, gets the page-cache read-back
    (:mod:`appliance.ota.readback`); if the writes were not sequential, the whole slot is
    re-read and hashed against the manifest;
-6. the install is recorded on data (the security floor rises only at commit), a keyring
-   rotation in the bundle is applied;
+6. the install is recorded on data (the security floor rises only at commit), the keyring
+   rotation validated in step 2 is stored;
 7. the loader is told to try the slot once.
 
 A power cut anywhere leaves the committed slot as the loader's choice until step 7 completed,
@@ -32,19 +36,24 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from appliance.bootdisk import SLOT_DEVICES
 from appliance.bundle import FileSink, Policy, Rotation, Sink, apply_keyring_update, open_bundle
+from appliance.bundle.errors import KeyringError
+from appliance.bundle.keychain import verify_rotation
+from appliance.bundle.keyring import Keyring
+from appliance.bundle.manifest import KIND_KEYRING, Manifest, is_older
+from appliance.bundle.tarstream import BLOCK, END_OF_ARCHIVE, padding
+from appliance.bundle.verified import VerifiedBundle
 from appliance.ota.direct import REGION, DirectMedium, DirectReadBackSink, DirectUnsupported, Medium
-from appliance.ota.errors import NoImageError, ReadBackError, TargetError
+from appliance.ota.errors import NoImageError, ReadBackError, SourceLengthError, TargetError
 from appliance.ota.readback import ReadBackSink, read_back_sha256
 from appliance.slots.errors import InvalidTransition
 from appliance.slots.loader import Loader
 from appliance.slots.state import Slot, other
 
 log = logging.getLogger(__name__)
-DEFAULT_TARGETS: Mapping[Slot, Path] = {
-    "A": Path("/dev/disk/by-partlabel/rootfs_a"),
-    "B": Path("/dev/disk/by-partlabel/rootfs_b"),
-}
+#: the slots on the boot disk only (appliance/bootdisk.py), never a stick's same-named partition
+DEFAULT_TARGETS: Mapping[Slot, Path] = SLOT_DEVICES
 Trace = Callable[[str], None]
 
 
@@ -67,6 +76,77 @@ class InstallResult:
     security_version: int
     image_sha256: str
     image_size: int
+    notes: tuple[str, ...] = ()  # what the technician should know: unchecked expiry, downgrade
+
+
+def _notes(manifest: Manifest, policy: Policy) -> tuple[str, ...]:
+    notes = []
+    if manifest.expires is not None and policy.trusted_now is None:
+        notes.append(
+            f"expiry not checked: the bundle expires at {manifest.expires} (Unix time) but this "
+            "device has no trusted clock (not synced since boot)"
+        )
+    if (
+        manifest.allow_downgrade
+        and policy.running_version is not None
+        and is_older(manifest.version, policy.running_version)
+    ):
+        notes.append(
+            f"downgrade: {manifest.version} replaces the running {policy.running_version} "
+            "(the signed manifest allows it)"
+        )
+    return tuple(notes)
+
+
+def _stream_length(stream: BinaryIO) -> int | None:
+    """Bytes from the current position to the end, for a seekable source; else None."""
+    try:
+        if not stream.seekable():
+            return None
+        here = stream.tell()
+        end = stream.seek(0, os.SEEK_END)
+        stream.seek(here)
+    except (AttributeError, OSError, ValueError):
+        return None
+    return end - here
+
+
+def bundle_length(bundle: VerifiedBundle) -> int:
+    """The exact byte length of the container the signed manifest describes (FORMAT.md)."""
+    members = [len(bundle.manifest_bytes), len(bundle.signature)]
+    members += [p.size for p in bundle.manifest.payloads]
+    return sum(BLOCK + size + padding(size) for size in members) + len(END_OF_ARCHIVE)
+
+
+def _check_length(bundle: VerifiedBundle, length: int | None, source: str) -> None:
+    if length is None:
+        return
+    expected = bundle_length(bundle)
+    if length != expected:
+        raise SourceLengthError(
+            f"{source} has {length} bytes but its signed manifest describes {expected}: the "
+            f"file is {'truncated' if length < expected else 'padded'}; copy it again (nothing "
+            "was written)"
+        )
+
+
+def _read_rotation(bundle: VerifiedBundle, current: Keyring, source: str) -> bytes | None:
+    """The bundle's keyring rotation, verified and validated before the target is touched."""
+    kinds = [p.kind for p in bundle.manifest.payloads]
+    if KIND_KEYRING not in kinds:
+        return None
+    if any(k != KIND_KEYRING for k in kinds[: kinds.index(KIND_KEYRING)]):
+        raise KeyringError(
+            f"{source}: the keyring rotation comes after the slot image, so it cannot be "
+            "validated before the slot is written; rebuild the bundle with a current "
+            "`kiln bundle` (it puts the keyring first)"
+        )
+    data = bundle.read_keyring()  # each chunk checked against its signed digest
+    # The very check apply_keyring_update makes after the read-back (signed by a key of the
+    # current keyring, newer, no key un-revoked, one usable key left), made before the write.
+    rotation = Rotation(data, bundle.manifest_bytes, bundle.signature)
+    verify_rotation(current, rotation, f"{source} keyring payload")
+    return data
 
 
 def _target_capacity(path: Path) -> int | None:
@@ -159,8 +239,11 @@ def install(
         )
     path = Path(targets[target])
     capacity = _target_capacity(path)
+    length = _stream_length(stream)
     bundle = open_bundle(stream, policy, source)
     manifest = bundle.manifest
+    _check_length(bundle, length, source)
+    keyring_bytes = _read_rotation(bundle, policy.keyring, source)
     trace("verified-manifest")
     images = [p for p in manifest.payloads if p.kind in ("full", "delta")]
     if not images:
@@ -181,15 +264,10 @@ def install(
             base.check(images[0].base.size, images[0].base.sha256)
         loader.deactivate(target)
         trace("deactivated")
-        keyring_bytes: bytes | None = None
         sink = _open_sink(path, sink_factory, medium_factory, region, hash_readback)
         stack.callback(sink.close)
-        for payload in manifest.payloads:
-            if payload.kind in ("full", "delta"):
-                # Verified chunks only; flushed (fsync) at the end.
-                bundle.stream_payload(payload.name, sink, progress=progress, base=base)
-            elif payload.kind == "keyring":
-                keyring_bytes = bundle.read_keyring()
+        # Verified chunks only; flushed (fsync) at the end.
+        bundle.stream_payload(images[0].name, sink, progress=progress, base=base)
         trace("written")
         bundle.finish()
     trace("finished")
@@ -209,4 +287,11 @@ def install(
     loader.begin_try(target)
     trace("tried")
     log.warning("installed %s into slot %s; reboot to try it", manifest.version, target)
-    return InstallResult(target, manifest.version, manifest.security_version, digest, image.size)
+    return InstallResult(
+        target,
+        manifest.version,
+        manifest.security_version,
+        digest,
+        image.size,
+        _notes(manifest, policy),
+    )

@@ -1,4 +1,4 @@
-"""``appliance slots status|mark-good|mark-bad|rollback|deadline``."""
+"""``appliance slots status|mark-good|mark-bad|rollback|cancel|deadline``."""
 
 from __future__ import annotations
 
@@ -111,13 +111,44 @@ def mark_bad(
 @booted_option
 @data_option
 def rollback(loader_spec: str | None, booted: str | None, data_dir: Path | None) -> None:
-    """Boot the other slot next (ends a trial, or tries the previous slot once)."""
+    """Go back to the last committed slot, or try the previous release once.
+
+    A pending update (installed, tried at the next boot) is cancelled; a slot running on trial
+    is left (marked bad, the committed slot boots next). With nothing pending, the other slot
+    is tried once, unless its security_version is below the anti-rollback floor.
+    """
     from appliance.slots import control
     from appliance.slots.config import open_loader
     from appliance.slots.state import loader_choice
 
-    state = control.rollback(open_loader(loader_spec), _booted(booted), _data(data_dir))
-    click.echo(f"next boot: slot {loader_choice(state)[0]}; reboot to switch")
+    loader = open_loader(loader_spec)
+    running, data = _booted(booted), _data(data_dir)
+    plan = control.plan_rollback(loader, running, data)
+    state = control.rollback(loader, running, data)
+    done = {
+        "cancel": f"pending update cancelled: slot {plan.target} stays the next boot",
+        "leave": f"slot {running} marked bad; next boot: slot {loader_choice(state)[0]}; reboot "
+        "to switch",
+        "previous": f"next boot: slot {loader_choice(state)[0]} (tried once); reboot to switch",
+    }
+    click.echo(done[plan.kind])
+
+
+@slots.command()
+@loader_option
+@booted_option
+@data_option
+def cancel(loader_spec: str | None, booted: str | None, data_dir: Path | None) -> None:
+    """Cancel the pending update (the slot the next boot would try is marked bad)."""
+    from appliance.slots import control
+    from appliance.slots.config import open_loader
+
+    before = open_loader(loader_spec).read()
+    running = _booted(booted)
+    control.cancel_pending(open_loader(loader_spec), running, _data(data_dir))
+    click.echo(
+        f"pending update in slot {before.trying} cancelled; slot {running} stays the next boot"
+    )
 
 
 @slots.command("deadline")

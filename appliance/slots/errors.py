@@ -23,3 +23,7 @@ class LoaderError(SlotError):
 
 class BootedSlotUnknown(SlotError):
     """The running system could not tell which slot it booted from."""
+
+
+class BelowFloorError(SlotError):
+    """A slot would boot or be committed below the anti-rollback floor (or its level is unknown)."""

@@ -14,7 +14,8 @@ Protocol (variables in the grubenv block; see :class:`appliance.slots.loader.EkC
   succeeded, so a crash, hang or power cut in the tried system returns to the committed slot.
 * Slots are GPT partitions on the ESP's own disk (derived from ``$root``): A -> partition 2,
   B -> partition 3 by default. The kernel and initrd come from inside the slot's ext4; the
-  kernel is told ``root=PARTLABEL=rootfs_a|rootfs_b`` and ``edgekiln.slot=A|B``.
+  kernel is told ``root=PARTUUID=<that partition's UUID>`` (probed by GRUB on the ESP's own
+  disk; ``PARTLABEL=rootfs_a|rootfs_b`` only if the probe fails) and ``edgekiln.slot=A|B``.
 * If the chosen slot's kernel cannot be loaded, grub.cfg tries the other slot, then reboots.
 * Boot-level deadline (see :mod:`appliance.slots.trial`): a slot booted while it is not the
   committed one gets ``edgekiln.trial=1`` (else ``edgekiln.trial=0``), which arms a systemd
@@ -46,6 +47,7 @@ GRUB_MODULES: tuple[str, ...] = (
     "configfile",
     "loadenv",
     "regexp",
+    "probe",
     "test",
     "true",
     "echo",
@@ -95,7 +97,7 @@ def render_grub_cfg(
 
     * ``kernel`` / ``initrd``: paths inside each slot's filesystem (``initrd=None``: none).
     * ``cmdline``: extra kernel arguments, e.g. ``"console=ttyS0 quiet"``; the script itself
-      adds ``root=PARTLABEL=<label> ro rootflags=noload rootwait panic=<panic_reboot>
+      adds ``root=PARTUUID=<uuid> ro rootflags=noload rootwait panic=<panic_reboot>
       edgekiln.trial=<0|1> edgekiln.slot=<A|B>`` (a ``panic=`` in ``cmdline`` comes later and
       wins).
     * ``partitions``: GPT partition number per slot on the ESP's disk (default A=2, B=3).
@@ -154,8 +156,14 @@ function ek_boot {{
   else
     set ek_trial=1
   fi
+  # The kernel finds the slot by the partition UUID of the partition GRUB loads it from (on
+  # the ESP's disk): a name would match a USB stick's partition named like a slot too.
+  set ek_root="PARTLABEL=$ek_label"
+  if probe --set=ek_puuid --part-uuid "$ek_dev"; then
+    set ek_root="PARTUUID=$ek_puuid"
+  fi
   echo "edgekiln: booting slot $1 from $ek_dev (trial $ek_trial)"
-  if linux "${{ek_dev}}{kernel}" root=PARTLABEL=$ek_label ro rootflags=noload rootwait \
+  if linux "${{ek_dev}}{kernel}" root=$ek_root ro rootflags=noload rootwait \
 panic={int(panic_reboot)} edgekiln.trial=$ek_trial edgekiln.slot=$1{tail}; then
 {initrd_cmd}  fi
 }}

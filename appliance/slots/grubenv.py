@@ -95,6 +95,12 @@ class GrubEnvStore:
     def describe(self) -> str:
         return f"GRUB environment {self.primary} (backup {self.backup.name})"
 
+    @staticmethod
+    def storable(name: str) -> bool:
+        """Whether GRUB's ``save_env`` can hold a variable of this name (grub-editenv can
+        write names GRUB cannot, e.g. ``ek-evil``; such a name is dropped, not kept)."""
+        return _NAME.fullmatch(name) is not None
+
     def read_candidates(self) -> list[dict[str, str] | None]:
         """Variables of the primary then the backup; None for a missing or garbled copy."""
         return [self._read(self.primary), self._read(self.backup)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Protocol
 
 from appliance.slots import state as sm
 from appliance.slots.state import SAFE_DEFAULT, BootState, Slot, parse_slot
+
+log = logging.getLogger(__name__)
 
 
 class Loader(Protocol):
@@ -62,6 +65,9 @@ class EnvStore(Protocol):
         ...
 
     def describe(self) -> str: ...
+
+    # Optional: ``storable(name) -> bool``, whether the loader can hold a variable of that
+    # name; the others are dropped on write (see EnvLoader._write).
 
 
 class Codec(Protocol):
@@ -160,6 +166,18 @@ class EnvLoader:
     def _write(self, new: BootState) -> None:
         _, variables = self._current()
         variables.update(self.codec.encode(new))
+        storable = getattr(self.store, "storable", None)
+        if storable is not None:
+            dropped = sorted(name for name in variables if not storable(name))
+            if dropped:
+                # Keeping them would make every write fail, and with it every install and
+                # commit: the loader cannot use them anyway.
+                log.warning(
+                    "%s: dropped variables the loader cannot store: %s",
+                    self.store.describe(),
+                    ", ".join(repr(n) for n in dropped),
+                )
+                variables = {k: v for k, v in variables.items() if k not in dropped}
         self.store.write(variables)
 
     def _apply(self, transition: Callable[[BootState, Slot], BootState], slot: Slot) -> None:

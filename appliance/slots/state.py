@@ -128,15 +128,34 @@ def mark_bad(state: BootState, slot: Slot) -> BootState:
     return BootState(state.committed, trying, tries, state.bad | {slot})
 
 
-def rollback(state: BootState, booted: Slot) -> BootState:
-    """Return to the other slot at the next boot.
+def cancel_pending(state: BootState, booted: Slot) -> BootState:
+    """Forget a try that has not started: the tried slot is marked bad, the committed one stays."""
+    if booted != state.committed:
+        raise InvalidTransition(
+            f"slot {booted} is running on trial: no update is pending; roll back to leave the "
+            f"trial (the next boot returns to the committed slot {state.committed})"
+        )
+    if state.trying is None:
+        raise InvalidTransition(
+            f"no update is pending: slot {booted} is committed and the next boot is slot {booted}"
+        )
+    return mark_bad(state, state.trying)
 
-    While a try is running (booted != committed) the tried slot is marked bad, so the loader
-    returns to the committed one. From the committed slot, the other slot is tried once (it
-    must pass the health gate again to be committed); a bad other slot is refused.
+
+def rollback(state: BootState, booted: Slot) -> BootState:
+    """Go back to the last committed slot; from the committed slot, try the other one once.
+
+    * a try is pending (the booted slot is committed, the other one is tried next boot): the
+      pending update is cancelled (the tried slot is marked bad);
+    * the booted slot is on trial: it is marked bad, the loader returns to the committed slot;
+    * nothing is pending: the other slot (the previous release) is tried once and must pass the
+      health gate again. A bad other slot is refused here; the anti-rollback floor is checked by
+      :func:`appliance.slots.control.rollback`, which knows what each slot holds.
     """
     if booted != state.committed:
         return mark_bad(state, booted)
+    if state.trying is not None:
+        return cancel_pending(state, booted)
     target = other(booted)
     if target in state.bad:
         raise InvalidTransition(f"slot {target} is marked bad; there is nothing to roll back to")

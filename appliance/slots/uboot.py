@@ -91,7 +91,11 @@ for ek_round in 1 2; do
   fi
   if test "${{ek_slot}}" = "${{ek_home}}"; then setenv ek_trial 0; else setenv ek_trial 1; fi
   echo "edgekiln: booting slot ${{ek_slot}} from {where}:${{ek_part}} (trial ${{ek_trial}})"
-  setenv bootargs "root=PARTLABEL=${{ek_label}} ro rootflags=noload rootwait \
+  # The slot by the partition UUID on this very disk: a name would match a USB stick's too.
+  setenv ek_root PARTLABEL=${{ek_label}}
+  if part uuid {where}:${{ek_part}} ek_puuid; then setenv ek_root PARTUUID=${{ek_puuid}}; fi
+  echo "edgekiln: kernel root ${{ek_root}}"
+  setenv bootargs "root=${{ek_root}} ro rootflags=noload rootwait \
 panic={int(panic_reboot)} edgekiln.trial=${{ek_trial}} edgekiln.slot=${{ek_slot}}{extra}"
   if {loads}; then
     booti {boot_args}

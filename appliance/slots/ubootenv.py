@@ -131,23 +131,45 @@ def choose(raws: list[bytes]) -> dict[str, str] | None:
     return chosen[0] if chosen else None
 
 
+#: libubootenv's default environment file (``fw_printenv -f``), beside fw_env.config.
+INITIAL_ENV = "u-boot-initial-env"
+
+
 class UBootEnvStore:
     """A U-Boot environment in one or two copies (files or block devices)."""
 
-    def __init__(self, copies: list[EnvCopy]) -> None:
+    def __init__(self, copies: list[EnvCopy], initial_env: Path | None = None) -> None:
         if len(copies) not in (1, 2):
             raise EnvFormatError("a U-Boot environment has one or two copies")
         self.copies = copies
         self.redundant = len(copies) == 2
+        self.initial_env = initial_env
 
     @classmethod
     def from_config(cls, config: Path) -> UBootEnvStore:
-        """Copies as listed in a fw_env.config."""
+        """Copies as listed in a fw_env.config; the default environment file beside it."""
         try:
             text = Path(config).read_text()
         except OSError as exc:
             raise LoaderError(f"cannot read {config}: {exc}") from exc
-        return cls(parse_fw_env_config(text, str(config)))
+        return cls(parse_fw_env_config(text, str(config)), Path(config).parent / INITIAL_ENV)
+
+    def _default_env(self) -> dict[str, str] | None:
+        """The board's built-in environment (libubootenv's ``u-boot-initial-env``), if known."""
+        if self.initial_env is None:
+            return None
+        try:
+            text = self.initial_env.read_text("utf-8")
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LoaderError(f"cannot read {self.initial_env}: {exc}") from exc
+        variables: dict[str, str] = {}
+        for line in text.splitlines():
+            name, sep, value = line.partition("=")
+            if sep and name and not name.startswith("#"):
+                variables[name] = value
+        return variables
 
     def describe(self) -> str:
         return "U-Boot environment " + ", ".join(f"{c.device}@{c.offset:#x}" for c in self.copies)
@@ -166,11 +188,28 @@ class UBootEnvStore:
         return [parse_copy(self._read_raw(c), self.redundant) for c in self.copies]
 
     def read_candidates(self) -> list[dict[str, str] | None]:
-        """The copy U-Boot would use (a bad one counts as none: U-Boot uses its default)."""
-        return [choose([self._read_raw(c) for c in self.copies])]
+        """The copy U-Boot would use; with none valid (never saved, or both garbled), U-Boot
+        runs on its built-in default environment, which ``u-boot-initial-env`` describes."""
+        chosen = choose([self._read_raw(c) for c in self.copies])
+        if chosen is None:
+            return [self._default_env()]
+        return [chosen]
 
     def write(self, variables: Mapping[str, str]) -> None:
-        """Write the non-current copy with the next flag (one copy: in place)."""
+        """Write the non-current copy with the next flag (one copy: in place).
+
+        An environment with no valid copy is written only if the board's default environment
+        is known (its variables are then part of ``variables``, see :meth:`read_candidates`):
+        a first save of edgekiln's variables alone would drop ``bootcmd`` and the rest.
+        """
+        if choose([self._read_raw(c) for c in self.copies]) is None and self._default_env() is None:
+            where = self.initial_env or Path("/etc") / INITIAL_ENV
+            raise LoaderError(
+                f"{self.describe()} holds no saved environment and the board's default "
+                f"environment {where} is missing: saving only edgekiln's variables would drop "
+                "U-Boot's own (bootcmd, ...); install the U-Boot build's u-boot-initial-env "
+                f"(make u-boot-initial-env) as {where}"
+            )
         copy, block = self.plan(variables)
         self.put(copy, block)
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from appliance.slots import control
+from appliance.slots.errors import BelowFloorError
 from appliance.slots.loader import Loader
 from appliance.slots.state import Slot
 
@@ -131,9 +132,13 @@ def health_gate(
     except Exception as exc:  # a check that cannot run is a failed check, not a crashed agent
         report = HealthReport(False, [f"health check could not run: {exc}"], {})
     if report.passed:
-        control.commit_booted(loader, booted, data_dir)
-        log.warning("slot %s passed its health check and is committed", booted)
-        return "passed"
+        try:
+            control.commit_booted(loader, booted, data_dir)
+        except BelowFloorError as exc:  # booted below the floor (e.g. a loader fallback)
+            report = HealthReport(False, [str(exc)], report.services, report.selftest)
+        else:
+            log.warning("slot %s passed its health check and is committed", booted)
+            return "passed"
     log.error("slot %s failed its health check: %s", booted, "; ".join(report.reasons))
     control.fail_booted(loader, booted, data_dir)
     reboot()

@@ -49,8 +49,12 @@ class TechnicianApp(App[None]):
         live: bool = True,
         exit_after_paint: bool = False,
         status_fn: Callable[[Device, float], DeviceStatus] | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         """``clock`` feeds the status (tests pin it); ``live=False`` stops periodic refresh.
+
+        ``wall_clock`` stamps what happens on this console (a model check's time): the demo
+        pins ``clock`` to its snapshot of agent files, never the time a check really ran.
 
         ``status_fn`` replaces :func:`~appliance.tui.devstatus.collect_status` (snapshot tests
         freeze the figures that differ between machines, such as disk size).
@@ -58,6 +62,7 @@ class TechnicianApp(App[None]):
         super().__init__()
         self.device = device
         self.clock = clock
+        self.wall_clock = wall_clock
         self.live = live
         self.exit_after_paint = exit_after_paint
         self.status_fn = status_fn or collect_status

@@ -29,6 +29,7 @@ PRODUCT = "edgekiln-demo"
 TARGET = "generic-x86-64"
 VERSION = "1.0.0"
 NEW_VERSION = "1.1.0"
+PREVIOUS_VERSION = "0.9.5"
 SECURITY_VERSION = 1
 SLOT_SIZE = 2 << 20
 CHUNK = 64 << 10
@@ -156,7 +157,7 @@ def build_demo(root: Path, model_dir: Path | None = None, now: float = DEMO_EPOC
     """Create (or refresh) a demo device under ``root`` and return its facade."""
     from appliance.bundle import Keyring, TrustedKey
     from appliance.slots.grub import initial_env
-    from appliance.state import SlotRecord, UpdateState, save_state
+    from appliance.state import SlotRecord, UpdateState, note_slot, save_state
 
     root = Path(root).resolve()
     model_dir = Path(model_dir) if model_dir else find_reference_model()
@@ -186,6 +187,9 @@ def build_demo(root: Path, model_dir: Path | None = None, now: float = DEMO_EPOC
     _put(data / "edgekiln" / "device-id", b"demo-0001\n")
     record = SlotRecord("A", VERSION, SECURITY_VERSION)
     save_state(data, UpdateState(security_floor=SECURITY_VERSION, committed=record))
+    # Slot B still holds the release before (so "Roll back" has somewhere to go).
+    note_slot(data, SlotRecord("B", PREVIOUS_VERSION, SECURITY_VERSION))
+    note_slot(data, record)
     grub = root / "boot" / "efi" / "grub"
     grub.mkdir(parents=True, exist_ok=True)
     for name in ("grubenv", "grubenv.bak"):
@@ -193,7 +197,7 @@ def build_demo(root: Path, model_dir: Path | None = None, now: float = DEMO_EPOC
     slots = root / "slots"
     slots.mkdir(exist_ok=True)
     _put(slots / "rootfs_a.img", _slot_image(VERSION))
-    _put(slots / "rootfs_b.img", bytes(SLOT_SIZE))
+    _put(slots / "rootfs_b.img", _slot_image(PREVIOUS_VERSION))
     usb = root / "usb"
     usb.mkdir(exist_ok=True)
     good = _bundle(NEW_VERSION, 2, TARGET)

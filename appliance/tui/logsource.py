@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import time
 from collections import deque
 
 from appliance.device import AGENT_UNIT, Device
@@ -36,6 +38,26 @@ def recent_lines(device: Device, limit: int = MAX_LINES) -> tuple[str, list[str]
             return events.name, [line.rstrip("\n") for line in deque(handle, maxlen=limit)]
     except OSError:
         return "no log", ["no journal entries and no log file on data"]
+
+
+def action_lines(device: Device, limit: int = MAX_LINES) -> list[str]:
+    """The technician's recorded actions (``actions.jsonl``), one readable line each."""
+    try:
+        with device.actions_path.open(errors="replace") as handle:
+            raw = list(deque(handle, maxlen=limit))
+    except OSError:
+        return []
+    out = []
+    for line in raw:
+        try:
+            record = json.loads(line)
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(record.pop("ts"))))
+            action = str(record.pop("action"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue  # a line torn by a power cut
+        details = " ".join(f"{k}={v}" for k, v in sorted(record.items()))
+        out.append(f"{when} {action} {details}".rstrip())
+    return out
 
 
 def filter_lines(lines: list[str], text: str) -> list[str]:

@@ -18,6 +18,8 @@ from appliance.errors import ApplianceError
 
 MOUNT_BASE = Path("/run/edgekiln/usb")
 MOUNT_OPTIONS = "ro,nosuid,nodev,noexec"
+#: the only file systems a stick is mounted as (no other kernel driver parses a stranger's medium)
+FILESYSTEMS = "vfat,exfat,ext4"
 
 
 class UsbError(ApplianceError):
@@ -93,12 +95,12 @@ def mount_readonly(part: UsbPartition, base: Path = MOUNT_BASE) -> Path:
     target = base / part.name
     target.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
-        ["mount", "-o", MOUNT_OPTIONS, part.path, str(target)],
+        ["mount", "-t", FILESYSTEMS, "-o", MOUNT_OPTIONS, part.path, str(target)],
         check=False, capture_output=True, text=True,
     )  # fmt: skip
     if proc.returncode != 0:
         raise UsbError(
             f"cannot mount {part.path} ({part.fstype}) on {target}: "
-            f"{proc.stderr.strip() or proc.returncode}; is the file system supported?"
+            f"{proc.stderr.strip() or proc.returncode}; a stick must carry vfat, exfat or ext4"
         )
     return target

@@ -54,3 +54,29 @@ def device_config(loaded: LoadedRecipe) -> bytes:
         "recipe_digest": loaded.digest,
     }
     return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+
+
+def update_config(loaded: LoadedRecipe) -> tuple[bytes, bytes] | None:
+    """``/etc/edgekiln/update.json`` and the channel's TUF root, or None (no ``[update]``).
+
+    The agent (appliance/ota/agent_config.py) reads update.json; the root.json is the trust
+    anchor baked into the slot (TUF rotates it on the device afterwards, on data).
+    """
+    from image.recipe.update_checks import bandwidth_bytes
+
+    u = loaded.recipe.update
+    if not u.channels or not u.tuf_root:
+        return None
+    doc = {
+        "channels": list(u.channels),
+        "tuf_root": "/etc/edgekiln/tuf-root.json",
+        "poll_interval_s": u.poll_interval_s,
+        "poll_jitter_s": u.poll_jitter_s,
+        "window": u.window,
+        "rate": bandwidth_bytes(u.bandwidth_cap),
+        "metered": u.metered,
+        "reboot": u.reboot,
+        "max_bundle_bytes": u.max_bundle_mib << 20,
+    }
+    root = loaded.resolve(u.tuf_root).read_bytes()
+    return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n", root

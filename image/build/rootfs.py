@@ -59,6 +59,8 @@ ENABLED_UNITS = (
     # Also pulled in by the agent unit; enabled on its own so that it is queued even when the
     # agent unit itself is broken in the tried slot (it only arms on edgekiln.trial=1 boots).
     ("edgekiln-trial-deadline.timer", "sysinit.target.wants"),
+    # Its service runs only where the recipe has an [update] table (update.json in the slot).
+    ("edgekiln-update.timer", "timers.target.wants"),
     ("systemd-networkd.service", "multi-user.target.wants"),
     ("systemd-networkd.socket", "sockets.target.wants"),
     ("systemd-repart.service", "sysinit.target.wants"),
@@ -87,6 +89,9 @@ class OverlayConfig:
     slots_spec: str  # the agent's loader (appliance.slots.config), e.g. grub:/boot/efi
     device_json: bytes
     keyring: bytes | None
+    update: tuple[bytes, bytes] | None = None  # update.json, the channel's TUF root.json
+    poll_interval_s: int = 6 * 3600
+    poll_jitter_s: int = 1800
 
 
 def file_digest(path: Path) -> str:
@@ -243,6 +248,8 @@ def assemble_root(
         "watchdog_sec": str(config.watchdog_sec),
         "runtime_watchdog_sec": str(config.runtime_watchdog_sec),
         "slots_spec": config.slots_spec,
+        "poll_interval_s": str(config.poll_interval_s),
+        "poll_jitter_s": str(config.poll_jitter_s),
     }
     for src in sorted(OVERLAY_DIR.rglob("*")):
         if src.is_dir():
@@ -263,6 +270,9 @@ def assemble_root(
     _write(dest, f"{CONFIG_DIR}/device.json", config.device_json)
     if config.keyring is not None:
         _write(dest, f"{CONFIG_DIR}/keyring.json", config.keyring)
+    if config.update is not None:
+        _write(dest, f"{CONFIG_DIR}/update.json", config.update[0])
+        _write(dest, f"{CONFIG_DIR}/tuf-root.json", config.update[1])
     if runtime is not None:
         _copy_tree(runtime, dest / APP_DIR)
     for role, package in sorted(models.items()):

@@ -20,6 +20,7 @@ from image.recipe.schema import (
     RecipeError,
     origin_of,
 )
+from image.recipe.update_checks import check_update
 
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.+-]+)?$")
 _PRODUCT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -36,6 +37,7 @@ def check(loaded: LoadedRecipe, *, check_files: bool) -> None:
     _check_models(loaded)
     _check_pipeline(loaded)
     _check_sizes(loaded, check_files=check_files)
+    check_update(loaded, _fail, check_files=check_files)
 
 
 def _check_identity(loaded: LoadedRecipe) -> None:

@@ -24,6 +24,7 @@ _PATH_FIELDS = (
     "rootfs.tarball",
     "signing.key",
     "runtime.prebuilt",
+    "update.tuf_root",
 )
 
 

@@ -123,6 +123,26 @@ class Signing(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     key: str | None = None
 
 
+class Update(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Hands-off updates (``appliance update run`` on a timer); no channel: updates off.
+
+    Written into the slot as ``/etc/edgekiln/update.json`` with the channel's TUF root as
+    ``/etc/edgekiln/tuf-root.json`` (rotated through TUF afterwards; checks in
+    image/recipe/update_checks.py). ``window`` is local time and may cross midnight;
+    ``bandwidth_cap`` is bytes/s with an optional k/M suffix.
+    """
+
+    channels: tuple[str, ...] = ()
+    tuf_root: str | None = None
+    poll_interval_s: int = 6 * 3600
+    poll_jitter_s: int = 1800
+    window: str | None = None
+    bandwidth_cap: str | None = None
+    metered: bool = False
+    reboot: Literal["window", "now", "manual"] = "window"
+    max_bundle_mib: int = 2048
+
+
 class Runtime(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
     """The frozen ``appliance`` runtime: a prebuilt PyInstaller onedir, or built by freeze.
 
@@ -151,6 +171,7 @@ class Recipe(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     signing: Signing = Signing()
     runtime: Runtime = Runtime()
     pipeline: PipelineDefaults = PipelineDefaults()
+    update: Update = Update()
 
 
 # --- the target table (docs/decisions.md §22) ----------------------------------------------------

@@ -66,6 +66,31 @@ def _delta_base(old: Path, key: Ed25519PrivateKey, stack: contextlib.ExitStack) 
         raise BundleBuildError(f"--delta-from {old}: {exc}") from None
 
 
+def _check_baked_level(slot_image: Path, security_version: int) -> None:
+    """Refuse a bundle whose signed level differs from the one baked into its slot image.
+
+    The device's anti-rollback floor never goes below the running slot's own level (its
+    /etc/edgekiln/device.json, docs/decisions.md §19): a bundle signed above it would leave a
+    floor that deleting the state file lowers again. Slot images without that file (not ext4,
+    or not built by kiln) are not checked.
+    """
+    import json
+
+    from image.inspect import _debugfs_cat
+
+    raw = _debugfs_cat(slot_image, 0, "/etc/edgekiln/device.json")
+    try:
+        baked = json.loads(raw)["security_version"] if raw else None
+    except (ValueError, KeyError, TypeError):
+        baked = None
+    if isinstance(baked, int) and baked != security_version:
+        raise BundleBuildError(
+            f"{slot_image} bakes security_version {baked} (its /etc/edgekiln/device.json) but the "
+            f"bundle would sign {security_version}: the device takes its floor from the slot; "
+            f"pass --security-version {baked} or rebuild the image at {security_version}"
+        )
+
+
 def _created() -> int:
     """Creation time: SOURCE_DATE_EPOCH for reproducible bundles, else now."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
@@ -110,12 +135,16 @@ def _created() -> int:
     "--delta-from", type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Make a delta against this OLD slot image, disk image or full bundle (signed by --key).",
 )  # fmt: skip
+@click.option(
+    "--allow-downgrade", is_flag=True,
+    help="Sign consent to install over a newer version of the same security_version.",
+)  # fmt: skip
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 def bundle(
     slot_image: Path, recipe: Path | None, product: str | None, targets: tuple[str, ...],
     version: str | None, security_version: int | None, key_path: Path | None,
     keyring_update: Path | None, expires_in: int | None, compression: str, zstd_level: int,
-    chunk_size: int, delta_from: Path | None, output: Path,
+    chunk_size: int, delta_from: Path | None, allow_downgrade: bool, output: Path,
 ) -> None:  # fmt: skip
     """Make a signed full (or, with --delta-from, delta) update bundle from SLOT-IMAGE."""
     target_list = list(targets)
@@ -146,6 +175,7 @@ def bundle(
             f"kiln bundle needs {', '.join(missing)} (or a --recipe that sets them)"
         )
     assert product and version and security_version is not None and key_path  # for mypy
+    _check_baked_level(slot_image, security_version)
     key = load_private_key(key_path, get_passphrase(confirm=False))
     stack = contextlib.ExitStack()
     if delta_from is not None:
@@ -174,12 +204,12 @@ def bundle(
                 out, key=key, product=product, targets=target_list, version=version,
                 security_version=security_version, created=created, expires=expires,
                 payloads=payloads, chunk_size=chunk_size, zstd_level=zstd_level,
-                spool_dir=output.parent,
+                spool_dir=output.parent, allow_downgrade=allow_downgrade,
                 progress=lambda n: bar.advance(task, n),
             )  # fmt: skip
     except BundleError as exc:
         raise BundleBuildError(str(exc)) from None
-    p = manifest.payloads[0]
+    p = next(p for p in manifest.payloads if p.kind != "keyring")
     click.echo(
         f"bundle {output}: {product} {version} for {', '.join(target_list)}, "
         f"security_version {security_version}, key {manifest.key_id}; "
@@ -264,8 +294,7 @@ def keyring(
 
 
 @click.command()
-@click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("repo_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--keys", type=click.Path(file_okay=False, path_type=Path),
     help="TUF role keys, created on first publish (default $EDGEKILN_TUF_KEYS or "
@@ -276,14 +305,105 @@ def keyring(
     "--online-keys", type=click.Path(file_okay=False, path_type=Path),
     help="Snapshot and timestamp keys (the online pair), kept apart from --keys.",
 )  # fmt: skip
-@click.option("--expires-days", type=click.IntRange(1, 3650), default=30, show_default=True)
+@click.option("--expires-days", type=click.IntRange(1, 3650), default=30, show_default=True,
+              help="Targets and snapshot expiry.")  # fmt: skip
+@click.option("--timestamp-days", type=click.IntRange(1, 365), default=1, show_default=True,
+              help="Timestamp expiry: re-sign at least this often (--refresh).")  # fmt: skip
+@click.option("--refresh", is_flag=True, help="REPO_DIR only: re-sign snapshot and timestamp.")
+@click.option("--status", "show_status", is_flag=True,
+              help="REPO_DIR only: versions, rollout stages and expiries.")  # fmt: skip
+@click.option("--hold", is_flag=True, help="No device takes it until `kiln rollout start`.")
+@click.option(
+    "--deltas",
+    type=click.IntRange(0, 20),
+    default=0,
+    show_default=True,
+    help="Also publish deltas from the last N releases on the channel (needs --key).",
+)
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Release key that signs the deltas (passphrase: EDGEKILN_KEY_PASSPHRASE).",
+)
+@click.option(
+    "--max-bundle-mib",
+    type=click.IntRange(min=1),
+    help="Refuse bundles over this size (the recipe's update.max_bundle_mib).",
+)
+@click.option("--allow-oversize", is_flag=True, help="Publish a bundle over --max-bundle-mib.")
 def publish(
-    bundle: Path, repo_dir: Path, keys: Path | None, online_keys: Path | None, expires_days: int
-) -> None:
-    """Publish BUNDLE (full or delta) into the TUF repository REPO_DIR."""
+    paths: tuple[Path, ...], keys: Path | None, online_keys: Path | None, expires_days: int,
+    timestamp_days: int, refresh: bool, show_status: bool, hold: bool, deltas: int,
+    key_path: Path | None, max_bundle_mib: int | None, allow_oversize: bool,
+) -> None:  # fmt: skip
+    """Publish BUNDLE (full or delta) into the TUF repository REPO_DIR.
+
+    \b
+    kiln publish BUNDLE REPO_DIR
+    kiln publish --refresh REPO_DIR     (cron-friendly: online keys only)
+    kiln publish --status REPO_DIR
+    """
     from image.release.publish import default_keys_dir
+
+    if refresh or show_status:
+        if len(paths) != 1:
+            raise click.UsageError("--refresh and --status take REPO_DIR alone")
+        from image.release.rollout import Expiries, status
+        from image.release.rollout import refresh as do_refresh
+
+        repo = paths[0]
+        if refresh:
+            expiries = Expiries(expires_days, expires_days, timestamp_days)
+            until = do_refresh(repo, keys or default_keys_dir(repo), online_keys, expiries)
+            click.echo(f"refreshed {repo}: timestamp valid until {until:%Y-%m-%d %H:%M} UTC")
+        if show_status:
+            for line in status(repo):
+                click.echo(line)
+        return
+    if len(paths) != 2:
+        raise click.UsageError("kiln publish BUNDLE REPO_DIR")
+    bundle, repo_dir = paths
+    if not bundle.is_file():
+        raise click.BadParameter(f"{bundle} is not a file", param_hint="BUNDLE")
+    _publish_release(
+        bundle, repo_dir, keys, online_keys, expires_days, timestamp_days, hold, deltas,
+        key_path, max_bundle_mib, allow_oversize,
+    )  # fmt: skip
+    click.echo(f"TUF keys: {keys or default_keys_dir(repo_dir)} (keep root and targets offline)")
+
+
+def _publish_release(
+    bundle: Path, repo_dir: Path, keys: Path | None, online_keys: Path | None,
+    expires_days: int, timestamp_days: int, hold: bool, deltas: int, key_path: Path | None,
+    max_bundle_mib: int | None, allow_oversize: bool,
+) -> None:  # fmt: skip
+    """Size limit, automatic deltas from the last N releases, publish, who downloads what."""
+    from image.release.autodelta import check_size, make_deltas, previous_releases
     from image.release.publish import publish as do_publish
 
-    for path in do_publish(bundle, repo_dir, keys, expires_days, online_keys):
-        click.echo(f"published {path}")
-    click.echo(f"TUF keys: {keys or default_keys_dir(repo_dir)} (keep root and targets offline)")
+    check_size(bundle, max_bundle_mib, allow_oversize)
+    olds = []
+    if deltas:
+        if key_path is None:
+            raise click.UsageError("--deltas needs --key (the release key signs the deltas)")
+        from appliance.bundle import peek_manifest
+
+        with open(bundle, "rb") as f:
+            m = peek_manifest(f, source=str(bundle))
+        image = next(p.image.sha256 for p in m.payloads if p.kind == "full")
+        olds = previous_releases(repo_dir, m.product, m.targets[0], image, deltas)
+    made = []
+    if olds:
+        assert key_path is not None
+        made = make_deltas(bundle, olds, load_private_key(key_path, get_passphrase(False)),
+                           bundle.parent)  # fmt: skip
+    for item in (bundle, *made):
+        check_size(item, max_bundle_mib, allow_oversize)
+        for path in do_publish(item, repo_dir, keys, expires_days, online_keys,
+                               timestamp_days=timestamp_days, hold=hold):  # fmt: skip
+            click.echo(f"published {path}{' (held: kiln rollout start)' if hold else ''}")
+    for old, delta in zip(olds, made, strict=True):
+        click.echo(f"devices on {old.version} (image {old.image_sha256[:12]}) download "
+                   f"{delta.stat().st_size} bytes (delta)")  # fmt: skip
+    click.echo(f"any other device downloads {bundle.stat().st_size} bytes (full)")

@@ -13,17 +13,19 @@ picks the delta for its active slot when it leads to the current full release's 
 full bundle (appliance/ota/channel.py). TUF adds freshness and rollback protection on top of the
 bundle signature (docs/decisions.md §5); it never replaces it.
 
-TUF role keys (Ed25519, one per role, PKCS#8 PEM, unencrypted, mode 0600) are created on the
-first publish. They never live under or beside a served tree: ``--keys DIR`` holds them, by
-default ``$EDGEKILN_TUF_KEYS`` or ``~/.config/edgekiln/tuf-keys``, in a folder named for the
-repository (``<name>-<sha256 of its absolute path, 12 hex>``). Keys are refused inside
-``REPO_DIR`` always, and inside ``REPO_DIR``'s parent unless given explicitly (a web server
-pointed at the parent served ``REPO.keys/targets.pem``, the private key, with the old default).
+TUF role keys (Ed25519, one per role, PKCS#8 PEM, mode 0600; root and targets encrypted with
+``$EDGEKILN_TUF_PASSPHRASE`` when it is set) are created on the first publish. They never live
+under or beside a served tree: ``--keys DIR`` holds them, by default ``$EDGEKILN_TUF_KEYS`` or
+``~/.config/edgekiln/tuf-keys``, in a folder named for the repository (``<name>-<sha256 of its
+absolute path, 12 hex>``). Keys are refused inside ``REPO_DIR`` always, and inside
+``REPO_DIR``'s parent unless given explicitly (a web server pointed at the parent served
+``REPO.keys/targets.pem``, the private key, with the old default).
 
 Which key is where, in production: **root** and **targets** are offline keys (an air-gapped
 signing machine or a hardware token: whoever holds targets decides what devices install, root
 rotates every other key); **snapshot** and **timestamp** are online keys (the publishing host
-re-signs them on every publish; the timestamp expires after 1 day), so
+re-signs them on every publish and ``kiln publish --refresh`` re-signs them alone, e.g. from
+cron; the timestamp expires after ``--timestamp-days``, 1 by default), so
 ``--online-keys DIR`` may keep those two apart from the offline pair. A stolen online key lets
 an attacker freeze or replay the channel's view, never choose a bundle: that needs targets,
 and the device still checks every bundle's own Ed25519 signature (docs/decisions.md §5).
@@ -50,25 +52,55 @@ class PublishError(BuildError):
     """The bundle could not be published (unreadable bundle, damaged repository or keys)."""
 
 
+TUF_PASSPHRASE_ENV = "EDGEKILN_TUF_PASSPHRASE"  # noqa: S105 - the variable's name
+
+
+def _offline_passphrase(role: str) -> bytes | None:
+    """The passphrase of the offline pair (root, targets) from the environment, if set."""
+    value = os.environ.get(TUF_PASSPHRASE_ENV)
+    return value.encode() if value and role not in ONLINE_ROLES else None
+
+
+def load_tuf_key(path: Path, role: str) -> Any:
+    """A role's signer from its PEM (offline keys may be encrypted: $EDGEKILN_TUF_PASSPHRASE)."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    from securesystemslib.signer import CryptoSigner  # type: ignore[attr-defined]
+
+    pem = path.read_bytes()
+    encrypted = b"ENCRYPTED" in pem.split(b"\n", 1)[0]
+    passphrase = _offline_passphrase(role) if encrypted else None
+    if encrypted and passphrase is None:
+        raise PublishError(
+            f"the {role} key {path} is encrypted: set {TUF_PASSPHRASE_ENV} to its passphrase"
+        )
+    try:
+        return CryptoSigner(load_pem_private_key(pem, passphrase))
+    except (ValueError, TypeError) as exc:
+        raise PublishError(
+            f"cannot load the {role} key {path}: {exc} (wrong passphrase?)"
+        ) from None
+
+
 def _signer(keys: Path, role: str) -> Any:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import (
+        BestAvailableEncryption,
         Encoding,
         NoEncryption,
         PrivateFormat,
-        load_pem_private_key,
     )
-    from securesystemslib.signer import CryptoSigner  # type: ignore[attr-defined]
 
     path = keys / f"{role}.pem"
     if not path.exists():
         keys.mkdir(parents=True, exist_ok=True, mode=0o700)
+        passphrase = _offline_passphrase(role)
+        encryption = BestAvailableEncryption(passphrase) if passphrase else NoEncryption()
         pem = Ed25519PrivateKey.generate().private_bytes(
-            Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
+            Encoding.PEM, PrivateFormat.PKCS8, encryption
         )
         path.write_bytes(pem)
         path.chmod(0o600)
-    return CryptoSigner(load_pem_private_key(path.read_bytes(), None))
+    return load_tuf_key(path, role)
 
 
 def _expiry(days: int) -> datetime:
@@ -123,8 +155,12 @@ def check_keys_dir(repo: Path, keys: Path, *, explicit: bool, what: str = "--key
 class Repo:
     """The four top-level roles of one repository directory."""
 
-    def __init__(self, repo: Path, keys: Path, days: int, online_keys: Path | None = None) -> None:
+    def __init__(
+        self, repo: Path, keys: Path, days: int, online_keys: Path | None = None,
+        timestamp_days: int = 1,
+    ) -> None:  # fmt: skip
         self.repo = repo
+        self.timestamp_days = timestamp_days
         self.meta = repo / "metadata"
         self.keys = keys
         self.days = days
@@ -160,7 +196,7 @@ class Repo:
         shutil.copyfile(self.meta / "1.root.json", self.meta / "root.json")
         self._write(Metadata(Targets(expires=_expiry(self.days))), "1.targets.json")
         self._write(Metadata(Snapshot(expires=_expiry(self.days))), "1.snapshot.json")
-        self._write(Metadata(Timestamp(expires=_expiry(self.days))), "timestamp.json")
+        self._write(Metadata(Timestamp(expires=_expiry(self.timestamp_days))), "timestamp.json")
 
     def load(self, role: str) -> Any:
         """The newest metadata of ``role``."""
@@ -199,7 +235,7 @@ class Repo:
         timestamp = self.load("timestamp")
         timestamp.signed.snapshot_meta = MetaFile(snapshot.signed.version)
         timestamp.signed.version += 1
-        timestamp.signed.expires = _expiry(1)
+        timestamp.signed.expires = _expiry(self.timestamp_days)
         self._write(timestamp, "timestamp.json")
 
 
@@ -209,11 +245,15 @@ def publish(
     keys: Path | None = None,
     days: int = 30,
     online_keys: Path | None = None,
+    *,
+    timestamp_days: int = 1,
+    hold: bool = False,
 ) -> list[str]:
     """Add ``bundle`` to the TUF repository at ``repo`` (created on first use); target paths.
 
     ``keys``: the role keys (default :func:`default_keys_dir`); ``online_keys``: snapshot and
-    timestamp keys kept apart from root and targets (default: in ``keys``).
+    timestamp keys kept apart from root and targets (default: in ``keys``). ``hold``: no
+    device takes the release until ``kiln rollout start`` (image/release/rollout.py).
     """
     old = repo.with_name(repo.name + ".keys")
     if keys is None and old.exists():
@@ -235,7 +275,9 @@ def publish(
     except (OSError, BundleError) as exc:
         raise PublishError(f"cannot read bundle {bundle}: {exc}") from None
     name, custom = _target_paths(manifest)
-    r = Repo(repo, keys_dir, days, online_keys)
+    if hold:
+        custom["rollout"] = {"state": "held", "stages": [], "stage": 0, "sites": []}
+    r = Repo(repo, keys_dir, days, online_keys, timestamp_days)
     if not (repo / "metadata" / "timestamp.json").exists():
         r.init()
     paths = [f"{manifest.product}/{target}/{name}" for target in manifest.targets]

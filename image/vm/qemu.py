@@ -74,6 +74,9 @@ class VmConfig:
     forwards: dict[int, int] = field(default_factory=dict)
     #: extra raw drives (e.g. a "USB stick" image holding a bundle), attached read-only
     extra_drives: list[Path] = field(default_factory=list)
+    #: extra raw drives the guest may write (a second disk whose partitions carry the device's
+    #: own partition names: the guest must leave it alone)
+    writable_drives: list[Path] = field(default_factory=list)
     #: boot through a qcow2 overlay so the base image stays untouched
     overlay: bool = False
     watchdog: bool = True
@@ -136,6 +139,8 @@ def qemu_command(
     ]  # fmt: skip
     for extra in config.extra_drives:
         cmd += ["-drive", f"file={extra},format=raw,if=virtio,readonly=on"]
+    for extra in config.writable_drives:
+        cmd += ["-drive", f"file={extra},format=raw,if=virtio"]
     if config.watchdog:
         # A hung guest must really reset: systemd drives this through RuntimeWatchdogSec.
         cmd += ["-device", "i6300esb", "-action", "watchdog=reset"]

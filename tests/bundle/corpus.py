@@ -107,6 +107,11 @@ def build() -> dict[str, Case]:
     add("wrong-product", make_bundle(product="other-cam"), "WrongProductError")
     add("wrong-target", make_bundle(targets=["jetson-orin"]), "WrongTargetError")
     cases["lower-security-version"] = (good, "RollbackError", {"min_security_version": 6})
+    cases["older-version-same-level"] = (  # good is 1.2.3 at security_version 5
+        good,
+        "DowngradeError",
+        {"min_security_version": 5, "running_version": "1.3.0"},
+    )
     cases["expired"] = (
         make_bundle(expires=1_750_000_100),
         "BundleExpiredError",

@@ -232,7 +232,7 @@ def test_rotation_bundle_from_the_cli(release: dict[str, Path]) -> None:
     )
     assert out.returncode == 0, out.stderr
     info = json.loads(run("appliance", "bundle", "info", "--json", str(d / "rotate.bundle")).stdout)
-    assert [p["kind"] for p in info["payloads"]] == ["full", "keyring"]
+    assert [p["kind"] for p in info["payloads"]] == ["keyring", "full"]  # rotation first
     out = run(
         "appliance", "bundle", "verify", str(d / "rotate.bundle"), "--keyring", str(release["ring"])
     )
@@ -282,3 +282,50 @@ def test_passphrase_prompt_without_the_environment_variable(tmp_path: Path) -> N
         env={"EDGEKILN_KEY_PASSPHRASE": "prompted passphrase"},
     )
     assert ok.returncode == 0 and "# key id" in ok.stdout
+
+
+def test_allow_downgrade_from_the_cli_is_signed(release: dict[str, Path]) -> None:
+    d = release["dir"]
+    common = ["--slot-image", str(release["image"]), "--product", "acme-cam"]
+    common += ["--target", "generic-x86-64", "--security-version", "3"]
+    common += ["--key", str(d / "keys/rel1.key")]
+    for flag, name in (([], "plain.bundle"), (["--allow-downgrade"], "down.bundle")):
+        out = run("kiln", "bundle", *common, "--version", "1.0.0", *flag, "-o", str(d / name))
+        assert out.returncode == 0, out.stderr
+    info = json.loads(run("appliance", "bundle", "info", "--json", str(d / "down.bundle")).stdout)
+    assert info["allow_downgrade"] is True
+    info = json.loads(run("appliance", "bundle", "info", "--json", str(d / "plain.bundle")).stdout)
+    assert info["allow_downgrade"] is False
+    assert b"allow_downgrade" not in (d / "plain.bundle").read_bytes()  # omitted: canonical
+    out = run(
+        "appliance", "bundle", "verify", str(d / "down.bundle"), "--keyring", str(release["ring"])
+    )
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.integration
+def test_bundle_level_must_match_the_level_baked_into_the_slot(
+    release: dict[str, Path], tmp_path: Path
+) -> None:
+    """The device's floor reads the running slot's device.json: a bundle must sign that level."""
+    tree = tmp_path / "tree" / "etc" / "edgekiln"
+    tree.mkdir(parents=True)
+    (tree / "device.json").write_text(json.dumps({"version": "1.4.0", "security_version": 2}))
+    slot = tmp_path / "slot.ext4"
+    made = subprocess.run(
+        ["mke2fs", "-q", "-F", "-t", "ext4", "-O", "^has_journal", "-d", str(tmp_path / "tree"),
+         str(slot), "4M"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    common = ["--slot-image", str(slot), "--product", "acme-cam", "--target", "generic-x86-64"]
+    common += ["--version", "1.4.0", "--key", str(release["dir"] / "keys/rel1.key")]
+    out = run("kiln", "bundle", *common, "--security-version", "3", "-o", str(tmp_path / "x"))
+    assert out.returncode != 0
+    assert (
+        "bakes security_version 2 (its /etc/edgekiln/device.json) but the bundle would sign 3"
+        in (out.stderr)
+    )
+    assert not (tmp_path / "x").exists()
+    out = run("kiln", "bundle", *common, "--security-version", "2", "-o", str(tmp_path / "y"))
+    assert out.returncode == 0, out.stderr

@@ -136,7 +136,8 @@ def test_damaged_state_is_an_error_not_a_reset(tmp_path: Path) -> None:
 
 def test_state_write_is_atomic(tmp_path: Path) -> None:
     record_committed(tmp_path, SlotRecord("a", "1.0.0", 4))
-    assert sorted(p.name for p in tmp_path.iterdir()) == [state_path(tmp_path).name]
+    names = sorted(p.name for p in tmp_path.iterdir())  # no temp file left behind
+    assert names == ["slot-records-v1.json", state_path(tmp_path).name]
 
 
 def test_manifest_must_name_the_key_that_signed_it() -> None:

@@ -145,7 +145,7 @@ def test_image_checked_by_independent_tools(first: dict[str, object], tmp_path: 
     env_list = run("grub-editenv", str(grubenv), "list")
     assert "ek_committed=A" in env_list
     cfg = run("mtype", "-i", str(esp), "::/grub/grub.cfg", env=MTOOLS_ENV)
-    assert "root=PARTLABEL=$ek_label" in cfg and "console=ttyS0,115200" in cfg
+    assert "root=$ek_root" in cfg and "--part-uuid" in cfg and "console=ttyS0,115200" in cfg
     efi = run("mdir", "-i", str(esp), "::/EFI/BOOT", env=MTOOLS_ENV)
     assert "BOOTX64  EFI" in efi
     slot = extract(image, "rootfs_a", tmp_path / "slot.ext4")
@@ -153,12 +153,13 @@ def test_image_checked_by_independent_tools(first: dict[str, object], tmp_path: 
     assert "has_journal" not in run("dumpe2fs", "-h", str(slot))
     device = json.loads(run("debugfs", "-R", "cat /etc/edgekiln/device.json", str(slot)))
     assert device["version"] == "1.2.3" and device["target"] == "generic-x86-64"
+    assert device["security_version"] == 1  # the slot's own level (recipes/base.toml)
     unit = run("debugfs", "-R", "cat /etc/systemd/system/edgekiln-agent.service", str(slot))
     assert "Type=notify" in unit and "WatchdogSec=30" in unit
     assert "ExecStart=/opt/edgekiln/appliance/appliance agent" in unit
     wd = run("debugfs", "-R", "cat /etc/systemd/system.conf.d/50-edgekiln-watchdog.conf", str(slot))
     assert "RuntimeWatchdogSec=30" in wd
-    assert "PARTLABEL=data" in run("debugfs", "-R", "cat /etc/fstab", str(slot))
+    assert "/dev/disk/edgekiln/data" in run("debugfs", "-R", "cat /etc/fstab", str(slot))
     assert "vmlinuz-6.1.0-test-amd64" in run("debugfs", "-R", "stat /boot/vmlinuz", str(slot))
     runtime = run("debugfs", "-R", "stat /opt/edgekiln/appliance/appliance", str(slot))
     assert "Type: regular" in runtime

@@ -70,7 +70,7 @@ def test_overlay_adds_units_config_models_and_never_touches_the_base(
     assert os.readlink(out / "boot/initrd.img") == "initrd.img-6.1.0-9-amd64"
     assert os.readlink(out / "etc/systemd/network") == "/data/etc/systemd/network"
     fstab = (out / "etc/fstab").read_text()
-    assert "PARTLABEL=data" in fstab and "/var " in fstab and "/tmp " in fstab
+    assert "/dev/disk/edgekiln/data" in fstab and "/var " in fstab and "/tmp " in fstab
     assert (out / "opt/edgekiln/appliance/appliance").read_bytes() == b"\x7fELF"
     assert (out / "opt/edgekiln/models/primary/model.json").exists()
     assert (out / "etc/edgekiln/device.json").read_bytes() == b'{"format": 1}\n'
@@ -136,5 +136,9 @@ def test_device_config_names_target_and_budget(recipe_dir: Path) -> None:
     loaded = load_recipe(recipe_dir / "intel-openvino.toml")
     doc = json.loads(device_config(loaded))
     assert doc["target"] == "intel-openvino" and doc["backend"] == "openvino"
+    # The slot's own anti-rollback level: the device's floor never goes below the running
+    # slot's (docs/decisions.md §19), read from this file inside the signed slot image.
+    assert doc["security_version"] == loaded.recipe.security_version
+    assert doc["version"] == loaded.recipe.version
     assert doc["health"]["budget_factor"] == 1.0
     assert doc["models"]["primary"] == "/opt/edgekiln/models/primary"

@@ -11,7 +11,7 @@ import pytest
 
 from appliance.slots import grubenv
 from appliance.slots.grub import initial_env
-from appliance.state import SlotRecord, load_state, record_installed
+from appliance.state import SlotRecord, load_state, note_slot, record_installed
 
 APPLIANCE = str(Path(sys.executable).parent / "appliance")
 
@@ -44,7 +44,18 @@ def test_status_commit_and_rollback_on_grub(tmp_path: Path) -> None:
     assert state.committed is not None and state.committed.slot == "B"
     status = json.loads(run("status", loader, "--booted=B", "--json").stdout)
     assert status["slots"] == {"A": "inactive", "B": "committed"}
-    out = run("rollback", loader, "--booted=B").stdout
+    before = (esp / "grub" / "grubenv").read_bytes()
+    # Slot A's release was never recorded here: its level is unknown, so no rollback to it.
+    refused = run("rollback", loader, "--booted=B", f"--data-dir={data}", ok=False)
+    assert "slot A holds no release this device recorded" in refused.stderr
+    note_slot(data, SlotRecord("A", "1.0.0", 3))  # below the floor 4
+    refused = run("rollback", loader, "--booted=B", f"--data-dir={data}", ok=False)
+    assert "slot A holds 1.0.0 (security_version 3), below this device's anti-rollback floor 4" in (
+        refused.stderr
+    )
+    assert (esp / "grub" / "grubenv").read_bytes() == before
+    note_slot(data, SlotRecord("A", "1.0.1", 4))
+    out = run("rollback", loader, "--booted=B", f"--data-dir={data}").stdout
     assert "next boot: slot A" in out
     assert grubenv.parse((esp / "grub" / "grubenv").read_bytes())["ek_try"] == "A"  # type: ignore[index]
 
@@ -61,10 +72,18 @@ def test_transitions_wait_for_the_slot_lock(tmp_path: Path) -> None:
     import os
 
     state = tmp_path / "s.env"
+    note_slot(tmp_path / "data", SlotRecord("B", "1.0.0", 0))
     lock = os.open(f"{state}.lock", os.O_WRONLY | os.O_CREAT)
     fcntl.flock(lock, fcntl.LOCK_EX)  # another actor (the agent, the TUI) is mid-transition
     proc = subprocess.Popen(
-        [APPLIANCE, "slots", "rollback", f"--loader=file:{state}", "--booted=A"],
+        [
+            APPLIANCE,
+            "slots",
+            "rollback",
+            f"--loader=file:{state}",
+            "--booted=A",
+            f"--data-dir={tmp_path / 'data'}",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -34,12 +35,21 @@ def model(primary: bytes | None, backup: bytes | None) -> str:
     return loader_choice(BootState())[0]
 
 
+def partuuid(disk: GrubDisk, name: str) -> str:
+    """A partition's GPT UUID, as the kernel (blkid) and GRUB's probe write it."""
+    table = json.loads(subprocess.run(["sfdisk", "-J", str(disk.image)], capture_output=True,
+                                      check=True).stdout)["partitiontable"]  # fmt: skip
+    return next(p["uuid"].lower() for p in table["partitions"] if p["name"] == name)
+
+
 def test_initial_env_boots_slot_a_with_the_right_cmdline(grub_disk: GrubDisk) -> None:
     grub_disk.write_env(initial_env(), initial_env())
     boot = grub_disk.boot()
     assert boot.slot == "A", boot.output
+    # the slot's partition UUID on the ESP's own disk: never a name another disk can carry
     assert boot.cmdline == (
-        "(hd0,gpt2)/boot/vmlinuz root=PARTLABEL=rootfs_a ro rootflags=noload rootwait "
+        f"(hd0,gpt2)/boot/vmlinuz root=PARTUUID={partuuid(grub_disk, 'rootfs_a')} ro "
+        "rootflags=noload rootwait "
         "panic=10 edgekiln.trial=0 edgekiln.slot=A console=ttyS0,115200 quiet"
     )
     assert "EK-INITRD[(hd0,gpt2)/boot/initrd.img]" in boot.output
@@ -50,7 +60,8 @@ def test_committed_b_boots_partition_3(grub_disk: GrubDisk) -> None:
     grub_disk.write_env(env("B"), env("B"))
     boot = grub_disk.boot()
     assert boot.slot == "B"
-    assert boot.cmdline.startswith("(hd0,gpt3)/boot/vmlinuz root=PARTLABEL=rootfs_b ")
+    uuid = partuuid(grub_disk, "rootfs_b")
+    assert boot.cmdline.startswith(f"(hd0,gpt3)/boot/vmlinuz root=PARTUUID={uuid} ")
 
 
 def test_try_is_counted_down_before_boot_and_happens_once(grub_disk: GrubDisk) -> None:

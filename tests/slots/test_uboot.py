@@ -30,6 +30,8 @@ def setup_env(tmp_path: Path, redundant: bool = True) -> Path:
     config = tmp_path / "fw_env.config"
     config.write_text("".join(lines))
     (tmp_path / "default.env").write_text("bootdelay=1\n")
+    # The board's default environment, where libubootenv looks for it (beside the config).
+    (tmp_path / "u-boot-initial-env").write_text("bootdelay=1\n")
     return config
 
 
@@ -134,7 +136,8 @@ def test_flag_wraparound_and_choice() -> None:
 
 def test_writes_alternate_copies_and_survive_flag_overflow(tmp_path: Path) -> None:
     copies = [EnvCopy(tmp_path / f"e{i}", 0x400, 0x800) for i in (0, 1)]
-    store = UBootEnvStore(copies)
+    (tmp_path / "initial").write_text("")
+    store = UBootEnvStore(copies, tmp_path / "initial")
     for i in range(300):
         store.write({"n": str(i)})
         assert store.read_candidates() == [{"n": str(i)}]
@@ -145,7 +148,8 @@ def test_garbage_environment_reads_as_default(tmp_path: Path) -> None:
     copies = [EnvCopy(tmp_path / f"e{i}", 0, 0x1000) for i in (0, 1)]
     for c in copies:
         c.device.write_bytes(b"\x5a" * 0x1000)
-    loader = EnvLoader("uboot", UBootEnvStore(copies), EkCodec())
+    (tmp_path / "initial").write_text("bootcmd=run distro_bootcmd\n")
+    loader = EnvLoader("uboot", UBootEnvStore(copies, tmp_path / "initial"), EkCodec())
     assert loader.read() == BootState()
     loader.deactivate("B")
     assert loader.read() == BootState("A", None, 0, frozenset({"B"}))

@@ -12,6 +12,7 @@ counting it down was saved"; the successful save is exercised by grub.cfg's test
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -100,6 +101,14 @@ def boot(disk: GrubDisk, env_copy: bytes, tmp_path: Path) -> str:
     return proc.stdout.decode("utf-8", "replace").replace("\r", "")
 
 
+def partuuids(disk: GrubDisk) -> dict[str, str]:
+    """GPT partition name -> UUID as U-Boot's ``part uuid`` writes it (lower case)."""
+    doc = json.loads(
+        subprocess.run(["sfdisk", "-J", str(disk.image)], capture_output=True, check=True).stdout
+    )
+    return {p["name"]: p["uuid"].lower() for p in doc["partitiontable"]["partitions"]}
+
+
 def ek_env(**variables: str) -> bytes:
     return ubootenv.render_copy({**BOARD_ENV, **variables}, ENV_SIZE, redundant=False)
 
@@ -109,7 +118,15 @@ def test_real_uboot_boots_the_committed_slot_from_our_environment(
 ) -> None:
     out = boot(uboot_disk, ek_env(ek_committed="B", ek_try="", ek_tries_left="0"), tmp_path)
     assert "Loading Environment from Flash... OK" in out, out[-2000:]
+    # the kernel is pointed at the slot's partition UUID on this disk, not at a name
+    roots = [line for line in out.splitlines() if line.startswith("edgekiln: kernel root")]
+    uuids = partuuids(uboot_disk)
+    assert roots[:2] == [
+        f"edgekiln: kernel root PARTUUID={uuids['rootfs_b']}",
+        f"edgekiln: kernel root PARTUUID={uuids['rootfs_a']}",
+    ], out[-3000:]
     lines = [line for line in out.splitlines() if line.startswith("edgekiln:")]
+    lines = [line for line in lines if not line.startswith("edgekiln: kernel root")]
     assert lines[:3] == [
         "edgekiln: booting slot B from virtio 0:3 (trial 0)",
         "edgekiln: slot B did not load",  # a fake kernel: booti refuses it

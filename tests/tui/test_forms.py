@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import calendar
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from textual.widgets import Input
 
 from appliance.device import Device
 from appliance.inference.pipeline import load_config
@@ -32,7 +35,7 @@ def network_files(device: Device) -> dict[str, str]:
 
 async def to_static(keys: Keys) -> None:
     """From the Network screen: focus the mode select and choose Static IPv4."""
-    await keys("tab", "tab", "enter", "down", "enter", "tab")
+    await keys("tab", "enter", "down", "enter", "tab")  # the interface list has focus on open
 
 
 @pytest.mark.parametrize(
@@ -95,12 +98,45 @@ def test_network_static_written_atomically_and_logged(device: Device) -> None:
     assert [a["action"] for a in actions(device)] == ["network.write", "network.apply"]
 
 
+def test_network_focus_save_then_a_screen_key_switches(device: Device) -> None:
+    """Open: the interface list has focus. After a save the digit keys switch tasks (they do
+    not type into the last field). Cleared fields show words, never an address."""
+    import re
+
+    app = app_for(device)
+    address_like = re.compile(r"\d+\.\d+")
+
+    async def body(pilot: Any) -> None:
+        keys = Keys(pilot, "network: save, then next task")
+        await keys("2")
+        assert app.screen.focused is app.screen.query_one("#iface")
+        for name in ("address", "gateway", "dns"):
+            hint = app.screen.query_one(f"#{name}").placeholder  # type: ignore[attr-defined]
+            assert not address_like.search(hint), hint
+        await to_static(keys)
+        await keys.type("10.0.0.5/24")
+        await keys("tab", "ctrl+u")  # the proposed gateway cleared: no other subnet comes back
+        gateway = app.screen.query_one("#gateway")
+        assert gateway.value == "" and not address_like.search(gateway.placeholder)  # type: ignore[attr-defined]
+        await keys.type("10.0.0.254")
+        await keys("enter", "y")
+        assert "saved 10-edgekiln-eth0.network" in text_of(app, "#message")
+        assert not isinstance(app.screen.focused, Input)
+        await keys("3")
+        assert app.screen.__class__.__name__ == "CameraScreen"
+        await keys("2")
+        assert app.screen.query_one("#gateway").value == "10.0.0.254"  # type: ignore[attr-defined]
+
+    run_app(app, body)
+    assert "Gateway=10.0.0.254\nDNS=10.0.0.1\n" in network_files(device)["10-edgekiln-eth0.network"]
+
+
 def test_network_dhcp_on_second_interface_and_cancel(device: Device) -> None:
     app = app_for(device)
 
     async def body(pilot: Any) -> None:
         keys = Keys(pilot, "network: DHCP")
-        await keys("2", "tab", "enter", "down", "enter", "tab", "tab", "enter")
+        await keys("2", "enter", "down", "enter", "tab", "tab", "enter")
         await keys("n")  # cancelled: nothing written
         assert network_files(device) == {}
         await keys("enter", "y")  # focus is back on Save
@@ -180,9 +216,14 @@ def test_model_check_runs_selftest_and_keeps_the_report(device: Device) -> None:
         assert "accuracy   top-1" in report and "p95" in report and "budget" in report
         assert keys.record() <= 40
 
+    before = int(time.time())
     run_app(app, body)
+    after = time.time()
     kept = json.loads((device.state_dir / "tui" / "selftest-last.json").read_text())
     assert kept["images"] > 0 and "infer_p95_ms" in kept
+    # stamped with when it ran, not with the status clock the test (and the demo) pins
+    ran = calendar.timegm(time.strptime(kept["when"], "%Y-%m-%d %H:%M:%S UTC"))
+    assert before <= ran <= after and ran != DEMO_EPOCH
     again = app_for(device)
 
     async def reopen(pilot: Any) -> None:

@@ -76,7 +76,7 @@ def test_network(snap_compare: Any, snap_device: Device) -> None:
 
 
 def test_network_refuses_bad_gateway(snap_compare: Any, snap_device: Device) -> None:
-    keys = ["2", "tab", "tab", "enter", "down", "enter", "tab", *"10.0.0.5/24", "tab"]
+    keys = ["2", "tab", "enter", "down", "enter", "tab", *"10.0.0.5/24", "tab"]
     keys += ["ctrl+u", *"10.0.1.1", "enter"]
     keys = [{"/": "slash", ".": "full_stop"}.get(k, k) for k in keys]
     assert snap_compare(app_for(snap_device), press=keys)
@@ -107,6 +107,14 @@ def test_update_confirm_install(snap_compare: Any, snap_device: Device) -> None:
 
 
 def test_slots(snap_compare: Any, snap_device: Device) -> None:
+    assert snap_compare(app_for(snap_device), press=["6"])
+
+
+def test_slots_update_pending(snap_compare: Any, snap_device: Device) -> None:
+    from appliance.state import SlotRecord, record_installed
+
+    snap_device.loader().begin_try("B")  # what an install leaves: B tried at the next boot
+    record_installed(snap_device.data_dir, SlotRecord("B", "1.1.0", 2))
     assert snap_compare(app_for(snap_device), press=["6"])
 
 

@@ -60,6 +60,7 @@ def test_slots_rollback_and_mark_good_ask_and_log(device: Device) -> None:
         keys = Keys(pilot, "slots: roll back to the other slot")
         await keys("6")
         assert "A     committed" in text_of(app, "#slots-table")
+        assert "B     inactive   0.9.5 (security 1)" in text_of(app, "#slots-table")
         await keys("r", "n")  # the question, answered no: nothing changes
         assert device.loader().read() == BootState()
         await keys("r", "y")
@@ -101,11 +102,10 @@ def test_logs_filter(device: Device) -> None:
         await keys("7", "tab")
         await keys.type("source")
         await pilot.pause(0.2)
-        log = app.screen.query_one("#log")
-        lines = [str(line) for line in log.lines]  # type: ignore[attr-defined]
+        lines = app.screen.shown["#log"]  # type: ignore[attr-defined]
         assert len(lines) == 2 and all("source" in line for line in lines)
         await keys.type(" xyz")
-        lines = [str(line) for line in log.lines]  # type: ignore[attr-defined]
+        lines = app.screen.shown["#log"]  # type: ignore[attr-defined]
         assert lines == ["no line matches 'source xyz'"]
         assert keys.record() <= 40
 
@@ -163,3 +163,30 @@ def test_navigation_keys_and_the_modal_question(device: Device) -> None:
     run_app(app, body)
     assert device.loader().read() == BootState()
     assert actions(device) == []
+
+
+def test_logs_wrap_long_lines_and_show_the_technicians_actions(device: Device) -> None:
+    """At 80 columns the end of a long agent line is on screen (wrapped), and the actions a
+    technician took on this console are listed under the agent's log, filtered alike."""
+    tail = "END-OF-A-LONG-LINE"
+    with (device.log_dir / "edgekiln-agent.log").open("a") as log:
+        log.write("2026-01-01T00:00:09 WARNING camera " + "x" * 120 + " " + tail + "\n")
+    device.log_action("network.apply", iface="eth0", result="demo device: applied")
+    app = app_for(device)
+
+    async def body(pilot: Any) -> None:
+        await pilot.press("7")
+        await wait_for(pilot, lambda: bool(app.screen.shown.get("#actions")))  # type: ignore[attr-defined]
+        await pilot.pause(0.2)
+        agent = app.screen.query_one("#log")
+        width = agent.size.width
+        strips = [strip.text for strip in agent.lines]  # type: ignore[attr-defined]
+        assert any(tail in s for s in strips)
+        assert all(len(s.rstrip()) <= width for s in strips)
+        actions_shown = app.screen.shown["#actions"]  # type: ignore[attr-defined]
+        assert any("network.apply" in a and "iface=eth0" in a for a in actions_shown)
+        await pilot.press("tab", *"camera")
+        await pilot.pause(0.2)
+        assert app.screen.shown["#actions"] == ["no action matches"]  # type: ignore[attr-defined]
+
+    run_app(app, body)

@@ -1,4 +1,4 @@
-"""7 Logs: the agent's recent journal (or log file) lines, filtered as you type."""
+"""7 Logs: the agent's recent lines and the technician's own actions, filtered as you type."""
 
 from __future__ import annotations
 
@@ -9,15 +9,19 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
-from textual.widgets import Input, Label, Log, Static
+from textual.widgets import Input, Label, RichLog, Static
 
 from appliance.device import Device
 from appliance.tui.base import TaskScreen
-from appliance.tui.logsource import filter_lines, recent_lines
+from appliance.tui.logsource import action_lines, filter_lines, recent_lines
 
 
 class LogsScreen(TaskScreen):
-    """Type in Filter to narrow the lines (every word must match); r re-reads."""
+    """Type in Filter to narrow both logs (every word must match); r re-reads.
+
+    Long lines wrap (at 80 columns a cut line would hide its end with no sign of it); the
+    technician's own actions (``actions.jsonl``) sit under the agent's log.
+    """
 
     MODE = "logs"
     CSS_PATH = Path(__file__).with_suffix(".tcss")
@@ -26,6 +30,9 @@ class LogsScreen(TaskScreen):
     def __init__(self, device: Device) -> None:
         super().__init__(device)
         self._lines: list[str] = []
+        self._actions: list[str] = []
+        #: the lines each log shows now (before wrapping), by widget id
+        self.shown: dict[str, list[str]] = {}
 
     def compose_body(self) -> ComposeResult:
         yield Static("Logs", classes="title", id="logs-title")
@@ -33,7 +40,9 @@ class LogsScreen(TaskScreen):
             yield Label("Filter")
             yield Input(placeholder="words that must all appear, e.g. warning camera",
                         id="filter", compact=True)  # fmt: skip
-        yield Log(id="log", auto_scroll=True)
+        yield RichLog(id="log", wrap=True, markup=False, highlight=False, auto_scroll=True)
+        yield Static("Technician actions (actions.jsonl)", classes="title", id="actions-title")
+        yield RichLog(id="actions", wrap=True, markup=False, highlight=False, auto_scroll=True)
 
     def on_mount(self) -> None:
         self.action_reload()
@@ -44,11 +53,13 @@ class LogsScreen(TaskScreen):
     @work(thread=True, exclusive=True, group="logs")
     def _read(self) -> None:
         where, lines = recent_lines(self.device)
-        self.app.call_from_thread(self._loaded, where, lines)
+        actions = action_lines(self.device)
+        self.app.call_from_thread(self._loaded, where, lines, actions)
 
-    def _loaded(self, where: str, lines: list[str]) -> None:
+    def _loaded(self, where: str, lines: list[str], actions: list[str]) -> None:
         self._lines = lines
-        self.query_one("#logs-title", Static).update(f"Logs: {where}")
+        self._actions = actions
+        self.query_one("#logs-title", Static).update(f"Agent log: {where}")
         self._show()
 
     def on_input_changed(self, event: Input.Changed) -> None:
@@ -56,7 +67,12 @@ class LogsScreen(TaskScreen):
 
     def _show(self) -> None:
         text = self.query_one("#filter", Input).value
-        shown = filter_lines(self._lines, text)
-        log = self.query_one("#log", Log)
-        log.clear()
-        log.write_lines(shown or [f"no line matches {text!r}"])
+        for widget_id, lines, empty in (
+            ("#log", self._lines, f"no line matches {text!r}"),
+            ("#actions", self._actions, "no action matches" if text else "no action yet"),
+        ):
+            log = self.query_one(widget_id, RichLog)
+            log.clear()
+            self.shown[widget_id] = filter_lines(lines, text) or [empty]
+            for line in self.shown[widget_id]:
+                log.write(line)

@@ -104,7 +104,9 @@ class ModelScreen(TaskScreen):
             self.app.call_from_thread(self._done, None, str(exc), 0.0)
             return
         doc = report.to_json()
-        doc["when"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.tech_app.clock()))
+        # when it ran (the console's wall clock), not the status clock a demo pins
+        ran = time.gmtime(self.tech_app.wall_clock())
+        doc["when"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", ran)
         self.last_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.last_path, json.dumps(doc, indent=2).encode() + b"\n")
         self.app.call_from_thread(self._done, doc, "", time.monotonic() - started)

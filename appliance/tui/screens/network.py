@@ -15,12 +15,15 @@ from appliance.tui.base import TaskScreen
 from appliance.tui.netconfig import NetSetting
 
 FIELDS = ("address", "gateway", "dns")
+IFACE_WIDTH = 76
 
 
 class NetworkScreen(TaskScreen):
     """Edit one interface's setting; Enter in any field (or Save) checks, confirms and writes."""
 
     MODE = "network"
+    # The form starts on the interface list (a choice, not a text field: digits still switch)
+    AUTO_FOCUS = "#iface"
     CSS_PATH = Path(__file__).with_suffix(".tcss")
 
     def __init__(self, device: Device) -> None:
@@ -47,10 +50,12 @@ class NetworkScreen(TaskScreen):
                 [("DHCP", "dhcp"), ("Static IPv4", "static")],
                 id="mode", compact=True, allow_blank=False, value="dhcp",
             )  # fmt: skip
+        # Placeholders are words, never an address: on a monochrome terminal a grey example
+        # reads as a value (and one from another subnet once a field is cleared with Ctrl+U).
         for name, hint in (
-            ("address", "192.168.1.20/24"),
-            ("gateway", "192.168.1.1"),
-            ("dns", "192.168.1.1, 9.9.9.9"),
+            ("address", "type address/prefix length"),
+            ("gateway", "(none) or type the router's address"),
+            ("dns", "(none) or type servers, comma-separated"),
         ):
             with Horizontal(classes="form-row"):
                 yield Label(name.capitalize() if name != "dns" else "DNS")
@@ -68,7 +73,9 @@ class NetworkScreen(TaskScreen):
             if current is not None:
                 conf = "DHCP" if current.dhcp else f"static {current.address}"
             addrs = ", ".join(i.addresses) or "no address"
-            lines.append(f"{i.name:<8} {i.state:<5} {i.mac}  {addrs:<18} config: {conf}")
+            line = f"{i.name:<6} {i.state:<4} {i.mac} {addrs:<18} set: {conf}"
+            # one line per interface at 80 columns (the body has 2 of padding)
+            lines.append(line if len(line) <= IFACE_WIDTH else line[: IFACE_WIDTH - 1] + "~")
         return "\n".join(lines) or "no network interfaces found"
 
     def on_mount(self) -> None:
@@ -168,3 +175,6 @@ class NetworkScreen(TaskScreen):
         self.device.log_action("network.apply", iface=setting.iface, result=result)
         self.query_one("#ifaces", Static).update(self._iface_lines())
         self.say(f"saved {path.name}; {result}")
+        # out of the form once saved, so the digit keys switch tasks again (the modal that
+        # asked gives focus back to the field it came from: leave it after that)
+        self.call_after_refresh(self.set_focus, None)

@@ -16,6 +16,7 @@ from textual.widgets.option_list import Option
 
 from appliance.device import Device
 from appliance.errors import ApplianceError
+from appliance.localbundle import PinnedBundle
 from appliance.tui import usb
 from appliance.tui.base import TaskScreen
 from appliance.tui.usb import UsbPartition
@@ -26,7 +27,10 @@ def find_bundles(globs: tuple[str, ...]) -> list[Path]:
     found: set[Path] = set()
     for pattern in globs:
         for root in glob.glob(pattern):
-            found.update(p for p in Path(root).glob("*.bundle") if p.is_file())
+            # regular files only: a symlink on a stick could point anywhere on the device
+            found.update(
+                p for p in Path(root).glob("*.bundle") if p.is_file() and not p.is_symlink()
+            )
     return sorted(found)
 
 
@@ -48,7 +52,8 @@ class UpdateScreen(TaskScreen):
 
     def __init__(self, device: Device) -> None:
         super().__init__(device)
-        self._verified: Path | None = None
+        # The bundle shown, kept open from the check to the install (what is shown is installed)
+        self._verified: PinnedBundle | None = None
         self._installed = False
 
     def compose_body(self) -> ComposeResult:
@@ -131,15 +136,20 @@ class UpdateScreen(TaskScreen):
             return
         self._verify(path)
 
-    def _verify(self, path: Path) -> None:
-        from appliance.bundle import open_bundle
+    def _forget(self) -> None:
+        if self._verified is not None:
+            self._verified.close()
+            self._verified = None
 
-        self._verified = None
+    def on_unmount(self) -> None:
+        self._forget()
+
+    def _verify(self, path: Path) -> None:
+        self._forget()
         self._installed = False
         try:
             policy = self.device.policy()
-            with path.open("rb") as stream:
-                bundle = open_bundle(stream, policy, path.name)
+            pinned = PinnedBundle(path, policy)
         except (ApplianceError, OSError) as exc:
             kind = type(exc).__name__
             self.query_one("#manifest", Static).update(
@@ -148,7 +158,7 @@ class UpdateScreen(TaskScreen):
             self.device.log_action("update.refused", bundle=str(path), error=f"{kind}: {exc}")
             self.say("this bundle cannot be installed")
             return
-        m = bundle.manifest
+        m = pinned.bundle.manifest
         key = policy.keyring.get(m.key_id)
         image = next((p for p in m.payloads if p.kind == "full"), None)
         self.query_one("#manifest", Static).update(
@@ -165,14 +175,14 @@ class UpdateScreen(TaskScreen):
                 ]
             )
         )
-        self._verified = path
+        self._verified = pinned
         if isinstance(self.focused, Input):
             self.set_focus(None)  # out of the path field, so i installs
         self.say("signature and policy OK: press i to install into the other slot")
 
     def action_install(self) -> None:
-        path = self._verified
-        if path is None:
+        pinned = self._verified
+        if pinned is None:
             self.say("verify a bundle first (Enter on it)")
             return
         try:
@@ -180,56 +190,63 @@ class UpdateScreen(TaskScreen):
         except ApplianceError as exc:
             self.say(f"cannot install: {exc}")
             return
+        path = pinned.path
         self.confirm(
             f"Install {path.name} into slot {target}?",
             "The running slot is not touched; the next boot tries the new one once "
             "and returns here if its health check fails.",
-            lambda: self._start_install(path),
+            lambda: self._start_install(pinned),
             action="install",
             bundle=str(path),
+            version=pinned.bundle.manifest.version,
             slot=target,
         )
 
-    def _start_install(self, path: Path) -> None:
+    def _start_install(self, pinned: PinnedBundle) -> None:
         self.query_one("#progress", ProgressBar).update(total=None, progress=0)
-        self.say(f"installing {path.name} ...")
-        self._install(path)
+        self.say(f"installing {pinned.path.name} ...")
+        self._install(pinned)
 
     @work(thread=True, exclusive=True, group="install")
-    def _install(self, path: Path) -> None:
+    def _install(self, pinned: PinnedBundle) -> None:
         from appliance.ota.installer import install
 
         def progress(done: int, total: int) -> None:
             self.app.call_from_thread(self._progress, done, total)
 
+        path = pinned.path
         try:
-            with path.open("rb") as stream:
-                result = install(
-                    stream,
-                    policy=self.device.policy(),
-                    loader=self.device.loader(),
-                    booted=self.device.booted(),
-                    source=path.name,
-                    targets=self.device.slot_targets,  # type: ignore[arg-type]
-                    data_dir=self.device.data_dir,
-                    progress=progress,
-                )
+            # the head shown (pinned in memory) and the rest of the same open file: replacing
+            # or rewriting the file since it was shown can only make the install fail
+            result = install(
+                pinned.install_stream(),  # type: ignore[arg-type]
+                policy=self.device.policy(),
+                loader=self.device.loader(),
+                booted=self.device.booted(),
+                source=path.name,
+                targets=self.device.slot_targets,  # type: ignore[arg-type]
+                data_dir=self.device.data_dir,
+                progress=progress,
+            )
         except (ApplianceError, OSError) as exc:
             msg = f"{type(exc).__name__}: {exc}"
             self.device.log_action("update.failed", bundle=str(path), error=msg)
             self.app.call_from_thread(self.say, f"install failed: {msg}")
             return
-        self.device.log_action("update.installed", version=result.version, slot=result.slot)
-        self.app.call_from_thread(self._installed_ok, result.version, result.slot)
+        self.device.log_action(
+            "update.installed", version=result.version, slot=result.slot, notes=result.notes
+        )
+        self.app.call_from_thread(self._installed_ok, result.version, result.slot, result.notes)
 
     def _progress(self, done: int, total: int) -> None:
         self.query_one("#progress", ProgressBar).update(total=total or None, progress=done)
 
-    def _installed_ok(self, version: str, slot: str) -> None:
+    def _installed_ok(self, version: str, slot: str, notes: tuple[str, ...] = ()) -> None:
         self._installed = True
         bar = self.query_one("#progress", ProgressBar)
         bar.update(total=1, progress=1)
-        self.say(f"installed {version} into slot {slot}, read back and verified: b reboots")
+        said = f"installed {version} into slot {slot}, read back and verified: b reboots"
+        self.say("\n".join((said, *(f"note: {note}" for note in notes))))
 
     def action_reboot(self) -> None:
         if not self._installed:

@@ -1,0 +1,85 @@
+"""``kiln rollout start|advance|pause|resume|abort|status``: staged rollouts of a release."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+REPO = click.argument("repo_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+KEYS = click.option(
+    "--keys", type=click.Path(file_okay=False, path_type=Path),
+    help="TUF role keys (targets signs the rollout; default as kiln publish).",
+)  # fmt: skip
+ONLINE = click.option("--online-keys", type=click.Path(file_okay=False, path_type=Path),
+                      help="Snapshot and timestamp keys, if kept apart.")  # fmt: skip
+DAYS = click.option("--expires-days", type=click.IntRange(1, 3650), default=30, show_default=True)
+
+
+@click.group()
+def rollout() -> None:
+    """Stage a release: only devices whose bucket is below the stage's % take it."""
+
+
+def _apply(
+    repo: Path, keys: Path | None, online_keys: Path | None, version: str, action: str,
+    days: int, stages: list[int] | None = None, sites: list[str] | None = None,
+) -> None:  # fmt: skip
+    from appliance.ota.rollout import percent
+    from image.release.publish import default_keys_dir
+    from image.release.rollout import Expiries, change
+
+    new = change(repo, keys or default_keys_dir(repo), online_keys, version, action,
+                 Expiries(days, days, 1), stages, sites)  # fmt: skip
+    click.echo(f"{version}: rollout {new['state']}, stage {new['stage'] + 1} of "
+               f"{','.join(map(str, new['stages']))}: {percent(new)} % of devices")  # fmt: skip
+
+
+@rollout.command()
+@click.argument("version")
+@REPO
+@click.option("--stages", required=True, help="Percentages, e.g. 1,10,50,100.")
+@click.option("--sites", help="Only these sites, e.g. plant-a,plant-b (default: all).")
+@KEYS
+@ONLINE
+@DAYS
+def start(
+    version: str, repo_dir: Path, stages: str, sites: str | None, keys: Path | None,
+    online_keys: Path | None, expires_days: int,
+) -> None:  # fmt: skip
+    """Start VERSION's rollout at its first stage."""
+    from image.release.rollout import parse_stages
+
+    site_list = [s.strip() for s in sites.split(",") if s.strip()] if sites else []
+    _apply(repo_dir, keys, online_keys, version, "start", expires_days, parse_stages(stages),
+           site_list)  # fmt: skip
+
+
+def _simple(action: str, doc: str) -> None:
+    @rollout.command(name=action, help=doc)
+    @click.argument("version")
+    @REPO
+    @KEYS
+    @ONLINE
+    @DAYS
+    def command(
+        version: str, repo_dir: Path, keys: Path | None, online_keys: Path | None,
+        expires_days: int,
+    ) -> None:  # fmt: skip
+        _apply(repo_dir, keys, online_keys, version, action, expires_days)
+
+
+_simple("advance", "Move VERSION to its next stage (manual; fleet-health gates come later).")
+_simple("pause", "Stop new installs of VERSION (0 %) until resume.")
+_simple("resume", "Return a paused VERSION to its stage.")
+_simple("abort", "Stop VERSION for good: nobody new takes it, nobody is downgraded.")
+
+
+@rollout.command()
+@REPO
+def status(repo_dir: Path) -> None:
+    """What the channel knows: releases, their rollout stage and %, expiries."""
+    from image.release.rollout import status as lines
+
+    for line in lines(repo_dir):
+        click.echo(line)
