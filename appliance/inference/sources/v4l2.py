@@ -77,6 +77,11 @@ class V4L2Source:
         except (OSError, lp.V4L2Error, ValueError) as exc:
             self.close()
             raise SourceError(f"{uri}: cannot open {device} as a V4L2 camera: {exc}") from None
+        except Exception as exc:  # a library bug on an odd driver: report it, never crash-loop
+            self.close()
+            raise SourceError(
+                f"{uri}: linuxpy failed on {device}: {type(exc).__name__}: {exc}"
+            ) from None
         self._index = 0
 
     def _configure(
@@ -85,10 +90,12 @@ class V4L2Source:
         """Pick and set the pixel format; return (format, width, height) the driver granted."""
         capture = lp.BufferType.VIDEO_CAPTURE
         current = self._dev.get_format(capture)
+        # Only the capture type's formats: linuxpy's ``info.formats`` walks every buffer type
+        # and fails on some (UnboundLocalError on vivid's, linuxpy 0.25).
         offered = {
             CONVERTIBLE[f.pixel_format.name]
-            for f in self._dev.info.formats
-            if f.type == capture and f.pixel_format.name in CONVERTIBLE
+            for f in lp.iter_read_formats(self._dev, capture)
+            if f.pixel_format.name in CONVERTIBLE
         }
         if fmt is not None:
             wanted = fmt.upper()
