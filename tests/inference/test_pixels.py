@@ -85,3 +85,15 @@ def test_short_or_corrupt_frames_are_source_errors() -> None:
         yuyv_to_bgr(bytes(1000), W, H)
     with pytest.raises(SourceError, match="does not decode"):
         mjpeg_to_bgr(b"\xff\xd8\xff\xe0not a jpeg")
+
+
+def test_numpy_resize_matches_opencv() -> None:
+    cv2 = pytest.importorskip("cv2")
+    from appliance.inference.resize import resize_linear
+
+    image = np.random.default_rng(1).integers(0, 256, (480, 640, 3), np.uint8)
+    for width, height in ((96, 96), (224, 168), (700, 500)):
+        ours = resize_linear(image, width, height)
+        theirs = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+        assert ours.shape == theirs.shape == (height, width, 3)
+        assert np.abs(ours.astype(np.int16) - theirs).max() <= 2

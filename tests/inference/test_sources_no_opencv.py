@@ -15,6 +15,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BLOCKER = """
@@ -208,3 +209,33 @@ def test_degraded_worker_without_opencv_survives_a_missing_camera(tmp_path: Path
     lost = next(e for e in events if e["kind"] == "source_lost")
     assert lost["alert"] and "/dev/video-edgekiln-missing" in lost["reason"]
     assert not [e for e in events if e["kind"] == "worker_exited" and e.get("exitcode")], kinds
+
+
+@pytest.mark.integration
+def test_camera_sized_frames_reach_the_model_without_opencv(tmp_path: Path) -> None:
+    """640x480 camera frames, resized to the model's input in numpy: real results, no fallback."""
+    import simplejpeg
+
+    from tests.inference.fixtures import make_package
+
+    package = make_package(tmp_path / "pkg")
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        image = rng.integers(0, 256, (480, 640, 3), np.uint8)
+        (folder / f"{i}.jpg").write_bytes(simplejpeg.encode_jpeg(image, colorspace="BGR"))
+    sink = tmp_path / "results.jsonl"
+    run_without(
+        tmp_path,
+        ("cv2",),
+        f"""
+        from appliance.inference.pipeline import Pipeline, PipelineConfig
+        cfg = PipelineConfig(model={str(package)!r}, source={str(folder)!r}, sink={str(sink)!r})
+        Pipeline(cfg).run()
+        """,
+    )
+    records = [json.loads(line) for line in sink.read_text().splitlines()]
+    results = [r for r in records if r.get("type") == "result"]
+    assert len(results) == 3 and not any(r.get("degraded") for r in results), records
+    assert not [r for r in records if r.get("kind") in ("fallback", "degraded")], records
