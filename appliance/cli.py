@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "tui": "appliance.tui.cli:tui",
     "update": "appliance.ota.fetch_cli:update",
     "usb-update": "appliance.usb_update:usb_update",
+    "api": "appliance.api.cli:api",
 }
 
 

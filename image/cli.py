@@ -23,6 +23,11 @@ COMMANDS: dict[str, str] = {
     "publish": "image.release.cli:publish",
     "rollout": "image.release.rollout_cli:rollout",
     "model": "image.model.cli:model",
+    "discover": "image.lan.cli:discover",
+    "pair": "image.lan.cli:pair",
+    "status": "image.lan.cli:status",
+    "push": "image.lan.cli:push",
+    "diag": "image.lan.cli:diag",
 }
 
 

@@ -23,6 +23,8 @@ TASKS: tuple[tuple[str, str, str], ...] = (
     ("slots", "6", "Slots"),
     ("logs", "7", "Logs"),
 )
+# Reached by their key, not (yet) listed in the navigation bar: (mode, key, title).
+MORE_TASKS: tuple[tuple[str, str, str], ...] = (("pair", "8", "Pair"),)
 
 
 class TechnicianApp(App[None]):
@@ -32,10 +34,13 @@ class TechnicianApp(App[None]):
     CSS_PATH = Path(__file__).with_name("app.tcss")
     ENABLE_COMMAND_PALETTE = False
     BINDINGS: ClassVar[list[BindingType]] = [
-        *(Binding(key, f"switch_mode('{mode}')", title, show=False) for mode, key, title in TASKS),
+        *(
+            Binding(key, f"switch_mode('{mode}')", title, show=False)
+            for mode, key, title in (*TASKS, *MORE_TASKS)
+        ),
         *(
             Binding(f"f{i}", f"switch_mode('{mode}')", title, show=False)
-            for i, (mode, _key, title) in enumerate(TASKS, start=1)
+            for i, (mode, _key, title) in enumerate((*TASKS, *MORE_TASKS), start=1)
         ),
         Binding("q", "quit", "Quit", show=False),
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
@@ -68,7 +73,7 @@ class TechnicianApp(App[None]):
         self.status_fn = status_fn or collect_status
         from appliance.tui.screens import make_screen
 
-        for mode, _key, _title in TASKS:
+        for mode, _key, _title in (*TASKS, *MORE_TASKS):
             self.add_mode(mode, lambda mode=mode: make_screen(mode, self.device))  # type: ignore[misc]
 
     def on_mount(self) -> None:

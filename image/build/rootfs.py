@@ -92,6 +92,9 @@ class OverlayConfig:
     update: tuple[bytes, bytes] | None = None  # update.json, the channel's TUF root.json
     poll_interval_s: int = 6 * 3600
     poll_jitter_s: int = 1800
+    lan_api: bool = False  # recipe [lan]: enable edgekiln-api.service
+    lan_interface: str = "auto"
+    lan_port: int = 8443
 
 
 def file_digest(path: Path) -> str:
@@ -250,6 +253,8 @@ def assemble_root(
         "slots_spec": config.slots_spec,
         "poll_interval_s": str(config.poll_interval_s),
         "poll_jitter_s": str(config.poll_jitter_s),
+        "lan_interface": config.lan_interface,
+        "lan_port": str(config.lan_port),
     }
     for src in sorted(OVERLAY_DIR.rglob("*")):
         if src.is_dir():
@@ -263,6 +268,13 @@ def assemble_root(
     for unit, wants in ENABLED_UNITS:
         source = "/etc/systemd/system" if unit.startswith("edgekiln-") else "/lib/systemd/system"
         _symlink(dest, f"etc/systemd/system/{wants}/{unit}", f"{source}/{unit}")
+    if config.lan_api:
+        unit = "edgekiln-api.service"
+        _symlink(
+            dest,
+            f"etc/systemd/system/multi-user.target.wants/{unit}",
+            f"/etc/systemd/system/{unit}",
+        )
     # Mutable config on data (Decision 9); mount points on the read-only root.
     _symlink(dest, "etc/systemd/network", "/data/etc/systemd/network")
     for mount_point in ("data", "boot/efi"):

@@ -37,6 +37,7 @@ def format_table(res: Optimisation) -> str:
         lines.append(
             f"{v.name:<24} {v.top1:>7.4f} {v.drop_pp:>8.2f} {v.p50_ms:>8.3f} {v.p95_ms:>8.3f} "
             f"{v.size_bytes / 1e6:>8.3f}  {'pass' if v.passed else 'FAIL'}{mark}"
+            + "".join(f"  [{k}: {d:.2f} pp]" for k, d in v.drop_pp_isa.items() if k != "host")
             + (f"  ({v.note})" if v.note else "")
         )
     if res.variants:

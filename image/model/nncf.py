@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 FP16_IR = "model_fp16.xml"
 INT8_IR = "model_int8.xml"
+INT8_7BIT_IR = "model_int8_7bit.xml"
 
 
 def nncf_available() -> bool:
@@ -44,11 +45,14 @@ def nncf_int8_ir(
     *,
     calibration: Path | None = None,
     accuracy: tuple[np.ndarray, np.ndarray, float] | None = None,
+    overflow_fix: bool = False,
 ) -> str:
-    """Write ``model_int8.xml/.bin`` made by NNCF into ``root``.
+    """Write ``model_int8.xml/.bin`` (``model_int8_7bit`` with ``overflow_fix``) into ``root``.
 
     ``accuracy`` = (images, labels, max_drop): use ``quantize_with_accuracy_control``, which
     keeps the layers that cost the most accuracy in float until the drop is within max_drop.
+    ``overflow_fix``: 7-bit weights in every layer (NNCF's default does only the first), so a
+    u8 x s7 pair sum fits int16 on a CPU without VNNI (``vpmaddubsw`` saturates otherwise).
     """
     import nncf
     import openvino as ov
@@ -57,8 +61,12 @@ def nncf_int8_ir(
     model = ov.Core().read_model(str(package.path_of(f)))
     cal = preprocess_batches(package, f.path, calibration_images(package, calibration))
     try:
+        fix = nncf.OverflowFix.ENABLE if overflow_fix else nncf.OverflowFix.FIRST_LAYER
+        advanced = nncf.AdvancedQuantizationParameters(overflow_fix=fix)
         if accuracy is None:
-            q = nncf.quantize(model, nncf.Dataset(cal), subset_size=len(cal))
+            q = nncf.quantize(
+                model, nncf.Dataset(cal), subset_size=len(cal), advanced_parameters=advanced
+            )
         else:
             images, labels, max_drop = accuracy
             val = list(zip(preprocess_batches(package, f.path, images), labels, strict=True))
@@ -70,12 +78,14 @@ def nncf_int8_ir(
                 max_drop=max_drop,
                 drop_type=nncf.DropType.ABSOLUTE,
                 subset_size=len(cal),
+                advanced_quantization_parameters=advanced,
             )
     except Exception as exc:  # NNCF raises many kinds; the message is what matters
         raise QuantisationError(f"{package.path_of(f)}: NNCF quantisation failed: {exc}") from exc
     root.mkdir(parents=True, exist_ok=True)
-    ov.save_model(q, str(root / INT8_IR), compress_to_fp16=False)
-    return INT8_IR
+    name = INT8_7BIT_IR if overflow_fix else INT8_IR
+    ov.save_model(q, str(root / name), compress_to_fp16=False)
+    return name
 
 
 def fake_quantize_count(xml: Path) -> int:

@@ -81,10 +81,12 @@ def quantise_onnx_int8(
     source: str = "model.onnx",
     calibration: Path | None = None,
     unsigned_activations: bool = False,
+    reduce_range: bool = False,
 ) -> Path:
     """Write an INT8 QDQ ONNX of ``source`` to ``out`` (per-channel int8 weights).
 
     Activations are int8 (S8S8), or uint8 with ``unsigned_activations`` (U8S8).
+    ``reduce_range``: 7-bit weights, so a u8 x s7 pair sum fits int16 on a CPU without VNNI.
     """
     try:
         from onnxruntime.quantization import (
@@ -125,6 +127,7 @@ def quantise_onnx_int8(
                 # MobileNetV2; without VNNI they may saturate: the gate decides.
                 activation_type=QuantType.QUInt8 if unsigned_activations else QuantType.QInt8,
                 weight_type=QuantType.QInt8,
+                reduce_range=reduce_range,
                 calibrate_method=CalibrationMethod.MinMax,
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
             )

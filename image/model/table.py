@@ -34,6 +34,10 @@ class Variant:
     device: str = ""
     note: str = ""
     error: str = ""  # why it could not be built, loaded or run (then it never passes)
+    # OpenVINO INT8 rows: top-1 per instruction set ("host" = the build host's, "avx2" = oneDNN
+    # capped at AVX2, the target's weakest); ``top1``/``drop_pp`` above are the host's figures.
+    top1_isa: dict[str, float] = field(default_factory=dict)
+    drop_pp_isa: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -52,6 +56,8 @@ class Optimisation:
     speedup: float = 1.0
     size_ratio: float = 1.0
     notes: list[str] = field(default_factory=list)
+    # The FP32 parent's top-1 per instruction set the INT8 rows were gated on (OpenVINO only).
+    parent_top1_isa: dict[str, float] = field(default_factory=dict)
     output: str = ""
     cached: bool = False
 

@@ -13,6 +13,7 @@ from image.recipe.schema import (
     BOOT_MIN_MIB,
     BUILDABLE_ARCHES,
     DATA_MIN_MIB,
+    MAX_BUDGET_FACTOR,
     MIB,
     RUNTIME_EXTRAS_MIB,
     TARGETS,
@@ -34,6 +35,7 @@ def check(loaded: LoadedRecipe, *, check_files: bool) -> None:
     """Every check, in order; the first failure raises."""
     _check_identity(loaded)
     _check_settings(loaded)
+    _check_lan(loaded)
     _check_models(loaded)
     _check_pipeline(loaded)
     _check_sizes(loaded, check_files=check_files)
@@ -66,10 +68,21 @@ def _check_identity(loaded: LoadedRecipe) -> None:
             )
 
 
+def _check_lan(loaded: LoadedRecipe) -> None:
+    lan = loaded.recipe.lan
+    if not 1 <= lan.port <= 65535:
+        raise _fail(loaded, "lan.port", "must be a TCP port (1-65535)")
+    if not re.match(r"^[A-Za-z0-9_.-]{1,15}$", lan.interface):
+        raise _fail(loaded, "lan.interface", "must be an interface name (e.g. eth0) or 'auto'")
+
+
 def _check_settings(loaded: LoadedRecipe) -> None:
     r = loaded.recipe
-    if not 0.1 <= r.health.budget_factor <= 100:
-        raise _fail(loaded, "health.budget_factor", "must be between 0.1 and 100")
+    # QEMU TCG needs hundreds (recipes/qemu-x86-64.toml); above the cap it is a typo
+    if not 0.1 <= r.health.budget_factor <= MAX_BUDGET_FACTOR:
+        raise _fail(
+            loaded, "health.budget_factor", f"must be between 0.1 and {MAX_BUDGET_FACTOR:g}"
+        )
     if r.health.reference_count < 1:
         raise _fail(loaded, "health.reference_count", "must be >= 1")
     if not 1 <= r.agent.watchdog_sec <= 3600:

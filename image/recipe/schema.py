@@ -154,6 +154,17 @@ class Runtime(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defa
     extras: tuple[Literal["opencv"], ...] = ()
 
 
+class Lan(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """The site-LAN API (``appliance api serve``): off unless ``api = true``.
+
+    ``interface`` is the LAN interface it listens on (``auto``: the default route's).
+    """
+
+    api: bool = False
+    interface: str = "auto"
+    port: int = 8443
+
+
 class Recipe(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """A fully merged, typed recipe."""
 
@@ -172,6 +183,7 @@ class Recipe(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     runtime: Runtime = Runtime()
     pipeline: PipelineDefaults = PipelineDefaults()
     update: Update = Update()
+    lan: Lan = Lan()
 
 
 # --- the target table (docs/decisions.md §22) ----------------------------------------------------
@@ -199,6 +211,8 @@ TARGETS: dict[str, TargetSpec] = {
 BUILDABLE_ARCHES = ("amd64",)
 RUNTIME_EXTRAS_MIB = 170  # OpenCV in the frozen runtime: 159 MB measured, with headroom
 
+#: highest health.budget_factor a recipe may carry (emulation under QEMU TCG needs 500)
+MAX_BUDGET_FACTOR = 1000.0
 BOOT_MIN_MIB = 40  # FAT32 with 512-byte clusters needs >= 65525 clusters (~33 MiB) + slack
 DATA_MIN_MIB = 32
 
@@ -230,6 +244,8 @@ class LoadedRecipe:
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe as plain data (for ``--plan`` and the manifest)."""
         data: dict[str, Any] = msgspec.to_builtins(self.recipe)
+        if self.recipe.lan == Lan():
+            del data["lan"]  # a recipe without [lan] keeps its digest
         return data
 
     @property

@@ -80,6 +80,7 @@ def _write(recipe_dir: Path, text: str) -> Path:
         ('[rootfs]\nextra_packages = ["Bad Name"]\n', "rootfs.extra_packages", "Debian package"),
         ("[rootfs]\nextra_packages = [1]\n", "rootfs.extra_packages.0", "Expected `str`"),
         ("[health]\nbudget_factor = 0\n", "health.budget_factor", "between"),
+        ("[health]\nbudget_factor = 5000\n", "health.budget_factor", "between 0.1 and 1000"),
         ('[models]\nselect = "smallest"\n', "models.select", "no effect without models.optimise"),
         ("[models]\nmax_accuracy_drop = 2.0\n", "models.max_accuracy_drop", "no effect without"),
         (
@@ -158,7 +159,7 @@ def test_qemu_profile_overrides_pipeline_and_budget(recipe_dir: Path) -> None:
     r = loaded.recipe
     assert r.target.name == "generic-x86-64"
     assert r.pipeline.source.startswith("npz:/opt/edgekiln/models/primary/reference.npz")
-    assert r.health.budget_factor == 20.0
+    assert r.health.budget_factor == 500.0
     assert "forward_to_console" in r.kernel.cmdline
 
 

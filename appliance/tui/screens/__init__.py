@@ -20,6 +20,7 @@ SCREENS: dict[str, str] = {
     "update": "appliance.tui.screens.update:UpdateScreen",
     "slots": "appliance.tui.screens.slots:SlotsScreen",
     "logs": "appliance.tui.screens.logs:LogsScreen",
+    "pair": "appliance.tui.screens.pair:PairScreen",
 }
 
 
