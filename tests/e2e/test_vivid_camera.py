@@ -37,7 +37,7 @@ BOOT_S = 900.0  # hang protection only (TCG on a loaded 2-core machine)
 
 
 def _recipe(workdir: Path) -> Path:
-    primary, fallback = make_models(workdir / "models", "1.0.0")
+    primary, fallback = make_models(workdir / "reference-models", "1.0.0")
     recipe = workdir / "vivid.toml"
     recipe.write_text(
         f'extends = "{os.path.relpath(BASE_RECIPE, workdir)}"\n'
@@ -45,9 +45,6 @@ def _recipe(workdir: Path) -> Path:
         "[models]\n"
         f'primary = "{primary.relative_to(workdir)}"\n'
         f'fallback = "{fallback.relative_to(workdir)}"\n'
-        "[health]\n"
-        "budget_factor = 100.0\n"
-        "reference_count = 8\n"
     )
     return recipe
 
@@ -85,4 +82,4 @@ def test_first_result_from_the_guest_kernels_vivid_camera(
         print(f"\nserial console of the vivid device: {vm.serial_log}")
     results = [r for r in records if r.get("type") == "result" and r.get("degraded") is False]
     assert results, f"no result from /dev/video0: {records[-5:]}"
-    assert results[0].get("model") == "tiny" and results[0].get("version") == "1.0.0"
+    assert results[0].get("model") == "inspect-primary" and results[0].get("version") == "1.0.0"
