@@ -23,6 +23,7 @@ import numpy as np
 from appliance.inference.backends.base import LoadedModel
 from appliance.inference.package import InputSpec, expected_shape
 from appliance.inference.quant_transform import apply, exact_transform, quant_matrix
+from appliance.inference.resize import resize_linear
 
 
 @dataclass(frozen=True)
@@ -83,13 +84,18 @@ def resize(image: np.ndarray, width: int, height: int, mode: str) -> tuple[np.nd
     h, w = image.shape[:2]
     if (w, h) == (width, height):
         return image, IDENTITY
-    import cv2
+    cv2 = _cv2()  # a runtime without OpenCV resizes in numpy (appliance/inference/resize.py)
+
+    def scale(img: np.ndarray, sw: int, sh: int) -> np.ndarray:
+        if cv2 is None:
+            return resize_linear(img, sw, sh)
+        out: np.ndarray = cv2.resize(img, (sw, sh), interpolation=cv2.INTER_LINEAR)
+        return out
 
     if mode == "stretch":
-        out = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-        return out, Letterbox(width / w, height / h, 0.0, 0.0)
+        return scale(image, width, height), Letterbox(width / w, height / h, 0.0, 0.0)
     nw, nh, px, py, box = letterbox_geometry(w, h, width, height)
-    scaled = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    scaled = scale(image, nw, nh)
     out = np.full((height, width, 3), PAD, dtype=np.uint8)
     out[py : py + nh, px : px + nw] = scaled
     return out, box

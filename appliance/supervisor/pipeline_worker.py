@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from appliance.inference.errors import SourceError
 from appliance.supervisor.supervisor import Policy, WorkerContext, WorkerTarget
 
 if TYPE_CHECKING:
@@ -120,17 +121,46 @@ def _pass_through(cfg: PipelineConfig, ctx: WorkerContext) -> None:
         ctx.emit({"type": "event", "kind": "sink_unavailable", "alert": True, "reason": str(exc)})
         sink = JsonlSink(cfg.sink) if cfg.sink else NullSink()
     ctx.emit({"type": "event", "kind": "degraded", "alert": True, "reason": "no model runs"})
-    source = open_source(cfg.source)
     stop: threading.Event = ctx.stop
+    failures = 0
     try:
         while not stop.is_set():
-            frame = source.read()
-            if frame is None:
-                break
-            sink.publish(
-                {"type": "frame", "index": frame.index, "degraded": True, "time": time.time()}
-            )
-            ctx.heartbeat()
+            try:  # a camera that cannot open or stops is waited for, never a crash loop
+                source = open_source(cfg.source)
+            except SourceError as exc:
+                failures += 1
+                _source_lost(ctx, exc, min(2.0**failures, cfg.reconnect_max_s))
+                continue
+            failures = 0
+            try:
+                while not stop.is_set():
+                    frame = source.read()
+                    if frame is None:
+                        return
+                    sink.publish(
+                        {
+                            "type": "frame",
+                            "index": frame.index,
+                            "degraded": True,
+                            "time": time.time(),
+                        }
+                    )
+                    ctx.heartbeat()
+            except SourceError as exc:
+                _source_lost(ctx, exc, 1.0)
+            finally:
+                source.close()
     finally:
-        source.close()
         sink.close()
+
+
+def _source_lost(ctx: WorkerContext, exc: SourceError, wait_s: float) -> None:
+    """Report a camera that cannot be read; wait ``wait_s`` before the next try, beating."""
+    log.error("degraded mode: %s", exc)
+    ctx.emit({"type": "event", "kind": "source_lost", "alert": True, "reason": str(exc)})
+    deadline = time.monotonic() + wait_s
+    while not ctx.stop.is_set():  # an outage is not a hang: keep the heartbeat going
+        ctx.heartbeat()
+        left = deadline - time.monotonic()
+        if left <= 0 or ctx.stop.wait(min(left, 1.0)):
+            return

@@ -15,7 +15,7 @@ from pathlib import Path
 from image.freeze.targets import TargetSpec
 
 # Optional-dependency groups of edgekiln that every device runtime carries (device roles).
-DEVICE_EXTRAS = ("tui", "lan", "delta", "mqtt")
+DEVICE_EXTRAS = ("tui", "lan", "delta", "mqtt", "camera")
 BACKEND_EXTRAS = {
     "onnxruntime": "onnxruntime",
     "openvino": "openvino",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from image.errors import BuildError
-from image.freeze.targets import TargetSpec
+from image.freeze.targets import CAMERA_MODULES, TargetSpec
 
 HOOKS_DIR = Path(__file__).with_name("pyinstaller_hooks")
 PROGRAM = "appliance"
@@ -35,7 +35,7 @@ def render_spec(spec: TargetSpec, entry: Path, src: Path) -> str:
 from PyInstaller.utils.hooks import collect_data_files, collect_submodules
 
 # appliance's sub-commands and back ends are imported lazily by name: collect them all.
-hiddenimports = collect_submodules("appliance") + {list(spec.included_modules)!r}
+hiddenimports = collect_submodules("appliance") + {[*spec.included_modules, *CAMERA_MODULES]!r}
 datas = collect_data_files("appliance", excludes=["**/__pycache__", "**/*.md"])
 
 a = Analysis(

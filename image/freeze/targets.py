@@ -22,6 +22,10 @@ class UnknownTargetError(BuildError):
 # program's ``appliance info`` reports from, so the smoke check compares like with like.
 BACKEND_LIBRARIES: dict[str, str] = BACKEND_MODULES
 
+# Camera capture every runtime carries, whatever its back end: V4L2 through linuxpy (pure Python)
+# and MJPEG through simplejpeg (libjpeg-turbo), so no target needs OpenCV to read its camera.
+CAMERA_MODULES: tuple[str, ...] = ("linuxpy.video.device", "simplejpeg")
+
 # Build-host tools and test libraries that must never reach a device, even if something imports
 # them lazily (``image`` is the builder; appliance never imports it, this only enforces it).
 ALWAYS_EXCLUDED: tuple[str, ...] = (

@@ -2,12 +2,16 @@
 
 URIs understood by :func:`open_source`:
 
-* ``v4l2:///dev/video0`` or ``/dev/video0`` - a V4L2 camera (OpenCV ``CAP_V4L2``),
+* ``v4l2:///dev/video0`` or ``/dev/video0`` - a V4L2 camera, read with linuxpy (ioctl + mmap,
+  no OpenCV; ``?format=YUYV|MJPG|GREY&width=&height=&fps=``, see ``v4l2.py``); a runtime that
+  has OpenCV but not linuxpy falls back to OpenCV ``CAP_V4L2``,
 * ``rtsp://``, ``rtsps://``, ``http://``, ``https://``, ``udp://``, ``tcp://`` - a network
-  stream (OpenCV ``CAP_FFMPEG``, with open/read timeouts so a dead camera cannot hang us),
+  stream (OpenCV ``CAP_FFMPEG``, with open/read timeouts so a dead camera cannot hang us;
+  needs OpenCV),
 * a video file path (or ``file://`` URI) - read frame by frame; ``?realtime=1`` paces it at the
-  file's frame rate and makes it behave like a live camera,
-* a directory - every ``*.jpg``/``*.jpeg``/``*.png``/``*.bmp`` in name order,
+  file's frame rate and makes it behave like a live camera (needs OpenCV),
+* a directory - every ``*.jpg``/``*.jpeg``/``*.png``/``*.bmp`` in name order (JPEGs without
+  OpenCV too, see ``files.py``),
 * ``npz:<path>`` - the ``images`` array of a reference split (RGB), used by tests and benches;
   ``?loop=1`` replays it forever and ``&fps=N`` paces it (a test-pattern camera for QEMU and
   demos, needing no camera driver).
@@ -15,124 +19,51 @@ URIs understood by :func:`open_source`:
 Live sources go through :class:`LatestFrameGrabber`: a thread reads as fast as the camera
 delivers and keeps one slot; the pipeline takes whatever is newest, so it never works on a
 stale queued frame when the model is slower than the camera.
+
+Whatever fails while opening (a missing library, device or file, a format we cannot convert)
+is a :class:`SourceError` naming the source and the reason, never an ``ImportError``.
 """
 
 from __future__ import annotations
 
+import importlib
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
 from appliance.inference.errors import SourceError
+from appliance.inference.sources.files import ImageFolderSource
+from appliance.inference.sources.frame import (
+    IMAGE_SUFFIXES,
+    OPEN_TIMEOUT_MS,
+    READ_TIMEOUT_MS,
+    STREAM_SCHEMES,
+    Frame,
+    Source,
+)
+from appliance.inference.sources.opencv import CvCaptureSource
+from appliance.inference.sources.v4l2 import V4L2Source
 
-STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https", "udp", "tcp", "rtmp")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-OPEN_TIMEOUT_MS = 5000
-READ_TIMEOUT_MS = 5000
-
-
-@dataclass
-class Frame:
-    """One captured frame: HxWx3 uint8 pixels, their colour order, index and capture time."""
-
-    image: np.ndarray
-    color: str
-    index: int
-    captured: float  # time.monotonic() when the read returned
-    capture_ms: float  # time the read itself took
-
-
-class Source(Protocol):
-    """Something that yields frames; ``read`` returns None at a clean end of stream."""
-
-    uri: str
-    live: bool
-
-    def read(self) -> Frame | None: ...
-
-    def close(self) -> None: ...
-
-
-class CvCaptureSource:
-    """A cv2.VideoCapture: V4L2 camera, network stream or video file."""
-
-    def __init__(self, uri: str, target: str, api: str, live: bool, realtime: bool = False) -> None:
-        import cv2
-
-        self.uri, self.live, self._realtime = uri, live or realtime, realtime
-        params = [
-            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
-            OPEN_TIMEOUT_MS,
-            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
-            READ_TIMEOUT_MS,
-        ]
-        backend = cv2.CAP_V4L2 if api == "v4l2" else cv2.CAP_FFMPEG
-        self._cap = cv2.VideoCapture(target, backend, params)
-        if not self._cap.isOpened():
-            raise SourceError(
-                f"{uri}: cannot open ({api}); check the device/URL and that it is streaming"
-            )
-        fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        self._period = 1.0 / fps if realtime and 0 < fps < 1000 else 0.0
-        self._next = time.monotonic()
-        self._index = 0
-
-    def read(self) -> Frame | None:
-        if self._period:
-            delay = self._next - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            self._next = max(self._next + self._period, time.monotonic() - self._period)
-        t0 = time.monotonic()
-        ok, image = self._cap.read()
-        t1 = time.monotonic()
-        if not ok or image is None:
-            if self.live and not self._realtime:
-                raise SourceError(
-                    f"{self.uri}: stopped delivering frames (camera gone or stream ended)"
-                )
-            return None
-        if image.ndim == 2:  # grey camera
-            image = np.repeat(image[..., None], 3, axis=2)
-        self._index += 1
-        return Frame(image, "BGR", self._index - 1, t1, (t1 - t0) * 1000)
-
-    def close(self) -> None:
-        self._cap.release()
-
-
-class ImageFolderSource:
-    """Every image file of a directory, in name order."""
-
-    live = False
-
-    def __init__(self, uri: str, folder: Path) -> None:
-        self.uri = uri
-        self._files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not self._files:
-            raise SourceError(f"{folder}: no {'/'.join(IMAGE_SUFFIXES)} files in this folder")
-        self._it = iter(enumerate(self._files))
-
-    def read(self) -> Frame | None:
-        import cv2
-
-        for i, path in self._it:
-            t0 = time.monotonic()
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            t1 = time.monotonic()
-            if image is None:  # unreadable file: skip it, a folder is not a camera
-                continue
-            return Frame(image, "BGR", i, t1, (t1 - t0) * 1000)
-        return None
-
-    def close(self) -> None:
-        pass
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "OPEN_TIMEOUT_MS",
+    "READ_TIMEOUT_MS",
+    "STREAM_SCHEMES",
+    "ArraySource",
+    "CvCaptureSource",
+    "Frame",
+    "ImageFolderSource",
+    "LatestFrameGrabber",
+    "Source",
+    "V4L2Source",
+    "frames",
+    "is_live_uri",
+    "open_source",
+]
 
 
 class ArraySource:
@@ -200,8 +131,8 @@ def open_source(uri: str) -> Source:
             raise SourceError(f"{path}: the images array is empty")
         return ArraySource(uri, images, loops=loops, fps=fps)
     if parts.scheme == "v4l2" or (not parts.scheme and uri.startswith("/dev/video")):
-        device = parts.path if parts.scheme else uri
-        return CvCaptureSource(uri, device, "v4l2", live=True)
+        device = parts.path if parts.scheme else uri.split("?", maxsplit=1)[0]
+        return _open_v4l2(uri, device, query)
     if parts.scheme in STREAM_SCHEMES:
         return CvCaptureSource(uri, uri, "ffmpeg", live=True)
     path = Path(parts.path if parts.scheme == "file" else uri.split("?", maxsplit=1)[0])
@@ -210,6 +141,29 @@ def open_source(uri: str) -> Source:
     if path.is_file():
         return CvCaptureSource(uri, str(path), "ffmpeg", live=False, realtime=realtime)
     raise SourceError(f"{uri}: no such file, folder, device or stream URL")
+
+
+def _importable(module: str) -> bool:
+    """True if ``module`` imports here (absent or broken, e.g. a missing shared library: False)."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def _open_v4l2(uri: str, device: str, query: dict[str, list[str]]) -> Source:
+    """linuxpy when the runtime has it (every target's does), else OpenCV, else SourceError."""
+    if not _importable("linuxpy") and _importable("cv2"):
+        return CvCaptureSource(uri, device, "v4l2", live=True)
+    try:
+        width = int(query["width"][0]) if "width" in query else None
+        height = int(query["height"][0]) if "height" in query else None
+        fps = float(query["fps"][0]) if "fps" in query else None
+    except ValueError:
+        raise SourceError(f"{uri}: width/height must be integers and fps a number") from None
+    fmt = query.get("format", [None])[0]
+    return V4L2Source(uri, device, fmt, width, height, fps)
 
 
 class LatestFrameGrabber:
