@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "publish": "image.release.cli:publish",
     "rollout": "image.release.rollout_cli:rollout",
     "model": "image.model.cli:model",
+    "fleet": "image.fleet.cli:fleet",
     "discover": "image.lan.cli:discover",
     "pair": "image.lan.cli:pair",
     "status": "image.lan.cli:status",

@@ -1,28 +1,33 @@
 #!/usr/bin/env python3
-"""Benchmark: our delta bundle (ekdelta1) against xdelta3, zstd --patch-from, bsdiff4, full zstd.
+"""Benchmark: our delta bundle (ekdelta1) against xdelta3, zstd --patch-from (and bsdiff4).
 
-Image pairs are real journal-less ext4 slot images made with the project's reproducible
-``image.build.fs.make_ext4`` from a Debian bookworm minbase root (+ python3), cached once:
+Three kinds of change, each on real journal-less ext4 slot images made with the builder's own
+reproducible ``image.build.fs.make_ext4`` (one file-system UUID for every version, as
+``kiln build`` gives a product's slots), from a Debian bookworm minbase + python3 root
+(debootstrap once, cached) with numpy 2.1.3 unpacked into dist-packages and a 5 MiB model:
 
-  v1   base root + numpy 2.1.3 (wheel unpacked into dist-packages) + an 8 MiB float32 model
-  v2   numpy 2.2.1 + the model fine-tuned (every weight nudged) + a version file   (package+model)
-  v2b  numpy 2.1.3 + the fine-tuned model + a version file                       (model only)
-  L1/L2 = v1/v2 plus the same ~250 MiB of extra files: a ~2x larger image, for RSS constancy
+  package  v1 + one more Debian package (jq, libjq1, libonig5: ``dpkg -x`` + its dpkg status)
+  wheel    v1 with numpy 2.1.3 -> 2.2.1 (the wheel's files replaced)
+  model    v1 with the 5 MiB model replaced by other random (incompressible) bytes
+  (and the model swap again on a ~2x larger image, for apply RSS flat in image size)
 
-Printed side by side, in one run: delta size (and % of full zstd -19), encode time, apply wall
-and CPU time (medians), apply peak RSS (a fresh process; ru_maxrss of the child), and ours /
-xdelta3 -d apply-time ratios. Ours is measured end to end: a signed
-bundle, applied by ``open_bundle`` + ``stream_payload(base=BaseSlot)`` into a FileSink, every
-chunk verified before it is written.
+Ours is run through the CLIs, as a release manager and a device run them:
+``kiln bundle --slot-image NEW --delta-from OLD --key K ...`` with its defaults, and
+``appliance install D.bundle --loader file:S --booted A --slot A=OLD --slot B=OUT ...``
+(signature, policy, the base's sha256, every wire and rebuilt chunk's sha256, O_DIRECT write,
+the read-back of the slot). Printed side by side: delta size (and % of the new image at
+zstd -19), encode time and peak RSS, apply wall and CPU time (medians), apply peak RSS
+(``ru_maxrss`` of the child: what ``/usr/bin/time -v`` reports), and per-round ratios of ours to
+``xdelta3 -d`` and to ``xdelta3 -d`` + ``sync`` (each round alternates the methods, so each
+sees the same background load).
 
-    .venv/bin/python tools/bench_delta.py                 # bsdiff4 on the model-only pair
-    .venv/bin/python tools/bench_delta.py --bsdiff both   # also on the upgrade (~7 GB RAM)
-    .venv/bin/python tools/bench_delta.py --bsdiff none --no-zstd --rounds 5   # quick
+    .venv/bin/python tools/bench_delta.py                     # the three pairs, 3 rounds
+    .venv/bin/python tools/bench_delta.py --pairs model --rounds 5 --no-zstd   # quick
+    .venv/bin/python tools/bench_delta.py --bsdiff model      # bsdiff4 too (GiBs, minutes)
 
-Encodes (minutes each under load) are cached in CACHE/encoded, keyed by command and inputs
-(``--fresh`` re-encodes); every apply is measured again in each run, ``--rounds`` times,
-interleaved across methods so each round sees the same background load. Apply outputs are
-deleted as soon as they are checked; the cache holds the images and the encoded patches.
+Encodes are cached in CACHE/encoded (``$EDGEKILN_BENCH_CACHE``, default
+~/.cache/edgekiln-delta), keyed by command and inputs (``--fresh`` re-encodes); every apply is
+measured again in each run. Apply outputs are deleted as soon as they are checked.
 """
 
 from __future__ import annotations
@@ -36,7 +41,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -44,9 +48,14 @@ MIB = 1 << 20
 CACHE = Path(os.environ.get("EDGEKILN_BENCH_CACHE", Path.home() / ".cache" / "edgekiln-delta"))
 EPOCH = 1_750_000_000
 NUMPY = {"old": "2.1.3", "new": "2.2.1"}
+DEBS = ("jq", "libjq1", "libonig5")  # jq and what it depends on beyond the minbase root
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
+BIN = Path(PY).parent  # the venv's console scripts: kiln, appliance
 SITE = "usr/lib/python3/dist-packages"
+MODEL = 5 * MIB
+PASSPHRASE = "bench-passphrase"  # noqa: S105 (a throwaway bench key)
+IDENTITY = ["--product", "bench", "--target", "generic-x86-64", "--security-version", "1"]
 
 
 def _run(argv: list[str], **kw: object) -> None:
@@ -57,7 +66,6 @@ def base_root() -> Path:
     """A cached Debian bookworm minbase + python3 root (debootstrap once, ~2 min)."""
     root = CACHE / "base-root"
     if not (root / "usr/bin/python3").exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(root, ignore_errors=True)
         _run(["debootstrap", "--variant=minbase", "--include=python3", "bookworm", str(root),
               "http://deb.debian.org/debian"])  # fmt: skip
@@ -78,55 +86,73 @@ def numpy_wheel(version: str) -> Path:
     return found[0]
 
 
-def model_bytes(tuned: bool) -> bytes:
-    """An 8 MiB float32 'model'; fine-tuning nudges every weight by ~0.5% of its spread."""
+def debs() -> list[Path]:
+    """The package's .deb files (``apt-get download``, cached)."""
+    folder = CACHE / "debs"
+    folder.mkdir(parents=True, exist_ok=True)
+    if not all(list(folder.glob(f"{name}_*.deb")) for name in DEBS):
+        _run(["apt-get", "download", *DEBS], cwd=folder)
+    return sorted(p for name in DEBS for p in folder.glob(f"{name}_*.deb"))
+
+
+def model_bytes(seed: int) -> bytes:
+    """A 5 MiB 'model' of random (incompressible) bytes."""
     import numpy as np
 
-    rng = np.random.default_rng(11)
-    weights = rng.normal(0.0, 0.05, 2 * MIB).astype(np.float32)
-    if tuned:
-        noise = np.random.default_rng(12).normal(0.0, 0.00025, weights.size)
-        weights = (weights + noise).astype(np.float32)
-    return b"EKMODEL1" + weights.tobytes()
+    return np.random.default_rng(seed).integers(0, 256, MODEL, dtype=np.uint8).tobytes()
 
 
-def make_tree(dest: Path, numpy: str, tuned: bool, version: str, extra: bool) -> None:
-    """Copy the base root and add numpy, the model, a version file (and the extra files)."""
+def add_package(dest: Path) -> None:
+    """Unpack the .debs into ``dest`` and list them in its dpkg status, as apt would."""
+    status = dest / "var/lib/dpkg/status"
+    for deb in debs():
+        _run(["dpkg", "-x", str(deb), str(dest)])
+        control = subprocess.run(["dpkg-deb", "-f", str(deb)], check=True, capture_output=True)
+        with open(status, "ab") as f:
+            f.write(b"\n" + control.stdout.replace(b"Package:", b"Package:", 1).rstrip(b"\n"))
+            f.write(b"\nStatus: install ok installed\n")
+
+
+def make_tree(dest: Path, kind: str, extra: bool) -> None:
+    """Copy the base root and add numpy, the model, a version file (and the change ``kind``)."""
     shutil.rmtree(dest, ignore_errors=True)
     _run(["cp", "-a", str(base_root()), str(dest)])
-    with zipfile.ZipFile(numpy_wheel(numpy)) as whl:
+    with zipfile.ZipFile(numpy_wheel(NUMPY["new" if kind == "wheel" else "old"])) as whl:
         whl.extractall(dest / SITE)
     models = dest / "opt/edgekiln/models/detector"
     models.mkdir(parents=True)
-    (models / "model.onnx").write_bytes(model_bytes(tuned))
+    (models / "model.onnx").write_bytes(model_bytes(2 if kind == "model" else 1))
     (dest / "etc/edgekiln").mkdir(parents=True, exist_ok=True)
-    (dest / "etc/edgekiln/version").write_text(version + "\n")
+    (dest / "etc/edgekiln/version").write_text("1.0.0\n" if kind == "v1" else "2.0.0\n")
+    if kind == "package":
+        add_package(dest)
     if extra:  # identical in both versions: only makes the image larger
         _run(["cp", "-a", str(base_root() / "usr"), str(dest / "opt/extra-usr")])
         with zipfile.ZipFile(numpy_wheel(NUMPY["old"])) as whl:
             whl.extractall(dest / "opt/extra-numpy")
 
 
-def make_image(name: str, numpy: str, tuned: bool, version: str, extra: bool = False) -> Path:
-    """The cached ext4 slot image ``name`` (journal-less, reproducible: image.build.fs)."""
+def make_image(kind: str, extra: bool = False) -> Path:
+    """The cached ext4 slot image for ``kind`` (v1, package, wheel, model)."""
     from image.build.fs import fs_uuid_for, make_ext4
 
-    out = CACHE / "images" / f"{name}.ext4"
+    out = CACHE / "images" / f"{'L-' if extra else ''}{kind}.ext4"
     if out.exists():
         return out
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         tree = Path(tmp) / "root"
-        make_tree(tree, numpy, tuned, version, extra)
+        make_tree(tree, kind, extra)
         size_mib = 640 if extra else 384
-        make_ext4(tree, out, size_mib, fs_uuid_for("bench", "rootfs"), EPOCH)
+        # One UUID for every version, as kiln build gives a product's slot file systems.
+        make_ext4(tree, out, size_mib, fs_uuid_for("bench", "generic-x86-64", "rootfs"), EPOCH)
     return out
 
 
-def measure(argv: list[str]) -> dict[str, float]:
+def measure(argv: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
     """Wall seconds, CPU seconds (user + sys) and peak RSS bytes of ``argv`` as a fresh child.
 
     A small probe process runs ``argv`` as its only child and reports the child's rusage, so
-    the RSS is the command's own (``ru_maxrss`` of the child), not this bench's.
+    the RSS is the command's own (``ru_maxrss`` of the child, as ``/usr/bin/time -v`` shows).
     """
     probe = (
         "import resource,subprocess,sys,time;t=time.perf_counter();"
@@ -134,40 +160,25 @@ def measure(argv: list[str]) -> dict[str, float]:
         "r=resource.getrusage(resource.RUSAGE_CHILDREN);"
         "print(w, r.ru_utime + r.ru_stime, r.ru_maxrss)"
     )
-    done = subprocess.run([PY, "-c", probe, *argv], check=True, capture_output=True, text=True)
+    done = subprocess.run(
+        [PY, "-c", probe, *argv], check=False, capture_output=True, text=True, env=env
+    )
+    if done.returncode:
+        raise SystemExit(f"{argv[0]} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
     wall, cpu, rss_kib = done.stdout.split()
     return {"wall": float(wall), "cpu": float(cpu), "rss": int(rss_kib) * 1024}
 
 
-APPLY = """
-import sys
-from appliance.bundle import FileSink, Keyring, Policy, TrustedKey, open_bundle
-from appliance.bundle.delta_apply import BaseSlot
-bundle, base, out, pub = sys.argv[1:5]
-policy = Policy(Keyring(1, (TrustedKey.from_public_key(bytes.fromhex(pub)),)), None, None)
-with open(bundle, "rb") as f, FileSink(out, create=True) as sink, BaseSlot(base) as slot:
-    b = open_bundle(f, policy)
-    b.stream_payload(b.manifest.payloads[0].name, sink, base=slot)
-    b.finish()
-"""
-
-
-def _key() -> tuple[object, str]:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-    key = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"bench").digest())
-    return key, key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
-
-
-def _encode_ours(old: Path, new: Path, patch: Path) -> None:
-    from appliance.bundle import PayloadSource, write_bundle
-
-    key, _ = _key()
-    with open(patch, "wb") as handle, tempfile.TemporaryDirectory(dir=patch.parent) as spool:
-        write_bundle(handle, key=key, product="bench", targets=["generic-x86-64"],  # type: ignore[arg-type]
-                     version="2.0.0", security_version=1, created=EPOCH,
-                     payloads=[PayloadSource.delta(new, old)], spool_dir=Path(spool))  # fmt: skip
+def keys() -> dict[str, Path]:
+    """A release key (``kiln keys new``) and the device keyring holding it (cached)."""
+    d = CACHE / "keys"
+    env = {**os.environ, "EDGEKILN_KEY_PASSPHRASE": PASSPHRASE}
+    if not (d / "ring.json").exists():
+        shutil.rmtree(d, ignore_errors=True)
+        _run([str(BIN / "kiln"), "keys", "new", "rel", "--dir", str(d)], env=env)
+        _run([str(BIN / "kiln"), "keys", "keyring", str(d / "ring.json"), "--add",
+              str(d / "rel.pub")], env=env)  # fmt: skip
+    return {"key": d / "rel.key", "ring": d / "ring.json"}
 
 
 class Method:
@@ -177,8 +188,8 @@ class Method:
         self.name, self.label = name, label
         self.encoded_as = encoded_as or name  # another method's patch, applied another way
 
-    def encode_argv(self, old: Path, new: Path, patch: Path) -> list[str] | None:
-        """The encode command, or None for ours (encoded in this process)."""
+    def encode_argv(self, old: Path, new: Path, patch: Path) -> list[str]:
+        """The encode command."""
         if self.encoded_as == "xdelta3":
             return ["xdelta3", "-9", "-S", "djw", "-e", "-f", "-s", str(old), str(new), str(patch)]
         if self.name == "zstd":
@@ -191,13 +202,15 @@ class Method:
             return [PY, "-c", code, str(old), str(new), str(patch)]
         if self.name == "full":
             return ["zstd", "-q", "-f", "-19", "-T2", str(new), "-o", str(patch)]
-        return None
+        key = str(keys()["key"])
+        return [str(BIN / "kiln"), "bundle", "--slot-image", str(new), "--delta-from", str(old),
+                "--key", key, *IDENTITY, "--version", "2.0.0", "-o", str(patch)]  # fmt: skip
 
     def apply_argv(self, old: Path, patch: Path, out: Path) -> list[str]:
         """The apply command (a fresh process, writes ``out``)."""
         if self.name == "xdelta3":
             return ["xdelta3", "-d", "-f", "-s", str(old), str(patch), str(out)]
-        if self.name == "xdelta3-sync":  # made durable like ours (FileSink.flush = fsync)
+        if self.name == "xdelta3-sync":  # made durable like ours (the installer fsyncs)
             script = 'xdelta3 -d -f -s "$1" "$2" "$3" && sync "$3"'
             return ["sh", "-c", script, "sh", str(old), str(patch), str(out)]
         if self.name == "zstd":
@@ -208,10 +221,18 @@ class Method:
             return [PY, "-c", code, str(old), str(out), str(patch)]
         if self.name == "full":
             return ["zstd", "-q", "-f", "-d", str(patch), "-o", str(out)]
-        return [PY, "-c", APPLY, str(patch), str(old), str(out), _key()[1]]
+        state = out.parent / "slots.env"
+        state.unlink(missing_ok=True)
+        shutil.rmtree(out.parent / "data", ignore_errors=True)
+        (out.parent / "data").mkdir()
+        out.write_bytes(b"")  # the target slot (a file here; a partition on a device)
+        return [str(BIN / "appliance"), "install", str(patch), f"--loader=file:{state}",
+                "--booted=A", f"--keyring={keys()['ring']}", "--product=bench",
+                "--target=generic-x86-64", f"--slot=A={old}", f"--slot=B={out}",
+                f"--data-dir={out.parent / 'data'}"]  # fmt: skip
 
 
-OURS = Method("ours", "ours (ekdelta1 bundle)")
+OURS = Method("ours", "ours (kiln bundle --delta-from / appliance install)")
 METHODS = {
     "xdelta3": Method("xdelta3", "xdelta3 -9 -S djw"),
     "zstd": Method("zstd", "zstd -19 --long=31 --patch-from"),
@@ -224,23 +245,24 @@ XDELTA_SYNC = Method("xdelta3-sync", "xdelta3 -d, then sync (fsync) of its outpu
 def _encoder_sources() -> str:
     """A digest of our encoder's code: a cached ekdelta1 bundle is stale when it changes."""
     h = hashlib.sha256()
-    for name in ("delta.py", "delta_encode.py", "writer.py", "manifest.py"):
-        h.update((ROOT / "appliance/bundle" / name).read_bytes())
+    for name in sorted((ROOT / "appliance/bundle").glob("*.py")):
+        h.update(name.read_bytes())
+    h.update((ROOT / "image/release/cli.py").read_bytes())
     return h.hexdigest()[:16]
 
 
-def encode(m: Method, old: Path, new: Path, fresh: bool) -> tuple[Path, float, bool]:
-    """(patch file, encode seconds, reused from cache?) for ``old`` -> ``new`` with ``m``.
+def encode(m: Method, old: Path, new: Path, fresh: bool) -> tuple[Path, dict[str, float], bool]:
+    """(patch file, encode wall/cpu/rss, reused from cache?) for ``old`` -> ``new`` with ``m``.
 
-    Encodes take minutes (zstd -19 --long, bsdiff4 on 384 MiB): they are cached under
-    CACHE/encoded, keyed by the command and both images' size and mtime (and our encoder's
-    source digest), so a re-run re-measures every apply and only re-encodes what changed.
+    Cached under CACHE/encoded, keyed by the command, both images' size and mtime (and our
+    encoder's source digest), so a re-run re-measures every apply and re-encodes only what
+    changed.
     """
     enc_dir = CACHE / "encoded"
     enc_dir.mkdir(parents=True, exist_ok=True)
     patch = enc_dir / f"{m.encoded_as}-{old.stem}-{new.stem}.patch"
     argv = m.encode_argv(old, new, patch)
-    ident = [argv or ["ours", _encoder_sources()]]
+    ident: list[object] = [argv, _encoder_sources() if m.encoded_as == "ours" else ""]
     for p in (old, new):
         st = p.stat()
         ident.append([p.name, str(st.st_size), str(st.st_mtime_ns)])
@@ -249,62 +271,79 @@ def encode(m: Method, old: Path, new: Path, fresh: bool) -> tuple[Path, float, b
     if not fresh and patch.exists() and meta.exists():
         saved = json.loads(meta.read_text())
         if saved.get("key") == key:
-            return patch, float(saved["encode"]), True
+            return patch, saved["encode"], True
     patch.unlink(missing_ok=True)
     meta.unlink(missing_ok=True)
-    if argv is None:
-        t = time.perf_counter()
-        _encode_ours(old, new, patch)
-        secs = time.perf_counter() - t
-    else:
-        secs = measure(argv)["wall"]
-    meta.write_text(json.dumps({"key": key, "encode": secs}))
-    return patch, secs, False
+    env = {**os.environ, "EDGEKILN_KEY_PASSPHRASE": PASSPHRASE, "SOURCE_DATE_EPOCH": str(EPOCH)}
+    r = measure(argv, env)
+    meta.write_text(json.dumps({"key": key, "encode": r}))
+    return patch, r, False
 
 
 def apply(m: Method, old: Path, new: Path, patch: Path, work: Path) -> dict[str, float]:
     """Apply once in a fresh process, check the output is the new image byte for byte."""
     out = work / f"{m.name}.out"
     out.unlink(missing_ok=True)
+    argv = m.apply_argv(old, patch, out)
     # Outside the timing: write back every dirty page first, so no apply pays for the one
-    # before it (xdelta3 and zstd leave 384 MiB dirty, ours and xdelta3-sync fsync).
+    # before it (xdelta3 and zstd leave the image dirty; ours and xdelta3-sync make it durable).
     os.sync()
     try:
-        r = measure(m.apply_argv(old, patch, out))
-        if _sha(out) != _sha(new):
+        r = measure(argv)
+        if _sha(out, new.stat().st_size) != _sha(new):
             raise SystemExit(f"{m.label}: applied image differs from the new image")
     finally:
         out.unlink(missing_ok=True)  # 384-640 MiB each: never left behind
     return r
 
 
-def _sha(path: Path) -> str:
+def _sha(path: Path, size: int | None = None) -> str:
     h = hashlib.sha256()
+    left = path.stat().st_size if size is None else size
     with open(path, "rb") as f:
-        while block := f.read(MIB):
+        while left > 0 and (block := f.read(min(MIB, left))):
             h.update(block)
+            left -= len(block)
     return h.hexdigest()
 
 
-def _median(xs: list[float]) -> float:
-    return statistics.median(xs)
+def breakdown(bundle: Path) -> str:
+    """Where the bytes of our delta bundle go: manifest, tar framing, unchanged and other chunks."""
+    import struct
+    import tarfile
+
+    with tarfile.open(bundle) as tar:
+        members = tar.getmembers()
+        manifest = tar.extractfile("manifest.json").read()  # type: ignore[union-attr]
+        payload = members[2]
+        data = tar.extractfile(payload).read()  # type: ignore[union-attr]
+    doc = json.loads(manifest)["payloads"][0]
+    copies = copy_bytes = at = 0
+    for chunk in doc["chunks"]:
+        magic, _n_ext, _n_ctrl, _zlen = struct.unpack_from("<4sIII", data, at)
+        if magic == b"EKD0":  # runs of the base as they are: unchanged bytes
+            copies += 1
+            copy_bytes += chunk["size"]
+        at += chunk["size"]
+    framing = bundle.stat().st_size - len(manifest) - 64 - len(data)
+    return (
+        f"manifest {len(manifest):,} B ({len(manifest) / len(doc['chunks']):.0f} B per chunk: "
+        f"two sha256 in hex each), tar headers and padding {framing:,} B, "
+        f"{copies} unchanged chunks {copy_bytes:,} B ({copy_bytes / max(1, copies):.0f} B each), "
+        f"{len(doc['chunks']) - copies} changed chunks {len(data) - copy_bytes:,} B"
+    )
 
 
 def run_pair(methods: list[Method], old: Path, new: Path, rounds: int, fresh: bool,
              work: Path) -> dict[str, dict[str, float]]:  # fmt: skip
-    """Encode (cached) with each method, then apply all of them ``rounds`` times, interleaved.
-
-    Interleaving puts every method under the same background load in each round; the
-    per-method medians and the per-round ratios against xdelta3 are what the table reports.
-    """
+    """Encode (cached) with each method, then apply all of them ``rounds`` times, alternating."""
     results: dict[str, dict[str, float]] = {}
     patches: dict[str, Path] = {}
     for m in methods:
-        patch, secs, cached = encode(m, old, new, fresh)
+        patch, enc, cached = encode(m, old, new, fresh)
         patches[m.name] = patch
-        results[m.name] = {"size": patch.stat().st_size, "encode": secs, "cached": cached}
-        print(f"  encoded {m.label}: {patch.stat().st_size / MIB:.2f} MiB, {secs:.0f} s"
-              f"{' (cached)' if cached else ''}", flush=True)  # fmt: skip
+        results[m.name] = {"size": patch.stat().st_size, "encode": enc["wall"],
+                           "encode_rss": enc["rss"], "cached": cached}  # fmt: skip
     runs: dict[str, list[dict[str, float]]] = {m.name: [] for m in methods}
     for _ in range(rounds):
         for m in methods:
@@ -326,103 +365,94 @@ def run_pair(methods: list[Method], old: Path, new: Path, rounds: int, fresh: bo
     return results
 
 
-HEAD = ("| method | size | % of full zstd-19 | encode | apply (wall, median) | apply CPU "
-        "(median) | apply peak RSS |\n| --- | --- | --- | --- | --- | --- | --- |")  # fmt: skip
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+HEAD = (
+    "| method | size | % of new image zstd-19 | encode (peak RSS) | apply wall (median) | "
+    "apply CPU (median) | apply peak RSS |\n| --- | --- | --- | --- | --- | --- | --- |"
+)
 
 
 def row(label: str, r: dict[str, float], full: float) -> str:
-    enc = f"{r['encode']:.0f} s" + (" (cached)" if r.get("cached") else "")
+    enc = f"{r['encode']:.0f} s ({r['encode_rss'] / MIB:.0f} MiB)" + (
+        " cached" if r.get("cached") else ""
+    )
     return (
-        f"| {label} | {r['size'] / MIB:.2f} MiB | {100 * r['size'] / full:.1f}% | {enc} | "
+        f"| {label} | {r['size']:,} B | {100 * r['size'] / full:.2f}% | {enc} | "
         f"{r['apply']:.2f} s | {r['cpu']:.2f} s | {r['rss'] / MIB:.1f} MiB |"
     )
 
 
+PAIRS = {
+    "package": "v1 -> v1 + jq (dpkg -x of 3 .debs + dpkg status)",
+    "wheel": "v1 -> numpy 2.1.3 -> 2.2.1",
+    "model": "v1 -> the 5 MiB model replaced (incompressible)",
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bsdiff", choices=["none", "model", "both"], default="model",
-                    help="pairs to run bsdiff4 on (~17x the image in RAM, minutes)")  # fmt: skip
+    ap.add_argument(
+        "--pairs", default="package,wheel,model", help="comma-separated: " + ",".join(PAIRS)
+    )
+    ap.add_argument("--bsdiff", default="", help="pairs to run bsdiff4 on (GiBs of RAM, minutes)")
     ap.add_argument("--no-zstd", action="store_true", help="skip zstd --patch-from")
-    ap.add_argument("--no-large", action="store_true", help="skip the 2x image (RSS constancy)")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved applies per method")
+    ap.add_argument("--no-large", action="store_true", help="skip the 2x image (RSS flatness)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating applies per method")
     ap.add_argument("--fresh", action="store_true", help="re-encode even if cached")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    v1 = make_image("v1", NUMPY["old"], False, "1.0.0")
-    v2 = make_image("v2", NUMPY["new"], True, "2.0.0")
-    v2b = make_image("v2b", NUMPY["old"], True, "2.0.0")
+    CACHE.mkdir(parents=True, exist_ok=True)  # a fresh machine has no cache folder yet
+    pairs = [p for p in args.pairs.split(",") if p]
+    v1 = make_image("v1")
+    news = {kind: make_image(kind) for kind in pairs}
     work = CACHE / "work"
     shutil.rmtree(work, ignore_errors=True)  # outputs of older bench versions (GBs)
     work.mkdir(parents=True)
-    model_zst = len(__import__("zstandard").ZstdCompressor(level=19).compress(model_bytes(True)))
-    print(f"images: {v1.stat().st_size / MIB:.0f} MiB ext4 (no journal); model 8 MiB, "
-          f"zstd -19: {model_zst / MIB:.2f} MiB; {os.cpu_count()} CPUs, "
+    print(f"images: {v1.stat().st_size / MIB:.0f} MiB ext4 (no journal); {os.cpu_count()} CPUs, "
           f"load average at start {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
-    # The denominator for both pairs: the full image compressed (the two new images differ
-    # by ~60 MB of 384 MiB; zstd -19 of a whole image takes minutes, so measured on v2b only).
-    full_r = run_pair([FULL], v1, v2b, 1, args.fresh, work)["full"]
-    full = full_r["size"]
-    print(HEAD.split("\n", maxsplit=1)[0] + "\n" + HEAD.split("\n")[1])
-    print(row(FULL.label + " (v2b)", full_r, full), flush=True)
-    plan = [("model", "v1 -> v2b (model only)", v2b),
-            ("upgrade", "v1 -> v2 (numpy 2.1.3 -> 2.2.1 + the model)", v2)]  # fmt: skip
+    # Every encode first, each cached as soon as it ends: an interrupted run resumes.
     chosen: dict[str, list[Method]] = {}
-    for kind, _label, _new in plan:
+    for kind in pairs:
         chosen[kind] = [OURS, METHODS["xdelta3"], XDELTA_SYNC]
         if not args.no_zstd:
             chosen[kind].append(METHODS["zstd"])
-        if args.bsdiff in ("both", kind):
+        if kind in args.bsdiff.split(","):
             chosen[kind].append(METHODS["bsdiff4"])
-    # Every encode first, cheapest and most wanted first; each is cached as soon as it ends,
-    # so an interrupted run resumes where it stopped.
-    order = sorted(
-        ((k, m, new) for k, _label, new in plan for m in chosen[k]),
-        key=lambda t: (
-            ["ours", "xdelta3", "zstd", "bsdiff4"].index(t[1].encoded_as),
-            t[0] != "model",
-        ),
-    )
-    for _kind, m, new in order:
-        encode(m, v1, new, args.fresh)
-        print(f"  encoded {m.label}, {v1.stem} -> {new.stem}", flush=True)
-    for kind, label, new in plan:
+        for m in chosen[kind]:
+            encode(m, v1, news[kind], args.fresh)
+    # The denominator: one new image at zstd -19 (minutes under load; the new images differ
+    # by a few MiB of 384, so the package pair's serves all pairs).
+    full = encode(FULL, v1, make_image("package"), False)[0].stat().st_size
+    print(f"package image at zstd -19 -T2: {full:,} B (the % denominator)", flush=True)
+    for kind in pairs:
         methods = chosen[kind]
-        print(f"\n{label}\n", flush=True)
-        results = run_pair(methods, v1, new, args.rounds, args.fresh, work)
+        print(f"\n{PAIRS[kind]}\n", flush=True)
+        results = run_pair(methods, v1, news[kind], args.rounds, args.fresh, work)
         print(HEAD)
         for m in methods:
             print(row(m.label, results[m.name], full))
         mine = results["ours"]
+        print(f"\nours, where the bytes go: {breakdown(encode(OURS, v1, news[kind], False)[0])}")
         best = min((results[m.name]["size"], m.label) for m in methods if m is not OURS)
-        # (xdelta3-sync shares xdelta3's patch: the same size)
-        print(f"\nours / best other delta ({best[1]}): {mine['size'] / best[0]:.2f} (goal <= 1.0)")
-        if kind == "model":
-            print(f"ours / changed model zstd-19: {mine['size'] / model_zst:.2f} (goal <= 1.1)")
-        print(f"apply, ours / xdelta3 -d, median of {args.rounds} interleaved rounds: "
-              f"wall {mine['wall_ratio']:.2f}, CPU {mine['cpu_ratio']:.2f} (goal <= 1.0); "
-              f"ours / (xdelta3 -d + sync): wall {mine['wall_ratio_sync']:.2f}, "
-              f"CPU {mine['cpu_ratio_sync']:.2f}")  # fmt: skip
-        print(
-            "  ours = a fresh python: imports, Ed25519 manifest check, sha256 of the whole "
-            "base, per chunk sha256 of the wire bytes and of the rebuilt bytes, pwrite, "
-            "fsync; xdelta3 -d = reads the source and the patch, decodes VCDIFF (adler32 "
-            "per window), writes into the page cache: no fsync, no digest of the base or "
-            "of the output"
-        )
-        print(f"apply peak RSS, ours: {mine['rss'] / MIB:.1f} MiB (goal <= 64 MiB)", flush=True)
-        if kind == "model" and not args.no_large:  # same change, ~2x larger image: flat RSS?
-            l1 = make_image("L1", NUMPY["old"], False, "1.0.0", extra=True)
-            l2 = make_image("L2b", NUMPY["old"], True, "2.0.0", extra=True)
-            large = run_pair([OURS], l1, l2, 1, args.fresh, work)["ours"]
-            print("\napply peak RSS vs image size (same model-only change): "
-                  f"{v1.stat().st_size / MIB:.0f} MiB image: {mine['rss'] / MIB:.1f} MiB; "
-                  f"{l1.stat().st_size / MIB:.0f} MiB image: {large['rss'] / MIB:.1f} MiB "
-                  f"(apply {large['apply']:.2f} s, delta {large['size'] / MIB:.2f} MiB)",
-                  flush=True)  # fmt: skip
+        print(f"\nsize, ours / smallest other ({best[1]}): {mine['size'] / best[0]:.3f} "
+              "(goal <= 1.0)")  # fmt: skip
+        print(f"apply, ours / (xdelta3 -d + sync), median of {args.rounds} alternating rounds: "
+              f"wall {mine['wall_ratio_sync']:.2f}, CPU {mine['cpu_ratio_sync']:.2f} "
+              f"(goal <= 1.5); ours / xdelta3 -d: wall {mine['wall_ratio']:.2f}, "
+              f"CPU {mine['cpu_ratio']:.2f}")  # fmt: skip
+        print(f"apply peak RSS, ours: {mine['rss'] / MIB:.1f} MiB (goal <= 64 MiB); encode peak "
+              f"RSS {mine['encode_rss'] / MIB:.0f} MiB (goal <= 1024 MiB)", flush=True)  # fmt: skip
+    if "model" in pairs and not args.no_large:  # same change, a ~1.7x larger image: flat RSS?
+        l1, l2 = make_image("v1", extra=True), make_image("model", extra=True)
+        large = run_pair([OURS], l1, l2, 1, args.fresh, work)["ours"]
+        print(f"\napply peak RSS, the model swap on a {l1.stat().st_size / MIB:.0f} MiB image: "
+              f"{large['rss'] / MIB:.1f} MiB (apply {large['apply']:.2f} s, delta "
+              f"{large['size']:,} B)", flush=True)  # fmt: skip
     shutil.rmtree(work, ignore_errors=True)
-    bare = measure([PY, "-c", "import numpy, zstandard, cryptography"])
-    print(f"\n(peak RSS of a bare `{Path(PY).name} -c 'import numpy, zstandard, cryptography'`: "
-          f"{bare['rss'] / MIB:.1f} MiB)")  # fmt: skip
+    print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

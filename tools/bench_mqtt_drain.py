@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from appliance.inference.mqtt_sink import MqttConfig, MqttSink  # noqa: E402
+from appliance.telemetry.mqtt_sink import MqttConfig, MqttSink  # noqa: E402
 from tests.inference.mqtt_broker import Broker, Subscriber  # noqa: E402
 
 RECORD = {

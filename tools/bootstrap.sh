@@ -13,6 +13,7 @@ APT_PACKAGES=(
   qemu-user-static busybox-static binfmt-support
   libubootenv-tool u-boot-tools u-boot-qemu qemu-system-arm
   mosquitto tmux ffmpeg
+  postgresql libpq5 chromium
 )
 
 SUDO=""

@@ -1,15 +1,25 @@
-"""Delta chunks (method ``ekdelta1``): rebuild one slot-image chunk from the base, bounded memory.
+"""Delta chunks (method ``ekdelta2``): rebuild one slot-image chunk from the base, bounded memory.
 
 A delta payload has one wire chunk per chunk of the **new** slot image. Each wire chunk is
 self-contained (so downloads resume per chunk and each rebuilt chunk is verified alone)::
 
-    magic  b"EKD1" (or b"EKD4": diff and extra stored in 4-byte lanes, see below)
+    magic  b"EKD1" (or b"EKD4": diff and extra stored in 4-byte lanes, see below;
+           or b"EKD0": the chunk is R as it is, n_ctrl = 0, see below)
     u32    n_ext      reference extents (read from the base slot, concatenated: R)
     u32    n_ctrl     control triples
     u32    zlen       bytes of the compressed frame that follows the extents
     n_ext  x (u64 base_offset, u32 length)
     frame: n_ctrl x (u32 add, u32 copy, i64 seek) | diff bytes | extra bytes, compressed as
            one zstd frame, or one xz stream (told apart by their magic bytes)
+
+``ekdelta2`` is ``ekdelta1`` plus the ``EKD0`` form: most chunks of an update are unchanged
+blocks of the base, and as one control with an all-zero diff each cost a ~56-byte zstd frame
+(84 bytes with its header and extent). ``EKD0`` is the header and the extent table only: raw
+(``zlen`` = 0; 16 + 12 bytes for one extent) or as one zstd frame of ``zlen`` bytes declaring
+exactly 12 x ``n_ext`` bytes (files that moved by different amounts make tables of ~100
+extents per chunk: 303 KB raw, 6.3 KB packed on a package-install pair). Devices read both
+methods; the writer makes ``ekdelta2`` (a device that knows only ``ekdelta1`` refuses it from
+the manifest, before anything is written).
 
 The controls are bsdiff's: for each triple, ``add`` output bytes are ``R[pos:pos+add] + diff``
 (bytewise, mod 256), then ``copy`` bytes come verbatim from ``extra``, then ``pos += add +
@@ -38,8 +48,10 @@ from typing import Any
 
 from appliance.bundle.errors import BundleError, PolicyError
 
-METHOD = "ekdelta1"
+METHOD = "ekdelta2"  # what the writer makes
+METHODS = ("ekdelta1", "ekdelta2")  # what a device reads (ekdelta1: no EKD0 chunks)
 MAGIC = b"EKD1"
+MAGIC_RUN = b"EKD0"  # R as it is: no controls, no frame
 MAGIC_SHUFFLED = b"EKD4"  # the diff and extra sections are stored byte-shuffled in 4-byte lanes
 BLOCK = 4096
 MAX_REFERENCE = 16 << 20  # bytes of base one chunk may refer to (read piecewise: not in memory)
@@ -100,6 +112,12 @@ def encode_chunk(extents: list[Extent], controls: list[tuple[int, int, int]], di
     """
     import zstandard
 
+    if extents and _is_run(extents, controls, diff, extra):
+        table = b"".join(_EXT.pack(e.offset, e.length) for e in extents)
+        packed = zstandard.ZstdCompressor(level=level, write_content_size=True).compress(table)
+        if len(packed) < len(table):  # runs of moved files: tables of ~100 extents pack ~50x
+            return _HEAD.pack(MAGIC_RUN, len(extents), 0, len(packed)) + packed
+        return _HEAD.pack(MAGIC_RUN, len(extents), 0, 0) + table
     ctrl = b"".join(_CTRL.pack(*c) for c in controls)
     body = ctrl + diff + extra
     cctx = zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=False)
@@ -116,6 +134,14 @@ def encode_chunk(extents: list[Extent], controls: list[tuple[int, int, int]], di
             frame, magic = alt, MAGIC
     head = _HEAD.pack(magic, len(extents), len(controls), len(frame))
     return head + b"".join(_EXT.pack(e.offset, e.length) for e in extents) + frame
+
+
+def _is_run(extents: list[Extent], controls: list[tuple[int, int, int]], diff: bytes,
+            extra: bytes) -> bool:  # fmt: skip
+    """True if the controls output R unchanged, front to back (an ``EKD0`` chunk)."""
+    if extra or not controls or any(copy or seek or not add for add, copy, seek in controls):
+        return False
+    return len(diff) == sum(e.length for e in extents) and diff.count(0) == len(diff)
 
 
 def shuffle4(data: bytes) -> bytes:

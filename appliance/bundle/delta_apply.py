@@ -1,4 +1,4 @@
-"""Apply delta chunks (method ``ekdelta1``, format in :mod:`appliance.bundle.delta`) on a device.
+"""Apply delta chunks (ekdelta1, ekdelta2; format in :mod:`appliance.bundle.delta`) on a device.
 
 Each wire chunk is parsed and checked against the chunk length and the signed base size, then
 rebuilt from the base (active) slot in bounded memory: the output chunk, its decompressed body
@@ -23,6 +23,7 @@ from appliance.bundle.delta import (
     _HEAD,
     CONTROL_BYTES,
     MAGIC,
+    MAGIC_RUN,
     MAGIC_SHUFFLED,
     MAX_REFERENCE,
     METHOD,
@@ -62,6 +63,8 @@ def parse_chunk(wire: bytes, out_len: int, base_size: int, where: str) -> Parsed
     if len(wire) < _HEAD.size:
         raise DeltaError(f"{where}: {len(wire)} bytes, shorter than the delta chunk header")
     magic, n_ext, n_ctrl, zlen = _HEAD.unpack_from(wire, 0)
+    if magic == MAGIC_RUN:
+        return _parse_run(wire, n_ext, n_ctrl, zlen, out_len, base_size, where)
     if magic not in (MAGIC, MAGIC_SHUFFLED):
         raise DeltaError(f"{where}: magic {magic!r} is not {MAGIC!r} (method {METHOD})")
     ext_end = _HEAD.size + n_ext * _EXT.size
@@ -99,11 +102,36 @@ def parse_chunk(wire: bytes, out_len: int, base_size: int, where: str) -> Parsed
         body = _unshuffled(body, diff_start, extra_start)
     zero_diff = False
     if key is not None and len(body) <= out_len + 4096:  # worth remembering: R as it is
-        zero_diff = _all_zero(memoryview(body)[diff_start:extra_start])
+        zero_diff = _all_zero(body, diff_start, extra_start)
         if len(_KNOWN) >= _KNOWN_ENTRIES:
             _KNOWN.clear()
         _KNOWN[key] = (bytes(body), zero_diff)
     return ParsedChunk(extents, controls, body, diff_start, extra_start, zero_diff)
+
+
+def _parse_run(
+    wire: bytes, n_ext: int, n_ctrl: int, zlen: int, out_len: int, base_size: int, where: str
+) -> ParsedChunk:
+    """An ``EKD0`` chunk: the output is R as it is (an extent table, raw or one zstd frame)."""
+    size = n_ext * _EXT.size
+    if n_ext == 0 or n_ext > 4096 or n_ctrl or _HEAD.size + (zlen or size) != len(wire):
+        raise DeltaError(
+            f"{where}: an EKD0 chunk is a header and 1..4096 extents (raw or one zstd frame), "
+            "nothing else"
+        )
+    table = memoryview(wire)[_HEAD.size :]
+    if zlen:
+        table = memoryview(_zstd_decompress(table, size, where))
+        if len(table) != size:
+            raise DeltaError(
+                f"{where}: EKD0 frame holds {len(table)} bytes, {n_ext} extents are {size}"
+            )
+    extents = _parse_extents(table, base_size, where)
+    total = sum(e.length for e in extents)
+    if total != out_len:
+        raise DeltaError(f"{where}: the extents of an EKD0 chunk produce {total} bytes; "
+                         f"the chunk has {out_len}")  # fmt: skip
+    return ParsedChunk(extents, [(out_len, 0, 0)], b"", 0, out_len, zero_diff=True)
 
 
 def _parse_extents(table: memoryview, base_size: int, where: str) -> list[Extent]:
@@ -119,25 +147,39 @@ def _parse_extents(table: memoryview, base_size: int, where: str) -> list[Extent
     return extents
 
 
-def _all_zero(view: memoryview) -> bool:
-    import numpy as np
-
-    return not np.frombuffer(view, dtype=np.uint8).any()
+def _all_zero(body: bytes | bytearray, start: int, end: int) -> bool:
+    return body.count(0, start, end) == end - start
 
 
-def _unshuffled(
-    body: bytes | bytearray | memoryview, diff_start: int, extra_start: int
-) -> bytearray:
-    """``body`` with its diff and extra sections unshuffled: one copy, no temporaries."""
-    import numpy as np
-
+def _unshuffled(body: bytes | bytearray, diff_start: int, extra_start: int) -> bytearray:
+    """``body`` with its diff and extra sections unshuffled: one copy, strided in C."""
     out = bytearray(body)
-    src, dst = memoryview(body), memoryview(out)
     for start, end in ((diff_start, extra_start), (extra_start, len(body))):
         q = (end - start) // 4
-        lanes = np.frombuffer(dst[start:end], dtype=np.uint8, count=4 * q).reshape(q, 4)
-        lanes[...] = np.frombuffer(src[start:end], dtype=np.uint8, count=4 * q).reshape(4, q).T
+        for lane in range(4):
+            out[start + lane : start + 4 * q : 4] = body[start + lane * q : start + (lane + 1) * q]
     return out
+
+
+# Bytewise addition mod 256 without numpy (it would cost the device ~18 MiB of RSS just to
+# import): SWAR on Python integers, ADD_SLICE bytes at a time, no carry crossing a byte.
+ADD_SLICE = 64 << 10
+_HIGH = int.from_bytes(b"\x80" * ADD_SLICE, "little")
+_LOW = int.from_bytes(b"\x7f" * ADD_SLICE, "little")
+
+
+def add_mod256(dst: memoryview, src: memoryview) -> None:
+    """``dst[i] = (dst[i] + src[i]) % 256`` for every byte (equal lengths)."""
+    for at in range(0, len(dst), ADD_SLICE):
+        n = min(ADD_SLICE, len(dst) - at)
+        high, low = (
+            (_HIGH, _LOW)
+            if n == ADD_SLICE
+            else (_HIGH >> (8 * (ADD_SLICE - n)), _LOW >> (8 * (ADD_SLICE - n)))
+        )
+        x = int.from_bytes(dst[at : at + n], "little")
+        y = int.from_bytes(src[at : at + n], "little")
+        dst[at : at + n] = (((x & low) + (y & low)) ^ ((x ^ y) & high)).to_bytes(n, "little")
 
 
 def _decompress(frame: bytes | memoryview, limit: int, where: str) -> bytes:
@@ -267,14 +309,12 @@ def apply_parsed(parsed: ParsedChunk, read_at: ReadAt, out_len: int, where: str)
     """Run the controls: ``add`` spans of R plus the diff, then ``copy`` runs of extra.
 
     The ``add`` spans of R are gathered to the front of the output (:meth:`_Reference.gather`),
-    numpy adds the whole diff to them in one call, then, back to front, each span moves to its
-    place and the ``extra`` runs fill the gaps (every move goes right, so nothing is
+    the diff is added to them (:func:`add_mod256`, no numpy), then, back to front, each span
+    moves to its place and the ``extra`` runs fill the gaps (every move goes right, so nothing is
     overwritten before it moved). An all-zero diff is not added at all. Memory: the output
     chunk, one read group and the decompressed body, whatever R's size; Python does a couple of
     slice copies per control, the byte work (reads, the add, the moves) runs in C.
     """
-    import numpy as np
-
     ref = _Reference(parsed.extents, read_at)
     controls = parsed.controls
     body = memoryview(parsed.body)
@@ -294,8 +334,7 @@ def apply_parsed(parsed: ParsedChunk, read_at: ReadAt, out_len: int, where: str)
     view = memoryview(out)
     ref.gather(spans, view)
     if adds and not parsed.zero_diff:
-        front = np.frombuffer(out, dtype=np.uint8, count=adds)
-        np.add(front, np.frombuffer(body[d:x], dtype=np.uint8), out=front)
+        add_mod256(view[:adds], body[d:x])
     if adds == out_len:
         return out
     o, a, x = out_len, adds, len(body)

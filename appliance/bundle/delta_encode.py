@@ -1,4 +1,4 @@
-"""Encode a delta (method ``ekdelta1``) from a base slot image to a new one, chunk by chunk.
+"""Encode a delta (method ``ekdelta2``) from a base slot image to a new one, chunk by chunk.
 
 Runs on the build host (``kiln bundle --delta-from``); memory is O(base image) here, never on the
 device. For each chunk of the new image:
@@ -47,29 +47,60 @@ def _block_key(block: bytes | memoryview) -> bytes:
     return hashlib.blake2b(block, digest_size=16).digest()
 
 
+class FileBytes:
+    """A read-only image file that slices like ``bytes`` (positioned reads, thread-safe).
+
+    The encoder reads the images through this instead of holding them: a 1 GiB pair held
+    whole took 2+ GiB of RSS; read on demand (and left to the page cache), encode memory is
+    the block index plus each thread's bsdiff, whatever the images' size.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "rb")  # noqa: SIM115 (lives as long as this object)
+        self._size = os.fstat(self._file.fileno()).st_size
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, where: slice) -> bytes:
+        start, stop, _step = where.indices(self._size)
+        if stop <= start:
+            return b""
+        data = os.pread(self._file.fileno(), stop - start, start)
+        if len(data) != stop - start:
+            raise DeltaError(f"{self._file.name}: changed while encoding (short read at {start})")
+        return data
+
+
+ImageBytes = bytes | FileBytes
+
+
 @dataclass
 class BaseIndex:
-    """The base image in memory plus a block-hash index of its 4 KiB blocks."""
+    """The base image (bytes, or read from its file) plus a hash index of its 4 KiB blocks."""
 
-    data: bytes
+    data: ImageBytes
     blocks: dict[bytes, int]
 
     @classmethod
     def load(cls, path: Path) -> BaseIndex:
-        """Read ``path`` and index each whole 4 KiB block (first occurrence wins)."""
-        data = Path(path).read_bytes()
+        """Index each whole 4 KiB block of ``path`` (first occurrence wins), 1 MiB per read."""
         blocks: dict[bytes, int] = {}
-        view = memoryview(data)
-        for i in range(len(data) // BLOCK):
-            blocks.setdefault(_block_key(view[i * BLOCK : (i + 1) * BLOCK]), i)
-        return cls(data, blocks)
+        i = 0
+        with open(path, "rb") as f:
+            while piece := f.read(256 * BLOCK):
+                view = memoryview(piece)
+                for j in range(len(piece) // BLOCK):
+                    blocks.setdefault(_block_key(view[j * BLOCK : (j + 1) * BLOCK]), i + j)
+                i += len(piece) // BLOCK
+        return cls(FileBytes(path), blocks)
 
     def block(self, i: int) -> bytes:
         """Base block ``i``."""
         return self.data[i * BLOCK : (i + 1) * BLOCK]
 
 
-def _match_blocks(index: BaseIndex, chunk: bytes, prev: int | None) -> list[int | None]:
+def _match_blocks(index: BaseIndex, chunk: ImageBytes, prev: int | None) -> list[int | None]:
     """For each whole block of ``chunk``: the base block it equals (continuing runs), or None."""
     out: list[int | None] = []
     for j in range(len(chunk) // BLOCK):
@@ -183,7 +214,7 @@ class DeltaEncoder:
     """Encodes each chunk of a new image against one indexed base image."""
 
     def __init__(
-        self, base: BaseIndex, chunk_size: int, level: int = 19, new: bytes | None = None
+        self, base: BaseIndex, chunk_size: int, level: int = 19, new: ImageBytes | None = None
     ) -> None:
         if chunk_size % BLOCK:
             raise DeltaError(f"delta chunk size {chunk_size} must be a multiple of {BLOCK}")
@@ -299,7 +330,7 @@ class DeltaEncoder:
     def _verify(self, wire: bytes, chunk: bytes, index: int) -> None:
         where = f"delta chunk {index}"
         parsed = parse_chunk(wire, len(chunk), len(self.base.data), where)
-        data = memoryview(self.base.data)
+        data = self.base.data
 
         def read_at(offset: int, view: memoryview) -> None:
             view[:] = data[offset : offset + len(view)]
@@ -345,13 +376,14 @@ def iter_delta_chunks(
     Chunks are encoded on ``workers`` threads (default: the host's cores, at most
     ``ENCODE_WORKERS``): bsdiff, zstd and xz release the GIL, and with the whole new image
     matched first each chunk depends only on read-only state, so the output is the same bytes
-    in the same order as one thread's. Memory: the base and new images, plus per thread one
-    chunk's reference (<= ``MAX_REFERENCE``) and bsdiff's suffix array over it.
+    in the same order as one thread's. Memory: the base's block index (~40 bytes per 4 KiB
+    block), plus per thread one chunk's reference (<= ``MAX_REFERENCE``) and bsdiff's suffix
+    array over it; both images are read from their files (:class:`FileBytes`), not held.
     """
     from collections import deque
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    new = Path(new_path).read_bytes()
+    new = FileBytes(new_path)
     encoder = DeltaEncoder(BaseIndex.load(base_path), chunk_size, level, new)
     count = workers if workers is not None else min(os.cpu_count() or 1, ENCODE_WORKERS)
 

@@ -31,7 +31,7 @@ KIND_FULL = "full"
 KIND_KEYRING = "keyring"
 KIND_DELTA = "delta"  # rebuilt from the active slot (delta.py); needs ``base`` and ``method``
 KINDS = frozenset({KIND_FULL, KIND_KEYRING, KIND_DELTA})
-DELTA_METHODS = frozenset({"ekdelta1"})
+DELTA_METHODS = frozenset({"ekdelta1", "ekdelta2"})  # delta.METHODS
 COMPRESSIONS = frozenset({"none", "zstd"})
 
 DEFAULT_CHUNK_SIZE = 1 << 20
@@ -292,7 +292,7 @@ def _validate_payload(where: str, p: Payload, cs: int, limits: Limits) -> None: 
 
 
 def delta_chunk_bound(chunk_size: int) -> int:
-    """Largest wire size of one ``ekdelta1`` chunk (see appliance/bundle/delta.py)."""
+    """Largest wire size of one ``ekdelta1``/``ekdelta2`` chunk (see appliance/bundle/delta.py)."""
     from appliance.bundle.delta import chunk_bound
 
     return chunk_bound(chunk_size)

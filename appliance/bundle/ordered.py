@@ -81,6 +81,26 @@ def reuse_chunk_memory() -> None:
         mallopt(M_TRIM_THRESHOLD, CHUNK_TRIM_THRESHOLD)
 
 
+DELTA_MMAP_THRESHOLD = 256 << 10  # delta buffers at least this large go back to the kernel
+
+
+@functools.cache
+def release_delta_memory() -> None:
+    """Fix glibc's mmap threshold at 256 KiB for a delta apply (best effort).
+
+    A delta's buffers vary in size (wire chunks, bodies of up to two chunks, rebuilt chunks):
+    with glibc's dynamic threshold they all came from the heap after the first 1 MiB free, and
+    its fragments kept ~4.5 MiB more RSS (67.1 -> 62.1 MiB on a numpy-upgrade pair, measured
+    with ``appliance install``). Mapped and unmapped per chunk, the peak is what is live.
+    It holds for the rest of the process; MALLOC_MMAP_THRESHOLD_ in the environment wins.
+    """
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    mallopt = _mallopt()
+    if mallopt is not None:
+        mallopt(M_MMAP_THRESHOLD, DELTA_MMAP_THRESHOLD)
+
+
 class OrderedPipeline(Generic[T]):
     """Run calls on ``workers`` threads (inline when 0); collect their results in call order."""
 

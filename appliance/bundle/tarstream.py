@@ -7,7 +7,7 @@ so no bit of a bundle is outside what the signature (manifest) or the digests (p
 
 from __future__ import annotations
 
-import http.client
+import sys
 from typing import BinaryIO
 
 from appliance.bundle.errors import (
@@ -101,8 +101,13 @@ class StreamReader:
     def _read(self, n: int) -> bytes:
         try:
             return self._stream.read(n)
-        except http.client.IncompleteRead as exc:
-            # An HTTP body shorter than its Content-Length: the same as a truncated file.
+        except Exception as exc:
+            # An HTTP body shorter than its Content-Length: the same as a truncated file. Only
+            # an HTTP stream raises it, and that stream imported http.client: a file or pipe
+            # install does not pay its imports (~8 MiB of RSS with email and ssl).
+            client = sys.modules.get("http.client")
+            if client is None or not isinstance(exc, client.IncompleteRead):
+                raise
             raise TruncatedBundleError(
                 f"{self.source} ended early after byte {self.offset} while reading "
                 f"({len(exc.partial)} more bytes arrived); fetch it again"

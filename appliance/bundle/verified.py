@@ -37,7 +37,12 @@ from appliance.bundle.manifest import (
     Manifest,
     Payload,
 )
-from appliance.bundle.ordered import WORKERS, OrderedPipeline, reuse_chunk_memory
+from appliance.bundle.ordered import (
+    WORKERS,
+    OrderedPipeline,
+    release_delta_memory,
+    reuse_chunk_memory,
+)
 from appliance.bundle.sink import MemorySink, NullSink, Sink
 from appliance.bundle.writebehind import Inline, WriteBehind, writer_for
 
@@ -190,6 +195,8 @@ class VerifiedBundle:
         reader = self._reader
         if p.kind != KIND_DELTA:  # (the delta path's memory was tuned without it)
             reuse_chunk_memory()
+        else:
+            release_delta_memory()
         check = _ChunkCheck(p, self.manifest.chunk_size, base)
         # Delta chunks too: BaseSlot.rebuild reads the base with positioned reads (thread-safe).
         pipeline: OrderedPipeline[tuple[int, bytes | None]] = OrderedPipeline(WORKERS)

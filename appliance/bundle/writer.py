@@ -62,7 +62,7 @@ class PayloadSource:
 
     @classmethod
     def delta(cls, path: Path, base: Path, name: str = "rootfs.delta") -> PayloadSource:
-        """A delta (method ``ekdelta1``) rebuilding the slot image ``path`` from ``base``."""
+        """A delta (method ``ekdelta2``) rebuilding the slot image ``path`` from ``base``."""
         return cls(name=name, kind=KIND_DELTA, source=Path(path), compression="none", base=base)
 
     @classmethod

@@ -32,12 +32,14 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
+from appliance.errors import ApplianceError
 from appliance.inference.backends import BackendOptions
 from appliance.inference.chain import Candidate, Event, FallbackChain, Runner
 from appliance.inference.errors import ConfigError, InferenceError, SourceError
-from appliance.inference.mqtt_sink import MqttConfig, MqttSink
 from appliance.inference.sink import JsonlSink, NullSink, Sink, TeeSink
 from appliance.inference.sources import Frame, LatestFrameGrabber, Source, is_live_uri, open_source
+from appliance.telemetry.config import TelemetryConfig
+from appliance.telemetry.mqtt_sink import MqttConfig, MqttSink
 
 log = logging.getLogger(__name__)
 STAGES = ("capture", "pre", "infer", "post", "publish")
@@ -55,7 +57,9 @@ class PipelineConfig(msgspec.Struct, forbid_unknown_fields=True):
     )
     model_file: str | None = None  # a specific file of the primary package (e.g. model_int8.tflite)
     sink: str | None = None  # JSON-lines file; None (and no mqtt) discards results
+    sink_max_mb: float = 64.0  # the JSON-lines file is rotated to <sink>.1 past this size
     mqtt: MqttConfig | None = None  # publish to a broker too, buffered on data while it is down
+    telemetry: TelemetryConfig | None = None  # with mqtt: windows, alerts, drift (not every frame)
     threads: int = 1
     device: str | None = None
     cache_dir: str | None = None
@@ -77,20 +81,26 @@ def load_config(path: Path) -> PipelineConfig:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    if cfg.mqtt is not None:
-        try:
+    try:
+        if cfg.mqtt is not None:
             cfg.mqtt.check()
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+        if cfg.telemetry is not None:
+            cfg.telemetry.check()
+    except ApplianceError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     return cfg
 
 
 def make_sink(cfg: PipelineConfig) -> Sink:
-    """The sinks ``cfg`` names: the JSON-lines file, MQTT, both, or none."""
+    """The sinks ``cfg`` names: the JSON-lines file, MQTT (raw or telemetry), both, or none."""
     sinks: list[Sink] = []
     if cfg.sink:
-        sinks.append(JsonlSink(cfg.sink))
-    if cfg.mqtt is not None:
+        sinks.append(JsonlSink(cfg.sink, max_bytes=int(cfg.sink_max_mb * (1 << 20))))
+    if cfg.telemetry is not None:
+        from appliance.telemetry.setup import telemetry_sink
+
+        sinks.append(telemetry_sink(cfg.telemetry, cfg.mqtt, cfg.model, cfg.fallback_model))
+    elif cfg.mqtt is not None:
         sinks.append(MqttSink(cfg.mqtt))
     if not sinks:
         return NullSink()
@@ -156,6 +166,7 @@ class Pipeline:
         self._limits_cache: dict[str, float] = {}
         # A refused or failing MQTT uplink becomes an event (alert when a person must act).
         sinks = self.sink.sinks if isinstance(self.sink, TeeSink) else [self.sink]
+        sinks = [getattr(s, "uplink", s) for s in sinks]  # a TelemetrySink wraps the MQTT sink
         uplink = next((s for s in sinks if isinstance(s, MqttSink)), None)
         self._uplink_errors = uplink.errors if uplink is not None else None
 

@@ -7,6 +7,9 @@ The frame path only encodes a record and appends it to an in-memory queue (a few
 background thread writes the gathered lines every ``flush_every`` seconds and fsyncs at most
 once per ``fsync_every`` seconds (results are telemetry, not state), so a slow disk or an fsync
 never stalls a frame. Events are written at once, in order with the results before them.
+
+Size cap: past ``max_bytes`` the file is renamed to ``<name>.1`` (replacing the previous one)
+and a new file started, so results never hold more than about twice ``max_bytes`` of data.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from pathlib import Path
 from typing import Protocol
 
 import msgspec
+
+from appliance.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 _ENCODER = msgspec.json.Encoder()
@@ -62,11 +67,17 @@ class JsonlSink:
     """Append one JSON object per line to ``path``; writing happens on a background thread."""
 
     def __init__(
-        self, path: Path | str, fsync_every: float = 1.0, flush_every: float = 0.05
+        self,
+        path: Path | str,
+        fsync_every: float = 1.0,
+        flush_every: float = 0.05,
+        max_bytes: int = 64 << 20,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._size = os.fstat(self._fd).st_size
         self._fsync_every = fsync_every
         self._flush_every = flush_every
         self._last_sync = time.monotonic()
@@ -103,11 +114,24 @@ class JsonlSink:
             batch = [lines.popleft() for _ in range(len(lines))]
             if batch:
                 batch.append(b"")
-                os.write(self._fd, b"\n".join(batch))
+                data = b"\n".join(batch)
+                os.write(self._fd, data)
+                self._size += len(data)
+                if self._size >= self.max_bytes:
+                    self._rotate()
             now = time.monotonic()
             if now - self._last_sync >= self._fsync_every:
                 os.fsync(self._fd)
                 self._last_sync = now
+
+    def _rotate(self) -> None:
+        """``path`` -> ``path.1`` (replacing it); continue in a fresh ``path``. Lock held."""
+        os.fsync(self._fd)
+        os.close(self._fd)
+        os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._size = 0
+        fsync_dir(self.path.parent)
 
     def close(self) -> None:
         self._closed.set()

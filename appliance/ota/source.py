@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import urllib.error
 from typing import BinaryIO
 
 from appliance.ota.errors import SourceError
@@ -17,6 +16,8 @@ def open_stream(src: str, stack: contextlib.ExitStack) -> tuple[BinaryIO, str]:
     if src == "-":
         return sys.stdin.buffer, "stdin"
     if src.startswith(("http://", "https://")):
+        import urllib.error  # only here: a file install does not pay for it
+
         from appliance.ota.http import ResumingHTTPStream
 
         try:

@@ -12,6 +12,7 @@ import json
 
 from image.build import rootfs
 from image.recipe import LoadedRecipe
+from image.recipe.checks import broker_address
 
 
 def pipeline_config(loaded: LoadedRecipe) -> bytes:
@@ -27,7 +28,39 @@ def pipeline_config(loaded: LoadedRecipe) -> bytes:
         "threads": r.pipeline.threads,
         "budget_factor": r.health.budget_factor,
     }
+    doc.update(telemetry_blocks(loaded))
     return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+
+
+def telemetry_blocks(loaded: LoadedRecipe) -> dict[str, object]:
+    """The ``mqtt`` and ``telemetry`` blocks from the recipe's ``[telemetry]``; {} without broker.
+
+    Device id and site are left empty: the device reads them from data (docs/decisions.md §18).
+    """
+    t = loaded.recipe.telemetry
+    if not t.broker:
+        return {}
+    host, port, tls = broker_address(t.broker)
+    mqtt: dict[str, object] = {
+        "host": host,
+        "port": port,
+        "topic": t.topic_prefix,
+        "buffer_dir": "/data/edgekiln/mqtt-buffer",
+    }
+    if tls:
+        mqtt["ca_file"] = t.ca_file
+    telemetry = {
+        "window_s": t.window_s,
+        "topic_prefix": t.topic_prefix,
+        "target": loaded.recipe.target.name,
+        "results": t.results,
+        "results_per_min": t.results_per_min,
+        "budget_mb_day": t.budget_mb_day,
+        "drift_psi": t.drift_psi,
+        "drift_min_samples": t.drift_min_samples,
+        "drift_windows": t.drift_windows,
+    }
+    return {"mqtt": mqtt, "telemetry": telemetry}
 
 
 def device_config(loaded: LoadedRecipe) -> bytes:

@@ -117,6 +117,24 @@ class PipelineDefaults(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     threads: int = 1
 
 
+class TelemetrySettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Device telemetry (appliance/telemetry): off until ``broker`` names an MQTT broker.
+
+    ``ca_file`` is a path on the device (e.g. provisioned on data) for ``mqtts://`` brokers.
+    """
+
+    broker: str = ""  # mqtt://HOST[:PORT] or mqtts://HOST[:PORT]
+    topic_prefix: str = "edgekiln"
+    ca_file: str = ""
+    window_s: float = 60.0
+    budget_mb_day: float = 5.0
+    results: Literal["off", "sample", "all"] = "off"  # per-frame results on the uplink
+    results_per_min: float = 6.0
+    drift_psi: float = 0.2
+    drift_min_samples: int = 200
+    drift_windows: int = 5
+
+
 class Signing(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Signing key (private, on the build host) and keyring installed into the image."""
 
@@ -182,6 +200,7 @@ class Recipe(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     signing: Signing = Signing()
     runtime: Runtime = Runtime()
     pipeline: PipelineDefaults = PipelineDefaults()
+    telemetry: TelemetrySettings = TelemetrySettings()
     update: Update = Update()
     lan: Lan = Lan()
 
@@ -211,6 +230,8 @@ TARGETS: dict[str, TargetSpec] = {
 BUILDABLE_ARCHES = ("amd64",)
 RUNTIME_EXTRAS_MIB = 170  # OpenCV in the frozen runtime: 159 MB measured, with headroom
 
+#: highest health.budget_factor a recipe may carry (emulation under QEMU TCG needs 500)
+MAX_BUDGET_FACTOR = 1000.0
 BOOT_MIN_MIB = 40  # FAT32 with 512-byte clusters needs >= 65525 clusters (~33 MiB) + slack
 DATA_MIN_MIB = 32
 

@@ -126,7 +126,10 @@ def _created() -> int:
 @click.option(
     "--compression", type=click.Choice(["zstd", "none"]), default="zstd", show_default=True
 )
-@click.option("--zstd-level", type=click.IntRange(1, 19), default=3, show_default=True)
+@click.option(
+    "--zstd-level", type=click.IntRange(1, 19), default=3, show_default=True,
+    help="Level for a full image. A delta is always made at its smallest (zstd -19, lanes, xz).",
+)  # fmt: skip
 @click.option(
     "--chunk-size", type=click.IntRange(min=4096), default=DEFAULT_CHUNK_SIZE, show_default=True,
     help="Bytes per verified chunk (power of two).",

@@ -86,7 +86,11 @@ class VmConfig:
     #: included) is on the host before a kill and only unflushed guest data is lost.
     cache: str = "unsafe"
     #: CPU model. TCG's default (qemu64) lacks SSSE3/SSE4.x, which numpy 2 needs (the frozen
-    #: runtime dies with "invalid opcode"); "max" offers every feature the accelerator has.
+    #: runtime dies with "invalid opcode"); "max" offers every feature the accelerator has:
+    #: AVX2 and FMA (QEMU 7.2's TCG has no AVX-512 or AMX). TCG emulates each vector float
+    #: operation with a helper call, so wider vectors are cheaper: the reference model costs
+    #: 25.7 ms of CPU per frame under "max" or "Haswell", 36.7 ms under the SSE-only "Nehalem"
+    #: (0.13 ms natively; tools/bench_vm_infer.py).
     cpu: str = "max"
     #: record every guest write to the virtio disks (QEMU trace event
     #: ``virtio_blk_handle_write``), so a test can act when the guest writes a given region

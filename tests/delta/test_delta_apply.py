@@ -7,13 +7,21 @@ compares with a byte-by-byte model of the bsdiff controls written independently 
 from __future__ import annotations
 
 import random
+import struct
 from pathlib import Path
 
 import pytest
 
 from appliance.bundle import delta_apply
-from appliance.bundle.delta import MAGIC_SHUFFLED, Extent, encode_chunk
-from appliance.bundle.delta_apply import BaseSlot, parse_chunk
+from appliance.bundle.delta import (
+    MAGIC,
+    MAGIC_RUN,
+    MAGIC_SHUFFLED,
+    DeltaError,
+    Extent,
+    encode_chunk,
+)
+from appliance.bundle.delta_apply import BaseSlot, add_mod256, parse_chunk
 
 Control = tuple[int, int, int]
 
@@ -78,6 +86,18 @@ def test_scattered_controls_rebuild_like_the_model(base: tuple[Path, bytes], see
     assert got == model(data, extents, controls, diff, extra)
 
 
+def _ekd1_unchanged(offset: int, n: int) -> bytes:
+    """An unchanged chunk as ekdelta1 writes it (one control, an all-zero diff, a zstd frame)."""
+    import struct
+
+    import zstandard
+
+    frame = zstandard.ZstdCompressor(level=19, write_content_size=True).compress(
+        struct.pack("<IIq", n, 0, 0) + bytes(n)
+    )
+    return struct.pack("<4sIIIQI", b"EKD1", 1, 1, len(frame), offset, n) + frame
+
+
 def test_a_repeated_unchanged_frame_is_decoded_once_and_stays_exact(
     base: tuple[Path, bytes],
 ) -> None:
@@ -85,8 +105,8 @@ def test_a_repeated_unchanged_frame_is_decoded_once_and_stays_exact(
     n = 1 << 20
     delta_apply._KNOWN.clear()
     with BaseSlot(path) as slot:
-        for off in (0, 12345, 2 << 20):  # same frame bytes, different extents
-            wire = encode_chunk([Extent(off, n)], [(n, 0, 0)], bytes(n), b"", level=19)
+        for off in (0, 12345, 2 << 20):  # same frame bytes, different extents (ekdelta1)
+            wire = _ekd1_unchanged(off, n)
             assert slot.rebuild(wire, n, len(data), "unchanged") == data[off : off + n]
         assert len(delta_apply._KNOWN) == 1
         # A small frame whose diff is not zero is remembered as such: the add still happens.
@@ -123,3 +143,65 @@ def test_threaded_encoding_gives_the_same_bytes_in_order(tmp_path: Path) -> None
     three = list(iter_delta_chunks(base, new, CHUNK, level=3, workers=3))
     assert one == three
     assert b"".join(chunk for chunk, _wire in three) == new.read_bytes()
+
+
+def test_unchanged_runs_are_ekd0_chunks_without_a_frame(base: tuple[Path, bytes]) -> None:
+    path, data = base
+    n = 3 * 4096
+    # R = three moved runs of the base, output front to back: extents only, 16 + 3 x 12 bytes.
+    extents = [Extent(8192, 4096), Extent(1 << 20, 4096), Extent(40960, 4096)]
+    controls: list[Control] = [(4096, 0, 0), (8192, 0, 0)]
+    wire = encode_chunk(extents, controls, bytes(n), b"", level=19)
+    assert wire[:4] == MAGIC_RUN and len(wire) <= 16 + 3 * 12  # no controls, no diff
+    with BaseSlot(path) as slot:
+        assert slot.rebuild(wire, n, len(data), "run") == model(data, extents, controls,
+                                                                bytes(n), b"")  # fmt: skip
+    # Not R as it is (a seek, a non-zero diff byte, extra bytes): a framed chunk as before.
+    assert encode_chunk(extents, [(4096, 0, 4096), (8192, 0, 0)], bytes(n), b"")[:4] == MAGIC
+    assert encode_chunk(extents, controls, bytes(n - 1) + b"\x01", b"")[:4] == MAGIC
+    assert encode_chunk(extents, [(n, 1, 0)], bytes(n), b"x")[:4] == MAGIC
+
+
+@pytest.mark.parametrize(
+    ("wire", "why"),
+    [
+        (struct.pack("<4sIII", MAGIC_RUN, 0, 0, 0), "no extents"),
+        (struct.pack("<4sIIIQI", MAGIC_RUN, 1, 1, 0, 0, 4096), "a control"),
+        (struct.pack("<4sIIIQI", MAGIC_RUN, 1, 0, 4, 0, 4096) + b"\0" * 4, "a frame"),
+        (struct.pack("<4sIIIQI", MAGIC_RUN, 1, 0, 0, 0, 4096) + b"\0", "a byte after it"),
+        (struct.pack("<4sIIIQI", MAGIC_RUN, 1, 0, 0, 0, 4095), "one byte short"),
+        (struct.pack("<4sIIIQI", MAGIC_RUN, 1, 0, 0, (3 << 20) - 4095, 4096), "past the base"),
+    ],
+)
+def test_malformed_ekd0_chunks_are_refused(base: tuple[Path, bytes], wire: bytes, why: str) -> None:
+    path, data = base
+    with BaseSlot(path) as slot, pytest.raises(DeltaError):
+        slot.rebuild(wire, 4096, len(data), why)
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 4096, 65536 + 5, 200_001])
+def test_add_mod256_matches_bytewise_addition(n: int) -> None:
+    rng = random.Random(n)
+    a, b = rng.randbytes(n), rng.randbytes(n)
+    out = bytearray(a)
+    add_mod256(memoryview(out), memoryview(b))
+    assert bytes(out) == bytes((x + y) & 0xFF for x, y in zip(a, b, strict=True))
+
+
+def test_ekd0_with_many_extents_packs_its_table_and_rebuilds(base: tuple[Path, bytes]) -> None:
+    path, data = base
+    # Files moved by different amounts: 200 runs of 4 KiB from all over the base.
+    extents = [Extent((i * 7919 % 700) * 4096, 4096) for i in range(200)]
+    n = 200 * 4096
+    wire = encode_chunk(extents, [(n, 0, 0)], bytes(n), b"", level=19)
+    assert wire[:4] == MAGIC_RUN and len(wire) < 16 + 200 * 12 // 2  # a zstd frame, packed
+    with BaseSlot(path) as slot:
+        got = slot.rebuild(wire, n, len(data), "packed run")
+    assert got == b"".join(data[e.offset : e.offset + e.length] for e in extents)
+    # The frame must declare exactly the table: one extent short is refused.
+    import zstandard
+
+    short = zstandard.ZstdCompressor().compress(struct.pack("<QI", 0, 4096) * 199)
+    bad = struct.pack("<4sIII", MAGIC_RUN, 200, 0, len(short)) + short
+    with BaseSlot(path) as slot, pytest.raises(DeltaError):
+        slot.rebuild(bad, n, len(data), "short table")

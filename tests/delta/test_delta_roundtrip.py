@@ -58,7 +58,7 @@ def test_roundtrip_rebuilds_new_image_and_is_small(
     base, new, bundle = pair
     m = manifest_of(bundle)
     payload = m["payloads"][0]
-    assert payload["kind"] == "delta" and payload["method"] == "ekdelta1"
+    assert payload["kind"] == "delta" and payload["method"] == "ekdelta2"
     assert payload["base"]["sha256"] == hashlib.sha256(base.read_bytes()).hexdigest()
     assert payload["image"]["sha256"] == hashlib.sha256(new.read_bytes()).hexdigest()
     # The new image is ~1 MiB; what changed is ~50 KiB (20 KiB of it random).
@@ -181,7 +181,7 @@ def test_forged_delta_with_bad_structure_is_a_delta_error(
     ("extents", "controls", "diff", "extra", "match"),
     [
         ([Extent(0, 4096)], [(8192, 0, 0)], bytes(8192), b"", "reads reference"),
-        ([Extent(0, 4096)], [(4096, 0, 0)], bytes(4096), b"", "controls produce"),
+        ([Extent(0, 4096)], [(4096, 0, 0)], bytes(4096), b"", "EKD0 chunk produce"),
         ([], [(0, 100, 0)], b"", bytes(100), "controls produce"),
         ([Extent(0, 4096)] * 5000, [(0, 8192, 0)], b"", bytes(8192), "do not add up"),
         ([Extent(0, MAX_REFERENCE // 2 + 4096)] * 2, [(0, 8192, 0)], b"", bytes(8192), "exceeds"),
@@ -219,6 +219,7 @@ def test_garbage_and_truncation(tmp_path: Path) -> None:
     [
         (lambda p: p.pop("base"), ManifestSchemaError),
         (lambda p: p.__setitem__("method", "xdelta3"), UnsupportedPayloadError),
+        (lambda p: p.__setitem__("method", "ekdelta3"), UnsupportedPayloadError),
         (lambda p: p.__setitem__("compression", "zstd"), ManifestSchemaError),
         (lambda p: p["base"].__setitem__("sha256", "00"), ManifestSchemaError),
         (lambda p: p.__setitem__("kind", "full"), ManifestSchemaError),

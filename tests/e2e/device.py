@@ -1,11 +1,13 @@
 """Host-side helpers for the end-to-end tests: test recipes, builds, disks, USB sticks.
 
 The test builds extend the QEMU profile ``recipes/qemu-x86-64.toml`` (the default image
-``generic-x86-64`` without OpenCV, slots sized to fit) and change only what a test bench needs
-(docs/decisions.md §7): tiny model packages made here (so a v3 with a wrong model is one
-argument away), a latency budget factor for TCG, the kernel console on the serial port (last
-``console=``, so ``/dev/console`` is ttyS0) with the journal forwarded to it (the tests read the
-agent's own log lines).
+``generic-x86-64`` without OpenCV, slots sized to fit, its latency budget factor for TCG) and
+change only what a test bench needs: the version (and the model version in the reference
+packages, so results say which build produced them), a v3 whose primary model disagrees with its
+own reference labels, and the kernel console on the serial port (last ``console=``, so
+``/dev/console`` is ttyS0) with the journal forwarded to it (the tests read the agent's own log
+lines). The models are the reference packages as shipped (``recipes/models/inspect-*``), so the
+health gate and the pipeline run what a device runs, under the profile's own budget factor.
 
 Everything the device needs that a technician would set up on site (the camera, i.e. the
 agent's pipeline config on data) is written into the data partition of a copy of the image.
@@ -24,6 +26,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 BASE_RECIPE = REPO / "recipes" / "qemu-x86-64.toml"
+REFERENCE_MODELS = REPO / "recipes" / "models"
+#: the QEMU profile's [health] budget_factor (the agent's pipeline config uses the same factor)
+PROFILE_BUDGET_FACTOR = 250.0
 STICK_LABEL = "EK-UPDATE"
 CMDLINE = (
     "console=tty0 console=ttyS0,115200 rootwait "
@@ -37,7 +42,7 @@ PIPELINE = {
     "source": "npz:/opt/edgekiln/models/primary/reference.npz?loop=1&fps=5",
     "sink": "/data/edgekiln/results.jsonl",
     "backends": ["onnxruntime"],
-    "budget_factor": 100.0,
+    "budget_factor": PROFILE_BUDGET_FACTOR,
 }
 
 
@@ -52,23 +57,24 @@ def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
 
 
 def make_models(root: Path, version: str, *, broken: bool = False) -> tuple[Path, Path]:
-    """(primary, fallback) tiny packages whose model version is ``version`` (results name it);
-    ``broken``: the primary runs but fails its reference check. Made once per directory, so
-    the kiln cache keeps hitting across test sessions."""
-    from tests.inference.fixtures import make_package, rewrite_manifest
+    """(primary, fallback): copies of the reference packages whose model version is ``version``
+    (results name it); ``broken``: the primary runs but fails its reference check. Made once per
+    directory, so the kiln cache keeps hitting across test sessions."""
+    from tests.inference.fixtures import rewrite_manifest
 
     primary, fallback = root / "primary", root / "fallback"
     if (primary / "model.json").exists() and (fallback / "model.json").exists():
         return primary, fallback
     shutil.rmtree(root, ignore_errors=True)
-    make_package(primary, size=16, count=8, seed=0)
-    make_package(fallback, size=16, count=8, seed=3)
+    shutil.copytree(REFERENCE_MODELS / "inspect-primary", primary)
+    shutil.copytree(REFERENCE_MODELS / "inspect-fallback", fallback)
     rewrite_manifest(primary, version=version)
-    rewrite_manifest(fallback, version=version, name="tiny-fallback")
+    rewrite_manifest(fallback, version=version)
     if broken:  # the model still runs, but disagrees with its own reference labels
         ref = np.load(primary / "reference.npz")
+        classes = len(json.loads((primary / "model.json").read_text())["labels"])
         np.savez_compressed(
-            primary / "reference.npz", images=ref["images"], labels=(ref["labels"] + 1) % 4
+            primary / "reference.npz", images=ref["images"], labels=(ref["labels"] + 1) % classes
         )
     return primary, fallback
 
@@ -76,7 +82,8 @@ def make_models(root: Path, version: str, *, broken: bool = False) -> tuple[Path
 def write_recipe(workdir: Path, version: str, *, broken_model: bool = False) -> Path:
     """The QEMU test profile recipe for ``version`` (see the module docstring)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    primary, fallback = make_models(workdir / "models", version, broken=broken_model)
+    # "reference-models": earlier sessions left tiny 16x16 packages in "models"
+    primary, fallback = make_models(workdir / "reference-models", version, broken=broken_model)
     base = os.path.relpath(BASE_RECIPE, workdir)
     recipe = workdir / f"e2e-{version}.toml"
     recipe.write_text(
@@ -87,9 +94,6 @@ def write_recipe(workdir: Path, version: str, *, broken_model: bool = False) -> 
         f'fallback = "{fallback.relative_to(workdir)}"\n'
         "[kernel]\n"
         f'cmdline = "{CMDLINE}"\n'
-        "[health]\n"
-        "budget_factor = 100.0\n"
-        "reference_count = 8\n"
     )
     return recipe
 
@@ -194,7 +198,7 @@ BROKEN_ON_DATA = "/edgekiln/models/broken-primary"
 
 
 def write_broken_primary(root: Path) -> Path:
-    """A tiny primary package whose model file is cut short (its manifest hash no longer
+    """A primary package whose model file is cut short (its manifest hash no longer
     matches; the file does not parse): what a failed copy of a model leaves behind."""
     primary, _ = make_models(root, "2.0.0")
     model = primary / "model.onnx"

@@ -33,7 +33,6 @@ Timeouts are hang protection only (TCG on a loaded 2-core machine), never assert
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -217,9 +216,8 @@ def device(
     builds: Mapping[str, Build], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Device]:
     work = tmp_path_factory.mktemp("device")
+    # v1's image stays: the ESP and power-button device (test_shutdown_and_esp.py) boots it too
     disk = provision(builds["1.0.0"].image, work / "v1.img")
-    if not os.environ.get("EDGEKILN_E2E_REUSE_BUILDS"):
-        builds["1.0.0"].image.unlink()  # the device's disk is the provisioned copy
     config = VmConfig(
         disk=disk,
         overlay=True,
@@ -245,7 +243,7 @@ def test_a_first_boot_commits_and_infers(device: Device, figures: dict[str, obje
     gate_s = time.time() - started
     records = device.wait_results(lambda r: bool(good_versions(r)), BOOT_S)
     good = [r for r in records if r.get("degraded") is False]
-    assert good[0].get("model") == "tiny" and good[0].get("version") == "1.0.0", good[0]
+    assert good[0].get("model") == "inspect-primary" and good[0].get("version") == "1.0.0", good[0]
     env = device.env()
     assert env.get("ek_committed") == "A" and not env.get("ek_try"), env
     first = float(good[0]["ts"])  # type: ignore[arg-type]
@@ -336,7 +334,7 @@ def test_e_broken_primary_model_runs_the_fallback_and_says_why(
     _boot_runs_v2(device)
     device.passed.append("d1-next-boot")
     records = device.wait_results(
-        lambda r: any(x.get("model") == "tiny-fallback" for x in after(r, started)), BOOT_S
+        lambda r: any(x.get("model") == "inspect-fallback" for x in after(r, started)), BOOT_S
     )
     fresh = after(records, started)
     events = fallbacks(fresh)
@@ -347,7 +345,7 @@ def test_e_broken_primary_model_runs_the_fallback_and_says_why(
     log = device.wait_results(lambda r: bool(fallbacks(after(r, started))), BOOT_S, EVENTS)
     assert str(fallbacks(after(log, started))[0].get("model")).endswith(BROKEN_ON_DATA), log
     good = [r for r in fresh if r.get("degraded") is False]
-    assert good and {r.get("model") for r in good} == {"tiny-fallback"}, good[:3]
+    assert good and {r.get("model") for r in good} == {"inspect-fallback"}, good[:3]
     first = float(good[0]["ts"])  # type: ignore[arg-type]
     figures["e_power_on_to_fallback_result_s"] = round(first - started, 1)
     device.passed.append("e")
@@ -518,10 +516,10 @@ def test_e_hung_worker_is_killed_restarted_and_replaced_by_the_fallback(
     assert "3 failures" in str(mode.get("reason")), mode
     # the fallback model runs (the hung primary never produced a result)
     records = device.wait_results(
-        lambda r: any(x.get("model") == "tiny-fallback" for x in after(r, started)), BOOT_S
+        lambda r: any(x.get("model") == "inspect-fallback" for x in after(r, started)), BOOT_S
     )
     fresh = [r for r in after(records, started) if r.get("degraded") is False]
-    assert fresh and {r.get("model") for r in fresh} == {"tiny-fallback"}, fresh[:3]
+    assert fresh and {r.get("model") for r in fresh} == {"inspect-fallback"}, fresh[:3]
     starts = _of_kind(events, "worker_started")
     figures["e_watchdog_journal_line"] = changed.group(0)[-160:]
     figures["e_watchdog_hangs_killed"] = len(hung)

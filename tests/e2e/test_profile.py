@@ -56,3 +56,22 @@ def test_usb_update_unit_matches_the_stick_label() -> None:
     assert script.stat().st_mode & 0o111, "the script must be executable"
     assert len(STICK_LABEL) <= 11, "a FAT label holds at most 11 characters"
     assert str(PIPELINE["source"]).startswith("npz:/opt/edgekiln/models/primary/")
+
+
+def test_the_boot_partition_is_checked_and_the_power_button_handled() -> None:
+    """What test_shutdown_and_esp.py relies on, without a VM: fsck.vfat (dosfstools) checks the
+    ESP before its mount (fstab pass 2), and acpid (no D-Bus, so no logind) powers off on the
+    button."""
+    from image.recipe import load_recipe
+
+    fields = {
+        line.split()[1]: line.split()
+        for line in (OVERLAY / "etc/fstab").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert fields["/boot/efi"][2] == "vfat" and fields["/boot/efi"][5] == "2", fields["/boot/efi"]
+    rule = (OVERLAY / "etc/acpi/events/edgekiln-power-button").read_text()
+    assert "event=button[ /]power" in rule and "action=/bin/systemctl poweroff" in rule
+    recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "qemu-x86-64.toml")
+    packages = {*recipe.recipe.rootfs.packages, *recipe.recipe.rootfs.extra_packages}
+    assert {"dosfstools", "acpid"} <= packages

@@ -80,6 +80,7 @@ def _write(recipe_dir: Path, text: str) -> Path:
         ('[rootfs]\nextra_packages = ["Bad Name"]\n', "rootfs.extra_packages", "Debian package"),
         ("[rootfs]\nextra_packages = [1]\n", "rootfs.extra_packages.0", "Expected `str`"),
         ("[health]\nbudget_factor = 0\n", "health.budget_factor", "between"),
+        ("[health]\nbudget_factor = 5000\n", "health.budget_factor", "between 0.1 and 1000"),
         ('[models]\nselect = "smallest"\n', "models.select", "no effect without models.optimise"),
         ("[models]\nmax_accuracy_drop = 2.0\n", "models.max_accuracy_drop", "no effect without"),
         (
@@ -158,7 +159,7 @@ def test_qemu_profile_overrides_pipeline_and_budget(recipe_dir: Path) -> None:
     r = loaded.recipe
     assert r.target.name == "generic-x86-64"
     assert r.pipeline.source.startswith("npz:/opt/edgekiln/models/primary/reference.npz")
-    assert r.health.budget_factor == 20.0
+    assert r.health.budget_factor == 500.0
     assert "forward_to_console" in r.kernel.cmdline
 
 
@@ -204,3 +205,43 @@ def test_runtime_extras_count_in_the_root_size_check(recipe_dir: Path) -> None:
     small = _write(recipe_dir, "[partitions]\nrootfs_mib = 1000\n")
     with pytest.raises(RecipeError, match=r"partitions\.rootfs_mib.*runtime extras 170"):
         load_recipe(small)
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "needle"),
+    [
+        ('[telemetry]\nbroker = "http://x"\n', "telemetry.broker", "mqtt://HOST"),
+        ('[telemetry]\nbroker = "mqtts://b.lan"\n', "telemetry.ca_file", "needs ca_file"),
+        ('[telemetry]\nbroker = "mqtt://b.lan"\nwindow_s = 0.5\n', "telemetry.window_s", "1 and"),
+        ("[telemetry]\ndrift_psi = 0\n", "telemetry.drift_psi", "drift_psi"),
+        ('[telemetry]\nresults = "every"\n', "telemetry.results", "Invalid enum value"),
+    ],
+)
+def test_bad_telemetry_tables_name_file_and_field(
+    recipe_dir: Path, text: str, field: str, needle: str
+) -> None:
+    path = _write(recipe_dir, text)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert info.value.field == field and needle in str(info.value)
+
+
+def test_telemetry_table_becomes_the_pipeline_mqtt_and_telemetry_blocks(recipe_dir: Path) -> None:
+    import json
+
+    from appliance.inference.pipeline import load_config
+    from image.build.device_files import pipeline_config
+
+    plain = json.loads(pipeline_config(load_recipe(recipe_dir / "generic-x86-64.toml")))
+    assert "mqtt" not in plain and "telemetry" not in plain  # off without a broker
+    path = _write(
+        recipe_dir, '[telemetry]\nbroker = "mqtt://fleet.plant.lan:1884"\nwindow_s = 30\n'
+    )
+    doc = pipeline_config(load_recipe(path))
+    cfg_path = recipe_dir / "pipeline.json"
+    cfg_path.write_bytes(doc)
+    cfg = load_config(cfg_path)  # the device's own parser accepts what the builder wrote
+    assert cfg.mqtt is not None and cfg.telemetry is not None
+    assert (cfg.mqtt.host, cfg.mqtt.port) == ("fleet.plant.lan", 1884)
+    assert cfg.telemetry.window_s == 30 and cfg.telemetry.results == "off"
+    assert cfg.telemetry.device_id == "" and cfg.telemetry.site == ""  # read from data

@@ -16,8 +16,8 @@ import pytest
 
 from appliance.inference.chain import Event
 from appliance.inference.errors import ConfigError
-from appliance.inference.mqtt_sink import MqttConfig, MqttSink
 from appliance.inference.pipeline import Pipeline, PipelineConfig, load_config
+from appliance.telemetry.mqtt_sink import MqttConfig, MqttSink
 from tests.inference.mqtt_broker import (
     Broker,
     Subscriber,
@@ -149,7 +149,7 @@ def test_the_buffer_survives_a_killed_device_process(
     script = textwrap.dedent(
         f"""
         import os, signal
-        from appliance.inference.mqtt_sink import MqttConfig, MqttSink
+        from appliance.telemetry.mqtt_sink import MqttConfig, MqttSink
         sink = MqttSink(MqttConfig(host="127.0.0.1", port={cfg.port}, topic="{TOPIC}",
                                    buffer_dir="{cfg.buffer_dir}", reconnect_max_s=1))
         for i in range(50):
@@ -364,7 +364,7 @@ def test_pipeline_turns_a_refused_uplink_into_an_alert_event_and_keeps_every_res
 
     from appliance.inference.package import load_package
     from appliance.inference.sources import ArraySource
-    from appliance.inference.telemetry_buffer import TelemetryBuffer
+    from appliance.telemetry.telemetry_buffer import TelemetryBuffer
 
     pki = tmp_path / "pki"
     pki.mkdir()

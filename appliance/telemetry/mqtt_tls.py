@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from appliance.inference.mqtt_sink import MqttConfig
+    from appliance.telemetry.mqtt_sink import MqttConfig
 
 log = logging.getLogger(__name__)
 

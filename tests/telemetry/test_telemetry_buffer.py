@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appliance.inference.telemetry_buffer import TelemetryBuffer, TelemetryBufferError
+from appliance.telemetry.telemetry_buffer import TelemetryBuffer, TelemetryBufferError
 
 
 def rec(i: int, pad: int = 0) -> bytes:

@@ -36,7 +36,7 @@ from pathlib import Path
 import msgspec
 
 from appliance.fsutil import atomic_write_bytes, fsync_dir
-from appliance.inference.errors import InferenceError
+from appliance.telemetry.errors import TelemetryError
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -44,7 +44,7 @@ _SEGMENT = re.compile(r"seg-(\d{12})\.log")
 _READ_CHUNK = 64 << 10
 
 
-class TelemetryBufferError(InferenceError):
+class TelemetryBufferError(TelemetryError):
     """The telemetry buffer cannot be used (directory not writable, record not one line)."""
 
 

@@ -6,11 +6,12 @@ Configured by the ``mqtt`` block of pipeline.json::
              "buffer_dir": "/data/edgekiln/mqtt-buffer", "buffer_max_mb": 64}
 
 Mutual TLS adds ``"ca_file"``, ``"cert_file"`` and ``"key_file"`` (PEM paths); a refused
-handshake is explained in words (:mod:`~appliance.inference.mqtt_tls`) in the log and in
+handshake is explained in words (:mod:`~appliance.telemetry.mqtt_tls`) in the log and in
 :attr:`MqttSink.last_error`, and records stay buffered.
 
-Results go to ``<topic>/results`` and events to ``<topic>/events``, one JSON object per
-message, QoS 1 by default.
+Results go to ``<topic>/results``, events to ``<topic>/events`` and telemetry windows to
+``<topic>/windows``, one JSON object per message, QoS 1 by default (events and windows are
+sent at once, results gathered for ``flush_s``).
 
 The frame path only encodes a record and appends it to an in-memory queue. A worker thread
 moves records on:
@@ -41,12 +42,18 @@ from typing import Any
 import msgspec
 
 from appliance.inference.errors import ConfigError
-from appliance.inference.mqtt_tls import explain, is_refusal, warn_if_expired
-from appliance.inference.telemetry_buffer import Cursor, TelemetryBuffer
+from appliance.telemetry.mqtt_tls import explain, is_refusal, warn_if_expired
+from appliance.telemetry.telemetry_buffer import Cursor, TelemetryBuffer
 
 log = logging.getLogger(__name__)
 _ENCODER = msgspec.json.Encoder()
 _RESULT, _EVENT = b"r", b"e"  # first byte of a buffered line: which sub-topic
+# Windows are buffered as "e" lines (sent at once, like events) and told apart by their payload:
+# an older version rolled back to (docs/decisions.md §10) knows only "r" and "e" and would stop
+# at any other first byte; it sends such a line to <topic>/events, where the ingester, which
+# reads "type", still stores it as a window.
+_WINDOW_PAYLOAD = b'e{"type":"window"'
+_KINDS = {"event": _EVENT, "window": _EVENT}
 ERROR_REPEAT_S = 60.0  # the same connection error is logged again at most this often
 
 
@@ -129,6 +136,7 @@ class MqttSink:
         self._flush_s = flush_s
         self._batch_size = batch
         self._topics = {_RESULT: f"{cfg.topic}/results", _EVENT: f"{cfg.topic}/events"}
+        self._windows_topic = f"{cfg.topic}/windows"
         max_bytes = int(cfg.buffer_max_mb * (1 << 20))
         self.buffer = TelemetryBuffer(
             Path(cfg.buffer_dir), max_bytes=max_bytes, segment_bytes=min(1 << 20, max_bytes // 4)
@@ -224,12 +232,15 @@ class MqttSink:
         if draining is not None and draining[2] and mid == draining[2][-1].mid:
             self._wake.set()  # the batch's last ack: send the next batch now, not at the next poll
 
+    def _topic(self, line: bytes) -> str:
+        return self._windows_topic if line.startswith(_WINDOW_PAYLOAD) else self._topics[line[:1]]
+
     # --- the frame path ------------------------------------------------------------------
 
     def publish(self, record: dict[str, object]) -> None:
-        kind = _EVENT if record.get("type") == "event" else _RESULT
+        kind = _KINDS.get(str(record.get("type")), _RESULT)
         self._incoming.append(kind + _ENCODER.encode(record))
-        if kind is _EVENT:
+        if kind is not _RESULT:
             self._wake.set()
 
     # --- the worker ----------------------------------------------------------------------
@@ -303,7 +314,7 @@ class MqttSink:
         """Hand ``lines`` to paho; return those it refused (queue full, connection gone)."""
         mqtt = self._mqtt
         for i, line in enumerate(lines):
-            info = self._client.publish(self._topics[line[:1]], line[1:], qos=self.cfg.qos)
+            info = self._client.publish(self._topic(line), line[1:], qos=self.cfg.qos)
             if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
                 return lines[i:]
             self._direct.append((info, line))  # NO_CONN: paho keeps it and sends on reconnect
@@ -327,7 +338,7 @@ class MqttSink:
         records, cursor = self.buffer.peek(self._batch_size)
         infos = []
         for line in records:
-            info = self._client.publish(self._topics[line[:1]], line[1:], qos=self.cfg.qos)
+            info = self._client.publish(self._topic(line), line[1:], qos=self.cfg.qos)
             if info.rc == self._mqtt.MQTT_ERR_QUEUE_SIZE:
                 break  # paho's queue is full: this batch ends here, the rest comes next time
             infos.append(info)

@@ -1,0 +1,75 @@
+"""Rollout gates computed from the fleet store (for ``kiln rollout advance`` / ``status``).
+
+A stage may advance when, among the stage's devices, since the stage started:
+
+* every device reported ``update_committed`` (the update passed its health gate);
+* the rollback rate (``update_rolled_back`` / devices) is at most ``max_rollback_rate``;
+* no window of theirs showed drift, and no device is flagged against its peers.
+
+``halt`` is true past ``halt_rollback_rate``: the rollout should stop by itself. The event kinds
+are the device's update outcome events (``update_committed``, ``update_rolled_back``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from image.fleet.peers import anomalies
+from image.fleet.store import Store
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    advance: bool
+    halt: bool
+    committed: int
+    rolled_back: int
+    devices: int
+    reasons: list[str] = field(default_factory=list)
+
+
+def stage_gate(
+    store: Store,
+    devices: list[str],
+    *,
+    since: float,
+    max_rollback_rate: float = 0.05,
+    halt_rollback_rate: float = 0.2,
+) -> GateVerdict:
+    """The verdict for one stage (its device ids) since ``since`` (unix time)."""
+    wanted = set(devices)
+    outcomes: dict[str, str] = {}
+    for device, kind in store.query(
+        "SELECT device, kind FROM events WHERE ts >= ? AND kind IN "
+        "('update_committed', 'update_rolled_back') ORDER BY ts",
+        (since,),
+    ):
+        if device in wanted:
+            outcomes[device] = kind
+    committed = sum(1 for k in outcomes.values() if k == "update_committed")
+    rolled = sum(1 for k in outcomes.values() if k == "update_rolled_back")
+    n = max(len(wanted), 1)
+    reasons = []
+    if committed < len(wanted):
+        reasons.append(f"{len(wanted) - committed} of {len(wanted)} devices have not committed")
+    if rolled / n > max_rollback_rate:
+        reasons.append(f"rollback rate {rolled / n:.1%} exceeds {max_rollback_rate:.1%}")
+    drifted = sorted(
+        d
+        for (d, flag) in store.query(
+            "SELECT device, drifted FROM windows WHERE ts_start >= ? ORDER BY ts_start", (since,)
+        )
+        if d in wanted and flag
+    )
+    if drifted:
+        reasons.append(f"drift on {', '.join(sorted(set(drifted)))}")
+    flagged = [f for f in anomalies(store, since=since) if f.device in wanted]
+    reasons += [f"anomaly: {f.describe()}" for f in flagged]
+    return GateVerdict(
+        advance=not reasons,
+        halt=rolled / n > halt_rollback_rate,
+        committed=committed,
+        rolled_back=rolled,
+        devices=len(wanted),
+        reasons=reasons,
+    )
