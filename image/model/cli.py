@@ -81,6 +81,12 @@ def model() -> None:
     help="Ship the fastest passing variant, the fastest passing INT8 one, the smallest passing "
     "one, or the FP32 parent (with the table).",
 )
+@click.option(
+    "--skip-weakest-isa-gate",
+    is_flag=True,
+    help="onnxruntime: do not evaluate INT8 rows again under qemu-x86_64-static -cpu Haswell "
+    "(recorded in optimisation.json).",
+)
 @click.option("--no-cache", is_flag=True, help="Do not read or fill the content-hash cache.")
 def optimise(
     package: Path,
@@ -91,6 +97,7 @@ def optimise(
     calibration: Path | None,
     allow_fallback: bool,
     select: str,
+    skip_weakest_isa_gate: bool,
     no_cache: bool,
 ) -> None:
     """Build the target runtime's variants, gate them on the reference split, ship the fastest."""
@@ -106,6 +113,7 @@ def optimise(
         calibration=calibration,
         allow_fallback=allow_fallback,
         select=select,
+        weakest_isa_gate=not skip_weakest_isa_gate,
         cache_dir=None if no_cache else _cache_dir(),
     )
     click.echo(format_table(res))

@@ -1,4 +1,4 @@
-"""OpenVINO's accuracy gate on the weakest instruction set of the target, in a fresh process.
+"""The INT8 accuracy gate on the weakest instruction set of the target, in a fresh process.
 
 OpenVINO's CPU plugin picks its INT8 kernels per instruction set. Without VNNI (AVX-512 VNNI or
 AVX-VNNI) a u8 x s8 multiply-add goes through ``vpmaddubsw``, which saturates at int16; an INT8
@@ -11,6 +11,12 @@ process whose environment has it before OpenVINO loads. The child also compiles 
 and reads the kernels OpenVINO chose (the runtime model's ``primitiveType``): if any still names
 an instruction set above the cap, the cap did not take effect and the gate refuses to guess.
 
+onnxruntime (MLAS) has no such switch: it picks its kernels by CPUID. Its child therefore runs
+under ``qemu-x86_64-static -cpu Haswell`` (qemu-user: AVX2 and FMA, no AVX-512, no VNNI), whose
+CPUID the runtime reads; the child reads the CPU features numpy detected (by CPUID too) and
+refuses if AVX-512 or VNNI is still visible. On the reference fallback model the 8-bit QDQ file
+lost 13 pp there (docs/decisions.md §30).
+
 Run as ``python -m image.model.isa PACKAGE_DIR SPEC_JSON`` (what :func:`evaluate_capped` does).
 """
 
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -33,6 +40,12 @@ WEAKEST_ISA = "avx2"
 # Kernel names above AVX2: any of them under the cap means the cap was ignored.
 _ABOVE_AVX2 = ("avx512", "amx", "vnni")
 _TIMEOUT_S = 1800
+# onnxruntime's weakest-ISA run: qemu-user with an AVX2-only CPU model (Debian qemu-user-static).
+QEMU = "qemu-x86_64-static"
+QEMU_CPU = "Haswell"
+QEMU_PACKAGE = "qemu-user-static"
+# numpy's CPUID-detected features that must be absent under the emulated CPU.
+_ABOVE_AVX2_FEATURES = ("AVX512F", "AVX512VNNI", "AVX512_SPR")
 # Layers oneDNN runs (the INT8 multiply-adds); the plugin's own JIT kernels (Reduce, Eltwise)
 # pick their instruction set without oneDNN's cap and do no integer multiply-adds.
 _ONEDNN_LAYERS = ("Convolution", "FullyConnected", "MatMul", "Deconvolution")
@@ -56,27 +69,52 @@ def key(file: str, hint: str) -> str:
     return f"{file}@{hint}"
 
 
+def how_capped(runtime: str, isa: str = WEAKEST_ISA) -> str:
+    """How the weakest ISA is reached for ``runtime`` (the gate's notes and errors say it)."""
+    if runtime == "openvino":
+        return f"ONEDNN_MAX_CPU_ISA={isa.upper()}"
+    return f"{QEMU} -cpu {QEMU_CPU}"
+
+
+def launcher(runtime: str) -> list[str]:
+    """The command prefix of the child: none for OpenVINO (an env cap), qemu-user otherwise."""
+    if runtime == "openvino":
+        return []
+    qemu = shutil.which(QEMU)
+    if qemu is None:
+        raise IsaCapError(
+            f"{QEMU} is not on PATH: {runtime}'s INT8 gate on the weakest ISA runs the "
+            f"evaluation under '{QEMU} -cpu {QEMU_CPU}'; install it (apt-get install "
+            f"{QEMU_PACKAGE}), or pass --skip-weakest-isa-gate to measure on this CPU only "
+            "(recorded in optimisation.json)"
+        )
+    return [qemu, "-cpu", QEMU_CPU]
+
+
 def evaluate_capped(
     root: Path, runtime: str, threads: int, runs: list[tuple[str, str]], isa: str = WEAKEST_ISA
 ) -> CappedRun:
-    """Top-1 of each (file, hint) of the package at ``root`` with oneDNN capped at ``isa``.
+    """Top-1 of each (file, hint) of the package at ``root`` on the weakest ISA ``isa``.
 
+    OpenVINO: oneDNN capped by the environment; onnxruntime: under qemu-user's Haswell CPU.
     The whole reference split, one pass (no timing rounds: latency is the host's figure).
     """
     spec = json.dumps({"runtime": runtime, "threads": threads, "runs": runs, "isa": isa})
-    env = dict(os.environ, ONEDNN_MAX_CPU_ISA=isa.upper())
-    cmd = [sys.executable, "-m", "image.model.isa", str(root), spec]
+    env = dict(os.environ)
+    if runtime == "openvino":
+        env["ONEDNN_MAX_CPU_ISA"] = isa.upper()
+    cmd = [*launcher(runtime), sys.executable, "-m", "image.model.isa", str(root), spec]
+    how = how_capped(runtime, isa)
     try:
         proc = subprocess.run(
             cmd, env=env, capture_output=True, text=True, timeout=_TIMEOUT_S, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise IsaCapError(f"{root}: evaluation under ONEDNN_MAX_CPU_ISA={isa}: {exc}") from exc
+        raise IsaCapError(f"{root}: evaluation under {how}: {exc}") from exc
     if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-5:]
+        lines = [ln for ln in proc.stderr.strip().splitlines() if not ln.startswith(QEMU)]
         raise IsaCapError(
-            f"{root}: evaluation under ONEDNN_MAX_CPU_ISA={isa.upper()} exited "
-            f"{proc.returncode}: {' | '.join(tail)}"
+            f"{root}: evaluation under {how} exited {proc.returncode}: {' | '.join(lines[-5:])}"
         )
     data = json.loads(proc.stdout.strip().splitlines()[-1])
     return CappedRun(isa, data["kernels"], data["top1"], data["errors"])
@@ -101,8 +139,8 @@ def gate_on_weakest_isa(res: Optimisation, root: Path, parent_file: str, threads
     isa = capped.isa
     if key(parent_file, "f32") not in capped.top1:
         raise IsaCapError(
-            f"{root}/{parent_file}: the FP32 parent does not run under ONEDNN_MAX_CPU_ISA="
-            f"{isa.upper()}: {capped.errors.get(key(parent_file, 'f32'))}"
+            f"{root}/{parent_file}: the FP32 parent does not run under "
+            f"{how_capped(res.runtime, isa)}: {capped.errors.get(key(parent_file, 'f32'))}"
         )
     parent = capped.top1[key(parent_file, "f32")]
     res.parent_top1_isa = {"host": res.parent_top1, isa: parent}
@@ -114,10 +152,11 @@ def gate_on_weakest_isa(res: Optimisation, root: Path, parent_file: str, threads
             v.drop_pp_isa[isa] = (parent - capped.top1[k]) * 100
         else:
             v.drop_pp_isa[isa] = 100.0
-            v.note = f"does not run under ONEDNN_MAX_CPU_ISA={isa.upper()}: {capped.errors[k]}"
+            v.note = f"does not run under {how_capped(res.runtime, isa)}: {capped.errors[k]}"
+    what = "its convolutions ran" if res.runtime == "openvino" else "the emulated CPU has"
     res.notes.append(
-        f"INT8 rows gated on the host's ISA and under ONEDNN_MAX_CPU_ISA={isa.upper()} "
-        f"(its convolutions ran {', '.join(capped.kernels)}; FP32 parent top-1 {parent:.4f}): "
+        f"INT8 rows gated on the host's ISA and under {how_capped(res.runtime, isa)} "
+        f"({what} {', '.join(capped.kernels)}; FP32 parent top-1 {parent:.4f}): "
         f"{len(runs)} extra evaluations took {seconds:.1f} s"
     )
 
@@ -148,14 +187,33 @@ def _kernels(root: Path) -> list[str]:
     return sorted(names)
 
 
+def _cpu_features() -> list[str]:
+    """The x86 features numpy detected by CPUID in this process (under qemu: the emulated CPU)."""
+    from numpy._core._multiarray_umath import __cpu_features__
+
+    return sorted(k for k, on in __cpu_features__.items() if on)
+
+
 def _main(argv: list[str]) -> int:
     from appliance.inference.package import load_package
     from image.model.eval import EvaluationError, evaluate
 
     root, spec = Path(argv[0]), json.loads(argv[1])
     isa = str(spec["isa"])
-    kernels = _kernels(root)
-    if isa == WEAKEST_ISA:
+    if spec["runtime"] != "openvino":
+        features = _cpu_features()
+        above = [f for f in _ABOVE_AVX2_FEATURES if f in features]
+        if isa == WEAKEST_ISA and (above or "AVX2" not in features):
+            print(
+                f"this process's CPU is not AVX2-only (CPUID shows {', '.join(above) or 'no AVX2'})"
+                f": run it under '{QEMU} -cpu {QEMU_CPU}' (what the optimiser does)",
+                file=sys.stderr,
+            )
+            return 2
+        kernels = [f"AVX2, no {', '.join(_ABOVE_AVX2_FEATURES)} (CPUID)"]
+    else:
+        kernels = _kernels(root)
+    if isa == WEAKEST_ISA and spec["runtime"] == "openvino":
         above = [k for k in kernels if any(a in k.lower() for a in _ABOVE_AVX2)]
         if above:
             print(

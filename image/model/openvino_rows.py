@@ -27,11 +27,9 @@ from image.model.nncf import (
     nncf_available,
     nncf_int8_ir,
 )
-from image.model.quantise import QuantisationError, quantise_onnx_int8
+from image.model.quantise import QuantisationError
 from image.model.table import Optimisation, Variant
-from image.model.variants import Scratch, failed
-
-INT8_U8S7_ONNX = "model_int8_u8s7.onnx"
+from image.model.variants import Scratch, failed, int8_u8s7_row
 
 
 def passes_gate(v: Variant, max_accuracy_drop: float) -> bool:
@@ -53,19 +51,7 @@ def openvino_rows(
     # OpenVINO's default on a bf16-capable CPU is bf16 execution; it can beat INT8 there.
     res.variants.append(sc.row("fp32-default-hint", fp32, "fp32", "default", top))
     res.variants.append(sc.row("int8-default-hint", int8_u8, "int8", "default", top))
-    try:
-        quantise_onnx_int8(
-            sc.parent,
-            sc.root / INT8_U8S7_ONNX,
-            source=fp32,
-            calibration=calibration,
-            unsigned_activations=True,
-            reduce_range=True,
-        )
-        sc.add(INT8_U8S7_ONNX, "int8")
-        res.variants.append(sc.row("int8-u8s7", INT8_U8S7_ONNX, "int8", "f32", top))
-    except QuantisationError as exc:
-        res.variants.append(failed("int8-u8s7", INT8_U8S7_ONNX, "int8", "f32", f"not built: {exc}"))
+    res.variants.append(int8_u8s7_row(sc, fp32, calibration, top))
     if not nncf_available():
         res.notes.append("NNCF is not installed (pip install nncf): no FP16/INT8 IR variants")
         return

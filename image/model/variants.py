@@ -20,7 +20,12 @@ from appliance.inference.backends import get_backend
 from appliance.inference.errors import BackendUnavailableError, InferenceError
 from appliance.inference.package import ModelPackage, load_package
 from image.model.eval import Evaluation, EvaluationError, evaluate
+from image.model.quantise import QuantisationError, quantise_onnx_int8
 from image.model.table import Variant
+
+# QDQ with uint8 activations and 7-bit weights (``reduce_range``): a u8 x s7 pair sum fits
+# int16, so CPUs without VNNI give the same answer as those with it (docs/decisions.md §30).
+INT8_U8S7_ONNX = "model_int8_u8s7.onnx"
 
 # The other back ends a target's device may fall back to (recipes/<target>.toml: the target's
 # back end first; generic-x86-64 bundles OpenCV, intel-openvino carries ONNX Runtime).
@@ -149,3 +154,20 @@ def pin_splits(root: Path) -> None:
             digest = hashlib.sha256((root / data[key]["split"]).read_bytes()).hexdigest()
             data[key]["sha256"] = digest
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def int8_u8s7_row(sc: Scratch, fp32: str, calibration: Path | None, parent_top1: float) -> Variant:
+    """Build the 7-bit QDQ file into ``sc`` and measure it (a failed row if it cannot be built)."""
+    try:
+        quantise_onnx_int8(
+            sc.parent,
+            sc.root / INT8_U8S7_ONNX,
+            source=fp32,
+            calibration=calibration,
+            unsigned_activations=True,
+            reduce_range=True,
+        )
+    except QuantisationError as exc:
+        return failed("int8-u8s7", INT8_U8S7_ONNX, "int8", "f32", f"not built: {exc}")
+    sc.add(INT8_U8S7_ONNX, "int8")
+    return sc.row("int8-u8s7", INT8_U8S7_ONNX, "int8", "f32", parent_top1)

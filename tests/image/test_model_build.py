@@ -76,7 +76,8 @@ def test_slot_holds_the_optimised_packages_and_the_device_accepts_them(
         assert (fp32.path, fp32.precision) == ("model.onnx", "fp32")
         table = json.loads((pkg_dir / "optimisation.json").read_text())
         assert any("opencv" in n and "model.onnx ships beside it" in n for n in table["notes"])
-        assert table["runtime"] == "onnxruntime" and table["selected"] in ("int8", "int8-u8s8")
+        assert table["runtime"] == "onnxruntime"
+        assert table["selected"] in ("int8", "int8-u8s8", "int8-u8s7")
         chosen = next(v for v in table["variants"] if v["name"] == table["selected"])
         assert chosen["passed"] and chosen["drop_pp"] <= 1.0 + 1e-9
         assert chosen["size_bytes"] == min(v["size_bytes"] for v in table["variants"])
@@ -146,7 +147,8 @@ def test_bad_calibration_fails_the_build_naming_recipe_and_figures(
         run_slot(bad / "opt.toml", tmp_path / "cache", tmp_path / "out")
     msg = str(exc.value)
     assert msg.startswith(f"{bad / 'opt.toml'}: models.optimise: the fallback package fails")
-    assert "vs FP32 0.9609" in msg and "pp drop > 1.00 pp allowed" in msg
+    assert "vs FP32 0.9609" in msg
+    assert re.search(r"pp drop (\(host; avx2: [0-9.]+ pp\) )?> 1\.00 pp allowed", msg), msg
     assert 'models.select = "fp32"' in msg
     # The primary passed and is cached; nothing half-made of the fallback is left, and no slot.
     entries = list((tmp_path / "cache" / KIND).iterdir())

@@ -31,6 +31,10 @@ from image.model.quantise import QuantisationError
 from tests.timing import NO_LATENCY_GATE
 
 DROP = 0.10
+# onnxruntime on a CPU without VNNI (qemu-user Haswell): the 8-bit QDQ files of this net lose
+# 77-85 pp, the 7-bit one 11.46 pp on both ISAs; nothing INT8 holds within DROP there, so the
+# tests that need onnxruntime to ship INT8 allow the 7-bit file's drop (docs/decisions.md §30).
+DROP_ORT_BOTH_ISAS = 0.12
 
 
 def _with_listed_file(src: Path, dst: Path, name: str, model: onnx.ModelProto) -> Path:
@@ -120,7 +124,12 @@ def test_variant_openvino_refuses_is_a_failed_row_and_the_run_goes_on(
 def test_fuse_accepts_an_int8_package_whose_scores_tie(mobilenet_pkg: Path, tmp_path: Path) -> None:
     out = tmp_path / "int8"
     res = optimise(
-        mobilenet_pkg, "onnxruntime", out, select="int8", max_accuracy_drop=DROP, timing_rounds=1
+        mobilenet_pkg,
+        "onnxruntime",
+        out,
+        select="int8",
+        max_accuracy_drop=DROP_ORT_BOTH_ISAS,
+        timing_rounds=1,
     )
     assert res.variant(res.selected).precision == "int8"
     (fused,) = fuse_package(out, check=96)
@@ -133,7 +142,12 @@ def test_generic_target_ships_a_file_every_back_end_of_its_chain_loads(
     pytest.importorskip("cv2")
     out = tmp_path / "generic"
     res = optimise(
-        mobilenet_pkg, "generic-x86-64", out, select="int8", max_accuracy_drop=DROP, timing_rounds=1
+        mobilenet_pkg,
+        "generic-x86-64",
+        out,
+        select="int8",
+        max_accuracy_drop=DROP_ORT_BOTH_ISAS,
+        timing_rounds=1,
     )
     pkg = load_package(out)
     selected = res.variant(res.selected).file
