@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.fsutil import atomic_write_bytes
+from appliance.slots.booted import booted_slot
+from appliance.slots.errors import BootedSlotUnknown
 from appliance.telemetry.config import TelemetryConfig
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -52,9 +54,14 @@ def device_id(data_dir: Path) -> str:
 
 
 def running_slot(cmdline: Path = Path("/proc/cmdline")) -> str:
-    """``a`` / ``b`` from ``root=PARTLABEL=rootfs_<x>`` (docs/decisions.md §2), else ``unknown``."""
-    m = re.search(r"root=PARTLABEL=rootfs_([ab])\b", _read(cmdline))
-    return m.group(1) if m else "unknown"
+    """``a`` / ``b``: the loader's ``edgekiln.slot=`` (appliance/slots/booted.py), else ``unknown``.
+
+    Not the ``root=`` word: the loaders name the root by its PARTUUID (docs/decisions.md §2).
+    """
+    try:
+        return booted_slot(_read(cmdline)).lower()
+    except BootedSlotUnknown:
+        return "unknown"
 
 
 def resolve(cfg: TelemetryConfig) -> Identity:
