@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 LABELS = ["red", "green", "blue", "grey"]
 MEAN = [0.485, 0.456, 0.406]
@@ -136,3 +138,14 @@ def make_colour_package(root: Path, count: int = 128, calib: int = 32) -> Path:
     }
     (root / "model.json").write_text(json.dumps(manifest, indent=2))
     return root
+
+
+REFERENCE_MODELS = Path(__file__).resolve().parents[2] / "recipes" / "models"
+
+
+def copy_reference(name: str, tmp_path: Path) -> Path:
+    """A copy of the committed reference package ``name`` (skip if it was never generated)."""
+    src = REFERENCE_MODELS / name
+    if not (src / "model.json").exists():
+        pytest.skip(f"{src} is not generated (tools/make_reference_model.py)")
+    return Path(shutil.copytree(src, tmp_path / name))

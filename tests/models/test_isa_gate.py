@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,16 +20,8 @@ import pytest
 from image.model.isa import evaluate_capped
 from image.model.optimise import optimise
 from image.model.table import result_from_json
+from tests.models.fixtures import copy_reference
 from tests.timing import NO_LATENCY_GATE
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _reference(name: str, tmp_path: Path) -> Path:
-    src = REPO / "recipes" / "models" / name
-    if not (src / "model.json").exists():
-        pytest.skip(f"{src} is not generated (tools/make_reference_model.py)")
-    return Path(shutil.copytree(src, tmp_path / name))
 
 
 def _selftest_under_avx2(pkg: Path) -> subprocess.CompletedProcess[str]:
@@ -49,7 +40,7 @@ def _selftest_under_avx2(pkg: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_cap_takes_effect_in_a_fresh_process(tmp_path: Path) -> None:
-    pkg = _reference("inspect-fallback", tmp_path)
+    pkg = copy_reference("inspect-fallback", tmp_path)
     run = evaluate_capped(pkg, "openvino", 1, [("model.onnx", "f32")])
     assert run.top1["model.onnx@f32"] > 0.9 and not run.errors
     # The convolutions ran AVX2 kernels, none of a wider ISA (the child refuses otherwise).
@@ -61,7 +52,7 @@ def test_the_child_refuses_when_the_cap_is_not_in_its_environment(tmp_path: Path
     """What the gate does if OpenVINO ignored the cap: refuse, naming the kernels it chose."""
     if "avx512f" not in Path("/proc/cpuinfo").read_text():
         pytest.skip("an AVX2-only CPU runs AVX2 kernels with or without the cap")
-    pkg = _reference("inspect-fallback", tmp_path)
+    pkg = copy_reference("inspect-fallback", tmp_path)
     spec = json.dumps({"runtime": "openvino", "threads": 1, "runs": [], "isa": "avx2"})
     env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
     done = subprocess.run(
@@ -91,7 +82,7 @@ def test_intel_openvino_file_passes_the_selftest_under_avx2(
     """``smallest`` shipped the S8S8 QDQ file before the fix (19 pp lost under AVX2 on
     inspect-fallback); ``int8`` must still find an INT8 form that holds on both ISAs."""
     out = tmp_path / "out"
-    pkg = _reference(name, tmp_path)
+    pkg = copy_reference(name, tmp_path)
     res = optimise(pkg, "intel-openvino", out, select=select, timing_rounds=1)
     best = res.variant(res.selected)
     assert best.passed

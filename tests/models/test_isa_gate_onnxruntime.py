@@ -9,7 +9,6 @@ emulation, in a subprocess. Any x86-64 CPU: on an AVX2-only CPU the emulation ch
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,16 +17,8 @@ import pytest
 
 from image.model.isa import QEMU, QEMU_CPU, QEMU_PACKAGE, IsaCapError, launcher
 from image.model.optimise import optimise
+from tests.models.fixtures import copy_reference
 from tests.timing import NO_LATENCY_GATE
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _reference(name: str, tmp_path: Path) -> Path:
-    src = REPO / "recipes" / "models" / name
-    if not (src / "model.json").exists():
-        pytest.skip(f"{src} is not generated (tools/make_reference_model.py)")
-    return Path(shutil.copytree(src, tmp_path / name))
 
 
 def _selftest_under_haswell(pkg: Path) -> subprocess.CompletedProcess[str]:
@@ -53,7 +44,7 @@ def _selftest_under_haswell(pkg: Path) -> subprocess.CompletedProcess[str]:
 )
 def test_generic_int8_file_passes_the_selftest_under_haswell(name: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    pkg = _reference(name, tmp_path)
+    pkg = copy_reference(name, tmp_path)
     res = optimise(pkg, "generic-x86-64", out, select="int8", timing_rounds=1)
     best = res.variant(res.selected)
     assert best.precision == "int8" and best.passed
@@ -66,7 +57,7 @@ def test_generic_int8_file_passes_the_selftest_under_haswell(name: str, tmp_path
 def test_without_qemu_user_the_gate_names_the_package_or_runs_only_when_told(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pkg = _reference("inspect-fallback", tmp_path)
+    pkg = copy_reference("inspect-fallback", tmp_path)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(IsaCapError, match=rf"{QEMU}.*apt-get install {QEMU_PACKAGE}"):
         optimise(pkg, "generic-x86-64", tmp_path / "a", select="fp32", timing_rounds=1)
@@ -87,7 +78,7 @@ def test_the_child_refuses_on_a_cpu_with_avx512(tmp_path: Path) -> None:
     """What the gate does if the emulation did not hide AVX-512/VNNI: refuse, naming them."""
     if "avx512f" not in Path("/proc/cpuinfo").read_text():
         pytest.skip("an AVX2-only CPU is the weakest ISA already")
-    pkg = _reference("inspect-fallback", tmp_path)
+    pkg = copy_reference("inspect-fallback", tmp_path)
     spec = json.dumps({"runtime": "onnxruntime", "threads": 1, "runs": [], "isa": "avx2"})
     done = subprocess.run(
         [sys.executable, "-m", "image.model.isa", str(pkg), spec],
@@ -102,7 +93,7 @@ def test_the_child_refuses_on_a_cpu_with_avx512(tmp_path: Path) -> None:
 
 def test_tensorrt_proxy_is_not_gated_under_emulation(tmp_path: Path) -> None:
     """jetson-orin's INT8 runs on TensorRT's kernels: no 7-bit row, no qemu-user run."""
-    pkg = _reference("inspect-fallback", tmp_path)
+    pkg = copy_reference("inspect-fallback", tmp_path)
     res = optimise(pkg, "jetson-orin", tmp_path / "out", timing_rounds=1)
     assert "int8-u8s7" not in [v.name for v in res.variants]
     assert not any(v.drop_pp_isa for v in res.variants)
