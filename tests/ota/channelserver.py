@@ -27,6 +27,7 @@ class Hit:
     sent: int
     start: int = 0  # first byte of the body (Range)
     at: float = 0.0  # time.time() when the answer was complete
+    began: float = 0.0  # time.time() when the answer started
 
 
 @dataclass
@@ -56,6 +57,7 @@ def _handler(server: Server) -> type[http.server.BaseHTTPRequestHandler]:
             self, status: int, body: bytes | tuple[Path, int, int], headers: dict[str, str]
         ) -> None:
             """Answer with ``body``: bytes, or (file, start, length) streamed from the file."""
+            began = time.time()
             length = len(body) if isinstance(body, bytes) else body[2]
             start = 0 if isinstance(body, bytes) else body[1]
             self.send_response(status)
@@ -67,7 +69,7 @@ def _handler(server: Server) -> type[http.server.BaseHTTPRequestHandler]:
             if fault is not None and fault[0] == "stall":
                 time.sleep(fault[1])
                 self.close_connection = True
-                server.hits.append(Hit(self.path, status, 0, start, time.time()))
+                server.hits.append(Hit(self.path, status, 0, start, time.time(), began))
                 return
             if fault is not None and fault[0] == "truncate":
                 length = min(length, int(fault[1]))
@@ -81,7 +83,7 @@ def _handler(server: Server) -> type[http.server.BaseHTTPRequestHandler]:
                 self.wfile.flush()
             except OSError:
                 self.close_connection = True
-            server.hits.append(Hit(self.path, status, sent, start, time.time()))
+            server.hits.append(Hit(self.path, status, sent, start, time.time(), began))
 
         def do_GET(self) -> None:
             fault = next((v for k, v in server.faults.items() if k in self.path), None)
