@@ -51,6 +51,7 @@ from tests.e2e.device import (
     provision,
     read_partition,
     reuse_build,
+    run,
     write_recipe,
 )
 from tests.e2e.test_lifecycle import Device
@@ -179,10 +180,18 @@ class Fleet:
         return [(h.path, h.start, h.sent) for h in self.www.hits
                 if "/targets/" in h.path and h.began > since]  # fmt: skip
 
+    def data_where(self) -> tuple[int, int]:
+        """(offset, size) of the data partition now: the first boot grew it to the disk's end
+        (the overlay was made 1 GiB larger), so v1's GPT no longer gives its size."""
+        dev = self.device
+        offset, _ = dev.layout["data"]
+        info = json.loads(run(["qemu-img", "info", "-U", "--output=json", str(dev.vm.disk)]).stdout)
+        return offset, int(info["virtual-size"]) - offset - 34 * 512  # the backup GPT
+
     def data_file(self, path: str) -> bytes | None:
         """A file on the device's data partition as the disk holds it now."""
         dev = self.device
-        data = read_partition(dev.vm.disk, dev.layout["data"], dev.work / "data.part")
+        data = read_partition(dev.vm.disk, self.data_where(), dev.work / "data.part")
         try:
             return ext4_file(data, path, dev.work)
         finally:
