@@ -9,6 +9,8 @@ Sits in front of the uplink (normally :class:`~appliance.telemetry.mqtt_sink.Mqt
   ``results_per_min``, ``all``), and never once the day's byte budget is spent;
 * **events** get the device's identity and an id and go out at once; ``alert: true`` marks
   those a person must act on (fallback, degraded, drift, budget exceeded, a refused uplink);
+* **update outcomes** the update agent wrote to ``events.jsonl`` are read back from it (at
+  most a second late) and sent as alerts (:mod:`~appliance.telemetry.update_events`);
 * **windows**: every ``window_s`` (on the frame path when frames flow, else from a timer
   thread) the window is closed, the system sampled, drift checked, and a ``window`` message sent.
 
@@ -32,6 +34,7 @@ from appliance.telemetry.config import TelemetryConfig
 from appliance.telemetry.drift import DriftDetector
 from appliance.telemetry.identity import Identity
 from appliance.telemetry.system import SystemSampler
+from appliance.telemetry.update_events import UpdateEventTail, to_alert
 from appliance.telemetry.window import WindowAggregator
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,7 @@ class TelemetrySink:
         self.references = references or {}
         self.sampler = sampler or SystemSampler(Path(cfg.data_dir))
         self.agg = WindowAggregator(primary_model)
+        self.updates = UpdateEventTail(Path(cfg.data_dir))  # the update agent's outcomes
         self._drift: dict[str, DriftDetector] = {}
         self._lock = threading.Lock()
         self._boot = os.urandom(4).hex()
@@ -129,7 +133,8 @@ class TelemetrySink:
                 log.exception("telemetry: closing a window failed (retrying)")
 
     def roll(self, now: float) -> int:
-        """Close every window that ended by ``now``; return how many were sent."""
+        """Forward new update outcomes; close every window that ended by ``now`` (count sent)."""
+        self.forward_updates()
         sent = 0
         while True:
             with self._lock:
@@ -194,6 +199,20 @@ class TelemetrySink:
                 )
             )
         return reading.to_json()
+
+    def forward_updates(self) -> int:
+        """Send the update agent's new outcomes from events.jsonl as alerts (update_events.py)."""
+        try:
+            found = self.updates.poll()
+        except OSError as exc:
+            log.warning("telemetry: cannot read %s: %s", self.updates.events, exc)
+            return 0
+        for digest, event in found:
+            message = to_alert(event)
+            message["id"] = f"{self.identity.device}:u:{digest}"  # the same on a re-send
+            self._send(self._stamp(message, keep_id=True))
+        self.updates.commit()
+        return len(found)
 
     # --- sending -------------------------------------------------------------------------
 
