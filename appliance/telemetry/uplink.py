@@ -33,6 +33,7 @@ import msgspec
 from appliance.telemetry.config import TelemetryConfig
 from appliance.telemetry.drift import DriftDetector
 from appliance.telemetry.identity import Identity
+from appliance.telemetry.local_status import write_status
 from appliance.telemetry.system import SystemSampler
 from appliance.telemetry.update_events import UpdateEventTail, to_alert
 from appliance.telemetry.window import WindowAggregator
@@ -68,6 +69,7 @@ class TelemetrySink:
         self.agg = WindowAggregator(primary_model)
         self.updates = UpdateEventTail(Path(cfg.data_dir))  # the update agent's outcomes
         self._drift: dict[str, DriftDetector] = {}
+        self._drift_reason: str | None = None  # the last drift alert's, while it lasts
         self._lock = threading.Lock()
         self._boot = os.urandom(4).hex()
         self._seq = 0
@@ -162,6 +164,11 @@ class TelemetrySink:
             window["drift"] = drift
         self._send(self._stamp(window, keep_id=True))
         self.windows_sent += 1
+        status = {"ts": window.get("ts_end"), "frames": window.get("frames"),
+                  "model": window.get("model"), "drift": drift,
+                  "min_samples": self.cfg.drift_min_samples,
+                  "drift_reason": self._drift_reason}  # fmt: skip
+        write_status(Path(self.cfg.data_dir), status)  # for the TUI Status screen
 
     def _check_drift(self, summary: dict[str, Any]) -> dict[str, object] | None:
         model = summary.get("model")
@@ -180,17 +187,19 @@ class TelemetrySink:
         if reading.alert is not None:
             psi_text = f"{reading.psi:.3f}" if reading.psi is not None else "n/a"
             side = "above" if reading.alert == "drift" else "back below"
+            reason = (
+                f"{model}: prediction PSI {psi_text} over the last {reading.windows} "
+                f"windows ({reading.samples} predictions) is {side} the threshold "
+                f"{reading.threshold:g}"
+            )
+            self._drift_reason = reason if reading.alert == "drift" else None
             self._send(
                 self._stamp(
                     {
                         "type": "event",
                         "kind": reading.alert,
                         "alert": reading.alert == "drift",
-                        "reason": (
-                            f"{model}: prediction PSI {psi_text} over the last {reading.windows} "
-                            f"windows ({reading.samples} predictions) is {side} the threshold "
-                            f"{reading.threshold:g}"
-                        ),
+                        "reason": reason,
                         "model": model,
                         **reading.to_json(),
                         "reference": reference,
