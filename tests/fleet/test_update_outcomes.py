@@ -21,6 +21,7 @@ from appliance.telemetry.identity import Identity
 from appliance.telemetry.mqtt_sink import MqttConfig, MqttSink
 from appliance.telemetry.update_events import UpdateEventTail
 from appliance.telemetry.uplink import TelemetrySink
+from image.fleet.gates import stage_gate
 from image.fleet.inventory import inventory
 from image.fleet.store import Store
 from tests.fleet.ingester import IngestProcess
@@ -93,6 +94,11 @@ def test_agent_outcomes_become_alerts_and_the_inventorys_last_update(
                                           "update.rolled-back"]  # fmt: skip
     assert all(k["alert"] and k["source"] == "update-agent" for k in kinds)
     assert kinds[1]["version"] == "2.0.0" and kinds[1]["device"] == "cam-1"
+    # The rollout gate reads the same outcomes: one committed, one rolled back.
+    store = Store.open(db)
+    verdict = stage_gate(store, ["cam-1", "cam-2"], since=0.0)
+    store.close()
+    assert (verdict.committed, verdict.rolled_back, verdict.advance) == (1, 1, False)
     status = subprocess.run(
         [sys.executable, "-m", "image.cli", "fleet", "status", "--db", db, "--no-anomalies"],
         capture_output=True, text=True, check=True,
