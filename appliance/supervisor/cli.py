@@ -53,6 +53,8 @@ def agent(
     from appliance.supervisor.supervisor import Supervisor
 
     device = Device.from_env(data_dir)  # device.json fills in what the options leave open
+    # the worker's telemetry reads its device layer from here (appliance/telemetry/settings.py)
+    os.environ.setdefault("EDGEKILN_DATA", str(device.data_dir))
     _provision(device.data_dir)
     config_path = config_path or device.pipeline_config
     health = device.config.health
