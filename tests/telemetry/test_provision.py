@@ -253,3 +253,24 @@ def test_disk_without_data_partition_is_refused(tmp_path: Path) -> None:
     with pytest.raises(FlashError, match="no partition named 'data'"):
         write_provision(disk, check_source(src["dir"]))
     assert disk.stat().st_size == 6 * MIB
+
+
+def test_provision_after_a_bmap_flash_of_a_compressed_image(tmp_path: Path) -> None:
+    from image.build.disk import compress, write_bmap
+
+    src = make_source(tmp_path / "prov", name="cam-8")
+    disk = _disk(tmp_path)
+    bmap = write_bmap(disk, tmp_path / "disk.bmap")
+    zst = compress(disk, tmp_path / "disk.img.zst")
+    target = tmp_path / "target.img"
+    target.write_bytes(b"\xff" * (16 * MIB))  # stale bytes where the data partition goes
+    done = subprocess.run(
+        [str(KILN), "flash", str(zst), str(target), "--bmap", str(bmap),
+         "--provision", str(src["dir"] / "provision.toml")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    data = tmp_path / "device-data"
+    _extract_data(target, data)
+    assert (data / "edgekiln" / "device-id").read_text() == "cam-8\n"
+    assert (data / "edgekiln" / "pki" / "client.pem").read_bytes() == src["cert"].read_bytes()
