@@ -87,6 +87,12 @@ def model() -> None:
     help="onnxruntime: do not evaluate INT8 rows again under qemu-x86_64-static -cpu Haswell "
     "(recorded in optimisation.json).",
 )
+@click.option(
+    "--fp16/--no-fp16",
+    default=True,
+    show_default=True,
+    help="TensorRT targets: let the device's engine run float layers in FP16 (BuilderFlag.FP16).",
+)
 @click.option("--no-cache", is_flag=True, help="Do not read or fill the content-hash cache.")
 def optimise(
     package: Path,
@@ -98,6 +104,7 @@ def optimise(
     allow_fallback: bool,
     select: str,
     skip_weakest_isa_gate: bool,
+    fp16: bool,
     no_cache: bool,
 ) -> None:
     """Build the target runtime's variants, gate them on the reference split, ship the fastest."""
@@ -114,6 +121,7 @@ def optimise(
         allow_fallback=allow_fallback,
         select=select,
         weakest_isa_gate=not skip_weakest_isa_gate,
+        fp16=fp16,
         cache_dir=None if no_cache else _cache_dir(),
     )
     click.echo(format_table(res))

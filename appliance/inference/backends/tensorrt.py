@@ -8,7 +8,11 @@ kept deliberately small for review.
 
 The engine is cached under ``<cache_dir>/<key>.engine`` where the key hashes (model sha256,
 TensorRT version, GPU name): a new model, a JetPack upgrade or a different GPU each give a new
-key, and stale engines are deleted when a new one is written.
+key, and stale engines are deleted when a new one is written. The builder flags
+(:func:`builder_flags`) come from the package: ``INT8`` for an INT8 file (symmetric Q/DQ, made by
+``kiln model optimise --target jetson-orin``), ``FP16`` for a file that says ``allow_fp16`` (the
+recipe's ``[models] fp16``) or is FP16; when any is set it is part of the key too (an engine built
+without flags keeps the key it always had).
 """
 
 from __future__ import annotations
@@ -30,10 +34,33 @@ DEFAULT_CACHE_DIR = "/data/edgekiln/trt-cache"
 WORKSPACE_BYTES = 1 << 28
 
 
-def engine_key(model_sha256: str, trt_version: str, gpu_name: str) -> str:
-    """Cache key of an engine: changes when the model, TensorRT or the GPU changes."""
-    text = f"{model_sha256}\n{trt_version}\n{gpu_name}".encode()
-    return hashlib.sha256(text).hexdigest()[:32]
+def engine_key(
+    model_sha256: str, trt_version: str, gpu_name: str, flags: tuple[str, ...] = ()
+) -> str:
+    """Cache key of an engine: changes when the model, TensorRT, the GPU or the flags change."""
+    text = f"{model_sha256}\n{trt_version}\n{gpu_name}"
+    if flags:  # without flags the key is the one engines were always cached under
+        text += "\n" + ",".join(sorted(flags))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def builder_flags(f: ModelFile) -> tuple[str, ...]:
+    """The ``trt.BuilderFlag`` names the engine of file ``f`` is built with.
+
+    ``INT8``: an INT8 file is explicit quantisation (Q/DQ); TensorRT uses its INT8 kernels only
+    with the flag. ``FP16``: an FP16 file, or one whose package allows FP16 for float layers.
+    """
+    if f.precision == "uint8":
+        raise BackendLoadError(
+            f"{f.path}: precision uint8: TensorRT takes int8 Q/DQ (symmetric, zero-point 0); "
+            "make the file with kiln model optimise --target jetson-orin"
+        )
+    flags = []
+    if f.precision == "fp16" or f.allow_fp16:
+        flags.append("FP16")
+    if f.precision == "int8":
+        flags.append("INT8")
+    return tuple(flags)
 
 
 def cached_engine(cache_dir: Path, key: str) -> bytes | None:
@@ -119,7 +146,9 @@ class TensorRtBackend(Backend):
         trt, _ = _libs()
         return f"tensorrt {trt.__version__}"
 
-    def _build(self, trt: Any, logger: Any, data: bytes, where: Path) -> bytes:
+    def _build(
+        self, trt: Any, logger: Any, data: bytes, where: Path, flags: tuple[str, ...] = ()
+    ) -> bytes:
         builder = trt.Builder(logger)
         network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
         parser = trt.OnnxParser(network, logger)
@@ -128,6 +157,8 @@ class TensorRtBackend(Backend):
             raise BackendLoadError(f"{where}: TensorRT cannot parse the ONNX: {errors}")
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+        for flag in flags:
+            config.set_flag(getattr(trt.BuilderFlag, flag))
         engine = builder.build_serialized_network(network, config)
         if engine is None:
             raise BackendLoadError(f"{where}: TensorRT engine build failed (see the TensorRT log)")
@@ -142,12 +173,18 @@ class TensorRtBackend(Backend):
         props = _check(cr.cudaGetDeviceProperties(device_index), "cudaGetDeviceProperties")
         gpu = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
         cache_dir = Path(options.cache_dir or DEFAULT_CACHE_DIR)
-        key = engine_key(f.sha256, trt.__version__, gpu)
+        flags = builder_flags(f)
+        key = engine_key(f.sha256, trt.__version__, gpu, flags)
         logger = trt.Logger(trt.Logger.WARNING)
         blob = cached_engine(cache_dir, key)
         if blob is None:
-            log.info("building TensorRT engine for %s on %s (takes minutes)", where, gpu)
-            blob = self._build(trt, logger, data, where)
+            log.info(
+                "building TensorRT engine for %s on %s, flags %s (takes minutes)",
+                where,
+                gpu,
+                "+".join(flags) or "none",
+            )
+            blob = self._build(trt, logger, data, where, flags)
             store_engine(cache_dir, key, blob)
         engine = trt.Runtime(logger).deserialize_cuda_engine(blob)
         if engine is None:  # a corrupt cache entry: drop it so the next start rebuilds
