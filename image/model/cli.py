@@ -1,4 +1,5 @@
-"""``kiln model optimise PKG --target T``, ``kiln model fuse PKG``, ``kiln model compare A B``."""
+"""``kiln model optimise PKG --target T``, ``kiln model fuse PKG``, ``kiln model compare A B``,
+``kiln model edgetpu PKG [--compiled F]``."""
 
 from __future__ import annotations
 
@@ -212,3 +213,26 @@ def fuse(package: Path, color: str, top_k: int, check: int, backends: tuple[str,
             f"{package}: {f.source} -> {f.path} ({f.size} bytes, {f.color} frames{top}, "
             f"{f.images_checked} reference images checked on {', '.join(backends)})"
         )
+
+
+@model.command()
+@click.argument("package", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--compiled",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A *_edgetpu.tflite compiled elsewhere from this package's INT8 .tflite (checked).",
+)
+def edgetpu(package: Path, compiled: Path | None) -> None:
+    """Add the Edge TPU file (*_edgetpu.tflite) to a LiteRT package, in place.
+
+    Made with edgetpu_compiler (Coral's Debian package edgetpu-compiler, x86-64 only) when it is
+    on PATH, else taken from --compiled. The device runs it when the Edge TPU delegate loads and
+    the CPU .tflite otherwise.
+    """
+    from image.model.edgetpu import add_edgetpu_file
+
+    f = add_edgetpu_file(package, compiled)
+    how = f"checked {compiled}" if compiled else "compiled with edgetpu_compiler"
+    click.echo(
+        f"{package}: {f.path} ({how}; input {f.quantization and f.quantization.input_dtype})"
+    )
