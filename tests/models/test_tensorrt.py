@@ -9,6 +9,7 @@ real reference models; the device's engine builder is driven with a stand-in for
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -201,3 +202,32 @@ def test_engine_build_sets_the_flags_of_the_shipped_file(tmp_path: Path) -> None
     assert engine_key(f.sha256, "10.3", "Orin") != engine_key(f.sha256, "10.3", "Orin", ("INT8",))
     with pytest.raises(BackendLoadError, match="precision uint8"):
         builder_flags(type(f)(path="x.onnx", format="onnx", precision="uint8", sha256="0" * 64))
+
+
+def test_the_jetson_recipe_ships_int8_with_fp16_and_fp16_false_turns_it_off(
+    tmp_path: Path,
+) -> None:
+    """The build's model step for recipes/jetson-orin.toml, and the same with fp16 = false."""
+    from image.model.stage import optimised_package
+    from image.recipe import load_recipe
+
+    recipes = Path(__file__).resolve().parents[2] / "recipes"
+    loaded = load_recipe(recipes / "jetson-orin.toml")
+    assert loaded.recipe.models.optimise and loaded.recipe.models.fp16
+    model = optimised_package(loaded, "fallback", tmp_path / "cache")
+    files = load_package(model.path).manifest.files
+    assert [(f.path, builder_flags(f)) for f in files] == [
+        ("model_int8.onnx", ("FP16", "INT8")),
+        ("model.onnx", ("FP16",)),
+    ]
+    assert model.summary["selected"] == "int8-trt" and model.summary["drop_pp"] <= 1.0
+    # A recipe that extends it with fp16 = false: INT8 only, a different cache key.
+    shutil.copytree(recipes, tmp_path / "recipes", ignore=shutil.ignore_patterns("models"))
+    (tmp_path / "recipes" / "models").symlink_to(recipes / "models")
+    (tmp_path / "recipes" / "no-fp16.toml").write_text(
+        'extends = "jetson-orin.toml"\n[models]\nfp16 = false\n'
+    )
+    strict = load_recipe(tmp_path / "recipes" / "no-fp16.toml")
+    other = optimised_package(strict, "fallback", tmp_path / "cache")
+    assert other.key != model.key
+    assert [builder_flags(f) for f in load_package(other.path).manifest.files] == [("INT8",), ()]
