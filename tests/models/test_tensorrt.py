@@ -2,8 +2,9 @@
 
 TensorRT itself is not installable here: the files are checked for what TensorRT's explicit
 quantisation accepts (only Q/DQ, int8, zero-point 0), run on onnxruntime (CPU) and gated on the
-real reference models; the device's engine builder is driven with a stand-in for the missing
-``tensorrt`` module (the only double, at the library edge) to see which builder flags it sets.
+real reference models; the device's engine builder and loader are driven with stand-ins for the
+missing ``tensorrt`` and ``cudart`` modules (tests/inference/tensorrt_stand_in.py, the only
+doubles, at the library edge).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ from image.model.tensorrt import (
     check_tensorrt_qdq,
     parse_calibration_cache,
 )
+from tests.inference.tensorrt_stand_in import TensorRtStandIn
 from tests.models.fixtures import copy_reference
 
 
@@ -146,58 +147,20 @@ def test_calibration_cache_scales_match_the_ranges(colour_pkg: Path, tmp_path: P
     assert json.loads((out / TABLE_FILE).read_text())["runtime"] == "tensorrt"
 
 
-class _TrtStandIn:
-    """Stands in for the ``tensorrt`` module (not installable here): records the build calls."""
-
-    def __init__(self) -> None:
-        self.flags: list[str] = []
-        self.parsed = b""
-        self.BuilderFlag = SimpleNamespace(FP16="FP16", INT8="INT8")
-        self.MemoryPoolType = SimpleNamespace(WORKSPACE="WORKSPACE")
-        trt = self
-
-        class Parser:
-            num_errors = 0
-
-            def __init__(self, network: Any, logger: Any) -> None:
-                pass
-
-            def parse(self, data: bytes) -> bool:
-                trt.parsed = data
-                return True
-
-        class Config:
-            def set_memory_pool_limit(self, pool: str, size: int) -> None:
-                pass
-
-            def set_flag(self, flag: str) -> None:
-                trt.flags.append(flag)
-
-        class Builder:
-            def __init__(self, logger: Any) -> None:
-                pass
-
-            def create_network(self, flags: int) -> object:
-                return object()
-
-            def create_builder_config(self) -> Config:
-                return Config()
-
-            def build_serialized_network(self, network: Any, config: Any) -> bytes:
-                return b"engine:" + ",".join(trt.flags).encode()
-
-        self.Builder, self.OnnxParser = Builder, Parser
-
-
 def test_engine_build_sets_the_flags_of_the_shipped_file(tmp_path: Path) -> None:
     pkg = copy_reference("inspect-fallback", tmp_path)
     optimise(pkg, "jetson-orin", tmp_path / "out", timing_rounds=1)
     shipped = load_package(tmp_path / "out")
     f = shipped.manifest.files[0]
     data = shipped.read_verified(f)
-    trt = _TrtStandIn()
-    engine = TensorRtBackend()._build(trt, None, data, shipped.path_of(f), builder_flags(f))
-    assert trt.parsed == data and trt.flags == ["FP16", "INT8"] and engine.endswith(b"FP16,INT8")
+    trt = TensorRtStandIn()
+    where = shipped.path_of(f)
+    # The exported ONNX has a dynamic batch: without a shape there is no profile to build with.
+    with pytest.raises(BackendLoadError, match="'input' has dynamic dimensions"):
+        TensorRtBackend()._build(trt, None, data, where, builder_flags(f))
+    trt.flags.clear()
+    engine = TensorRtBackend()._build(trt, None, data, where, builder_flags(f), (1, 3, 96, 96))
+    assert engine.endswith(data) and trt.flags == ["FP16", "INT8"] and trt.builds == 1
     # The cache key is today's without flags and changes with them.
     assert engine_key(f.sha256, "10.3", "Orin") != engine_key(f.sha256, "10.3", "Orin", ("INT8",))
     with pytest.raises(BackendLoadError, match="precision uint8"):
@@ -231,3 +194,41 @@ def test_the_jetson_recipe_ships_int8_with_fp16_and_fp16_false_turns_it_off(
     other = optimised_package(strict, "fallback", tmp_path / "cache")
     assert other.key != model.key
     assert [builder_flags(f) for f in load_package(other.path).manifest.files] == [("INT8",), ()]
+
+
+def test_the_device_loads_runs_and_caches_the_engine(tmp_path: Path) -> None:
+    """TensorRtBackend._load end to end against stand-ins for tensorrt and cudart: the shipped
+    INT8 file (dynamic batch in its ONNX) builds with INT8 + FP16 and a batch-1 profile, runs
+    the reference split, is cached under its key, is reused, and a corrupt entry is dropped."""
+    from appliance.inference.backends.base import BackendOptions
+    from tests.inference.tensorrt_stand_in import CudartStandIn, TensorRtStandIn
+
+    pkg = copy_reference("inspect-fallback", tmp_path)
+    optimise(pkg, "jetson-orin", tmp_path / "out", timing_rounds=1)
+    shipped = load_package(tmp_path / "out")
+    trt, cuda = TensorRtStandIn(), CudartStandIn()
+    backend = TensorRtBackend(lambda: (trt, cuda))
+    opts = BackendOptions(cache_dir=str(tmp_path / "trt-cache"))
+    model = backend.load(shipped, None, opts)
+    assert model.file.path == "model_int8.onnx" and trt.builds == 1
+    assert trt.flags == ["FP16", "INT8"] and model.input.shape == (1, 3, 96, 96)
+    assert model.device == "GPU 0 Orin (stand-in) (tensorrt 10.3.0)"
+    f = shipped.manifest.files[0]
+    key = engine_key(f.sha256, "10.3.0", "Orin (stand-in)", ("FP16", "INT8"))
+    assert [p.name for p in (tmp_path / "trt-cache").iterdir()] == [f"{key}.engine"]
+    # The split through the device's buffers and copies gives the gate's figure.
+    from appliance.inference.preprocess import Preprocessor
+
+    pre = Preprocessor.for_model(model)
+    images, labels = shipped.load_reference()
+    preds = [int(model.run(pre(img, "RGB")[0])[0].argmax()) for img in images]
+    table = json.loads((tmp_path / "out" / TABLE_FILE).read_text())
+    row = next(v for v in table["variants"] if v["name"] == "int8-trt")
+    assert np.mean(np.array(preds) == labels) == pytest.approx(row["top1"], abs=1e-9)
+    backend.load(shipped, None, opts)
+    assert trt.builds == 1  # from the cache
+    (tmp_path / "trt-cache" / f"{key}.engine").write_bytes(b"torn write")
+    with pytest.raises(BackendLoadError, match="cannot deserialize; removed, will rebuild"):
+        backend.load(shipped, None, opts)
+    backend.load(shipped, None, opts)
+    assert trt.builds == 2
