@@ -103,11 +103,17 @@ def add_edgetpu_file(
     """
     package = load_package(package_dir)
     source = int8_source(list(package.manifest.files), package.manifest_path)
+    tool = compiler or shutil.which(COMPILER)
+    if compiled is None and tool is None:
+        raise EdgeTpuCompilerMissingError(
+            f"{package.path_of(source)}: {COMPILER} is not on PATH and it is needed to make the "
+            "Edge TPU file; " + INSTALL_HINT
+        )
     with tempfile.TemporaryDirectory(prefix="kiln-edgetpu-") as tmp:
         if compiled is None:
             src = Path(tmp) / source.path
             src.write_bytes(package.read_verified(source))
-            compiled = compile_edgetpu(src, Path(tmp), compiler or shutil.which(COMPILER))
+            compiled = compile_edgetpu(src, Path(tmp), tool)
         data = compiled.read_bytes()
     info = check_edgetpu_file(data, str(compiled))
     q = source.quantization

@@ -85,6 +85,7 @@ def test_without_edgetpu_compiler_the_command_says_it_is_needed(tmp_path: Path) 
     text = result.output + str(result.exception or "")
     assert "edgetpu_compiler is not on PATH and it is needed to make the Edge TPU file" in text
     assert "--compiled" in text and "edgetpu-compiler" in text
+    assert f"{pkg / 'model_int8.tflite'}: edgetpu_compiler" in text
     with pytest.raises(EdgeTpuCompilerMissingError):
         compile_edgetpu(pkg / "model_int8.tflite", tmp_path, None)
     # The optimiser's notes for a Coral target say the same.
