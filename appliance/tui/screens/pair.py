@@ -113,7 +113,12 @@ class PairScreen(TaskScreen):
         from appliance.api.auth import CODE_TTL_S, new_pair_code
 
         try:
-            code = new_pair_code(self.api_dir)  # also logged to the console
+            # also on the console (the serial port): skipped when that is this TUI's screen
+            code = new_pair_code(
+                self.api_dir,
+                console=self.device.sys_path("/dev/console"),
+                sysfs=self.device.sys_path("/sys/class/tty"),
+            )
         except OSError as exc:
             self.say(f"cannot make a code: {exc}")
             return
