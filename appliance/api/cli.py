@@ -186,11 +186,16 @@ def _open_pairing_if_unpaired(device: Device, console: Path, fingerprint: str) -
 @api.command("pair-code")
 @cli_options.data_dir_option("Data partition mount (default: device.json).")
 def pair_code(data_dir: Path | None) -> None:
-    """Make a one-time pairing code (valid 5 minutes) and print it."""
+    """Make a one-time pairing code (valid 5 minutes) and print it (also on the console)."""
     from appliance.api.auth import new_pair_code
 
     device = _device(data_dir, None, ())
-    click.echo(new_pair_code(device.state_dir / "api"))
+    code = new_pair_code(
+        device.state_dir / "api",
+        console=device.sys_path("/dev/console"),
+        sysfs=device.sys_path("/sys/class/tty"),
+    )
+    click.echo(code)
 
 
 @api.command()
