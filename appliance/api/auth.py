@@ -182,6 +182,15 @@ def show_on_console(line: str, console: Path = CONSOLE, sysfs: Path = SYSFS_TTY)
     return True
 
 
+def code_pending(api_dir: Path) -> bool:
+    """Whether an unused, unexpired pairing code exists (shown somewhere already)."""
+    try:
+        record = msgspec.json.decode((api_dir / CODE_NAME).read_bytes(), type=PairCode)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return False
+    return record.expires > time.time()
+
+
 def take_pair_code(api_dir: Path, code: str) -> bool:
     """True once if ``code`` is the current, unexpired code (the file is then removed)."""
     path = api_dir / CODE_NAME

@@ -172,11 +172,13 @@ def _advertiser(
 def _open_pairing_if_unpaired(device: Device, console: Path, fingerprint: str) -> None:
     """A device nobody paired with yet shows its certificate and a code on its console at
     start (the code valid 5 min): what ``kiln pair`` needs, read where the Pair screen is not
-    at hand; later codes come from the Pair screen or ``appliance api pair-code``."""
-    from appliance.api.auth import TokenStore, new_pair_code, show_on_console
+    at hand; later codes come from the Pair screen or ``appliance api pair-code``. Not when a
+    code is pending: it was shown already (the Pair screen makes one before it starts the
+    service, so nothing is written over the TUI; a restarted service keeps its first code)."""
+    from appliance.api.auth import TokenStore, code_pending, new_pair_code, show_on_console
 
     api_dir = device.state_dir / "api"
-    if TokenStore(api_dir).load().tokens:
+    if TokenStore(api_dir).load().tokens or code_pending(api_dir):
         return
     sysfs = device.sys_path("/sys/class/tty")
     show_on_console(f"edgekiln: LAN API certificate {fingerprint}", console, sysfs)

@@ -256,3 +256,14 @@ def test_unpaired_device_shows_certificate_and_code_on_its_console(
     start(device, veth)
     assert "pairing code" not in device.console.read_text()
     assert not (device.data / "edgekiln" / "api" / "pair-code.json").exists()
+
+
+def test_a_pending_code_is_not_replaced_at_start(device: LanDevice, veth: Veth) -> None:
+    """A code already shown (the Pair screen makes one before it starts the service, or a
+    restarted service's first one) stays valid: the server opens no pairing of its own."""
+    from appliance.api.auth import take_pair_code
+
+    code = device.pair_code()
+    start(device, veth)
+    assert "pairing code" not in device.console.read_text()
+    assert take_pair_code(device.data / "edgekiln" / "api", code)
