@@ -1,4 +1,4 @@
-"""The Textual app: one mode (screen) per task, switched with the digit keys 1-8."""
+"""The Textual app: one mode (screen) per task, switched with the digit keys 1-9."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ TASKS: tuple[tuple[str, str, str], ...] = (
     ("pair", "8", "Pair"),
 )
 # Reached by their key, not (yet) listed in the navigation bar: (mode, key, title).
-MORE_TASKS: tuple[tuple[str, str, str], ...] = ()
+MORE_TASKS: tuple[tuple[str, str, str], ...] = (("fleet", "9", "Fleet"),)
 
 
 class TechnicianApp(App[None]):
