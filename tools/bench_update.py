@@ -73,7 +73,7 @@ def one(work: Path, mib: int) -> dict[str, float]:
     repo = work / "www" / "repo"
     v1 = work / "v1.bundle"
     v1.write_bytes(dev.bundle_v1)
-    publish(v1, repo)
+    publish(v1, repo, create_keys=True)
     image = os.urandom(mib * MIB)
     v2 = work / "v2.bundle"
     with open(v2, "wb") as f:
@@ -83,7 +83,7 @@ def one(work: Path, mib: int) -> dict[str, float]:
             payloads=[PayloadSource("rootfs.img", "full", image, "none")], chunk_size=1 * MIB,
         )  # fmt: skip
     del image
-    publish(v2, repo)
+    publish(v2, repo, create_keys=True)
     ring = work / "keyring.json"
     ring.write_bytes(dev.keyring.to_bytes())
     root = repo / "metadata" / "1.root.json"

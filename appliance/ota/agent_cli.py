@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import sys
 import time
 from pathlib import Path
@@ -18,26 +17,6 @@ def site_of(data_dir: Path) -> str | None:
         return (data_dir / "edgekiln" / "site").read_text().strip() or None
     except OSError:
         return None
-
-
-def _verified_on_data(data_dir: Path) -> int:
-    """Bytes the download journal holds verified (also after a run that was killed)."""
-    import msgspec
-
-    from appliance.ota.fetch import JOURNAL, Journal
-
-    try:
-        return msgspec.json.decode(
-            (data_dir / "updates" / JOURNAL).read_bytes(), type=Journal
-        ).verified
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
-        return 0
-
-
-def _when(ts: float | None) -> str:
-    if not ts:
-        return "never"
-    return dt.datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
 
 
 @click.command("run")
@@ -115,37 +94,12 @@ def status(data_dir: Path | None, config_path: Path | None, as_json: bool) -> No
 
     from appliance.device import Device
     from appliance.ota import agent_state
-    from appliance.ota.agent_config import UpdateConfigError, load_update_config, parse_window
+    from appliance.ota.agent_status import update_status
 
     device = Device.from_env(data_dir)
-    state = agent_state.load(device.data_dir)
     if as_json:
-        click.echo(msgspec.json.encode(state).decode())
+        click.echo(msgspec.json.encode(agent_state.load(device.data_dir)).decode())
         return
-    window = "any time"
-    try:
-        config = load_update_config(config_path)
-        w = parse_window(config.window)
-        if w is not None:
-            window = f"{config.window} local, next {_when(w.next_open(time.time()))}"
-    except UpdateConfigError as exc:
-        window = f"unknown ({exc})"
-    pending = "nothing"
-    fetched = state.bytes_downloaded
-    if state.pending is not None:
-        p = state.pending
-        fetched = max(fetched, _verified_on_data(device.data_dir))
-        pending = f"{p.kind} {p.version} ({fetched} of {p.length} bytes verified on data)"
-    if state.trying is not None:
-        pending = f"{state.trying.version} installed in slot {state.trying.slot}, not committed"
-    rows = [
-        ("channel", state.channel or "-"),
-        ("last poll", _when(state.last_poll)),
-        ("pending", pending),
-        ("bytes downloaded", str(fetched)),
-        ("next window", window),
-        ("last outcome", f"{state.last_outcome or '-'}: {state.last_detail or ''}".rstrip(": ")),
-        ("failures", f"{state.failures} (next attempt {_when(state.next_attempt)})"),
-    ]
+    rows = update_status(device.data_dir, time.time(), config_path).rows
     for name, value in rows:
         click.echo(f"{name:17} {value}")

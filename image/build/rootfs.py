@@ -244,6 +244,8 @@ def template_values(config: OverlayConfig) -> dict[str, str]:
         "slots_spec": config.slots_spec,
         "poll_interval_s": str(config.poll_interval_s),
         "poll_jitter_s": str(config.poll_jitter_s),
+        # the first pass after boot: 5 min, or one poll interval when that is shorter
+        "first_poll_s": str(min(300, config.poll_interval_s)),
         "lan_interface": config.lan_interface,
         "lan_port": str(config.lan_port),
     }

@@ -162,6 +162,8 @@ class Update(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     metered: bool = False
     reboot: Literal["window", "now", "manual"] = "window"
     max_bundle_mib: int = 2048
+    #: kiln publish --recipe: also publish deltas from the last N releases on the channel
+    deltas: int = 0
 
 
 class Runtime(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):

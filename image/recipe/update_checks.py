@@ -49,8 +49,8 @@ def check_update(loaded: LoadedRecipe, fail: Fail, *, check_files: bool) -> None
 
 def _check_schedule(loaded: LoadedRecipe, fail: Fail) -> None:
     u = loaded.recipe.update
-    if not 300 <= u.poll_interval_s <= 7 * 86400:
-        raise fail(loaded, "update.poll_interval_s", "must be from 300 (5 min) to 604800 (7 days)")
+    if not 60 <= u.poll_interval_s <= 7 * 86400:
+        raise fail(loaded, "update.poll_interval_s", "must be from 60 (1 min) to 604800 (7 days)")
     if not 0 <= u.poll_jitter_s <= u.poll_interval_s:
         raise fail(loaded, "update.poll_jitter_s", "must be from 0 to poll_interval_s")
     if u.window is not None and not _WINDOW_RE.match(u.window):
@@ -67,3 +67,5 @@ def _check_schedule(loaded: LoadedRecipe, fail: Fail) -> None:
                    "a metered link needs update.bandwidth_cap or update.window")  # fmt: skip
     if not 1 <= u.max_bundle_mib <= 65536:
         raise fail(loaded, "update.max_bundle_mib", "must be from 1 to 65536")
+    if not 0 <= u.deltas <= 20:
+        raise fail(loaded, "update.deltas", "must be from 0 to 20 (releases to make deltas from)")

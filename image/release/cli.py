@@ -319,9 +319,8 @@ def keyring(
 @click.option(
     "--deltas",
     type=click.IntRange(0, 20),
-    default=0,
-    show_default=True,
-    help="Also publish deltas from the last N releases on the channel (needs --key).",
+    help="Also publish deltas from the last N releases on the channel (needs --key; default "
+    "the recipe's update.deltas, else 0).",
 )
 @click.option(
     "--key",
@@ -332,13 +331,24 @@ def keyring(
 @click.option(
     "--max-bundle-mib",
     type=click.IntRange(min=1),
-    help="Refuse bundles over this size (the recipe's update.max_bundle_mib).",
+    help="Refuse bundles over this size (default the recipe's update.max_bundle_mib).",
 )
 @click.option("--allow-oversize", is_flag=True, help="Publish a bundle over --max-bundle-mib.")
+@click.option(
+    "--recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Take --deltas, --max-bundle-mib and --key from this recipe ([update], [signing]) "
+    "where those flags are not given.",
+)  # fmt: skip
+@click.option(
+    "--create-keys", is_flag=True,
+    help="On the channel's first publish: create its TUF role keys (else a missing key is an "
+    "error naming its path).",
+)  # fmt: skip
 def publish(
     paths: tuple[Path, ...], keys: Path | None, online_keys: Path | None, expires_days: int,
-    timestamp_days: int, refresh: bool, show_status: bool, hold: bool, deltas: int,
+    timestamp_days: int, refresh: bool, show_status: bool, hold: bool, deltas: int | None,
     key_path: Path | None, max_bundle_mib: int | None, allow_oversize: bool,
+    recipe: Path | None, create_keys: bool,
 ) -> None:  # fmt: skip
     """Publish BUNDLE (full or delta) into the TUF repository REPO_DIR.
 
@@ -369,17 +379,36 @@ def publish(
     bundle, repo_dir = paths
     if not bundle.is_file():
         raise click.BadParameter(f"{bundle} is not a file", param_hint="BUNDLE")
+    if recipe is not None:
+        deltas, max_bundle_mib, key_path = _from_recipe(recipe, deltas, max_bundle_mib, key_path)
     _publish_release(
-        bundle, repo_dir, keys, online_keys, expires_days, timestamp_days, hold, deltas,
-        key_path, max_bundle_mib, allow_oversize,
+        bundle, repo_dir, keys, online_keys, expires_days, timestamp_days, hold, deltas or 0,
+        key_path, max_bundle_mib, allow_oversize, create_keys,
     )  # fmt: skip
     click.echo(f"TUF keys: {keys or default_keys_dir(repo_dir)} (keep root and targets offline)")
+
+
+def _from_recipe(
+    recipe: Path, deltas: int | None, max_bundle_mib: int | None, key_path: Path | None
+) -> tuple[int | None, int | None, Path | None]:
+    """(deltas, max_bundle_mib, key): each flag given wins over the recipe's value."""
+    from image.recipe import load_recipe
+
+    loaded = load_recipe(recipe, check_files=False)
+    u = loaded.recipe.update
+    if key_path is None and loaded.recipe.signing.key:
+        key_path = loaded.resolve(loaded.recipe.signing.key)
+    return (
+        u.deltas if deltas is None else deltas,
+        u.max_bundle_mib if max_bundle_mib is None else max_bundle_mib,
+        key_path,
+    )
 
 
 def _publish_release(
     bundle: Path, repo_dir: Path, keys: Path | None, online_keys: Path | None,
     expires_days: int, timestamp_days: int, hold: bool, deltas: int, key_path: Path | None,
-    max_bundle_mib: int | None, allow_oversize: bool,
+    max_bundle_mib: int | None, allow_oversize: bool, create_keys: bool = False,
 ) -> None:  # fmt: skip
     """Size limit, automatic deltas from the last N releases, publish, who downloads what."""
     from image.release.autodelta import check_size, make_deltas, previous_releases
@@ -404,7 +433,8 @@ def _publish_release(
     for item in (bundle, *made):
         check_size(item, max_bundle_mib, allow_oversize)
         for path in do_publish(item, repo_dir, keys, expires_days, online_keys,
-                               timestamp_days=timestamp_days, hold=hold):  # fmt: skip
+                               timestamp_days=timestamp_days, hold=hold,
+                               create_keys=create_keys):  # fmt: skip
             click.echo(f"published {path}{' (held: kiln rollout start)' if hold else ''}")
     for old, delta in zip(olds, made, strict=True):
         click.echo(f"devices on {old.version} (image {old.image_sha256[:12]}) download "

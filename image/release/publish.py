@@ -14,7 +14,9 @@ full bundle (appliance/ota/channel.py). TUF adds freshness and rollback protecti
 bundle signature (docs/decisions.md §5); it never replaces it.
 
 TUF role keys (Ed25519, one per role, PKCS#8 PEM, mode 0600; root and targets encrypted with
-``$EDGEKILN_TUF_PASSPHRASE`` when it is set) are created on the first publish. They never live
+``$EDGEKILN_TUF_PASSPHRASE`` when it is set) are created on the first publish, and only when
+asked (``--create-keys``): a missing key is otherwise an error naming its path, never a silent
+new key. They never live
 under or beside a served tree: ``--keys DIR`` holds them, by default ``$EDGEKILN_TUF_KEYS`` or
 ``~/.config/edgekiln/tuf-keys``, in a folder named for the repository (``<name>-<sha256 of its
 absolute path, 12 hex>``). Keys are refused inside ``REPO_DIR`` always, and inside
@@ -81,7 +83,8 @@ def load_tuf_key(path: Path, role: str) -> Any:
         ) from None
 
 
-def _signer(keys: Path, role: str) -> Any:
+def _signer(keys: Path, role: str, create: bool = False) -> Any:
+    """A role's signer; its key is created only with ``create`` (the channel's first publish)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import (
         BestAvailableEncryption,
@@ -91,6 +94,12 @@ def _signer(keys: Path, role: str) -> Any:
     )
 
     path = keys / f"{role}.pem"
+    if not path.exists() and not create:
+        raise PublishError(
+            f"the TUF {role} key {path} does not exist: on a channel's first publish pass "
+            "--create-keys to create its role keys there; otherwise pass --keys (and "
+            "--online-keys) naming the folders that hold them"
+        )
     if not path.exists():
         keys.mkdir(parents=True, exist_ok=True, mode=0o700)
         passphrase = _offline_passphrase(role)
@@ -157,7 +166,7 @@ class Repo:
 
     def __init__(
         self, repo: Path, keys: Path, days: int, online_keys: Path | None = None,
-        timestamp_days: int = 1,
+        timestamp_days: int = 1, *, create_keys: bool = False,
     ) -> None:  # fmt: skip
         self.repo = repo
         self.timestamp_days = timestamp_days
@@ -165,7 +174,9 @@ class Repo:
         self.keys = keys
         self.days = days
         self.signers = {
-            role: _signer(online_keys if online_keys and role in ONLINE_ROLES else keys, role)
+            role: _signer(
+                online_keys if online_keys and role in ONLINE_ROLES else keys, role, create_keys
+            )
             for role in ROLES
         }
 
@@ -248,12 +259,15 @@ def publish(
     *,
     timestamp_days: int = 1,
     hold: bool = False,
+    create_keys: bool = False,
 ) -> list[str]:
     """Add ``bundle`` to the TUF repository at ``repo`` (created on first use); target paths.
 
     ``keys``: the role keys (default :func:`default_keys_dir`); ``online_keys``: snapshot and
     timestamp keys kept apart from root and targets (default: in ``keys``). ``hold``: no
     device takes the release until ``kiln rollout start`` (image/release/rollout.py).
+    ``create_keys``: create missing role keys, only when the repository is new (a key created
+    for an existing channel is not one its root trusts); else a missing key is an error.
     """
     old = repo.with_name(repo.name + ".keys")
     if keys is None and old.exists():
@@ -277,8 +291,9 @@ def publish(
     name, custom = _target_paths(manifest)
     if hold:
         custom["rollout"] = {"state": "held", "stages": [], "stage": 0, "sites": []}
-    r = Repo(repo, keys_dir, days, online_keys, timestamp_days)
-    if not (repo / "metadata" / "timestamp.json").exists():
+    new = not (repo / "metadata" / "timestamp.json").exists()
+    r = Repo(repo, keys_dir, days, online_keys, timestamp_days, create_keys=create_keys and new)
+    if new:
         r.init()
     paths = [f"{manifest.product}/{target}/{name}" for target in manifest.targets]
     for path in paths:

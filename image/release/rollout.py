@@ -16,6 +16,7 @@ Keys are never created here: a missing role key is an error (``kiln publish`` cr
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -166,7 +167,9 @@ def _next(
     if action == "start":
         if stages is None:
             raise RolloutError("kiln rollout start needs --stages, e.g. --stages 1,10,50,100")
-        return {"state": "active", "stages": stages, "stage": 0, "sites": sites}
+        # since: when the stage started (the fleet gate judges the stage's devices from then)
+        return {"state": "active", "stages": stages, "stage": 0, "sites": sites,
+                "since": int(time.time())}  # fmt: skip
     if current is None:
         raise RolloutError(f"{version} has no rollout (it is for every device): start one first")
     state = current.get("state")
@@ -177,6 +180,7 @@ def _next(
         if current["stage"] + 1 >= len(current["stages"]):
             raise RolloutError(f"{version} is at its last stage ({current['stages'][-1]} %)")
         new["stage"] = current["stage"] + 1
+        new["since"] = int(time.time())
     elif action == "pause":
         if state != "active":
             raise RolloutError(f"{version}'s rollout is {state}: only an active rollout pauses")

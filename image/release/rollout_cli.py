@@ -69,7 +69,46 @@ def _simple(action: str, doc: str) -> None:
         _apply(repo_dir, keys, online_keys, version, action, expires_days)
 
 
-_simple("advance", "Move VERSION to its next stage (manual; fleet-health gates come later).")
+@rollout.command()
+@click.argument("version")
+@REPO
+@click.option(
+    "--db", "db_url",
+    help="Fleet store (kiln fleet: a SQLite path or postgresql://...): advance only when the "
+    "current stage's devices committed, the rollback rate is within the limit and no drift or "
+    "anomaly shows.",
+)  # fmt: skip
+@click.option(
+    "--max-rollback-rate", type=click.FloatRange(0, 1), default=0.05, show_default=True,
+    help="With --db: refuse above this share of rollbacks.",
+)  # fmt: skip
+@click.option(
+    "--halt-rollback-rate", type=click.FloatRange(0, 1), default=0.2, show_default=True,
+    help="With --db: above this, pause or abort instead.",
+)  # fmt: skip
+@click.option("--force", is_flag=True, help="Advance even when the fleet gate refuses.")
+@KEYS
+@ONLINE
+@DAYS
+def advance(
+    version: str, repo_dir: Path, db_url: str | None, max_rollback_rate: float,
+    halt_rollback_rate: float, force: bool, keys: Path | None, online_keys: Path | None,
+    expires_days: int,
+) -> None:  # fmt: skip
+    """Move VERSION to its next stage (with --db: only if the fleet gate passes)."""
+    if db_url is not None:
+        from image.release.rollout_gate import GateLimits, check_advance, judge
+
+        judgement = judge(repo_dir, version, db_url,
+                          GateLimits(max_rollback_rate, halt_rollback_rate))  # fmt: skip
+        check_advance(judgement, force=force)
+        for line in judgement.lines():
+            click.echo(line)
+        if not judgement.advance:
+            click.echo(f"{version}: the fleet gate refused; advancing anyway (--force)")
+    _apply(repo_dir, keys, online_keys, version, "advance", expires_days)
+
+
 _simple("pause", "Stop new installs of VERSION (0 %) until resume.")
 _simple("resume", "Return a paused VERSION to its stage.")
 _simple("abort", "Stop VERSION for good: nobody new takes it, nobody is downgraded.")

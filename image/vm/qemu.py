@@ -72,6 +72,9 @@ class VmConfig:
     accel: str = field(default_factory=lambda: os.environ.get("EDGEKILN_VM_ACCEL", "tcg"))
     #: guest TCP port -> host port on 127.0.0.1 (user-mode networking)
     forwards: dict[int, int] = field(default_factory=dict)
+    #: guest-side "ADDRESS:PORT" -> a host command run for each connection the guest opens
+    #: there, its stdin/stdout being the connection (QEMU ``guestfwd=...-cmd:``); no commas
+    guest_commands: dict[str, list[str]] = field(default_factory=dict)
     #: extra raw drives (e.g. a "USB stick" image holding a bundle), attached read-only
     extra_drives: list[Path] = field(default_factory=list)
     #: extra raw drives the guest may write (a second disk whose partitions carry the device's
@@ -123,6 +126,10 @@ def qemu_command(
     netdev = "user,id=net0"
     for guest, host in sorted(config.forwards.items()):
         netdev += f",hostfwd=tcp:127.0.0.1:{host}-:{guest}"
+    for where, argv in sorted(config.guest_commands.items()):
+        if any("," in arg or " " in arg for arg in argv):
+            raise VmError(f"guest_commands[{where!r}]: no commas or spaces in {argv}")
+        netdev += f",guestfwd=tcp:{where}-cmd:{' '.join(argv)}"
     cmd = [
         "qemu-system-x86_64",
         "-accel", config.accel,

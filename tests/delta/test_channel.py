@@ -60,12 +60,12 @@ def channel(tmp_path: Path) -> dict[str, Path]:
     base, new = write_pair(tmp_path)
     repo = tmp_path / "www" / "repo"
     full1 = bundle_file(tmp_path / "v1.bundle", PayloadSource.slot_image(base), "1.0.0")
-    assert publish(full1, repo) == [f"{PRODUCT}/{TARGET}/full.bundle"]
+    assert publish(full1, repo, create_keys=True) == [f"{PRODUCT}/{TARGET}/full.bundle"]
     shutil.copytree(repo / "metadata", tmp_path / "old-metadata")
     full2 = bundle_file(tmp_path / "v2.bundle", PayloadSource.slot_image(new), "2.0.0")
     delta = bundle_file(tmp_path / "d.bundle", PayloadSource.delta(new, base), "2.0.0")
-    publish(full2, repo)
-    publish(delta, repo)
+    publish(full2, repo, create_keys=True)
+    publish(delta, repo, create_keys=True)
     return {"dir": tmp_path, "repo": repo, "base": base, "new": new, "full2": full2,
             "delta": delta, "root": repo / "metadata" / "1.root.json"}  # fmt: skip
 
@@ -126,7 +126,7 @@ def test_cli_publish_then_poll_and_fetch(tmp_path: Path, keys_home: Path) -> Non
     full = bundle_file(tmp_path / "f.bundle", PayloadSource.slot_image(new), "2.0.0")
     repo = tmp_path / "www" / "repo"
     for b in (full, delta):
-        done = run("kiln", "publish", str(b), str(repo))
+        done = run("kiln", "publish", "--create-keys", str(b), str(repo))
         assert done.returncode == 0, done.stderr
     assert not list((tmp_path / "www").rglob("*.pem"))  # nothing served holds a key
     assert len(list(keys_home.glob("repo-*/root.pem"))) == 1

@@ -45,7 +45,7 @@ def _status(url: str) -> int:
 def test_default_keys_are_not_served_from_the_repository_parent(tmp_path: Path) -> None:
     www = tmp_path / "www"
     config = tmp_path / "home" / ".config"
-    done = run("kiln", "publish", str(_bundle(tmp_path)), str(www / "repo"),
+    done = run("kiln", "publish", "--create-keys", str(_bundle(tmp_path)), str(www / "repo"),
                env={"XDG_CONFIG_HOME": str(config), "EDGEKILN_TUF_KEYS": ""})  # fmt: skip
     assert done.returncode == 0, done.stderr
     with serve_dir(www) as url:  # the whole parent is served
@@ -64,7 +64,7 @@ def test_default_keys_are_not_served_from_the_repository_parent(tmp_path: Path) 
 
 def test_default_keys_inside_the_repository_parent_are_refused(tmp_path: Path) -> None:
     www = tmp_path / "www"
-    done = run("kiln", "publish", str(_bundle(tmp_path)), str(www / "repo"),
+    done = run("kiln", "publish", "--create-keys", str(_bundle(tmp_path)), str(www / "repo"),
                env={"EDGEKILN_TUF_KEYS": str(www / "keys")})  # fmt: skip
     assert done.returncode != 0
     assert "is inside" in done.stderr and "pass --keys DIR outside any served folder" in done.stderr
@@ -74,7 +74,7 @@ def test_default_keys_inside_the_repository_parent_are_refused(tmp_path: Path) -
 @pytest.mark.parametrize("where", ["repo/keys", "repo"])
 def test_explicit_keys_inside_the_repository_are_refused(tmp_path: Path, where: str) -> None:
     www = tmp_path / "www"
-    done = run("kiln", "publish", str(_bundle(tmp_path)), str(www / "repo"),
+    done = run("kiln", "publish", "--create-keys", str(_bundle(tmp_path)), str(www / "repo"),
                "--keys", str(www / where))  # fmt: skip
     assert done.returncode != 0
     assert "inside the repository" in done.stderr and "private keys" in done.stderr
@@ -85,7 +85,7 @@ def test_keys_left_beside_the_repository_by_the_old_default_are_refused(tmp_path
     www = tmp_path / "www"
     (www / "repo.keys").mkdir(parents=True)
     (www / "repo.keys" / "targets.pem").write_bytes(b"old key")
-    done = run("kiln", "publish", str(_bundle(tmp_path)), str(www / "repo"),
+    done = run("kiln", "publish", "--create-keys", str(_bundle(tmp_path)), str(www / "repo"),
                env={"EDGEKILN_TUF_KEYS": str(tmp_path / "offline")})  # fmt: skip
     assert done.returncode != 0
     assert "repo.keys holds TUF keys beside the repository" in done.stderr
@@ -97,7 +97,7 @@ def test_online_keys_are_kept_apart(tmp_path: Path) -> None:
 
     www = tmp_path / "www"
     publish(_bundle(tmp_path), www / "repo", keys=tmp_path / "offline",
-            online_keys=tmp_path / "online")  # fmt: skip
+            online_keys=tmp_path / "online", create_keys=True)  # fmt: skip
     assert sorted(p.name for p in (tmp_path / "offline").iterdir()) == ["root.pem", "targets.pem"]
     assert sorted(p.name for p in (tmp_path / "online").iterdir()) == [
         "snapshot.pem",

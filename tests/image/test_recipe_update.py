@@ -67,7 +67,9 @@ def test_no_update_table_means_updates_off(recipe_dir: Path) -> None:
         (('window = "22:30-04:00"\n', ""), "update.reboot", "needs update.window"),
         (("max_bundle_mib = 300", "max_bundle_mib = 0"), "update.max_bundle_mib", "from 1"),
         (("metered = true", "metered = true\npoll_interval_s = 10"), "update.poll_interval_s",
-         "300"),
+         "from 60"),
+        (("max_bundle_mib = 300", "max_bundle_mib = 300\ndeltas = 21"), "update.deltas",
+         "from 0 to 20"),
     ],
 )  # fmt: skip
 def test_bad_update_fields_name_file_and_field(

@@ -106,9 +106,9 @@ def make_device(tmp: Path, server: Server, name: str = "dev", **kw: Any) -> Agen
     dev.reset()
     repo = tmp / "www" / "repo"
     if not (repo / "metadata" / "1.root.json").exists():
-        publish(release(dev, tmp, 1, "1.0.0"), repo)
+        publish(release(dev, tmp, 1, "1.0.0"), repo, create_keys=True)
     return AgentDevice(dev, f"{server.url}/repo", repo / "metadata" / "1.root.json", **kw)
 
 
 def publish_to(server: Server, bundle: Path) -> None:
-    publish(bundle, server.root / "repo")
+    publish(bundle, server.root / "repo", create_keys=True)

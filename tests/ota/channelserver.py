@@ -1,5 +1,9 @@
 """A loopback HTTP server over a TUF repository directory: Range, a request log, faults.
 
+Bodies are streamed from the file in 64 KiB blocks (a full bundle is hundreds of MB), and
+``Server.streaming`` counts the bytes handed to the socket per path while a request runs, so a
+test can act in the middle of a download (e.g. cut a VM's power).
+
 Faults apply to request paths containing a key of ``Server.faults``: ``("status", 404)``
 answers that status, ``("truncate", n)`` sends ``n`` bytes of the body then closes,
 ``("stall", s)`` sends the headers then nothing for ``s`` seconds.
@@ -21,6 +25,9 @@ class Hit:
     path: str
     status: int
     sent: int
+    start: int = 0  # first byte of the body (Range)
+    at: float = 0.0  # time.time() when the answer was complete
+    began: float = 0.0  # time.time() when the answer started
 
 
 @dataclass
@@ -29,6 +36,8 @@ class Server:
     url: str = ""
     hits: list[Hit] = field(default_factory=list)
     faults: dict[str, tuple[str, float]] = field(default_factory=dict)
+    #: request path -> body bytes written so far, over every request for it (live)
+    streaming: dict[str, int] = field(default_factory=dict)
 
     def clear(self) -> None:
         self.hits.clear()
@@ -44,27 +53,37 @@ def _handler(server: Server) -> type[http.server.BaseHTTPRequestHandler]:
         def log_message(self, *args: object) -> None:
             pass
 
-        def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        def _send(
+            self, status: int, body: bytes | tuple[Path, int, int], headers: dict[str, str]
+        ) -> None:
+            """Answer with ``body``: bytes, or (file, start, length) streamed from the file."""
+            began = time.time()
+            length = len(body) if isinstance(body, bytes) else body[2]
+            start = 0 if isinstance(body, bytes) else body[1]
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(length))
             self.end_headers()
             fault = next((v for k, v in server.faults.items() if k in self.path), None)
             if fault is not None and fault[0] == "stall":
                 time.sleep(fault[1])
                 self.close_connection = True
-                server.hits.append(Hit(self.path, status, 0))
+                server.hits.append(Hit(self.path, status, 0, start, time.time(), began))
                 return
             if fault is not None and fault[0] == "truncate":
-                body = body[: int(fault[1])]
+                length = min(length, int(fault[1]))
                 self.close_connection = True
+            sent = 0
             try:
-                self.wfile.write(body)
+                for block in _blocks(body, length):
+                    self.wfile.write(block)
+                    sent += len(block)
+                    server.streaming[self.path] = server.streaming.get(self.path, 0) + len(block)
                 self.wfile.flush()
             except OSError:
-                pass
-            server.hits.append(Hit(self.path, status, len(body)))
+                self.close_connection = True
+            server.hits.append(Hit(self.path, status, sent, start, time.time(), began))
 
         def do_GET(self) -> None:
             fault = next((v for k, v in server.faults.items() if k in self.path), None)
@@ -75,17 +94,32 @@ def _handler(server: Server) -> type[http.server.BaseHTTPRequestHandler]:
             if not path.resolve().is_relative_to(server.root.resolve()) or not path.is_file():
                 self._send(404, b"not found\n", {})
                 return
-            data = path.read_bytes()
+            size = path.stat().st_size
             rng = self.headers.get("Range")
             if rng:
                 a, _, b = rng.removeprefix("bytes=").partition("-")
-                start, end = int(a), min(int(b) if b else len(data) - 1, len(data) - 1)
-                self._send(206, data[start : end + 1],
-                           {"Content-Range": f"bytes {start}-{end}/{len(data)}"})  # fmt: skip
+                start, end = int(a), min(int(b) if b else size - 1, size - 1)
+                self._send(206, (path, start, end + 1 - start),
+                           {"Content-Range": f"bytes {start}-{end}/{size}"})  # fmt: skip
             else:
-                self._send(200, data, {})
+                self._send(200, (path, 0, size), {})
 
     return Handler
+
+
+def _blocks(body: bytes | tuple[Path, int, int], length: int) -> Iterator[bytes]:
+    if isinstance(body, bytes):
+        yield body[:length]
+        return
+    path, start, _ = body
+    with path.open("rb") as f:
+        f.seek(start)
+        while length > 0:
+            block = f.read(min(length, 1 << 16))
+            if not block:
+                return
+            length -= len(block)
+            yield block
 
 
 @contextmanager

@@ -90,7 +90,7 @@ def test_tuf_target_length_is_enforced_while_streaming(tmp_path: Path) -> None:
     delta = _bundle(tmp_path / "d.bundle", PayloadSource.delta(new, base), "2.0.0")
     repo = tmp_path / "www" / "repo"
     for b in (full, delta):
-        publish(b, repo, keys=tmp_path / "offline-keys")
+        publish(b, repo, keys=tmp_path / "offline-keys", create_keys=True)
     served = next((repo / "targets").rglob("*.delta-*.bundle"))
     shutil.copyfile(full, served)  # the mirror swaps the file; TUF metadata still says delta
     assert full.stat().st_size > 2 * delta.stat().st_size

@@ -37,8 +37,8 @@ def test_publish_makes_deltas_from_the_last_releases(tmp_path: Path, www: Server
     v1, v2 = image_pair(7)
     v3 = v2[:5000] + b"three" + v2[5005:]
     repo = www.root / "repo"
-    publish(_bundle(tmp_path / "v1.bundle", key, v1, "1.0.0"), repo)
-    publish(_bundle(tmp_path / "v2.bundle", key, v2, "2.0.0"), repo)
+    publish(_bundle(tmp_path / "v1.bundle", key, v1, "1.0.0"), repo, create_keys=True)
+    publish(_bundle(tmp_path / "v2.bundle", key, v2, "2.0.0"), repo, create_keys=True)
     full3 = _bundle(tmp_path / "v3.bundle", key, v3, "3.0.0")
     done = run_cli(
         "kiln", "publish", "--deltas", "2", "--key", str(key_path), "--max-bundle-mib", "1",

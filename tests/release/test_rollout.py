@@ -66,7 +66,7 @@ def test_rollout_0_50_100_and_abort_on_two_devices(tmp_path: Path, www: Server) 
     high.dev.key, high.dev.keyring = low.dev.key, low.dev.keyring
     repo = www.root / "repo"
     keys = next((tmp_path / "offline" / "tuf-keys").glob("repo-*"))
-    publish(release(low.dev, tmp_path, 2, "2.0.0"), repo, hold=True)
+    publish(release(low.dev, tmp_path, 2, "2.0.0"), repo, hold=True, create_keys=True)
     assert low.run() == high.run() == "update.not-in-rollout"
     change(repo, keys, None, "2.0.0", "start", Expiries(), [0, 50, 100])
     assert low.run() == high.run() == "update.not-in-rollout"  # 0 %
@@ -106,8 +106,12 @@ def test_refresh_needs_only_the_online_keys(tmp_path: Path, www: Server) -> None
     repo = www.root / "repo2"  # a channel made with the online pair apart from the start
     online = tmp_path / "online"
     offline = tmp_path / "offline2"
-    publish(release(d.dev, tmp_path, 1, "1.0.0"), repo, offline, online_keys=online)
-    publish(release(d.dev, tmp_path, 2, "2.0.0"), repo, offline, online_keys=online)
+    publish(
+        release(d.dev, tmp_path, 1, "1.0.0"), repo, offline, online_keys=online, create_keys=True
+    )
+    publish(
+        release(d.dev, tmp_path, 2, "2.0.0"), repo, offline, online_keys=online, create_keys=True
+    )
     d.channel, d.tuf_root = f"{www.url}/repo2", repo / "metadata" / "1.root.json"
     assert sorted(p.name for p in online.iterdir()) == ["snapshot.pem", "timestamp.pem"]
     ts = json.loads((repo / "metadata" / "timestamp.json").read_text())["signed"]
@@ -130,7 +134,7 @@ def test_cli_rollout_and_publish_status(tmp_path: Path, www: Server, keys_home: 
     d = make_device(tmp_path, www)
     repo = www.root / "repo"
     bundle = release(d.dev, tmp_path, 2, "2.0.0")
-    done = run_cli("kiln", "publish", "--hold", str(bundle), str(repo))
+    done = run_cli("kiln", "publish", "--create-keys", "--hold", str(bundle), str(repo))
     assert done.returncode == 0, done.stderr
     assert "held" in done.stdout
     done = run_cli("kiln", "rollout", "start", "2.0.0", str(repo), "--stages", "1,10,50,100")
@@ -156,7 +160,9 @@ def test_offline_keys_can_be_passphrase_encrypted(
     repo = www.root / "repo3"
     offline, online = tmp_path / "offline3", tmp_path / "online3"
     monkeypatch.setenv("EDGEKILN_TUF_PASSPHRASE", "correct horse battery")
-    publish(release(d.dev, tmp_path, 2, "2.0.0"), repo, offline, online_keys=online)
+    publish(
+        release(d.dev, tmp_path, 2, "2.0.0"), repo, offline, online_keys=online, create_keys=True
+    )
     for role in ("root", "targets"):
         assert (offline / f"{role}.pem").read_bytes().startswith(b"-----BEGIN ENCRYPTED")
     for role in ("snapshot", "timestamp"):  # online: cron signs them unattended

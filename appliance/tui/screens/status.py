@@ -13,6 +13,7 @@ from textual.widgets import Static
 from appliance.tui.base import TaskScreen
 from appliance.tui.devstatus import DeviceStatus, human_bytes
 from appliance.tui.drift_panel import DriftPanel
+from appliance.tui.screens.update_status import UpdateAgentPanel
 
 REFRESH_S = 2.0
 
@@ -68,6 +69,9 @@ class StatusScreen(TaskScreen):
         yield Static("Status", classes="title")
         yield Static("reading device state...", id="status-table", markup=False)
         yield DriftPanel(self.device)  # its own section (appliance/tui/drift_panel.py)
+        yield UpdateAgentPanel(
+            self.device.data_dir, self.tech_app.clock, self.tech_app.live, id="update-agent"
+        )
         yield Static("", id="message", classes="message", markup=False)
 
     def on_mount(self) -> None:
