@@ -18,9 +18,10 @@ from typing import Any
 
 from xdist.scheduler import LoadScopeScheduling
 
-#: Seconds a unit took in CI (a file's tests with setup and teardown, or a group's), for units
-#: over about a minute; the rest keep collection order after these. Round figures: only the
-#: order matters. Update from the "xdist work units" table at the end of a run.
+#: Seconds a unit takes in CI (a file's tests with setup and teardown, or a group's), for units
+#: over about a minute; the rest keep collection order after these. Round figures from the serial
+#: CI run's --durations (2026-12-05, warm kiln cache): only the order matters. Update them from
+#: the "seconds per worker and work unit" table printed at the end of a run.
 WEIGHTS: dict[str, float] = {
     "e2e-kiln": 900,
     "tests/image/test_freeze_arm64.py": 200,
