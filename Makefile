@@ -2,6 +2,9 @@
 RECIPE ?= recipes/generic-x86-64.toml
 OUT ?= out
 PYTEST_ARGS ?=
+# Two workers (pytest-xdist): whole files and xdist_group groups, longest first
+# (tests/scheduling.py). Serial: `make test PYTEST_XDIST=` (or PYTEST_ARGS="-n 0").
+PYTEST_XDIST ?= -n 2 --dist loadgroup
 
 .PHONY: image test lint bootstrap demo
 
@@ -18,7 +21,7 @@ demo: bootstrap
 	.venv/bin/kiln vm $$(ls -t $(OUT)-qemu/*.img | head -n 1)
 
 test: bootstrap
-	.venv/bin/python -m pytest $(PYTEST_ARGS)
+	.venv/bin/python -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 lint: bootstrap
 	.venv/bin/ruff check appliance image tools tests

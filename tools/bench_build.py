@@ -73,8 +73,11 @@ def main() -> None:
     else:
         cold, report = build(recipe, work / "cold", cache)
     rows.append(("cold", cold, report))
-    target = json.loads((work / "cold" / "build-report.json").read_text())["target"]
-    pinned = cache / "work" / "runtime" / target / "appliance" if args.pin_runtime else None
+    # the runtime the cold build froze (the only entry of this fresh cache's freeze folder)
+    frozen = sorted((cache / "freeze").glob("*/appliance")) if args.pin_runtime else []
+    if args.pin_runtime and not frozen:
+        raise SystemExit(f"--pin-runtime: no frozen runtime under {cache / 'freeze'}")
+    pinned = frozen[0] if frozen else None
     if pinned is not None:
         keep = work / "runtime"
         shutil.rmtree(keep, ignore_errors=True)

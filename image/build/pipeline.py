@@ -30,9 +30,11 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -168,20 +170,13 @@ class Pipeline:
         self.report.stages.append(result)
         self.observer.done(result)
 
-    def _cached_file(self, kind: str, key: str, name: str) -> tuple[Path, bool]:
-        path = self.cache / kind / key / name
-        hit = (path.parent / "complete").exists()
-        if hit:
-            cache.touch(path.parent)
-        return path, hit
+    def _cached_file(
+        self, kind: str, key: str, name: str
+    ) -> AbstractContextManager[tuple[Path, Path | None]]:
+        """``with``: (the file in the cache, where to write it on a miss; image/cache.py)."""
+        return cache.cached_file(self.cache / kind / key, name, self.KEEP_ENTRIES)
 
     KEEP_ENTRIES = 4  # results kept per stage kind (slot images are the rootfs size each)
-
-    @classmethod
-    def _commit(cls, path: Path, digest: str) -> None:
-        (path.parent / "digest").write_text(digest + "\n")
-        (path.parent / "complete").write_text("ok\n")
-        cache.prune(path.parent.parent, cls.KEEP_ENTRIES)
 
     # -- stages -------------------------------------------------------------------------------
 
@@ -190,30 +185,44 @@ class Pipeline:
         t0 = time.monotonic()
         boot.self_check(self.loaded)
         self.outdir.mkdir(parents=True, exist_ok=True)
-        base = self.stage_base()
-        runtime_path, runtime_digest = self.stage_runtime()
-        slot = self.stage_slot(base, runtime_path, runtime_digest)
-        esp = self.stage_boot()
-        data = self.stage_data()
-        cached = self.cache / "outputs" / self._outputs_key()
-        if (cached / "complete").exists():
-            self._restore_outputs(cached)
-        else:
-            image = self.stage_disk(esp, slot, data)
-            self.stage_bmap(image)
-            # The compressed image (zstd process) and the bundle (zstandard, releases the GIL)
-            # are independent: make them side by side.
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                compressed = pool.submit(self.stage_compress, image)
-                self.stage_manifest(image)
-                self.stage_bundle(slot)
-                compressed.result()
-            self.report.stages.sort(key=lambda s: STAGES.index(s.name))
-            self._store_outputs(cached)
+        # Leases: another build sharing the cache never prunes what this one still uses.
+        with cache.leases():
+            self._run_stages()
         self.report.seconds = round(time.monotonic() - t0, 2)
         atomic_write_bytes(self.outdir / "build-report.json", self.report.to_json())
         atomic_write_bytes(self.outdir / "build-report.txt", self.report.summary().encode())
         return self.report
+
+    def _run_stages(self) -> None:
+        base = self.stage_base()
+        work = self.cache / "work"
+        work.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix="build-", dir=work))  # this build's own
+        try:
+            runtime_path, runtime_digest = self.stage_runtime(scratch / "runtime")
+            slot = self.stage_slot(base, runtime_path, runtime_digest)
+        finally:
+            cache.remove_tree(scratch)
+        esp = self.stage_boot()
+        data = self.stage_data()
+        cached = self.cache / "outputs" / self._outputs_key()
+        with cache.filling(cached) as hit:
+            if hit:
+                self._restore_outputs(cached)
+            else:
+                image = self.stage_disk(esp, slot, data)
+                self.stage_bmap(image)
+                # The compressed image (zstd process) and the bundle (zstandard, releases the
+                # GIL) are independent: make them side by side.
+                with ThreadPoolExecutor(max_workers=1) as pool:
+                    compressed = pool.submit(self.stage_compress, image)
+                    self.stage_manifest(image)
+                    self.stage_bundle(slot)
+                    compressed.result()
+                self.report.stages.sort(key=lambda s: STAGES.index(s.name))
+                self._store_outputs(cached)
+        if not hit:
+            cache.prune(cached.parent, self._KEEP_OUTPUTS)
 
     # -- the output files, cached as a whole ---------------------------------------------------
 
@@ -238,9 +247,8 @@ class Pipeline:
     _KEEP_OUTPUTS = 3  # cached output sets kept (each about the compressed image x 3)
 
     def _store_outputs(self, cached: Path) -> None:
-        tmp = cached.with_name(cached.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        """Copy the outputs into a scratch folder and swap it in (under ``cached``'s fill lock)."""
+        tmp = cache.scratch(cached)
         for path in self.report.outputs.values():
             fs.run_tool(["cp", "--sparse=always", "--reflink=auto", path, str(tmp)])
         stages = [asdict(s) for s in self.report.stages if s.name in self._OUTPUT_STAGES]
@@ -248,9 +256,8 @@ class Pipeline:
         doc = {"outputs": names, "stages": stages, "partitions": self.partitions}
         (tmp / "outputs.json").write_text(json.dumps(doc, sort_keys=True))
         (tmp / "complete").write_text("ok\n")
-        shutil.rmtree(cached, ignore_errors=True)
+        cache.remove_tree(cached)  # an incomplete earlier attempt
         tmp.rename(cached)
-        cache.prune(cached.parent, self._KEEP_OUTPUTS)
 
     def _restore_outputs(self, cached: Path) -> None:
         """Copy a cached output set into the output directory (sparse); stages report hits."""
@@ -268,7 +275,6 @@ class Pipeline:
             result = StageResult(**{**stage, "cached": True, "seconds": copied})
             self.report.stages.append(result)
             self.observer.done(result)
-        os.utime(cached)  # most recently used: kept by the pruning above
 
     def stage_base(self) -> rootfs.BaseRoot:
         start = self._stage("base", f"Debian {self.recipe.rootfs.suite} base root")
@@ -280,12 +286,12 @@ class Pipeline:
         )
         return base
 
-    def stage_runtime(self) -> tuple[Path, str]:
+    def stage_runtime(self, out: Path) -> tuple[Path, str]:
+        """The frozen runtime, installed into ``out`` (a folder of this build's own)."""
         start = self._stage("runtime", f"frozen appliance runtime ({self.recipe.target.backend})")
         from image.freeze.runtime import freeze_runtime
 
         prebuilt = self.runtime_dir
-        out = self.cache / "work" / "runtime" / self.recipe.target.name
         rt = freeze_runtime(self.loaded, out, cache_dir=self.cache / "freeze", prebuilt=prebuilt)
         # Only what the runtime is, not how it was obtained (frozen, cached or --runtime).
         self.components["runtime"] = {"digest": rt.digest, "backend": rt.backend}
@@ -331,21 +337,23 @@ class Pipeline:
             config.lan_api, config.lan_interface, config.lan_port,
             self.recipe.partitions.rootfs_mib, self.seed, self.epoch,
         )  # fmt: skip
-        path, hit = self._cached_file("slot", key, "rootfs.ext4")
-        if not hit:
-            tree = self.cache / "work" / "root" / key
-            try:
-                rootfs.assemble_root(base.root, tree, runtime=runtime, models=models, config=config)
-                fs.make_ext4(
-                    tree, path, self.recipe.partitions.rootfs_mib,
-                    slot_fs_uuid(self.loaded), self.epoch,
-                )  # fmt: skip
-            finally:
-                shutil.rmtree(tree, ignore_errors=True)
-            self._commit(path, rootfs.file_digest(path))
+        with self._cached_file("slot", key, "rootfs.ext4") as (path, write):
+            if write is not None:
+                tree = write.parent / "root"
+                try:
+                    rootfs.assemble_root(
+                        base.root, tree, runtime=runtime, models=models, config=config
+                    )
+                    fs.make_ext4(
+                        tree, write, self.recipe.partitions.rootfs_mib,
+                        slot_fs_uuid(self.loaded), self.epoch,
+                    )  # fmt: skip
+                finally:
+                    cache.remove_tree(tree)
         self._done(
-            "slot", start, cached=hit, size=_allocated(path), key=key, detail=self.model_detail
-        )
+            "slot", start, cached=write is None, size=_allocated(path), key=key,
+            detail=self.model_detail,
+        )  # fmt: skip
         return path
 
     def stage_boot(self) -> Path:
@@ -360,17 +368,15 @@ class Pipeline:
             self.epoch,
             code_digest("fs.py", "boot.py"),
         )
-        path, hit = self._cached_file("boot", key, "boot.vfat")
-        if not hit:
-            tree = self.cache / "work" / "esp" / key
-            shutil.rmtree(tree, ignore_errors=True)
-            try:
-                boot.build_esp_tree(self.loaded, tree)
-                fs.make_vfat(tree, path, size, volume_id, self.epoch, label=boot.ESP_LABEL)
-            finally:
-                shutil.rmtree(tree, ignore_errors=True)
-            self._commit(path, rootfs.file_digest(path))
-        self._done("boot", start, cached=hit, size=_allocated(path), key=key)
+        with self._cached_file("boot", key, "boot.vfat") as (path, write):
+            if write is not None:
+                tree = write.parent / "esp"
+                try:
+                    boot.build_esp_tree(self.loaded, tree)
+                    fs.make_vfat(tree, write, size, volume_id, self.epoch, label=boot.ESP_LABEL)
+                finally:
+                    shutil.rmtree(tree, ignore_errors=True)
+        self._done("boot", start, cached=write is None, size=_allocated(path), key=key)
         return path
 
     def stage_data(self) -> Path:
@@ -382,22 +388,20 @@ class Pipeline:
             IMAGE_FORMAT, dirs, size, self.seed, self.epoch, code_digest("fs.py"),
             hashlib.sha256(pipeline).hexdigest(),
         )  # fmt: skip
-        path, hit = self._cached_file("data", key, "data.ext4")
-        if not hit:
-            tree = self.cache / "work" / "data" / key
-            shutil.rmtree(tree, ignore_errors=True)
-            try:
-                for d in dirs:
-                    (tree / d).mkdir(parents=True, exist_ok=True)
-                (tree / "edgekiln" / "pipeline.json").write_bytes(pipeline)
-                fs.make_ext4(
-                    tree, path, size, fs.fs_uuid_for(self.seed, "data"), self.epoch,
-                    label="data", journal=True, field="partitions.data_mib",
-                )  # fmt: skip
-            finally:
-                shutil.rmtree(tree, ignore_errors=True)
-            self._commit(path, rootfs.file_digest(path))
-        self._done("data", start, cached=hit, size=_allocated(path), key=key)
+        with self._cached_file("data", key, "data.ext4") as (path, write):
+            if write is not None:
+                tree = write.parent / "data"
+                try:
+                    for d in dirs:
+                        (tree / d).mkdir(parents=True, exist_ok=True)
+                    (tree / "edgekiln" / "pipeline.json").write_bytes(pipeline)
+                    fs.make_ext4(
+                        tree, write, size, fs.fs_uuid_for(self.seed, "data"), self.epoch,
+                        label="data", journal=True, field="partitions.data_mib",
+                    )  # fmt: skip
+                finally:
+                    shutil.rmtree(tree, ignore_errors=True)
+        self._done("data", start, cached=write is None, size=_allocated(path), key=key)
         return path
 
     def stage_disk(self, esp: Path, slot: Path, data: Path) -> Path:

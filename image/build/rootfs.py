@@ -145,29 +145,28 @@ def ensure_base(loaded: LoadedRecipe, cache_dir: Path) -> BaseRoot:
     key = base_key(loaded)
     slot = cache_dir / "base" / key
     root = slot / "root"
-    if (slot / "complete").exists():
-        cache.touch(slot)
-        return BaseRoot(root, key, cached=True)
-    slot.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.TemporaryDirectory: its cleanup would walk into mounts an interrupted
-    # mmdebstrap leaves behind; cache.remove_tree unmounts them first.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=slot.parent))
-    try:
-        scratch = tmp / "root"
-        r = loaded.recipe
-        if r.rootfs.tarball:
-            scratch.mkdir()
-            tarball = loaded.resolve(r.rootfs.tarball)
-            log.info("extracting base tarball %s", tarball)
-            run_tool(["tar", "--numeric-owner", "-xpf", str(tarball), "-C", str(scratch)])
-        else:
-            _bootstrap(loaded, scratch)
-        cache.remove_tree(slot)  # a broken earlier attempt
-        slot.mkdir()
-        scratch.rename(root)
-        (slot / "complete").write_text(key + "\n")
-    finally:
-        cache.remove_tree(tmp)
+    # Another build of the same base waits here and then finds it complete (image/cache.py).
+    with cache.filling(slot) as hit:
+        if hit:
+            return BaseRoot(root, key, cached=True)
+        # Not tempfile.TemporaryDirectory: its cleanup would walk into mounts an interrupted
+        # mmdebstrap leaves behind; cache.remove_tree unmounts them first.
+        tmp = cache.scratch(slot)
+        try:
+            scratch = tmp / "root"
+            r = loaded.recipe
+            if r.rootfs.tarball:
+                scratch.mkdir()
+                tarball = loaded.resolve(r.rootfs.tarball)
+                log.info("extracting base tarball %s", tarball)
+                run_tool(["tar", "--numeric-owner", "-xpf", str(tarball), "-C", str(scratch)])
+            else:
+                _bootstrap(loaded, scratch)
+            (tmp / "complete").write_text(key + "\n")
+            cache.remove_tree(slot)  # a broken earlier attempt
+            tmp.rename(slot)
+        finally:
+            cache.remove_tree(tmp)
     cache.prune(slot.parent, KEEP_BASES)
     return BaseRoot(root, key, cached=False)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from image import cache
 from image.recipe import LoadedRecipe
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,11 @@ def signing_material(
         comment = path.stem
     else:
         path = dev_key_path((cache_dir or default_cache_dir()).resolve())
-        if not path.exists():
-            log.warning("no signing.key in the recipe: creating development key %s", path)
-            keys.create_key(DEV_KEY_NAME, path.parent, DEV_PASSPHRASE)
+        # Builds sharing the cache start together: one creates the key, the others wait for it.
+        with cache.locked(path.with_name(f".{DEV_KEY_NAME}.lock")):
+            if not path.exists():
+                log.warning("no signing.key in the recipe: creating development key %s", path)
+                keys.create_key(DEV_KEY_NAME, path.parent, DEV_PASSPHRASE)
         private = keys.load_private_key(path, DEV_PASSPHRASE)
         comment = "development key (not for production)"
     raw = keys.raw_public(private)

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
+from image import cache
 from image.errors import BuildError
 from image.freeze.pyinstaller import (
     PROGRAM,
@@ -74,8 +75,14 @@ def ensure_root(arch: str, cache_dir: Path) -> Path:
     """An arm64 Debian root with Python 3.11 unpacked (cached by suite, mirror and packages)."""
     key = _digest([SUITE, MIRROR, ROOT_PACKAGES, arch])
     root = cache_dir / f"root-{DEBIAN_ARCH[arch]}-{key}"
-    if (root / ".complete").exists():
-        return root
+    # Another build waits here and then finds the root complete (image/cache.py).
+    with cache.filling(root, ".complete") as hit:
+        if not hit:
+            _make_root(arch, root)
+    return root
+
+
+def _make_root(arch: str, root: Path) -> None:
     if root.exists():
         shutil.rmtree(root)
     for tool in ("debootstrap", "dpkg-deb", QEMU[arch]):
@@ -93,7 +100,6 @@ def ensure_root(arch: str, cache_dir: Path) -> Path:
     if not (root / PYTHON).exists() or not (root / LOADER[arch]).exists():
         raise ForeignBuildError(f"{root}: no {PYTHON} or {LOADER[arch]} after unpacking")
     (root / ".complete").write_text("ok\n")
-    return root
 
 
 def requirements(spec: TargetSpec, src: Path) -> list[str]:
@@ -119,8 +125,13 @@ def ensure_site(spec: TargetSpec, cache_dir: Path, src: Path) -> Path:
     """Install the target's packages as aarch64 wheels into a folder (host pip, no emulation)."""
     reqs = requirements(spec, src)
     site = cache_dir / f"site-{spec.arch}-{_digest([reqs, spec.arch])}"
-    if (site / ".complete").exists():
-        return site
+    with cache.filling(site, ".complete") as hit:
+        if not hit:
+            _install_site(spec, reqs, site)
+    return site
+
+
+def _install_site(spec: TargetSpec, reqs: list[str], site: Path) -> None:
     if site.exists():
         shutil.rmtree(site)
     cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--target", str(site)]
@@ -130,7 +141,6 @@ def ensure_site(spec: TargetSpec, cache_dir: Path, src: Path) -> Path:
         cmd += ["--platform", f"manylinux_2_{minor}_{spec.arch}"]
     _run([*cmd, *reqs], f"pip install of {spec.arch} wheels")
     (site / ".complete").write_text("\n".join(reqs) + "\n")
-    return site
 
 
 def _wrappers(bindir: Path, root: Path, arch: str) -> Path:

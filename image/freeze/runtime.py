@@ -245,23 +245,27 @@ def freeze_runtime(
         work = Path(tmp)
         src = work / "src"
         key = cache_key(spec, epoch, snapshot_sources(src, source_root), src)
-        in_cache = cache_dir / key / PROGRAM if cache_dir else None
-        if in_cache is not None and (in_cache.parent / "complete").exists():
-            say(f"{spec.name}: cached runtime {key}")
-            cache.touch(in_cache.parent)
-            return _finish(spec, in_cache, outdir, key=key, cached=True, start=start)
-        say(f"{spec.name}: running PyInstaller ({spec.backend} back end, {spec.arch})")
-        tree = _build_tree(spec, work, epoch, cache_dir, say)
-        if in_cache is None:
+        if cache_dir is None:
+            say(f"{spec.name}: running PyInstaller ({spec.backend} back end, {spec.arch})")
+            tree = _build_tree(spec, work, epoch, cache_dir, say)
             return _finish(spec, tree, outdir, key=key, cached=False, start=start)
-        if in_cache.parent.exists():  # an incomplete earlier attempt
-            shutil.rmtree(in_cache.parent)
-        in_cache.parent.mkdir(parents=True)
-        shutil.move(str(tree), in_cache)
-        (in_cache.parent / "complete").write_text(key + "\n")
-    assert cache_dir is not None
-    cache.prune(cache_dir, KEEP_RUNTIMES)
-    return _finish(spec, in_cache, outdir, key=key, cached=False, start=start)
+        entry = cache_dir / key
+        # Another build of the same runtime waits here and then finds it (image/cache.py).
+        with cache.filling(entry) as hit:
+            if hit:
+                say(f"{spec.name}: cached runtime {key}")
+            else:
+                say(f"{spec.name}: running PyInstaller ({spec.backend} back end, {spec.arch})")
+                tree = _build_tree(spec, work, epoch, cache_dir, say)
+                (work / "entry").mkdir()
+                shutil.move(str(tree), work / "entry" / PROGRAM)
+                (work / "entry" / "complete").write_text(key + "\n")
+                cache.remove_tree(entry)  # an incomplete earlier attempt
+                (work / "entry").rename(entry)
+            runtime = _finish(spec, entry / PROGRAM, outdir, key=key, cached=hit, start=start)
+    if not hit:
+        cache.prune(cache_dir, KEEP_RUNTIMES)
+    return runtime
 
 
 def _recipe_prebuilt(target: Any) -> Path | None:

@@ -22,7 +22,6 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,17 +142,25 @@ def fused_package(
     if file is None:
         return FusedModel(role, source, source, "", False, {"skipped": why})
     key = fuse_key(source, file, runtime)
-    backends = check_backends(runtime)
     entry = cache_dir / KIND / key
     out = entry / "package"
-    if (entry / "complete").exists():
-        build_cache.touch(entry)
-        summary = json.loads((entry / "summary.json").read_text())
-        return FusedModel(role, source, out, key, True, summary)
     entry.parent.resolve().mkdir(parents=True, exist_ok=True)
-    tmp = entry.with_name(f".{key}.tmp-{os.getpid()}")
-    build_cache.remove_tree(tmp)
-    tmp.mkdir()
+    # Another build of the same key waits here and then finds it (image/cache.py).
+    with build_cache.filling(entry) as cached:
+        if cached:
+            summary = json.loads((entry / "summary.json").read_text())
+            return FusedModel(role, source, out, key, True, summary)
+        summary = _fuse(loaded, role, source, entry, file, runtime)
+    build_cache.prune(cache_dir / KIND, KEEP_ENTRIES)
+    return FusedModel(role, source, out, key, False, summary)
+
+
+def _fuse(
+    loaded: LoadedRecipe, role: str, source: Path, entry: Path, file: str, runtime: str
+) -> dict[str, Any]:
+    """Fuse ``file`` of a copy of ``source`` in a scratch folder and swap it in as ``entry``."""
+    backends = check_backends(runtime)
+    tmp = build_cache.scratch(entry)
     try:
         shutil.copytree(source, tmp / "package", symlinks=True)
         (made,) = fuse_package(
@@ -179,8 +186,7 @@ def fused_package(
         ) from None
     finally:
         build_cache.remove_tree(tmp)
-    build_cache.prune(cache_dir / KIND, KEEP_ENTRIES)
-    return FusedModel(role, source, out, key, False, summary)
+    return summary
 
 
 def describe(model: FusedModel) -> str:

@@ -19,7 +19,6 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,24 +115,30 @@ def optimised_package(
     loaded: LoadedRecipe, role: str, cache_dir: Path, *, key: str | None = None
 ) -> OptimisedModel:
     """The optimised package of ``role`` for the recipe's target, from the cache or made now."""
-    from image.model.optimise import GateError, optimise
-
     r = loaded.recipe
     source = loaded.resolve(getattr(r.models, role))
     key = key or model_key(source, r.target.name, r.models)
     entry = entry_dir(cache_dir, key)
     out = entry / "package"
-    cached = is_cached(cache_dir, key)
-    if cached:
-        build_cache.touch(entry)
-        summary = json.loads((entry / "summary.json").read_text())
-        return OptimisedModel(role, source, out, key, True, summary["selected"], summary)
-    opts = options_of(r.models)
     # resolve(): --verify-repro links <scratch>/model to the shared cache, maybe not made yet.
     entry.parent.resolve().mkdir(parents=True, exist_ok=True)
-    tmp = entry.with_name(f".{key}.tmp-{os.getpid()}")
-    build_cache.remove_tree(tmp)
-    tmp.mkdir()
+    # Another build of the same key waits here and then finds it (image/cache.py).
+    with build_cache.filling(entry) as cached:
+        if cached:
+            summary = json.loads((entry / "summary.json").read_text())
+            return OptimisedModel(role, source, out, key, True, summary["selected"], summary)
+        summary = _optimise(loaded, role, source, entry)
+    build_cache.prune(cache_dir / KIND, KEEP_ENTRIES)
+    return OptimisedModel(role, source, out, key, False, summary["selected"], summary)
+
+
+def _optimise(loaded: LoadedRecipe, role: str, source: Path, entry: Path) -> dict[str, Any]:
+    """Optimise ``source`` into a scratch folder and swap it in as ``entry``."""
+    from image.model.optimise import GateError, optimise
+
+    r = loaded.recipe
+    opts = options_of(r.models)
+    tmp = build_cache.scratch(entry)
     try:
         res = optimise(
             source,
@@ -154,8 +159,7 @@ def optimised_package(
         ) from None
     finally:
         build_cache.remove_tree(tmp)
-    build_cache.prune(cache_dir / KIND, KEEP_ENTRIES)
-    return OptimisedModel(role, source, out, key, False, summary["selected"], summary)
+    return summary
 
 
 def _summary(res: Any) -> dict[str, Any]:

@@ -32,7 +32,10 @@ PROFILE_BUDGET_FACTOR = 250.0
 STICK_LABEL = "EK-UPDATE"
 CMDLINE = (
     "console=tty0 console=ttyS0,115200 rootwait "
-    "systemd.journald.forward_to_console=1 systemd.show_status=1"
+    "systemd.journald.forward_to_console=1 systemd.show_status=1 "
+    # hang protection only: on a loaded host udev took over systemd's 90 s to link the data and
+    # boot partitions once (recipes/qemu-x86-64.toml)
+    "systemd.default_timeout_start_sec=600"
 )
 PIPELINE = {
     "model": "/opt/edgekiln/models/primary",

@@ -66,7 +66,13 @@ from tests.e2e.device import (
     write_partition,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(3600)]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.timeout(3600),
+    # builds with kiln into the one EDGEKILN_CACHE: one worker (tests/README.md)
+    pytest.mark.xdist_group("e2e-kiln"),
+]
 
 BOOT_S = 900.0  # one boot under TCG on a busy machine: ~30-90 s
 INSTALL_S = 1800.0  # a full slot through the guest's zstd + sha256 under TCG

@@ -41,7 +41,13 @@ from tests.e2e.device import (
     write_partition,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(3600)]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.timeout(3600),
+    # builds with kiln into the one EDGEKILN_CACHE: one worker (tests/README.md)
+    pytest.mark.xdist_group("e2e-kiln"),
+]
 
 BOOT_S = 900.0  # one boot under TCG on a busy machine: ~30-90 s; hang protection only
 #: the bound for a clean shutdown after the button (systemd's default stop timeout is 90 s

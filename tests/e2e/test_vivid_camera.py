@@ -31,7 +31,13 @@ from tests.e2e.device import (
     read_partition,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(3600)]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.timeout(3600),
+    # builds with kiln into the one EDGEKILN_CACHE: one worker (tests/README.md)
+    pytest.mark.xdist_group("e2e-kiln"),
+]
 
 BOOT_S = 900.0  # hang protection only (TCG on a loaded 2-core machine)
 

@@ -269,6 +269,39 @@ def test_uncached_rebuild_is_byte_identical(
     assert sha(again["image"]) == sha(first["image"])  # type: ignore[arg-type]
 
 
+def test_two_builds_sharing_a_cold_cache_build_each_stage_once(
+    mini: Path, runtime: Path, tmp_path: Path
+) -> None:
+    """Two ``kiln build`` processes started together on one empty cache (image/cache.py): the
+    second waits for each entry the first is filling and takes it from the cache; both images
+    are identical and every cache entry is whole."""
+    shared = tmp_path / "cache"
+    argv = [str(KILN), "build", str(mini / "mini.toml"), "--cache", str(shared)]
+    argv += ["--runtime", str(runtime)]
+    outs = [tmp_path / "out1", tmp_path / "out2"]
+    pipe = subprocess.PIPE
+    procs = [
+        subprocess.Popen([*argv, "-o", str(out)], stdout=pipe, stderr=pipe, text=True)
+        for out in outs
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=1200)
+        assert proc.returncode == 0, err[-3000:]
+    reports = [json.loads((out / "build-report.json").read_text()) for out in outs]
+    for stage in ("base", "slot", "boot", "data", "disk"):
+        built = [r for r in reports for s in r["stages"] if s["name"] == stage and not s["cached"]]
+        assert len(built) == 1, f"stage {stage} built {len(built)} times"
+    images = [Path(r["outputs"]["image"]) for r in reports]
+    assert sha(images[0]) == sha(images[1])
+    for kind, name in (("slot", "rootfs.ext4"), ("boot", "boot.vfat"), ("data", "data.ext4")):
+        (entry,) = [e for e in (shared / kind).iterdir() if e.is_dir()]
+        assert (entry / "complete").is_file()
+        assert (entry / "digest").read_text().strip() == sha(entry / name)
+    assert not list(shared.glob("*/.*.tmp-*")), "scratch folders left in the cache"
+    assert not list(shared.glob("*/.*.use")), "lock files left in the cache"
+    assert not list((shared / "work").iterdir()), "build folders left in the cache"
+
+
 def test_model_only_change_rebuilds_only_the_slot(
     first: dict[str, object], mini: Path, cache: Path, tmp_path: Path
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,67 @@ def test_remove_tree_refuses_when_a_mount_stays(
     with pytest.raises(cache.MountedTreeError, match="still mounted"):
         cache.remove_tree(tree)
     assert tree.exists()
+
+
+# -- several processes sharing one cache ----------------------------------------------------------
+
+FILL = """
+import os, sys, time
+from pathlib import Path
+from image import cache
+
+entry = Path(sys.argv[1])
+with cache.filling(entry) as hit:
+    if not hit:
+        tmp = cache.scratch(entry)
+        (tmp / "payload").write_text(f"made by {os.getpid()}\\n")
+        time.sleep(1.0)  # the other process asks meanwhile
+        (tmp / "complete").write_text("ok\\n")
+        tmp.rename(entry)
+    print("hit" if hit else "built", (entry / "payload").read_text().strip())
+"""
+
+LEASE = """
+import sys
+from pathlib import Path
+from image import cache
+
+with cache.leases():
+    with cache.filling(Path(sys.argv[1])) as hit:
+        assert hit
+    print("leased", flush=True)
+    sys.stdin.read()  # until the test closes it
+"""
+
+
+def _python(script: str, *args: str, **kw: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(  # type: ignore[call-overload,no-any-return]
+        [sys.executable, "-c", script, *args], text=True, stdout=subprocess.PIPE, **kw
+    )
+
+
+def test_two_processes_filling_one_entry_build_it_once(tmp_path: Path) -> None:
+    entry = tmp_path / "slot" / ("d" * 32)
+    procs = [_python(FILL, str(entry)) for _ in range(2)]
+    lines = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    assert [p.returncode for p in procs] == [0, 0]
+    made = (entry / "payload").read_text().strip()
+    assert lines == [f"built {made}", f"hit {made}"], lines  # one built, one waited and hit
+    assert list(entry.parent.iterdir()) == [entry]  # no scratch folder, no lock file at rest
+
+
+def test_prune_spares_the_entries_another_process_is_using(tmp_path: Path) -> None:
+    kind = tmp_path / "slot"
+    used = _entry(kind, "e" * 32, age=300)
+    (used / "complete").write_text("ok\n")
+    other = _entry(kind, "f" * 32, age=400)
+    holder = _python(LEASE, str(used), stdin=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "leased"
+        assert cache.prune(kind, keep=0) == [other]  # the used one is the newest-used, too
+        assert used.exists()
+    finally:
+        holder.communicate("", timeout=60)
+    assert holder.returncode == 0
+    assert cache.prune(kind, keep=0) == [used]  # released: pruned like any other
+    assert not any(kind.iterdir()), "lock files of pruned entries stay behind"

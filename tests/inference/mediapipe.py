@@ -6,6 +6,7 @@ Real third-party models nobody here wrote. The cache (``~/.cache/edgekiln/mediap
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -24,8 +25,15 @@ def tflite_models() -> dict[str, Path]:
     """name -> path of every .tflite in the wheel (downloads on first use)."""
     root = cache_dir()
     out = root / f"models-{VERSION}"
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / ".lock").open("a") as lock:  # another test worker may be filling it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _fill(root, out)
+    return {p.stem: p for p in sorted(out.glob("*.tflite"))}
+
+
+def _fill(root: Path, out: Path) -> None:
     if not (out / ".done").exists():
-        root.mkdir(parents=True, exist_ok=True)
         wheels = list(root.glob(f"mediapipe-{VERSION}-*.whl"))
         if not wheels:
             subprocess.run(
@@ -50,4 +58,3 @@ def tflite_models() -> dict[str, Path]:
                 if name.endswith(".tflite"):
                     (out / Path(name).name).write_bytes(z.read(name))
         (out / ".done").touch()
-    return {p.stem: p for p in sorted(out.glob("*.tflite"))}

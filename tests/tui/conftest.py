@@ -106,14 +106,30 @@ def actions(device: Device) -> list[dict[str, Any]]:
     return [json.loads(line) for line in device.actions_path.read_text().splitlines()]
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Print the keystrokes each task took (the README's figures)."""
+def _counts() -> dict[str, int]:
     # The test modules import this file as tests.tui.conftest, pytest loads it under
     # another name: read the counts from the module the tests wrote to.
     from tests.tui import conftest as imported
 
-    counts = imported.KEYSTROKES
+    return imported.KEYSTROKES
+
+
+def write_keystrokes(terminalreporter: Any, counts: dict[str, int]) -> None:
+    """The keystrokes each task took (the README's figures)."""
     if counts:
         terminalreporter.write_sep("-", "technician TUI: keystrokes per task")
         for task, count in sorted(counts.items()):
             terminalreporter.write_line(f"{count:4d}  {task}")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Under pytest-xdist: hand the counts to the controller (tests/conftest.py prints them)."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["tui_keystrokes"] = dict(_counts())
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the keystrokes each task took (a run without workers)."""
+    if not hasattr(terminalreporter.config, "workerinput"):
+        write_keystrokes(terminalreporter, _counts())

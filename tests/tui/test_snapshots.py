@@ -9,6 +9,7 @@ screen shows a fixed kept report.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import shutil
 from collections.abc import Callable, Iterator
@@ -37,11 +38,14 @@ KEPT_REPORT = {
 def snap_device() -> Iterator[Device]:
     from tests.inference.fixtures import make_package
 
-    shutil.rmtree(SNAP_ROOT, ignore_errors=True)
-    model = make_package(SNAP_ROOT / "model")
-    device = build_demo(SNAP_ROOT / "device", model, now=DEMO_EPOCH)
-    yield device
-    shutil.rmtree(SNAP_ROOT, ignore_errors=True)
+    # The path is painted in the snapshots: one test session at a time holds it.
+    with open(f"{SNAP_ROOT}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        shutil.rmtree(SNAP_ROOT, ignore_errors=True)
+        model = make_package(SNAP_ROOT / "model")
+        device = build_demo(SNAP_ROOT / "device", model, now=DEMO_EPOCH)
+        yield device
+        shutil.rmtree(SNAP_ROOT, ignore_errors=True)
 
 
 def frozen_status(device: Device, now: float) -> DeviceStatus:

@@ -1,0 +1,80 @@
+"""How ``make test`` (``pytest -n 2 --dist loadgroup``) spreads the suite over two workers.
+
+A *work unit* is a test file, or every file marked with one ``xdist_group`` name: each unit
+runs whole, in collection order, on one worker, so a module- or session-scoped fixture is built
+once and ordered tests (tests/e2e/test_lifecycle.py, a -> f) stay in order. Units start longest
+first (``WEIGHTS``: seconds measured in CI; every other unit after them, in collection order), so
+the two workers finish close together. A worker is given its next unit only when it is about to
+run the last test of its current one: nothing long is queued behind a worker that is still busy.
+
+pytest-xdist's own ``loadgroup`` would hand out each unmarked test alone (module fixtures built
+twice, files split) and orders units by their number of tests, not by their length.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from xdist.scheduler import LoadScopeScheduling
+
+#: Seconds a unit takes in CI (a file's tests with setup and teardown, or a group's), for units
+#: over about a minute; the rest keep collection order after these. Round figures from the serial
+#: CI run's --durations (2026-12-05, warm kiln cache): only the order matters. Update them from
+#: the "seconds per worker and work unit" table printed at the end of a run.
+WEIGHTS: dict[str, float] = {
+    "e2e-kiln": 900,
+    "tests/image/test_freeze_arm64.py": 200,
+    "tests/image/test_build.py": 250,
+    "tests/image/test_freeze.py": 150,
+    "tests/image/test_model_build.py": 120,
+    "tests/image/test_model_select.py": 90,
+    "tests/models/test_reference_models.py": 90,
+    "tests/models/test_isa_gate_onnxruntime.py": 80,
+    "tests/lan/test_discovery.py": 60,
+}
+
+
+def unit_of(nodeid: str) -> str:
+    """The work unit of a test: its ``xdist_group`` name (``...@name``), else its file."""
+    if nodeid.rfind("@") > nodeid.rfind("]"):  # a parameter id may hold an "@"
+        return nodeid.rsplit("@", 1)[1]
+    return nodeid.split("::", 1)[0]
+
+
+class GroupScheduling(LoadScopeScheduling):  # type: ignore[misc]
+    """Whole files and ``xdist_group`` groups, longest first, handed out one at a time."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        return unit_of(nodeid)
+
+    def _reschedule(self, node: Any) -> None:
+        if node.shutting_down:
+            return
+        if not self.workqueue:
+            node.shutdown()
+            return
+        # A worker holds back its last test until it knows the next one (pytest's teardown
+        # needs it): give it more when only that one is left, never earlier.
+        while self.workqueue and self._pending_of(self.assigned_work[node]) < 2:
+            self._assign_work_unit(node)
+
+    def schedule(self) -> None:
+        assert self.collection_is_completed
+        if self.collection is not None:
+            for node in self.nodes:
+                self._reschedule(node)
+            return
+        if not self._check_nodes_have_same_collection():
+            self.log("**Different tests collected, aborting run**")
+            return
+        self.collection = list(next(iter(self.registered_collections.values())))
+        if not self.collection:
+            return
+        units: dict[str, dict[str, bool]] = {}
+        for nodeid in self.collection:
+            units.setdefault(self._split_scope(nodeid), {})[nodeid] = False
+        order = sorted(units, key=lambda unit: -WEIGHTS.get(unit, 0.0))  # stable: ties keep order
+        self.workqueue = OrderedDict((unit, units[unit]) for unit in order)
+        for node in self.nodes:
+            self._reschedule(node)
