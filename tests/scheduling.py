@@ -23,7 +23,8 @@ from xdist.scheduler import LoadScopeScheduling
 #: CI run's --durations (2026-12-05, warm kiln cache): only the order matters. Update them from
 #: the "seconds per worker and work unit" table printed at the end of a run.
 WEIGHTS: dict[str, float] = {
-    "e2e-kiln": 900,
+    "e2e-kiln": 1200,
+    "tests/e2e/test_hands_off_update.py": 900,
     "tests/image/test_freeze_arm64.py": 200,
     "tests/image/test_build.py": 250,
     "tests/image/test_freeze.py": 150,

@@ -35,7 +35,12 @@ import pytest
 from image.vm.qemu import Vm, VmConfig, free_port
 from tests.e2e.device import REPO, Build, esp_grubenv, partitions, provision, read_partition
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(3600)]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.timeout(3600),
+    pytest.mark.xdist_group("e2e-kiln"),  # shares the session's ``builds`` with test_lifecycle
+]
 
 BOOT_S = 900.0  # one boot under TCG on a busy machine: ~30-90 s
 INSTALL_S = 1800.0  # a full slot through TLS, zstd and sha256 in the guest under TCG
