@@ -164,6 +164,8 @@ def build(pipe: Pipeline) -> BuildReport:
     pipe.outdir.mkdir(parents=True, exist_ok=True)
     base = pipe.stage_base()
     pipe.components["l4t"] = check_root(base.root, str(tarball))
+    modules = sorted(p.name for p in (base.root / "lib/modules").glob("*-tegra*"))
+    pipe.components["kernel"] = modules[-1] if modules else ""  # L4T's kernel: /boot/Image
     runtime_path, runtime_digest = pipe.stage_runtime()
     slot = pipe.stage_slot(base, runtime_path, runtime_digest)
     data = pipe.stage_data()
