@@ -269,6 +269,7 @@ def inspect_l4t(manifest: Path, keyring: Path | None, *, digests: bool) -> dict[
         total += size
         whole = Partition(len(out["partitions"]) + 1, part, 0, size, "", "")
         out["partitions"].append(whole.__dict__ | {"file": path.name})
+        out.setdefault("l4t_partitions", {})[part] = entry.get("l4t_partition")
         if part.startswith("rootfs_"):
             out.setdefault("slots", {})[part] = slot_info(path, whole)
             if ring is None and part == "rootfs_a":
