@@ -66,6 +66,17 @@ DEADLINE_DROPIN = """\
 ConditionKernelCommandLine=
 """
 
+#: ``kiln build --plan`` for an L4T recipe: the stages and what each does.
+PLAN = (
+    ("base", "rootfs.tarball extracted (the user's L4T root, never downloaded), cached"),
+    ("runtime", "arm64 frozen runtime (image.freeze; --runtime for a TensorRT one)"),
+    ("slot", "ext4 without journal: L4T root + overlay + runtime + models, extlinux.conf"),
+    ("data", "ext4 with journal"),
+    ("disk", "<name>.rootfs_a.img (APP), .rootfs_b.img (APP_b), .data.img: no disk image"),
+    ("manifest", "layout l4t, each file's digest, versions; signed"),
+    ("bundle", "full update bundle of the same version"),
+)
+
 
 class L4TError(BuildError):
     """The L4T root (recipe field, tarball or its content) cannot make a Jetson image."""
