@@ -282,7 +282,10 @@ def inspect_l4t(manifest: Path, keyring: Path | None, *, digests: bool) -> dict[
         out["partitions"].append(whole.__dict__ | {"file": path.name})
         out.setdefault("l4t_partitions", {})[part] = entry.get("l4t_partition")
         if part.startswith("rootfs_"):
-            out.setdefault("slots", {})[part] = slot_info(path, whole)
+            try:
+                out.setdefault("slots", {})[part] = slot_info(path, whole)
+            except ValueError as exc:  # a damaged file system: the digest check says more
+                out["slots"][part] = {"state": "empty", "error": f"unreadable: {exc}"}
             if ring is None and part == "rootfs_a":
                 ring = _debugfs_cat(path, 0, "/etc/edgekiln/keyring.json")
         if digests:
