@@ -96,12 +96,19 @@ def make_sink(cfg: PipelineConfig) -> Sink:
     sinks: list[Sink] = []
     if cfg.sink:
         sinks.append(JsonlSink(cfg.sink, max_bytes=int(cfg.sink_max_mb * (1 << 20))))
-    if cfg.telemetry is not None:
+    from appliance.telemetry.settings import effective
+
+    # the running slot's recipe layer and the device's own layer on data (settings.py)
+    try:
+        mqtt, telemetry = effective(cfg.mqtt, cfg.telemetry)
+    except ApplianceError as exc:
+        raise ConfigError(str(exc)) from None
+    if telemetry is not None:
         from appliance.telemetry.setup import telemetry_sink
 
-        sinks.append(telemetry_sink(cfg.telemetry, cfg.mqtt, cfg.model, cfg.fallback_model))
-    elif cfg.mqtt is not None:
-        sinks.append(MqttSink(cfg.mqtt))
+        sinks.append(telemetry_sink(telemetry, mqtt, cfg.model, cfg.fallback_model))
+    elif mqtt is not None:
+        sinks.append(MqttSink(mqtt))
     if not sinks:
         return NullSink()
     return sinks[0] if len(sinks) == 1 else TeeSink(sinks)

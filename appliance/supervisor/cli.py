@@ -53,6 +53,9 @@ def agent(
     from appliance.supervisor.supervisor import Supervisor
 
     device = Device.from_env(data_dir)  # device.json fills in what the options leave open
+    # the worker's telemetry reads its device layer from here (appliance/telemetry/settings.py)
+    os.environ.setdefault("EDGEKILN_DATA", str(device.data_dir))
+    _provision(device.data_dir)
     config_path = config_path or device.pipeline_config
     health = device.config.health
     limit = health_limit or int(health.get("reference_count", 16))
@@ -84,6 +87,17 @@ def agent(
         on_event=on_event,
     )
     supervisor.run(stop)
+
+
+def _provision(data: Path) -> None:
+    """Apply a provisioning folder dropped on data (appliance/telemetry/provision.py)."""
+    from appliance.errors import ApplianceError
+    from appliance.telemetry.provision import apply_pending
+
+    try:
+        apply_pending(data)
+    except (ApplianceError, OSError) as exc:  # never stops the device; the folder stays
+        log.error("provisioning not applied: %s", exc)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,8 @@ Sits in front of the uplink (normally :class:`~appliance.telemetry.mqtt_sink.Mqt
   ``results_per_min``, ``all``), and never once the day's byte budget is spent;
 * **events** get the device's identity and an id and go out at once; ``alert: true`` marks
   those a person must act on (fallback, degraded, drift, budget exceeded, a refused uplink);
+* **update outcomes** the update agent wrote to ``events.jsonl`` are read back from it (at
+  most a second late) and sent as alerts (:mod:`~appliance.telemetry.update_events`);
 * **windows**: every ``window_s`` (on the frame path when frames flow, else from a timer
   thread) the window is closed, the system sampled, drift checked, and a ``window`` message sent.
 
@@ -31,7 +33,9 @@ import msgspec
 from appliance.telemetry.config import TelemetryConfig
 from appliance.telemetry.drift import DriftDetector
 from appliance.telemetry.identity import Identity
+from appliance.telemetry.local_status import write_status
 from appliance.telemetry.system import SystemSampler
+from appliance.telemetry.update_events import UpdateEventTail, to_alert
 from appliance.telemetry.window import WindowAggregator
 
 log = logging.getLogger(__name__)
@@ -63,7 +67,10 @@ class TelemetrySink:
         self.references = references or {}
         self.sampler = sampler or SystemSampler(Path(cfg.data_dir))
         self.agg = WindowAggregator(primary_model)
+        self.updates = UpdateEventTail(Path(cfg.data_dir))  # the update agent's outcomes
+        self._per_frame = cfg.results != "off"
         self._drift: dict[str, DriftDetector] = {}
+        self._drift_reason: str | None = None  # the last drift alert's, while it lasts
         self._lock = threading.Lock()
         self._boot = os.urandom(4).hex()
         self._seq = 0
@@ -87,10 +94,11 @@ class TelemetrySink:
         kind = record.get("type")
         now = self.clock()
         if kind == "result":
+            # the frame path: one append, one comparison (tools/bench_telemetry.py)
             with self._lock:
                 self.agg.add(record)
                 due = now >= self._end
-            if self._results_allowed(now):
+            if self._per_frame and self._results_allowed(now):
                 self._send(self._stamp(dict(record)))
             if due:
                 self.roll(now)
@@ -129,7 +137,8 @@ class TelemetrySink:
                 log.exception("telemetry: closing a window failed (retrying)")
 
     def roll(self, now: float) -> int:
-        """Close every window that ended by ``now``; return how many were sent."""
+        """Forward new update outcomes; close every window that ended by ``now`` (count sent)."""
+        self.forward_updates()
         sent = 0
         while True:
             with self._lock:
@@ -157,6 +166,11 @@ class TelemetrySink:
             window["drift"] = drift
         self._send(self._stamp(window, keep_id=True))
         self.windows_sent += 1
+        status = {"ts": window.get("ts_end"), "frames": window.get("frames"),
+                  "model": window.get("model"), "drift": drift,
+                  "min_samples": self.cfg.drift_min_samples,
+                  "drift_reason": self._drift_reason}  # fmt: skip
+        write_status(Path(self.cfg.data_dir), status)  # for the TUI Status screen
 
     def _check_drift(self, summary: dict[str, Any]) -> dict[str, object] | None:
         model = summary.get("model")
@@ -175,17 +189,19 @@ class TelemetrySink:
         if reading.alert is not None:
             psi_text = f"{reading.psi:.3f}" if reading.psi is not None else "n/a"
             side = "above" if reading.alert == "drift" else "back below"
+            reason = (
+                f"{model}: prediction PSI {psi_text} over the last {reading.windows} "
+                f"windows ({reading.samples} predictions) is {side} the threshold "
+                f"{reading.threshold:g}"
+            )
+            self._drift_reason = reason if reading.alert == "drift" else None
             self._send(
                 self._stamp(
                     {
                         "type": "event",
                         "kind": reading.alert,
                         "alert": reading.alert == "drift",
-                        "reason": (
-                            f"{model}: prediction PSI {psi_text} over the last {reading.windows} "
-                            f"windows ({reading.samples} predictions) is {side} the threshold "
-                            f"{reading.threshold:g}"
-                        ),
+                        "reason": reason,
                         "model": model,
                         **reading.to_json(),
                         "reference": reference,
@@ -194,6 +210,20 @@ class TelemetrySink:
                 )
             )
         return reading.to_json()
+
+    def forward_updates(self) -> int:
+        """Send the update agent's new outcomes from events.jsonl as alerts (update_events.py)."""
+        try:
+            found = self.updates.poll()
+        except OSError as exc:
+            log.warning("telemetry: cannot read %s: %s", self.updates.events, exc)
+            return 0
+        for digest, event in found:
+            message = to_alert(event)
+            message["id"] = f"{self.identity.device}:u:{digest}"  # the same on a re-send
+            self._send(self._stamp(message, keep_id=True))
+        self.updates.commit()
+        return len(found)
 
     # --- sending -------------------------------------------------------------------------
 

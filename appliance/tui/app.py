@@ -24,7 +24,7 @@ TASKS: tuple[tuple[str, str, str], ...] = (
     ("logs", "7", "Logs"),
 )
 # Reached by their key, not (yet) listed in the navigation bar: (mode, key, title).
-MORE_TASKS: tuple[tuple[str, str, str], ...] = (("pair", "8", "Pair"),)
+MORE_TASKS: tuple[tuple[str, str, str], ...] = (("pair", "8", "Pair"), ("fleet", "9", "Fleet"))
 
 
 class TechnicianApp(App[None]):

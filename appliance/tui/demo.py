@@ -109,6 +109,16 @@ def _write_json(path: Path, doc: object) -> None:
     _put(path, json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n")
 
 
+def _telemetry_status(data: Path, model: str, now: float) -> None:
+    """What the telemetry sink leaves after a window (appliance/telemetry/local_status.py)."""
+    _write_json(
+        data / "edgekiln" / "telemetry-status.json",
+        {"ts": now - 12, "frames": 590, "model": model, "min_samples": 200,
+         "drift": {"psi": 0.012, "samples": 2950, "threshold": 0.2, "windows": 5,
+                   "drifted": False}},
+    )  # fmt: skip
+
+
 def _write_video(path: Path, frames: int = 45, size: tuple[int, int] = (160, 120)) -> None:
     """A moving test pattern (MJPEG in AVI, written by OpenCV; skipped when OpenCV is absent)."""
     try:
@@ -238,9 +248,9 @@ def build_demo(root: Path, model_dir: Path | None = None, now: float = DEMO_EPOC
             )
         ),
     )
+    _telemetry_status(data, package.name, now)
     _fake_sys(root / "sys")
-    (data / "log").mkdir(exist_ok=True)
-    _put(data / "log" / "edgekiln-agent.log", _agent_log().encode())
+    _put(data / "log" / "edgekiln-agent.log", _agent_log().encode())  # makes log/
     (data / "etc" / "systemd" / "network").mkdir(parents=True, exist_ok=True)
     return Device(
         config=config,

@@ -1,9 +1,11 @@
-"""The two config files the image gives the device: device.json on the slot, pipeline.json on data.
+"""The config files the image gives the device: device.json and telemetry.json on the slot,
+pipeline.json on data.
 
 ``/etc/edgekiln/device.json`` says what the image is (product, version, ``security_version``,
-target, loader, health settings, model paths); it is part of the signed slot. The agent's first
-``/data/edgekiln/pipeline.json`` (source, back ends, sink) is on data, where a technician may
-change it later.
+target, loader, health settings, model paths); it is part of the signed slot, as is
+``/etc/edgekiln/telemetry.json`` (the recipe's ``[telemetry]``: it travels with every update,
+appliance/telemetry/settings.py). The agent's first ``/data/edgekiln/pipeline.json`` (source,
+back ends, sink) is on data, where a technician may change it later.
 """
 
 from __future__ import annotations
@@ -28,7 +30,17 @@ def pipeline_config(loaded: LoadedRecipe) -> bytes:
         "threads": r.pipeline.threads,
         "budget_factor": r.health.budget_factor,
     }
-    doc.update(telemetry_blocks(loaded))
+    return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+
+
+def telemetry_config(loaded: LoadedRecipe) -> bytes:
+    """``/etc/edgekiln/telemetry.json``: the recipe's layer of the telemetry settings.
+
+    Written also without a broker (``{"format": 1}``): then pipeline.json's blocks, a flash-time
+    copy on older devices, are not read either and telemetry stays off unless the device's own
+    layer on data (provisioning, TUI) names a broker.
+    """
+    doc = {"format": 1, **telemetry_blocks(loaded)}
     return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
 
 
@@ -36,6 +48,7 @@ def telemetry_blocks(loaded: LoadedRecipe) -> dict[str, object]:
     """The ``mqtt`` and ``telemetry`` blocks from the recipe's ``[telemetry]``; {} without broker.
 
     Device id and site are left empty: the device reads them from data (docs/decisions.md §18).
+    The buffer path is relative to the data partition's mount point.
     """
     t = loaded.recipe.telemetry
     if not t.broker:
@@ -45,7 +58,7 @@ def telemetry_blocks(loaded: LoadedRecipe) -> dict[str, object]:
         "host": host,
         "port": port,
         "topic": t.topic_prefix,
-        "buffer_dir": "/data/edgekiln/mqtt-buffer",
+        "buffer_dir": "edgekiln/mqtt-buffer",
     }
     if tls:
         mqtt["ca_file"] = t.ca_file

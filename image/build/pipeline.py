@@ -43,7 +43,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from appliance.fsutil import atomic_write_bytes, atomic_writer
 from image import cache
 from image.build import boot, disk, fs, rootfs
-from image.build.device_files import device_config, pipeline_config, update_config
+from image.build.device_files import (
+    device_config,
+    pipeline_config,
+    telemetry_config,
+    update_config,
+)
 from image.build.manifest import manifest_body, sign_manifest
 from image.build.models import slot_models
 from image.build.report import BuildReport, Observer, StageResult
@@ -310,6 +315,7 @@ class Pipeline:
             runtime_watchdog_sec=self.recipe.agent.runtime_watchdog_sec,
             slots_spec=boot.slots_spec(self.loaded),
             device_json=device_config(self.loaded),
+            telemetry_json=telemetry_config(self.loaded),
             keyring=self.keyring,
             update=update_config(self.loaded),
             poll_interval_s=self.recipe.update.poll_interval_s,
@@ -322,6 +328,7 @@ class Pipeline:
             IMAGE_FORMAT, base.key, runtime_digest, model_digests,
             code_digest("fs.py", "rootfs.py", "pipeline.py", overlay=True),
             hashlib.sha256(config.device_json).hexdigest(), config.watchdog_sec,
+            hashlib.sha256(config.telemetry_json).hexdigest(),
             config.runtime_watchdog_sec, hashlib.sha256(config.keyring or b"").hexdigest(),
             config.slots_spec, hashlib.sha256(b"".join(config.update or ())).hexdigest(),
             config.poll_interval_s, config.poll_jitter_s,

@@ -89,6 +89,7 @@ class OverlayConfig:
     slots_spec: str  # the agent's loader (appliance.slots.config), e.g. grub:/boot/efi
     device_json: bytes
     keyring: bytes | None
+    telemetry_json: bytes = b'{"format": 1}\n'  # the recipe's [telemetry] (device_files.py)
     update: tuple[bytes, bytes] | None = None  # update.json, the channel's TUF root.json
     poll_interval_s: int = 6 * 3600
     poll_jitter_s: int = 1800
@@ -289,6 +290,7 @@ def assemble_root(
     for mount_point in ("data", "boot/efi"):
         (dest / mount_point).mkdir(parents=True, exist_ok=True)
     _write(dest, f"{CONFIG_DIR}/device.json", config.device_json)
+    _write(dest, f"{CONFIG_DIR}/telemetry.json", config.telemetry_json)
     if config.keyring is not None:
         _write(dest, f"{CONFIG_DIR}/keyring.json", config.keyring)
     if config.update is not None:

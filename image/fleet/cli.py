@@ -110,7 +110,8 @@ def status(
     as_json: bool,
     show_flags: bool,
 ) -> None:
-    """The inventory (site, target, version, slot, mode, last seen, alerts) and peer anomalies."""
+    """The inventory (site, target, version, slot, mode, last seen, last update outcome, alerts)
+    and peer anomalies."""
     if not Path(db).exists() and "://" not in db:
         raise FleetError(f"{db}: no fleet database here; run `kiln fleet ingest --db {db}` first")
     store = Store.open(db)
@@ -125,7 +126,10 @@ def status(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("device", "site", "target", "version", "slot", "mode", "last seen", "alerts")
+    table = Table(
+        "device", "site", "target", "version", "slot", "mode", "last seen", "last update",
+        "alerts",
+    )  # fmt: skip
     import time as _time
 
     for r in rows:
@@ -138,9 +142,12 @@ def status(
             r.slot or "",
             r.mode or "",
             seen,
+            (r.last_update or "").partition(":")[0],  # the outcome's name; --json has the reason
             str(r.alerts) + (" drift" if r.drifted else ""),
         )
     console = Console()
+    if not console.is_terminal:  # piped or captured: keep every column readable
+        console = Console(width=160)
     console.print(table)
     for f in flags:
         console.print(f"[red]anomaly[/red] {f.describe()}")

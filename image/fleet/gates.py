@@ -2,12 +2,14 @@
 
 A stage may advance when, among the stage's devices, since the stage started:
 
-* every device reported ``update_committed`` (the update passed its health gate);
-* the rollback rate (``update_rolled_back`` / devices) is at most ``max_rollback_rate``;
+* every device reported ``update.committed`` (the update passed its health gate);
+* the rollback rate (``update.rolled-back`` / devices) is at most ``max_rollback_rate``;
 * no window of theirs showed drift, and no device is flagged against its peers.
 
 ``halt`` is true past ``halt_rollback_rate``: the rollout should stop by itself. The event kinds
-are the device's update outcome events (``update_committed``, ``update_rolled_back``).
+are the update agent's own outcome names (appliance/ota, the lines of its events.jsonl that the
+device's telemetry forwards: appliance/telemetry/update_events.py); the underscore spellings
+of an earlier draft are read as the same outcomes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from dataclasses import dataclass, field
 
 from image.fleet.peers import anomalies
 from image.fleet.store import Store
+
+COMMITTED = ("update.committed", "update_committed")
+ROLLED_BACK = ("update.rolled-back", "update_rolled_back")
 
 
 @dataclass(frozen=True)
@@ -40,14 +45,13 @@ def stage_gate(
     wanted = set(devices)
     outcomes: dict[str, str] = {}
     for device, kind in store.query(
-        "SELECT device, kind FROM events WHERE ts >= ? AND kind IN "
-        "('update_committed', 'update_rolled_back') ORDER BY ts",
-        (since,),
+        "SELECT device, kind FROM events WHERE ts >= ? AND kind IN (?, ?, ?, ?) ORDER BY ts",
+        (since, *COMMITTED, *ROLLED_BACK),
     ):
         if device in wanted:
             outcomes[device] = kind
-    committed = sum(1 for k in outcomes.values() if k == "update_committed")
-    rolled = sum(1 for k in outcomes.values() if k == "update_rolled_back")
+    committed = sum(1 for k in outcomes.values() if k in COMMITTED)
+    rolled = sum(1 for k in outcomes.values() if k in ROLLED_BACK)
     n = max(len(wanted), 1)
     reasons = []
     if committed < len(wanted):

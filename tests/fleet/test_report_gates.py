@@ -78,7 +78,7 @@ def event(device: str, kind: str, ts: float) -> dict[str, object]:
         "target": "generic-x86-64",
         "kind": kind,
         "reason": "health gate",
-        "alert": kind == "update_rolled_back",
+        "alert": kind == "update.rolled-back",
         "ts": ts,
     }
 
@@ -88,16 +88,16 @@ def test_stage_gate_refuses_before_commits_on_rollbacks_and_on_anomalies(store: 
     verdict = stage_gate(store, stage, since=START)
     assert not verdict.advance and "10 of 10 devices have not committed" in verdict.reasons[0]
     for d in stage:
-        store.insert(event(d, "update_committed", START + 1))
+        store.insert(event(d, "update.committed", START + 1))
     verdict = stage_gate(store, stage, since=START)
     assert verdict.advance and verdict.committed == 10 and not verdict.reasons
-    store.insert(event("dev-011", "update_rolled_back", START + 2))
+    store.insert(event("dev-011", "update.rolled-back", START + 2))
     verdict = stage_gate(store, stage, since=START, max_rollback_rate=0.05, halt_rollback_rate=0.5)
     assert not verdict.advance and not verdict.halt and verdict.rolled_back == 1
     assert any("rollback rate 10.0%" in r for r in verdict.reasons)
     hot_stage = ["dev-076", "dev-077"]
     for d in hot_stage:
-        store.insert(event(d, "update_committed", START + 1))
+        store.insert(event(d, "update.committed", START + 1))
     verdict = stage_gate(store, hot_stage, since=START)
     assert not verdict.advance and any(
         "dev-077" in r and "temp_max_c" in r for r in verdict.reasons

@@ -166,6 +166,9 @@ def test_image_checked_by_independent_tools(first: dict[str, object], tmp_path: 
     models = run("debugfs", "-R", "ls /opt/edgekiln/models/primary", str(slot))
     assert "model.json" in models
     assert "keyring.json" in run("debugfs", "-R", "ls /etc/edgekiln", str(slot))
+    # the recipe's [telemetry] travels with the slot (none here: telemetry off)
+    telemetry = run("debugfs", "-R", "cat /etc/edgekiln/telemetry.json", str(slot))
+    assert json.loads(telemetry) == {"format": 1}
     data = extract(image, "data", tmp_path / "data.ext4")
     run("fsck.ext4", "-fn", str(data))
     pipeline = json.loads(run("debugfs", "-R", "cat /edgekiln/pipeline.json", str(data)))

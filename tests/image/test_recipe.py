@@ -226,22 +226,30 @@ def test_bad_telemetry_tables_name_file_and_field(
     assert info.value.field == field and needle in str(info.value)
 
 
-def test_telemetry_table_becomes_the_pipeline_mqtt_and_telemetry_blocks(recipe_dir: Path) -> None:
+def test_telemetry_table_becomes_the_slot_telemetry_json(recipe_dir: Path) -> None:
     import json
 
     from appliance.inference.pipeline import load_config
-    from image.build.device_files import pipeline_config
+    from appliance.telemetry.settings import effective
+    from image.build.device_files import pipeline_config, telemetry_config
 
-    plain = json.loads(pipeline_config(load_recipe(recipe_dir / "generic-x86-64.toml")))
-    assert "mqtt" not in plain and "telemetry" not in plain  # off without a broker
+    plain = load_recipe(recipe_dir / "generic-x86-64.toml")
+    assert json.loads(telemetry_config(plain)) == {"format": 1}  # off without a broker
     path = _write(
         recipe_dir, '[telemetry]\nbroker = "mqtt://fleet.plant.lan:1884"\nwindow_s = 30\n'
     )
-    doc = pipeline_config(load_recipe(path))
+    loaded = load_recipe(path)
+    doc = json.loads(pipeline_config(loaded))
+    assert "mqtt" not in doc and "telemetry" not in doc  # on the slot, not the flash-time data
     cfg_path = recipe_dir / "pipeline.json"
-    cfg_path.write_bytes(doc)
+    cfg_path.write_bytes(pipeline_config(loaded))
+    slot = recipe_dir / "telemetry.json"
+    slot.write_bytes(telemetry_config(loaded))
+    data = recipe_dir / "data"
     cfg = load_config(cfg_path)  # the device's own parser accepts what the builder wrote
-    assert cfg.mqtt is not None and cfg.telemetry is not None
-    assert (cfg.mqtt.host, cfg.mqtt.port) == ("fleet.plant.lan", 1884)
-    assert cfg.telemetry.window_s == 30 and cfg.telemetry.results == "off"
-    assert cfg.telemetry.device_id == "" and cfg.telemetry.site == ""  # read from data
+    mqtt, telemetry = effective(cfg.mqtt, cfg.telemetry, slot=slot, data=data)
+    assert mqtt is not None and telemetry is not None
+    assert (mqtt.host, mqtt.port) == ("fleet.plant.lan", 1884)
+    assert mqtt.buffer_dir == str(data / "edgekiln" / "mqtt-buffer")
+    assert telemetry.window_s == 30 and telemetry.results == "off"
+    assert telemetry.device_id == "" and telemetry.site == ""  # read from data

@@ -21,6 +21,7 @@ SCREENS: dict[str, str] = {
     "slots": "appliance.tui.screens.slots:SlotsScreen",
     "logs": "appliance.tui.screens.logs:LogsScreen",
     "pair": "appliance.tui.screens.pair:PairScreen",
+    "fleet": "appliance.tui.screens.fleet:FleetScreen",
 }
 
 

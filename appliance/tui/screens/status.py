@@ -12,6 +12,7 @@ from textual.widgets import Static
 
 from appliance.tui.base import TaskScreen
 from appliance.tui.devstatus import DeviceStatus, human_bytes
+from appliance.tui.drift_panel import DriftPanel
 
 REFRESH_S = 2.0
 
@@ -66,6 +67,7 @@ class StatusScreen(TaskScreen):
     def compose_body(self) -> ComposeResult:
         yield Static("Status", classes="title")
         yield Static("reading device state...", id="status-table", markup=False)
+        yield DriftPanel(self.device)  # its own section (appliance/tui/drift_panel.py)
         yield Static("", id="message", classes="message", markup=False)
 
     def on_mount(self) -> None:
