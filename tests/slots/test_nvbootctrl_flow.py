@@ -30,6 +30,7 @@ from tools.powercut import CHUNK, PRODUCT, TARGET, Device
 
 from .fake_nvbootctrl import boot, install, load
 
+pytestmark = pytest.mark.slow  # each test runs the appliance command a few times (~5-15 s)
 APPLIANCE = str(Path(sys.executable).parent / "appliance")
 
 
