@@ -98,11 +98,15 @@ def test_missing_tarball_names_the_recipe_and_the_field(tmp_path: Path) -> None:
         check_recipe(loaded)
     assert "never downloads" in str(exc.value) and "Tegra_Linux_Sample-Root" in str(exc.value)
     proc = subprocess.run(
-        [str(KILN), "build", str(REPO / "recipes" / "jetson-orin.toml"), "-o", str(tmp_path)],
+        [
+            str(KILN), "build", str(REPO / "recipes" / "jetson-orin.toml"),
+            "-o", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"),
+        ],
         capture_output=True, text=True, check=False, timeout=120,
     )  # fmt: skip
     assert proc.returncode != 0
     assert "jetson-orin.toml: rootfs.tarball is not set" in proc.stdout + proc.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()  # no stage ran
 
 
 def test_a_root_without_the_l4t_files_is_refused(tmp_path: Path) -> None:
