@@ -5,7 +5,9 @@
    namespace: verified, written, read back and tried, as a real install;
 2. against, in the same run and over the same veth, a plain HTTP PUT of the same file to a
    stdlib ``http.server`` that writes the body to a file and fsyncs it (no TLS, no verify);
-3. the device process's RSS sampled every 10 ms during the push (peak minus idle);
+3. the device process's RSS sampled every 10 ms during the push (peak minus idle), and the CPU
+   seconds the receiving process spent (device: TLS, verify, write, read back; plain server:
+   read and write): on a loaded machine the wall-clock ratio follows the CPU each side needs;
 4. the time a browse takes to resolve N devices advertising ``_edgekiln._tcp`` (processes).
 
 Usage: ``python tools/bench_lan_push.py [--mib 128] [--runs 3] [--devices 20]``.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import os
 import statistics
 import subprocess
 import sys
@@ -57,6 +60,12 @@ PLAIN_SERVER = textwrap.dedent(
     server.serve_forever()
     """
 )
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid: int) -> int:
@@ -148,12 +157,19 @@ def main() -> None:
             for proc in (plain, tls):
                 assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
             pushes, puts, tls_puts, peaks = [], [], [], []
+            cpu: dict[str, list[float]] = {"put": [], "tls": [], "push": []}
             idle = rss_kib(dev.proc.pid)
             for _ in range(args.runs):
+                before = cpu_s(plain.pid)
                 puts.append(plain_put(veth, 18080, bundle))
+                cpu["put"].append(cpu_s(plain.pid) - before)
+                before = cpu_s(tls.pid)
                 tls_puts.append(plain_put(veth, 18081, bundle, tls=True))
+                cpu["tls"].append(cpu_s(tls.pid) - before)
                 dev.loader_file.unlink(missing_ok=True)  # A committed again: installable
+                before = cpu_s(dev.proc.pid)
                 seconds, peak = timed_push(client, bundle, dev.proc.pid)
+                cpu["push"].append(cpu_s(dev.proc.pid) - before)
                 pushes.append(seconds)
                 peaks.append(peak)
             mb = bundle.stat().st_size / 1e6
@@ -161,13 +177,15 @@ def main() -> None:
             tls_s = statistics.median(tls_puts)
             print(f"bundle {mb:.1f} MB, median of {args.runs} runs, veth {veth.host_if}")
             rows = [
-                ("plain HTTP PUT -> file + fsync (baseline)", put_s, 1.0),
-                ("HTTPS PUT (stdlib ssl) -> file + fsync", tls_s, put_s / tls_s),
-                ("kiln push: TLS, verify, write, read back", push_s, put_s / push_s),
+                ("plain HTTP PUT -> file + fsync (baseline)", put_s, 1.0, "put"),
+                ("HTTPS PUT (stdlib ssl) -> file + fsync", tls_s, put_s / tls_s, "tls"),
+                ("kiln push: TLS, verify, write, read back", push_s, put_s / push_s, "push"),
             ]
-            print(f"{'what':44} {'s':>7} {'MB/s':>8} {'ratio':>6}")
-            for what, sec, ratio in rows:
-                print(f"{what:44} {sec:7.3f} {mb / sec:8.1f} {ratio:6.2f}")
+            print(f"{'what':44} {'s':>7} {'MB/s':>8} {'ratio':>6} {'receiver CPU s':>15}")
+            for what, sec, ratio, key in rows:
+                used = statistics.median(cpu[key])
+                print(f"{what:44} {sec:7.3f} {mb / sec:8.1f} {ratio:6.2f} {used:15.3f}")
+            print(f"load average: {os.getloadavg()[0]:.1f} (1 min)")
             top = max(peaks)
             print(
                 f"device RSS: idle {idle / 1024:.1f} MiB, peak during push {top / 1024:.1f} MiB "

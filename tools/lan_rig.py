@@ -189,8 +189,10 @@ class LanDevice:
             *([] if "--interface" in extra else ["--bind", veth.dev_addr]), "--port", str(port),
             "--keyring", str(self.release.keyring),
             "--slot", f"A={self.slots['A']}", "--slot", f"B={self.slots['B']}",
-            "--simulate-reboot", "--mdns" if mdns else "--no-mdns", *extra,
+            "--simulate-reboot", "--mdns" if mdns else "--no-mdns",
+            "--console", str(self.console), *extra,
         ]  # fmt: skip
+        self.console.touch()
         log = (self.root / "serve.log").open("wb")
         self.proc = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=log)
         if wait:
@@ -204,6 +206,11 @@ class LanDevice:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError((self.root / "serve.log").read_text())
             time.sleep(0.05)
+
+    @property
+    def console(self) -> Path:
+        """The file the server writes pairing codes to (its ``/dev/console``)."""
+        return self.root / "console.log"
 
     def fingerprint(self) -> str:
         from appliance.api.tls import cert_fingerprint

@@ -1,8 +1,9 @@
 """Pairing codes, bearer tokens (stored hashed on data) and the failed-attempt limiter.
 
 - A **pairing code** is 8 digits from :mod:`secrets`, valid for :data:`CODE_TTL_S` and used at
-  most once. Whoever shows it (the TUI's Pair screen, ``appliance api pair-code``) writes only
-  its SHA-256 and expiry to ``<data>/edgekiln/api/pair-code.json``; the server, a separate
+  most once. Whoever shows it (the TUI's Pair screen, ``appliance api pair-code``, the server
+  at start while no laptop is paired) prints it on the console and in the journal and writes
+  only its SHA-256 and expiry to ``<data>/edgekiln/api/pair-code.json``; the server, a separate
   process, compares against that and deletes the file on success.
 - A **token** is 32 random bytes (urlsafe base64) handed to the laptop once. Only its SHA-256
   is kept, in ``tokens-v1.json`` (the format version is in the name, docs/decisions.md §10).
@@ -40,6 +41,10 @@ CODE_NAME = "pair-code.json"
 MAX_FAILURES = 5
 WINDOW_S = 60.0
 LOCKOUT_S = 60.0
+#: where a new pairing code is shown besides the journal: the kernel's console (the serial
+#: port on the QEMU test profile and on most boxes), unless that is the TUI's own screen
+CONSOLE = Path("/dev/console")
+SYSFS_TTY = Path("/sys/class/tty")
 
 
 def _sha256(text: str) -> str:
@@ -124,14 +129,66 @@ class TokenStore:
         return len(current) - len(keep)
 
 
-def new_pair_code(api_dir: Path, ttl_s: float = CODE_TTL_S) -> str:
-    """Make a one-time pairing code, store its hash, log it to the console; return it."""
+def new_pair_code(
+    api_dir: Path,
+    ttl_s: float = CODE_TTL_S,
+    console: Path | None = None,
+    sysfs: Path = SYSFS_TTY,
+) -> str:
+    """Make a one-time pairing code, store its hash, log it (the journal) and write it to
+    ``console`` (the device's ``/dev/console``; None: the log only); return it."""
     code = "".join(secrets.choice("0123456789") for _ in range(CODE_DIGITS))
     api_dir.mkdir(parents=True, exist_ok=True)
     record = PairCode(_sha256(code), round(time.time() + ttl_s, 3))
     atomic_write_bytes(api_dir / CODE_NAME, msgspec.json.encode(record), mode=0o600)
-    log.warning("LAN pairing code: %s (valid %d s, once)", code, int(ttl_s))
+    line = f"LAN pairing code: {code} (valid {int(ttl_s)} s, once)"
+    log.warning("%s", line)
+    if console is not None:
+        show_on_console(f"edgekiln: {line}", console, sysfs)
     return code
+
+
+def _own_terminal_is_the_console(sysfs: Path) -> bool:
+    """Whether stdin is the terminal ``/dev/console`` writes to (the TUI on the console's
+    own VT already shows the code; a write there would scribble over its screen)."""
+    try:
+        own = os.ttyname(0)
+        active = (sysfs / "console" / "active").read_text().split()
+        target = active[-1] if active else ""
+        if target == "tty0":  # the foreground VT
+            target = (sysfs / "tty0" / "active").read_text().strip()
+    except OSError:
+        return False
+    return bool(target) and own == f"/dev/{target}"
+
+
+def show_on_console(line: str, console: Path = CONSOLE, sysfs: Path = SYSFS_TTY) -> bool:
+    """Write one line to the system console (the serial port or screen the kernel prints to),
+    best effort: a device without a console, or a TUI drawn on it, gets the journal only."""
+    if _own_terminal_is_the_console(sysfs):
+        return False
+    try:
+        fd = os.open(console, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_APPEND)
+    except OSError as exc:
+        log.info("pairing code not written to %s: %s", console, exc.strerror)
+        return False
+    try:
+        os.write(fd, f"\r\n{line}\r\n".encode())
+    except OSError as exc:
+        log.info("pairing code not written to %s: %s", console, exc.strerror)
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def code_pending(api_dir: Path) -> bool:
+    """Whether an unused, unexpired pairing code exists (shown somewhere already)."""
+    try:
+        record = msgspec.json.decode((api_dir / CODE_NAME).read_bytes(), type=PairCode)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return False
+    return record.expires > time.time()
 
 
 def take_pair_code(api_dir: Path, code: str) -> bool:

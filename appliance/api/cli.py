@@ -17,7 +17,11 @@ from appliance.errors import ApplianceError
 ADDRESS_CHECK_S = 5.0
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from appliance.api.server import ApiServer
     from appliance.device import Device
+    from appliance.discovery import Advertiser
 
 
 def _device(data_dir: Path | None, keyring_path: Path | None, slots: tuple[str, ...]) -> Device:
@@ -55,6 +59,17 @@ def api() -> None:
 @click.option("--stall-timeout", type=float, default=30.0, show_default=True)
 @click.option("--mdns/--no-mdns", default=True, help="Advertise _edgekiln._tcp (zeroconf).")
 @click.option("--simulate-reboot", is_flag=True, help="Report reboots instead (development).")
+@click.option(
+    "--pair-on-start/--no-pair-on-start",
+    default=True,
+    show_default=True,
+    help="While no laptop is paired, open pairing at start: a code on the console.",
+)
+@click.option(
+    "--console",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where a pairing code is written besides the journal (default: /dev/console).",
+)
 def serve(
     interface: str | None,
     bind: str | None,
@@ -66,6 +81,8 @@ def serve(
     stall_timeout: float,
     mdns: bool,
     simulate_reboot: bool,
+    pair_on_start: bool,
+    console: Path | None,
 ) -> None:
     """Serve the API on the LAN interface's address only, until SIGTERM."""
     from appliance.api.server import ApiConfig, ApiServer, interface_address
@@ -82,32 +99,10 @@ def serve(
     server = ApiServer(
         ApiConfig(device, address(), port, max_upload=max_upload, stall_timeout_s=stall_timeout)
     )
-    advertiser = None
-    if mdns:
-        from appliance.api.diag import identity
-        from appliance.discovery import Advertiser
-
-        def snapshot() -> tuple[str, dict[str, str]]:
-            import time
-
-            from appliance.tui.devstatus import collect_status
-
-            ident = identity(device)
-            st = collect_status(device, time.time())
-            props = {
-                "id": ident["id"],
-                "name": ident["name"],
-                "site": ident["site"],
-                "target": ident["target"],
-                "version": st.version if st.version not in ("", "-") else ident["version"],
-                "slot": st.booted,
-                "mode": st.mode,
-                "port": str(port),
-                "fp": server.fingerprint,
-            }
-            return address(), props
-
-        advertiser = Advertiser(device.device_id(), port, snapshot)
+    if pair_on_start:
+        where = console or device.sys_path("/dev/console")
+        _open_pairing_if_unpaired(device, where, server.fingerprint)
+    advertiser = _advertiser(device, server, port, address) if mdns else None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -145,14 +140,64 @@ def serve(
         )
 
 
+def _advertiser(
+    device: Device, server: ApiServer, port: int, address: Callable[[], str]
+) -> Advertiser:
+    """The ``_edgekiln._tcp`` advertisement, its TXT values re-read from the device's state."""
+    import time
+
+    from appliance.api.diag import identity
+    from appliance.discovery import Advertiser
+    from appliance.tui.devstatus import collect_status
+
+    def snapshot() -> tuple[str, dict[str, str]]:
+        ident = identity(device)
+        st = collect_status(device, time.time())
+        props = {
+            "id": ident["id"],
+            "name": ident["name"],
+            "site": ident["site"],
+            "target": ident["target"],
+            "version": st.version if st.version not in ("", "-") else ident["version"],
+            "slot": st.booted,
+            "mode": st.mode,
+            "port": str(port),
+            "fp": server.fingerprint,
+        }
+        return address(), props
+
+    return Advertiser(device.device_id(), port, snapshot)
+
+
+def _open_pairing_if_unpaired(device: Device, console: Path, fingerprint: str) -> None:
+    """A device nobody paired with yet shows its certificate and a code on its console at
+    start (the code valid 5 min): what ``kiln pair`` needs, read where the Pair screen is not
+    at hand; later codes come from the Pair screen or ``appliance api pair-code``. Not when a
+    code is pending: it was shown already (the Pair screen makes one before it starts the
+    service, so nothing is written over the TUI; a restarted service keeps its first code)."""
+    from appliance.api.auth import TokenStore, code_pending, new_pair_code, show_on_console
+
+    api_dir = device.state_dir / "api"
+    if TokenStore(api_dir).load().tokens or code_pending(api_dir):
+        return
+    sysfs = device.sys_path("/sys/class/tty")
+    show_on_console(f"edgekiln: LAN API certificate {fingerprint}", console, sysfs)
+    new_pair_code(api_dir, console=console, sysfs=sysfs)
+
+
 @api.command("pair-code")
 @cli_options.data_dir_option("Data partition mount (default: device.json).")
 def pair_code(data_dir: Path | None) -> None:
-    """Make a one-time pairing code (valid 5 minutes) and print it."""
+    """Make a one-time pairing code (valid 5 minutes) and print it (also on the console)."""
     from appliance.api.auth import new_pair_code
 
     device = _device(data_dir, None, ())
-    click.echo(new_pair_code(device.state_dir / "api"))
+    code = new_pair_code(
+        device.state_dir / "api",
+        console=device.sys_path("/dev/console"),
+        sysfs=device.sys_path("/sys/class/tty"),
+    )
+    click.echo(code)
 
 
 @api.command()

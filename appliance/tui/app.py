@@ -1,4 +1,4 @@
-"""The Textual app: one mode (screen) per task, switched with the digit keys 1-7."""
+"""The Textual app: one mode (screen) per task, switched with the digit keys 1-9."""
 
 from __future__ import annotations
 
@@ -22,13 +22,14 @@ TASKS: tuple[tuple[str, str, str], ...] = (
     ("update", "5", "Update"),
     ("slots", "6", "Slots"),
     ("logs", "7", "Logs"),
+    ("pair", "8", "Pair"),
 )
 # Reached by their key, not (yet) listed in the navigation bar: (mode, key, title).
-MORE_TASKS: tuple[tuple[str, str, str], ...] = (("pair", "8", "Pair"), ("fleet", "9", "Fleet"))
+MORE_TASKS: tuple[tuple[str, str, str], ...] = (("fleet", "9", "Fleet"),)
 
 
 class TechnicianApp(App[None]):
-    """On-site setup: status, network, camera, model check, update, slots, logs."""
+    """On-site setup: status, network, camera, model check, update, slots, logs, pairing."""
 
     TITLE = "edgekiln technician"
     CSS_PATH = Path(__file__).with_name("app.tcss")

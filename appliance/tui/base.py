@@ -18,16 +18,22 @@ if TYPE_CHECKING:
 
 
 class NavBar(Static):
-    """``1 Status  2 Network ...`` with the current task in brackets (readable without colour)."""
+    """``1 Status 2 Network ...`` with the current task in brackets (readable without colour);
+    eight tasks and ``q Quit`` fit in 80 columns (:func:`nav_text`)."""
 
     def __init__(self, current: str) -> None:
-        from appliance.tui.app import TASKS
+        super().__init__(nav_text(current), markup=True)
 
-        parts = [
-            f"[reverse][{key} {title}][/reverse]" if mode == current else f" {key} {title} "
-            for mode, key, title in TASKS
-        ]
-        super().__init__("".join(parts) + " q Quit", markup=True)
+
+def nav_text(current: str) -> str:
+    """The navigation bar's markup: one space between tasks, the current one bracketed."""
+    from appliance.tui.app import TASKS
+
+    parts = [
+        f" [reverse][{key} {title}][/reverse]" if mode == current else f" {key} {title}"
+        for mode, key, title in TASKS
+    ]
+    return "".join(parts) + "  q Quit"
 
 
 class TaskScreen(Screen[None]):

@@ -129,10 +129,19 @@ def status(device: str, as_json: bool) -> None:
 @click.option("--site", help="Every paired device at this site.")
 @click.option("--all", "every", is_flag=True, help="Every paired device.")
 @click.option("--timeout", type=float, default=60.0, show_default=True)
+@click.option("--reboot", is_flag=True, help="Reboot each device into the new slot after it.")
 def push(
-    bundle: Path, devices: tuple[str, ...], site: str | None, every: bool, timeout: float
+    bundle: Path,
+    devices: tuple[str, ...],
+    site: str | None,
+    every: bool,
+    timeout: float,
+    reboot: bool,
 ) -> None:
-    """Install BUNDLE on DEVICES (or --site S, or --all) in parallel; summary at the end."""
+    """Install BUNDLE on DEVICES (or --site S, or --all) in parallel; summary at the end.
+
+    Each device puts the new slot on trial; with --reboot it boots it at once (its agent
+    commits it after the health check), else at its next reboot."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -142,7 +151,7 @@ def push(
     if sum(bool(x) for x in (devices, site, every)) != 1:
         raise click.UsageError("name DEVICES, or pass --site S, or --all (one of them)")
     targets = PairedStore().select(devices, site, every)
-    results = do_push(bundle, targets, show=sys.stderr.isatty(), timeout=timeout)
+    results = do_push(bundle, targets, show=sys.stderr.isatty(), timeout=timeout, reboot=reboot)
     table = Table(title=f"{bundle.name}: {sum(r.ok for r in results)}/{len(results)} installed")
     table.add_column("device")
     table.add_column("result")

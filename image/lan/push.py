@@ -29,9 +29,17 @@ def client_for(device: PairedDevice, timeout: float = 60.0) -> DeviceClient:
 
 
 def push(
-    bundle: Path, devices: Sequence[PairedDevice], *, show: bool = True, timeout: float = 60.0
+    bundle: Path,
+    devices: Sequence[PairedDevice],
+    *,
+    show: bool = True,
+    timeout: float = 60.0,
+    reboot: bool = False,
 ) -> list[PushResult]:
-    """Upload ``bundle`` to every device in parallel; one failure never stops the others."""
+    """Upload ``bundle`` to every device in parallel; one failure never stops the others.
+
+    ``reboot``: ask each device that installed it to reboot into the new slot (on trial: its
+    agent commits it after the health check, or the next boot returns to the old one)."""
     from rich.markup import escape
     from rich.progress import (
         BarColumn,
@@ -54,15 +62,20 @@ def push(
     def one(device: PairedDevice) -> PushResult:
         label = escape(device.label)  # the device named itself: never console markup
         task = progress.add_task(label, total=size)
+        client = client_for(device, timeout)
         try:
-            reply = client_for(device, timeout).upload(
-                bundle, lambda done: progress.update(task, completed=done)
-            )
+            reply = client.upload(bundle, lambda done: progress.update(task, completed=done))
         except LanError as exc:
             progress.update(task, description=f"{label} [red]failed")
             return PushResult(device, False, str(exc))
         progress.update(task, description=f"{label} [green]installed")
         detail = f"installed {reply.get('installed')} into slot {reply.get('slot')}"
+        if reboot:
+            try:
+                client.json("POST", "/v1/reboot")
+            except LanError as exc:
+                return PushResult(device, False, f"{detail}; reboot refused: {exc}", reply)
+            detail += "; rebooting"
         return PushResult(device, True, detail, reply)
 
     with progress, concurrent.futures.ThreadPoolExecutor(max(1, len(devices))) as pool:

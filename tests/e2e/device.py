@@ -94,6 +94,10 @@ def write_recipe(workdir: Path, version: str, *, broken_model: bool = False) -> 
         f'fallback = "{fallback.relative_to(workdir)}"\n'
         "[kernel]\n"
         f'cmdline = "{CMDLINE}"\n'
+        # the site-LAN API, as a recipe turns it on: test_site_lan.py reaches it through a
+        # port forward (listens on the user-mode NIC's address, the default route's interface)
+        "[lan]\n"
+        "api = true\n"
     )
     return recipe
 

@@ -81,7 +81,10 @@ def recipes(tmp: Path, *, tarball: str | None = "l4t.tbz2") -> Path:
     make_l4t_tarball(out / "l4t.tbz2")
     body = 'extends = "jetson-orin.toml"\nversion = "1.0.0"\n\n[target]\n'
     body += 'name = "jetson-orin"\narch = "arm64"\nbackend = "onnxruntime"\nloader = "l4t"\n\n'
-    body += "[partitions]\nrootfs_mib = 1300\ndata_mib = 40\n"
+    body += "[partitions]\nrootfs_mib = 1300\ndata_mib = 40\n\n"
+    # The stand-in model packages are not models: no optimisation (tested in tests/models).
+    body += '[models]\nprimary = "models/inspect-primary"\nfallback = "models/inspect-fallback"\n'
+    body += "optimise = false\nfuse = false\n"
     if tarball:
         body += f'\n[rootfs]\ntarball = "{tarball}"\n'
     (out / "jetson-test.toml").write_text(body)

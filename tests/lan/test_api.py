@@ -213,5 +213,57 @@ def test_second_upload_409_and_stalled_client_abandoned(
         sock.close()
     # the slot is left as for a refused (truncated) bundle: marked bad, A still boots
     assert file_loader(device.loader_file).read() == BootState("A", None, 0, frozenset({"B"}))
-    # and the lock is free again: the same bundle now installs
-    assert client.upload(bundle)["installed"] == "2.0.0"
+    # and the lock is free again (released just after that event is written): the same
+    # bundle now installs
+    assert wait_for(lambda: _installs(client, bundle), 20, 0.2)
+
+
+def _installs(client: DeviceClient, bundle: Path) -> bool:
+    try:
+        return bool(client.upload(bundle)["installed"] == "2.0.0")
+    except DeviceRefused as exc:
+        if exc.status != 409:
+            raise
+        return False
+
+
+def test_unpaired_device_shows_certificate_and_code_on_its_console(
+    device: LanDevice, veth: Veth, xdg: Path, release: Release
+) -> None:
+    """Never paired: at start the server writes its fingerprint and a one-time code to the
+    console (here a file given as ``--console``); the laptop pairs with exactly that, pushes
+    with ``--reboot``; started again once paired, it opens no pairing by itself."""
+    import re
+
+    start(device, veth)
+    console = device.console.read_text()
+    fp = re.search(r"edgekiln: LAN API certificate (sha256:[0-9a-f]{64})", console)
+    code = re.search(r"edgekiln: LAN pairing code: (\d{8}) \(valid 300 s, once\)", console)
+    assert fp is not None and code is not None, console
+    assert fp.group(1) == device.fingerprint()
+    where = f"{veth.dev_addr}:{device.port}"
+    paired = CliRunner().invoke(
+        kiln, ["pair", where, "--code", code.group(1), "--fingerprint", fp.group(1)]
+    )
+    assert paired.exit_code == 0, paired.output
+    bundle = release.bundle("v2.ekb", image(2, device.image_size))
+    pushed = CliRunner().invoke(kiln, ["push", str(bundle), where, "--reboot"])
+    assert pushed.exit_code == 0, pushed.output
+    assert "installed 2.0.0 into slot B; rebooting" in pushed.output
+    assert wait_for(lambda: any(e["kind"] == "api-reboot" for e in device.events), 10)
+    device.stop()
+    device.console.write_text("")
+    start(device, veth)
+    assert "pairing code" not in device.console.read_text()
+    assert not (device.data / "edgekiln" / "api" / "pair-code.json").exists()
+
+
+def test_a_pending_code_is_not_replaced_at_start(device: LanDevice, veth: Veth) -> None:
+    """A code already shown (the Pair screen makes one before it starts the service, or a
+    restarted service's first one) stays valid: the server opens no pairing of its own."""
+    from appliance.api.auth import take_pair_code
+
+    code = device.pair_code()
+    start(device, veth)
+    assert "pairing code" not in device.console.read_text()
+    assert take_pair_code(device.data / "edgekiln" / "api", code)

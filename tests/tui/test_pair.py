@@ -48,3 +48,25 @@ def test_pair_screen_code_fingerprint_and_revoke(device: Device) -> None:
     assert store.check(token) is None and len(store.load().tokens) == 1
     assert take_pair_code(api_dir, shown["code"]) and not take_pair_code(api_dir, shown["code"])
     assert [a["action"] for a in actions(device)] == ["pair.new_code", "pair.revoke"]
+
+
+def test_pair_is_in_the_navigation_bar_and_it_fits_80_columns(device: Device) -> None:
+    from rich.text import Text
+
+    from appliance.tui.app import TASKS
+    from appliance.tui.base import NavBar, nav_text
+
+    for mode, _key, _title in TASKS:
+        plain = Text.from_markup(nav_text(mode)).plain
+        assert "8 Pair" in plain and len(plain) <= 80, plain
+    app = TechnicianApp(device, clock=lambda: DEMO_EPOCH, live=False)
+
+    async def body(pilot: Any) -> None:
+        keys = Keys(pilot, "pair: reach it from the navigation bar")
+        await keys("8")
+        bar = Text.from_markup(nav_text("pair"))
+        assert "[8 Pair]" in bar.plain
+        shown = str(app.screen.query_one(NavBar).render())
+        assert "[8 Pair]" in shown and "1 Status" in shown, shown
+
+    run_app(app, body)

@@ -113,7 +113,12 @@ class PairScreen(TaskScreen):
         from appliance.api.auth import CODE_TTL_S, new_pair_code
 
         try:
-            code = new_pair_code(self.api_dir)  # also logged to the console
+            # also on the console (the serial port): skipped when that is this TUI's screen
+            code = new_pair_code(
+                self.api_dir,
+                console=self.device.sys_path("/dev/console"),
+                sysfs=self.device.sys_path("/sys/class/tty"),
+            )
         except OSError as exc:
             self.say(f"cannot make a code: {exc}")
             return
@@ -123,6 +128,14 @@ class PairScreen(TaskScreen):
             f"pairing code: {shown}   (valid {CODE_TTL_S // 60} min, once)\n"
             f"on the laptop: kiln pair <address> --code {code}"
         )
+
+    def _paired(self) -> bool:
+        from appliance.api.auth import TokenStore
+
+        try:
+            return bool(TokenStore(self.api_dir).load().tokens)
+        except ApplianceError:
+            return True  # a damaged token file: the service will say so; make no code
 
     def action_revoke(self) -> None:
         tokens = self.query_one("#tokens", OptionList)
@@ -158,6 +171,10 @@ class PairScreen(TaskScreen):
         if exe is None:
             self.say("systemctl is not available here")
             return
+        # nobody paired yet: a code on this screen first, so the service opens no pairing of
+        # its own at start (it would write that code to the console: maybe this terminal)
+        if not self._paired():
+            self.action_new_code()
         proc = subprocess.run([exe, "start", API_UNIT], capture_output=True, text=True, check=False)
         self.device.log_action("pair.start_api", ok=proc.returncode == 0)
         self.say("LAN API started" if proc.returncode == 0 else proc.stderr.strip())
