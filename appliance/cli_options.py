@@ -17,7 +17,9 @@ from appliance.bundle.keyring import DEVICE_KEYRING
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-LOADER_HELP = "grub:ESP_MOUNT, uboot:FW_ENV_CONFIG, nvbootctrl or file:PATH (default: detected)."
+LOADER_HELP = (
+    "grub:ESP_MOUNT, uboot:FW_ENV_CONFIG, nvbootctrl[:RECORD] or file:PATH (default: detected)."
+)
 BOOTED_HELP = "The running slot (default: edgekiln.slot= in /proc/cmdline)."
 
 

@@ -109,27 +109,30 @@ def manifest_paths(image: Path) -> tuple[Path, Path]:
     return image.with_name(f"{stem}.manifest.json"), image.with_name(f"{stem}.manifest.sig")
 
 
+def check_signature(manifest: Path, body: bytes, keyring_bytes: bytes | None) -> dict[str, Any]:
+    """``signature`` (valid / INVALID / missing / no keyring) and ``key_id`` of a manifest."""
+    from appliance.bundle.keyring import Keyring
+
+    sig = manifest.with_name(manifest.name.removesuffix(".json") + ".sig")
+    if not sig.exists() or keyring_bytes is None:
+        return {"signature": "missing" if not sig.exists() else "no keyring to check against"}
+    s = json.loads(sig.read_text())
+    key = Keyring.from_bytes(keyring_bytes).get(s["key_id"])
+    valid = key.verify(bytes.fromhex(s["signature"]), body)
+    return {"signature": "valid" if valid else "INVALID", "key_id": s["key_id"]}
+
+
 def check_manifest(
     image: Path, table: list[Partition], keyring_bytes: bytes | None
 ) -> dict[str, Any]:
     """Verify the manifest's signature and recompute every partition digest it lists."""
-    from appliance.bundle.keyring import Keyring
-
-    manifest, sig = manifest_paths(image)
+    manifest, _sig = manifest_paths(image)
     if not manifest.exists():
         return {"manifest": "missing"}
     body = manifest.read_bytes()
     doc = json.loads(body)
     result: dict[str, Any] = {"manifest": str(manifest), "version": doc.get("version")}
-    if not sig.exists() or keyring_bytes is None:
-        result["signature"] = "missing" if not sig.exists() else "no keyring to check against"
-    else:
-        s = json.loads(sig.read_text())
-        key = Keyring.from_bytes(keyring_bytes).get(s["key_id"])
-        result["signature"] = (
-            "valid" if key.verify(bytes.fromhex(s["signature"]), body) else "INVALID"
-        )
-        result["key_id"] = s["key_id"]
+    result.update(check_signature(manifest, body, keyring_bytes))
     digests = {}
     by_name = {p.name: p for p in table}
     for name, entry in sorted(doc.get("partitions", {}).items()):
@@ -147,6 +150,10 @@ def inspect_image(
     """Everything ``kiln inspect`` shows, as plain data."""
     if not image.is_file():
         raise InspectError(f"{image}: no such image file")
+    from image.build.l4t import inspect_l4t, is_l4t_manifest
+
+    if is_l4t_manifest(image):  # a Jetson build: slot files beside the manifest, no disk
+        return inspect_l4t(image, keyring, digests=digests)
     table = read_table(image)
     out: dict[str, Any] = {
         "image": str(image),

@@ -48,6 +48,9 @@ def _text(info: dict[str, Any]) -> str:
             f"  {p['number']}  {p['name']:<9} start {p['start'] / mib:>6.0f} MiB  "
             f"size {p['size'] / mib:>6.0f} MiB  {p['uuid']}"
         )
+    if info.get("layout") == "l4t":
+        where = ", ".join(f"{k} -> {v}" for k, v in sorted(info.get("l4t_partitions", {}).items()))
+        lines += ["", f"L4T layout (NVIDIA's flash tools, ROOTFS_AB=1): {where}"]
     boot = info.get("boot", {})
     if boot:
         lines += ["", f"boot: EFI binary {'present' if boot.get('efi') else 'MISSING'}"]

@@ -1,7 +1,8 @@
 """Which loader back end this device uses: ``--loader SPEC`` or ``$EDGEKILN_SLOTS``.
 
 SPEC is ``grub:ESP_MOUNT`` (e.g. ``grub:/boot/efi``), ``uboot:FW_ENV_CONFIG``
-(e.g. ``uboot:/etc/fw_env.config``), ``nvbootctrl`` or ``file:PATH`` (development). Without
+(e.g. ``uboot:/etc/fw_env.config``), ``nvbootctrl[:RECORD]`` (L4T; RECORD is the committed-slot
+record on data, default /data/edgekiln/slots-l4t.env) or ``file:PATH`` (development). Without
 one, the device's files decide: a grubenv on /boot/efi, else /etc/fw_env.config, else an
 ``nvbootctrl`` on PATH.
 """
@@ -43,7 +44,7 @@ def open_loader(spec: str | None = None) -> Loader:
     if kind == "nvbootctrl":
         from appliance.slots.nvbootctrl import NvBootCtrlLoader
 
-        return NvBootCtrlLoader(arg or "nvbootctrl")
+        return NvBootCtrlLoader(Path(arg)) if arg else NvBootCtrlLoader()
     if kind == "file" and arg:
         from appliance.slots.filestore import file_loader
 
@@ -51,8 +52,8 @@ def open_loader(spec: str | None = None) -> Loader:
         loader.lock_path = Path(arg + ".lock")
         return loader
     raise LoaderError(
-        f"unknown slot loader {spec!r}: use grub:ESP_MOUNT, uboot:FW_ENV_CONFIG, nvbootctrl "
-        f"or file:PATH (--loader or ${ENV_VAR})"
+        f"unknown slot loader {spec!r}: use grub:ESP_MOUNT, uboot:FW_ENV_CONFIG, "
+        f"nvbootctrl[:RECORD] or file:PATH (--loader or ${ENV_VAR})"
     )
 
 

@@ -79,6 +79,11 @@ def boot_key(loaded: LoadedRecipe) -> str:
 def self_check(loaded: LoadedRecipe) -> None:
     """Refuse loaders this builder cannot make yet (arm64 U-Boot and L4T are a later issue)."""
     t = loaded.recipe.target
+    if t.loader == "l4t":  # image.build.l4t: slot images for NVIDIA's flash tools, no ESP
+        from image.build.l4t import check_recipe
+
+        check_recipe(loaded)  # the user's L4T root: named and present
+        return
     if t.loader != "grub-efi" or t.arch not in GRUB_FORMATS:
         raise BootError(
             f"{loaded.path}: target.loader {t.loader!r} on {t.arch} cannot be built yet; "

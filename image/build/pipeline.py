@@ -182,6 +182,11 @@ class Pipeline:
 
     def run(self) -> BuildReport:
         """Run every stage; returns the report (also written to the output directory)."""
+        if self.recipe.target.loader == "l4t":  # Jetson: L4T's own boot chain, no disk image
+            from image.build import l4t
+
+            with cache.leases():
+                return l4t.build(self)
         t0 = time.monotonic()
         boot.self_check(self.loaded)
         self.outdir.mkdir(parents=True, exist_ok=True)
@@ -337,13 +342,21 @@ class Pipeline:
             config.lan_api, config.lan_interface, config.lan_port,
             self.recipe.partitions.rootfs_mib, self.seed, self.epoch,
         )  # fmt: skip
+        l4t = self.recipe.target.loader == "l4t"
+        if l4t:
+            from image.build.l4t import code_key, finish_root
+
+            key = _key(key, code_key())
         with self._cached_file("slot", key, "rootfs.ext4") as (path, write):
             if write is not None:
                 tree = write.parent / "root"
                 try:
                     rootfs.assemble_root(
-                        base.root, tree, runtime=runtime, models=models, config=config
-                    )
+                        base.root, tree, runtime=runtime, models=models, config=config,
+                        link_kernel=not l4t,
+                    )  # fmt: skip
+                    if l4t:
+                        finish_root(tree)
                     fs.make_ext4(
                         tree, write, self.recipe.partitions.rootfs_mib,
                         slot_fs_uuid(self.loaded), self.epoch,

@@ -21,6 +21,13 @@ def print_plan(loaded: LoadedRecipe, cache_dir: Path | None) -> None:
     click.echo(f"# recipe {loaded.path} (from {', '.join(str(f) for f in loaded.files)})")
     click.echo(f"# digest {loaded.digest}")
     click.echo(json.dumps(loaded.to_dict(), indent=2, sort_keys=True))
+    if loaded.recipe.target.loader == "l4t":
+        from image.build.l4t import PLAN
+
+        click.echo(f"# L4T slot images for NVIDIA's flash tools, cache {cache}")
+        for n, (stage, note) in enumerate(PLAN, 1):
+            click.echo(f"{n}. {stage:<9} {note}")
+        return
     if not is_buildable(loaded):
         click.echo(
             f"# {loaded.recipe.target.arch} images are not built by this version (validated only)"

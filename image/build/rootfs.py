@@ -257,8 +257,12 @@ def assemble_root(
     runtime: Path | None,
     models: dict[str, Path],
     config: OverlayConfig,
+    link_kernel: bool = True,
 ) -> Path:
-    """Hard-link ``base`` to ``dest`` and add the overlay; returns ``dest``."""
+    """Hard-link ``base`` to ``dest`` and add the overlay; returns ``dest``.
+
+    ``link_kernel=False`` for roots whose loader finds the kernel itself (L4T: extlinux.conf).
+    """
     cache.remove_tree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     run_tool(["cp", "-al", str(base), str(dest)])
@@ -297,7 +301,8 @@ def assemble_root(
         _copy_tree(runtime, dest / APP_DIR)
     for role, package in sorted(models.items()):
         _copy_tree(package, dest / MODELS_DIR / role)
-    _link_kernel(dest)
+    if link_kernel:
+        _link_kernel(dest)
     return dest
 
 

@@ -1,0 +1,306 @@
+"""Jetson (L4T) images: rootfs A/B slot images for NVIDIA's flashing tools, from the user's root.
+
+NVIDIA's sample root filesystem (``Tegra_Linux_Sample-Root-Filesystem_<release>.tbz2``) may not
+be redistributed, so the recipe names the user's copy in ``rootfs.tarball`` and the builder never
+downloads it. L4T owns the boot chain (MB1/MB2, UEFI, L4TLauncher reading
+``/boot/extlinux/extlinux.conf`` from the chosen slot) and the rootfs A/B switch
+(``ROOTFS_AB=1``, ``nvbootctrl -t rootfs``), so there is no boot partition and no disk image
+here: the outputs are what ``flash.sh`` / ``l4t_initrd_flash.sh`` write into the ``APP`` and
+``APP_b`` partitions, plus our data partition (image/build/README.md says where each goes).
+
+==========  ================================================================================
+stage       output (``<name>`` = product-target-version)
+==========  ================================================================================
+base        the tarball extracted (cached by its digest); must be an L4T root
+runtime     the arm64 frozen runtime (image.freeze; ``--runtime`` for a TensorRT one)
+slot        ``<name>.rootfs_a.img``: journal-less ext4 (docs/decisions.md §1) of the L4T root +
+            our overlay + runtime + models; extlinux.conf made slot-independent
+            (root and read-only flags below); ``<name>.rootfs_b.img``: the same bytes
+data        ``<name>.data.img``: the data partition (ext4 with journal)
+manifest    ``<name>.manifest.json`` (+ ``.sig``): layout ``l4t``, each file's digest
+bundle      ``<name>.bundle``: the full update bundle of this version
+==========  ================================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from appliance.fsutil import atomic_write_bytes
+from image import cache
+from image.build import fs, rootfs
+from image.errors import BuildError
+from image.recipe import LoadedRecipe, canonical_json
+
+if TYPE_CHECKING:
+    from image.build.pipeline import Pipeline
+    from image.build.report import BuildReport
+
+L4T_FORMAT = 1
+#: Files every L4T root has (NVIDIA's sample root and ours); a tarball without them is refused.
+L4T_MARKERS = ("etc/nv_tegra_release", "boot/extlinux/extlinux.conf", "usr/sbin/nvbootctrl")
+#: NVIDIA's partition names for rootfs slots A and B (flash layout XML, ROOTFS_AB=1).
+PARTITIONS = {"rootfs_a": "APP", "rootfs_b": "APP_b"}
+#: Kernel arguments our slots need on top of L4T's ${cbootargs} (see render_extlinux).
+SLOT_ARGS = "ro rootflags=noload rootfstype=ext4 rootwait panic=10"
+
+# Our udev rule (61-edgekiln-boot-disk.rules) links partitions by their GPT names; L4T names the
+# slots APP and APP_b. Same helper, same boot-disk check.
+UDEV_RULE = """\
+# edgekiln on L4T: NVIDIA's rootfs slots APP / APP_b (flashed with ROOTFS_AB=1) are the device's
+# rootfs_a / rootfs_b, linked only on the disk that holds / (as 61-edgekiln-boot-disk.rules).
+ACTION=="remove", GOTO="edgekiln_l4t_end"
+SUBSYSTEM!="block", GOTO="edgekiln_l4t_end"
+ENV{DEVTYPE}!="partition", GOTO="edgekiln_l4t_end"
+ENV{ID_PART_ENTRY_NAME}=="APP", PROGRAM=="/usr/lib/edgekiln/on-boot-disk %k", SYMLINK+="disk/edgekiln/rootfs_a"
+ENV{ID_PART_ENTRY_NAME}=="APP_b", PROGRAM=="/usr/lib/edgekiln/on-boot-disk %k", SYMLINK+="disk/edgekiln/rootfs_b"
+LABEL="edgekiln_l4t_end"
+"""
+# L4T puts no edgekiln.trial=1 on the command line: the deadline runs on every boot and is a
+# no-op on a committed slot (appliance slots deadline exits 0).
+DEADLINE_DROPIN = """\
+# edgekiln on L4T: no edgekiln.trial=1 from the loader; run on every boot (no-op when committed).
+[Unit]
+ConditionKernelCommandLine=
+"""
+
+#: ``kiln build --plan`` for an L4T recipe: the stages and what each does.
+PLAN = (
+    ("base", "rootfs.tarball extracted (the user's L4T root, never downloaded), cached"),
+    ("runtime", "arm64 frozen runtime (image.freeze; --runtime for a TensorRT one)"),
+    ("slot", "ext4 without journal: L4T root + overlay + runtime + models, extlinux.conf"),
+    ("data", "ext4 with journal"),
+    ("disk", "<name>.rootfs_a.img (APP), .rootfs_b.img (APP_b), .data.img: no disk image"),
+    ("manifest", "layout l4t, each file's digest, versions; signed"),
+    ("bundle", "full update bundle of the same version"),
+)
+
+
+class L4TError(BuildError):
+    """The L4T root (recipe field, tarball or its content) cannot make a Jetson image."""
+
+
+def check_recipe(loaded: LoadedRecipe) -> Path:
+    """The L4T tarball the recipe names; refused (naming recipe and field) when missing."""
+    r = loaded.recipe
+    if not r.rootfs.tarball:
+        raise L4TError(
+            f"{loaded.path}: rootfs.tarball is not set: target {r.target.name} (loader l4t) is "
+            "built from NVIDIA's L4T sample root filesystem, which edgekiln never downloads "
+            "(its licence forbids redistribution); download "
+            "Tegra_Linux_Sample-Root-Filesystem_<release>.tbz2 for your JetPack from NVIDIA "
+            'and set rootfs.tarball = "/path/to/it.tbz2" in the recipe'
+        )
+    tarball = loaded.resolve(r.rootfs.tarball)
+    if not tarball.is_file():
+        raise L4TError(
+            f"{loaded.path}: rootfs.tarball: {tarball} does not exist; point it at NVIDIA's "
+            "Tegra_Linux_Sample-Root-Filesystem_<release>.tbz2"
+        )
+    return tarball
+
+
+def check_root(root: Path, tarball: str) -> str:
+    """The L4T release of an extracted root (``/etc/nv_tegra_release``); refuse a non-L4T root."""
+    missing = [m for m in L4T_MARKERS if not (root / m).is_file()]
+    if missing:
+        raise L4TError(
+            f"rootfs.tarball {tarball} is not an L4T root filesystem: no /{', /'.join(missing)}; "
+            "use NVIDIA's Tegra_Linux_Sample-Root-Filesystem_<release>.tbz2 (after "
+            "apply_binaries.sh, whose files the flashing tools expect in the root)"
+        )
+    first = (root / "etc/nv_tegra_release").read_text(errors="replace").splitlines()
+    return first[0].lstrip("# ").strip() if first else ""
+
+
+def render_extlinux(original: str) -> str:
+    """extlinux.conf for a slot that may be written into APP or APP_b.
+
+    Every ``APPEND`` keeps L4T's ``${cbootargs}`` (UEFI's arguments for the slot it chose) and
+    loses the ``root=``/``rw``/``ro`` that flash.sh wrote for one partition (one image serves
+    both slots: an update is written byte-exact and verified against its signed digest);
+    :data:`SLOT_ARGS` mount the slot read-only without journal replay (docs/decisions.md §1).
+    """
+    out, appends = [], 0
+    for line in original.splitlines():
+        stripped = line.strip()
+        if stripped.upper().startswith("APPEND"):
+            appends += 1
+            indent = line[: len(line) - len(line.lstrip())]
+            words = stripped.split()[1:]
+            keep = [w for w in words if not (w.startswith("root=") or w in ("rw", "ro"))]
+            if "${cbootargs}" not in keep:
+                keep.insert(0, "${cbootargs}")
+            line = f"{indent}APPEND {' '.join([*keep, SLOT_ARGS])}"
+        out.append(line)
+    if not appends:
+        raise L4TError(
+            "/boot/extlinux/extlinux.conf of the L4T root has no APPEND line; "
+            "use the extlinux.conf of NVIDIA's sample root filesystem"
+        )
+    return "\n".join(out) + "\n"
+
+
+def finish_root(tree: Path) -> None:
+    """The L4T part of the overlay: extlinux.conf, the APP/APP_b udev links, the deadline."""
+    conf = tree / "boot/extlinux/extlinux.conf"
+    text = render_extlinux(conf.read_text())
+    conf.unlink()  # hard-linked to the cached base: never write through the link
+    conf.write_text(text)
+    rules = tree / "usr/lib/udev/rules.d/61-edgekiln-l4t-slots.rules"
+    rules.parent.mkdir(parents=True, exist_ok=True)
+    rules.write_text(UDEV_RULE)
+    for unit in ("edgekiln-trial-deadline.timer", "edgekiln-trial-deadline.service"):
+        dropin = tree / f"etc/systemd/system/{unit}.d/50-edgekiln-l4t.conf"
+        dropin.parent.mkdir(parents=True, exist_ok=True)
+        dropin.write_text(DEADLINE_DROPIN)
+
+
+def code_key() -> str:
+    """Digest of this module: its overlay decides the slot's bytes."""
+    return rootfs.file_digest(Path(__file__))
+
+
+# -- the build -----------------------------------------------------------------------------------
+
+
+def build(pipe: Pipeline) -> BuildReport:
+    """Run the L4T stages for ``pipe``'s recipe (dispatched from ``Pipeline.run``)."""
+    from image.build.pipeline import image_name
+
+    t0 = time.monotonic()
+    tarball = check_recipe(pipe.loaded)
+    pipe.outdir.mkdir(parents=True, exist_ok=True)
+    base = pipe.stage_base()
+    pipe.components["l4t"] = check_root(base.root, str(tarball))
+    modules = sorted(p.name for p in (base.root / "lib/modules").glob("*-tegra*"))
+    pipe.components["kernel"] = modules[-1] if modules else ""  # L4T's kernel: /boot/Image
+    work = pipe.cache / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="build-", dir=work))  # this build's own
+    try:
+        runtime_path, runtime_digest = pipe.stage_runtime(scratch / "runtime")
+        slot = pipe.stage_slot(base, runtime_path, runtime_digest)
+    finally:
+        cache.remove_tree(scratch)
+    data = pipe.stage_data()
+    name = image_name(pipe.loaded)
+    files = {
+        "rootfs_a": pipe.outdir / f"{name}.rootfs_a.img",
+        "rootfs_b": pipe.outdir / f"{name}.rootfs_b.img",
+        "data": pipe.outdir / f"{name}.data.img",
+    }
+    start = pipe._stage("disk", "L4T slot images (APP, APP_b) and data")
+    for part, out in files.items():
+        src = data if part == "data" else slot
+        out.unlink(missing_ok=True)
+        fs.run_tool(["cp", "--sparse=always", "--reflink=auto", str(src), str(out)])
+        pipe.report.outputs[part] = str(out)
+        digest = (src.parent / "digest").read_text().strip()
+        pipe.partitions[part] = {
+            "file": out.name,
+            "size": out.stat().st_size,
+            "sha256": digest,
+            "l4t_partition": PARTITIONS.get(part, "data"),
+        }
+    pipe._done("disk", start, cached=False, detail="no disk image: L4T's flash tools write these")
+    stage_manifest(pipe, name)
+    pipe.stage_bundle(slot)
+    pipe.report.seconds = round(time.monotonic() - t0, 2)
+    atomic_write_bytes(pipe.outdir / "build-report.json", pipe.report.to_json())
+    atomic_write_bytes(pipe.outdir / "build-report.txt", pipe.report.summary().encode())
+    return pipe.report
+
+
+def manifest_body(pipe: Pipeline) -> bytes:
+    """The L4T manifest's canonical bytes: what the signature covers."""
+    from image.build.pipeline import IMAGE_FORMAT
+
+    r = pipe.recipe
+    doc: dict[str, Any] = {
+        "format": IMAGE_FORMAT,
+        "layout": "l4t",
+        "l4t_format": L4T_FORMAT,
+        "product": r.product,
+        "version": r.version,
+        "security_version": r.security_version,
+        "target": r.target.name,
+        "arch": r.target.arch,
+        "recipe_digest": pipe.loaded.digest,
+        "partitions": pipe.partitions,
+        "components": pipe.components,
+        "epoch": pipe.epoch,
+    }
+    return canonical_json(doc)
+
+
+def stage_manifest(pipe: Pipeline, name: str) -> Path:
+    from image.build.manifest import sign_manifest
+
+    start = pipe._stage("manifest", "image manifest (L4T layout)")
+    body = manifest_body(pipe)
+    out = pipe.outdir / f"{name}.manifest.json"
+    atomic_write_bytes(out, body)
+    pipe.report.outputs["manifest"] = str(out)
+    detail = "unsigned (no signing key)"
+    if pipe.key is not None:
+        sig, key_id = sign_manifest(out, body, pipe.key)
+        pipe.report.outputs["signature"] = str(sig)
+        detail = f"signed by {key_id}"
+    pipe._done("manifest", start, cached=False, size=len(body), detail=detail)
+    return out
+
+
+# -- kiln inspect --------------------------------------------------------------------------------
+
+
+def is_l4t_manifest(path: Path) -> bool:
+    """Whether ``path`` is the manifest of an L4T build (what ``kiln inspect`` is given)."""
+    if not path.name.endswith(".manifest.json"):
+        return False
+    try:
+        return bool(json.loads(path.read_bytes()).get("layout") == "l4t")
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def inspect_l4t(manifest: Path, keyring: Path | None, *, digests: bool) -> dict[str, Any]:
+    """What ``kiln inspect`` shows for an L4T build: each slot file, the signature, digests."""
+    from image.build.disk import Partition
+    from image.inspect import _debugfs_cat, check_signature, slot_info
+
+    body = manifest.read_bytes()
+    doc = json.loads(body)
+    out: dict[str, Any] = {"image": str(manifest), "layout": "l4t", "partitions": []}
+    total, ring = 0, keyring.read_bytes() if keyring else None
+    verification: dict[str, Any] = {"manifest": str(manifest), "version": doc.get("version")}
+    states: dict[str, str] = {}
+    for part, entry in sorted(doc.get("partitions", {}).items()):
+        path = manifest.with_name(str(entry.get("file", "")))
+        if not path.is_file():
+            states[part] = "MISSING"
+            continue
+        size = path.stat().st_size
+        total += size
+        whole = Partition(len(out["partitions"]) + 1, part, 0, size, "", "")
+        out["partitions"].append(whole.__dict__ | {"file": path.name})
+        out.setdefault("l4t_partitions", {})[part] = entry.get("l4t_partition")
+        if part.startswith("rootfs_"):
+            try:
+                out.setdefault("slots", {})[part] = slot_info(path, whole)
+            except ValueError as exc:  # a damaged file system: the digest check says more
+                out["slots"][part] = {"state": "empty", "error": f"unreadable: {exc}"}
+            if ring is None and part == "rootfs_a":
+                ring = _debugfs_cat(path, 0, "/etc/edgekiln/keyring.json")
+        if digests:
+            states[part] = "ok" if rootfs.file_digest(path) == entry.get("sha256") else "MISMATCH"
+    out["size"] = total
+    if digests:
+        verification.update(check_signature(manifest, body, ring))
+        verification["partitions"] = states
+        out["verification"] = verification
+    return out
