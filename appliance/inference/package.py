@@ -80,6 +80,8 @@ class ModelFile(msgspec.Struct, frozen=True):
     weights_sha256: str | None = None
     # A fused variant of another ONNX file (see Fused); never picked unless asked for.
     fused: Fused | None = None
+    # TensorRT: the engine may run this file's float layers in FP16 (BuilderFlag.FP16).
+    allow_fp16: bool = False
 
     @property
     def weights_path(self) -> str | None:

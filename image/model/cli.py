@@ -1,4 +1,5 @@
-"""``kiln model optimise PKG --target T``, ``kiln model fuse PKG``, ``kiln model compare A B``."""
+"""``kiln model optimise PKG --target T``, ``kiln model fuse PKG``, ``kiln model compare A B``,
+``kiln model edgetpu PKG [--compiled F]``."""
 
 from __future__ import annotations
 
@@ -87,6 +88,12 @@ def model() -> None:
     help="onnxruntime: do not evaluate INT8 rows again under qemu-x86_64-static -cpu Haswell "
     "(recorded in optimisation.json).",
 )
+@click.option(
+    "--fp16/--no-fp16",
+    default=True,
+    show_default=True,
+    help="TensorRT targets: let the device's engine run float layers in FP16 (BuilderFlag.FP16).",
+)
 @click.option("--no-cache", is_flag=True, help="Do not read or fill the content-hash cache.")
 def optimise(
     package: Path,
@@ -98,6 +105,7 @@ def optimise(
     allow_fallback: bool,
     select: str,
     skip_weakest_isa_gate: bool,
+    fp16: bool,
     no_cache: bool,
 ) -> None:
     """Build the target runtime's variants, gate them on the reference split, ship the fastest."""
@@ -114,6 +122,7 @@ def optimise(
         allow_fallback=allow_fallback,
         select=select,
         weakest_isa_gate=not skip_weakest_isa_gate,
+        fp16=fp16,
         cache_dir=None if no_cache else _cache_dir(),
     )
     click.echo(format_table(res))
@@ -204,3 +213,26 @@ def fuse(package: Path, color: str, top_k: int, check: int, backends: tuple[str,
             f"{package}: {f.source} -> {f.path} ({f.size} bytes, {f.color} frames{top}, "
             f"{f.images_checked} reference images checked on {', '.join(backends)})"
         )
+
+
+@model.command()
+@click.argument("package", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--compiled",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A *_edgetpu.tflite compiled elsewhere from this package's INT8 .tflite (checked).",
+)
+def edgetpu(package: Path, compiled: Path | None) -> None:
+    """Add the Edge TPU file (*_edgetpu.tflite) to a LiteRT package, in place.
+
+    Made with edgetpu_compiler (Coral's Debian package edgetpu-compiler, x86-64 only) when it is
+    on PATH, else taken from --compiled. The device runs it when the Edge TPU delegate loads and
+    the CPU .tflite otherwise.
+    """
+    from image.model.edgetpu import add_edgetpu_file
+
+    f = add_edgetpu_file(package, compiled)
+    how = f"checked {compiled}" if compiled else "compiled with edgetpu_compiler"
+    click.echo(
+        f"{package}: {f.path} ({how}; input {f.quantization and f.quantization.input_dtype})"
+    )

@@ -11,7 +11,9 @@ v1; its ``provenance.optimisation`` points there).
 Variants: onnxruntime and OpenVINO get ORT ``quantize_static`` QDQ per-channel INT8 with int8
 (S8S8) and uint8 (U8S8) activations; OpenVINO adds a 7-bit QDQ file, FP16 IR and NNCF INT8
 IR, plain and 7-bit (accuracy control when they fail); LiteRT passes through (passthrough.py);
-TensorRT ships QDQ + FP32 + a calibration cache, gated on onnxruntime as a proxy (tensorrt.py).
+TensorRT ships symmetric QDQ (zero-point 0, what its explicit quantisation accepts; the last
+layer in float when that fails the gate) + FP32 + a calibration cache, gated on onnxruntime as a
+proxy (tensorrt_rows.py, tensorrt.py); ``fp16`` lets the device's engine run float layers in FP16.
 A variant that cannot be built, loaded or run on this CPU is a row with its ``error``
 (variants.py), never the end of the run; a selected file that a fallback back end of the target
 cannot load ships with the FP32 parent beside it.
@@ -71,8 +73,9 @@ SELECT_CHOICES = ("fastest", "int8", "smallest", "fp32")
 INT8_ONNX = "model_int8.onnx"
 INT8_U8_ONNX = "model_int8_u8.onnx"
 # Bump when the recipe of a variant changes, so cached outputs are rebuilt.
-# 2: IR entries carry weights_sha256; 3: gate under AVX2, 7-bit NNCF; 4: onnxruntime too
-RECIPE_VERSION = "4"
+# 2: IR entries carry weights_sha256; 3: gate under AVX2, 7-bit NNCF; 4: onnxruntime too;
+# 5: TensorRT rows are symmetric QDQ, ONNX entries carry allow_fp16
+RECIPE_VERSION = "5"
 TARGET_RUNTIMES = {
     "onnxruntime": "onnxruntime",
     "generic-x86-64": "onnxruntime",
@@ -130,6 +133,7 @@ def optimise(
     timing_rounds: int = 2,
     select: str = "fastest",
     weakest_isa_gate: bool = True,
+    fp16: bool = True,
 ) -> Optimisation:
     """Build, gate and select; write the output package to ``out`` (replaced if it exists).
 
@@ -139,6 +143,8 @@ def optimise(
     noise); ``fp32`` ships the FP32 parent with the table (a failing INT8 gate is then recorded,
     not raised). ``weakest_isa_gate=False`` skips the onnxruntime INT8 rows' evaluation under
     qemu-user's AVX2-only CPU (slow for big models, or no qemu-user here); the table says so.
+    ``fp16`` (TensorRT targets): the shipped ONNX files say ``allow_fp16``, so the device's
+    engine builder sets ``BuilderFlag.FP16`` (layers outside the Q/DQ pairs may run in FP16).
     """
     if select not in SELECT_CHOICES:
         raise BuildError(f"select: {select!r} is not one of {', '.join(SELECT_CHOICES)}")
@@ -150,6 +156,7 @@ def optimise(
         "allow_fallback": allow_fallback,
         "select": select,
         "weakest_isa_gate": weakest_isa_gate,
+        "fp16": fp16,
         "calibration": hashlib.sha256(calibration.read_bytes()).hexdigest() if calibration else "",
     }
     key = cache_key(package, target, options)
@@ -176,12 +183,13 @@ def optimise(
                 calibration=calibration,
                 allow_fallback=allow_fallback,
                 timing_rounds=timing_rounds,
-                select="int8" if trt else select,
+                # TensorRT ships INT8 unless the FP32 parent is asked for.
+                select=("fp32" if select == "fp32" else "int8") if trt else select,
                 # TensorRT has its own INT8 kernels: onnxruntime's CPU ones are only its proxy.
                 weakest_isa_gate=weakest_isa_gate and not trt,
             )
         if trt:
-            _add_tensorrt_files(package, out, result, calibration)
+            _add_tensorrt_files(package, out, result, calibration, fp16)
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         replace_tree(out, cache_dir / key)
@@ -212,20 +220,9 @@ def _optimise_onnx(
     # Variants are built inside a scratch copy of the package, so the device code (which only
     # loads files listed in a verified model.json) evaluates them unchanged.
     sc = Scratch(package, work / "pkg", runtime, threads, timing_rounds)
-    quantise_onnx_int8(package, sc.root / INT8_ONNX, source=fp32.path, calibration=calibration)
-    quantise_onnx_int8(
-        package,
-        sc.root / INT8_U8_ONNX,
-        source=fp32.path,
-        calibration=calibration,
-        unsigned_activations=True,
-    )
-    sc.add(fp32.path, "fp32")
+    trt = runtime_of(target) == "tensorrt"
     listed = _listed_files(package, fp32.path)
-    for f in listed:
-        sc.add(f.path, f.precision)
-    sc.add(INT8_ONNX, "int8")
-    sc.add(INT8_U8_ONNX, "int8")
+    _add_files(sc, package, fp32.path, listed, calibration, trt)
     parent = sc.run(fp32.path, True)  # nothing can be gated without it: its error propagates
     labels = sc.labels
     res = Optimisation(
@@ -239,8 +236,13 @@ def _optimise_onnx(
     )
     top = parent.top1
     res.variants.append(measured(parent, "fp32", "fp32", "f32", top))
-    res.variants.append(sc.row("int8", INT8_ONNX, "int8", "f32", top))
-    res.variants.append(sc.row("int8-u8s8", INT8_U8_ONNX, "int8", "f32", top))
+    if trt:
+        from image.model.tensorrt_rows import tensorrt_rows
+
+        res.variants += tensorrt_rows(sc, fp32.path, calibration, top, max_accuracy_drop)
+    else:
+        res.variants.append(sc.row("int8", INT8_ONNX, "int8", "f32", top))
+        res.variants.append(sc.row("int8-u8s8", INT8_U8_ONNX, "int8", "f32", top))
     if runtime == "openvino":
         openvino_rows(res, sc, fp32.path, INT8_U8_ONNX, calibration)
     elif runtime_of(target) == "onnxruntime":  # not TensorRT's proxy: its kernels are its own
@@ -283,6 +285,32 @@ def _optimise_onnx(
     keep_fp32 = _fallback_notes(sc, best, fp32.path, FALLBACK_RUNTIMES.get(target, ()), res)
     _write_output(spkg, package, best, res, out, fp32.path if keep_fp32 else None)
     return res
+
+
+def _add_files(
+    sc: Scratch,
+    package: ModelPackage,
+    fp32: str,
+    listed: list[ModelFile],
+    calibration: Path | None,
+    trt: bool,
+) -> None:
+    """FP32, the package's own files, and (not for TensorRT) the S8S8 and U8S8 QDQ files."""
+    if not trt:  # TensorRT takes only symmetric QDQ: tensorrt_rows builds its own
+        quantise_onnx_int8(package, sc.root / INT8_ONNX, source=fp32, calibration=calibration)
+        quantise_onnx_int8(
+            package,
+            sc.root / INT8_U8_ONNX,
+            source=fp32,
+            calibration=calibration,
+            unsigned_activations=True,
+        )
+    sc.add(fp32, "fp32")
+    for f in listed:
+        sc.add(f.path, f.precision)
+    if not trt:
+        sc.add(INT8_ONNX, "int8")
+        sc.add(INT8_U8_ONNX, "int8")
 
 
 def _fallback_notes(
@@ -354,10 +382,19 @@ def _choose(shippable: list[Variant], select: str, res: Optimisation) -> Variant
 
 
 def _add_tensorrt_files(
-    package: ModelPackage, out: Path, res: Optimisation, calibration: Path | None
+    package: ModelPackage, out: Path, res: Optimisation, calibration: Path | None, fp16: bool
 ) -> None:
-    """Add the FP32 ONNX (second: the device falls back to it) and a TensorRT calibration cache."""
-    from image.model.tensorrt import CACHE_FILE, calibration_cache, calibration_ranges
+    """Add the FP32 ONNX (second: the device falls back to it) and a TensorRT calibration cache.
+
+    Every INT8 file shipped is checked once more as TensorRT needs it (symmetric int8 Q/DQ);
+    with ``fp16`` every ONNX entry says ``allow_fp16`` (the engine's FP16 builder flag).
+    """
+    from image.model.tensorrt import (
+        CACHE_FILE,
+        calibration_cache,
+        calibration_ranges,
+        check_tensorrt_qdq,
+    )
 
     fp32 = package.select_file(("onnx",))
     (out / CACHE_FILE).write_bytes(calibration_cache(calibration_ranges(package, calibration)))
@@ -365,12 +402,18 @@ def _add_tensorrt_files(
     if not any(f["path"] == fp32.path for f in data["files"]):
         shutil.copy2(package.path_of(fp32), out / fp32.path)
         data["files"].append(_entry(out, fp32.path, "fp32"))
+    for f in data["files"]:
+        if f["format"] == "onnx" and f["precision"] == "int8":
+            check_tensorrt_qdq((out / f["path"]).read_bytes(), str(out / f["path"]))
+        if f["format"] == "onnx" and fp16:
+            f["allow_fp16"] = True
     (out / "model.json").write_text(json.dumps(data, indent=2) + "\n")
     res.runtime = "tensorrt"
     res.notes.append(
         "TensorRT is not on this build host: accuracy and latency were measured on onnxruntime "
-        "(CPU) as a proxy; the device re-measures at its first engine build. model_int8.onnx is "
-        f"QDQ (TensorRT 10 explicit INT8: needs BuilderFlag.INT8); {CACHE_FILE} is for "
+        "(CPU) as a proxy; the device re-measures at its first engine build. The INT8 file is "
+        "symmetric QDQ (zero-point 0, int8; TensorRT explicit INT8: the device sets "
+        f"BuilderFlag.INT8{' and FP16' if fp16 else ''}); {CACHE_FILE} is for "
         "TensorRT 8.x implicit INT8 calibration"
     )
     (out / TABLE_FILE).write_text(json.dumps(res.to_json(), indent=2) + "\n")

@@ -36,9 +36,13 @@ def missing_tools(package: ModelPackage) -> list[str]:
         and shutil.which("edgetpu_compiler") is None
     ):
         notes.append(
-            "no _edgetpu.tflite made: edgetpu_compiler is not on PATH (Coral's Debian package "
-            "edgetpu-compiler, x86-64 only); the device runs the CPU .tflite"
+            "no _edgetpu.tflite: edgetpu_compiler is needed to make it and is not on PATH "
+            "(Coral's Debian package edgetpu-compiler, x86-64 only); the device runs the CPU "
+            ".tflite. Compile model_int8.tflite elsewhere and add it with `kiln model edgetpu "
+            "PKG --compiled model_int8_edgetpu.tflite`"
         )
+    elif not any(f.format == "edgetpu-tflite" for f in files):
+        notes.append("edgetpu_compiler is on PATH: `kiln model edgetpu PKG` adds the Edge TPU file")
     return notes
 
 
@@ -78,6 +82,13 @@ def passthrough_litert(package: ModelPackage, target: str, out: Path) -> Optimis
     elif tflites:
         res.notes.append("no classification reference split: the files were not evaluated")
     res.selected = tflites[0].path if tflites else ""
+    edgetpu = [f for f in package.manifest.files if f.format == "edgetpu-tflite"]
+    if edgetpu:  # the device runs it when the Edge TPU delegate loads (backends/litert.py)
+        res.selected = edgetpu[0].path
+        res.notes.append(
+            f"{edgetpu[0].path} runs when the Edge TPU delegate loads, "
+            f"{res.selected if not tflites else tflites[0].path} on the CPU otherwise"
+        )
     res.output = str(out.resolve())
     out.resolve().parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.resolve().parent))

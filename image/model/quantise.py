@@ -82,11 +82,16 @@ def quantise_onnx_int8(
     calibration: Path | None = None,
     unsigned_activations: bool = False,
     reduce_range: bool = False,
+    symmetric: bool = False,
+    float_head: bool = False,
 ) -> Path:
     """Write an INT8 QDQ ONNX of ``source`` to ``out`` (per-channel int8 weights).
 
     Activations are int8 (S8S8), or uint8 with ``unsigned_activations`` (U8S8).
     ``reduce_range``: 7-bit weights, so a u8 x s7 pair sum fits int16 on a CPU without VNNI.
+    ``symmetric``: what TensorRT accepts (explicit quantisation): int8 activations with
+    zero-point 0 too, and biases left in float (TensorRT has no int32 DequantizeLinear).
+    ``float_head``: the last layer (the Gemm/MatMul/Conv that makes the output) stays float.
     """
     try:
         from onnxruntime.quantization import (
@@ -116,6 +121,7 @@ def quantise_onnx_int8(
         except Exception as exc:  # its own untyped errors; quantising the raw graph still works
             log.warning("quant_pre_process failed (%s); quantising the original graph", exc)
             prepped = src
+        exclude = [last_layer(prepped)] if float_head else []
         try:
             quantize_static(
                 str(prepped),
@@ -129,7 +135,12 @@ def quantise_onnx_int8(
                 weight_type=QuantType.QInt8,
                 reduce_range=reduce_range,
                 calibrate_method=CalibrationMethod.MinMax,
-                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+                nodes_to_exclude=exclude,
+                extra_options={
+                    "ActivationSymmetric": symmetric,
+                    "WeightSymmetric": True,
+                    "QuantizeBias": not symmetric,
+                },
             )
         except Exception as exc:
             raise QuantisationError(
@@ -137,3 +148,35 @@ def quantise_onnx_int8(
             ) from exc
     log.info("quantised %s with %d calibration images -> %s", f.path, len(batches), out)
     return out
+
+
+HEAD_OPS = ("Gemm", "MatMul", "Conv")
+
+
+def last_layer(path: Path) -> str:
+    """The name of the Gemm/MatMul/Conv that makes the graph's first output (named if unnamed).
+
+    Walks back from the output through shape-only and activation nodes (Flatten, Reshape,
+    Softmax, ...); nodes without a name get one, written back to ``path``, so that
+    ``quantize_static(nodes_to_exclude=...)`` can name it.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    renamed = False
+    for i, n in enumerate(graph.node):
+        if not n.name:
+            n.name, renamed = f"kiln_node_{i}", True
+    producer = {o: n for n in graph.node for o in n.output}
+    node = producer.get(graph.output[0].name)
+    while node is not None and node.op_type not in HEAD_OPS:
+        node = producer.get(node.input[0]) if node.input else None
+    if node is None:
+        raise QuantisationError(
+            f"{path}: no {'/'.join(HEAD_OPS)} node makes the output {graph.output[0].name!r}; "
+            "there is no last layer to keep in float"
+        )
+    if renamed:
+        onnx.save(model, str(path))
+    return str(node.name)

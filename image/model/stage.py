@@ -82,7 +82,11 @@ def code_digest() -> str:
 
 def options_of(models: Models) -> dict[str, Any]:
     """The recipe's optimisation options as the optimiser takes them (drop as a fraction)."""
-    return {"max_accuracy_drop": models.max_accuracy_drop / 100.0, "select": models.select}
+    return {
+        "max_accuracy_drop": models.max_accuracy_drop / 100.0,
+        "select": models.select,
+        "fp16": models.fp16,
+    }
 
 
 def model_key(package: Path, target: str, models: Models) -> str:
@@ -137,6 +141,7 @@ def optimised_package(
             tmp / "package",
             max_accuracy_drop=opts["max_accuracy_drop"],
             select=opts["select"],
+            fp16=opts["fp16"],
         )
         summary = _summary(res)
         build_cache.commit(tmp, entry, summary)

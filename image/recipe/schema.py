@@ -52,7 +52,9 @@ class Models(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defau
     target's runtime picks (image/model/fuse_stage.py): pre-processing, softmax and top-k in the
     graph, uint8 BGR frames in, checked against the plain file on the reference split. Only
     runtimes that run fused files get one (onnxruntime, OpenVINO on an ONNX file, OpenCV);
-    ``fuse = false`` ships the packages without it.
+    ``fuse = false`` ships the packages without it. ``fp16`` (TensorRT targets): the optimised
+    package lets the device's engine run float layers in FP16 (``BuilderFlag.FP16``); ``false``
+    keeps them FP32 (INT8 layers stay INT8).
     Defaults are omitted from the recipe's canonical form, so a recipe without optimisation keeps
     its digest.
     """
@@ -63,6 +65,7 @@ class Models(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defau
     max_accuracy_drop: float = 1.0
     select: Literal["fastest", "smallest", "fp32"] = "fastest"
     fuse: bool = True
+    fp16: bool = True
 
 
 class Partitions(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

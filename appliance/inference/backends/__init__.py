@@ -91,11 +91,25 @@ def load_model(
 ) -> LoadedModel:
     """Load what the pipeline runs: the fused variant of the chosen file when one fits, else it.
 
-    A file named by ``path`` is loaded as it is. Otherwise, on a back end that runs fused files,
+    A file named by ``path`` is loaded as it is. Otherwise an accelerator's file
+    (:meth:`Backend.accelerated_file`: LiteRT's Edge TPU file) is tried first; when it does not
+    load (no accelerator, its delegate fails) ``on_skip`` hears why and the back end's own pick
+    runs. On a back end that runs fused files,
     the fused variant (image/model/fuse.py) of the file the back end picks is tried first, if it
     keeps at least ``top`` classes (or all of them); a fused file that fails to load is logged,
     reported to ``on_skip`` and skipped.
     """
+    fast = backend.accelerated_file(package) if path is None else None
+    if fast is not None:
+        try:
+            return backend.load(package, fast.path, options)
+        except BackendUnavailableError:
+            raise
+        except InferenceError as exc:
+            why = f"{fast.path} not used ({exc}); running {backend.choose_file(package).path}"
+            log.warning("%s: %s", package.root, why)
+            if on_skip is not None:
+                on_skip(why)
     if path is None and backend.name in FUSED_BACKENDS:
         plain = backend.choose_file(package, None)
         fused = package.fused_for(plain)

@@ -47,6 +47,7 @@ class BackendOptions:
     )
     cache_dir: str | None = None  # tensorrt engine cache (in the data partition)
     precision_f32: bool = True  # openvino: keep f32 (bf16 drifts from the reference outputs)
+    sysfs_root: str = "/sys"  # litert: where to look for an Edge TPU (tests pass their own tree)
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,10 @@ class Backend(ABC):
 
     def choose_file(self, package: ModelPackage, path: str | None = None) -> ModelFile:
         return package.select_file(self.formats, path)
+
+    def accelerated_file(self, package: ModelPackage) -> ModelFile | None:
+        """A file to try before :meth:`choose_file`'s when an accelerator may run it (None)."""
+        return None
 
     def load(
         self, package: ModelPackage, path: str | None = None, options: BackendOptions | None = None

@@ -3,19 +3,26 @@
 * ``ai_edge_litert`` is preferred; ``tflite_runtime`` is used only if it is what is installed.
   tflite-runtime 2.14 imports under numpy 2 but its Interpreter fails (``_ARRAY_API not found``),
   so that combination is reported unavailable instead of failing at the first frame.
-* A file in format ``edgetpu-tflite`` (or named ``*_edgetpu.tflite``) is loaded with
-  ``load_delegate('libedgetpu.so.1')``; without the library this raises BackendLoadError and the
-  pipeline's fallback chain moves on (e.g. to the CPU ``model.tflite``).
+* A package's Edge TPU file (format ``edgetpu-tflite``, or named ``*_edgetpu.tflite``) is the
+  one that runs when the Edge TPU delegate loads: :meth:`LiteRtBackend.accelerated_file` names
+  it and ``backends.load_model`` tries it before the CPU file. It loads only when sysfs shows an
+  Edge TPU (the USB Accelerator before or after its firmware load, or a PCIe one:
+  appliance/inference/edgetpu.py) and ``load_delegate('libedgetpu.so.1')`` succeeds; otherwise
+  a BackendLoadError says which, and the CPU file runs (the chain raises an alert with the
+  reason). :class:`EdgeTpuLibrary` is the one seam to libedgetpu (tests replace it: no Coral
+  and no libedgetpu here).
 * num_threads defaults to 1: with 2 threads on 2 cores the interpreter's latency is erratic.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from appliance.inference.backends.base import Backend, BackendOptions, LoadedModel, TensorInfo
+from appliance.inference.edgetpu import EdgeTpu, find_edgetpus, missing_reason
 from appliance.inference.errors import (
     BackendLoadError,
     BackendUnavailableError,
@@ -25,6 +32,28 @@ from appliance.inference.errors import (
 from appliance.inference.package import ModelFile, ModelPackage
 
 EDGETPU_LIBRARY = "libedgetpu.so.1"
+
+
+class EdgeTpuLibrary:
+    """libedgetpu: its delegate, and the interpreter that runs a compiled file through it.
+
+    The outermost edge of the Edge TPU path (what pycoral's ``make_interpreter`` does): tests
+    stand in for it, since nothing here can run an ``edgetpu-custom-op``.
+    """
+
+    def open(self, module: Any, data: bytes, threads: int, device: str) -> Any:
+        """An interpreter of ``data`` with the Edge TPU delegate for ``device`` (``usb:0``)."""
+        try:
+            delegate = module.load_delegate(EDGETPU_LIBRARY, {"device": device})
+        except (ValueError, OSError, RuntimeError) as exc:
+            raise EdgeTpuDelegateError(str(exc)) from None
+        return module.Interpreter(
+            model_content=data, num_threads=threads, experimental_delegates=[delegate]
+        )
+
+
+class EdgeTpuDelegateError(BackendLoadError):
+    """``load_delegate('libedgetpu.so.1')`` failed (library missing, device busy or absent)."""
 
 
 def interpreter_module() -> tuple[Any, str]:
@@ -116,14 +145,21 @@ class LiteRtBackend(Backend):
     name = "litert"
     formats = ("tflite", "edgetpu-tflite")
 
+    def __init__(self, edgetpu: EdgeTpuLibrary | None = None) -> None:
+        self.edgetpu = edgetpu or EdgeTpuLibrary()
+
     def probe(self) -> str:
         return interpreter_module()[1]
+
+    def accelerated_file(self, package: ModelPackage) -> ModelFile | None:
+        """The package's Edge TPU file: tried first, the CPU file when it does not load."""
+        return next((f for f in package.manifest.files if is_edgetpu(f)), None)
 
     def choose_file(self, package: ModelPackage, path: str | None = None) -> ModelFile:
         if path is not None:
             return package.select_file(self.formats, path)
-        # Prefer FP32 on the CPU; an Edge TPU file only when asked for by path (it needs the
-        # delegate, which the caller knows about) or when it is the only TFLite file.
+        # The CPU file, FP32 first. The Edge TPU file is tried before it by load_model
+        # (accelerated_file); here it is picked only when it is the only TFLite file.
         files = [f for f in package.manifest.files if f.format in self.formats]
         if not files:
             raise PackageError(
@@ -137,25 +173,22 @@ class LiteRtBackend(Backend):
     ) -> LoadedModel:
         module, label = interpreter_module()
         where = package.path_of(f)
-        delegates = []
         device = f"CPU ({label}, {options.threads} thread(s))"
-        if is_edgetpu(f):
-            try:
-                opts = {"device": options.device} if options.device else {}
-                delegates.append(module.load_delegate(EDGETPU_LIBRARY, opts))
-            except (ValueError, OSError, RuntimeError) as exc:
-                raise BackendLoadError(
-                    f"{where}: Edge TPU delegate {EDGETPU_LIBRARY} could not be loaded ({exc}); "
-                    "install libedgetpu1-std and plug in the Coral, or use the CPU model.tflite"
-                ) from None
-            device = f"Edge TPU {options.device or 'default'} ({label})"
         try:
-            interp = module.Interpreter(
-                model_content=data,
-                num_threads=options.threads,
-                experimental_delegates=delegates or None,
-            )
+            if is_edgetpu(f):
+                tpu, device = _edgetpu_device_of(where, options)
+                interp = self.edgetpu.open(module, data, options.threads, device)
+                device = f"Edge TPU {device}: {tpu.describe()} ({label})"
+            else:
+                interp = module.Interpreter(model_content=data, num_threads=options.threads)
             interp.allocate_tensors()
+        except EdgeTpuDelegateError as exc:
+            raise BackendLoadError(
+                f"{where}: Edge TPU delegate {EDGETPU_LIBRARY} could not be loaded ({exc}); "
+                "install libedgetpu1-std and re-plug the Coral; the CPU file runs meanwhile"
+            ) from None
+        except BackendLoadError:
+            raise
         except Exception as exc:
             raise BackendLoadError(f"{where}: {label} cannot load it: {exc}") from None
         ins, outs = interp.get_input_details(), interp.get_output_details()
@@ -172,6 +205,15 @@ class LiteRtBackend(Backend):
         model.out_indices = tuple(int(d["index"]) for d in outs)
         check_quantization(model)
         return model
+
+
+def _edgetpu_device_of(where: Path, options: BackendOptions) -> tuple[EdgeTpu, str]:
+    """The Edge TPU sysfs shows and libedgetpu's ``device`` option for it, or why there is none."""
+    root = Path(options.sysfs_root)
+    tpus = find_edgetpus(root)
+    if not tpus:
+        raise BackendLoadError(f"{where}: {missing_reason(root)}")
+    return tpus[0], options.device or tpus[0].delegate_device
 
 
 def check_quantization(model: LoadedModel) -> None:
