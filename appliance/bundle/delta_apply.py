@@ -384,21 +384,11 @@ class BaseSlot:
         self._checked = (size, sha256)
 
     def rebuild(self, wire: bytes, out_len: int, base_size: int, where: str) -> bytes:
-        """One image chunk from one delta chunk (structure checked; digest is the caller's)."""
-        parts = self.rebuild_parts(wire, out_len, base_size, where)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def rebuild_parts(self, wire: bytes, out_len: int, base_size: int, where: str) -> list[bytes]:
-        """One image chunk from one delta chunk, as consecutive parts (their concatenation).
+        """One image chunk from one delta chunk (structure checked; digest is the caller's).
 
         Thread-safe (positioned reads, no shared state): the reader rebuilds chunks on its
-        verify workers. Returns immutable bytes: sinks may keep what they are given (the
-        installer's read-back does) without copying it again. An unchanged run of the base
-        (most chunks of an update) comes as ``PIECE``-sized reads: below the delta path's
-        malloc mmap threshold (:func:`appliance.bundle.ordered.release_delta_memory`) they
-        reuse heap memory, where one chunk-sized read was a fresh mapping the kernel had to
-        zero-fill and fault in page by page (~100,000 faults and ~0.2 s of system time per
-        384 MiB image).
+        verify workers. Returns immutable bytes: sinks may keep what
+        they are given (the installer's read-back does) without copying it again.
         """
         parsed = parse_chunk(wire, out_len, base_size, where)
         fd = self._fd
@@ -409,20 +399,16 @@ class BaseSlot:
             and len(ext) == 1
             and ext[0].length >= out_len  # else apply_parsed names the bad control
         ):
-            # Unchanged blocks: the chunk is one run of the base, read straight into bytes
-            # objects, no buffer to fill and copy.
-            parts: list[bytes] = []
-            for at in range(0, out_len, PIECE):
-                n = min(PIECE, out_len - at)
-                data = os.pread(fd, n, ext[0].offset + at)
-                if len(data) != n:
-                    raise DeltaBaseError(f"{where}: base ends inside the chunk's reference")
-                parts.append(data)
-            return parts
+            # Unchanged blocks (most of an update): the chunk is one run of the base, read
+            # straight into a bytes object, no buffer to fill and copy.
+            data = os.pread(fd, out_len, ext[0].offset)
+            if len(data) != out_len:
+                raise DeltaBaseError(f"{where}: base ends inside the chunk's reference")
+            return data
         out = apply_parsed(
             parsed, lambda off, view: pread_into(fd, view, off, where), out_len, where
         )
-        return [bytes(out)]
+        return bytes(out)
 
     def close(self) -> None:
         """Close the descriptor (idempotent)."""
@@ -437,7 +423,6 @@ class BaseSlot:
         self.close()
 
 
-PIECE = 128 << 10  # an unchanged run is read in parts of this size (BaseSlot.rebuild_parts)
 CHECK_BLOCK = 4 << 20  # bytes per read of the base check (two buffers: one read, one hashed)
 
 

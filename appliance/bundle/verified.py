@@ -47,7 +47,6 @@ from appliance.bundle.sink import MemorySink, NullSink, Sink
 from appliance.bundle.writebehind import Inline, WriteBehind, writer_for
 
 Progress = Callable[[int, int], None]
-Verified = bytes | list[bytes] | None  # a chunk's verified bytes (a delta's: in parts), or None
 
 
 class VerifiedBundle:
@@ -200,18 +199,13 @@ class VerifiedBundle:
             release_delta_memory()
         check = _ChunkCheck(p, self.manifest.chunk_size, base)
         # Delta chunks too: BaseSlot.rebuild reads the base with positioned reads (thread-safe).
-        pipeline: OrderedPipeline[tuple[int, Verified]] = OrderedPipeline(WORKERS)
+        pipeline: OrderedPipeline[tuple[int, bytes | None]] = OrderedPipeline(WORKERS)
         offset = 0
 
-        def hand_on(results: Iterator[tuple[int, Verified]]) -> None:
+        def hand_on(results: Iterator[tuple[int, bytes | None]]) -> None:
             nonlocal offset
             for size, data in results:
-                if isinstance(data, list):  # a rebuilt delta chunk: parts, verified as one
-                    at = offset
-                    for part in data:
-                        writer.write(at, part)
-                        at += len(part)
-                elif data is not None:
+                if data is not None:
                     writer.write(offset, data)
                 offset += size
                 if progress is not None and data is not None:
@@ -240,7 +234,7 @@ class _ChunkCheck:
         self.base_size = p.base.size if p.base is not None else 0
         self._local = threading.local()  # a zstd decompression context is not thread-safe
 
-    def __call__(self, i: int, data: bytes, at: int) -> tuple[int, Verified]:
+    def __call__(self, i: int, data: bytes, at: int) -> tuple[int, bytes | None]:
         """(image bytes this chunk covers, its verified bytes or None if not rebuilt)."""
         p = self.p
         wire, image_digest = p.chunks[i], p.image.chunks[i]
@@ -253,11 +247,8 @@ class _ChunkCheck:
         if p.kind == KIND_DELTA:
             if self.base is None:
                 return expect, None
-            image = self.base.rebuild_parts(data, expect, self.base_size, f"{p.name} chunk {i}")
-            digest = hashlib.sha256()
-            for part in image:
-                digest.update(part)
-            if digest.hexdigest() != image_digest:
+            image = self.base.rebuild(data, expect, self.base_size, f"{p.name} chunk {i}")
+            if hashlib.sha256(image).hexdigest() != image_digest:
                 raise ChunkDigestError(
                     f"payload {p.name!r} chunk {i} rebuilds to bytes that do not match its "
                     "signed sha256: the base slot or the delta is damaged; nothing of it "
