@@ -313,6 +313,8 @@ class Pipeline:
             lan_api=self.recipe.lan.api,
             lan_interface=self.recipe.lan.interface,
             lan_port=self.recipe.lan.port,
+            files=tuple(sorted(boot.slot_files(self.loaded).items())),
+            kernel_image=self.recipe.target.loader == "u-boot",
         )
         key = _key(
             IMAGE_FORMAT, base.key, runtime_digest, model_digests,
@@ -322,6 +324,8 @@ class Pipeline:
             config.slots_spec, hashlib.sha256(b"".join(config.update or ())).hexdigest(),
             config.poll_interval_s, config.poll_jitter_s,
             config.lan_api, config.lan_interface, config.lan_port,
+            [(path, hashlib.sha256(data).hexdigest()) for path, data in config.files],
+            config.kernel_image,
             self.recipe.partitions.rootfs_mib, self.seed, self.epoch,
         )  # fmt: skip
         path, hit = self._cached_file("slot", key, "rootfs.ext4")
@@ -342,7 +346,9 @@ class Pipeline:
         return path
 
     def stage_boot(self) -> Path:
-        start = self._stage("boot", "boot partition (GRUB EFI, grub.cfg, grubenv)")
+        loader = self.recipe.target.loader
+        what = "U-Boot boot.scr, A/B env x2" if loader == "u-boot" else "GRUB EFI, grub.cfg, grubenv"
+        start = self._stage("boot", f"boot partition ({what})")
         size = self.recipe.partitions.boot_mib
         volume_id = int(fs.fs_uuid_for(self.seed, "boot").hex[:8], 16)
         key = _key(
@@ -358,7 +364,7 @@ class Pipeline:
             tree = self.cache / "work" / "esp" / key
             shutil.rmtree(tree, ignore_errors=True)
             try:
-                boot.build_esp_tree(self.loaded, tree)
+                boot.build_esp_tree(self.loaded, tree, self.epoch)
                 fs.make_vfat(tree, path, size, volume_id, self.epoch, label=boot.ESP_LABEL)
             finally:
                 shutil.rmtree(tree, ignore_errors=True)

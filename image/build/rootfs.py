@@ -21,6 +21,7 @@ from pathlib import Path
 
 from image import cache
 from image.errors import BuildError
+from image.build.binfmt import ensure_binfmt
 from image.build.fs import ToolError, run_tool
 from image.recipe import LoadedRecipe, canonical_json
 
@@ -95,6 +96,10 @@ class OverlayConfig:
     lan_api: bool = False  # recipe [lan]: enable edgekiln-api.service
     lan_interface: str = "auto"
     lan_port: int = 8443
+    #: files the loader needs in the slot (e.g. etc/fw_env.config): path relative to / -> bytes
+    files: tuple[tuple[str, bytes], ...] = ()
+    #: also an uncompressed /boot/Image (U-Boot's booti loads no compressed kernel by itself)
+    kernel_image: bool = False
 
 
 def file_digest(path: Path) -> str:
@@ -188,6 +193,8 @@ def bootstrap_command(loaded: LoadedRecipe, dest: Path) -> list[str]:
 
 
 def _bootstrap(loaded: LoadedRecipe, dest: Path) -> None:
+    # A foreign (arm64) root: mmdebstrap runs its maintainer scripts under qemu-user.
+    ensure_binfmt(loaded.recipe.target.arch)
     argv = bootstrap_command(loaded, dest)
     log.info("bootstrapping: %s", " ".join(argv))
     try:
@@ -294,8 +301,25 @@ def assemble_root(
         _copy_tree(runtime, dest / APP_DIR)
     for role, package in sorted(models.items()):
         _copy_tree(package, dest / MODELS_DIR / role)
+    for rel, data in config.files:
+        _write(dest, rel, data)
     _link_kernel(dest)
+    if config.kernel_image:
+        _kernel_image(dest)
     return dest
+
+
+def _kernel_image(root: Path) -> None:
+    """``/boot/Image``: the kernel as ``booti`` loads it (Debian's arm64 vmlinuz may be gzip)."""
+    vmlinuz = (root / "boot" / "vmlinuz").resolve()
+    data = vmlinuz.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        import gzip
+
+        data = gzip.decompress(data)
+    if data[0x38:0x3C] != b"ARM\x64":
+        raise BaseRootError(f"{vmlinuz} is not an arm64 kernel Image (no ARM\\x64 magic)")
+    _write(root, "boot/Image", data)
 
 
 def _link_kernel(root: Path) -> None:

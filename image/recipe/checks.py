@@ -233,5 +233,6 @@ def tree_size(root: Path) -> int:
 
 
 def is_buildable(loaded: LoadedRecipe) -> bool:
-    """Whether this builder can assemble the recipe's image today (arm64 is a later issue)."""
-    return loaded.recipe.target.arch in BUILDABLE_ARCHES
+    """Whether this builder can assemble the recipe's image today (GRUB EFI and U-Boot)."""
+    t = loaded.recipe.target
+    return t.arch in BUILDABLE_ARCHES and t.loader in ("grub-efi", "u-boot")

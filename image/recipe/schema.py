@@ -227,7 +227,7 @@ TARGETS: dict[str, TargetSpec] = {
     "coral-devboard": TargetSpec("arm64", ("litert",), "u-boot", 560),
     "jetson-orin": TargetSpec("arm64", ("tensorrt", "onnxruntime"), "l4t", 1200),
 }
-BUILDABLE_ARCHES = ("amd64",)
+BUILDABLE_ARCHES = ("amd64", "arm64")
 RUNTIME_EXTRAS_MIB = 170  # OpenCV in the frozen runtime: 159 MB measured, with headroom
 
 #: highest health.budget_factor a recipe may carry (emulation under QEMU TCG needs 500)

@@ -294,7 +294,7 @@ def test_plan_and_bad_recipe_fail_before_any_stage(mini: Path, tmp_path: Path) -
     assert "bad.toml: partitions.rootfs_mib" in done.stderr
     assert not out.exists()
     arm = subprocess.run(
-        [str(KILN), "build", str(mini / "coral-usb-arm64.toml"), "-o", str(out)],
+        [str(KILN), "build", str(mini / "jetson-orin.toml"), "-o", str(out)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert arm.returncode != 0 and "cannot be built yet" in arm.stderr
