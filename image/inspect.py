@@ -63,6 +63,12 @@ def slot_info(image: Path, part: Partition) -> dict[str, Any]:
         return {"state": "empty"}
     info: dict[str, Any] = {"state": "filled", "device": json.loads(device)}
     info["kernel"] = _debugfs_readlink(image, part.start, "/boot/vmlinuz")
+    fw_env = _debugfs_cat(image, part.start, "/etc/fw_env.config")
+    if fw_env is not None:  # U-Boot: the env copies Linux uses, and booti's kernel
+        lines = [line for line in fw_env.decode().splitlines() if line.strip()]
+        info["fw_env"] = [line.split()[0] for line in lines if not line.startswith("#")]
+        image_kernel = _debugfs_cat(image, part.start, "/boot/Image")
+        info["kernel_image"] = image_kernel is not None and image_kernel[0x38:0x3C] == b"ARM\x64"
     models = {}
     for role in ("primary", "fallback"):
         raw = _debugfs_cat(image, part.start, f"/opt/edgekiln/models/{role}/model.json")
@@ -77,11 +83,36 @@ def slot_info(image: Path, part: Partition) -> dict[str, Any]:
     return info
 
 
+UIMAGE_MAGIC = b"\x27\x05\x19\x56"  # U-Boot legacy image header (boot.scr)
+
+
+def uboot_info(image: Path, part: Partition, script: bytes) -> dict[str, Any]:
+    """boot.scr and the two A/B env files on a U-Boot boot partition (docs/decisions.md §31)."""
+    from appliance.slots import ubootenv
+    from appliance.slots.uboot import EnvFiles
+
+    files = EnvFiles()
+    raws = [_mtools_read(image, part.start, f"/{name}") or b"" for name in files.names]
+    copies: dict[str, Any] = {}
+    for name, raw in zip(files.names, raws, strict=True):
+        parsed = ubootenv.parse_copy(raw, redundant=True) if len(raw) == files.size else None
+        copies[name] = {"flag": parsed[1], "variables": parsed[0]} if parsed else None
+    return {
+        "loader": "u-boot",
+        "boot.scr": script[:4] == UIMAGE_MAGIC,
+        "env_copies": copies,
+        "env": ubootenv.choose(raws) if all(len(r) == files.size for r in raws) else None,
+    }
+
+
 def boot_info(image: Path, part: Partition) -> dict[str, Any]:
-    """The grubenv copies on the ESP, parsed as GRUB reads them."""
+    """The loader's files on the boot partition: grubenv copies, or boot.scr + U-Boot env."""
     from appliance.slots import grub, grubenv
 
-    out: dict[str, Any] = {}
+    script = _mtools_read(image, part.start, "/boot.scr")
+    if script is not None:
+        return uboot_info(image, part, script)
+    out: dict[str, Any] = {"loader": "grub-efi"}
     for name, path in (("grubenv", grub.ENV_PATH), ("grubenv.bak", grub.ENV_BACKUP_PATH)):
         block = _mtools_read(image, part.start, path)
         out[name] = grubenv.parse(block) if block is not None else None
@@ -138,6 +169,14 @@ def check_manifest(
             continue
         digests[name] = "ok" if partition_digest(image, by_name[name]) == want else "MISMATCH"
     result["partitions"] = digests
+    loader = doc.get("components", {}).get("bootloader")
+    if loader:  # a board's raw U-Boot before the first partition (recipe board.bootloader)
+        with image.open("rb") as handle:
+            handle.seek(int(loader["offset"]))
+            raw = handle.read(int(loader["size"]))
+        result["bootloader"] = (
+            "ok" if hashlib.sha256(raw).hexdigest() == loader["sha256"] else "MISMATCH"
+        )
     return result
 
 

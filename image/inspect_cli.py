@@ -49,7 +49,14 @@ def _text(info: dict[str, Any]) -> str:
             f"size {p['size'] / mib:>6.0f} MiB  {p['uuid']}"
         )
     boot = info.get("boot", {})
-    if boot:
+    if boot.get("loader") == "u-boot":
+        lines += ["", f"boot: U-Boot boot.scr {'present' if boot.get('boot.scr') else 'MISSING'}"]
+        for name, copy in boot["env_copies"].items():
+            lines.append(
+                f"  {name}: " + (f"flag {copy['flag']} {copy['variables']}" if copy else "INVALID")
+            )
+        lines.append(f"  in use: {boot.get('env')}")
+    elif boot:
         lines += ["", f"boot: EFI binary {'present' if boot.get('efi') else 'MISSING'}"]
         for name in ("grubenv", "grubenv.bak"):
             lines.append(f"  {name}: {boot.get(name)}")

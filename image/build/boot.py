@@ -92,6 +92,8 @@ def self_check(loaded: LoadedRecipe) -> None:
             f"{loaded.path}: target.loader {t.loader!r} on {t.arch} cannot be built yet; "
             "this builder makes x86-64 GRUB EFI and arm64 U-Boot images"
         )
+    if t.loader == "u-boot":
+        uboot.check_board(loaded)
 
 
 def slot_files(loaded: LoadedRecipe) -> dict[str, bytes]:

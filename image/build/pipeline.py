@@ -315,6 +315,7 @@ class Pipeline:
             lan_port=self.recipe.lan.port,
             files=tuple(sorted(boot.slot_files(self.loaded).items())),
             kernel_image=self.recipe.target.loader == "u-boot",
+            dtb=self.recipe.board.dtb,
         )
         key = _key(
             IMAGE_FORMAT, base.key, runtime_digest, model_digests,
@@ -325,7 +326,7 @@ class Pipeline:
             config.poll_interval_s, config.poll_jitter_s,
             config.lan_api, config.lan_interface, config.lan_port,
             [(path, hashlib.sha256(data).hexdigest()) for path, data in config.files],
-            config.kernel_image,
+            config.kernel_image, config.dtb,
             self.recipe.partitions.rootfs_mib, self.seed, self.epoch,
         )  # fmt: skip
         path, hit = self._cached_file("slot", key, "rootfs.ext4")
@@ -369,6 +370,14 @@ class Pipeline:
             finally:
                 shutil.rmtree(tree, ignore_errors=True)
             self._commit(path, rootfs.file_digest(path))
+        if self.recipe.board.bootloader:  # raw on the disk: part of the manifest and outputs key
+            blob = self.loaded.resolve(self.recipe.board.bootloader)
+            self.components["bootloader"] = {
+                "file": blob.name,
+                "offset": self.recipe.board.bootloader_offset_kib * 1024,
+                "size": blob.stat().st_size,
+                "sha256": rootfs.file_digest(blob),
+            }
         self._done("boot", start, cached=hit, size=_allocated(path), key=key)
         return path
 
@@ -401,13 +410,20 @@ class Pipeline:
 
     def stage_disk(self, esp: Path, slot: Path, data: Path) -> Path:
         start = self._stage("disk", "GPT disk image")
-        p = self.recipe.partitions
+        p, board = self.recipe.partitions, self.recipe.board
         images = {"boot": esp, "rootfs_a": slot, "data": data}
         layout = disk.standard_layout(
             self.recipe.target.arch, p.boot_mib, p.rootfs_mib, p.data_mib, images
         )
         out = self.outdir / f"{image_name(self.loaded)}.img"
-        table = disk.assemble_disk(out, layout, self.seed)
+        table = disk.assemble_disk(out, layout, self.seed, board.first_partition_mib)
+        if board.bootloader:
+            disk.place_bootloader(
+                out,
+                self.loaded.resolve(board.bootloader),
+                board.bootloader_offset_kib * 1024,
+                board.first_partition_mib,
+            )
         for part in table:
             source = images.get(part.name)
             digest = (source.parent / "digest").read_text().strip() if source else None

@@ -100,6 +100,8 @@ class OverlayConfig:
     files: tuple[tuple[str, bytes], ...] = ()
     #: also an uncompressed /boot/Image (U-Boot's booti loads no compressed kernel by itself)
     kernel_image: bool = False
+    #: a device tree of the kernel package (e.g. freescale/imx8mq-phanbell.dtb) as /boot/dtb
+    dtb: str | None = None
 
 
 def file_digest(path: Path) -> str:
@@ -306,20 +308,38 @@ def assemble_root(
     _link_kernel(dest)
     if config.kernel_image:
         _kernel_image(dest)
+    if config.dtb:
+        _link_dtb(dest, config.dtb)
     return dest
+
+
+def _link_dtb(root: Path, dtb: str) -> None:
+    """``/boot/dtb``: a hard link to the kernel package's device tree ``dtb``."""
+    version = kernel_version(root)
+    source = root / "usr" / "lib" / f"linux-image-{version}" / dtb
+    if not source.is_file() or ".." in Path(dtb).parts:
+        raise BaseRootError(
+            f"board.dtb {dtb!r}: no /usr/lib/linux-image-{version}/{dtb} in the base root; "
+            "name a device tree of the kernel package (e.g. freescale/imx8mq-phanbell.dtb)"
+        )
+    os.link(source, _replace(root / "boot" / "dtb"))
 
 
 def _kernel_image(root: Path) -> None:
     """``/boot/Image``: the kernel as ``booti`` loads it (Debian's arm64 vmlinuz may be gzip)."""
     vmlinuz = (root / "boot" / "vmlinuz").resolve()
     data = vmlinuz.read_bytes()
-    if data[:2] == b"\x1f\x8b":
+    compressed = data[:2] == b"\x1f\x8b"
+    if compressed:
         import gzip
 
         data = gzip.decompress(data)
     if data[0x38:0x3C] != b"ARM\x64":
         raise BaseRootError(f"{vmlinuz} is not an arm64 kernel Image (no ARM\\x64 magic)")
-    _write(root, "boot/Image", data)
+    if compressed:
+        _write(root, "boot/Image", data)
+    else:  # a hard link: the same file, no second copy in the slot
+        os.link(vmlinuz, _replace(root / "boot" / "Image"))
 
 
 def _link_kernel(root: Path) -> None:

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from image.build.fs import run_tool
+from image.errors import BuildError
 from image.recipe import LoadedRecipe
 
 #: where the slot mounts the boot partition (image/build/overlay/etc/fstab)
@@ -26,6 +27,25 @@ BOOT_MOUNT = "/boot/efi"
 KERNEL = "/boot/Image"  # uncompressed arm64 Image in each slot (booti cannot unpack vmlinuz.gz)
 INITRD = "/boot/initrd.img"
 FW_ENV_CONFIG = "etc/fw_env.config"
+DTB = "/boot/dtb"  # board.dtb, hard-linked from the kernel package's device trees
+#: targets whose board boots only its vendor's U-Boot, which the user supplies (board.bootloader)
+NEEDS_BOOTLOADER = {"coral-devboard": "the Coral Dev Board's U-Boot (i.MX 8M flash.bin)"}
+
+
+class BoardFilesMissing(BuildError):
+    """A board's user-supplied boot files are not set in the recipe."""
+
+
+def check_board(loaded: LoadedRecipe) -> None:
+    """Refuse a board target whose vendor U-Boot is not supplied (it is never downloaded)."""
+    t, board = loaded.recipe.target, loaded.recipe.board
+    what = NEEDS_BOOTLOADER.get(t.name)
+    if what and not board.bootloader:
+        raise BoardFilesMissing(
+            f"{loaded.path}: board.bootloader is not set: {t.name} boots {what}, which you "
+            "supply (the vendor's build; edgekiln never downloads it); set board.bootloader "
+            "to the file (see the comments in recipes/coral-devboard.toml)"
+        )
 
 
 def boot_cmd(loaded: LoadedRecipe) -> str:
@@ -37,7 +57,8 @@ def boot_cmd(loaded: LoadedRecipe) -> str:
         devnum="${devnum}",
         kernel=KERNEL,
         initrd=INITRD,
-        fdt=None,  # the firmware's device tree (${fdtcontroladdr})
+        # the board's device tree from the slot, else the firmware's own (${fdtcontroladdr})
+        fdt=DTB if loaded.recipe.board.dtb else None,
         cmdline=loaded.recipe.kernel.cmdline,
         env_files=EnvFiles(),
     )
@@ -54,11 +75,15 @@ def initial_env() -> bytes:
 
 
 def boot_files(loaded: LoadedRecipe) -> dict[str, bytes]:
-    """Files of the boot partition besides boot.scr: the two environment copies."""
+    """Files of the boot partition besides boot.scr: the env copies and board.firmware."""
     from appliance.slots.uboot import EnvFiles
 
     env = initial_env()
-    return {f"/{name}": env for name in EnvFiles().names}
+    files = {f"/{name}": env for name in EnvFiles().names}
+    for firmware in loaded.recipe.board.firmware:
+        path = loaded.resolve(firmware)
+        files[f"/{path.name}"] = path.read_bytes()
+    return files
 
 
 def slot_files() -> dict[str, bytes]:

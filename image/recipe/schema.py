@@ -172,6 +172,24 @@ class Runtime(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defa
     extras: tuple[Literal["opencv"], ...] = ()
 
 
+class Board(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """A U-Boot board's own boot files, supplied by the user (vendor licences; never downloaded).
+
+    ``bootloader``: the board's U-Boot image (e.g. the i.MX 8M ``flash.bin``: SPL, ATF, U-Boot),
+    written raw at ``bootloader_offset_kib`` of the disk (between the GPT and the first
+    partition, which starts at ``first_partition_mib``); ``firmware``: files copied to the boot
+    partition's root; ``dtb``: the device tree for the kernel, relative to the kernel package's
+    ``/usr/lib/linux-image-<version>/`` (linked as ``/boot/dtb`` in each slot; none: the
+    firmware's own device tree).
+    """
+
+    bootloader: str | None = None
+    bootloader_offset_kib: int = 33
+    first_partition_mib: int = 1
+    firmware: tuple[str, ...] = ()
+    dtb: str | None = None
+
+
 class Lan(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
     """The site-LAN API (``appliance api serve``): off unless ``api = true``.
 
@@ -203,6 +221,7 @@ class Recipe(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     telemetry: TelemetrySettings = TelemetrySettings()
     update: Update = Update()
     lan: Lan = Lan()
+    board: Board = Board()
 
 
 # --- the target table (docs/decisions.md §22) ----------------------------------------------------
