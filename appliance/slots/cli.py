@@ -71,7 +71,7 @@ def status(loader_spec: str | None, booted: str | None, as_json: bool) -> None:
         marks = [
             m for m, on in (("booted", slot == running), ("next boot", slot == next_slot)) if on
         ]
-        click.echo(f"  slot {slot}: {state.status(slot):9s} {', '.join(marks)}")
+        click.echo(f"  slot {slot}: {state.status(slot):9s} {', '.join(marks)}".rstrip())
 
 
 @slots.command("mark-good")

@@ -112,7 +112,13 @@ def after_boot(state: BootState, booted: Slot) -> BootState:
 
 
 def commit(state: BootState, booted: Slot) -> BootState:
-    """Make the booted slot the default; called only after its health gate passed."""
+    """Make the booted slot the default; called only after its health gate passed.
+
+    Committing the slot that is already committed keeps a pending try of the other slot (an
+    installed update waiting for the next boot): ``slots mark-good`` must not cancel it.
+    """
+    if booted == state.committed and state.trying not in (None, booted):
+        return BootState(booted, state.trying, state.tries_left, state.bad - {booted})
     return BootState(booted, None, 0, state.bad - {booted})
 
 

@@ -43,6 +43,14 @@ def test_failed_try_returns_and_is_marked_bad() -> None:
     assert s == BootState("A", None, 0, frozenset({"B"}))
 
 
+def test_committing_the_running_committed_slot_keeps_a_pending_try() -> None:
+    """``slots mark-good`` on the committed slot must not cancel an installed update."""
+    pending = sm.begin_try(sm.deactivate(BootState(), "B"), "B")
+    assert pending == BootState("A", "B", 1)
+    assert sm.commit(pending, "A") == pending
+    assert boot(sm.commit(pending, "A"))[0] == "B"
+
+
 @pytest.mark.parametrize(
     ("op", "args"),
     [
