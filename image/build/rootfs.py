@@ -27,7 +27,7 @@ from image.recipe import LoadedRecipe, canonical_json
 
 log = logging.getLogger(__name__)
 
-KEEP_BASES = 2  # Debian bases kept in the cache (about 600 MiB each)
+KEEP_BASES = 3  # Debian bases kept in the cache (~600 MiB each): amd64, intel-openvino, arm64
 BASE_FORMAT = 1  # bump when the hooks below change what a base contains
 OVERLAY_DIR = Path(__file__).with_name("overlay")
 APP_DIR = "opt/edgekiln/appliance"
