@@ -12,10 +12,16 @@ c. a stick holding v3 (its primary model disagrees with its reference labels): i
    A, tried, fails its health gate; the next boot is B again, v2's results.
 
 v2 and v3 are built in the background while v1 boots. Timeouts are hang protection only.
+
+Opt-in (``EDGEKILN_E2E_ARM64=1``): with a cold kiln cache the arm64 base (mmdebstrap under
+qemu-user) and the arm64 frozen runtime (PyInstaller under qemu-user) took ~20 and ~27 min on
+the loaded 2-core host, beyond CI's budget; with both cached the file's cost is three slot builds
+and the boots and installs under TCG.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -50,6 +56,10 @@ pytestmark = [
     pytest.mark.skipif(
         not (UBOOT_QEMU_ARM64.exists() and shutil.which("qemu-system-aarch64")),
         reason="needs u-boot-qemu and qemu-system-arm",
+    ),
+    pytest.mark.skipif(
+        os.environ.get("EDGEKILN_E2E_ARM64") != "1",
+        reason="opt-in: EDGEKILN_E2E_ARM64=1 (cold arm64 base and runtime: ~45 min)",
     ),
 ]
 
