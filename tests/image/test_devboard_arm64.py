@@ -89,8 +89,9 @@ def test_devboard_layout_inspected_and_boot_scr_runs_in_u_boot(tmp_path: Path) -
     # the same boot.scr, run by the stand-in U-Boot, reads the env files and loads slot A's
     # kernel and initrd; the stand-in's default environment has no fdt_addr_r (QEMU hands it
     # its device tree), so loading the board's dtb is where it stops: the board's U-Boot sets it
-    kernel = r"\d+ bytes read in \d+ ms.*\n\d+ bytes read in \d+ ms.*\n"
+    kernel = r"\d+ bytes read in \d+ ms.*\r?\n\d+ bytes read in \d+ ms.*\r?\n"
     with Vm(VmConfig(disk=image, arch="arm64", overlay=True, bios=stand_in), tmp_path / "vm") as vm:
         vm.start()
         vm.wait_for(r"edgekiln: environment copy 0, committed A", 600)
-        vm.wait_for(r"edgekiln: booting slot A from virtio 0:2 \(trial 0\)\n.*\n" + kernel, 600)
+        slot_a = r"edgekiln: booting slot A from virtio 0:2 \(trial 0\)\r?\n.*\r?\n"
+        vm.wait_for(slot_a + kernel, 600)
