@@ -63,6 +63,12 @@ def slot_info(image: Path, part: Partition) -> dict[str, Any]:
         return {"state": "empty"}
     info: dict[str, Any] = {"state": "filled", "device": json.loads(device)}
     info["kernel"] = _debugfs_readlink(image, part.start, "/boot/vmlinuz")
+    fw_env = _debugfs_cat(image, part.start, "/etc/fw_env.config")
+    if fw_env is not None:  # U-Boot: the env copies Linux uses, and booti's kernel
+        lines = [line for line in fw_env.decode().splitlines() if line.strip()]
+        info["fw_env"] = [line.split()[0] for line in lines if not line.startswith("#")]
+        image_kernel = _debugfs_cat(image, part.start, "/boot/Image")
+        info["kernel_image"] = image_kernel is not None and image_kernel[0x38:0x3C] == b"ARM\x64"
     models = {}
     for role in ("primary", "fallback"):
         raw = _debugfs_cat(image, part.start, f"/opt/edgekiln/models/{role}/model.json")
@@ -77,11 +83,36 @@ def slot_info(image: Path, part: Partition) -> dict[str, Any]:
     return info
 
 
+UIMAGE_MAGIC = b"\x27\x05\x19\x56"  # U-Boot legacy image header (boot.scr)
+
+
+def uboot_info(image: Path, part: Partition, script: bytes) -> dict[str, Any]:
+    """boot.scr and the two A/B env files on a U-Boot boot partition (docs/decisions.md §32)."""
+    from appliance.slots import ubootenv
+    from appliance.slots.uboot import EnvFiles
+
+    files = EnvFiles()
+    raws = [_mtools_read(image, part.start, f"/{name}") or b"" for name in files.names]
+    copies: dict[str, Any] = {}
+    for name, raw in zip(files.names, raws, strict=True):
+        parsed = ubootenv.parse_copy(raw, redundant=True) if len(raw) == files.size else None
+        copies[name] = {"flag": parsed[1], "variables": parsed[0]} if parsed else None
+    return {
+        "loader": "u-boot",
+        "boot.scr": script[:4] == UIMAGE_MAGIC,
+        "env_copies": copies,
+        "env": ubootenv.choose(raws) if all(len(r) == files.size for r in raws) else None,
+    }
+
+
 def boot_info(image: Path, part: Partition) -> dict[str, Any]:
-    """The grubenv copies on the ESP, parsed as GRUB reads them."""
+    """The loader's files on the boot partition: grubenv copies, or boot.scr + U-Boot env."""
     from appliance.slots import grub, grubenv
 
-    out: dict[str, Any] = {}
+    script = _mtools_read(image, part.start, "/boot.scr")
+    if script is not None:
+        return uboot_info(image, part, script)
+    out: dict[str, Any] = {"loader": "grub-efi"}
     for name, path in (("grubenv", grub.ENV_PATH), ("grubenv.bak", grub.ENV_BACKUP_PATH)):
         block = _mtools_read(image, part.start, path)
         out[name] = grubenv.parse(block) if block is not None else None
@@ -141,6 +172,14 @@ def check_manifest(
             continue
         digests[name] = "ok" if partition_digest(image, by_name[name]) == want else "MISMATCH"
     result["partitions"] = digests
+    loader = doc.get("components", {}).get("bootloader")
+    if loader:  # a board's raw U-Boot before the first partition (recipe board.bootloader)
+        with image.open("rb") as handle:
+            handle.seek(int(loader["offset"]))
+            raw = handle.read(int(loader["size"]))
+        result["bootloader"] = (
+            "ok" if hashlib.sha256(raw).hexdigest() == loader["sha256"] else "MISMATCH"
+        )
     return result
 
 
@@ -150,8 +189,6 @@ def inspect_image(
     """Everything ``kiln inspect`` shows, as plain data."""
     if not image.is_file():
         raise InspectError(f"{image}: no such image file")
-    from image.build.l4t import inspect_l4t, is_l4t_manifest
-
     if is_l4t_manifest(image):  # a Jetson build: slot files beside the manifest, no disk
         return inspect_l4t(image, keyring, digests=digests)
     table = read_table(image)
@@ -172,3 +209,59 @@ def inspect_image(
     if digests:
         out["verification"] = check_manifest(image, table, ring)
     return out
+
+
+# -- L4T builds (image.build.l4t): a signed manifest beside the slot files -----------------------
+
+
+def is_l4t_manifest(path: Path) -> bool:
+    """Whether ``path`` is the manifest of an L4T build (what ``kiln inspect`` is given)."""
+    if not path.name.endswith(".manifest.json"):
+        return False
+    try:
+        return bool(json.loads(path.read_bytes()).get("layout") == "l4t")
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def inspect_l4t(manifest: Path, keyring: Path | None, *, digests: bool) -> dict[str, Any]:
+    """What ``kiln inspect`` shows for an L4T build: each slot file, the signature, digests."""
+    body = manifest.read_bytes()
+    doc = json.loads(body)
+    out: dict[str, Any] = {"image": str(manifest), "layout": "l4t", "partitions": []}
+    total, ring = 0, keyring.read_bytes() if keyring else None
+    verification: dict[str, Any] = {"manifest": str(manifest), "version": doc.get("version")}
+    states: dict[str, str] = {}
+    for part, entry in sorted(doc.get("partitions", {}).items()):
+        path = manifest.with_name(str(entry.get("file", "")))
+        if not path.is_file():
+            states[part] = "MISSING"
+            continue
+        size = path.stat().st_size
+        total += size
+        whole = Partition(len(out["partitions"]) + 1, part, 0, size, "", "")
+        out["partitions"].append(whole.__dict__ | {"file": path.name})
+        out.setdefault("l4t_partitions", {})[part] = entry.get("l4t_partition")
+        if part.startswith("rootfs_"):
+            try:
+                out.setdefault("slots", {})[part] = slot_info(path, whole)
+            except ValueError as exc:  # a damaged file system: the digest check says more
+                out["slots"][part] = {"state": "empty", "error": f"unreadable: {exc}"}
+            if ring is None and part == "rootfs_a":
+                ring = _debugfs_cat(path, 0, "/etc/edgekiln/keyring.json")
+        if digests:
+            states[part] = "ok" if _file_digest(path) == entry.get("sha256") else "MISMATCH"
+    out["size"] = total
+    if digests:
+        verification.update(check_signature(manifest, body, ring))
+        verification["partitions"] = states
+        out["verification"] = verification
+    return out
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -52,7 +52,14 @@ def _text(info: dict[str, Any]) -> str:
         where = ", ".join(f"{k} -> {v}" for k, v in sorted(info.get("l4t_partitions", {}).items()))
         lines += ["", f"L4T layout (NVIDIA's flash tools, ROOTFS_AB=1): {where}"]
     boot = info.get("boot", {})
-    if boot:
+    if boot.get("loader") == "u-boot":
+        lines += ["", f"boot: U-Boot boot.scr {'present' if boot.get('boot.scr') else 'MISSING'}"]
+        for name, copy in boot["env_copies"].items():
+            lines.append(
+                f"  {name}: " + (f"flag {copy['flag']} {copy['variables']}" if copy else "INVALID")
+            )
+        lines.append(f"  in use: {boot.get('env')}")
+    elif boot:
         lines += ["", f"boot: EFI binary {'present' if boot.get('efi') else 'MISSING'}"]
         for name in ("grubenv", "grubenv.bak"):
             lines.append(f"  {name}: {boot.get(name)}")

@@ -1,4 +1,4 @@
-"""The boot partition's content per loader (x86-64: GRUB EFI + grub.cfg + grubenv).
+"""The boot partition's content per loader: GRUB EFI (x86-64) here, U-Boot in :mod:`.uboot`.
 
 The A/B protocol belongs to :mod:`appliance.slots.grub` (docs/decisions.md §3): this module
 only builds the EFI binary with ``grub-mkimage`` (small and reproducible, unlike
@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from image.errors import BuildError
+from image.build import uboot
 from image.build.fs import run_tool
 from image.recipe import LoadedRecipe, canonical_json
 
@@ -64,6 +65,9 @@ def slots_spec(loaded: LoadedRecipe) -> str:
 def boot_key(loaded: LoadedRecipe) -> str:
     """Content key of the ESP: its files, the modules, the embedded config, GRUB's version."""
     self_check(loaded)
+    if loaded.recipe.target.loader == "u-boot":
+        inputs_uboot = {**uboot.boot_key(loaded), "label": ESP_LABEL}
+        return hashlib.sha256(canonical_json(inputs_uboot)).hexdigest()[:32]
     version = run_tool(["grub-mkimage", "--version"]).strip()
     inputs = {
         "files": {k: hashlib.sha256(v).hexdigest() for k, v in grub_files(loaded).items()},
@@ -76,24 +80,36 @@ def boot_key(loaded: LoadedRecipe) -> str:
     return hashlib.sha256(canonical_json(inputs)).hexdigest()[:32]
 
 
+#: loader -> the architectures whose boot partition this builder makes
+BUILDABLE = {"grub-efi": tuple(GRUB_FORMATS), "u-boot": ("arm64",)}
+
+
 def self_check(loaded: LoadedRecipe) -> None:
-    """Refuse loaders this builder cannot make yet (arm64 U-Boot and L4T are a later issue)."""
+    """Refuse loaders this builder cannot make (L4T: no boot partition of ours; its recipe is
+    checked by :func:`image.build.l4t.check_recipe`, from ``kiln build`` and ``l4t.build``)."""
     t = loaded.recipe.target
     if t.loader == "l4t":  # image.build.l4t: slot images for NVIDIA's flash tools, no ESP
-        from image.build.l4t import check_recipe
-
-        check_recipe(loaded)  # the user's L4T root: named and present
         return
-    if t.loader != "grub-efi" or t.arch not in GRUB_FORMATS:
+    if t.arch not in BUILDABLE.get(t.loader, ()):
         raise BootError(
             f"{loaded.path}: target.loader {t.loader!r} on {t.arch} cannot be built yet; "
-            "this builder makes x86-64 GRUB EFI images (generic-x86-64, intel-openvino)"
+            "this builder makes x86-64 GRUB EFI and arm64 U-Boot images"
         )
+    if t.loader == "u-boot":
+        uboot.check_board(loaded)
 
 
-def build_esp_tree(loaded: LoadedRecipe, dest: Path) -> Path:
-    """Fill ``dest`` with EFI/BOOT/BOOTX64.EFI, grub/grub.cfg, grub/grubenv and its backup."""
+def slot_files(loaded: LoadedRecipe) -> dict[str, bytes]:
+    """Files the loader needs inside each slot (path relative to / -> bytes)."""
+    return uboot.slot_files() if loaded.recipe.target.loader == "u-boot" else {}
+
+
+def build_esp_tree(loaded: LoadedRecipe, dest: Path, epoch: int = 0) -> Path:
+    """Fill ``dest`` with the boot partition's files (GRUB: EFI/BOOT/BOOTX64.EFI, grub/grub.cfg,
+    grub/grubenv and its backup; U-Boot: :func:`image.build.uboot.build_tree`)."""
     self_check(loaded)
+    if loaded.recipe.target.loader == "u-boot":
+        return uboot.build_tree(loaded, dest, epoch)
     fmt, efi_name = GRUB_FORMATS[loaded.recipe.target.arch]
     efi = dest / "EFI" / "BOOT" / efi_name
     efi.parent.mkdir(parents=True, exist_ok=True)

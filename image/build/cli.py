@@ -57,7 +57,8 @@ def build(
     compress_level: int,
 ) -> None:
     """Build a signed A/B disk image from RECIPE (a TOML file under recipes/)."""
-    from image.build.pipeline import Pipeline, image_name
+    from image.build.identity import image_name
+    from image.build.pipeline import Pipeline
     from image.build.plan import print_plan
     from image.build.progress import RichObserver
     from image.build.sign import signing_material
@@ -68,14 +69,19 @@ def build(
         print_plan(loaded, cache_dir)
         return
     from image.build.boot import self_check
+    from image.build.l4t import L4TPipeline, check_recipe
 
-    self_check(loaded)  # arm64 loaders are a later issue: refuse before any stage
+    self_check(loaded)  # refuse what this builder cannot make before any stage
+    pipeline = Pipeline
+    if loaded.recipe.target.loader == "l4t":
+        check_recipe(loaded)  # the user's L4T root: named and present, before any key or cache
+        pipeline = L4TPipeline
     outdir = outdir or Path("build") / image_name(loaded)
     key, keyring = signing_material(loaded, cache_dir)
 
     def one(out: Path, cache: Path | None, label: str) -> dict[str, str]:
         with RichObserver(label) as observer:
-            report = Pipeline(
+            report = pipeline(
                 loaded, out, cache_dir=cache, runtime=runtime, keyring=keyring, key=key,
                 observer=observer, compress_level=compress_level,
             ).run()  # fmt: skip
@@ -85,7 +91,7 @@ def build(
     if not verify_repro:
         one(outdir, cache_dir, "build")
         return
-    from image.build.pipeline import default_cache_dir
+    from image.build.identity import default_cache_dir
 
     shared = (cache_dir or default_cache_dir()).resolve()
     results = []

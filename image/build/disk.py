@@ -68,7 +68,7 @@ def standard_layout(
     ]
 
 
-def sfdisk_script(parts: list[PartitionSpec], seed: str) -> str:
+def sfdisk_script(parts: list[PartitionSpec], seed: str, first_mib: int = 1) -> str:
     """The sfdisk input: GPT label with fixed label-id and per-partition uuid= and name=."""
     lines = [
         "label: gpt",
@@ -78,7 +78,7 @@ def sfdisk_script(parts: list[PartitionSpec], seed: str) -> str:
         "sector-size: 512",
         "",
     ]
-    start = MIB // SECTOR
+    start = first_mib * MIB // SECTOR
     for part in parts:
         sectors = part.size_mib * MIB // SECTOR
         part_uuid = str(fs_uuid_for(seed, "part", part.name)).upper()
@@ -90,9 +90,10 @@ def sfdisk_script(parts: list[PartitionSpec], seed: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def disk_size(parts: list[PartitionSpec]) -> int:
-    """1 MiB before the first partition (GPT), the partitions, 1 MiB after (backup GPT)."""
-    return (2 + sum(p.size_mib for p in parts)) * MIB
+def disk_size(parts: list[PartitionSpec], first_mib: int = 1) -> int:
+    """``first_mib`` before the first partition (GPT, a board's raw bootloader), the
+    partitions, 1 MiB after (backup GPT)."""
+    return (first_mib + 1 + sum(p.size_mib for p in parts)) * MIB
 
 
 def read_table(image: Path) -> list[Partition]:
@@ -114,7 +115,9 @@ def read_table(image: Path) -> list[Partition]:
     return out
 
 
-def assemble_disk(out: Path, parts: list[PartitionSpec], seed: str) -> list[Partition]:
+def assemble_disk(
+    out: Path, parts: list[PartitionSpec], seed: str, first_mib: int = 1
+) -> list[Partition]:
     """Write a GPT disk image at ``out`` with each partition's image placed by ``dd``."""
     for part in parts:
         if part.image is not None and part.image.stat().st_size > part.size_mib * MIB:
@@ -125,10 +128,10 @@ def assemble_disk(out: Path, parts: list[PartitionSpec], seed: str) -> list[Part
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
     with out.open("wb") as handle:
-        handle.truncate(disk_size(parts))
+        handle.truncate(disk_size(parts, first_mib))
     run_tool(
         ["sfdisk", "--no-reread", "--no-tell-kernel", "--wipe", "always", "-q", str(out)],
-        input_text=sfdisk_script(parts, seed),
+        input_text=sfdisk_script(parts, seed, first_mib),
     )
     table = read_table(out)
     by_name = {p.name: p for p in table}
@@ -143,6 +146,28 @@ def assemble_disk(out: Path, parts: list[PartitionSpec], seed: str) -> list[Part
             ]
         )  # fmt: skip
     return table
+
+
+GPT_END = 34 * SECTOR  # protective MBR, GPT header and 128 partition entries
+
+
+class BootloaderDoesNotFit(BuildError):
+    """A board's raw bootloader overlaps the GPT or the first partition."""
+
+
+def place_bootloader(out: Path, blob: Path, offset: int, first_mib: int) -> None:
+    """Write a board's raw bootloader (e.g. i.MX ``flash.bin``) at byte ``offset`` of the disk,
+    between the primary GPT and the first partition."""
+    size = blob.stat().st_size
+    if offset < GPT_END or offset + size > first_mib * MIB:
+        raise BootloaderDoesNotFit(
+            f"{blob} ({size} bytes) at {offset} bytes does not fit between the GPT "
+            f"({GPT_END} bytes) and the first partition ({first_mib} MiB); set "
+            "board.bootloader_offset_kib and board.first_partition_mib to the board's layout"
+        )
+    with out.open("r+b") as handle:
+        handle.seek(offset)
+        handle.write(blob.read_bytes())
 
 
 def write_bmap(image: Path, bmap: Path) -> Path:

@@ -33,11 +33,11 @@ from typing import TYPE_CHECKING, Any
 from appliance.fsutil import atomic_write_bytes
 from image import cache
 from image.build import fs, rootfs
+from image.build.pipeline import Pipeline
 from image.errors import BuildError
 from image.recipe import LoadedRecipe, canonical_json
 
 if TYPE_CHECKING:
-    from image.build.pipeline import Pipeline
     from image.build.report import BuildReport
 
 L4T_FORMAT = 1
@@ -168,9 +168,25 @@ def code_key() -> str:
 # -- the build -----------------------------------------------------------------------------------
 
 
+class L4TPipeline(Pipeline):
+    """The pipeline of a ``loader = "l4t"`` recipe: L4T's own boot chain, no disk image."""
+
+    link_kernel = False  # L4T boots /boot/Image through extlinux.conf
+
+    def slot_key_extra(self) -> str:
+        return code_key()
+
+    def finish_root(self, tree: Path) -> None:
+        finish_root(tree)
+
+    def run(self) -> BuildReport:
+        with cache.leases():
+            return build(self)
+
+
 def build(pipe: Pipeline) -> BuildReport:
-    """Run the L4T stages for ``pipe``'s recipe (dispatched from ``Pipeline.run``)."""
-    from image.build.pipeline import image_name
+    """Run the L4T stages for ``pipe``'s recipe (:meth:`L4TPipeline.run`)."""
+    from image.build.identity import image_name
 
     t0 = time.monotonic()
     tarball = check_recipe(pipe.loaded)
@@ -218,7 +234,7 @@ def build(pipe: Pipeline) -> BuildReport:
 
 def manifest_body(pipe: Pipeline) -> bytes:
     """The L4T manifest's canonical bytes: what the signature covers."""
-    from image.build.pipeline import IMAGE_FORMAT
+    from image.build.identity import IMAGE_FORMAT
 
     r = pipe.recipe
     doc: dict[str, Any] = {
@@ -252,55 +268,4 @@ def stage_manifest(pipe: Pipeline, name: str) -> Path:
         pipe.report.outputs["signature"] = str(sig)
         detail = f"signed by {key_id}"
     pipe._done("manifest", start, cached=False, size=len(body), detail=detail)
-    return out
-
-
-# -- kiln inspect --------------------------------------------------------------------------------
-
-
-def is_l4t_manifest(path: Path) -> bool:
-    """Whether ``path`` is the manifest of an L4T build (what ``kiln inspect`` is given)."""
-    if not path.name.endswith(".manifest.json"):
-        return False
-    try:
-        return bool(json.loads(path.read_bytes()).get("layout") == "l4t")
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def inspect_l4t(manifest: Path, keyring: Path | None, *, digests: bool) -> dict[str, Any]:
-    """What ``kiln inspect`` shows for an L4T build: each slot file, the signature, digests."""
-    from image.build.disk import Partition
-    from image.inspect import _debugfs_cat, check_signature, slot_info
-
-    body = manifest.read_bytes()
-    doc = json.loads(body)
-    out: dict[str, Any] = {"image": str(manifest), "layout": "l4t", "partitions": []}
-    total, ring = 0, keyring.read_bytes() if keyring else None
-    verification: dict[str, Any] = {"manifest": str(manifest), "version": doc.get("version")}
-    states: dict[str, str] = {}
-    for part, entry in sorted(doc.get("partitions", {}).items()):
-        path = manifest.with_name(str(entry.get("file", "")))
-        if not path.is_file():
-            states[part] = "MISSING"
-            continue
-        size = path.stat().st_size
-        total += size
-        whole = Partition(len(out["partitions"]) + 1, part, 0, size, "", "")
-        out["partitions"].append(whole.__dict__ | {"file": path.name})
-        out.setdefault("l4t_partitions", {})[part] = entry.get("l4t_partition")
-        if part.startswith("rootfs_"):
-            try:
-                out.setdefault("slots", {})[part] = slot_info(path, whole)
-            except ValueError as exc:  # a damaged file system: the digest check says more
-                out["slots"][part] = {"state": "empty", "error": f"unreadable: {exc}"}
-            if ring is None and part == "rootfs_a":
-                ring = _debugfs_cat(path, 0, "/etc/edgekiln/keyring.json")
-        if digests:
-            states[part] = "ok" if rootfs.file_digest(path) == entry.get("sha256") else "MISMATCH"
-    out["size"] = total
-    if digests:
-        verification.update(check_signature(manifest, body, ring))
-        verification["partitions"] = states
-        out["verification"] = verification
     return out

@@ -45,6 +45,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from appliance.fsutil import atomic_write_bytes, atomic_writer
 from image import cache
 from image.build import boot, disk, fs, rootfs
+from image.build.identity import (
+    IMAGE_FORMAT,
+    STAGES,
+    build_epoch,
+    code_digest,
+    default_cache_dir,
+    image_name,
+    slot_fs_uuid,
+    uuid_seed,
+)
+from image.build.identity import key as _key
 from image.build.device_files import (
     device_config,
     pipeline_config,
@@ -58,61 +69,6 @@ from image.errors import BuildError
 from image.recipe import MIB, LoadedRecipe, canonical_json
 
 log = logging.getLogger(__name__)
-
-DEFAULT_EPOCH = 1704067200  # 2024-01-01T00:00:00Z, as image.freeze.runtime
-IMAGE_FORMAT = 1
-STAGES = (
-    "base", "runtime", "slot", "boot", "data", "disk", "bmap", "compress", "manifest", "bundle",
-)  # fmt: skip
-
-
-def default_cache_dir() -> Path:
-    """``$EDGEKILN_CACHE`` or ``$XDG_CACHE_HOME/edgekiln`` (``~/.cache/edgekiln``)."""
-    if os.environ.get("EDGEKILN_CACHE"):
-        return Path(os.environ["EDGEKILN_CACHE"])
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "edgekiln"
-
-
-def build_epoch() -> int:
-    """``SOURCE_DATE_EPOCH`` if set, else a fixed date: every timestamp in the image."""
-    value = os.environ.get("SOURCE_DATE_EPOCH")
-    return int(value) if value else DEFAULT_EPOCH
-
-
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(canonical_json(list(parts))).hexdigest()[:32]
-
-
-def code_digest(*modules: str, overlay: bool = False) -> str:
-    """Digest of the builder modules (and the overlay files) whose code decides a stage's bytes."""
-    here = Path(__file__).parent
-    parts = [rootfs.file_digest(here / name) for name in modules]
-    return _key(*parts, rootfs.overlay_digest() if overlay else "")
-
-
-def image_name(loaded: LoadedRecipe) -> str:
-    r = loaded.recipe
-    return f"{r.product}-{r.target.name}-{r.version}"
-
-
-def uuid_seed(loaded: LoadedRecipe) -> str:
-    """UUIDs (disk, partitions, file systems) derive from product, target and version."""
-    r = loaded.recipe
-    return f"{r.product}/{r.target.name}/{r.version}"
-
-
-def slot_fs_uuid(loaded: LoadedRecipe) -> uuid.UUID:
-    """The slot file system's UUID: the same for every version of a product and target.
-
-    It (and the htree hash seed, and with ``metadata_csum`` every metadata checksum) sits in
-    the slot image, so a per-version UUID changed thousands of scattered blocks and cost a
-    delta ~0.7 MB. Both slots carrying one UUID is harmless: the same image is flashed into
-    both anyway, and slots are found by partition number and PARTUUID, never by file-system UUID (docs/decisions.md §2).
-    """
-    r = loaded.recipe
-    return fs.fs_uuid_for(r.product, r.target.name, "rootfs")
-
 
 class Pipeline:
     """Run the stages of one recipe into ``outdir`` with caches under ``cache_dir``."""
@@ -176,17 +132,23 @@ class Pipeline:
         """``with``: (the file in the cache, where to write it on a miss; image/cache.py)."""
         return cache.cached_file(self.cache / kind / key, name, self.KEEP_ENTRIES)
 
+    # -- hooks a loader's own pipeline overrides (image.build.l4t.L4TPipeline) -----------------
+
+    link_kernel = True  # /vmlinuz and /initrd.img links in the slot (Debian's kernel)
+
+    def slot_key_extra(self) -> str:
+        """More inputs of the slot's cache key (the subclass's own slot code)."""
+        return ""
+
+    def finish_root(self, tree: Path) -> None:
+        """Last changes to the assembled slot tree before it becomes ext4."""
+
     KEEP_ENTRIES = 4  # results kept per stage kind (slot images are the rootfs size each)
 
     # -- stages -------------------------------------------------------------------------------
 
     def run(self) -> BuildReport:
         """Run every stage; returns the report (also written to the output directory)."""
-        if self.recipe.target.loader == "l4t":  # Jetson: L4T's own boot chain, no disk image
-            from image.build import l4t
-
-            with cache.leases():
-                return l4t.build(self)
         t0 = time.monotonic()
         boot.self_check(self.loaded)
         self.outdir.mkdir(parents=True, exist_ok=True)
@@ -330,6 +292,9 @@ class Pipeline:
             lan_api=self.recipe.lan.api,
             lan_interface=self.recipe.lan.interface,
             lan_port=self.recipe.lan.port,
+            files=tuple(sorted(boot.slot_files(self.loaded).items())),
+            kernel_image=self.recipe.target.loader == "u-boot",
+            dtb=self.recipe.board.dtb,
         )
         key = _key(
             IMAGE_FORMAT, base.key, runtime_digest, model_digests,
@@ -340,23 +305,21 @@ class Pipeline:
             config.slots_spec, hashlib.sha256(b"".join(config.update or ())).hexdigest(),
             config.poll_interval_s, config.poll_jitter_s,
             config.lan_api, config.lan_interface, config.lan_port,
+            [(path, hashlib.sha256(data).hexdigest()) for path, data in config.files],
+            config.kernel_image, config.dtb,
             self.recipe.partitions.rootfs_mib, self.seed, self.epoch,
         )  # fmt: skip
-        l4t = self.recipe.target.loader == "l4t"
-        if l4t:
-            from image.build.l4t import code_key, finish_root
-
-            key = _key(key, code_key())
+        if extra := self.slot_key_extra():
+            key = _key(key, extra)
         with self._cached_file("slot", key, "rootfs.ext4") as (path, write):
             if write is not None:
                 tree = write.parent / "root"
                 try:
                     rootfs.assemble_root(
                         base.root, tree, runtime=runtime, models=models, config=config,
-                        link_kernel=not l4t,
+                        link_kernel=self.link_kernel,
                     )  # fmt: skip
-                    if l4t:
-                        finish_root(tree)
+                    self.finish_root(tree)
                     fs.make_ext4(
                         tree, write, self.recipe.partitions.rootfs_mib,
                         slot_fs_uuid(self.loaded), self.epoch,
@@ -370,7 +333,9 @@ class Pipeline:
         return path
 
     def stage_boot(self) -> Path:
-        start = self._stage("boot", "boot partition (GRUB EFI, grub.cfg, grubenv)")
+        loader = self.recipe.target.loader
+        what = "U-Boot boot.scr, A/B env x2" if loader == "u-boot" else "GRUB EFI, grub.cfg, grubenv"
+        start = self._stage("boot", f"boot partition ({what})")
         size = self.recipe.partitions.boot_mib
         volume_id = int(fs.fs_uuid_for(self.seed, "boot").hex[:8], 16)
         key = _key(
@@ -385,10 +350,18 @@ class Pipeline:
             if write is not None:
                 tree = write.parent / "esp"
                 try:
-                    boot.build_esp_tree(self.loaded, tree)
+                    boot.build_esp_tree(self.loaded, tree, self.epoch)
                     fs.make_vfat(tree, write, size, volume_id, self.epoch, label=boot.ESP_LABEL)
                 finally:
                     shutil.rmtree(tree, ignore_errors=True)
+        if self.recipe.board.bootloader:  # raw on the disk: part of the manifest and outputs key
+            blob = self.loaded.resolve(self.recipe.board.bootloader)
+            self.components["bootloader"] = {
+                "file": blob.name,
+                "offset": self.recipe.board.bootloader_offset_kib * 1024,
+                "size": blob.stat().st_size,
+                "sha256": rootfs.file_digest(blob),
+            }
         self._done("boot", start, cached=write is None, size=_allocated(path), key=key)
         return path
 
@@ -419,13 +392,20 @@ class Pipeline:
 
     def stage_disk(self, esp: Path, slot: Path, data: Path) -> Path:
         start = self._stage("disk", "GPT disk image")
-        p = self.recipe.partitions
+        p, board = self.recipe.partitions, self.recipe.board
         images = {"boot": esp, "rootfs_a": slot, "data": data}
         layout = disk.standard_layout(
             self.recipe.target.arch, p.boot_mib, p.rootfs_mib, p.data_mib, images
         )
         out = self.outdir / f"{image_name(self.loaded)}.img"
-        table = disk.assemble_disk(out, layout, self.seed)
+        table = disk.assemble_disk(out, layout, self.seed, board.first_partition_mib)
+        if board.bootloader:
+            disk.place_bootloader(
+                out,
+                self.loaded.resolve(board.bootloader),
+                board.bootloader_offset_kib * 1024,
+                board.first_partition_mib,
+            )
         for part in table:
             source = images.get(part.name)
             digest = (source.parent / "digest").read_text().strip() if source else None

@@ -12,7 +12,7 @@ from image.recipe import LoadedRecipe, is_buildable
 
 def print_plan(loaded: LoadedRecipe, cache_dir: Path | None) -> None:
     """Print the merged recipe (JSON), the files it came from, and the stage list."""
-    from image.build.pipeline import STAGES, default_cache_dir, image_name
+    from image.build.identity import STAGES, default_cache_dir, image_name
     from image.model.stage import plan_note
     from image.model.fuse_stage import plan_note as fuse_plan_note
     from image.build.rootfs import base_key

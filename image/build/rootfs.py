@@ -21,12 +21,13 @@ from pathlib import Path
 
 from image import cache
 from image.errors import BuildError
+from image.build.binfmt import ensure_binfmt
 from image.build.fs import ToolError, run_tool
 from image.recipe import LoadedRecipe, canonical_json
 
 log = logging.getLogger(__name__)
 
-KEEP_BASES = 2  # Debian bases kept in the cache (about 600 MiB each)
+KEEP_BASES = 3  # Debian bases kept in the cache (~600 MiB each): amd64, intel-openvino, arm64
 BASE_FORMAT = 1  # bump when the hooks below change what a base contains
 OVERLAY_DIR = Path(__file__).with_name("overlay")
 APP_DIR = "opt/edgekiln/appliance"
@@ -38,6 +39,16 @@ SETUP_HOOK = (
     'mkdir -p "$1/etc/initramfs-tools/conf.d" && '
     'printf "COMPRESS=zstd\\n" > "$1/etc/initramfs-tools/conf.d/edgekiln.conf"'
 )
+# A foreign-arch base builds its initrd under qemu-user, where initramfs-tools' default
+# MODULES=most (every storage and file-system module, one emulated process per file) took
+# over 20 min for the arm64 kernel; the initrd needs only what finds and mounts the root slot.
+# virtio: QEMU -M virt; mmc/sdhci: eMMC and SD (i.MX 8M: esdhc); usb/uas/xhci/nvme: other roots.
+INITRD_MODULES = {
+    "arm64": (
+        "virtio_blk virtio_pci virtio_mmio ext4 crc32c_generic mmc_block sdhci_esdhc_imx "
+        "usb_storage uas xhci_pci xhci_plat_hcd nvme"
+    ),
+}
 # After installation: no package caches or lists in the image.
 CUSTOMIZE_HOOK = (
     'rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/cache/apt/*.bin "$1"/var/lib/apt/lists/* '
@@ -96,6 +107,12 @@ class OverlayConfig:
     lan_api: bool = False  # recipe [lan]: enable edgekiln-api.service
     lan_interface: str = "auto"
     lan_port: int = 8443
+    #: files the loader needs in the slot (e.g. etc/fw_env.config): path relative to / -> bytes
+    files: tuple[tuple[str, bytes], ...] = ()
+    #: also an uncompressed /boot/Image (U-Boot's booti loads no compressed kernel by itself)
+    kernel_image: bool = False
+    #: a device tree of the kernel package (e.g. freescale/imx8mq-phanbell.dtb) as /boot/dtb
+    dtb: str | None = None
 
 
 def file_digest(path: Path) -> str:
@@ -134,10 +151,24 @@ def base_key(loaded: LoadedRecipe) -> str:
         "variant": r.rootfs.variant,
         "components": r.rootfs.components,
         "packages": sorted({*r.rootfs.packages, *r.rootfs.extra_packages}),
-        "hooks": [SETUP_HOOK, CUSTOMIZE_HOOK, *DPKG_EXCLUDES],
+        "hooks": [SETUP_HOOK, CUSTOMIZE_HOOK, *DPKG_EXCLUDES, *_arch_hooks(r.target.arch)],
         "tarball": file_digest(loaded.resolve(r.rootfs.tarball)) if r.rootfs.tarball else None,
     }
     return hashlib.sha256(canonical_json(inputs)).hexdigest()[:32]
+
+
+def _arch_hooks(arch: str) -> list[str]:
+    """Setup hooks for a foreign-arch base: the initrd's module list (see INITRD_MODULES)."""
+    modules = INITRD_MODULES.get(arch)
+    if modules is None:
+        return []
+    lines = "\\n".join(modules.split())
+    # modules.d, not /etc/initramfs-tools/modules: that is a conffile of initramfs-tools
+    return [
+        'mkdir -p "$1/usr/share/initramfs-tools/modules.d" && '
+        'printf "MODULES=list\\n" > "$1/etc/initramfs-tools/conf.d/edgekiln-modules.conf" && '
+        f'printf "{lines}\\n" > "$1/usr/share/initramfs-tools/modules.d/edgekiln"'
+    ]
 
 
 def ensure_base(loaded: LoadedRecipe, cache_dir: Path) -> BaseRoot:
@@ -183,11 +214,14 @@ def bootstrap_command(loaded: LoadedRecipe, dest: Path) -> list[str]:
     ]  # fmt: skip
     argv += [f"--dpkgopt={opt}" for opt in DPKG_EXCLUDES]
     argv += [f"--setup-hook={SETUP_HOOK}", f"--customize-hook={CUSTOMIZE_HOOK}"]
+    argv += [f"--setup-hook={hook}" for hook in _arch_hooks(r.target.arch)]
     argv += [r.rootfs.suite, str(dest), r.rootfs.mirror]
     return argv
 
 
 def _bootstrap(loaded: LoadedRecipe, dest: Path) -> None:
+    # A foreign (arm64) root: mmdebstrap runs its maintainer scripts under qemu-user.
+    ensure_binfmt(loaded.recipe.target.arch)
     argv = bootstrap_command(loaded, dest)
     log.info("bootstrapping: %s", " ".join(argv))
     try:
@@ -301,9 +335,44 @@ def assemble_root(
         _copy_tree(runtime, dest / APP_DIR)
     for role, package in sorted(models.items()):
         _copy_tree(package, dest / MODELS_DIR / role)
+    for rel, data in config.files:
+        _write(dest, rel, data)
     if link_kernel:
         _link_kernel(dest)
+    if config.kernel_image:
+        _kernel_image(dest)
+    if config.dtb:
+        _link_dtb(dest, config.dtb)
     return dest
+
+
+def _link_dtb(root: Path, dtb: str) -> None:
+    """``/boot/dtb``: a hard link to the kernel package's device tree ``dtb``."""
+    version = kernel_version(root)
+    source = root / "usr" / "lib" / f"linux-image-{version}" / dtb
+    if not source.is_file() or ".." in Path(dtb).parts:
+        raise BaseRootError(
+            f"board.dtb {dtb!r}: no /usr/lib/linux-image-{version}/{dtb} in the base root; "
+            "name a device tree of the kernel package (e.g. freescale/imx8mq-phanbell.dtb)"
+        )
+    os.link(source, _replace(root / "boot" / "dtb"))
+
+
+def _kernel_image(root: Path) -> None:
+    """``/boot/Image``: the kernel as ``booti`` loads it (Debian's arm64 vmlinuz may be gzip)."""
+    vmlinuz = (root / "boot" / "vmlinuz").resolve()
+    data = vmlinuz.read_bytes()
+    compressed = data[:2] == b"\x1f\x8b"
+    if compressed:
+        import gzip
+
+        data = gzip.decompress(data)
+    if data[0x38:0x3C] != b"ARM\x64":
+        raise BaseRootError(f"{vmlinuz} is not an arm64 kernel Image (no ARM\\x64 magic)")
+    if compressed:
+        _write(root, "boot/Image", data)
+    else:  # a hard link: the same file, no second copy in the slot
+        os.link(vmlinuz, _replace(root / "boot" / "Image"))
 
 
 def _link_kernel(root: Path) -> None:

@@ -32,7 +32,7 @@ def signing_material(
 ) -> tuple[Ed25519PrivateKey, bytes]:
     """(release private key, keyring bytes to install) for this recipe."""
     from image.release import keys
-    from image.build.pipeline import default_cache_dir
+    from image.build.identity import default_cache_dir
 
     if loaded.recipe.signing.key:
         path = loaded.resolve(loaded.recipe.signing.key)

@@ -203,6 +203,16 @@ def _check_sizes(loaded: LoadedRecipe, *, check_files: bool) -> None:
             raise _fail(
                 loaded, "rootfs.tarball", f"{loaded.resolve(r.rootfs.tarball)} does not exist"
             )
+        for dotted, value in [("board.bootloader", r.board.bootloader)] + [
+            ("board.firmware", f) for f in r.board.firmware
+        ]:
+            if value and not loaded.resolve(value).is_file():
+                raise _fail(
+                    loaded,
+                    dotted,
+                    f"{loaded.resolve(value)} does not exist; the board's boot files are "
+                    "supplied by you (the vendor's U-Boot build), never downloaded",
+                )
         if r.runtime.prebuilt and not loaded.resolve(r.runtime.prebuilt).is_dir():
             raise _fail(
                 loaded,
@@ -233,5 +243,6 @@ def tree_size(root: Path) -> int:
 
 
 def is_buildable(loaded: LoadedRecipe) -> bool:
-    """Whether this builder can assemble the recipe's image today (arm64 is a later issue)."""
-    return loaded.recipe.target.arch in BUILDABLE_ARCHES
+    """Whether this builder can assemble the recipe's image today (GRUB EFI and U-Boot)."""
+    t = loaded.recipe.target
+    return t.arch in BUILDABLE_ARCHES and t.loader in ("grub-efi", "u-boot")

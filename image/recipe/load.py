@@ -25,6 +25,7 @@ _PATH_FIELDS = (
     "signing.key",
     "runtime.prebuilt",
     "update.tuf_root",
+    "board.bootloader",
 )
 
 
@@ -134,6 +135,13 @@ def load_recipe(path: Path | str, *, check_files: bool = True) -> LoadedRecipe:
             absolute = (origin.parent / section[key]).resolve()
             section[key] = os.path.relpath(absolute, top.parent)
 
+    board = merged.get("board")
+    if isinstance(board, dict) and isinstance(board.get("firmware"), list):
+        origin = origin_of(prov, "board.firmware", top)
+        board["firmware"] = [
+            os.path.relpath((origin.parent / f).resolve(), top.parent) if isinstance(f, str) else f
+            for f in board["firmware"]
+        ]
     try:
         recipe = msgspec.convert(merged, Recipe)
     except msgspec.ValidationError as exc:

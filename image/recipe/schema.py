@@ -177,6 +177,24 @@ class Runtime(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defa
     extras: tuple[Literal["opencv"], ...] = ()
 
 
+class Board(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """A U-Boot board's own boot files, supplied by the user (vendor licences; never downloaded).
+
+    ``bootloader``: the board's U-Boot image (e.g. the i.MX 8M ``flash.bin``: SPL, ATF, U-Boot),
+    written raw at ``bootloader_offset_kib`` of the disk (between the GPT and the first
+    partition, which starts at ``first_partition_mib``); ``firmware``: files copied to the boot
+    partition's root; ``dtb``: the device tree for the kernel, relative to the kernel package's
+    ``/usr/lib/linux-image-<version>/`` (linked as ``/boot/dtb`` in each slot; none: the
+    firmware's own device tree).
+    """
+
+    bootloader: str | None = None
+    bootloader_offset_kib: int = 33
+    first_partition_mib: int = 1
+    firmware: tuple[str, ...] = ()
+    dtb: str | None = None
+
+
 class Lan(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
     """The site-LAN API (``appliance api serve``): off unless ``api = true``.
 
@@ -208,6 +226,7 @@ class Recipe(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     telemetry: TelemetrySettings = TelemetrySettings()
     update: Update = Update()
     lan: Lan = Lan()
+    board: Board = Board()
 
 
 # --- the target table (docs/decisions.md §22) ----------------------------------------------------
@@ -232,7 +251,7 @@ TARGETS: dict[str, TargetSpec] = {
     "coral-devboard": TargetSpec("arm64", ("litert",), "u-boot", 560),
     "jetson-orin": TargetSpec("arm64", ("tensorrt", "onnxruntime"), "l4t", 1200),
 }
-BUILDABLE_ARCHES = ("amd64",)
+BUILDABLE_ARCHES = ("amd64", "arm64")
 RUNTIME_EXTRAS_MIB = 170  # OpenCV in the frozen runtime: 159 MB measured, with headroom
 
 #: highest health.budget_factor a recipe may carry (emulation under QEMU TCG needs 500)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from image.vm.qemu import Vm, VmConfig, VmError
+from image.vm.qemu import Vm, VmConfig, VmError, image_arch
 
 
 def _parse_forward(value: str) -> tuple[int, int]:
@@ -39,6 +39,18 @@ def _parse_forward(value: str) -> tuple[int, int]:
 )
 @click.option("--memory", default=1024, show_default=True, help="Guest memory in MiB.")
 @click.option("--accel", type=click.Choice(["tcg", "kvm"]), default="tcg", show_default=True)
+@click.option(
+    "--arch",
+    type=click.Choice(["auto", "amd64", "arm64"]),
+    default="auto",
+    show_default=True,
+    help="Guest architecture (auto: from the image's slot partition type).",
+)
+@click.option(
+    "--bios",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="arm64: the U-Boot binary (default: Debian's u-boot-qemu qemu_arm64 build).",
+)
 def vm(
     image: Path,
     forwards: tuple[str, ...],
@@ -46,8 +58,11 @@ def vm(
     overlay: bool,
     memory: int,
     accel: str,
+    arch: str,
+    bios: Path | None,
 ) -> None:
-    """Boot IMAGE in QEMU (UEFI, virtio, i6300esb watchdog) and print its serial console.
+    """Boot IMAGE in QEMU and print its serial console: amd64 with UEFI (OVMF), arm64 with
+    U-Boot (-M virt); virtio disk and network, i6300esb watchdog.
 
     Ctrl-C powers the VM off (a power cut, as far as the guest can tell).
     """
@@ -58,6 +73,8 @@ def vm(
         overlay=overlay,
         forwards=dict(_parse_forward(f) for f in forwards),
         extra_drives=list(drives),
+        arch=image_arch(image) if arch == "auto" else arch,
+        bios=bios,
     )
     with Vm(config) as machine:
         machine.start()

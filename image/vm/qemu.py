@@ -25,19 +25,17 @@ from pathlib import Path
 from typing import Any
 
 from image.errors import BuildError
+from image.vm.writes import WRITE_EVENT, Write, parse_writes
 
 OVMF_DIRS = (Path("/usr/share/OVMF"), Path("/usr/share/ovmf"), Path("/usr/share/qemu"))
 OVMF_CODE_NAMES = ("OVMF_CODE_4M.fd", "OVMF_CODE.fd")
 OVMF_VARS_NAMES = ("OVMF_VARS_4M.fd", "OVMF_VARS.fd")
-
-
-#: QEMU trace event emitted for each guest write request to a virtio-blk disk
-WRITE_EVENT = "virtio_blk_handle_write"
-SECTOR = 512
-_WRITE_LINE = re.compile(
-    WRITE_EVENT
-    + r" vdev 0x[0-9a-f]+ req 0x[0-9a-f]+ sector (?P<sector>\d+) nsectors (?P<count>\d+)\n"
-)
+#: Debian's u-boot-qemu build for ``-M virt`` (passed as ``-bios``): distro boot finds boot.scr
+UBOOT_QEMU_ARM64 = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")
+QEMU_BINARIES = {"amd64": ("qemu-system-x86_64", "qemu-system-x86"),
+                 "arm64": ("qemu-system-aarch64", "qemu-system-arm")}  # fmt: skip
+#: the CPU model per architecture when VmConfig.cpu is not given (see VmConfig.cpu)
+DEFAULT_CPU = {"amd64": "max", "arm64": "cortex-a57"}
 
 
 class VmError(BuildError):
@@ -53,6 +51,21 @@ def _find_firmware(names: tuple[str, ...]) -> Path:
     raise VmError(
         f"OVMF firmware ({' or '.join(names)}) not found: install the Debian package 'ovmf'"
     )
+
+
+def image_arch(disk: Path) -> str:
+    """The architecture of a built raw image, from its slots' GPT root type GUID."""
+    from image.build.disk import TYPE_ROOT, read_table
+
+    try:
+        table = read_table(disk)
+    except BuildError as exc:
+        raise VmError(f"{disk}: cannot read its GPT ({exc}); pass the architecture") from None
+    by_type = {guid.upper(): arch for arch, guid in TYPE_ROOT.items()}
+    for part in table:
+        if part.type_guid in by_type:
+            return by_type[part.type_guid]
+    raise VmError(f"{disk}: no rootfs partition with a known root type; pass the architecture")
 
 
 def free_port() -> int:
@@ -94,7 +107,12 @@ class VmConfig:
     #: operation with a helper call, so wider vectors are cheaper: the reference model costs
     #: 25.7 ms of CPU per frame under "max" or "Haswell", 36.7 ms under the SSE-only "Nehalem"
     #: (0.13 ms natively; tools/bench_vm_infer.py).
-    cpu: str = "max"
+    cpu: str = ""
+    #: the guest's architecture (Debian name): amd64 boots OVMF + GRUB, arm64 boots U-Boot
+    #: (``-M virt``, Debian's u-boot-qemu as ``-bios``, or ``bios``) with its distro boot
+    arch: str = "amd64"
+    #: arm64: the U-Boot binary (default: Debian's qemu_arm64 build)
+    bios: Path | None = None
     #: record every guest write to the virtio disks (QEMU trace event
     #: ``virtio_blk_handle_write``), so a test can act when the guest writes a given region
     #: (e.g. cut power while it writes a partition) instead of guessing with sleeps
@@ -107,10 +125,45 @@ class VmConfig:
     relaunch_on_reset: bool = False
 
     def __post_init__(self) -> None:
+        if self.arch not in QEMU_BINARIES:
+            raise VmError(f"arch: expected one of {', '.join(QEMU_BINARIES)}, got {self.arch!r}")
+        if not self.cpu:
+            self.cpu = DEFAULT_CPU[self.arch]
         if self.accel not in {"tcg", "kvm"}:
             raise VmError(f"accel: expected 'tcg' or 'kvm', got {self.accel!r}")
         if self.cache not in {"unsafe", "writeback", "none", "writethrough", "directsync"}:
             raise VmError(f"cache: expected a QEMU cache mode (e.g. writeback), got {self.cache!r}")
+
+
+def _netdev(config: VmConfig) -> str:
+    """User-mode networking with the configured host and guest forwards."""
+    netdev = "user,id=net0"
+    for guest, host in sorted(config.forwards.items()):
+        netdev += f",hostfwd=tcp:127.0.0.1:{host}-:{guest}"
+    for where, argv in sorted(config.guest_commands.items()):
+        if any("," in arg or " " in arg for arg in argv):
+            raise VmError(f"guest_commands[{where!r}]: no commas or spaces in {argv}")
+        netdev += f",guestfwd=tcp:{where}-cmd:{' '.join(argv)}"
+    return netdev
+
+
+def _machine(config: VmConfig, vars_file: Path) -> list[str]:
+    """The machine and its firmware: q35 + OVMF (x86_64), virt + U-Boot (arm64)."""
+    if config.arch == "arm64":
+        bios = config.bios or UBOOT_QEMU_ARM64
+        if not bios.is_file():
+            raise VmError(
+                f"{bios}: no U-Boot for qemu -M virt; install the Debian package 'u-boot-qemu'"
+            )
+        # U-Boot's own environment (second pflash) stays empty: its default environment runs
+        # distro boot, and boot.scr keeps the A/B variables in files (docs/decisions.md §32).
+        return ["-machine", "virt", "-bios", str(bios)]
+    code = _find_firmware(OVMF_CODE_NAMES)
+    return [
+        "-machine", "q35",
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+        "-drive", f"if=pflash,format=raw,unit=1,file={vars_file}",
+    ]  # fmt: skip
 
 
 def qemu_command(
@@ -121,19 +174,13 @@ def qemu_command(
     write_trace: Path | None = None,
     qmp_socket: Path | None = None,
 ) -> list[str]:
-    """The qemu-system-x86_64 argument list for ``config`` (pure: no side effects)."""
-    code = _find_firmware(OVMF_CODE_NAMES)
-    netdev = "user,id=net0"
-    for guest, host in sorted(config.forwards.items()):
-        netdev += f",hostfwd=tcp:127.0.0.1:{host}-:{guest}"
-    for where, argv in sorted(config.guest_commands.items()):
-        if any("," in arg or " " in arg for arg in argv):
-            raise VmError(f"guest_commands[{where!r}]: no commas or spaces in {argv}")
-        netdev += f",guestfwd=tcp:{where}-cmd:{' '.join(argv)}"
+    """The qemu-system argument list for ``config`` (pure: no side effects)."""
+    netdev = _netdev(config)
+    machine = _machine(config, vars_file)
     cmd = [
-        "qemu-system-x86_64",
+        QEMU_BINARIES[config.arch][0],
         "-accel", config.accel,
-        "-machine", "q35",
+        *machine,
         "-cpu", config.cpu,
         "-m", str(config.memory_mb),
         "-smp", str(config.cpus),
@@ -141,8 +188,6 @@ def qemu_command(
         "-nodefaults",
         "-chardev", f"file,id=serial0,path={serial_log},append=on",
         "-serial", "chardev:serial0",
-        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
-        "-drive", f"if=pflash,format=raw,unit=1,file={vars_file}",
         "-drive", f"file={disk},format={config.disk_format},if=virtio,cache={config.cache}",
         "-netdev", netdev,
         "-device", "virtio-net-pci,netdev=net0",
@@ -166,34 +211,13 @@ def qemu_command(
     return cmd
 
 
-@dataclass(frozen=True)
-class Write:
-    """One guest write request to a virtio disk: byte offset and length."""
-
-    offset: int
-    length: int
-
-    def overlap(self, start: int, end: int) -> int:
-        """Bytes of this write that fall in [start, end)."""
-        return max(0, min(self.offset + self.length, end) - max(self.offset, start))
-
-
-def parse_writes(text: str) -> list[Write]:
-    """The writes in QEMU's log-backend trace text (lines torn at the end are skipped)."""
-    return [
-        Write(int(m["sector"]) * SECTOR, int(m["count"]) * SECTOR)
-        for m in _WRITE_LINE.finditer(text)
-    ]
-
-
 class Vm:
     """One virtual device: start it, read its serial console, cut its power, boot it again."""
 
     def __init__(self, config: VmConfig, workdir: Path | None = None) -> None:
-        if shutil.which("qemu-system-x86_64") is None:
-            raise VmError(
-                "qemu-system-x86_64 not found: install the Debian package 'qemu-system-x86'"
-            )
+        binary, package = QEMU_BINARIES[config.arch]
+        if shutil.which(binary) is None:
+            raise VmError(f"{binary} not found: install the Debian package '{package}'")
         if not config.disk.is_file():
             raise VmError(f"{config.disk}: no such disk image")
         self.config = config
@@ -205,7 +229,8 @@ class Vm:
         self.qmp_socket = self.workdir / "qmp.sock"
         self._plugged = 0
         self.vars_file = self.workdir / "OVMF_VARS.fd"
-        shutil.copyfile(_find_firmware(OVMF_VARS_NAMES), self.vars_file)
+        if config.arch == "amd64":
+            shutil.copyfile(_find_firmware(OVMF_VARS_NAMES), self.vars_file)
         self.disk = self._prepare_disk()
         self.process: subprocess.Popen[bytes] | None = None
         self.boots = 0  # power-ons

@@ -82,12 +82,20 @@ def make_models(root: Path, version: str, *, broken: bool = False) -> tuple[Path
     return primary, fallback
 
 
-def write_recipe(workdir: Path, version: str, *, broken_model: bool = False) -> Path:
-    """The QEMU test profile recipe for ``version`` (see the module docstring)."""
+def write_recipe(
+    workdir: Path,
+    version: str,
+    *,
+    broken_model: bool = False,
+    base_recipe: Path = BASE_RECIPE,
+    cmdline: str = CMDLINE,
+) -> Path:
+    """The QEMU test profile recipe for ``version`` (see the module docstring); ``base_recipe``
+    and ``cmdline``: another target's QEMU profile (arm64: recipes/coral-usb-arm64-qemu.toml)."""
     workdir.mkdir(parents=True, exist_ok=True)
     # "reference-models": earlier sessions left tiny 16x16 packages in "models"
     primary, fallback = make_models(workdir / "reference-models", version, broken=broken_model)
-    base = os.path.relpath(BASE_RECIPE, workdir)
+    base = os.path.relpath(base_recipe, workdir)
     recipe = workdir / f"e2e-{version}.toml"
     recipe.write_text(
         f'extends = "{base}"\n'
@@ -96,7 +104,7 @@ def write_recipe(workdir: Path, version: str, *, broken_model: bool = False) -> 
         f'primary = "{primary.relative_to(workdir)}"\n'
         f'fallback = "{fallback.relative_to(workdir)}"\n'
         "[kernel]\n"
-        f'cmdline = "{CMDLINE}"\n'
+        f'cmdline = "{cmdline}"\n'
         # the site-LAN API, as a recipe turns it on: test_site_lan.py reaches it through a
         # port forward (listens on the user-mode NIC's address, the default route's interface)
         "[lan]\n"

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from image.build.pipeline import Pipeline, image_name
+from image.build.identity import image_name
+from image.build.pipeline import Pipeline
 from image.build.sign import signing_material
 from image.inspect import inspect_image
 from image.recipe import load_recipe
@@ -330,7 +331,7 @@ def test_plan_and_bad_recipe_fail_before_any_stage(mini: Path, tmp_path: Path) -
     assert "bad.toml: partitions.rootfs_mib" in done.stderr
     assert not out.exists()
     arm = subprocess.run(
-        [str(KILN), "build", str(mini / "coral-usb-arm64.toml"), "-o", str(out)],
+        [str(KILN), "build", str(mini / "jetson-orin.toml"), "-o", str(out)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert arm.returncode != 0 and "cannot be built yet" in arm.stderr

@@ -139,7 +139,7 @@ def test_extlinux_is_made_slot_independent() -> None:
 @pytest.fixture(scope="session")
 def arm64_runtime(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The arm64 frozen runtime (onnxruntime), cached in the build cache across runs."""
-    from image.build.pipeline import default_cache_dir
+    from image.build.identity import default_cache_dir
     from image.freeze.runtime import freeze_runtime
     from image.freeze.targets import TargetSpec
 
@@ -154,12 +154,14 @@ def arm64_runtime(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def build(top: Path, out: Path, cache: Path, runtime: Path) -> dict[str, str]:
     """One build into its own cache; the development signing key is made once beside ``top``."""
-    from image.build.pipeline import Pipeline
+    from image.build.l4t import L4TPipeline
     from image.build.sign import signing_material
 
     loaded = load_recipe(top / "jetson-test.toml")
     key, keyring = signing_material(loaded, top / "keys-cache")
-    report = Pipeline(loaded, out, cache_dir=cache, keyring=keyring, key=key, runtime=runtime).run()
+    report = L4TPipeline(
+        loaded, out, cache_dir=cache, keyring=keyring, key=key, runtime=runtime
+    ).run()
     return dict(report.outputs)
 
 

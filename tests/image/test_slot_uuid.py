@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from image.build.pipeline import slot_fs_uuid, uuid_seed
+from image.build.identity import slot_fs_uuid, uuid_seed
 from image.recipe import load_recipe
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
