@@ -15,8 +15,8 @@ import pytest
 
 from appliance.slots.uboot import EnvFiles, uboot_loader
 from image.build import boot, uboot
-from image.build.boot import BootError
 from image.recipe import load_recipe
+from image.recipe.schema import RecipeError
 from image.vm.qemu import VmConfig, qemu_command
 
 pytestmark = [
@@ -92,10 +92,14 @@ def test_slot_carries_fw_env_config_for_the_mounted_boot_partition() -> None:
     assert lines == [[f"/boot/efi/{name}", "0x0", "0x4000"] for name in EnvFiles().names]
 
 
-def test_loaders_this_builder_cannot_make_are_refused(recipe_dir: Path) -> None:
+def test_every_target_loader_is_built_and_a_mismatched_one_refused(recipe_dir: Path) -> None:
     boot.self_check(load_recipe(recipe_dir / "coral-usb-arm64.toml"))
-    with pytest.raises(BootError, match=r"target\.loader 'l4t' on arm64 cannot be built"):
-        boot.self_check(load_recipe(recipe_dir / "jetson-orin.toml", check_files=False))
+    boot.self_check(load_recipe(recipe_dir / "jetson-orin.toml", check_files=False))  # L4T's own
+    odd = recipe_dir / "uboot-amd64.toml"
+    text = (recipe_dir / "generic-x86-64.toml").read_text()
+    odd.write_text(text.replace('loader = "grub-efi"', 'loader = "u-boot"'))
+    with pytest.raises(RecipeError, match=r"target\.loader: 'u-boot' does not fit"):
+        load_recipe(odd, check_files=False)  # refused before the builder sees it
 
 
 def test_arm64_vm_boots_debian_u_boot_with_virtio(tmp_path: Path) -> None:
