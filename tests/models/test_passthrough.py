@@ -53,7 +53,7 @@ def test_mediapipe_passes_through_unchanged(name: str, tmp_path: Path) -> None:
     res = optimise(pkg, "coral-usb-arm64", tmp_path / "out")
     assert _digests(tmp_path / "out") == _digests(pkg)
     notes = " ".join(res.notes)
-    assert "edgetpu_compiler is not on PATH" in notes
+    assert "edgetpu_compiler is needed to make it and is not on PATH" in notes
     table = json.loads((tmp_path / "out" / TABLE_FILE).read_text())
     assert table["runtime"] == "litert" and table["selected"] == "model.tflite"
     x = np.random.default_rng(0).uniform(-1, 1, (1, h, w, 3)).astype(np.float32)
