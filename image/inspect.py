@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from image.build.disk import Partition, read_table
+from image.build.rootfs import file_digest
 from image.errors import BuildError
 
 
@@ -250,18 +251,10 @@ def inspect_l4t(manifest: Path, keyring: Path | None, *, digests: bool) -> dict[
             if ring is None and part == "rootfs_a":
                 ring = _debugfs_cat(path, 0, "/etc/edgekiln/keyring.json")
         if digests:
-            states[part] = "ok" if _file_digest(path) == entry.get("sha256") else "MISMATCH"
+            states[part] = "ok" if file_digest(path) == entry.get("sha256") else "MISMATCH"
     out["size"] = total
     if digests:
         verification.update(check_signature(manifest, body, ring))
         verification["partitions"] = states
         out["verification"] = verification
     return out
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

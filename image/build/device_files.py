@@ -14,7 +14,7 @@ import json
 
 from image.build import rootfs
 from image.recipe import LoadedRecipe
-from image.recipe.checks import broker_address
+from appliance.telemetry.provision import broker_address
 
 
 def pipeline_config(loaded: LoadedRecipe) -> bytes:

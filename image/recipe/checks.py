@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from urllib.parse import urlsplit
 
+from appliance.telemetry.provision import broker_address
 from image.recipe.schema import (
     BOOT_MIN_MIB,
     BUILDABLE_ARCHES,
@@ -147,15 +147,6 @@ def _check_pipeline(loaded: LoadedRecipe) -> None:
         )
     if not 1 <= p.threads <= 64:
         raise _fail(loaded, "pipeline.threads", "must be between 1 and 64")
-
-
-def broker_address(url: str) -> tuple[str, int, bool]:
-    """``mqtt://HOST[:PORT]`` / ``mqtts://HOST[:PORT]`` -> (host, port, tls); ValueError if not."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname or parts.path not in ("", "/"):
-        raise ValueError(f"{url!r} is not mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
-    tls = parts.scheme == "mqtts"
-    return parts.hostname, parts.port or (8883 if tls else 1883), tls
 
 
 def _check_telemetry(loaded: LoadedRecipe) -> None:
