@@ -255,17 +255,5 @@ def manifest_body(pipe: Pipeline) -> bytes:
 
 
 def stage_manifest(pipe: Pipeline, name: str) -> Path:
-    from image.build.manifest import sign_manifest
-
     start = pipe._stage("manifest", "image manifest (L4T layout)")
-    body = manifest_body(pipe)
-    out = pipe.outdir / f"{name}.manifest.json"
-    atomic_write_bytes(out, body)
-    pipe.report.outputs["manifest"] = str(out)
-    detail = "unsigned (no signing key)"
-    if pipe.key is not None:
-        sig, key_id = sign_manifest(out, body, pipe.key)
-        pipe.report.outputs["signature"] = str(sig)
-        detail = f"signed by {key_id}"
-    pipe._done("manifest", start, cached=False, size=len(body), detail=detail)
-    return out
+    return pipe.write_manifest(pipe.outdir / f"{name}.manifest.json", manifest_body(pipe), start)

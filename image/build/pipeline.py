@@ -446,7 +446,10 @@ class Pipeline:
         body = manifest_body(
             self.loaded, image, self.partitions, self.components, self.epoch, IMAGE_FORMAT
         )
-        out = self.outdir / f"{image_name(self.loaded)}.manifest.json"
+        return self.write_manifest(self.outdir / f"{image_name(self.loaded)}.manifest.json", body, start)
+
+    def write_manifest(self, out: Path, body: bytes, start: float) -> Path:
+        """Write the manifest ``body`` to ``out`` and sign it when a key is set (every layout)."""
         atomic_write_bytes(out, body)
         self.report.outputs["manifest"] = str(out)
         detail = "unsigned (no signing key)"
