@@ -156,7 +156,9 @@ def cache_key(spec: TargetSpec, epoch: str, sources: str, src: Path) -> str:
     h = hashlib.sha256()
     parts: dict[str, Any] = {
         "format": FREEZE_FORMAT,
-        "target": [spec.name, spec.arch, spec.included, spec.excluded_modules, spec.strip],
+        # Not the target's name: what is bundled decides the tree, so targets that bundle the
+        # same (coral-usb-arm64, coral-devboard) share one cached runtime.
+        "target": [spec.arch, spec.included, spec.excluded_modules, spec.strip],
         "hooksconfig": spec.hooksconfig,
         "python": sys.version,
         "machine": platform.machine(),
