@@ -149,7 +149,11 @@ def _parse_extents(table: memoryview, base_size: int, where: str) -> list[Extent
 
 
 def _all_zero(body: bytes | bytearray, start: int, end: int) -> bool:
-    return body.count(0, start, end) == end - start
+    """True if ``body[start:end]`` is all zero bytes (memcmp per span: ~30x ``bytes.count``)."""
+    return all(
+        body.startswith(_ZEROS[: min(DIFF_SPAN, end - at)], at)
+        for at in range(start, end, DIFF_SPAN)
+    )
 
 
 def _unshuffled(body: bytes | bytearray, diff_start: int, extra_start: int) -> bytearray:
@@ -181,6 +185,44 @@ def add_mod256(dst: memoryview, src: memoryview) -> None:
         x = int.from_bytes(dst[at : at + n], "little")
         y = int.from_bytes(src[at : at + n], "little")
         dst[at : at + n] = (((x & low) + (y & low)) ^ ((x ^ y) & high)).to_bytes(n, "little")
+
+
+DIFF_SPAN = 64 << 10  # an all-zero span of the diff this long is skipped in one comparison
+DIFF_BLOCK = 1024  # else its blocks are looked at one by one
+_ZEROS = bytes(DIFF_SPAN)
+_ZERO_BLOCK = bytes(DIFF_BLOCK)
+
+
+def add_diff(dst: memoryview, body: bytes | bytearray, start: int) -> None:
+    """``dst[i] = (dst[i] + body[start + i]) % 256``, skipping stretches where the diff is zero.
+
+    bsdiff's diff is mostly zero bytes (R already holds them): on a numpy wheel upgrade 0.7 %
+    of 158 MB of diff is not zero, in ~7,600 regions. A ``DIFF_SPAN`` of zeros is skipped with
+    one ``startswith`` (a memcmp, no copy); a span that holds a non-zero byte is looked at in
+    ``DIFF_BLOCK`` blocks, and only runs of blocks holding a non-zero byte go through
+    :func:`add_mod256` (~8 ms per MiB): the add costs about the diff's non-zero share.
+    """
+    n = len(dst)
+    view = memoryview(body)
+    run = -1  # first byte of the current run of non-zero blocks, -1 outside one
+    for span in range(0, n, DIFF_SPAN):
+        span_end = min(span + DIFF_SPAN, n)
+        if body.startswith(_ZEROS[: span_end - span], start + span):
+            if run >= 0:
+                add_mod256(dst[run:span], view[start + run : start + span])
+                run = -1
+            continue
+        for at in range(span, span_end, DIFF_BLOCK):
+            end = min(at + DIFF_BLOCK, span_end)
+            zeros = _ZERO_BLOCK if end - at == DIFF_BLOCK else _ZEROS[: end - at]
+            if body.startswith(zeros, start + at):
+                if run >= 0:
+                    add_mod256(dst[run:at], view[start + run : start + at])
+                    run = -1
+            elif run < 0:
+                run = at
+    if run >= 0:
+        add_mod256(dst[run:n], view[start + run : start + n])
 
 
 def _decompress(frame: bytes | memoryview, limit: int, where: str) -> bytes:
@@ -310,11 +352,12 @@ def apply_parsed(parsed: ParsedChunk, read_at: ReadAt, out_len: int, where: str)
     """Run the controls: ``add`` spans of R plus the diff, then ``copy`` runs of extra.
 
     The ``add`` spans of R are gathered to the front of the output (:meth:`_Reference.gather`),
-    the diff is added to them (:func:`add_mod256`, no numpy), then, back to front, each span
-    moves to its place and the ``extra`` runs fill the gaps (every move goes right, so nothing is
-    overwritten before it moved). An all-zero diff is not added at all. Memory: the output
-    chunk, one read group and the decompressed body, whatever R's size; Python does a couple of
-    slice copies per control, the byte work (reads, the add, the moves) runs in C.
+    the diff is added to them (:func:`add_diff`: its non-zero stretches only, no numpy), then,
+    back to front, each span moves to its place and the ``extra`` runs fill the gaps (every
+    move goes right, so nothing is overwritten before it moved). An all-zero diff is not added
+    at all. Memory: the output chunk, one read group and the decompressed body, whatever R's
+    size; Python does a couple of slice copies per control, the byte work (reads, the add, the
+    moves) runs in C.
     """
     ref = _Reference(parsed.extents, read_at)
     controls = parsed.controls
@@ -335,7 +378,7 @@ def apply_parsed(parsed: ParsedChunk, read_at: ReadAt, out_len: int, where: str)
     view = memoryview(out)
     ref.gather(spans, view)
     if adds and not parsed.zero_diff:
-        add_mod256(view[:adds], body[d:x])
+        add_diff(view[:adds], parsed.body, d)
     if adds == out_len:
         return out
     o, a, x = out_len, adds, len(body)
