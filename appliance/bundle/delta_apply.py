@@ -435,19 +435,12 @@ class BaseSlot:
         """
         parsed = parse_chunk(wire, out_len, base_size, where)
         fd = self._fd
-        ext = parsed.extents
         if (
             parsed.zero_diff
             and parsed.controls == [(out_len, 0, 0)]
-            and len(ext) == 1
-            and ext[0].length >= out_len  # else apply_parsed names the bad control
+            and sum(e.length for e in parsed.extents) >= out_len  # else apply_parsed says why
         ):
-            # Unchanged blocks (most of an update): the chunk is one run of the base, read
-            # straight into a bytes object, no buffer to fill and copy.
-            data = os.pread(fd, out_len, ext[0].offset)
-            if len(data) != out_len:
-                raise DeltaBaseError(f"{where}: base ends inside the chunk's reference")
-            return data
+            return _read_run(fd, parsed.extents, out_len, where)
         out = apply_parsed(
             parsed, lambda off, view: pread_into(fd, view, off, where), out_len, where
         )
@@ -464,6 +457,29 @@ class BaseSlot:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _read_run(fd: int, extents: list[Extent], out_len: int, where: str) -> bytes:
+    """The first ``out_len`` bytes of R, read extent by extent into bytes objects and joined.
+
+    Unchanged blocks (most of an update) are runs of the base: one extent is read straight
+    into the bytes object returned. Several (files that moved by different amounts, ~100 per
+    chunk) are read into one bytes object each, mostly small ones from the heap, and joined:
+    one chunk-sized allocation, where filling a buffer and copying it to bytes took two (each
+    a fresh mapping zero-filled page by page) and the same peak memory.
+    """
+    parts: list[bytes] = []
+    left = out_len
+    for e in extents:
+        if not left:
+            break
+        n = min(e.length, left)
+        part = os.pread(fd, n, e.offset)
+        if len(part) != n:
+            raise DeltaBaseError(f"{where}: base ends inside the chunk's reference")
+        parts.append(part)
+        left -= n
+    return parts[0] if len(parts) == 1 else b"".join(parts)  # (none: out_len 0)
 
 
 CHECK_BLOCK = 4 << 20  # bytes per read of the base check (two buffers: one read, one hashed)

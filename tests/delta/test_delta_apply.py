@@ -19,6 +19,7 @@ from appliance.bundle.delta import (
     MAGIC,
     MAGIC_RUN,
     MAGIC_SHUFFLED,
+    DeltaBaseError,
     DeltaError,
     Extent,
     encode_chunk,
@@ -246,6 +247,36 @@ def test_sparse_diff_chunk_rebuilds_like_the_model(base: tuple[Path, bytes]) -> 
         with BaseSlot(path) as slot:
             got = slot.rebuild(wire, n, len(data), "sparse diff")
         assert bytes(got) == model(data, extents, controls, bytes(diff), b"")
+
+
+@pytest.mark.parametrize("lengths", [[4096], [4096, 8192, 1], [1 << 20, 4096], [5] * 300])
+def test_runs_of_the_base_are_read_extent_by_extent(
+    base: tuple[Path, bytes], lengths: list[int]
+) -> None:
+    """Unchanged runs (EKD0, and EKD1 with one control and an all-zero diff) of 1..300 extents."""
+    path, data = base
+    rng = random.Random(len(lengths))
+    extents = [Extent(rng.randrange(0, len(data) - n), n) for n in lengths]
+    n = sum(lengths)
+    expect = b"".join(data[e.offset : e.offset + e.length] for e in extents)
+    run = encode_chunk(extents, [(n, 0, 0)], bytes(n), b"", level=3)
+    assert run[:4] == MAGIC_RUN
+    longer = [*extents, Extent(0, 4096)]  # R longer than the chunk: its first n bytes
+    zero = encode_chunk(longer, [(n, 0, 0)], bytes(n), b"", level=3)
+    assert zero[:4] == MAGIC
+    with BaseSlot(path) as slot:
+        assert slot.rebuild(run, n, len(data), "run") == expect
+        assert slot.rebuild(zero, n, len(data), "zero diff") == expect
+
+
+def test_a_run_past_the_end_of_the_base_file_is_refused(tmp_path: Path) -> None:
+    """The signed base size says 3 MiB, the file holds less: the read comes up short."""
+    short = tmp_path / "short.img"
+    short.write_bytes(random.Random(9).randbytes(2 << 20))
+    extents = [Extent(0, 4096), Extent((2 << 20) - 100, 4096)]
+    wire = encode_chunk(extents, [(8192, 0, 0)], bytes(8192), b"", level=3)
+    with BaseSlot(short) as slot, pytest.raises(DeltaBaseError, match="base ends inside"):
+        slot.rebuild(wire, 8192, 3 << 20, "past the end")
 
 
 def test_ekd0_with_many_extents_packs_its_table_and_rebuilds(base: tuple[Path, bytes]) -> None:
