@@ -67,6 +67,7 @@ __all__ = [
     "MjpegHttpSource",
     "Source",
     "V4L2Source",
+    "capabilities",
     "frames",
     "is_live_uri",
     "open_source",
@@ -162,6 +163,20 @@ def _open_stream(uri: str, scheme: str) -> Source:
         except NotMjpegStream:
             pass  # e.g. MPEG-TS over HTTP: a video decoder's job
     return FfmpegPipeSource(uri, uri, live=True)
+
+
+def capabilities() -> dict[str, str]:
+    """What this runtime reads cameras with (``appliance info``; the freeze tests check it)."""
+    from appliance.inference.sources import libyuv
+    from appliance.inference.sources.ffmpeg_pipe import find_ffmpeg
+
+    opencv = _importable("cv2")
+    return {
+        "v4l2": "linuxpy" if _importable("linuxpy") else ("opencv" if opencv else "none"),
+        "yuyv": "libyuv" if libyuv.available() else "numpy",
+        "mjpeg": "simplejpeg" if _importable("simplejpeg") else ("opencv" if opencv else "none"),
+        "streams": "opencv" if opencv else ("ffmpeg" if find_ffmpeg() else "mjpeg-http"),
+    }
 
 
 def _importable(module: str) -> bool:
