@@ -154,15 +154,19 @@ class FfmpegPipeSource:
             if not self._fill(len(self._buf) + 1, deadline, what):
                 self._check_end()
                 return None
-        fields = bytes(self._buf[:end]).split()
-        width, height, maxval = int(fields[1]), int(fields[2]), int(fields[3])
-        if fields[0] != b"P6" or maxval != 255 or width <= 0 or height <= 0:
-            raise SourceError(f"{self.uri}: unexpected frame header {bytes(self._buf[:end])!r}")
+        header = bytes(self._buf[:end])
+        try:
+            magic, width, height, maxval = header.split()[0], *map(int, header.split()[1:4])
+        except ValueError:
+            magic, width, height, maxval = b"", 0, 0, 0
+        if magic != b"P6" or maxval != 255 or width <= 0 or height <= 0:
+            self._proc.kill()
+            raise SourceError(f"{self.uri}: unexpected frame header {header!r} from ffmpeg")
         size = width * height * 3
         if not self._fill(end + size, deadline, what):
             self._check_end()
             return None
-        image = np.frombuffer(bytes(self._buf[end : end + size]), np.uint8)
+        image = np.frombuffer(self._buf, np.uint8, count=size, offset=end).copy()
         del self._buf[: end + size]
         t1 = time.monotonic()
         self._index += 1
@@ -172,7 +176,11 @@ class FfmpegPipeSource:
 
     def _check_end(self) -> None:
         """At the end of FFmpeg's output: fine for a file, a SourceError for a failure or camera."""
-        code = self._proc.wait(timeout=READ_TIMEOUT_MS / 1000)
+        try:
+            code = self._proc.wait(timeout=READ_TIMEOUT_MS / 1000)
+        except subprocess.TimeoutExpired:  # closed its output but lingers: not a source any more
+            self._proc.kill()
+            code = self._proc.wait()
         said = _said(self._reason())
         if code != 0 and self._index == 0:
             raise SourceError(f"{self.uri}: cannot open (ffmpeg exit {code}){said}")

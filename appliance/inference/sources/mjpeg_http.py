@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import http.client
 import time
+from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 from appliance.inference.errors import SourceError
@@ -48,7 +49,6 @@ class MjpegHttpSource:
             user = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
             headers["Authorization"] = "Basic " + base64.b64encode(user.encode()).decode()
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self._after_boundary = False
         self._index = 0
         try:
             self._conn.request("GET", path, headers=headers)
@@ -68,7 +68,7 @@ class MjpegHttpSource:
                 raise NotMjpegStream(
                     f"{uri}: the server sends {ctype or 'no content type'}, not MJPEG"
                 )
-            self._boundary = boundary
+            self._parts = MultipartReader(self._resp, boundary, uri)
             if self._conn.sock is not None:
                 self._conn.sock.settimeout(READ_TIMEOUT_MS / 1000)
             self._first: Frame | None = self._next("first frame", OPEN_TIMEOUT_MS)
@@ -81,16 +81,10 @@ class MjpegHttpSource:
                 f"{uri}: cannot open the stream: {_why(exc, OPEN_TIMEOUT_MS)}"
             ) from None
 
-    def _line(self) -> bytes:
-        line = self._resp.readline(4096)
-        if not line:
-            raise EOFError
-        return line
-
     def _next(self, what: str, timeout_ms: int) -> Frame:
         t0 = time.monotonic()
         try:
-            data = self._part()
+            data = self._parts.next_part()
         except EOFError:
             raise SourceError(f"{self.uri}: the server closed the stream") from None
         except (OSError, http.client.HTTPException) as exc:
@@ -103,12 +97,43 @@ class MjpegHttpSource:
         self._index += 1
         return Frame(image, "BGR", self._index - 1, t1, (t1 - t0) * 1000)
 
-    def _is_boundary(self, line: bytes) -> bool:
-        """``--boundary`` (or ``--boundary--``); cameras disagree on the dashes: ignore them."""
-        text = line.strip()
-        return text.startswith(b"--") and text.lstrip(b"-").startswith(self._boundary)
+    def read(self) -> Frame | None:
+        if self._first is not None:
+            frame, self._first = self._first, None
+            return frame
+        return self._next("frame", READ_TIMEOUT_MS)
 
-    def _part(self) -> bytes:
+    def close(self) -> None:
+        self._conn.close()
+
+
+class Readable(Protocol):
+    """What the parser reads from: an HTTP response, or any binary stream (tests)."""
+
+    def readline(self, limit: int = -1, /) -> bytes: ...
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+class MultipartReader:
+    """The parts of a ``multipart/x-mixed-replace`` body, one JPEG at a time (untrusted bytes).
+
+    Every part is bounded (``MAX_PART`` bytes, ``MAX_HEADER_LINES`` header lines, lines of at
+    most 4 KiB while looking for a boundary); a body that breaks the format is a SourceError,
+    the end of the body is EOFError.
+    """
+
+    def __init__(self, stream: Readable, boundary: bytes, uri: str) -> None:
+        self._stream, self._boundary, self.uri = stream, boundary.lstrip(b"-"), uri
+        self._after_boundary = False
+
+    def _line(self) -> bytes:
+        line = self._stream.readline(4096)
+        if not line:
+            raise EOFError
+        return line
+
+    def next_part(self) -> bytes:
         """The bytes of the next part (boundary line, part headers, then the JPEG)."""
         if not self._after_boundary:
             for _ in range(MAX_HEADER_LINES):
@@ -116,7 +141,8 @@ class MjpegHttpSource:
                     break
             else:
                 raise SourceError(
-                    f"{self.uri}: no multipart boundary {self._boundary.decode()!r} found"
+                    f"{self.uri}: no multipart boundary {self._boundary.decode(errors='replace')!r}"
+                    " found"
                 )
         self._after_boundary = False
         length = self._part_length()
@@ -124,10 +150,15 @@ class MjpegHttpSource:
             return self._until_boundary()
         if not 0 < length <= MAX_PART:
             raise SourceError(f"{self.uri}: a part of {length} bytes is not a camera frame")
-        data = self._resp.read(length)
+        data = self._stream.read(length)
         if len(data) < length:
             raise EOFError
         return data
+
+    def _is_boundary(self, line: bytes) -> bool:
+        """``--boundary`` (or ``--boundary--``); cameras disagree on the dashes: ignore them."""
+        text = line.strip()
+        return text.startswith(b"--") and text.lstrip(b"-").startswith(self._boundary)
 
     def _part_length(self) -> int | None:
         """Read a part's headers up to the blank line; its Content-Length, if it has one."""
@@ -148,7 +179,7 @@ class MjpegHttpSource:
         """A part without a length: the JPEG runs up to the next boundary line."""
         data = bytearray()
         while True:
-            line = self._resp.readline(1 << 16)
+            line = self._stream.readline(1 << 16)
             if not line:
                 raise EOFError
             if self._is_boundary(line):
@@ -159,15 +190,6 @@ class MjpegHttpSource:
                 raise SourceError(
                     f"{self.uri}: a part runs past {MAX_PART} bytes without a boundary"
                 )
-
-    def read(self) -> Frame | None:
-        if self._first is not None:
-            frame, self._first = self._first, None
-            return frame
-        return self._next("frame", READ_TIMEOUT_MS)
-
-    def close(self) -> None:
-        self._conn.close()
 
 
 def _boundary(content_type: str) -> bytes | None:
