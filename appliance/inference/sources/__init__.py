@@ -3,7 +3,8 @@
 URIs understood by :func:`open_source`:
 
 * ``v4l2:///dev/video0`` or ``/dev/video0`` - a V4L2 camera, read with linuxpy (ioctl + mmap,
-  no OpenCV; ``?format=YUYV|MJPG|GREY&width=&height=&fps=``, see ``v4l2.py``); a runtime that
+  no OpenCV; ``?format=YUYV|MJPG|GREY&width=&height=&fps=``, see ``v4l2.py``; YUYV converted
+  by libyuv, numpy where it is missing, MJPEG by simplejpeg: ``pixels.py``); a runtime that
   has OpenCV but not linuxpy falls back to OpenCV ``CAP_V4L2``,
 * ``rtsp://``, ``rtsps://``, ``http://``, ``https://``, ``udp://``, ``tcp://``, ``rtmp://`` - a
   network stream, with open/read timeouts so a dead camera cannot hang us. Read with OpenCV
