@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +152,34 @@ def test_numpy_resize_matches_opencv() -> None:
         theirs = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
         assert ours.shape == theirs.shape == (height, width, 3)
         assert np.abs(ours.astype(np.int16) - theirs).max() <= 2
+
+
+def test_without_libyuv_numpy_converts_the_same_frame(tmp_path: Path) -> None:
+    """A system without libyuv (hidden in a private mount namespace): numpy, same colours."""
+    from tests.image.test_freeze_camera import WITHOUT_SYSTEM_LIBYUV, system_libyuv
+
+    lib = system_libyuv()
+    if lib is None or shutil.which("unshare") is None:
+        pytest.skip("no system libyuv to hide, or no unshare")
+    frame = tmp_path / "frame.yuyv"
+    frame.write_bytes(every_yuv_pair())
+    code = (
+        "import sys, numpy as np\n"
+        "from appliance.inference.sources import capabilities\n"
+        "from appliance.inference.sources.pixels import yuyv_to_bgr, yuyv_to_bgr_numpy\n"
+        "data = open(sys.argv[1], 'rb').read()\n"
+        "same = (yuyv_to_bgr(data, 64, 4096) == yuyv_to_bgr_numpy(data, 64, 4096)).all()\n"
+        "print(capabilities()['yuyv'], bool(same))\n"
+    )
+    cmd = ["unshare", "-m", "sh", "-c", WITHOUT_SYSTEM_LIBYUV, str(lib)]
+    done = subprocess.run(
+        [*cmd, sys.executable, "-c", code, str(frame)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0 and "unshare" in done.stderr:
+        pytest.skip(f"no private mount namespace here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["numpy", "True"]
