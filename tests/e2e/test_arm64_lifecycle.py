@@ -71,7 +71,10 @@ pytestmark = [
 ]
 
 PROFILE = REPO / "recipes" / "coral-usb-arm64-qemu.toml"
-CMDLINE = "console=ttyAMA0,115200 rootwait systemd.journald.forward_to_console=1 modules-load=vivid"
+CMDLINE = (
+    "console=ttyAMA0,115200 rootwait systemd.journald.forward_to_console=1 modules-load=vivid "
+    "systemd.default_timeout_start_sec=600"  # hang protection (recipes/coral-usb-arm64-qemu.toml)
+)
 CAMERA = "v4l2:///dev/video0"
 PIPELINE_JSON = "/edgekiln/pipeline.json"  # on data: the agent's pipeline config
 VERSIONS = {"1.0.0": False, "2.0.0": False, "3.0.0": True}  # version -> broken primary model
