@@ -1,18 +1,19 @@
 """The window aggregator: per-frame records in, one summary per window out.
 
-``add(record)`` is on the frame path. It keeps no reference to the record: it appends one
-tuple per frame (model, the four stage times as one tuple made in C by ``itemgetter``, top-1
-label and score) to a list, and returns; the record is freed as soon as the pipeline drops it.
-Holding the records themselves (as this module once did, to fold them in batches) kept about
-six GC-tracked objects alive per frame until the window closed: the collector walked them again
-and again, and the fold re-read each record's dicts from cold memory. The tuples hold only
-floats and strings: the collector untracks such a tuple the first time it sees it.
+``add(record)`` is on the frame path. It keeps no reference to the record and creates no
+object that outlives the call: the frame's four stage times go into a flat ``array('d')`` (one
+``extend`` of the tuple ``itemgetter`` makes in C), its model, top-1 label and score onto three
+lists of existing objects; the record is freed as soon as the pipeline drops it. Holding the
+records themselves (as this module once did, to fold them in batches) kept about six objects
+the garbage collector tracks alive per frame until the window closed, and the fold re-read
+each record's dicts from cold memory.
 
-Every ``HOLD`` frames (and at ``close()``) the rows are folded (``zip``, C loops): the stage
-times into one float64 array (40 bytes a frame, exact percentiles at close), the labels into a
-counter, the scores into a running sum, so memory stays bounded at any frame rate. ``close()``
-computes the percentiles. Pure: no clock, no I/O; :class:`~appliance.telemetry.uplink.
-TelemetrySink` owns the timing. Costs: tools/bench_telemetry.py, appliance/telemetry/README.md.
+Every ``HOLD`` frames (and at ``close()``) the lists are folded (C loops): the stage times into
+a float64 array with their total (40 bytes a frame: exact percentiles at close), the labels
+into a counter, the scores into a running sum, so memory stays bounded at any frame rate.
+``close()`` computes the percentiles in one numpy call. Pure: no clock, no I/O;
+:class:`~appliance.telemetry.uplink.TelemetrySink` owns the timing. Costs:
+tools/bench_telemetry.py, appliance/telemetry/README.md.
 
 Latency stages are those of the record (capture, pre, infer, post) plus ``total`` (their sum):
 the publish stage is measured after the record left, so it is not in the window.
@@ -20,8 +21,8 @@ the publish stage is measured after the record left, so it is not in the window.
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
-from itertools import chain
 from operator import itemgetter
 from typing import Any
 
@@ -31,7 +32,6 @@ STAGES = ("capture", "pre", "infer", "post", "total")
 MODES = ("primary", "fallback", "degraded")  # a window's mode: the most frames (ties: first)
 HOLD = 4096  # frames held in lists before folding into arrays (bounds memory at any fps)
 _TIMES = itemgetter(*STAGES[:-1])
-_MORE = object()  # the model slot of a detection row after a frame's first
 
 
 def _by_name(counts: Counter[Any]) -> dict[str, int]:
@@ -53,10 +53,13 @@ class WindowAggregator:
         self._reset()
 
     def _reset(self) -> None:
-        self._rows: list[tuple[Any, Any, Any, Any]] = []  # (model, stage ms, label, score)
-        self._folded = 0  # good frames folded from _rows
-        self._failed = 0  # degraded frames
-        self._failed_at = -1  # len(_rows) at the last degraded frame (-1: none since a fold)
+        self._times = array("d")  # the four stage ms of each frame that has them, flat
+        self._models: list[Any] = []  # the model of each good frame
+        self._labels: list[Any] = []  # top-1 label of each prediction (detections: each)
+        self._scores: list[Any] = []
+        self._folded = 0  # frames folded (good and degraded)
+        self._failed = 0  # degraded frames not folded yet
+        self._failed_at = -1  # len(_models) at the last degraded frame (-1: none since a fold)
         self._last: dict[str, Any] | None = None  # the last good record (its model's names)
         self._arrays: list[np.ndarray] = []  # folded stage times: (n, 5) with the total
         self._odd: list[dict[str, float]] = []  # ms of degraded frames and of odd records
@@ -74,39 +77,40 @@ class WindowAggregator:
         if record.get("degraded"):
             self._add_failed(record)
             return
-        try:  # a classifier's frame: one tuple of what the window needs
+        try:  # a classifier's frame: read everything first, then append (no half frame)
             first = record["top"][0]
-            self._rows.append(
-                (record["model"], _TIMES(record["ms"]), first["label"], first["score"])
-            )
+            times = _TIMES(record["ms"])
+            model, label, score = record["model"], first["label"], first["score"]
         except (KeyError, IndexError, TypeError):  # a detector's, or a record missing a field
             self._add_other(record)
+        else:
+            self._times.extend(times)
+            self._models.append(model)
+            self._labels.append(label)
+            self._scores.append(score)
         self._last = record
         if "over_budget" in record:  # the stages over their budget (a list)
             self.over_budget.update(list(record["over_budget"] or ()))
-        if len(self._rows) >= HOLD:
+        if len(self._models) >= HOLD:
             self._fold()
 
     def _add_other(self, record: dict[str, Any]) -> None:
         ms = record.get("ms") or {}
         try:
-            times = _TIMES(ms)
+            self._times.extend(_TIMES(ms))
         except KeyError:
-            times = None
             if ms:
                 self._odd.append(ms)
         found = record["top"][:1] if record.get("top") else record.get("detections") or ()
-        model = record.get("model")
-        if not found:
-            self._rows.append((model, times, None, None))
-        for i, det in enumerate(found):  # the frame's times once, every detection's label
-            self._rows.append((model if i == 0 else _MORE, times if i == 0 else None,
-                               det["label"], det["score"]))  # fmt: skip
+        for det in found:
+            self._labels.append(det["label"])
+            self._scores.append(det["score"])
+        self._models.append(record.get("model"))
 
     def _add_failed(self, record: dict[str, Any]) -> None:
         self.errors["inference" if "error" in record else "degraded"] += 1
         self._failed += 1
-        self._failed_at = len(self._rows)
+        self._failed_at = len(self._models)
         ms = record.get("ms")
         if ms:
             self._odd.append(ms)
@@ -116,18 +120,26 @@ class WindowAggregator:
     # --- folding and closing --------------------------------------------------------------
 
     def _fold(self) -> None:
-        """Move the held rows into arrays and counters (C loops)."""
-        rows, self._rows = self._rows, []
-        last_failed, self._failed_at = self._failed_at == len(rows), -1
+        """Move the held lists into arrays and counters (C loops)."""
+        models, self._models = self._models, []
+        last_failed, self._failed_at = self._failed_at == len(models), -1
         if self._failed:
             self.modes["degraded"] += self._failed
             self._folded += self._failed
             self._failed = 0
             self.mode = "degraded"
-        if not rows:
+        if self._times:
+            times = np.frombuffer(self._times, dtype=np.float64).reshape(-1, 4)
+            self._arrays.append(np.column_stack((times, times.sum(axis=1))))  # a copy
+            self._times = array("d")
+        if self._labels:
+            self.predictions.update(self._labels)
+            self._score_sum += sum(self._scores)
+            self._score_n += len(self._scores)
+            self._labels, self._scores = [], []
+        if not models:
             return
-        models, times, labels, scores = zip(*rows, strict=True)
-        frames = len(rows) - models.count(_MORE)
+        frames = len(models)
         self._folded += frames
         primary = self.primary_model
         on_primary = frames if primary is None else models.count(primary)
@@ -140,25 +152,11 @@ class WindowAggregator:
                 self.backend = last.get("backend")
             if not last_failed:
                 self.mode = "primary" if primary in (None, last.get("model")) else "fallback"
-        found = times if times.count(None) == 0 else [t for t in times if t is not None]
-        if found:
-            flat = np.fromiter(chain.from_iterable(found), np.float64, count=4 * len(found))
-            array = flat.reshape(-1, 4)
-            self._arrays.append(np.column_stack((array, array.sum(axis=1))))
-        if labels.count(None) == 0:
-            self.predictions.update(labels)
-            self._score_sum += sum(scores)
-            self._score_n += len(scores)
-        elif labels.count(None) < len(labels):
-            kept = [(lab, sc) for lab, sc in zip(labels, scores, strict=True) if lab is not None]
-            self.predictions.update(lab for lab, _ in kept)
-            self._score_sum += sum(sc for _, sc in kept)
-            self._score_n += len(kept)
 
     @property
     def count(self) -> int:
         """Frames in the window so far."""
-        return self._folded + self._failed + sum(r[0] is not _MORE for r in self._rows)
+        return self._folded + self._failed + len(self._models)
 
     def error(self, kind: str) -> None:
         """An error that is not a frame (a lost camera, a refused uplink)."""
@@ -177,9 +175,9 @@ class WindowAggregator:
                 for i, stage in enumerate(STAGES)
             }  # fmt: skip
         columns: list[list[np.ndarray]] = [[] for _ in STAGES]
-        for array in self._arrays:
+        for folded in self._arrays:
             for i in range(len(STAGES)):
-                columns[i].append(array[:, i])
+                columns[i].append(folded[:, i])
         if self._odd:  # failed frames (capture only) and records missing a stage
             for i, stage in enumerate(STAGES[:-1]):
                 columns[i].append(np.array([m[stage] for m in self._odd if stage in m], float))
