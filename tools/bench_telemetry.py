@@ -15,14 +15,15 @@
      camera's (1/fps a telemetry frame), so at the default 60 s window and 30 fps a window
      closes every 1,800 telemetry frames as on a device. Printed: the overhead over all blocks
      (window closes included), the median of the per-pair ratios with their quartiles, and
-     the machine's load average.
+     the machine's load average. ``--control`` runs the same with a sink that does nothing in
+     its blocks: what it reads is the bench's own bias (about 0).
 2. **Bytes per window and per day** at the default 60 s window and 30 fps (simulated clock):
    the JSON payload plus MQTT framing (fixed header, topic, packet id, PUBACK).
 3. **Ingest rate** of one ``kiln fleet ingest`` process into SQLite (and PostgreSQL with
    ``--postgres``): N windows published by 20 real MQTT clients to a real mosquitto; messages
    per second from the first stored to the last; goal 1,000 devices at 60 s (16.7 msg/s) x 10.
 
-    .venv/bin/python tools/bench_telemetry.py [--only cpu|bytes|ingest] [--frames 36000]
+    .venv/bin/python tools/bench_telemetry.py [--only cpu|bytes|ingest] [--control] [--frames 36000]
         [--ingest 5000] [--postgres]
 """
 
@@ -66,11 +67,21 @@ class Counting:
         pass
 
 
+class _Nothing:
+    """The control's sink: the same calls, no work (the bench's own bias reads as overhead)."""
+
+    def publish(self, record: dict[str, object]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class _Blocks:
     """The sink of the whole-loop measure: results go to the telemetry sink in every other
     block of frames and are dropped in the others; events always go."""
 
-    def __init__(self, tele: TelemetrySink) -> None:
+    def __init__(self, tele: TelemetrySink | _Nothing) -> None:
         self.tele = tele
         self.on = False
 
@@ -83,7 +94,7 @@ class _Blocks:
 
 
 def loop_blocks(
-    frames: int, window_s: float, fps: float = 30.0, block: int = 200
+    frames: int, window_s: float, fps: float = 30.0, block: int = 200, control: bool = False
 ) -> tuple[list[float], list[float]]:
     """One pipeline run (reference model, onnxruntime, one thread) whose results go through the
     TelemetrySink in every other block of ``block`` frames (ABBA order) and are dropped in the
@@ -110,7 +121,7 @@ def loop_blocks(
         clock=lambda: camera[0],
         timer=False,
     )
-    sink = _Blocks(tele)
+    sink = _Blocks(_Nothing() if control else tele)
     base: list[float] = []
     with_tele: list[float] = []
     state = {"n": 0, "mark": 0.0, "block": 0}
@@ -331,7 +342,15 @@ def main() -> None:
     ap.add_argument("--ingest", type=int, default=5000)
     ap.add_argument("--postgres", action="store_true")
     ap.add_argument("--only", choices=("cpu", "bytes", "ingest"), default=None)
+    ap.add_argument("--control", action="store_true", help="whole loop with a do-nothing sink")
     args = ap.parse_args()
+    if args.control:
+        base, tele = loop_blocks(args.frames, args.window, control=True)
+        ratios = [t / b for b, t in zip(base, tele, strict=True)]
+        print(f"control (a sink doing nothing in every other block): all blocks "
+              f"{100 * (sum(tele) / sum(base) - 1):+.2f} %, median per-pair ratio "
+              f"{100 * (statistics.median(ratios) - 1):+.2f} %")  # fmt: skip
+        return
     if args.only in (None, "cpu"):
         cpu_overhead(args.frames, args.window)
     if args.only in (None, "bytes"):
