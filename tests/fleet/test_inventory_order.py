@@ -244,40 +244,43 @@ def newest_of_real(messages: list[dict[str, Any]]) -> dict[str, Any]:
     return want
 
 
-def stored_windows(store: Store, devices: list[str]) -> int:
+def stored(store: Store, devices: list[str]) -> tuple[int, int]:
+    """(windows, events) of ``devices`` (the database may hold other devices)."""
     marks = ", ".join("?" * len(devices))
-    query = f"SELECT COUNT(*) FROM windows WHERE device IN ({marks})"
-    return int(store.query(query, devices)[0][0])
+    return tuple(  # type: ignore[return-value]
+        int(store.query(f"SELECT COUNT(*) FROM {table} WHERE device IN ({marks})", devices)[0][0])
+        for table in ("windows", "events")
+    )
 
 
-def wait_windows(db: str, devices: list[str], count: int, timeout: float = 60.0) -> None:
-    """Until ``devices`` have ``count`` windows stored (the database may hold other devices)."""
+def wait_stored(db: str, devices: list[str], want: tuple[int, int], timeout: float = 60.0) -> None:
+    """Until ``devices`` have ``want`` (windows, events) stored."""
     deadline = time.monotonic() + timeout
-    n = 0
+    n = (0, 0)
     while time.monotonic() < deadline:
         store = Store.open(db)
-        n = stored_windows(store, devices)
+        n = stored(store, devices)
         store.close()
-        if n >= count:
+        if all(got >= need for got, need in zip(n, want, strict=True)):
             return
         time.sleep(0.1)
-    pytest.fail(f"only {n} of {count} windows stored within {timeout} s")
+    pytest.fail(f"only {n} of {want} (windows, events) stored within {timeout} s")
 
 
 def _through_two_ingesters(broker: Broker, db: str, tmp: Path) -> None:
     devices = {f"cam-{i}": device_history(tmp, f"cam-{i}") for i in range(6)}
     stream = [m for msgs in devices.values() for m in reversed(msgs)]  # newest first
-    windows = sum(m["type"] == "window" for m in stream)
+    want = (sum(m["type"] == "window" for m in stream), sum(m["type"] == "event" for m in stream))
     a = IngestProcess(broker.port, db, f"ord-a-{tmp.name}", tmp / "a.log")
     b = IngestProcess(broker.port, db, f"ord-b-{tmp.name}", tmp / "b.log")
     publish_all(broker.port, stream)
     random.Random(7).shuffle(stream)
     publish_all(broker.port, stream[: len(stream) // 2])  # re-sent, shuffled: stored once
-    wait_windows(db, list(devices), windows)
+    wait_stored(db, list(devices), want)
     for ing in (a, b):
         ing.stop()
     store = Store.open(db)
-    assert stored_windows(store, list(devices)) == windows
+    assert stored(store, list(devices)) == want
     for name, msgs in devices.items():
         row = row_of(store, name)
         assert (row.version, row.slot, row.site) == ("2.0.0", "b", "plant-b")
