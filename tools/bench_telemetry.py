@@ -94,7 +94,12 @@ class _Blocks:
 
 
 def loop_blocks(
-    frames: int, window_s: float, fps: float = 30.0, block: int = 200, control: bool = False
+    frames: int,
+    window_s: float,
+    fps: float = 30.0,
+    block: int = 200,
+    control: bool = False,
+    package: Path = PACKAGE,
 ) -> tuple[list[float], list[float]]:
     """One pipeline run (reference model, onnxruntime, one thread) whose results go through the
     TelemetrySink in every other block of ``block`` frames (ABBA order) and are dropped in the
@@ -105,13 +110,13 @@ def loop_blocks(
     so a window closes every ``window_s * fps`` telemetry frames, as on a device.
     """
     cfg = PipelineConfig(
-        model=str(PACKAGE),
-        source=f"npz:{PACKAGE}/reference.npz?loop=1",
+        model=str(package),
+        source=f"npz:{package}/reference.npz?loop=1",
         backends=["onnxruntime"],
         max_frames=frames + 1,
     )
     camera = [1_800_000_000.0]
-    refs, primary = references(str(PACKAGE))
+    refs, primary = references(str(package))
     tele = TelemetrySink(
         TelemetryConfig(window_s=window_s, data_dir=tempfile.mkdtemp(prefix="bench-telemetry-")),
         IDENT,
@@ -208,13 +213,14 @@ def window_close_cost(window_s: float, fps: float = 30.0, windows: int = 8) -> f
     return statistics.median(costs[1:])
 
 
-def cpu_overhead(frames: int, window_s: float, fps: float = 30.0) -> None:
+def cpu_overhead(frames: int, window_s: float, fps: float = 30.0, package: Path = PACKAGE) -> None:
     # 1. accounting: the frame path and a window's close, each measured alone
     direct = frame_path_cost()
     close_s = window_close_cost(window_s, fps)
     per_frame = direct + close_s / (window_s * fps)  # one close per window_s * fps frames
     # 2. the whole loop: blocks with and without telemetry interleaved in one run
-    base, tele = loop_blocks(frames, window_s, fps)
+    base, tele = loop_blocks(frames, window_s, fps, package=package)
+    print(f"model: {package.name}")
     ratios = [t / b_ for b_, t in zip(base, tele, strict=True)]
     b, r = statistics.median(base) / 200, statistics.median(ratios)
     total = sum(tele) / sum(base)  # every block: window closes included
@@ -343,7 +349,19 @@ def main() -> None:
     ap.add_argument("--postgres", action="store_true")
     ap.add_argument("--only", choices=("cpu", "bytes", "ingest"), default=None)
     ap.add_argument("--control", action="store_true", help="whole loop with a do-nothing sink")
+    ap.add_argument(
+        "--mobilenet",
+        action="store_true",
+        help="the CPU figures on a MobileNetV2-shaped classifier (224x224, 7-12 ms a frame: "
+        "the class of model an appliance runs) instead of the 0.2 ms reference model",
+    )
     args = ap.parse_args()
+    package = PACKAGE
+    if args.mobilenet:
+        sys.path.insert(0, str(REPO / "tools"))
+        from bench_models import mobilenet_package
+
+        package = mobilenet_package(Path(tempfile.mkdtemp(prefix="bench-tele-")) / "mnv2", 64, 1)
     if args.control:
         base, tele = loop_blocks(args.frames, args.window, control=True)
         ratios = [t / b for b, t in zip(base, tele, strict=True)]
@@ -352,7 +370,7 @@ def main() -> None:
               f"{100 * (statistics.median(ratios) - 1):+.2f} %")  # fmt: skip
         return
     if args.only in (None, "cpu"):
-        cpu_overhead(args.frames, args.window)
+        cpu_overhead(args.frames, args.window, package=package)
     if args.only in (None, "bytes"):
         bytes_per_day()
     if args.only in (None, "ingest"):
