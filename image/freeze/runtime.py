@@ -65,7 +65,7 @@ from image.freeze.pyinstaller import (
     strip_debug_info,
 )
 from image.freeze.report import SizeReport, differing, file_digests, size_report, tree_digest
-from image.freeze.targets import TargetSpec, resolve_target
+from image.freeze.targets import TargetSpec, recipe_spec, resolve_target
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +109,7 @@ def target_spec(target: Any, extras: Sequence[str] = ()) -> TargetSpec:
     elif isinstance(target, str):
         spec = resolve_target(target)
     else:
-        recipe = getattr(target, "recipe", target)  # LoadedRecipe or Recipe
-        name, backend = recipe.target.name, recipe.target.backend
-        spec = resolve_target(name)
-        if backend != spec.backend:
-            spec = TargetSpec(spec.name, spec.arch, backend, spec.extras, spec.hooksconfig)
-        runtime = getattr(recipe, "runtime", None)
-        extras = (*getattr(runtime, "extras", ()), *extras)
+        spec = recipe_spec(target)  # its target, back end and [runtime] extras
     return spec.with_extras(tuple(extras)) if extras else spec
 
 
