@@ -7,7 +7,8 @@ Public API (used by the image builder)::
     verify_reproducible(target, workdir) -> ReproResult
 
 ``progress`` is a callable taking one line of text per stage (e.g. ``click.echo`` or a rich
-console's ``log``); ``extras=("opencv",)`` bundles OpenCV too (camera capture, cv2.dnn fallback).
+console's ``log``); ``extras=("opencv",)`` bundles OpenCV too (streams and video files through
+OpenCV, cv2.dnn as a second back end; no target needs it to read a V4L2 camera).
 
 ``target`` is a target name (``"generic-x86-64"``), a back-end name (``"onnxruntime"``), a loaded
 recipe (:class:`image.recipe.LoadedRecipe` or :class:`image.recipe.Recipe`: its ``target.name``
