@@ -25,6 +25,7 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -38,11 +39,20 @@ PLAIN_SERVER = textwrap.dedent(
     import os, sys
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     out = sys.argv[3]
+    into = len(sys.argv) > 6 and sys.argv[6] == "recv_into"
     class H(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         def do_PUT(self):
             left = int(self.headers["Content-Length"])
             with open(out, "wb") as f:
+                if into:  # one reusable 1 MiB buffer, recv_into on the socket itself
+                    view = memoryview(bytearray(1 << 20))
+                    pending = self.rfile.peek(0)[: left] if hasattr(self.rfile, "peek") else b""
+                    self.rfile.read(len(pending)); f.write(pending); left -= len(pending)
+                    while left:
+                        n = self.connection.recv_into(view, min(left, len(view)))
+                        if not n: break
+                        f.write(view[:n]); left -= n
                 while left:
                     data = self.rfile.read(min(left, 1 << 20))
                     f.write(data)
@@ -51,11 +61,34 @@ PLAIN_SERVER = textwrap.dedent(
             self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
         def log_message(self, *a): pass
     server = ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), H)
-    if len(sys.argv) > 4:
+    if len(sys.argv) > 4 and sys.argv[4]:
         import ssl
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(sys.argv[4], sys.argv[5])
         server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    print("ready", flush=True)
+    server.serve_forever()
+    """
+)
+
+
+NO_TLS_DEVICE = textwrap.dedent(
+    """
+    import dataclasses, socketserver, sys
+    from pathlib import Path
+    from appliance.api import server as api
+    from appliance.api.cli import _device
+    device = _device(None, Path(sys.argv[3]), (f"A={sys.argv[4]}", f"B={sys.argv[5]}"))
+    device = dataclasses.replace(device, demo=True)
+    class Plain(api.Handler):
+        def setup(self):
+            self.request.settimeout(self.server.config.stall_timeout_s)
+            socketserver.StreamRequestHandler.setup(self)
+    class Server(api.ApiServer):
+        def get_request(self):
+            return socketserver.TCPServer.get_request(self)
+    server = Server(api.ApiConfig(device, sys.argv[1], int(sys.argv[2])))
+    server.RequestHandlerClass = Plain
     print("ready", flush=True)
     server.serve_forever()
     """
@@ -75,13 +108,24 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def plain_put(veth: Veth, port: int, bundle: Path, tls: bool = False) -> float:
-    """Seconds to PUT ``bundle`` to the plain server (HTTPS when ``tls``)."""
+def plain_put(
+    veth: Veth,
+    port: int,
+    bundle: Path,
+    tls: bool = False,
+    cipher: str = "",
+    path: str = "/x",
+    token: str = "",
+) -> float:
+    """Seconds to PUT ``bundle`` to the plain server (HTTPS when ``tls``; TLS 1.2 ``cipher``)."""
     if tls:
         import ssl
 
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        if cipher:  # Python 3.11 cannot choose TLS 1.3 suites: pin TLS 1.2 to pick the cipher
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+            ctx.set_ciphers(cipher)
         conn: http.client.HTTPConnection = http.client.HTTPSConnection(
             veth.dev_addr, port, timeout=120, context=ctx
         )
@@ -89,10 +133,14 @@ def plain_put(veth: Veth, port: int, bundle: Path, tls: bool = False) -> float:
         conn = http.client.HTTPConnection(veth.dev_addr, port, timeout=120)
     start = time.perf_counter()
     with bundle.open("rb") as handle:
-        conn.request(
-            "PUT", "/x", body=handle, headers={"Content-Length": str(bundle.stat().st_size)}
-        )
-    conn.getresponse().read()
+        headers = {"Content-Length": str(bundle.stat().st_size)}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        conn.blocksize = 1 << 20  # http.client sends a file body in 8 KiB writes by default
+        conn.request("PUT", path, body=handle, headers=headers)
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 200, resp.status
     elapsed = time.perf_counter() - start
     conn.close()
     return elapsed
@@ -119,6 +167,12 @@ def timed_push(client: DeviceClient, bundle: Path, pid: int) -> tuple[float, int
     return time.perf_counter() - start, peak[0]
 
 
+def bare_push(bare: LanDevice, veth: Veth, bundle: Path, token: str) -> float:
+    """One install through the API server with its TLS layer taken off (the ceiling of (c))."""
+    bare.loader_file.unlink(missing_ok=True)
+    return plain_put(veth, 18083, bundle, path="/v1/bundle", token=token)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=128, help="slot image size")
@@ -140,51 +194,82 @@ def main() -> None:
             assert dev.proc is not None
             client = DeviceClient(veth.dev_addr, 18443, dev.fingerprint())
             client.token = client.json("POST", "/v1/pair", {"code": dev.pair_code()})["token"]
-            plain = subprocess.Popen(
-                ["ip", "netns", "exec", veth.ns, sys.executable, "-c", PLAIN_SERVER,
-                 veth.dev_addr, "18080", str(root / "plain.out")],
-                stdout=subprocess.PIPE,
-            )  # fmt: skip
-            servers.append(plain)
             api = dev.data / "edgekiln" / "api"
-            tls = subprocess.Popen(
-                ["ip", "netns", "exec", veth.ns, sys.executable, "-c", PLAIN_SERVER,
-                 veth.dev_addr, "18081", str(root / "tls.out"),
-                 str(api / "api-cert.pem"), str(api / "api-key.pem")],
-                stdout=subprocess.PIPE,
-            )  # fmt: skip
-            servers.append(tls)
-            for proc in (plain, tls):
+            cert, key = str(api / "api-cert.pem"), str(api / "api-key.pem")
+
+            def spawn(script: str, *argv: str) -> subprocess.Popen[bytes]:
+                proc = subprocess.Popen(
+                    ["ip", "netns", "exec", veth.ns, sys.executable, "-c", script, *argv],
+                    stdout=subprocess.PIPE, env=env,
+                )  # fmt: skip
+                servers.append(proc)
+                return proc
+
+            env = dev.env()
+            addr = veth.dev_addr
+            plain = spawn(PLAIN_SERVER, addr, "18080", str(root / "plain.out"))
+            tls = spawn(PLAIN_SERVER, addr, "18081", str(root / "tls.out"), cert, key)
+            into = spawn(
+                PLAIN_SERVER, addr, "18082", str(root / "into.out"), cert, key, "recv_into"
+            )
+            # the (c) ceiling: the same API server and installer, TLS taken off (own slot files)
+            bare = LanDevice(root / "bare", 1, release, size)
+            (bare.data / "edgekiln" / "api").mkdir(parents=True, exist_ok=True)
+            (bare.data / "edgekiln" / "api" / "tokens-v1.json").write_bytes(
+                (api / "tokens-v1.json").read_bytes()
+            )
+            env = bare.env()
+            nontls = spawn(NO_TLS_DEVICE, addr, "18083", str(release.keyring),
+                           str(bare.slots["A"]), str(bare.slots["B"]))  # fmt: skip
+            for proc in servers:
                 assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
-            pushes, puts, tls_puts, peaks = [], [], [], []
-            cpu: dict[str, list[float]] = {"put": [], "tls": [], "push": []}
-            idle = rss_kib(dev.proc.pid)
-            for _ in range(args.runs):
-                before = cpu_s(plain.pid)
-                puts.append(plain_put(veth, 18080, bundle))
-                cpu["put"].append(cpu_s(plain.pid) - before)
-                before = cpu_s(tls.pid)
-                tls_puts.append(plain_put(veth, 18081, bundle, tls=True))
-                cpu["tls"].append(cpu_s(tls.pid) - before)
+            token = str(client.token)
+            peaks: list[int] = []
+
+            def push_once() -> float:
+                assert dev.proc is not None
                 dev.loader_file.unlink(missing_ok=True)  # A committed again: installable
-                before = cpu_s(dev.proc.pid)
                 seconds, peak = timed_push(client, bundle, dev.proc.pid)
-                cpu["push"].append(cpu_s(dev.proc.pid) - before)
-                pushes.append(seconds)
                 peaks.append(peak)
+                return seconds
+
+            variants: list[tuple[str, str, Callable[[], float], int]] = [
+                ("put", "plain HTTP PUT -> file + fsync (baseline)",
+                 lambda: plain_put(veth, 18080, bundle), plain.pid),
+                ("tls", "HTTPS PUT (TLS 1.3 default) -> file + fsync",
+                 lambda: plain_put(veth, 18081, bundle, tls=True), tls.pid),
+                ("tls12", "HTTPS PUT, TLS 1.2 AES-128-GCM",
+                 lambda: plain_put(veth, 18081, bundle, tls=True,
+                                   cipher="ECDHE-ECDSA-AES128-GCM-SHA256"), tls.pid),
+                ("into", "HTTPS PUT, recv_into one 1 MiB buffer",
+                 lambda: plain_put(veth, 18082, bundle, tls=True), into.pid),
+                ("bare", "API + installer without TLS (option c)",
+                 lambda: bare_push(bare, veth, bundle, token), nontls.pid),
+                ("push", "kiln push: TLS, verify, write, read back",
+                 push_once, dev.proc.pid),
+            ]  # fmt: skip
+
+            times: dict[str, list[float]] = {key: [] for key, *_ in variants}
+            cpu: dict[str, list[float]] = {key: [] for key, *_ in variants}
+            idle = rss_kib(dev.proc.pid)
+            for _ in range(args.runs):  # interleaved: each run measures every variant once
+                for key, _what, run, pid in variants:
+                    before = cpu_s(pid)
+                    times[key].append(run())
+                    cpu[key].append(cpu_s(pid) - before)
             mb = bundle.stat().st_size / 1e6
-            push_s, put_s = statistics.median(pushes), statistics.median(puts)
-            tls_s = statistics.median(tls_puts)
-            print(f"bundle {mb:.1f} MB, median of {args.runs} runs, veth {veth.host_if}")
-            rows = [
-                ("plain HTTP PUT -> file + fsync (baseline)", put_s, 1.0, "put"),
-                ("HTTPS PUT (stdlib ssl) -> file + fsync", tls_s, put_s / tls_s, "tls"),
-                ("kiln push: TLS, verify, write, read back", push_s, put_s / push_s, "push"),
-            ]
+            put_s = statistics.median(times["put"])
+            print(
+                f"bundle {mb:.1f} MB, median of {args.runs} interleaved runs, veth {veth.host_if}"
+            )
             print(f"{'what':44} {'s':>7} {'MB/s':>8} {'ratio':>6} {'receiver CPU s':>15}")
-            for what, sec, ratio, key in rows:
-                used = statistics.median(cpu[key])
-                print(f"{what:44} {sec:7.3f} {mb / sec:8.1f} {ratio:6.2f} {used:15.3f}")
+            for key, what, _run, _pid in variants:
+                sec, used = statistics.median(times[key]), statistics.median(cpu[key])
+                ratios = "/".join(
+                    f"{p / t:.2f}" for p, t in zip(times["put"], times[key], strict=True)
+                )
+                print(f"{what:44} {sec:7.3f} {mb / sec:8.1f} {put_s / sec:6.2f} {used:15.3f}"
+                      f"  per run {ratios}")  # fmt: skip
             print(f"load average: {os.getloadavg()[0]:.1f} (1 min)")
             top = max(peaks)
             print(
