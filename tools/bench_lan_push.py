@@ -1,13 +1,18 @@
 """Site-LAN figures over a real veth pair (run as root): push throughput, device RSS, discovery.
 
-1. ``kiln push``'s upload (:class:`image.lan.client.DeviceClient`, TLS, pinned) of one signed
-   bundle into a file-backed device running ``appliance api serve`` in another network
-   namespace: verified, written, read back and tried, as a real install;
+1. ``kiln push``'s upload (:class:`image.lan.client.DeviceClient`) of one signed bundle into a
+   file-backed device running ``appliance api serve`` in another network namespace: verified,
+   written, read back and tried, as a real install; both ways: the default (a one-time ticket
+   over pinned TLS, the body in the clear, docs/decisions.md §33) and ``--tls`` (all in TLS);
 2. against, in the same run and over the same veth, a plain HTTP PUT of the same file to a
-   stdlib ``http.server`` that writes the body to a file and fsyncs it (no TLS, no verify);
-3. the device process's RSS sampled every 10 ms during the push (peak minus idle), and the CPU
-   seconds the receiving process spent (device: TLS, verify, write, read back; plain server:
-   read and write): on a loaded machine the wall-clock ratio follows the CPU each side needs;
+   stdlib ``http.server`` that writes the body to a file and fsyncs it (no TLS, no verify), and
+   the tuning options for TLS measured on an HTTPS PUT to the same kind of server: TLS 1.3's
+   default suite (AES-256-GCM), TLS 1.2 with AES-128-GCM (Python 3.11 cannot pick TLS 1.3
+   suites), and ``recv_into`` one reusable 1 MiB buffer instead of ``rfile.read``; every run
+   measures every variant once, in turn (interleaved), and the ratios are per run;
+3. the device process's RSS sampled every 10 ms during the pushes (peak minus idle), and the CPU
+   seconds the receiving process spent: on a loaded machine the wall-clock ratio follows the
+   CPU each side needs;
 4. the time a browse takes to resolve N devices advertising ``_edgekiln._tcp`` (processes).
 
 Usage: ``python tools/bench_lan_push.py [--mib 128] [--runs 3] [--devices 20]``.
@@ -72,29 +77,6 @@ PLAIN_SERVER = textwrap.dedent(
 )
 
 
-NO_TLS_DEVICE = textwrap.dedent(
-    """
-    import dataclasses, socketserver, sys
-    from pathlib import Path
-    from appliance.api import server as api
-    from appliance.api.cli import _device
-    device = _device(None, Path(sys.argv[3]), (f"A={sys.argv[4]}", f"B={sys.argv[5]}"))
-    device = dataclasses.replace(device, demo=True)
-    class Plain(api.Handler):
-        def setup(self):
-            self.request.settimeout(self.server.config.stall_timeout_s)
-            socketserver.StreamRequestHandler.setup(self)
-    class Server(api.ApiServer):
-        def get_request(self):
-            return socketserver.TCPServer.get_request(self)
-    server = Server(api.ApiConfig(device, sys.argv[1], int(sys.argv[2])))
-    server.RequestHandlerClass = Plain
-    print("ready", flush=True)
-    server.serve_forever()
-    """
-)
-
-
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -146,7 +128,9 @@ def plain_put(
     return elapsed
 
 
-def timed_push(client: DeviceClient, bundle: Path, pid: int) -> tuple[float, int]:
+def timed_push(
+    client: DeviceClient, bundle: Path, pid: int, clear: bool = True
+) -> tuple[float, int]:
     """Seconds of one upload+install, and the device's peak RSS (KiB) meanwhile."""
     peak = [0]
     stop = threading.Event()
@@ -160,17 +144,11 @@ def timed_push(client: DeviceClient, bundle: Path, pid: int) -> tuple[float, int
     sampler.start()
     start = time.perf_counter()
     try:
-        client.upload(bundle)
+        client.upload(bundle, clear=clear)
     finally:
         stop.set()
         sampler.join()
     return time.perf_counter() - start, peak[0]
-
-
-def bare_push(bare: LanDevice, veth: Veth, bundle: Path, token: str) -> float:
-    """One install through the API server with its TLS layer taken off (the ceiling of (c))."""
-    bare.loader_file.unlink(missing_ok=True)
-    return plain_put(veth, 18083, bundle, path="/v1/bundle", token=token)
 
 
 def main() -> None:
@@ -212,24 +190,14 @@ def main() -> None:
             into = spawn(
                 PLAIN_SERVER, addr, "18082", str(root / "into.out"), cert, key, "recv_into"
             )
-            # the (c) ceiling: the same API server and installer, TLS taken off (own slot files)
-            bare = LanDevice(root / "bare", 1, release, size)
-            (bare.data / "edgekiln" / "api").mkdir(parents=True, exist_ok=True)
-            (bare.data / "edgekiln" / "api" / "tokens-v1.json").write_bytes(
-                (api / "tokens-v1.json").read_bytes()
-            )
-            env = bare.env()
-            nontls = spawn(NO_TLS_DEVICE, addr, "18083", str(release.keyring),
-                           str(bare.slots["A"]), str(bare.slots["B"]))  # fmt: skip
             for proc in servers:
                 assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
-            token = str(client.token)
             peaks: list[int] = []
 
-            def push_once() -> float:
+            def push_once(clear: bool) -> float:
                 assert dev.proc is not None
                 dev.loader_file.unlink(missing_ok=True)  # A committed again: installable
-                seconds, peak = timed_push(client, bundle, dev.proc.pid)
+                seconds, peak = timed_push(client, bundle, dev.proc.pid, clear)
                 peaks.append(peak)
                 return seconds
 
@@ -243,10 +211,10 @@ def main() -> None:
                                    cipher="ECDHE-ECDSA-AES128-GCM-SHA256"), tls.pid),
                 ("into", "HTTPS PUT, recv_into one 1 MiB buffer",
                  lambda: plain_put(veth, 18082, bundle, tls=True), into.pid),
-                ("bare", "API + installer without TLS (option c)",
-                 lambda: bare_push(bare, veth, bundle, token), nontls.pid),
-                ("push", "kiln push: TLS, verify, write, read back",
-                 push_once, dev.proc.pid),
+                ("push_tls", "kiln push --tls: TLS, verify, write, read back",
+                 lambda: push_once(False), dev.proc.pid),
+                ("push", "kiln push: ticket over TLS, bundle in the clear",
+                 lambda: push_once(True), dev.proc.pid),
             ]  # fmt: skip
 
             times: dict[str, list[float]] = {key: [] for key, *_ in variants}
@@ -262,13 +230,13 @@ def main() -> None:
             print(
                 f"bundle {mb:.1f} MB, median of {args.runs} interleaved runs, veth {veth.host_if}"
             )
-            print(f"{'what':44} {'s':>7} {'MB/s':>8} {'ratio':>6} {'receiver CPU s':>15}")
+            print(f"{'what':50} {'s':>7} {'MB/s':>8} {'ratio':>6} {'receiver CPU s':>15}")
             for key, what, _run, _pid in variants:
                 sec, used = statistics.median(times[key]), statistics.median(cpu[key])
                 ratios = "/".join(
                     f"{p / t:.2f}" for p, t in zip(times["put"], times[key], strict=True)
                 )
-                print(f"{what:44} {sec:7.3f} {mb / sec:8.1f} {put_s / sec:6.2f} {used:15.3f}"
+                print(f"{what:50} {sec:7.3f} {mb / sec:8.1f} {put_s / sec:6.2f} {used:15.3f}"
                       f"  per run {ratios}")  # fmt: skip
             print(f"load average: {os.getloadavg()[0]:.1f} (1 min)")
             top = max(peaks)

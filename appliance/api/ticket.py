@@ -1,6 +1,6 @@
 """Upload tickets: a bundle authorised over TLS, then streamed in the clear on the same port.
 
-Why (docs/decisions.md §20): Python's ``ssl`` decrypts one 16 KiB record per call and costs
+Why (docs/decisions.md §33): Python's ``ssl`` decrypts one 16 KiB record per call and costs
 the device about as much CPU as the whole verify/write/read-back install; the bundle needs no
 secrecy from the LAN (USB sticks and HTTP channels carry it in the clear too) and carries its
 own integrity (Ed25519 signature over the manifest, per-chunk digests checked before each

@@ -126,7 +126,7 @@ class DeviceClient:
 
         ``clear`` (the default): ask over the pinned TLS connection for a one-time ticket bound
         to the bundle's signed head, then stream the body without TLS on the same port (the
-        bundle's signature and chunk digests guard it; docs/decisions.md §20). A device that
+        bundle's signature and chunk digests guard it; docs/decisions.md §33). A device that
         does not know tickets (404) gets the body over TLS, as with ``clear=False``.
         """
         size = bundle.stat().st_size

@@ -1,4 +1,4 @@
-"""Clear uploads by ticket (docs/decisions.md §20) across the veth: a ticket is single-use,
+"""Clear uploads by ticket (docs/decisions.md §33) across the veth: a ticket is single-use,
 bound to the address that asked for it, expiring, only for the bundle whose signed head it
 names; a bundle changed on the way is refused (a substituted head before the installer reads a
 byte); the clear port serves nothing else. Each test runs its own device process."""
