@@ -1,13 +1,18 @@
 """Site-LAN figures over a real veth pair (run as root): push throughput, device RSS, discovery.
 
-1. ``kiln push``'s upload (:class:`image.lan.client.DeviceClient`, TLS, pinned) of one signed
-   bundle into a file-backed device running ``appliance api serve`` in another network
-   namespace: verified, written, read back and tried, as a real install;
+1. ``kiln push``'s upload (:class:`image.lan.client.DeviceClient`) of one signed bundle into a
+   file-backed device running ``appliance api serve`` in another network namespace: verified,
+   written, read back and tried, as a real install; both ways: the default (a one-time ticket
+   over pinned TLS, the body in the clear, docs/decisions.md §33) and ``--tls`` (all in TLS);
 2. against, in the same run and over the same veth, a plain HTTP PUT of the same file to a
-   stdlib ``http.server`` that writes the body to a file and fsyncs it (no TLS, no verify);
-3. the device process's RSS sampled every 10 ms during the push (peak minus idle), and the CPU
-   seconds the receiving process spent (device: TLS, verify, write, read back; plain server:
-   read and write): on a loaded machine the wall-clock ratio follows the CPU each side needs;
+   stdlib ``http.server`` that writes the body to a file and fsyncs it (no TLS, no verify), and
+   the tuning options for TLS measured on an HTTPS PUT to the same kind of server: TLS 1.3's
+   default suite (AES-256-GCM), TLS 1.2 with AES-128-GCM (Python 3.11 cannot pick TLS 1.3
+   suites), and ``recv_into`` one reusable 1 MiB buffer instead of ``rfile.read``; every run
+   measures every variant once, in turn (interleaved), and the ratios are per run;
+3. the device process's RSS sampled every 10 ms during the pushes (peak minus idle), and the CPU
+   seconds the receiving process spent: on a loaded machine the wall-clock ratio follows the
+   CPU each side needs;
 4. the time a browse takes to resolve N devices advertising ``_edgekiln._tcp`` (processes).
 
 Usage: ``python tools/bench_lan_push.py [--mib 128] [--runs 3] [--devices 20]``.
@@ -25,6 +30,7 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -38,11 +44,20 @@ PLAIN_SERVER = textwrap.dedent(
     import os, sys
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     out = sys.argv[3]
+    into = len(sys.argv) > 6 and sys.argv[6] == "recv_into"
     class H(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         def do_PUT(self):
             left = int(self.headers["Content-Length"])
             with open(out, "wb") as f:
+                if into:  # one reusable 1 MiB buffer, recv_into on the socket itself
+                    view = memoryview(bytearray(1 << 20))
+                    pending = self.rfile.peek(0)[: left] if hasattr(self.rfile, "peek") else b""
+                    self.rfile.read(len(pending)); f.write(pending); left -= len(pending)
+                    while left:
+                        n = self.connection.recv_into(view, min(left, len(view)))
+                        if not n: break
+                        f.write(view[:n]); left -= n
                 while left:
                     data = self.rfile.read(min(left, 1 << 20))
                     f.write(data)
@@ -51,7 +66,7 @@ PLAIN_SERVER = textwrap.dedent(
             self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
         def log_message(self, *a): pass
     server = ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), H)
-    if len(sys.argv) > 4:
+    if len(sys.argv) > 4 and sys.argv[4]:
         import ssl
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(sys.argv[4], sys.argv[5])
@@ -75,13 +90,24 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def plain_put(veth: Veth, port: int, bundle: Path, tls: bool = False) -> float:
-    """Seconds to PUT ``bundle`` to the plain server (HTTPS when ``tls``)."""
+def plain_put(
+    veth: Veth,
+    port: int,
+    bundle: Path,
+    tls: bool = False,
+    cipher: str = "",
+    path: str = "/x",
+    token: str = "",
+) -> float:
+    """Seconds to PUT ``bundle`` to the plain server (HTTPS when ``tls``; TLS 1.2 ``cipher``)."""
     if tls:
         import ssl
 
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        if cipher:  # Python 3.11 cannot choose TLS 1.3 suites: pin TLS 1.2 to pick the cipher
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+            ctx.set_ciphers(cipher)
         conn: http.client.HTTPConnection = http.client.HTTPSConnection(
             veth.dev_addr, port, timeout=120, context=ctx
         )
@@ -89,16 +115,22 @@ def plain_put(veth: Veth, port: int, bundle: Path, tls: bool = False) -> float:
         conn = http.client.HTTPConnection(veth.dev_addr, port, timeout=120)
     start = time.perf_counter()
     with bundle.open("rb") as handle:
-        conn.request(
-            "PUT", "/x", body=handle, headers={"Content-Length": str(bundle.stat().st_size)}
-        )
-    conn.getresponse().read()
+        headers = {"Content-Length": str(bundle.stat().st_size)}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        conn.blocksize = 1 << 20  # http.client sends a file body in 8 KiB writes by default
+        conn.request("PUT", path, body=handle, headers=headers)
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 200, resp.status
     elapsed = time.perf_counter() - start
     conn.close()
     return elapsed
 
 
-def timed_push(client: DeviceClient, bundle: Path, pid: int) -> tuple[float, int]:
+def timed_push(
+    client: DeviceClient, bundle: Path, pid: int, clear: bool = True
+) -> tuple[float, int]:
     """Seconds of one upload+install, and the device's peak RSS (KiB) meanwhile."""
     peak = [0]
     stop = threading.Event()
@@ -112,7 +144,7 @@ def timed_push(client: DeviceClient, bundle: Path, pid: int) -> tuple[float, int
     sampler.start()
     start = time.perf_counter()
     try:
-        client.upload(bundle)
+        client.upload(bundle, clear=clear)
     finally:
         stop.set()
         sampler.join()
@@ -140,51 +172,72 @@ def main() -> None:
             assert dev.proc is not None
             client = DeviceClient(veth.dev_addr, 18443, dev.fingerprint())
             client.token = client.json("POST", "/v1/pair", {"code": dev.pair_code()})["token"]
-            plain = subprocess.Popen(
-                ["ip", "netns", "exec", veth.ns, sys.executable, "-c", PLAIN_SERVER,
-                 veth.dev_addr, "18080", str(root / "plain.out")],
-                stdout=subprocess.PIPE,
-            )  # fmt: skip
-            servers.append(plain)
             api = dev.data / "edgekiln" / "api"
-            tls = subprocess.Popen(
-                ["ip", "netns", "exec", veth.ns, sys.executable, "-c", PLAIN_SERVER,
-                 veth.dev_addr, "18081", str(root / "tls.out"),
-                 str(api / "api-cert.pem"), str(api / "api-key.pem")],
-                stdout=subprocess.PIPE,
-            )  # fmt: skip
-            servers.append(tls)
-            for proc in (plain, tls):
+            cert, key = str(api / "api-cert.pem"), str(api / "api-key.pem")
+
+            def spawn(script: str, *argv: str) -> subprocess.Popen[bytes]:
+                proc = subprocess.Popen(
+                    ["ip", "netns", "exec", veth.ns, sys.executable, "-c", script, *argv],
+                    stdout=subprocess.PIPE, env=env,
+                )  # fmt: skip
+                servers.append(proc)
+                return proc
+
+            env = dev.env()
+            addr = veth.dev_addr
+            plain = spawn(PLAIN_SERVER, addr, "18080", str(root / "plain.out"))
+            tls = spawn(PLAIN_SERVER, addr, "18081", str(root / "tls.out"), cert, key)
+            into = spawn(
+                PLAIN_SERVER, addr, "18082", str(root / "into.out"), cert, key, "recv_into"
+            )
+            for proc in servers:
                 assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
-            pushes, puts, tls_puts, peaks = [], [], [], []
-            cpu: dict[str, list[float]] = {"put": [], "tls": [], "push": []}
-            idle = rss_kib(dev.proc.pid)
-            for _ in range(args.runs):
-                before = cpu_s(plain.pid)
-                puts.append(plain_put(veth, 18080, bundle))
-                cpu["put"].append(cpu_s(plain.pid) - before)
-                before = cpu_s(tls.pid)
-                tls_puts.append(plain_put(veth, 18081, bundle, tls=True))
-                cpu["tls"].append(cpu_s(tls.pid) - before)
+            peaks: list[int] = []
+
+            def push_once(clear: bool) -> float:
+                assert dev.proc is not None
                 dev.loader_file.unlink(missing_ok=True)  # A committed again: installable
-                before = cpu_s(dev.proc.pid)
-                seconds, peak = timed_push(client, bundle, dev.proc.pid)
-                cpu["push"].append(cpu_s(dev.proc.pid) - before)
-                pushes.append(seconds)
+                seconds, peak = timed_push(client, bundle, dev.proc.pid, clear)
                 peaks.append(peak)
+                return seconds
+
+            variants: list[tuple[str, str, Callable[[], float], int]] = [
+                ("put", "plain HTTP PUT -> file + fsync (baseline)",
+                 lambda: plain_put(veth, 18080, bundle), plain.pid),
+                ("tls", "HTTPS PUT (TLS 1.3 default) -> file + fsync",
+                 lambda: plain_put(veth, 18081, bundle, tls=True), tls.pid),
+                ("tls12", "HTTPS PUT, TLS 1.2 AES-128-GCM",
+                 lambda: plain_put(veth, 18081, bundle, tls=True,
+                                   cipher="ECDHE-ECDSA-AES128-GCM-SHA256"), tls.pid),
+                ("into", "HTTPS PUT, recv_into one 1 MiB buffer",
+                 lambda: plain_put(veth, 18082, bundle, tls=True), into.pid),
+                ("push_tls", "kiln push --tls: TLS, verify, write, read back",
+                 lambda: push_once(False), dev.proc.pid),
+                ("push", "kiln push: ticket over TLS, bundle in the clear",
+                 lambda: push_once(True), dev.proc.pid),
+            ]  # fmt: skip
+
+            times: dict[str, list[float]] = {key: [] for key, *_ in variants}
+            cpu: dict[str, list[float]] = {key: [] for key, *_ in variants}
+            idle = rss_kib(dev.proc.pid)
+            for _ in range(args.runs):  # interleaved: each run measures every variant once
+                for key, _what, run, pid in variants:
+                    before = cpu_s(pid)
+                    times[key].append(run())
+                    cpu[key].append(cpu_s(pid) - before)
             mb = bundle.stat().st_size / 1e6
-            push_s, put_s = statistics.median(pushes), statistics.median(puts)
-            tls_s = statistics.median(tls_puts)
-            print(f"bundle {mb:.1f} MB, median of {args.runs} runs, veth {veth.host_if}")
-            rows = [
-                ("plain HTTP PUT -> file + fsync (baseline)", put_s, 1.0, "put"),
-                ("HTTPS PUT (stdlib ssl) -> file + fsync", tls_s, put_s / tls_s, "tls"),
-                ("kiln push: TLS, verify, write, read back", push_s, put_s / push_s, "push"),
-            ]
-            print(f"{'what':44} {'s':>7} {'MB/s':>8} {'ratio':>6} {'receiver CPU s':>15}")
-            for what, sec, ratio, key in rows:
-                used = statistics.median(cpu[key])
-                print(f"{what:44} {sec:7.3f} {mb / sec:8.1f} {ratio:6.2f} {used:15.3f}")
+            put_s = statistics.median(times["put"])
+            print(
+                f"bundle {mb:.1f} MB, median of {args.runs} interleaved runs, veth {veth.host_if}"
+            )
+            print(f"{'what':50} {'s':>7} {'MB/s':>8} {'ratio':>6} {'receiver CPU s':>15}")
+            for key, what, _run, _pid in variants:
+                sec, used = statistics.median(times[key]), statistics.median(cpu[key])
+                ratios = "/".join(
+                    f"{p / t:.2f}" for p, t in zip(times["put"], times[key], strict=True)
+                )
+                print(f"{what:50} {sec:7.3f} {mb / sec:8.1f} {put_s / sec:6.2f} {used:15.3f}"
+                      f"  per run {ratios}")  # fmt: skip
             print(f"load average: {os.getloadavg()[0]:.1f} (1 min)")
             top = max(peaks)
             print(

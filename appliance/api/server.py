@@ -14,6 +14,9 @@ Endpoints (all JSON unless said; all but ``/v1/pair`` need ``Authorization: Bear
 ``GET /v1/diag``          diagnostics tar (``application/x-tar``)
 ``PUT /v1/bundle``        the bundle as the body (``Content-Length`` required, ``Expect:
                           100-continue`` honoured) → install result; 409 busy, 413 too big
+``POST /v1/upload-ticket`` ``{"size", "head_len", "head_sha256"}`` → ``{"ticket"}``: one
+                          ``PUT /v1/bundle`` in the clear on the same port with
+                          ``Authorization: Ticket T`` (:mod:`appliance.api.ticket`)
 ``POST /v1/reboot``       reboot after the response is sent
 ``POST /v1/rollback``     :func:`appliance.slots.control.rollback`
 ``POST /v1/mark-good``    :func:`appliance.slots.control.commit_booted`
@@ -22,6 +25,7 @@ Endpoints (all JSON unless said; all but ``/v1/pair`` need ``Authorization: Bear
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -38,6 +42,8 @@ from typing import Any
 
 from appliance.api import diag
 from appliance.api.auth import FailureLimiter, TokenStore, append_event, take_pair_code
+from appliance.api.ticket import PinnedHead, Ticket, TicketRefused, TicketStore
+from appliance.api.ticket import parse_request as parse_ticket_request
 from appliance.api.tls import ensure_certificate
 from appliance.api.upload import BodyStream, UploadStalled
 from appliance.device import Device
@@ -79,17 +85,11 @@ class ApiServer(ThreadingHTTPServer):
         cert, key, self.fingerprint = ensure_certificate(config.api_dir, config.device.device_id())
         self.tokens = TokenStore(config.api_dir)
         self.install_lock = threading.Lock()
+        self.tickets = TicketStore()
         self.ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
         self.ssl_context.load_cert_chain(cert, key)
         super().__init__((config.bind, config.port), Handler)
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, addr = super().get_request()
-        # The handshake runs in the request's thread (Handler.setup), not in the accept loop.
-        return self.ssl_context.wrap_socket(
-            sock, server_side=True, do_handshake_on_connect=False
-        ), addr
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.info("connection from %s ended with an error", client_address, exc_info=True)
@@ -105,9 +105,42 @@ class Handler(BaseHTTPRequestHandler):
     # -- plumbing --------------------------------------------------------------------------
 
     def setup(self) -> None:
+        # TLS or a ticketed clear upload on one port, told apart by the first byte (a TLS
+        # record starts 0x16, an HTTP request line with a letter); both in this thread, never
+        # in the accept loop, so a silent client holds up nobody.
         self.request.settimeout(self.server.config.stall_timeout_s)
-        self.request.do_handshake()
+        self.clear = self.request.recv(1, socket.MSG_PEEK) != b"\x16"
+        if not self.clear:
+            self.request = self.server.ssl_context.wrap_socket(self.request, server_side=True)
         super().setup()
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            if not self.clear:  # the wrapper owns the descriptor: end it as socketserver would
+                with contextlib.suppress(OSError):
+                    self.request.shutdown(socket.SHUT_WR)
+                self.request.close()
+
+    def handle_one_request(self) -> None:
+        if self.clear:  # only the ticketed upload is served without TLS
+            self.raw_requestline = self.rfile.readline(65537)
+            if not self.raw_requestline:
+                self.close_connection = True
+                return
+            if not self.parse_request():
+                return
+            if self.command == "PUT":
+                self.do_PUT()
+            else:
+                self.error(
+                    HTTPStatus.BAD_REQUEST, "use HTTPS (only ticketed uploads here)", close=True
+                )
+            self.wfile.flush()
+            self.close_connection = True  # one ticket, one upload, one connection
+            return
+        super().handle_one_request()
 
     def log_message(self, format: str, *args: Any) -> None:
         log.info("%s %s", self.client_address[0], format % args)
@@ -226,6 +259,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         actions = {"/v1/reboot": self.reboot, "/v1/rollback": self.rollback}
         actions["/v1/mark-good"] = self.mark_good
+        actions["/v1/upload-ticket"] = self.upload_ticket
         if path not in actions:
             self.error(HTTPStatus.NOT_FOUND, f"no such endpoint {path}")
             return
@@ -241,10 +275,53 @@ class Handler(BaseHTTPRequestHandler):
         if path != "/v1/bundle":
             self.error(HTTPStatus.NOT_FOUND, f"no such endpoint {path}", close=True)
             return
+        if self.clear:
+            ticket = self.ticket()
+            if ticket is None:
+                self.close_connection = True
+                return
+            self.upload(ticket.size, ticket.head_len, ticket.head_sha256)
+            return
         if not self.authorized():
             self.close_connection = True
             return
         self.upload()
+
+    def ticket(self) -> Ticket | None:
+        """The ticket this clear upload presents, taken; None after a 401/429 reply."""
+        if self.server.config.limiter.locked(self.client):
+            self.error(
+                HTTPStatus.TOO_MANY_REQUESTS, "too many failed attempts; wait a minute", close=True
+            )
+            return None
+        scheme, _, value = self.headers.get("Authorization", "").partition(" ")
+        try:
+            if scheme.lower() != "ticket" or not value.strip():
+                raise TicketRefused("no upload ticket: ask for one over HTTPS (kiln push)")
+            return self.server.tickets.take(value.strip(), self.client)
+        except TicketRefused as exc:
+            self.failed_attempt(str(exc))
+            self.error(HTTPStatus.UNAUTHORIZED, str(exc), close=True)
+            return None
+
+    def upload_ticket(self) -> None:
+        body = self.read_json()
+        if body is None:
+            return
+        try:
+            size, head_len, head = parse_ticket_request(body, self.server.config.max_upload)
+        except OverflowError as exc:
+            self.error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(exc))
+            return
+        except ValueError as exc:
+            self.error(HTTPStatus.BAD_REQUEST, str(exc))
+            return
+        if self.server.install_lock.locked():
+            self.error(HTTPStatus.CONFLICT, "another install is running; retry after it")
+            return
+        ticket = self.server.tickets.issue(self.client, size, head_len, head)
+        ttl = self.server.tickets.ttl_s
+        self.reply(HTTPStatus.OK, {"ticket": ticket, "expires_in": ttl, "scheme": "http"})
 
     # -- handlers --------------------------------------------------------------------------
 
@@ -270,13 +347,19 @@ class Handler(BaseHTTPRequestHandler):
         ident = diag.identity(self.device)
         self.reply(HTTPStatus.OK, {"token": token, **ident, "fingerprint": self.server.fingerprint})
 
-    def upload(self) -> None:
+    def upload(self, size: int | None = None, head_len: int = 0, head_sha256: str = "") -> None:
+        """The bundle in the body into the installer; a ticketed one of ``size`` bytes only."""
         config = self.server.config
         if self.headers.get("Content-Length") is None:
             self.error(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required", close=True)
             return
         length = self.content_length()
         if length is None:
+            return
+        if size is not None and length != size:
+            self.error(
+                HTTPStatus.BAD_REQUEST, f"the ticket is for {size} bytes, not {length}", close=True
+            )
             return
         if length > config.max_upload:
             self.error(
@@ -291,11 +374,11 @@ class Handler(BaseHTTPRequestHandler):
             )
             return
         try:
-            self.install(length)
+            self.install(length, head_len, head_sha256)
         finally:
             self.server.install_lock.release()
 
-    def install(self, length: int) -> None:
+    def install(self, length: int, head_len: int = 0, head_sha256: str = "") -> None:
         from appliance.ota.installer import install
 
         if self.headers.get("Expect", "").lower() == "100-continue":
@@ -303,11 +386,15 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
         device = self.device
         stream = BodyStream(self.rfile, length)  # type: ignore[arg-type]
+        body: Any = stream
         started = time.monotonic()
-        self.event("api-upload-started", bytes=length)
+        self.event("api-upload-started", bytes=length, clear=self.clear)
         try:
+            if head_len:
+                body = PinnedHead(stream, head_len, head_sha256)  # type: ignore[arg-type]
+                body.check()  # before the installer sees a byte
             result = install(
-                stream,  # type: ignore[arg-type]
+                body,
                 policy=device.policy(),
                 loader=device.loader(),
                 booted=device.booted(),
@@ -320,7 +407,7 @@ class Handler(BaseHTTPRequestHandler):
             log.warning("LAN API: %s", exc)
             self.close_connection = True
             return
-        except ApplianceError as exc:
+        except ApplianceError as exc:  # the installer's refusals and a foreign head
             self.event("api-upload-refused", why=str(exc))
             log.warning("LAN API: bundle from %s refused: %s", self.client, exc)
             self.error(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc), close=True)

@@ -130,6 +130,12 @@ def status(device: str, as_json: bool) -> None:
 @click.option("--all", "every", is_flag=True, help="Every paired device.")
 @click.option("--timeout", type=float, default=60.0, show_default=True)
 @click.option("--reboot", is_flag=True, help="Reboot each device into the new slot after it.")
+@click.option(
+    "--tls",
+    "tls_only",
+    is_flag=True,
+    help="Send the bundle inside TLS too (slower; by default only a one-time ticket is).",
+)
 def push(
     bundle: Path,
     devices: tuple[str, ...],
@@ -137,6 +143,7 @@ def push(
     every: bool,
     timeout: float,
     reboot: bool,
+    tls_only: bool,
 ) -> None:
     """Install BUNDLE on DEVICES (or --site S, or --all) in parallel; summary at the end.
 
@@ -151,7 +158,9 @@ def push(
     if sum(bool(x) for x in (devices, site, every)) != 1:
         raise click.UsageError("name DEVICES, or pass --site S, or --all (one of them)")
     targets = PairedStore().select(devices, site, every)
-    results = do_push(bundle, targets, show=sys.stderr.isatty(), timeout=timeout, reboot=reboot)
+    results = do_push(
+        bundle, targets, show=sys.stderr.isatty(), timeout=timeout, reboot=reboot, tls_only=tls_only
+    )
     table = Table(title=f"{bundle.name}: {sum(r.ok for r in results)}/{len(results)} installed")
     table.add_column("device")
     table.add_column("result")

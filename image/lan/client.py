@@ -119,15 +119,33 @@ class DeviceClient:
         out.write(data)
         return len(data)
 
-    def upload(self, bundle: Path, progress: Callable[[int], None] | None = None) -> Any:
-        """PUT the bundle with ``Expect: 100-continue``; the body only once the device accepts."""
+    def upload(
+        self, bundle: Path, progress: Callable[[int], None] | None = None, *, clear: bool = True
+    ) -> Any:
+        """PUT the bundle with ``Expect: 100-continue``; the body only once the device accepts.
+
+        ``clear`` (the default): ask over the pinned TLS connection for a one-time ticket bound
+        to the bundle's signed head, then stream the body without TLS on the same port (the
+        bundle's signature and chunk digests guard it; docs/decisions.md §33). A device that
+        does not know tickets (404) gets the body over TLS, as with ``clear=False``.
+        """
         size = bundle.stat().st_size
-        conn = self._connect()
+        ticket = self._ticket(bundle, size) if clear else None
+        conn: http.client.HTTPConnection
+        if ticket is None:
+            conn, auth = self._connect(), self._headers()
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            auth = {"Authorization": f"Ticket {ticket}"}
+            try:
+                conn.connect()
+            except OSError as exc:
+                raise DeviceUnreachable(f"{self.where}: cannot connect: {exc}") from None
         sent = 0
         try:
             conn.putrequest("PUT", "/v1/bundle", skip_accept_encoding=True)
             for name, value in {
-                **self._headers(),
+                **auth,
                 "Content-Type": "application/octet-stream",
                 "Content-Length": str(size),
                 "Expect": "100-continue",
@@ -155,7 +173,23 @@ class DeviceClient:
         finally:
             conn.close()
 
-    def _after_broken_send(self, conn: PinnedConnection, exc: OSError, sent: int, size: int) -> Any:
+    def _ticket(self, bundle: Path, size: int) -> str | None:
+        """A ticket for one clear upload of ``bundle``; None where the device has none to give."""
+        try:
+            head_len, head_sha256 = bundle_head(bundle)
+        except (OSError, ValueError):
+            return None  # not a bundle we can read: let the device refuse it over TLS
+        body = {"size": size, "head_len": head_len, "head_sha256": head_sha256}
+        try:
+            return str(self.json("POST", "/v1/upload-ticket", body)["ticket"])
+        except DeviceRefused as exc:
+            if exc.status == 404:  # a device from before tickets
+                return None
+            raise
+
+    def _after_broken_send(
+        self, conn: http.client.HTTPConnection, exc: OSError, sent: int, size: int
+    ) -> Any:
         """The device stopped reading: report its answer if it sent one, else the break."""
         try:
             resp = conn.getresponse()
@@ -165,6 +199,24 @@ class DeviceClient:
                 f"{self.where}: connection lost after {sent} of {size} bytes: {exc}"
             ) from None
         return _reply(resp.status, body, f"{self.where} upload")
+
+
+def bundle_head(bundle: Path) -> tuple[int, str]:
+    """Length and SHA-256 of the bundle's signed head (manifest.json and manifest.sig members).
+
+    What an upload ticket names; ValueError if the file does not start like a bundle.
+    """
+    from appliance.bundle import peek_manifest
+    from appliance.errors import ApplianceError
+
+    with bundle.open("rb") as handle:
+        try:
+            peek_manifest(handle, source=str(bundle))
+        except ApplianceError as exc:
+            raise ValueError(str(exc)) from None
+        length = handle.tell()
+        handle.seek(0)
+        return length, hashlib.sha256(handle.read(length)).hexdigest()
 
 
 def _read_head(sock: socket.socket) -> tuple[int, bytes]:

@@ -34,6 +34,7 @@ def push(
     *,
     show: bool = True,
     timeout: float = 60.0,
+    tls_only: bool = False,
     reboot: bool = False,
 ) -> list[PushResult]:
     """Upload ``bundle`` to every device in parallel; one failure never stops the others.
@@ -64,7 +65,9 @@ def push(
         task = progress.add_task(label, total=size)
         client = client_for(device, timeout)
         try:
-            reply = client.upload(bundle, lambda done: progress.update(task, completed=done))
+            reply = client.upload(
+                bundle, lambda done: progress.update(task, completed=done), clear=not tls_only
+            )
         except LanError as exc:
             progress.update(task, description=f"{label} [red]failed")
             return PushResult(device, False, str(exc))

@@ -24,14 +24,8 @@ from appliance.bundle.delta import (
     Extent,
     encode_chunk,
 )
-from appliance.bundle.delta_apply import (
-    DIFF_BLOCK,
-    DIFF_SPAN,
-    BaseSlot,
-    add_diff,
-    add_mod256,
-    parse_chunk,
-)
+from appliance.bundle.delta_add import DIFF_BLOCK, DIFF_SPAN, add_diff, add_mod256
+from appliance.bundle.delta_apply import BaseSlot, parse_chunk
 
 Control = tuple[int, int, int]
 

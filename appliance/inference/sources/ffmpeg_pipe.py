@@ -81,7 +81,7 @@ class FfmpegPipeSource:
             raise SourceError(
                 f"{uri}: a stream or video file needs OpenCV or an ffmpeg program, and this "
                 "runtime has neither; install ffmpeg in the image (or set EDGEKILN_FFMPEG), or "
-                "build the image with the opencv extra"
+                'build the image with OpenCV (recipe: [runtime] extras = ["opencv"])'
             )
         self.uri, self.live, self._realtime = uri, live or realtime, realtime
         self._buf = bytearray()

@@ -45,8 +45,8 @@ class ImageFolderSource:
             if others:
                 raise SourceError(
                     f"{folder}: {others[0]} (and {len(others) - 1} more) need OpenCV, which "
-                    "this runtime lacks; convert them to JPEG or build the image with the "
-                    "opencv extra"
+                    "this runtime lacks; convert them to JPEG or build the image with OpenCV "
+                    '(recipe: [runtime] extras = ["opencv"])'
                 ) from None
         self._it = iter(enumerate(self._files))
 

@@ -25,7 +25,7 @@ def _cv2(uri: str, what: str) -> Any:
         raise SourceError(
             f"{uri}: {what} needs OpenCV, which this runtime lacks ({exc}); use a V4L2 camera "
             "(v4l2:///dev/videoN, read with linuxpy) or an npz: source, or build the image "
-            "with the opencv extra"
+            'with OpenCV (recipe: [runtime] extras = ["opencv"])'
         ) from None
     return cv2
 
