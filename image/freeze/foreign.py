@@ -9,7 +9,12 @@ as an arm64 program. Steps (each cached by a content hash in ``cache_dir``):
 2. The target's Python packages as aarch64 wheels, installed by the host's pip with
    ``--platform manylinux_2_XX_aarch64 --only-binary=:all:`` and pinned to the versions of this
    venv, plus PyInstaller itself (its aarch64 wheel carries the arm64 bootloader).
-3. PyInstaller under ``qemu-aarch64-static -L ROOT`` called directly. Without binfmt_misc an
+3. The root's standard library, the wheels and the source snapshot byte-compiled by the host's
+   Python 3.11 into a private ``PYTHONPYCACHEPREFIX`` (bytecode does not depend on the CPU), so
+   the emulated interpreters load ``.pyc`` files instead of compiling every module they import
+   in each of PyInstaller's subprocesses. PyInstaller compiles what it bundles from the sources
+   itself, so the frozen tree does not depend on these files.
+4. PyInstaller under ``qemu-aarch64-static -L ROOT`` called directly. Without binfmt_misc an
    emulated program cannot start other arm64 programs, so the children PyInstaller spawns are
    host shell wrappers: ``python`` (its isolated analysis subprocesses) re-enters the emulator,
    ``ldd`` runs the arm64 dynamic loader's ``--list`` under the emulator, ``ldconfig`` is empty,
@@ -143,6 +148,22 @@ def _install_site(spec: TargetSpec, reqs: list[str], site: Path) -> None:
     (site / ".complete").write_text("\n".join(reqs) + "\n")
 
 
+def precompile(prefix: Path, *trees: Path) -> None:
+    """Byte-compile *trees* with the host's Python into the pycache prefix *prefix*.
+
+    Only a Python 3.11 host writes what the root's Python 3.11 can load (same bytecode magic);
+    any other host skips this and the emulated interpreter compiles as it imports.
+    """
+    if sys.version_info[:2] != (3, 11):
+        log.info("host Python is not 3.11: the emulated build compiles its own bytecode")
+        return
+    env = {**os.environ, "PYTHONPYCACHEPREFIX": str(prefix)}
+    cmd = [sys.executable, "-m", "compileall", "-q", "-q", "-j", "0", *map(str, trees)]
+    # Exit 1 only says some file did not compile (test data with syntax errors in the
+    # standard library): the emulated interpreter compiles any such module itself.
+    subprocess.run(cmd, env=env, capture_output=True, check=False)
+
+
 def _wrappers(bindir: Path, root: Path, arch: str) -> Path:
     """Host shell scripts the emulated PyInstaller spawns instead of arm64 programs."""
     bindir.mkdir(parents=True)
@@ -220,7 +241,11 @@ def build(
     env = build_env(epoch, workdir / "pyi-config")
     host_path = env.get("PATH", "/usr/bin:/bin")
     python = _wrappers(workdir / "bin", root, spec.arch)
+    pycache = workdir / "pycache"
+    say(f"{spec.name}: byte-compiling the root's standard library and the wheels on the host")
+    precompile(pycache, root / "usr" / "lib" / "python3.11", site, workdir / "src")
     env.update(
+        PYTHONPYCACHEPREFIX=str(pycache),
         PATH=f"{workdir / 'bin'}:{host_path}",
         PYTHONPATH=f"{workdir / 'src'}:{site}",
         PYTHONDONTWRITEBYTECODE="1",

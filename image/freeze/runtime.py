@@ -74,7 +74,11 @@ log = logging.getLogger(__name__)
 FREEZE_FORMAT = 1
 # Used when the caller does not set SOURCE_DATE_EPOCH: 2024-01-01T00:00:00Z.
 DEFAULT_SOURCE_DATE_EPOCH = "1704067200"
-KEEP_RUNTIMES = 4  # frozen runtimes kept in the cache (130-290 MB each)
+# Frozen runtimes kept in the cache (100-290 MB each). A test run can put five into the kiln
+# cache (the x86 image and its QEMU profile, intel-openvino, the Coral arm64 runtime, the Jetson
+# test's arm64 onnxruntime one); keeping fewer would evict one the next run freezes again
+# (an arm64 one: minutes under qemu-user).
+KEEP_RUNTIMES = 6
 
 Progress = Callable[[str], None]
 
@@ -151,7 +155,9 @@ def cache_key(spec: TargetSpec, epoch: str, sources: str, src: Path) -> str:
     h = hashlib.sha256()
     parts: dict[str, Any] = {
         "format": FREEZE_FORMAT,
-        "target": [spec.name, spec.arch, spec.included, spec.excluded_modules, spec.strip],
+        # Not the target's name: what is bundled decides the tree, so targets that bundle the
+        # same (coral-usb-arm64, coral-devboard) share one cached runtime.
+        "target": [spec.arch, spec.included, spec.excluded_modules, spec.strip],
         "hooksconfig": spec.hooksconfig,
         "python": sys.version,
         "machine": platform.machine(),

@@ -59,7 +59,7 @@ def test_missing_board_u_boot_is_refused_before_any_stage(tmp_path: Path) -> Non
 @pytest.mark.timeout(5400)
 @pytest.mark.skipif(
     os.environ.get("EDGEKILN_E2E_ARM64") != "1",
-    reason="opt-in: EDGEKILN_E2E_ARM64=1 (a cold arm64 base and runtime take ~45 min)",
+    reason="opt-in: EDGEKILN_E2E_ARM64=1 (a cold arm64 base and runtime take 20-35 min here)",
 )
 def test_devboard_layout_inspected_and_boot_scr_runs_in_u_boot(tmp_path: Path) -> None:
     stand_in = tmp_path / "flash.bin"

@@ -1,15 +1,23 @@
-"""The arm64 runtime, frozen under qemu-user in a Debian arm64 root (slow, cold: minutes)."""
+"""The arm64 runtime, frozen under qemu-user in a Debian arm64 root (slow, cold: minutes).
+
+The runtime is frozen into the kiln build cache (``$EDGEKILN_CACHE/freeze``), where ``kiln
+build`` of coral-usb-arm64 (tests/e2e/test_arm64_lifecycle.py), coral-devboard
+(test_devboard_arm64.py) and the Jetson test's LiteRT stand-in (test_l4t.py) find the same
+entry: one arm64 runtime frozen per change of the sources, not one per test file.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from image.freeze.foreign import frozen_env
+from image.build.identity import default_cache_dir
+from image.freeze.foreign import ensure_root, frozen_env
 from image.freeze.prebuilt import PrebuiltRuntimeError, check_prebuilt
 from image.freeze.runtime import FrozenRuntime, freeze_runtime
 from image.freeze.targets import resolve_target
@@ -17,15 +25,14 @@ from image.freeze.targets import resolve_target
 
 @pytest.fixture(scope="session")
 def coral(tmp_path_factory: pytest.TempPathFactory) -> tuple[FrozenRuntime, Path]:
-    """The coral-usb-arm64 runtime built cold, and the arm64 root it was built in."""
+    """The coral-usb-arm64 runtime (frozen, or from the kiln cache), and its arm64 root."""
     if shutil.which("qemu-aarch64-static") is None or shutil.which("debootstrap") is None:
         pytest.fail(
             "qemu-user-static and debootstrap are needed (tools/bootstrap.sh installs them)"
         )
-    cache = tmp_path_factory.mktemp("arm64-cache")
+    cache = Path(os.environ.get("EDGEKILN_TEST_CACHE") or default_cache_dir()) / "freeze"
     rt = freeze_runtime("coral-usb-arm64", tmp_path_factory.mktemp("coral"), cache_dir=cache)
-    root = next(cache.glob("root-arm64-*"))
-    return rt, root
+    return rt, ensure_root(rt.arch, cache)
 
 
 def _emulated(root: Path, exe: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -34,12 +41,12 @@ def _emulated(root: Path, exe: Path, *args: str) -> subprocess.CompletedProcess[
     return subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600, env=env)
 
 
-# The cold build (debootstrap, aarch64 wheels, PyInstaller emulated) takes 4-15 min here.
+# A cold build (debootstrap, aarch64 wheels, PyInstaller emulated) takes minutes here.
 @pytest.mark.slow
 @pytest.mark.timeout(3000)
 def test_arm64_runtime_is_arm64_with_litert_only(coral: tuple[FrozenRuntime, Path]) -> None:
     rt, root = coral
-    assert rt.arch == "aarch64" and not rt.cached
+    assert rt.arch == "aarch64"
     info = check_prebuilt(rt.path, resolve_target("coral-usb-arm64"))
     assert info.arch == "aarch64" and info.python == "3.11"
     assert not (rt.path / "_internal" / "openvino").exists()

@@ -99,6 +99,17 @@ def test_bootstrap_command_names_the_recipe_packages(recipe_dir: Path) -> None:
     assert rootfs.base_key(other) != rootfs.base_key(loaded)
 
 
+def test_foreign_base_skips_usrmerge_and_fsync_native_base_unchanged(recipe_dir: Path) -> None:
+    """arm64 (under qemu-user): merged-/usr by mmdebstrap's hook, no fsync; amd64 as before."""
+    arm64 = rootfs.bootstrap_command(load_recipe(recipe_dir / "coral-usb-arm64.toml"), Path("/x"))
+    assert "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr" in arm64
+    assert "--dpkgopt=force-unsafe-io" in arm64
+    assert any("MODULES=list" in a for a in arm64 if a.startswith("--setup-hook="))
+    amd64 = rootfs.bootstrap_command(load_recipe(recipe_dir / "generic-x86-64.toml"), Path("/x"))
+    assert not any(a.startswith("--hook-dir=") or "unsafe-io" in a for a in amd64)
+    assert arm64[-3:] == amd64[-3:]  # suite, target, mirror last
+
+
 def test_esp_tree_is_real_grub_and_reproducible(tmp_path: Path, recipe_dir: Path) -> None:
     loaded = load_recipe(recipe_dir / "generic-x86-64.toml")
     one = boot.build_esp_tree(loaded, tmp_path / "one")
