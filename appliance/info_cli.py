@@ -21,6 +21,13 @@ BACKEND_MODULES = {
 }
 
 
+def _camera() -> dict[str, str]:
+    """How this runtime reads cameras (imported here: numpy is not needed for the rest)."""
+    from appliance.inference.sources import capabilities
+
+    return capabilities()
+
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def info(as_json: bool) -> None:
@@ -28,12 +35,14 @@ def info(as_json: bool) -> None:
     present = {
         name: importlib.util.find_spec(mod) is not None for name, mod in BACKEND_MODULES.items()
     }
+    camera = _camera()
     data = {
         "version": __version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
         "frozen": bool(getattr(sys, "frozen", False)),
         "libraries": present,
+        "camera": camera,
     }
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
@@ -41,3 +50,5 @@ def info(as_json: bool) -> None:
     click.echo(f"appliance {data['version']} on {data['machine']} (python {data['python']})")
     for name, ok in present.items():
         click.echo(f"  {name:15} {'yes' if ok else 'no'}")
+    for name, how in camera.items():
+        click.echo(f"  camera {name:8} {how}")

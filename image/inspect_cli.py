@@ -74,6 +74,12 @@ def _text(info: dict[str, Any]) -> str:
             f"security_version {dev['security_version']}, kernel {slot['kernel']}, "
             f"runtime {slot['runtime']}, models {models}"
         )
+        rt = dev.get("runtime")  # absent in images built before device.json recorded it
+        if isinstance(rt, dict):
+            lines.append(
+                f"  runtime: back ends {', '.join(rt.get('backends', [])) or '?'}; "
+                f"extras {', '.join(rt.get('extras', [])) or 'none'}"
+            )
         u = slot.get("update")
         lines.append(
             f"  updates: {', '.join(u['channels'])}, every {u['poll_interval_s']} s, window "

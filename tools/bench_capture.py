@@ -4,7 +4,8 @@
 
 FFmpeg makes the frames a V4L2 webcam delivers (packed YUYV 4:2:2 and MJPEG, from its
 ``testsrc2`` pattern). Each round converts every frame to BGR with our runtime's code
-(``appliance.inference.sources.pixels``: numpy for YUYV, simplejpeg for MJPEG) and with what
+(``appliance.inference.sources.pixels``: libyuv for YUYV, and numpy, the fallback where libyuv is
+missing, on its own row; simplejpeg for MJPEG) and with what
 OpenCV's own V4L2 capture does with the same buffer (``cv2.cvtColor(COLOR_YUV2BGR_YUYV)``,
 ``cv2.imdecode``), alternating, and prints the median per-frame milliseconds and the ratio
 ours/OpenCV. The kernel side (DQBUF/QBUF, the copy out of the mmap ring) is not in it: no V4L2
@@ -27,7 +28,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from appliance.inference.sources.pixels import mjpeg_to_bgr, yuyv_to_bgr  # noqa: E402
+from appliance.inference.sources import libyuv  # noqa: E402
+from appliance.inference.sources.pixels import (  # noqa: E402
+    mjpeg_to_bgr,
+    yuyv_to_bgr,
+    yuyv_to_bgr_numpy,
+)
 
 
 def make_frames(fmt: str, width: int, height: int, count: int) -> list[bytes]:
@@ -72,13 +78,16 @@ def main() -> None:
     import cv2
 
     cv2.setNumThreads(1)  # V4L2 capture converts on the grabbing thread: compare one core each
+    if not libyuv.available():
+        sys.exit("bench_capture: libyuv.so.0 is missing (apt-get install libyuv0)")
+
+    def opencv_yuyv(b: bytes) -> np.ndarray:
+        image = np.frombuffer(b, np.uint8).reshape(height, width, 2)
+        return cv2.cvtColor(image, cv2.COLOR_YUV2BGR_YUYV)
+
     cases = {
-        "YUYV": (
-            lambda b: yuyv_to_bgr(b, width, height),
-            lambda b: cv2.cvtColor(
-                np.frombuffer(b, np.uint8).reshape(height, width, 2), cv2.COLOR_YUV2BGR_YUYV
-            ),
-        ),
+        "YUYV": (lambda b: yuyv_to_bgr(b, width, height), opencv_yuyv),
+        "YUYV/np": (lambda b: yuyv_to_bgr_numpy(b, width, height), opencv_yuyv),
         "MJPEG": (
             mjpeg_to_bgr,
             lambda b: cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR),
@@ -87,7 +96,7 @@ def main() -> None:
     print(f"{width}x{height}, {args.frames} frames, {args.repeat} alternating rounds")
     print(f"{'format':8}{'without OpenCV ms':>20}{'OpenCV ms':>12}{'ratio':>8}")
     for fmt, (ours, theirs) in cases.items():
-        frames = make_frames(fmt, width, height, args.frames)
+        frames = make_frames(fmt.split("/")[0], width, height, args.frames)
         ours(frames[0]), theirs(frames[0])  # warm up (tables, libjpeg state)
         a, b = [], []
         for _ in range(args.repeat):

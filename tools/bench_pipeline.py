@@ -37,19 +37,28 @@ random weights), ``--pose`` (mediapipe 0.10.14's pose_detection.tflite, a real S
 224x224 letterboxed from 640x480 frames, 2254 anchors decoded + NMS).
 
     .venv/bin/python tools/bench_pipeline.py --mobilenet --pose [--plain] [--rounds 3]
+
+A runtime without OpenCV (the default generic-x86-64 image): ``--camera 640x480`` feeds frames
+of a camera's size (the reference frames scaled up), so the pipeline resizes every frame, and
+``--without-opencv`` adds, for each onnxruntime row, the same row with ``import cv2`` failing
+(as in the frozen runtime without it: numpy resize and colour order), measured in the same run:
+
+    .venv/bin/python tools/bench_pipeline.py --mobilenet --backends onnxruntime \
+        --camera 640x480 --without-opencv --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +86,31 @@ class Target:
     frames: np.ndarray  # [N, H, W, 3] uint8, in colour order ``color``
     block: int  # frames per block
     color: str = "BGR"  # what OpenCV cameras, files and folders deliver
+    no_cv2: bool = False  # run as a runtime without OpenCV does (``import cv2`` fails)
+
+
+@contextlib.contextmanager
+def opencv_blocked(blocked: bool) -> Iterator[None]:
+    """While ``blocked``, ``import cv2`` raises ImportError, as in a runtime without OpenCV."""
+    if not blocked:
+        yield
+        return
+    saved = sys.modules.get("cv2")
+    sys.modules["cv2"] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if saved is None:
+            del sys.modules["cv2"]
+        else:
+            sys.modules["cv2"] = saved
+
+
+def camera_frames(frames: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``frames`` scaled (bilinear) to a camera's frame size, BGR as before."""
+    from appliance.inference.resize import resize_linear
+
+    return np.stack([resize_linear(f, width, height) for f in frames])
 
 
 @dataclass
@@ -230,6 +264,11 @@ def throughput(t: Target, threads: int, out: Path, frames: int, warm: int = 8) -
 
 def measure(t: Target, threads: int, out: Path, blocks: int, warm_blocks: int = 2) -> Result:
     """Alternate bare and pipeline blocks on one loaded model; drop the first ``warm_blocks``."""
+    with opencv_blocked(t.no_cv2):
+        return _measure(t, threads, out, blocks, warm_blocks)
+
+
+def _measure(t: Target, threads: int, out: Path, blocks: int, warm_blocks: int) -> Result:
     cfg = PipelineConfig(
         model=str(t.pkg), source="bench", backends=[t.backend], model_file=t.file, threads=threads
     )
@@ -391,6 +430,14 @@ def main() -> int:
         action="store_true",
         help="also run the pipeline on the plain ONNX file (file model.onnx) next to the fused one",
     )
+    ap.add_argument(
+        "--camera", metavar="WxH", help="frames of this size (e.g. 640x480): resized every frame"
+    )
+    ap.add_argument(
+        "--without-opencv",
+        action="store_true",
+        help="add each onnxruntime row again as a runtime without OpenCV runs it",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         work = Path(tmp)
@@ -403,6 +450,22 @@ def main() -> int:
             targets += mobilenet_targets(work, 64, args.backends.split(","), args.plain)
         if args.pose:
             targets.append(pose_target(work, 96))
+        if args.camera:
+            cw, ch = (int(v) for v in args.camera.lower().split("x"))
+            for t in targets:
+                if t.backend in ONNX_BACKENDS:
+                    t.frames = camera_frames(t.frames, cw, ch)
+                    t.label = f"{t.label} @{cw}x{ch}"
+        if args.without_opencv:
+            targets = [
+                row
+                for t in targets
+                for row in (
+                    [t, replace(t, label=f"{t.label} no-cv2", no_cv2=True)]
+                    if t.backend == "onnxruntime"
+                    else [t]
+                )
+            ]
         print(
             f"{args.blocks} alternating block pairs per measurement, median of {args.rounds} "
             "measurement(s) per row. ovh: median over pairs of the "
@@ -411,7 +474,7 @@ def main() -> int:
             "thread); all = pipeline / bare - 1\n"
         )
         print(
-            f"{'model':22} {'back end':11} {'file':17} {'blk':>3} {'bare ms':>8} {'pipe ms':>8} "
+            f"{'model':34} {'back end':11} {'file':17} {'blk':>3} {'bare ms':>8} {'pipe ms':>8} "
             f"{'ovh':>7} {'blk':>7} {'cpu':>7} {'thr':>7} {'ovh 2t':>7} {'fps 1t':>7} {'fps 2t':>7}"
         )
         breakdown = []
@@ -424,7 +487,7 @@ def main() -> int:
                     ones.append(measure(t, 1, out, args.blocks))
                     twos.append(measure(t, 2, out, args.blocks))
             except InferenceError as exc:
-                print(f"{t.label:22} {t.backend:11} {t.file or '':17} unavailable: {str(exc)[:60]}")
+                print(f"{t.label:34} {t.backend:11} {t.file or '':17} unavailable: {str(exc)[:60]}")
                 continue
             finally:
                 out.unlink(missing_ok=True)
@@ -433,7 +496,7 @@ def main() -> int:
                 return float(statistics.median(f(r) for r in rs))
 
             print(
-                f"{t.label:22} {t.backend:11} {t.file or '(default)':17} {t.block:3d} "
+                f"{t.label:34} {t.backend:11} {t.file or '(default)':17} {t.block:3d} "
                 f"{med(ones, Result.bare_ms):8.3f} {med(ones, Result.pipe_ms):8.3f} "
                 f"{pct(med(ones, Result.frame_ratio))} {pct(med(ones, Result.wall_ratio))} "
                 f"{pct(med(ones, lambda r: r.cpu_ratio('cpu')))} "
@@ -459,10 +522,10 @@ def main() -> int:
             "pre warm",
             "post warm",
         )
-        print(f"{'model':22} {'back end':11} {'file':17} " + " ".join(f"{c:>9}" for c in cols))
+        print(f"{'model':34} {'back end':11} {'file':17} " + " ".join(f"{c:>9}" for c in cols))
         for t, s in breakdown:
             print(
-                f"{t.label:22} {t.backend:11} {t.file or '(default)':17} "
+                f"{t.label:34} {t.backend:11} {t.file or '(default)':17} "
                 + " ".join(f"{s[c]:9.1f}" for c in cols)
             )
     load = os.getloadavg()

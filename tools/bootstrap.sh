@@ -13,6 +13,7 @@ APT_PACKAGES=(
   qemu-user-static busybox-static binfmt-support
   libubootenv-tool u-boot-tools u-boot-qemu qemu-system-arm
   mosquitto tmux ffmpeg
+  libyuv0
   postgresql libpq5 chromium
 )
 

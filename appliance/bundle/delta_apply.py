@@ -149,7 +149,11 @@ def _parse_extents(table: memoryview, base_size: int, where: str) -> list[Extent
 
 
 def _all_zero(body: bytes | bytearray, start: int, end: int) -> bool:
-    return body.count(0, start, end) == end - start
+    """True if ``body[start:end]`` is all zero bytes (memcmp per span: ~30x ``bytes.count``)."""
+    return all(
+        body.startswith(_ZEROS[: min(DIFF_SPAN, end - at)], at)
+        for at in range(start, end, DIFF_SPAN)
+    )
 
 
 def _unshuffled(body: bytes | bytearray, diff_start: int, extra_start: int) -> bytearray:
@@ -181,6 +185,44 @@ def add_mod256(dst: memoryview, src: memoryview) -> None:
         x = int.from_bytes(dst[at : at + n], "little")
         y = int.from_bytes(src[at : at + n], "little")
         dst[at : at + n] = (((x & low) + (y & low)) ^ ((x ^ y) & high)).to_bytes(n, "little")
+
+
+DIFF_SPAN = 64 << 10  # an all-zero span of the diff this long is skipped in one comparison
+DIFF_BLOCK = 1024  # else its blocks are looked at one by one
+_ZEROS = bytes(DIFF_SPAN)
+_ZERO_BLOCK = bytes(DIFF_BLOCK)
+
+
+def add_diff(dst: memoryview, body: bytes | bytearray, start: int) -> None:
+    """``dst[i] = (dst[i] + body[start + i]) % 256``, skipping stretches where the diff is zero.
+
+    bsdiff's diff is mostly zero bytes (R already holds them): on a numpy wheel upgrade 0.7 %
+    of 158 MB of diff is not zero, in ~7,600 regions. A ``DIFF_SPAN`` of zeros is skipped with
+    one ``startswith`` (a memcmp, no copy); a span that holds a non-zero byte is looked at in
+    ``DIFF_BLOCK`` blocks, and only runs of blocks holding a non-zero byte go through
+    :func:`add_mod256` (~8 ms per MiB): the add costs about the diff's non-zero share.
+    """
+    n = len(dst)
+    view = memoryview(body)
+    run = -1  # first byte of the current run of non-zero blocks, -1 outside one
+    for span in range(0, n, DIFF_SPAN):
+        span_end = min(span + DIFF_SPAN, n)
+        if body.startswith(_ZEROS[: span_end - span], start + span):
+            if run >= 0:
+                add_mod256(dst[run:span], view[start + run : start + span])
+                run = -1
+            continue
+        for at in range(span, span_end, DIFF_BLOCK):
+            end = min(at + DIFF_BLOCK, span_end)
+            zeros = _ZERO_BLOCK if end - at == DIFF_BLOCK else _ZEROS[: end - at]
+            if body.startswith(zeros, start + at):
+                if run >= 0:
+                    add_mod256(dst[run:at], view[start + run : start + at])
+                    run = -1
+            elif run < 0:
+                run = at
+    if run >= 0:
+        add_mod256(dst[run:n], view[start + run : start + n])
 
 
 def _decompress(frame: bytes | memoryview, limit: int, where: str) -> bytes:
@@ -310,11 +352,12 @@ def apply_parsed(parsed: ParsedChunk, read_at: ReadAt, out_len: int, where: str)
     """Run the controls: ``add`` spans of R plus the diff, then ``copy`` runs of extra.
 
     The ``add`` spans of R are gathered to the front of the output (:meth:`_Reference.gather`),
-    the diff is added to them (:func:`add_mod256`, no numpy), then, back to front, each span
-    moves to its place and the ``extra`` runs fill the gaps (every move goes right, so nothing is
-    overwritten before it moved). An all-zero diff is not added at all. Memory: the output
-    chunk, one read group and the decompressed body, whatever R's size; Python does a couple of
-    slice copies per control, the byte work (reads, the add, the moves) runs in C.
+    the diff is added to them (:func:`add_diff`: its non-zero stretches only, no numpy), then,
+    back to front, each span moves to its place and the ``extra`` runs fill the gaps (every
+    move goes right, so nothing is overwritten before it moved). An all-zero diff is not added
+    at all. Memory: the output chunk, one read group and the decompressed body, whatever R's
+    size; Python does a couple of slice copies per control, the byte work (reads, the add, the
+    moves) runs in C.
     """
     ref = _Reference(parsed.extents, read_at)
     controls = parsed.controls
@@ -335,7 +378,7 @@ def apply_parsed(parsed: ParsedChunk, read_at: ReadAt, out_len: int, where: str)
     view = memoryview(out)
     ref.gather(spans, view)
     if adds and not parsed.zero_diff:
-        add_mod256(view[:adds], body[d:x])
+        add_diff(view[:adds], parsed.body, d)
     if adds == out_len:
         return out
     o, a, x = out_len, adds, len(body)
@@ -392,19 +435,12 @@ class BaseSlot:
         """
         parsed = parse_chunk(wire, out_len, base_size, where)
         fd = self._fd
-        ext = parsed.extents
         if (
             parsed.zero_diff
             and parsed.controls == [(out_len, 0, 0)]
-            and len(ext) == 1
-            and ext[0].length >= out_len  # else apply_parsed names the bad control
+            and sum(e.length for e in parsed.extents) >= out_len  # else apply_parsed says why
         ):
-            # Unchanged blocks (most of an update): the chunk is one run of the base, read
-            # straight into a bytes object, no buffer to fill and copy.
-            data = os.pread(fd, out_len, ext[0].offset)
-            if len(data) != out_len:
-                raise DeltaBaseError(f"{where}: base ends inside the chunk's reference")
-            return data
+            return _read_run(fd, parsed.extents, out_len, where)
         out = apply_parsed(
             parsed, lambda off, view: pread_into(fd, view, off, where), out_len, where
         )
@@ -421,6 +457,29 @@ class BaseSlot:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _read_run(fd: int, extents: list[Extent], out_len: int, where: str) -> bytes:
+    """The first ``out_len`` bytes of R, read extent by extent into bytes objects and joined.
+
+    Unchanged blocks (most of an update) are runs of the base: one extent is read straight
+    into the bytes object returned. Several (files that moved by different amounts, ~100 per
+    chunk) are read into one bytes object each, mostly small ones from the heap, and joined:
+    one chunk-sized allocation, where filling a buffer and copying it to bytes took two (each
+    a fresh mapping zero-filled page by page) and the same peak memory.
+    """
+    parts: list[bytes] = []
+    left = out_len
+    for e in extents:
+        if not left:
+            break
+        n = min(e.length, left)
+        part = os.pread(fd, n, e.offset)
+        if len(part) != n:
+            raise DeltaBaseError(f"{where}: base ends inside the chunk's reference")
+        parts.append(part)
+        left -= n
+    return parts[0] if len(parts) == 1 else b"".join(parts)  # (none: out_len 0)
 
 
 CHECK_BLOCK = 4 << 20  # bytes per read of the base check (two buffers: one read, one hashed)

@@ -65,6 +65,8 @@ class Candidate:
     backend: str
     file: str | None = None
     role: str = "primary"
+    #: a file of the package an earlier step already tried (named by the config): not again
+    skip: str | None = None
 
 
 @dataclass
@@ -105,13 +107,13 @@ def load_runner(
     package = load_package(c.package)
     backend = get_backend(c.backend)
     try:
-        model = load_model(backend, package, c.file, options, top, on_skip)
+        model = load_model(backend, package, c.file, options, top, on_skip, skip=c.skip)
     except BackendUnavailableError:
         raise
     except InferenceError as exc:
         if c.file is not None:
             raise
-        model = _load_next_file(backend, package, exc, options, on_skip)
+        model = _load_next_file(backend, package, exc, options, on_skip, c.skip)
     budget = msgspec.structs.asdict(package.manifest.budget_ms)
     # The pipeline runs one frame at a time: the input tensor can live in one reused buffer.
     pre = Preprocessor.for_model(model, reuse=True)
@@ -124,13 +126,14 @@ def _load_next_file(
     first_error: InferenceError,
     options: BackendOptions,
     on_skip: Callable[[str], None] | None,
+    skip: str | None = None,
 ) -> LoadedModel:
     """The package's next plain file this back end reads, after the one it picked failed."""
     picked = backend.choose_file(package, None)
     others = [
         f
         for f in package.manifest.files
-        if f.format in backend.formats and f.fused is None and f.path != picked.path
+        if f.format in backend.formats and f.fused is None and f.path not in (picked.path, skip)
     ]
     why = str(first_error)
     for f in others:

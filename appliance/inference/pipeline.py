@@ -118,13 +118,13 @@ def candidates(cfg: PipelineConfig) -> list[Candidate]:
     """The chain: primary on each back end, then the fallback model on each back end.
 
     With ``model_file`` (e.g. ``model_edgetpu.tflite``) each back end first tries that file,
-    then the file it picks by itself (e.g. the CPU ``model.tflite``).
+    then the file it picks by itself (e.g. the CPU ``model.tflite``), never the named one again.
     """
     out: list[Candidate] = []
     for b in cfg.backends:
         if cfg.model_file is not None:
             out.append(Candidate(Path(cfg.model), b, cfg.model_file, "primary"))
-        out.append(Candidate(Path(cfg.model), b, None, "primary"))
+        out.append(Candidate(Path(cfg.model), b, None, "primary", skip=cfg.model_file))
     if cfg.fallback_model:
         out += [Candidate(Path(cfg.fallback_model), b, None, "fallback") for b in cfg.backends]
     return out

@@ -23,7 +23,7 @@ import numpy as np
 from appliance.inference.backends.base import LoadedModel
 from appliance.inference.package import InputSpec, expected_shape
 from appliance.inference.quant_transform import apply, exact_transform, quant_matrix
-from appliance.inference.resize import resize_linear
+from appliance.inference.resize import LinearResizer, resize_linear
 
 
 @dataclass(frozen=True)
@@ -79,16 +79,26 @@ def letterbox_geometry(
     return nw, nh, px, py, Letterbox(s, s, float(px), float(py))
 
 
-def resize(image: np.ndarray, width: int, height: int, mode: str) -> tuple[np.ndarray, Letterbox]:
-    """Stretch or letterbox ``image`` (HxWx3 uint8) to ``width`` x ``height``."""
+def resize(
+    image: np.ndarray,
+    width: int,
+    height: int,
+    mode: str,
+    resizer: LinearResizer | None = None,
+) -> tuple[np.ndarray, Letterbox]:
+    """Stretch or letterbox ``image`` (HxWx3 uint8) to ``width`` x ``height``.
+
+    Without OpenCV in numpy (appliance/inference/resize.py), through ``resizer`` if given (a
+    pre-processor's own: it keeps its buffers from frame to frame).
+    """
     h, w = image.shape[:2]
     if (w, h) == (width, height):
         return image, IDENTITY
-    cv2 = _cv2()  # a runtime without OpenCV resizes in numpy (appliance/inference/resize.py)
+    cv2 = _cv2()
 
     def scale(img: np.ndarray, sw: int, sh: int) -> np.ndarray:
         if cv2 is None:
-            return resize_linear(img, sw, sh)
+            return (resizer or resize_linear)(img, sw, sh)
         out: np.ndarray = cv2.resize(img, (sw, sh), interpolation=cv2.INTER_LINEAR)
         return out
 
@@ -178,6 +188,7 @@ class Preprocessor:
             (1, 3, self.height, self.width) if layout == "NCHW" else (1, self.height, self.width, 3)
         )
         self._out: np.ndarray | None = None
+        self._resizer = LinearResizer()  # without OpenCV: camera frames to the model's size
         self._cv: Any = _cv2() if self.dtype == np.float32 else None
         self._ab = [(float(x), float(y)) for x, y in zip(a64, b64, strict=True)]
         self._uniform = len(set(self._ab)) == 1
@@ -257,7 +268,7 @@ class Preprocessor:
         return _into(self._numpy(small, self.spec.color)[0], out), box
 
     def _numpy(self, image: np.ndarray, color: str) -> tuple[np.ndarray, Letterbox]:
-        img, box = resize(image, self.width, self.height, self.spec.resize)
+        img, box = resize(image, self.width, self.height, self.spec.resize, self._resizer)
         if color != self.spec.color:
             img = img[..., ::-1]
         if self._cv_lut is not None and self.layout == "NHWC":
@@ -317,6 +328,7 @@ class FramePreprocessor:
         self.width, self.height, self.mode, self.color = width, height, mode, color
         self.reuse = reuse
         self._cv: Any = _cv2()
+        self._resizer = LinearResizer()  # without OpenCV: camera frames to the model's size
         self._out: np.ndarray | None = None
         self._padded_for: tuple[int, int] | None = None  # the frame size the border is for
 
@@ -343,7 +355,7 @@ class FramePreprocessor:
         ):
             out = None  # not a buffer the frame fits: use our own
         if cv2 is None:
-            img, box = resize(image, self.width, self.height, self.mode)
+            img, box = resize(image, self.width, self.height, self.mode, self._resizer)
             img = img[..., ::-1] if swap else img
             return np.ascontiguousarray(img)[None], box
         if (w, h) == (self.width, self.height):

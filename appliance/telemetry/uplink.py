@@ -4,7 +4,7 @@ Sits in front of the uplink (normally :class:`~appliance.telemetry.mqtt_sink.Mqt
 
     pipeline --record--> TelemetrySink --window/event/sampled result--> MqttSink --> broker
 
-* **results** are added to the current window (a few appends on the frame path); they reach the
+* **results** are added to the current window (one row appended on the frame path); they reach the
   uplink only if the per-frame policy says so (``off`` by default, ``sample`` at most
   ``results_per_min``, ``all``), and never once the day's byte budget is spent;
 * **events** get the device's identity and an id and go out at once; ``alert: true`` marks
@@ -94,13 +94,12 @@ class TelemetrySink:
         kind = record.get("type")
         now = self.clock()
         if kind == "result":
-            # the frame path: one append, one comparison (tools/bench_telemetry.py)
+            # the frame path: one row appended, one comparison (tools/bench_telemetry.py)
             with self._lock:
                 self.agg.add(record)
-                due = now >= self._end
             if self._per_frame and self._results_allowed(now):
                 self._send(self._stamp(dict(record)))
-            if due:
+            if now >= self._end:  # roll() checks again under the lock
                 self.roll(now)
             return
         if kind == "event":

@@ -1,8 +1,9 @@
 """Camera checks: list V4L2 devices, test-capture a source, coarse text preview (no Textual).
 
-Capture goes through the inference package's sources (OpenCV), exactly as the pipeline reads
-the camera. Brightness is the mean grey level (0-255); blur is the variance of the Laplacian
-(a sharp scene is in the hundreds or more, a defocused or covered lens near zero).
+Capture goes through the inference package's sources, exactly as the pipeline reads the camera
+(V4L2 without OpenCV). Brightness is the mean grey level (0-255); blur is the variance of the
+Laplacian (a sharp scene is in the hundreds or more, a defocused or covered lens near zero),
+both in numpy, so the check works in a runtime without OpenCV (the default image's).
 """
 
 from __future__ import annotations
@@ -86,13 +87,33 @@ def preview(gray: np.ndarray, cols: int = 48, rows: int = 12) -> str:
     return "\n".join(lines)
 
 
+def to_gray(image: np.ndarray, color: str) -> np.ndarray:
+    """HxWx3 uint8 (``color`` RGB or BGR; HxW passes through) to grey, BT.601 as OpenCV."""
+    import numpy as np
+
+    if image.ndim == 2:
+        return image
+    r, b = (0, 2) if color == "RGB" else (2, 0)
+    rgb = image.astype(np.float32)
+    y = rgb[..., r] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., b] * 0.114
+    gray: np.ndarray = np.clip(np.rint(y), 0, 255).astype(np.uint8)
+    return gray
+
+
+def laplacian_variance(gray: np.ndarray) -> float:
+    """Variance of the 4-neighbour Laplacian (OpenCV's ksize 1, reflect-101 border)."""
+    import numpy as np
+
+    p = np.pad(gray.astype(np.float64), 1, mode="reflect")  # numpy's reflect = reflect-101
+    lap = p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] - 4.0 * p[1:-1, 1:-1]
+    return float(lap.var())
+
+
 def capture_check(uri: str, frames: int = 30, timeout_s: float = 10.0) -> CaptureReport:
     """Read up to ``frames`` frames from ``uri``; raise ApplianceError if none arrive.
 
     Blocks for up to ``frames`` frame periods (2 s for 30 frames of a 15 fps camera).
     """
-    import cv2
-
     from appliance.inference.sources import is_live_uri, open_source
 
     # A video file is read at its own frame rate, as a camera would deliver it: the measured
@@ -116,8 +137,7 @@ def capture_check(uri: str, frames: int = 30, timeout_s: float = 10.0) -> Captur
     if last is None:
         raise ApplianceError(f"{uri}: no frame arrived within {timeout_s:.0f} s")
     image = last.image
-    code = cv2.COLOR_RGB2GRAY if last.color == "RGB" else cv2.COLOR_BGR2GRAY
-    gray = cv2.cvtColor(image, code)
+    gray = to_gray(image, last.color)
     fps = (got - 1) / (last_t - first_t) if got > 1 and last_t > first_t else 0.0
     return CaptureReport(
         uri=uri,
@@ -126,6 +146,6 @@ def capture_check(uri: str, frames: int = 30, timeout_s: float = 10.0) -> Captur
         height=int(image.shape[0]),
         fps=fps,
         brightness=float(gray.mean()),
-        blur=float(cv2.Laplacian(gray, cv2.CV_64F).var()),
+        blur=laplacian_variance(gray),
         preview=preview(gray),
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 
 from image.build import rootfs
+from image.freeze.targets import recipe_spec
 from image.recipe import LoadedRecipe
 from appliance.telemetry.provision import broker_address
 
@@ -20,7 +21,9 @@ from appliance.telemetry.provision import broker_address
 def pipeline_config(loaded: LoadedRecipe) -> bytes:
     """The agent's first ``/data/edgekiln/pipeline.json`` (a technician may change it later)."""
     r = loaded.recipe
-    backends: list[str] = [r.target.backend, "opencv"]  # OpenCV DNN: the last resort
+    # Every back end the frozen runtime carries, its own first: OpenCV DNN (the last resort)
+    # only when the recipe bundles it (``[runtime] extras = ["opencv"]``).
+    backends = list(recipe_spec(loaded).backends)
     doc = {
         "model": f"/{rootfs.MODELS_DIR}/primary",
         "fallback_model": f"/{rootfs.MODELS_DIR}/fallback",
@@ -79,6 +82,7 @@ def telemetry_blocks(loaded: LoadedRecipe) -> dict[str, object]:
 def device_config(loaded: LoadedRecipe) -> bytes:
     """``/etc/edgekiln/device.json``: what the device needs to know about its image."""
     r = loaded.recipe
+    spec = recipe_spec(loaded)
     doc = {
         "format": 1,
         "product": r.product,
@@ -88,6 +92,8 @@ def device_config(loaded: LoadedRecipe) -> bytes:
         "arch": r.target.arch,
         "backend": r.target.backend,
         "loader": r.target.loader,
+        # What the frozen runtime can load (``kiln inspect`` shows it): back ends, own first.
+        "runtime": {"backends": list(spec.backends), "extras": list(spec.extras)},
         "health": {
             "budget_factor": r.health.budget_factor,
             "reference_count": r.health.reference_count,

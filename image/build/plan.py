@@ -38,7 +38,7 @@ def print_plan(loaded: LoadedRecipe, cache_dir: Path | None) -> None:
     click.echo(f"# image {image_name(loaded)}.img, cache {cache}")
     notes = {
         "base": f"key {key} ({base_state})",
-        "runtime": "frozen appliance runtime (image.freeze.runtime, own cache)",
+        "runtime": runtime_note(loaded),
         "slot": "rootfs_a: ext4 without journal, overlay + runtime + models; "
         + plan_note(loaded, cache)
         + "; "
@@ -53,3 +53,15 @@ def print_plan(loaded: LoadedRecipe, cache_dir: Path | None) -> None:
     }
     for n, stage in enumerate(STAGES, 1):
         click.echo(f"{n}. {stage:<9} {notes.get(stage, '')}")
+
+
+def runtime_note(loaded: LoadedRecipe) -> str:
+    """The frozen runtime's back ends and ``[runtime] extras``, as the plan lists them."""
+    from image.freeze.targets import recipe_spec
+
+    spec = recipe_spec(loaded)
+    extras = ", ".join(spec.extras) or "none"
+    return (
+        f"frozen appliance runtime for {spec.name}: back ends {', '.join(spec.backends)}; "
+        f"extras {extras} (image.freeze.runtime, own cache)"
+    )

@@ -7,6 +7,8 @@ ingester, two ingesters, a device re-sending after an outage) is stored once.
 Tables: ``windows`` (one row per device window, the figures peers are compared on as columns,
 the whole message as JSON), ``events`` (alerts and other events), ``devices`` (the inventory:
 latest known site, target, version, slot, mode, last seen, last update outcome, alert count).
+The inventory follows the device's own clock, not the arrival order, and older databases are
+migrated in place when opened: image/fleet/schema.py.
 """
 
 from __future__ import annotations
@@ -19,28 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from image.fleet.errors import FleetError
-
-SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS windows (
-        id TEXT PRIMARY KEY, device TEXT NOT NULL, site TEXT NOT NULL, target TEXT NOT NULL,
-        model TEXT, model_version TEXT, version TEXT, slot TEXT, mode TEXT,
-        ts_start DOUBLE PRECISION NOT NULL, ts_end DOUBLE PRECISION NOT NULL,
-        window_s DOUBLE PRECISION, frames INTEGER, fps DOUBLE PRECISION,
-        latency_p95 DOUBLE PRECISION, error_rate DOUBLE PRECISION, top1_mean DOUBLE PRECISION,
-        temp_max_c DOUBLE PRECISION, cpu_pct DOUBLE PRECISION, drift_psi DOUBLE PRECISION,
-        drifted INTEGER, predictions TEXT, body TEXT NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS windows_ts ON windows (ts_start)",
-    "CREATE INDEX IF NOT EXISTS windows_device ON windows (device, ts_start)",
-    """CREATE TABLE IF NOT EXISTS events (
-        id TEXT PRIMARY KEY, device TEXT NOT NULL, site TEXT NOT NULL, target TEXT NOT NULL,
-        kind TEXT NOT NULL, alert INTEGER NOT NULL, ts DOUBLE PRECISION NOT NULL,
-        reason TEXT, body TEXT NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS events_device ON events (device, ts)",
-    """CREATE TABLE IF NOT EXISTS devices (
-        device TEXT PRIMARY KEY, site TEXT NOT NULL, target TEXT NOT NULL, version TEXT,
-        slot TEXT, mode TEXT, model TEXT, last_seen DOUBLE PRECISION NOT NULL,
-        last_update TEXT, alerts INTEGER NOT NULL DEFAULT 0)""",
-]
+from image.fleet.schema import NO_KEY, ensure_schema
 
 _WINDOW_COLS = [
     *("id", "device", "site", "target", "model", "model_version", "version", "slot", "mode"),
@@ -48,6 +29,44 @@ _WINDOW_COLS = [
     *("top1_mean", "temp_max_c", "cpu_pct", "drift_psi", "drifted", "predictions", "body"),
 ]
 _EVENT_COLS = ["id", "device", "site", "target", "kind", "alert", "ts", "reason", "body"]
+
+
+def _newer(group: str, ts: str) -> str:
+    """SQL: the incoming message's key for ``group`` is greater than the stored one."""
+    return (
+        f"(excluded.{ts}, excluded.{group}_seq, excluded.{group}_id) > "
+        f"(devices.{ts}, devices.{group}_seq, devices.{group}_id)"
+    )
+
+
+def _pick(group: str, ts: str, columns: Sequence[str], keep: bool = False) -> list[str]:
+    """SET clauses taking ``columns`` from the incoming row when its ``group`` key is newer."""
+    newer = _newer(group, ts)
+    return [
+        f"{c} = CASE WHEN {newer} THEN "
+        + (f"COALESCE(excluded.{c}, devices.{c})" if keep else f"excluded.{c}")
+        + f" ELSE devices.{c} END"
+        for c in columns
+    ]
+
+
+# constant column names only; the values are parameters
+_UPSERT_DEVICE = (
+    "INSERT INTO devices (device, site, target, version, slot, mode, model, last_update, "  # noqa: S608
+    "last_seen, seen_seq, seen_id, state_ts, state_seq, state_id, update_ts, update_seq, "
+    "update_id, alerts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (device) DO UPDATE SET "
+    + ", ".join(
+        # every right-hand side reads the row as it was: the key columns go last for clarity
+        _pick("seen", "last_seen", ("site", "target"))
+        + _pick("state", "state_ts", ("version", "slot", "mode", "model"), keep=True)
+        + _pick("update", "update_ts", ("last_update",))
+        + _pick("seen", "last_seen", ("last_seen", "seen_seq", "seen_id"))
+        + _pick("state", "state_ts", ("state_ts", "state_seq", "state_id"))
+        + _pick("update", "update_ts", ("update_ts", "update_seq", "update_id"))
+        + ["alerts = devices.alerts + excluded.alerts"]
+    )
+)
 
 
 def _num(value: Any) -> float | None:
@@ -63,8 +82,7 @@ class Store:
         self.url = url
         self._mark = "%s" if engine == "postgresql" else "?"
         with self.transaction() as cur:
-            for statement in SCHEMA:
-                cur.execute(statement)
+            self.migrated_from = ensure_schema(cur, engine, url)
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -128,20 +146,27 @@ class Store:
         return self.insert_many([message])[0]
 
     def insert_many(self, messages: list[dict[str, Any]]) -> list[bool]:
-        """Store messages in one transaction; per message, False for a duplicate (or a result)."""
-        out = []
+        """Store messages in one transaction; per message, False for a duplicate (or a result).
+
+        Rows are locked in one global order (windows by id, events by id, then devices by
+        name), so two ingesters committing overlapping batches on PostgreSQL (a redelivery,
+        one device's messages split between them) wait for each other instead of deadlocking.
+        """
+        out = [False] * len(messages)
+        rank = {"window": 0, "event": 1}
+        order = sorted(
+            (i for i, m in enumerate(messages) if m.get("type") in rank),  # results: not kept
+            key=lambda i: (rank[messages[i]["type"]], str(messages[i].get("id"))),
+        )
         with self.transaction() as cur:
-            for message in messages:
-                kind = message.get("type")
-                if kind == "window":
-                    stored = self._insert_window(cur, message)
-                elif kind == "event":
-                    stored = self._insert_event(cur, message)
+            for i in order:
+                message = messages[i]
+                if message["type"] == "window":
+                    out[i] = self._insert_window(cur, message)
                 else:
-                    stored = False  # per-frame results are not kept in the fleet store
-                if stored:
-                    self._touch_device(cur, message)
-                out.append(stored)
+                    out[i] = self._insert_event(cur, message)
+            for i in sorted((i for i in order if out[i]), key=lambda i: str(messages[i]["device"])):
+                self._touch_device(cur, messages[i])
         return out
 
     def _insert_window(self, cur: Any, m: dict[str, Any]) -> bool:
@@ -180,46 +205,25 @@ class Store:
         return bool(cur.rowcount == 1)
 
     def _touch_device(self, cur: Any, m: dict[str, Any]) -> None:
+        """Merge ``m`` into its device's inventory row by the device's clock (fleet/schema.py).
+
+        Each column group changes only for a message with a greater key (device timestamp,
+        per-boot sequence, id) than the one it holds, so arrival order does not matter.
+        """
         is_window = m.get("type") == "window"
-        seen = _num(m.get("ts_end") if is_window else m.get("ts")) or 0.0
-        update = (
-            f"{m.get('kind')}: {m.get('reason', '')}"[:200]
-            if str(m.get("kind", "")).startswith("update")
-            else None
+        ts = _num(m.get("ts_end") if is_window else m.get("ts")) or 0.0
+        seq = m.get("seq")
+        key = (ts, seq if isinstance(seq, int) and not isinstance(seq, bool) else -1, str(m["id"]))
+        is_update = not is_window and str(m.get("kind", "")).startswith("update")
+        update = f"{m.get('kind')}: {m.get('reason') or ''}"[:200] if is_update else None
+        state = (
+            [m.get(c) for c in ("version", "slot", "mode", "model")] if is_window else [None] * 4
         )
-        cur.execute(
-            self.sql(
-                "INSERT INTO devices (device, site, target, version, slot, mode, model, "  # noqa: S608
-                "last_seen, last_update, alerts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (device) DO UPDATE SET "
-                + ", ".join(
-                    # a late (buffered) message never overwrites what a newer one said
-                    f"{c} = CASE WHEN excluded.last_seen >= devices.last_seen "
-                    f"THEN COALESCE(excluded.{c}, devices.{c}) ELSE devices.{c} END"
-                    for c in ("site", "target", "version", "slot", "mode", "model")
-                )
-                + ", last_seen = "
-                + (
-                    "MAX(devices.last_seen, excluded.last_seen)"
-                    if self.engine == "sqlite"
-                    else "GREATEST(devices.last_seen, excluded.last_seen)"
-                )
-                + ", last_update = COALESCE(excluded.last_update, devices.last_update)"
-                ", alerts = devices.alerts + excluded.alerts"
-            ),
-            [
-                m.get("device"),
-                m.get("site"),
-                m.get("target"),
-                m.get("version") if is_window else None,
-                m.get("slot") if is_window else None,
-                m.get("mode") if is_window else None,
-                m.get("model") if is_window else None,
-                seen,
-                update,
-                1 if (not is_window and m.get("alert")) else 0,
-            ],
-        )
+        cur.execute(self.sql(_UPSERT_DEVICE), [
+            m.get("device"), m.get("site"), m.get("target"), *state, update,
+            *key, *(key if is_window else NO_KEY), *(key if is_update else NO_KEY),
+            1 if (not is_window and m.get("alert")) else 0,
+        ])  # fmt: skip
 
     def counts(self) -> dict[str, int]:
         return {

@@ -56,7 +56,8 @@ def _describe(rt: FrozenRuntime) -> str:
     "extras",
     multiple=True,
     type=click.Choice(["opencv"]),
-    help="Bundle a further library (opencv: camera capture and the cv2.dnn fallback; +150 MB).",
+    help="Bundle a further library (opencv: streams/video files/PNG folders through OpenCV and "
+    "the cv2.dnn fallback back end; +151 MiB). A recipe's [runtime] extras are added anyway.",
 )
 @click.option(
     "--prebuilt",

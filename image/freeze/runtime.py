@@ -7,7 +7,8 @@ Public API (used by the image builder)::
     verify_reproducible(target, workdir) -> ReproResult
 
 ``progress`` is a callable taking one line of text per stage (e.g. ``click.echo`` or a rich
-console's ``log``); ``extras=("opencv",)`` bundles OpenCV too (camera capture, cv2.dnn fallback).
+console's ``log``); ``extras=("opencv",)`` bundles OpenCV too (streams and video files through
+OpenCV, cv2.dnn as a second back end; no target needs it to read a V4L2 camera).
 
 ``target`` is a target name (``"generic-x86-64"``), a back-end name (``"onnxruntime"``), a loaded
 recipe (:class:`image.recipe.LoadedRecipe` or :class:`image.recipe.Recipe`: its ``target.name``
@@ -65,7 +66,7 @@ from image.freeze.pyinstaller import (
     strip_debug_info,
 )
 from image.freeze.report import SizeReport, differing, file_digests, size_report, tree_digest
-from image.freeze.targets import TargetSpec, resolve_target
+from image.freeze.targets import TargetSpec, recipe_spec, resolve_target
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +110,7 @@ def target_spec(target: Any, extras: Sequence[str] = ()) -> TargetSpec:
     elif isinstance(target, str):
         spec = resolve_target(target)
     else:
-        recipe = getattr(target, "recipe", target)  # LoadedRecipe or Recipe
-        name, backend = recipe.target.name, recipe.target.backend
-        spec = resolve_target(name)
-        if backend != spec.backend:
-            spec = TargetSpec(spec.name, spec.arch, backend, spec.extras, spec.hooksconfig)
-        runtime = getattr(recipe, "runtime", None)
-        extras = (*getattr(runtime, "extras", ()), *extras)
+        spec = recipe_spec(target)  # its target, back end and [runtime] extras
     return spec.with_extras(tuple(extras)) if extras else spec
 
 

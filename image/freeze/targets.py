@@ -91,6 +91,11 @@ class TargetSpec:
         return (self.backend, *self.extras)
 
     @property
+    def backends(self) -> tuple[str, ...]:
+        """The inference back ends the runtime can load, its own first (then the extras')."""
+        return self.included
+
+    @property
     def included_modules(self) -> tuple[str, ...]:
         """Top-level modules of the bundled back-end libraries."""
         return tuple(BACKEND_LIBRARIES[k] for k in self.included)
@@ -139,6 +144,21 @@ BACKEND_TARGETS: dict[str, str] = {
     "litert": "coral-usb-arm64",
     "tensorrt": "jetson-orin",
 }
+
+
+def recipe_spec(recipe: Any) -> TargetSpec:
+    """The runtime a recipe asks for: its target, its back end and its ``[runtime] extras``.
+
+    ``recipe`` is an :class:`image.recipe.LoadedRecipe` or :class:`image.recipe.Recipe`. The
+    image builder freezes this spec, writes its back ends into ``pipeline.json`` and
+    ``device.json``, and the model step ships only files these back ends read.
+    """
+    recipe = getattr(recipe, "recipe", recipe)  # LoadedRecipe or Recipe
+    spec = resolve_target(recipe.target.name)
+    if recipe.target.backend != spec.backend:
+        spec = replace(spec, backend=recipe.target.backend)
+    extras = tuple(getattr(getattr(recipe, "runtime", None), "extras", ()))
+    return spec.with_extras(extras) if extras else spec
 
 
 def resolve_target(name: str) -> TargetSpec:

@@ -94,6 +94,14 @@ def model() -> None:
     show_default=True,
     help="TensorRT targets: let the device's engine run float layers in FP16 (BuilderFlag.FP16).",
 )
+@click.option(
+    "--fallback-backend",
+    "fallback_backends",
+    multiple=True,
+    type=click.Choice(["onnxruntime", "opencv"]),
+    help="Another back end the device's runtime carries (repeatable; e.g. opencv for a recipe "
+    'with [runtime] extras = ["opencv"]): if it cannot load the shipped file, FP32 ships beside.',
+)
 @click.option("--no-cache", is_flag=True, help="Do not read or fill the content-hash cache.")
 def optimise(
     package: Path,
@@ -106,6 +114,7 @@ def optimise(
     select: str,
     skip_weakest_isa_gate: bool,
     fp16: bool,
+    fallback_backends: tuple[str, ...],
     no_cache: bool,
 ) -> None:
     """Build the target runtime's variants, gate them on the reference split, ship the fastest."""
@@ -123,6 +132,7 @@ def optimise(
         select=select,
         weakest_isa_gate=not skip_weakest_isa_gate,
         fp16=fp16,
+        fallback_backends=fallback_backends,
         cache_dir=None if no_cache else _cache_dir(),
     )
     click.echo(format_table(res))

@@ -57,7 +57,6 @@ from image.model.table import (
     result_from_json,
 )
 from image.model.variants import (
-    FALLBACK_RUNTIMES,
     Scratch,
     int8_u8s7_row,
     measured,
@@ -134,6 +133,7 @@ def optimise(
     select: str = "fastest",
     weakest_isa_gate: bool = True,
     fp16: bool = True,
+    fallback_backends: tuple[str, ...] = (),
 ) -> Optimisation:
     """Build, gate and select; write the output package to ``out`` (replaced if it exists).
 
@@ -145,6 +145,10 @@ def optimise(
     qemu-user's AVX2-only CPU (slow for big models, or no qemu-user here); the table says so.
     ``fp16`` (TensorRT targets): the shipped ONNX files say ``allow_fp16``, so the device's
     engine builder sets ``BuilderFlag.FP16`` (layers outside the Q/DQ pairs may run in FP16).
+    ``fallback_backends``: the other back ends the target's frozen runtime carries (the image
+    builder passes its recipe's, e.g. ``("opencv",)`` with ``[runtime] extras = ["opencv"]``);
+    when one of them cannot load the selected file, the FP32 parent ships beside it. Without
+    any, only files the target's own back end reads ship.
     """
     if select not in SELECT_CHOICES:
         raise BuildError(f"select: {select!r} is not one of {', '.join(SELECT_CHOICES)}")
@@ -157,6 +161,7 @@ def optimise(
         "select": select,
         "weakest_isa_gate": weakest_isa_gate,
         "fp16": fp16,
+        "fallback_backends": sorted(fallback_backends),
         "calibration": hashlib.sha256(calibration.read_bytes()).hexdigest() if calibration else "",
     }
     key = cache_key(package, target, options)
@@ -187,6 +192,7 @@ def optimise(
                 select=("fp32" if select == "fp32" else "int8") if trt else select,
                 # TensorRT has its own INT8 kernels: onnxruntime's CPU ones are only its proxy.
                 weakest_isa_gate=weakest_isa_gate and not trt,
+                fallback_backends=tuple(b for b in fallback_backends if b != runtime),
             )
         if trt:
             _add_tensorrt_files(package, out, result, calibration, fp16)
@@ -210,6 +216,7 @@ def _optimise_onnx(
     timing_rounds: int,
     select: str,
     weakest_isa_gate: bool = False,
+    fallback_backends: tuple[str, ...] = (),
 ) -> Optimisation:
     fp32 = package.select_file(("onnx",))
     if fp32.precision != "fp32":
@@ -282,7 +289,7 @@ def _optimise_onnx(
     res.selected = best.name
     res.speedup = res.variant("fp32").p50_ms / best.p50_ms if best.p50_ms else 1.0
     res.size_ratio = res.variant("fp32").size_bytes / best.size_bytes if best.size_bytes else 1.0
-    keep_fp32 = _fallback_notes(sc, best, fp32.path, FALLBACK_RUNTIMES.get(target, ()), res)
+    keep_fp32 = _fallback_notes(sc, best, fp32.path, fallback_backends, res)
     _write_output(spkg, package, best, res, out, fp32.path if keep_fp32 else None)
     return res
 

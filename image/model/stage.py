@@ -1,12 +1,14 @@
 """The builder's model step: a recipe's ``[models] optimise = true`` before the slot stage.
 
 For each package (primary, fallback) :func:`image.model.optimise.optimise` runs for the recipe's
-target with the recipe's gate (``max_accuracy_drop``, in percentage points) and ``select``. The
+target with the recipe's gate (``max_accuracy_drop``, in percentage points) and ``select``, and
+the other back ends its frozen runtime carries (``[runtime] extras``: with OpenCV, a file OpenCV
+cannot load ships with the FP32 parent beside it; without, no file only OpenCV would read). The
 result is cached under ``<cache>/model/<key>/package/`` where the key hashes every input that
-decides its bytes: the package's tree digest, the target, the options, the optimiser's code
-(``image/model/*.py`` and the package format modules) and the versions of the runtimes and
-quantisers it measured with. The slot stage then copies the cached package, and since the slot's
-key hashes the model trees it uses, a different selection rebuilds the slot.
+decides its bytes: the package's tree digest, the target, those back ends, the options, the
+optimiser's code (``image/model/*.py`` and the package format modules) and the versions of the
+runtimes and quantisers it measured with. The slot stage then copies the cached package, and
+since the slot's key hashes the model trees it uses, a different selection rebuilds the slot.
 
 Timing decides ``select = "fastest"`` (and the table holds measured latencies), so two uncached
 runs may ship different bytes; a cache entry is therefore an *input* of later builds, like the
@@ -88,7 +90,15 @@ def options_of(models: Models) -> dict[str, Any]:
     }
 
 
-def model_key(package: Path, target: str, models: Models) -> str:
+def fallback_backends(loaded: LoadedRecipe) -> tuple[str, ...]:
+    """The back ends the recipe's frozen runtime carries besides its own (e.g. ``opencv``)."""
+    from image.freeze.targets import recipe_spec
+
+    spec = recipe_spec(loaded)
+    return tuple(b for b in spec.backends if b != spec.backend)
+
+
+def model_key(package: Path, target: str, models: Models, fallbacks: tuple[str, ...] = ()) -> str:
     """Content key of one optimised package (see the module docstring for what it hashes)."""
     from image.build.rootfs import tree_digest
 
@@ -96,6 +106,7 @@ def model_key(package: Path, target: str, models: Models) -> str:
         "format": FORMAT,
         "package": tree_digest(package),
         "target": target,
+        "fallback_backends": sorted(fallbacks),
         "options": options_of(models),
         "code": code_digest(),
         "versions": _versions(),
@@ -117,7 +128,7 @@ def optimised_package(
     """The optimised package of ``role`` for the recipe's target, from the cache or made now."""
     r = loaded.recipe
     source = loaded.resolve(getattr(r.models, role))
-    key = key or model_key(source, r.target.name, r.models)
+    key = key or model_key(source, r.target.name, r.models, fallback_backends(loaded))
     entry = entry_dir(cache_dir, key)
     out = entry / "package"
     # resolve(): --verify-repro links <scratch>/model to the shared cache, maybe not made yet.
@@ -147,6 +158,7 @@ def _optimise(loaded: LoadedRecipe, role: str, source: Path, entry: Path) -> dic
             max_accuracy_drop=opts["max_accuracy_drop"],
             select=opts["select"],
             fp16=opts["fp16"],
+            fallback_backends=fallback_backends(loaded),
         )
         summary = _summary(res)
         build_cache.commit(tmp, entry, summary)
@@ -203,11 +215,13 @@ def plan_note(loaded: LoadedRecipe, cache_dir: Path) -> str:
     for role in ROLES:
         source = loaded.resolve(getattr(m, role))
         try:
-            key = model_key(source, loaded.recipe.target.name, m)
+            key = model_key(source, loaded.recipe.target.name, m, fallback_backends(loaded))
         except OSError as exc:
             raise ModelStepError(f"{source}: cannot read the model package: {exc}") from None
         parts.append(f"{role} {key[:12]} ({'cached' if is_cached(cache_dir, key) else 'to run'})")
+    also = fallback_backends(loaded)
+    beside = f", FP32 beside a file {'/'.join(also)} cannot load" if also else ""
     return (
         f"optimise for {loaded.recipe.target.name} (top-1 drop <= {m.max_accuracy_drop:g} pp, "
-        f"select {m.select}): " + ", ".join(parts)
+        f"select {m.select}{beside}): " + ", ".join(parts)
     )

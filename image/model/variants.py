@@ -3,9 +3,11 @@
 A variant that cannot be built (NNCF failed) or loaded on the target runtime (e.g. OpenVINO's
 CPU plugin refusing one INT8 form on one CPU: ``No suitable implementations``) becomes a row with
 ``error`` set and ``passed`` false; the run goes on and selects among the rest. A variant that
-runs on the target's runtime but not on another back end of the target's fallback chain (OpenCV
-5 cannot load ONNX Runtime's QDQ files) is shipped with the FP32 parent as a second file, which
-that back end loads instead (appliance/inference/chain.py tries the package's next file).
+runs on the target's runtime but not on another back end its frozen runtime carries (OpenCV 5,
+bundled by ``[runtime] extras = ["opencv"]``, cannot load ONNX Runtime's QDQ files) is shipped
+with the FP32 parent as a second file, which that back end loads instead
+(appliance/inference/chain.py tries the package's next file). A runtime without such a back end
+gets no file only it would read (image/model/stage.py passes the recipe's back ends).
 """
 
 from __future__ import annotations
@@ -26,13 +28,6 @@ from image.model.table import Variant
 # QDQ with uint8 activations and 7-bit weights (``reduce_range``): a u8 x s7 pair sum fits
 # int16, so CPUs without VNNI give the same answer as those with it (docs/decisions.md §30).
 INT8_U8S7_ONNX = "model_int8_u8s7.onnx"
-
-# The other back ends a target's device may fall back to (recipes/<target>.toml: the target's
-# back end first; generic-x86-64 bundles OpenCV, intel-openvino carries ONNX Runtime).
-FALLBACK_RUNTIMES: dict[str, tuple[str, ...]] = {
-    "generic-x86-64": ("opencv",),
-    "intel-openvino": ("onnxruntime",),
-}
 
 
 def measured(ev: Evaluation, name: str, precision: str, hint: str, parent_top1: float) -> Variant:

@@ -169,8 +169,9 @@ class Update(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class Runtime(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
     """The frozen ``appliance`` runtime: a prebuilt PyInstaller onedir, or built by freeze.
 
-    ``extras`` bundles more libraries than the back end needs: ``"opencv"`` adds OpenCV for
-    camera capture (V4L2, RTSP, video files) and the cv2.dnn fallback back end, about 160 MB.
+    ``extras`` bundles more libraries than the back end needs: ``"opencv"`` adds OpenCV (about
+    150 MiB) for RTSP/HTTP streams, video files and PNG/BMP folders, and cv2.dnn as a second
+    back end of the fallback chain. No target needs it to read a V4L2 camera.
     """
 
     prebuilt: str | None = None

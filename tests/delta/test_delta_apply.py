@@ -11,17 +11,27 @@ import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appliance.bundle import delta_apply
 from appliance.bundle.delta import (
     MAGIC,
     MAGIC_RUN,
     MAGIC_SHUFFLED,
+    DeltaBaseError,
     DeltaError,
     Extent,
     encode_chunk,
 )
-from appliance.bundle.delta_apply import BaseSlot, add_mod256, parse_chunk
+from appliance.bundle.delta_apply import (
+    DIFF_BLOCK,
+    DIFF_SPAN,
+    BaseSlot,
+    add_diff,
+    add_mod256,
+    parse_chunk,
+)
 
 Control = tuple[int, int, int]
 
@@ -186,6 +196,87 @@ def test_add_mod256_matches_bytewise_addition(n: int) -> None:
     out = bytearray(a)
     add_mod256(memoryview(out), memoryview(b))
     assert bytes(out) == bytes((x + y) & 0xFF for x, y in zip(a, b, strict=True))
+
+
+# Sparse diffs as bsdiff makes them: zero almost everywhere, non-zero bytes at the edges of
+# spans and blocks, on both sides of a boundary, in the last (short) block, or nowhere.
+_EDGES = [0, 1, DIFF_BLOCK - 1, DIFF_BLOCK, DIFF_SPAN - 1, DIFF_SPAN, DIFF_SPAN + DIFF_BLOCK]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.sampled_from([0, 1, DIFF_BLOCK, DIFF_SPAN - 3, DIFF_SPAN, 3 * DIFF_SPAN + 17]),
+    start=st.integers(0, 9),
+    nonzero=st.lists(
+        st.tuples(
+            st.one_of(st.sampled_from(_EDGES), st.integers(0, 4 * DIFF_SPAN)), st.integers(1, 255)
+        ),
+        max_size=40,
+    ),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_add_diff_matches_bytewise_addition_on_sparse_diffs(
+    n: int, start: int, nonzero: list[tuple[int, int]], seed: int
+) -> None:
+    body = bytearray(start + n + 5)  # the diff sits inside a larger body, as in a chunk
+    for at, value in nonzero:
+        if at < n:
+            body[start + at] = value
+    body[:start] = b"\xff" * start  # bytes around the diff must not be added
+    body[start + n :] = b"\xff" * 5
+    a = random.Random(seed).randbytes(n)
+    out = bytearray(a)
+    for kind in (bytes, bytearray):
+        out[:] = a
+        add_diff(memoryview(out), kind(body), start)
+        diff = body[start : start + n]
+        assert bytes(out) == bytes((x + y) & 0xFF for x, y in zip(a, diff, strict=True))
+
+
+def test_sparse_diff_chunk_rebuilds_like_the_model(base: tuple[Path, bytes]) -> None:
+    """A real wire chunk whose diff is zero but for a few bytes around span and block edges."""
+    path, data = base
+    n = 3 * DIFF_SPAN + 100
+    diff = bytearray(n)
+    for at in (0, DIFF_BLOCK - 1, DIFF_BLOCK, DIFF_SPAN - 1, DIFF_SPAN + 5, n - 1):
+        diff[at] = 0x80 | at % 127
+    extents = [Extent(4096 * 3, n)]
+    controls: list[Control] = [(n, 0, 0)]
+    for level, xz in ((3, False), (19, True)):
+        wire = encode_chunk(extents, controls, bytes(diff), b"", level=level, xz=xz)
+        with BaseSlot(path) as slot:
+            got = slot.rebuild(wire, n, len(data), "sparse diff")
+        assert bytes(got) == model(data, extents, controls, bytes(diff), b"")
+
+
+@pytest.mark.parametrize("lengths", [[4096], [4096, 8192, 1], [1 << 20, 4096], [5] * 300])
+def test_runs_of_the_base_are_read_extent_by_extent(
+    base: tuple[Path, bytes], lengths: list[int]
+) -> None:
+    """Unchanged runs (EKD0, and EKD1 with one control and an all-zero diff) of 1..300 extents."""
+    path, data = base
+    rng = random.Random(len(lengths))
+    extents = [Extent(rng.randrange(0, len(data) - n), n) for n in lengths]
+    n = sum(lengths)
+    expect = b"".join(data[e.offset : e.offset + e.length] for e in extents)
+    run = encode_chunk(extents, [(n, 0, 0)], bytes(n), b"", level=3)
+    assert run[:4] == MAGIC_RUN
+    longer = [*extents, Extent(0, 4096)]  # R longer than the chunk: its first n bytes
+    zero = encode_chunk(longer, [(n, 0, 0)], bytes(n), b"", level=3)
+    assert zero[:4] == MAGIC
+    with BaseSlot(path) as slot:
+        assert slot.rebuild(run, n, len(data), "run") == expect
+        assert slot.rebuild(zero, n, len(data), "zero diff") == expect
+
+
+def test_a_run_past_the_end_of_the_base_file_is_refused(tmp_path: Path) -> None:
+    """The signed base size says 3 MiB, the file holds less: the read comes up short."""
+    short = tmp_path / "short.img"
+    short.write_bytes(random.Random(9).randbytes(2 << 20))
+    extents = [Extent(0, 4096), Extent((2 << 20) - 100, 4096)]
+    wire = encode_chunk(extents, [(8192, 0, 0)], bytes(8192), b"", level=3)
+    with BaseSlot(short) as slot, pytest.raises(DeltaBaseError, match="base ends inside"):
+        slot.rebuild(wire, 8192, 3 << 20, "past the end")
 
 
 def test_ekd0_with_many_extents_packs_its_table_and_rebuilds(base: tuple[Path, bytes]) -> None:

@@ -180,7 +180,10 @@ def test_image_checked_by_independent_tools(first: dict[str, object], tmp_path: 
     run("fsck.ext4", "-fn", str(data))
     pipeline = json.loads(run("debugfs", "-R", "cat /edgekiln/pipeline.json", str(data)))
     assert pipeline["model"] == "/opt/edgekiln/models/primary"
-    assert pipeline["backends"] == ["onnxruntime", "opencv"]
+    # Only the back ends the runtime carries (no OpenCV here: [runtime] extras = [])
+    assert pipeline["backends"] == ["onnxruntime"]
+    device = json.loads(run("debugfs", "-R", "cat /etc/edgekiln/device.json", str(slot)))
+    assert device["runtime"] == {"backends": ["onnxruntime"], "extras": []}
     # bmaptool copy of the compressed image equals the image.
     bmap = image.with_suffix(".bmap")
     copy = tmp_path / "copy.img"
@@ -245,6 +248,7 @@ def test_inspect_detects_tampering(first: dict[str, object], tmp_path: Path) -> 
     )
     assert out.returncode != 0
     assert "data: digest MISMATCH" in out.stdout
+    assert "  runtime: back ends onnxruntime; extras none" in out.stdout  # from device.json
     manifest = tmp_path / (image.name.removesuffix(".img") + ".manifest.json")
     manifest.write_bytes(manifest.read_bytes().replace(b'"1.2.3"', b'"9.9.9"'))
     info = inspect_image(copy)

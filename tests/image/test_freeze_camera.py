@@ -1,14 +1,17 @@
-"""The intel-openvino runtime (no OpenCV) reads cameras: linuxpy and simplejpeg are frozen in.
+"""The intel-openvino runtime (no OpenCV) reads cameras: linuxpy, simplejpeg, libyuv frozen in.
 
 A frozen program gets no V4L2 device on the build host, so the V4L2 check goes as far as the
 kernel lets it: ``/dev/null`` answers the first V4L2 ioctl (VIDIOC_QUERYCAP) with ENOTTY, which
 only linuxpy's code path can report ("needs linuxpy" would mean it was not frozen in), and the
-pipeline keeps waiting for the camera instead of crashing. JPEG frames go through simplejpeg.
+pipeline keeps waiting for the camera instead of crashing. JPEG frames go through simplejpeg,
+YUYV through the bundled libyuv (PyInstaller finds it by its ctypes load), and a video file and
+an MJPEG stream over HTTP (both made by ffmpeg here) reach the frozen pipeline without OpenCV.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -89,3 +92,86 @@ def test_frozen_runtime_without_opencv_reads_jpeg_frames(
     assert done.returncode == 0, done.stderr
     frames = [e for e in _events(sink) if e.get("type") != "event"]
     assert len(frames) == 3 and all(f.get("degraded") for f in frames), frames
+
+
+# Runs a command with the system's libyuv replaced by an empty file (a private mount namespace),
+# as on a device whose root has no libyuv0: only a bundled copy can load then.
+WITHOUT_SYSTEM_LIBYUV = 'mount --bind /dev/null "$0" && exec "$@"'
+
+
+def system_libyuv() -> Path | None:
+    """The file the system's ``libyuv.so.0`` resolves to, if the system has one."""
+    for folder in ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib"):
+        found = sorted(Path(folder).glob("libyuv.so.0*"))
+        if found:
+            return found[0].resolve()
+    return None
+
+
+@pytest.mark.slow
+def test_frozen_runtime_bundles_libyuv_and_finds_ffmpeg(openvino_rt: FrozenRuntime) -> None:
+    assert list((openvino_rt.path / "_internal").rglob("libyuv.so*")), "libyuv not bundled"
+    cmd = [str(openvino_rt.executable), "info", "--json"]
+    lib = system_libyuv()
+    if lib is not None and shutil.which("unshare"):
+        cmd = ["unshare", "-m", "sh", "-c", WITHOUT_SYSTEM_LIBYUV, str(lib), *cmd]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0 and "unshare" in done.stderr:
+        pytest.skip(f"no private mount namespace here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    camera = json.loads(done.stdout)["camera"]
+    assert camera["yuyv"] == "libyuv" and camera["v4l2"] == "linuxpy", camera
+    assert camera["streams"] == ("ffmpeg" if shutil.which("ffmpeg") else "mjpeg-http"), camera
+
+
+def _run_until(cmd: list[str], sink: Path, frames: int) -> str:
+    """Run the frozen pipeline until ``frames`` records are in the sink, then stop it (SIGINT)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len([e for e in _events(sink) if e.get("type") != "event"]) >= frames:
+                break
+            time.sleep(0.2)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+def test_frozen_runtime_without_opencv_reads_a_video_file_and_an_mjpeg_stream(
+    openvino_rt: FrozenRuntime, tmp_path: Path
+) -> None:
+    from tests.inference.test_stream_sources import free_port, make_video, serve
+
+    video = make_video(tmp_path / "clip.avi")
+    sink = tmp_path / "file.jsonl"
+    exe = [str(openvino_rt.executable), "run", "--model", str(tmp_path / "no-model")]
+    done = subprocess.run(
+        [*exe, "--source", str(video), "--sink", str(sink)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert len([e for e in _events(sink) if e.get("type") != "event"]) == 12, done.stderr
+
+    port = free_port()
+    server = serve("mpjpeg", port)
+    stream = tmp_path / "stream.jsonl"
+    try:
+        err = _run_until(
+            [*exe, "--source", f"http://127.0.0.1:{port}/cam", "--sink", str(stream)], stream, 3
+        )
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+    records = [e for e in _events(stream) if e.get("type") != "event"]
+    assert len(records) >= 3 and all(r.get("degraded") for r in records), (records, err)
+    assert "Traceback" not in err

@@ -22,13 +22,15 @@ import pytest
 from appliance.inference.package import load_package
 from appliance.inference.selftest import run_selftest
 from image.build.pipeline import Pipeline
-from image.model.stage import KIND, ModelStepError, model_key
+from image.model.stage import KIND, ModelStepError, fallback_backends, model_key
 from image.recipe import load_recipe
 from tests.image.slot_stage import Recorder, copy_recipes, rdump, run_slot
 from tests.timing import NO_LATENCY_GATE
 
 pytestmark = [pytest.mark.integration]
 KILN = Path(sys.executable).parent / "kiln"
+# The opt-in: OpenCV in the runtime, and slots the size check accepts for it.
+WITH_OPENCV = '[runtime]\nextras = ["opencv"]\n[partitions]\nrootfs_mib = 1280\n'
 
 
 @pytest.fixture(scope="module")
@@ -67,15 +69,15 @@ def test_slot_holds_the_optimised_packages_and_the_device_accepts_them(
         pkg = load_package(pkg_dir)
         # The smallest variant that passes the gate on onnxruntime is an INT8 QDQ ONNX, and
         # models.fuse (default) adds its fused variant (tests/image/test_model_fuse_build.py).
-        # OpenCV (bundled by generic-x86-64, a fallback back end) cannot load a QDQ file: the
-        # FP32 parent ships after it for that back end, and the table's notes say so.
-        f, fused, fp32 = pkg.manifest.files
+        # The recipe's runtime has no OpenCV (no [runtime] extras): no FP32 file ships for a
+        # back end it lacks (with OpenCV it would: tests/models/test_mobilenet_like.py).
+        f, fused = pkg.manifest.files
         assert (f.format, f.precision) == ("onnx", "int8")
         assert f.path.startswith("model_int8") and fused.fused is not None
         assert fused.fused.of == f.path
-        assert (fp32.path, fp32.precision) == ("model.onnx", "fp32")
+        assert not (pkg_dir / "model.onnx").exists()
         table = json.loads((pkg_dir / "optimisation.json").read_text())
-        assert any("opencv" in n and "model.onnx ships beside it" in n for n in table["notes"])
+        assert not any("opencv" in n for n in table["notes"]), table["notes"]
         assert table["runtime"] == "onnxruntime"
         assert table["selected"] in ("int8", "int8-u8s8", "int8-u8s7")
         chosen = next(v for v in table["variants"] if v["name"] == table["selected"])
@@ -114,6 +116,12 @@ def test_model_step_is_cached_and_the_slot_key_follows_the_result(
     stricter.write_text(f'extends = "{recipes}/opt.toml"\n[models]\nmax_accuracy_drop = 0.5\n')
     assert model_key(pkg, "generic-x86-64", load_recipe(stricter).recipe.models) != key
     assert model_key(pkg, "intel-openvino", opt.recipe.models) != key
+    # ... and the back ends the runtime carries ([runtime] extras = ["opencv"]: FP32 beside).
+    with_cv = tmp_path / "with-opencv.toml"
+    with_cv.write_text(f'extends = "{recipes}/opt.toml"\n{WITH_OPENCV}')
+    assert fallback_backends(load_recipe(with_cv)) == ("opencv",)
+    assert fallback_backends(opt) == ()
+    assert model_key(pkg, "generic-x86-64", opt.recipe.models, ("opencv",)) != key
     changed = Path(shutil.copytree(pkg, tmp_path / "changed"))
     (changed / "provenance.txt").write_text("retrained\n")
     assert model_key(changed, "generic-x86-64", opt.recipe.models) != key
@@ -131,6 +139,13 @@ def test_plan_shows_the_model_step(built: dict[str, object], recipes: Path, cach
     assert re.search(r"primary [0-9a-f]{12} \(to run\)", plan("opt.toml", cache / "empty"))
     assert "models as given (models.optimise = false)" in plan("plain.toml", cache)
     assert "fuse the ONNX file onnxruntime picks from each package, if any, for BGR frames" in out
+    # The runtime's back ends and extras; with OpenCV the model step keys and says more.
+    assert "runtime for generic-x86-64: back ends onnxruntime; extras none" in out
+    (recipes / "opt-cv.toml").write_text(f'extends = "opt.toml"\n{WITH_OPENCV}')
+    cv = plan("opt-cv.toml", cache)
+    assert "back ends onnxruntime, opencv; extras opencv" in cv
+    assert "select smallest, FP32 beside a file opencv cannot load): primary" in cv
+    assert re.search(r"primary [0-9a-f]{12} \(to run\)", cv)  # another key than opt.toml's
 
 
 def test_bad_calibration_fails_the_build_naming_recipe_and_figures(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -186,23 +187,36 @@ def test_repo_openvino_recipe_asks_for_the_optimised_model() -> None:
     assert m.optimise and m.max_accuracy_drop == 1.0
 
 
-def test_runtime_extras_bundle_opencv_on_the_default_target_only(recipe_dir: Path) -> None:
+def test_default_recipe_runtime_has_no_opencv_unless_a_recipe_opts_in(recipe_dir: Path) -> None:
+    from image.build.device_files import device_config, pipeline_config
     from image.freeze.runtime import target_spec
 
     default = load_recipe(recipe_dir / "generic-x86-64.toml")
-    assert default.recipe.runtime.extras == ("opencv",)
-    assert "cv2" in target_spec(default).included_modules
+    assert default.recipe.runtime.extras == ()
+    spec = target_spec(default)
+    assert spec.backends == ("onnxruntime",)
+    assert "cv2" in spec.excluded_modules and "cv2" not in spec.included_modules
+    # The device is told the same: the fallback chain and device.json name no OpenCV.
+    assert json.loads(pipeline_config(default))["backends"] == ["onnxruntime"]
+    runtime = json.loads(device_config(default))["runtime"]
+    assert runtime == {"backends": ["onnxruntime"], "extras": []}
     qemu = load_recipe(recipe_dir / "qemu-x86-64.toml")
     assert qemu.recipe.runtime.extras == ()
-    assert "cv2" in target_spec(qemu).excluded_modules
-    # The QEMU profile freezes exactly what the generic target name does (one shared cache key).
-    assert target_spec(qemu) == target_spec("generic-x86-64")
+    # The default image, the QEMU profile and the generic target name freeze one runtime (one
+    # shared cache key, tests/image/test_freeze.py builds it and finds no cv2 in it).
+    assert target_spec(qemu) == spec == target_spec("generic-x86-64")
+    # The documented opt-in: OpenCV as the chain's last back end, in the runtime and on device.
+    opt_in = load_recipe(_write(recipe_dir, '[runtime]\nextras = ["opencv"]\n'))
+    assert target_spec(opt_in).backends == ("onnxruntime", "opencv")
+    assert "cv2" in target_spec(opt_in).included_modules
+    assert json.loads(pipeline_config(opt_in))["backends"] == ["onnxruntime", "opencv"]
+    assert json.loads(device_config(opt_in))["runtime"]["extras"] == ["opencv"]
     with pytest.raises(RecipeError, match=r"runtime\.extras"):
         load_recipe(_write(recipe_dir, '[runtime]\nextras = ["cuda"]\n'))
 
 
 def test_runtime_extras_count_in_the_root_size_check(recipe_dir: Path) -> None:
-    small = _write(recipe_dir, "[partitions]\nrootfs_mib = 1000\n")
+    small = _write(recipe_dir, '[partitions]\nrootfs_mib = 1000\n[runtime]\nextras = ["opencv"]\n')
     with pytest.raises(RecipeError, match=r"partitions\.rootfs_mib.*runtime extras 170"):
         load_recipe(small)
 

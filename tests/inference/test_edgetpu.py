@@ -21,6 +21,7 @@ from appliance.inference.backends.litert import LiteRtBackend, interpreter_modul
 from appliance.inference.chain import Candidate, FallbackChain
 from appliance.inference.edgetpu import EdgeTpu, find_edgetpus
 from appliance.inference.package import load_package
+from appliance.inference.pipeline import PipelineConfig, candidates
 from image.model.edgetpu import add_edgetpu_file
 from tests.inference.edgetpu_file import EdgeTpuStandIn, edgetpu_tflite
 
@@ -134,3 +135,24 @@ def test_a_delegate_that_fails_to_load_runs_the_cpu_file_with_an_alert(
     assert alert.kind == "fallback" and alert.alert
     assert "Edge TPU delegate libedgetpu.so.1 could not be loaded" in alert.reason
     assert "libedgetpu1-std" in alert.reason and "running model.tflite" in alert.reason
+
+
+def test_a_config_naming_the_edgetpu_file_tries_it_once(coral_pkg: Path, tmp_path: Path) -> None:
+    """``model_file = "model_int8_edgetpu.tflite"`` and no accelerator: the named file fails
+    once, then the package's own pick runs the CPU file without trying the Edge TPU file a
+    second time (one fallback event for it, not two)."""
+    cfg = PipelineConfig(
+        source="npz:unused",
+        model=str(coral_pkg),
+        model_file="model_int8_edgetpu.tflite",
+        backends=["litert"],
+    )
+    events: list = []
+    chain = FallbackChain(
+        candidates(cfg), BackendOptions(sysfs_root=str(sysfs(tmp_path))), events.append
+    )
+    chain.next_runner()
+    assert chain.runner is not None and chain.runner.model.file.path == "model.tflite"
+    about_edgetpu = [e for e in events if "model_int8_edgetpu.tflite" in e.reason]
+    assert len(about_edgetpu) == 1, [e.reason for e in events]
+    assert [e.kind for e in events] == ["fallback", "loaded"], [e.reason for e in events]

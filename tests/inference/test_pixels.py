@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from appliance.inference.errors import SourceError
-from appliance.inference.sources.pixels import grey_to_bgr, mjpeg_to_bgr, to_bgr, yuyv_to_bgr
+from appliance.inference.sources import libyuv
+from appliance.inference.sources.pixels import (
+    grey_to_bgr,
+    mjpeg_to_bgr,
+    to_bgr,
+    yuyv_to_bgr,
+    yuyv_to_bgr_numpy,
+)
 
 FFMPEG = shutil.which("ffmpeg")
 pytestmark = pytest.mark.skipif(FFMPEG is None, reason="ffmpeg not installed")
@@ -53,11 +62,57 @@ def test_yuyv_matches_ffmpeg(tmp_path: Path) -> None:
     assert diff.max() <= 4 and diff.mean() < 1.0, (diff.max(), diff.mean())
 
 
-def test_yuyv_colours_are_in_bgr_order() -> None:
+@pytest.mark.parametrize("convert", [yuyv_to_bgr, yuyv_to_bgr_numpy], ids=["default", "numpy"])
+def test_yuyv_colours_are_in_bgr_order(convert: Any) -> None:
     # One pixel pair of pure BT.601 red (Y=81, U=90, V=240): R high, B low.
     red = bytes([81, 90, 81, 240])
-    pixel = yuyv_to_bgr(red, 2, 1)[0, 0]
+    pixel = convert(red, 2, 1)[0, 0]
     assert pixel[2] > 240 and pixel[0] < 10 and pixel[1] < 10
+
+
+def every_yuv_pair() -> bytes:
+    """YUYV frame 64x(64*64): 64x64 (U, V) pairs over 16..240, each against a Y ramp 16..235.
+
+    The limited range a V4L2 camera delivers. Outside it (out-of-gamut chroma with Y near 0 or
+    255) OpenCV, libyuv and numpy clip intermediate values differently (up to 21 levels apart).
+    """
+    luma = np.linspace(16, 235, 64).round().astype(np.uint8)
+    chroma = np.linspace(16, 240, 64).round().astype(np.uint8)
+    u, v = np.meshgrid(chroma, chroma, indexing="ij")
+    pairs = np.empty((64 * 64, 32, 4), np.uint8)  # rows of 32 pixel pairs
+    pairs[..., 0] = luma[0::2][None, :]
+    pairs[..., 2] = luma[1::2][None, :]
+    pairs[..., 1] = u.reshape(-1, 1)
+    pairs[..., 3] = v.reshape(-1, 1)
+    return pairs.tobytes()
+
+
+@pytest.mark.parametrize("convert", [yuyv_to_bgr, yuyv_to_bgr_numpy], ids=["default", "numpy"])
+def test_yuyv_matches_opencv_on_every_colour(convert: Any) -> None:
+    """OpenCV's COLOR_YUV2BGR_YUYV (BT.601 limited range) within 3 levels on every camera colour."""
+    cv2 = pytest.importorskip("cv2")
+    frame = every_yuv_pair()
+    width, height = 64, 64 * 64
+    ref = cv2.cvtColor(
+        np.frombuffer(frame, np.uint8).reshape(height, width, 2), cv2.COLOR_YUV2BGR_YUYV
+    )
+    ours = convert(frame, width, height)
+    diff = np.abs(ours.astype(np.int16) - ref)
+    assert diff.max() <= 3 and diff.mean() < 0.5, (diff.max(), diff.mean())
+
+
+def test_libyuv_is_what_converts_here() -> None:
+    """The build host (tools/bootstrap.sh: libyuv0) and every frozen x86-64 runtime have it."""
+    assert libyuv.available(), "libyuv.so.0 not found: apt-get install libyuv0"
+    frame = every_yuv_pair()
+    out = libyuv.yuyv_to_bgr(np.frombuffer(frame, np.uint8), 64, 64 * 64)
+    assert out is not None and out.shape == (64 * 64, 64, 3) and out.flags.c_contiguous
+
+
+@pytest.mark.parametrize(("width", "height", "size"), [(3, 2, 12), (4, 2, 15), (0, 2, 0)])
+def test_a_short_or_odd_yuyv_frame_is_a_source_error(width: int, height: int, size: int) -> None:
+    with pytest.raises(SourceError, match="does not hold"):
+        yuyv_to_bgr(bytes(size), width, height)
 
 
 def test_mjpeg_matches_ffmpeg_and_opencv(tmp_path: Path) -> None:
@@ -97,3 +152,34 @@ def test_numpy_resize_matches_opencv() -> None:
         theirs = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
         assert ours.shape == theirs.shape == (height, width, 3)
         assert np.abs(ours.astype(np.int16) - theirs).max() <= 2
+
+
+def test_without_libyuv_numpy_converts_the_same_frame(tmp_path: Path) -> None:
+    """A system without libyuv (hidden in a private mount namespace): numpy, same colours."""
+    from tests.image.test_freeze_camera import WITHOUT_SYSTEM_LIBYUV, system_libyuv
+
+    lib = system_libyuv()
+    if lib is None or shutil.which("unshare") is None:
+        pytest.skip("no system libyuv to hide, or no unshare")
+    frame = tmp_path / "frame.yuyv"
+    frame.write_bytes(every_yuv_pair())
+    code = (
+        "import sys, numpy as np\n"
+        "from appliance.inference.sources import capabilities\n"
+        "from appliance.inference.sources.pixels import yuyv_to_bgr, yuyv_to_bgr_numpy\n"
+        "data = open(sys.argv[1], 'rb').read()\n"
+        "same = (yuyv_to_bgr(data, 64, 4096) == yuyv_to_bgr_numpy(data, 64, 4096)).all()\n"
+        "print(capabilities()['yuyv'], bool(same))\n"
+    )
+    cmd = ["unshare", "-m", "sh", "-c", WITHOUT_SYSTEM_LIBYUV, str(lib)]
+    done = subprocess.run(
+        [*cmd, sys.executable, "-c", code, str(frame)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0 and "unshare" in done.stderr:
+        pytest.skip(f"no private mount namespace here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["numpy", "True"]

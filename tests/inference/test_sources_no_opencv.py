@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -77,7 +78,8 @@ def test_the_blocker_really_blocks_opencv(tmp_path: Path) -> None:
         (("cv2",), "v4l2:///dev/null", "cannot open /dev/null as a V4L2 camera"),
         # Neither linuxpy nor OpenCV: the library is the reason.
         (("cv2", "linuxpy"), "v4l2:///dev/video0", "needs linuxpy"),
-        (("cv2",), "rtsp://127.0.0.1:1/stream", "needs OpenCV"),
+        # Streams go to the ffmpeg program on PATH: its reason, with the URL.
+        (("cv2",), "rtsp://127.0.0.1:1/stream", "Connection refused"),
     ],
 )
 def test_a_source_that_cannot_open_is_a_source_error(
@@ -98,6 +100,69 @@ def test_a_source_that_cannot_open_is_a_source_error(
     assert out.startswith("SourceError: "), out
     assert expected in out
     assert uri.split("?", maxsplit=1)[0] in out  # the message names the source
+
+
+def test_streams_and_files_without_opencv_or_ffmpeg_say_what_is_missing(tmp_path: Path) -> None:
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\0" * 64)
+    out = run_without(
+        tmp_path,
+        ("cv2",),
+        f"""
+        import os
+        os.environ["PATH"] = ""
+        os.environ.pop("EDGEKILN_FFMPEG", None)
+        from appliance.inference.errors import SourceError
+        from appliance.inference.sources import open_source
+        for uri in ("rtsp://127.0.0.1:1/stream", {str(video)!r}):
+            try:
+                open_source(uri)
+            except SourceError as exc:
+                print("SourceError:", exc)
+        """,
+    )
+    lines = out.splitlines()
+    assert len(lines) == 2 and all("needs OpenCV or an ffmpeg program" in line for line in lines)
+    assert "rtsp://127.0.0.1:1/stream" in lines[0] and str(video) in lines[1]
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+def test_open_source_without_opencv_picks_ffmpeg_for_files_and_python_for_mjpeg(
+    tmp_path: Path,
+) -> None:
+    from tests.inference.test_stream_sources import free_port, make_video, serve
+
+    video = make_video(tmp_path / "clip.avi")
+    port = free_port()
+    server = serve("mpjpeg", port)
+    try:
+        out = run_without(
+            tmp_path,
+            ("cv2",),
+            f"""
+            import time
+            from appliance.inference.errors import SourceError
+            from appliance.inference.sources import frames, open_source
+            source = open_source({str(video)!r})
+            print(type(source).__name__, len(list(frames(source))))
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    source = open_source("http://127.0.0.1:{port}/cam")
+                    break
+                except SourceError as exc:
+                    if "refused" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+            frame = source.read()
+            print(type(source).__name__, frame.image.shape, frame.color)
+            source.close()
+            """,
+        )
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+    assert out.splitlines() == ["FfmpegPipeSource 12", "MjpegHttpSource (240, 320, 3) BGR"]
 
 
 def test_jpeg_folder_reads_without_opencv_and_png_is_refused(tmp_path: Path) -> None:

@@ -136,9 +136,10 @@ def test_fuse_accepts_an_int8_package_whose_scores_tie(mobilenet_pkg: Path, tmp_
     assert fused.images_checked == 96 and fused.source == res.variant(res.selected).file
 
 
-def test_generic_target_ships_a_file_every_back_end_of_its_chain_loads(
+def test_generic_target_with_opencv_ships_a_file_every_back_end_of_its_chain_loads(
     mobilenet_pkg: Path, tmp_path: Path
 ) -> None:
+    """A recipe with ``[runtime] extras = ["opencv"]`` (the builder passes its back ends)."""
     pytest.importorskip("cv2")
     out = tmp_path / "generic"
     res = optimise(
@@ -148,6 +149,7 @@ def test_generic_target_ships_a_file_every_back_end_of_its_chain_loads(
         select="int8",
         max_accuracy_drop=DROP_ORT_BOTH_ISAS,
         timing_rounds=1,
+        fallback_backends=("opencv",),
     )
     pkg = load_package(out)
     selected = res.variant(res.selected).file

@@ -118,12 +118,16 @@ def test_pipeline_config_with_telemetry_publishes_windows_under_site_and_device(
     Pipeline(cfg).run(threading.Event())
     device = (data / "edgekiln" / "device-id").read_text().strip()  # made once, on data
     assert device.startswith("dev-")
-    wait_for(lambda: any(t.endswith("/windows") for t, _ in sub.messages), what="a window")
+
+    def frames() -> int:  # the windows arrive over MQTT after the run: wait for all of them
+        return sum(m["frames"] for t, m in list(sub.messages) if t.endswith("/windows"))
+
+    wait_for(lambda: frames() >= 400, what="windows holding all 400 frames")
     topics = {t for t, _ in sub.messages}
     assert f"edgekiln/plant-c/{device}/windows" in topics
     w = next(m for t, m in sub.messages if t.endswith("/windows"))
     assert w["device"] == device and w["site"] == "plant-c" and w["id"].startswith(device)
-    assert sum(m["frames"] for t, m in sub.messages if t.endswith("/windows")) == 400
+    assert frames() == 400
     sub.close()
 
 

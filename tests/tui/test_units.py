@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,29 @@ def test_preview_shades_and_verdicts() -> None:
     assert lines == ["    @@@@", "    @@@@"]
     dark = camcheck.CaptureReport("x", 1, 160, 120, 0.0, 10.0, 5.0, "")
     assert [v.split()[0] for v in dark.verdicts()] == ["too", "blurry"]
+
+
+def test_grey_and_blur_match_opencv() -> None:
+    """The numpy grey level and Laplacian variance give OpenCV's figures (the check needs none)."""
+    cv2 = pytest.importorskip("cv2")
+    image = np.random.default_rng(3).integers(0, 256, (120, 160, 3), np.uint8)
+    for color, code in (("BGR", cv2.COLOR_BGR2GRAY), ("RGB", cv2.COLOR_RGB2GRAY)):
+        ours, theirs = camcheck.to_gray(image, color), cv2.cvtColor(image, code)
+        assert np.abs(ours.astype(np.int16) - theirs).max() <= 1
+        blur = cv2.Laplacian(theirs, cv2.CV_64F).var()
+        assert camcheck.laplacian_variance(theirs) == pytest.approx(blur, rel=1e-9)
+
+
+def test_capture_check_without_opencv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runtime without OpenCV (the default image's) still checks a camera: grey, blur, FPS."""
+    monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` raises
+    flat = np.full((4, 48, 64, 3), 90, np.uint8)
+    flat[:, :, 32:] = 200  # one sharp edge: blur well above zero
+    np.savez(tmp_path / "cam.npz", images=flat, labels=np.zeros(4, np.int64))
+    report = camcheck.capture_check(f"npz:{tmp_path / 'cam.npz'}", frames=4)
+    assert (report.frames, report.width, report.height) == (4, 64, 48)
+    assert report.brightness == pytest.approx(145.0, abs=0.5)
+    assert report.blur > 100
 
 
 def test_capture_of_a_missing_source_is_an_error() -> None:

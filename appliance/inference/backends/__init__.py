@@ -88,6 +88,7 @@ def load_model(
     options: BackendOptions | None = None,
     top: int = 1,
     on_skip: Callable[[str], None] | None = None,
+    skip: str | None = None,
 ) -> LoadedModel:
     """Load what the pipeline runs: the fused variant of the chosen file when one fits, else it.
 
@@ -100,7 +101,7 @@ def load_model(
     reported to ``on_skip`` and skipped.
     """
     fast = backend.accelerated_file(package) if path is None else None
-    if fast is not None:
+    if fast is not None and fast.path != skip:  # ``skip``: an earlier step tried it already
         try:
             return backend.load(package, fast.path, options)
         except BackendUnavailableError:

@@ -3,13 +3,17 @@
 URIs understood by :func:`open_source`:
 
 * ``v4l2:///dev/video0`` or ``/dev/video0`` - a V4L2 camera, read with linuxpy (ioctl + mmap,
-  no OpenCV; ``?format=YUYV|MJPG|GREY&width=&height=&fps=``, see ``v4l2.py``); a runtime that
+  no OpenCV; ``?format=YUYV|MJPG|GREY&width=&height=&fps=``, see ``v4l2.py``; YUYV converted
+  by libyuv, numpy where it is missing, MJPEG by simplejpeg: ``pixels.py``); a runtime that
   has OpenCV but not linuxpy falls back to OpenCV ``CAP_V4L2``,
-* ``rtsp://``, ``rtsps://``, ``http://``, ``https://``, ``udp://``, ``tcp://`` - a network
-  stream (OpenCV ``CAP_FFMPEG``, with open/read timeouts so a dead camera cannot hang us;
-  needs OpenCV),
-* a video file path (or ``file://`` URI) - read frame by frame; ``?realtime=1`` paces it at the
-  file's frame rate and makes it behave like a live camera (needs OpenCV),
+* ``rtsp://``, ``rtsps://``, ``http://``, ``https://``, ``udp://``, ``tcp://``, ``rtmp://`` - a
+  network stream, with open/read timeouts so a dead camera cannot hang us. Read with OpenCV
+  ``CAP_FFMPEG`` where the runtime carries OpenCV (a recipe's ``opencv`` extra); without it,
+  an HTTP(S) MJPEG stream (``multipart/x-mixed-replace``) is read in Python and decoded with
+  simplejpeg (every runtime, ``mjpeg_http.py``), and anything else goes to an ``ffmpeg``
+  program in the image (``ffmpeg_pipe.py``; a SourceError saying so where there is none),
+* a video file path (or ``file://`` URI) - read frame by frame (OpenCV, else ``ffmpeg``);
+  ``?realtime=1`` paces it at the file's frame rate and makes it behave like a live camera,
 * a directory - every ``*.jpg``/``*.jpeg``/``*.png``/``*.bmp`` in name order (JPEGs without
   OpenCV too, see ``files.py``),
 * ``npz:<path>`` - the ``images`` array of a reference split (RGB), used by tests and benches;
@@ -36,6 +40,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from appliance.inference.errors import SourceError
+from appliance.inference.sources.ffmpeg_pipe import FfmpegPipeSource
 from appliance.inference.sources.files import ImageFolderSource
 from appliance.inference.sources.frame import (
     IMAGE_SUFFIXES,
@@ -45,6 +50,7 @@ from appliance.inference.sources.frame import (
     Frame,
     Source,
 )
+from appliance.inference.sources.mjpeg_http import MjpegHttpSource, NotMjpegStream
 from appliance.inference.sources.opencv import CvCaptureSource
 from appliance.inference.sources.v4l2 import V4L2Source
 
@@ -55,11 +61,14 @@ __all__ = [
     "STREAM_SCHEMES",
     "ArraySource",
     "CvCaptureSource",
+    "FfmpegPipeSource",
     "Frame",
     "ImageFolderSource",
     "LatestFrameGrabber",
+    "MjpegHttpSource",
     "Source",
     "V4L2Source",
+    "capabilities",
     "frames",
     "is_live_uri",
     "open_source",
@@ -134,13 +143,41 @@ def open_source(uri: str) -> Source:
         device = parts.path if parts.scheme else uri.split("?", maxsplit=1)[0]
         return _open_v4l2(uri, device, query)
     if parts.scheme in STREAM_SCHEMES:
-        return CvCaptureSource(uri, uri, "ffmpeg", live=True)
+        return _open_stream(uri, parts.scheme)
     path = Path(parts.path if parts.scheme == "file" else uri.split("?", maxsplit=1)[0])
     if path.is_dir():
         return ImageFolderSource(uri, path)
     if path.is_file():
-        return CvCaptureSource(uri, str(path), "ffmpeg", live=False, realtime=realtime)
+        if _importable("cv2"):
+            return CvCaptureSource(uri, str(path), "ffmpeg", live=False, realtime=realtime)
+        return FfmpegPipeSource(uri, str(path), live=False, realtime=realtime)
     raise SourceError(f"{uri}: no such file, folder, device or stream URL")
+
+
+def _open_stream(uri: str, scheme: str) -> Source:
+    """OpenCV where the runtime has it; else MJPEG over HTTP in Python, else an ffmpeg program."""
+    if _importable("cv2"):
+        return CvCaptureSource(uri, uri, "ffmpeg", live=True)
+    if scheme in ("http", "https"):
+        try:
+            return MjpegHttpSource(uri)
+        except NotMjpegStream:
+            pass  # e.g. MPEG-TS over HTTP: a video decoder's job
+    return FfmpegPipeSource(uri, uri, live=True)
+
+
+def capabilities() -> dict[str, str]:
+    """What this runtime reads cameras with (``appliance info``; the freeze tests check it)."""
+    from appliance.inference.sources import libyuv
+    from appliance.inference.sources.ffmpeg_pipe import find_ffmpeg
+
+    opencv = _importable("cv2")
+    return {
+        "v4l2": "linuxpy" if _importable("linuxpy") else ("opencv" if opencv else "none"),
+        "yuyv": "libyuv" if libyuv.available() else "numpy",
+        "mjpeg": "simplejpeg" if _importable("simplejpeg") else ("opencv" if opencv else "none"),
+        "streams": "opencv" if opencv else ("ffmpeg" if find_ffmpeg() else "mjpeg-http"),
+    }
 
 
 def _importable(module: str) -> bool:

@@ -21,8 +21,9 @@ from appliance.inference.sources.pixels import to_bgr
 
 # Our names for the formats we convert, keyed by linuxpy's PixelFormat names.
 CONVERTIBLE = {"YUYV": "YUYV", "MJPEG": "MJPG", "JPEG": "JPEG", "GREY": "GREY"}
-# MJPEG first: simplejpeg decodes it as fast as OpenCV does, while our numpy YUYV conversion
-# costs more than OpenCV's SIMD one (tools/bench_capture.py); YUYV-only cameras still work.
+# MJPEG first: over USB 2 a camera sends larger sizes at full rate in MJPEG than in raw YUYV,
+# and simplejpeg decodes it as fast as OpenCV does. YUYV converts at OpenCV's speed too where
+# libyuv is loaded (tools/bench_capture.py; numpy, its fallback, is ~10x slower).
 PREFERRED = ("MJPG", "JPEG", "YUYV", "GREY")
 BUFFERS = 2  # the driver's ring: small, the grabber keeps only the newest frame anyway
 
