@@ -51,11 +51,28 @@ def _one_build(recipes: Path, out: Path | None, workdir: Path, version: str) -> 
     return done
 
 
+def _reuse_dir() -> Path | None:
+    reuse = os.environ.get("EDGEKILN_E2E_REUSE_BUILDS")  # development only: may be stale
+    return Path(reuse) if reuse else None
+
+
 @pytest.fixture(scope="session")
-def builds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Builds]:
+def v1_build(tmp_path_factory: pytest.TempPathFactory) -> Build:
+    """v1 of the QEMU test profile, built once per session with the real ``kiln``.
+
+    Every device that starts on v1 boots this build (``builds`` hands out the same one), so a
+    file that needs only v1 (tests/e2e/test_boot_disk.py) starts no other build, and in the
+    ``e2e-kiln`` group v1 is built once, not once per file.
+    """
+    workdir = tmp_path_factory.mktemp("builds")
+    return _one_build(_cache_root() / "e2e-recipes", _reuse_dir(), workdir, "1.0.0")
+
+
+@pytest.fixture(scope="session")
+def builds(v1_build: Build, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Builds]:
     """v1, v2 and v3 (broken model) of the QEMU test profile, built with the real ``kiln``.
 
-    v1 is built first (the device boots it); v2 and v3 are built one after the other in the
+    v1 is ``v1_build`` (the device boots it); v2 and v3 are built one after the other in the
     background meanwhile (the first update needs v2 only after the first boot), one build at a
     time (the QEMU guest and the other test worker need the cores too). Builds on the other
     worker share the kiln cache safely (docs/decisions.md §31).
@@ -67,12 +84,11 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Builds]:
     the cached slots); images and bundles go to a session directory.
     """
     recipes = _cache_root() / "e2e-recipes"
-    reuse = os.environ.get("EDGEKILN_E2E_REUSE_BUILDS")  # development only: may be stale
-    out = Path(reuse) if reuse else None
+    out = _reuse_dir()
     workdir = tmp_path_factory.mktemp("builds")
     first, *later = VERSIONS
     done: Future[Build] = Future()
-    done.set_result(_one_build(recipes, out, workdir, first))
+    done.set_result(v1_build)
     futures = {first: done}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="e2e-build") as pool:
         for version in later:

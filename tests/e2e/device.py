@@ -33,6 +33,9 @@ STICK_LABEL = "EK-UPDATE"
 CMDLINE = (
     "console=tty0 console=ttyS0,115200 rootwait "
     "systemd.journald.forward_to_console=1 systemd.show_status=1 "
+    # the QEMU profile's camera: the guest kernel's vivid V4L2 test driver (test_boot_disk.py
+    # reads it; the other devices' camera config names the npz test pattern)
+    "modules-load=vivid "
     # hang protection only: on a loaded host udev took over systemd's 90 s to link the data and
     # boot partitions once (recipes/qemu-x86-64.toml)
     "systemd.default_timeout_start_sec=600"

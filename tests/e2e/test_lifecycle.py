@@ -97,6 +97,13 @@ class Device:
     boots_to_gate: list[float] = field(default_factory=list)
     #: JSON-lines file on data -> how many records it held at the last power-on
     on_disk: dict[str, int] = field(default_factory=dict)
+    #: (offset, size) of the data partition now, when it is not v1's GPT entry (the hands-off
+    #: device's grows to the end of a larger overlay on its first boot)
+    data_where: Callable[[], tuple[int, int]] | None = None
+
+    def data_region(self) -> tuple[int, int]:
+        """(byte offset, size) of the data partition as the disk holds it now."""
+        return self.data_where() if self.data_where else self.layout["data"]
 
     def power_on(self, stick: Path | None = None) -> float:
         """Pull the plug if it runs, then power on (with a stick in, or none); returns the host
@@ -108,7 +115,7 @@ class Device:
         cut looked newer than the next power-on).
         """
         self.vm.power_cut()
-        data = read_partition(self.vm.disk, self.layout["data"], self.work / "data.part")
+        data = read_partition(self.vm.disk, self.data_region(), self.work / "data.part")
         try:
             self.on_disk = {
                 path: len(parse_results(ext4_file(data, path, self.work) or b""))
@@ -141,7 +148,7 @@ class Device:
     def results(self, path: str = RESULTS) -> Records:
         """A JSON-lines file (default: the results) as the data partition holds it now (the
         results sink fsyncs each second)."""
-        data = read_partition(self.vm.disk, self.layout["data"], self.work / "data.part")
+        data = read_partition(self.vm.disk, self.data_region(), self.work / "data.part")
         try:
             return parse_results(ext4_file(data, path, self.work) or b"")
         finally:

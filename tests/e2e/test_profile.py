@@ -75,3 +75,16 @@ def test_the_boot_partition_is_checked_and_the_power_button_handled() -> None:
     recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "qemu-x86-64.toml")
     packages = {*recipe.recipe.rootfs.packages, *recipe.recipe.rootfs.extra_packages}
     assert {"dosfstools", "acpid"} <= packages
+
+
+def test_the_e2e_command_line_keeps_the_profiles_own() -> None:
+    """The e2e recipes replace the QEMU profile's kernel command line (console order, status):
+    every option of the profile's (``modules-load=vivid``: the camera test_boot_disk.py reads)
+    is in theirs too, so the devices boot what the profile boots."""
+    from image.recipe import load_recipe
+    from tests.e2e.device import CMDLINE
+
+    profile = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "qemu-x86-64.toml")
+    own = profile.recipe.kernel.cmdline.split()
+    assert "modules-load=vivid" in own
+    assert set(own) <= set(CMDLINE.split()), set(own) - set(CMDLINE.split())
