@@ -25,7 +25,6 @@ bundle      ``<name>.bundle``: the full update bundle of this version
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -195,14 +194,7 @@ def build(pipe: Pipeline) -> BuildReport:
     pipe.components["l4t"] = check_root(base.root, str(tarball))
     modules = sorted(p.name for p in (base.root / "lib/modules").glob("*-tegra*"))
     pipe.components["kernel"] = modules[-1] if modules else ""  # L4T's kernel: /boot/Image
-    work = pipe.cache / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="build-", dir=work))  # this build's own
-    try:
-        runtime_path, runtime_digest = pipe.stage_runtime(scratch / "runtime")
-        slot = pipe.stage_slot(base, runtime_path, runtime_digest)
-    finally:
-        cache.remove_tree(scratch)
+    slot = pipe.stage_runtime_and_slot(base)
     data = pipe.stage_data()
     name = image_name(pipe.loaded)
     files = {

@@ -161,15 +161,7 @@ class Pipeline:
         return self.report
 
     def _run_stages(self) -> None:
-        base = self.stage_base()
-        work = self.cache / "work"
-        work.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix="build-", dir=work))  # this build's own
-        try:
-            runtime_path, runtime_digest = self.stage_runtime(scratch / "runtime")
-            slot = self.stage_slot(base, runtime_path, runtime_digest)
-        finally:
-            cache.remove_tree(scratch)
+        slot = self.stage_runtime_and_slot(self.stage_base())
         esp = self.stage_boot()
         data = self.stage_data()
         cached = self.cache / "outputs" / self._outputs_key()
@@ -271,6 +263,17 @@ class Pipeline:
             detail=f"prebuilt {prebuilt}" if prebuilt else "",
         )
         return rt.path, rt.digest
+
+    def stage_runtime_and_slot(self, base: rootfs.BaseRoot) -> Path:
+        """The slot image: the runtime frozen into a scratch folder of this build's own, then
+        the slot made from ``base`` and it (the scratch folder is removed either way)."""
+        work = self.cache / "work"
+        work.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix="build-", dir=work))
+        try:
+            return self.stage_slot(base, *self.stage_runtime(scratch / "runtime"))
+        finally:
+            cache.remove_tree(scratch)
 
     def stage_slot(self, base: rootfs.BaseRoot, runtime: Path, runtime_digest: str) -> Path:
         start = self._stage("slot", "root filesystem slot (ext4, no journal)")
