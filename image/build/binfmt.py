@@ -65,4 +65,6 @@ def ensure_binfmt(arch: str) -> None:
     except ToolError as exc:
         raise ForeignArchError(f"cannot enable binfmt_misc entry {entry}: {exc}; {fix}") from None
     if not _enabled(entry):
-        raise ForeignArchError(f"{BINFMT_DIR}/{entry} is still not enabled after enabling it; {fix}")
+        raise ForeignArchError(
+            f"{BINFMT_DIR}/{entry} is still not enabled after enabling it; {fix}"
+        )

@@ -13,9 +13,9 @@ import logging
 import tempfile
 from pathlib import Path
 
-from image.errors import BuildError
 from image.build import uboot
 from image.build.fs import run_tool
+from image.errors import BuildError
 from image.recipe import LoadedRecipe, canonical_json
 
 log = logging.getLogger(__name__)

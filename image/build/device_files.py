@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 
+from appliance.telemetry.provision import broker_address
 from image.build import rootfs
 from image.freeze.targets import recipe_spec
 from image.recipe import LoadedRecipe
-from appliance.telemetry.provision import broker_address
 
 
 def pipeline_config(loaded: LoadedRecipe) -> bytes:

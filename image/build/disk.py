@@ -14,8 +14,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from image.errors import BuildError
 from image.build.fs import fs_uuid_for, run_tool
+from image.errors import BuildError
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024

@@ -65,7 +65,8 @@ def slot_fs_uuid(loaded: LoadedRecipe) -> uuid.UUID:
     It (and the htree hash seed, and with ``metadata_csum`` every metadata checksum) sits in
     the slot image, so a per-version UUID changed thousands of scattered blocks and cost a
     delta ~0.7 MB. Both slots carrying one UUID is harmless: the same image is flashed into
-    both anyway, and slots are found by partition number and PARTUUID, never by file-system UUID (docs/decisions.md §2).
+    both anyway, and slots are found by partition number and PARTUUID, never by file-system
+    UUID (docs/decisions.md §2).
     """
     r = loaded.recipe
     return fs.fs_uuid_for(r.product, r.target.name, "rootfs")

@@ -24,7 +24,6 @@ bundle      ``<name>.bundle``: the full update bundle of this version
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,7 +57,7 @@ ENV{DEVTYPE}!="partition", GOTO="edgekiln_l4t_end"
 ENV{ID_PART_ENTRY_NAME}=="APP", PROGRAM=="/usr/lib/edgekiln/on-boot-disk %k", SYMLINK+="disk/edgekiln/rootfs_a"
 ENV{ID_PART_ENTRY_NAME}=="APP_b", PROGRAM=="/usr/lib/edgekiln/on-boot-disk %k", SYMLINK+="disk/edgekiln/rootfs_b"
 LABEL="edgekiln_l4t_end"
-"""
+"""  # noqa: E501 (udev rules are one line each)
 # L4T puts no edgekiln.trial=1 on the command line: the deadline runs on every boot and is a
 # no-op on a committed slot (appliance slots deadline exits 0).
 DEADLINE_DROPIN = """\
@@ -134,7 +133,8 @@ def render_extlinux(original: str) -> str:
             keep = [w for w in words if not (w.startswith("root=") or w in ("rw", "ro"))]
             if "${cbootargs}" not in keep:
                 keep.insert(0, "${cbootargs}")
-            line = f"{indent}APPEND {' '.join([*keep, SLOT_ARGS])}"
+            out.append(f"{indent}APPEND {' '.join([*keep, SLOT_ARGS])}")
+            continue
         out.append(line)
     if not appends:
         raise L4TError(

@@ -41,7 +41,15 @@ def slot_models(
 
         title = f"optimise for {loaded.recipe.target.name}"
         out, done = _per_package(
-            observer, components, out, "model", title, "model_optimisation", optimised, describe, line
+            observer,
+            components,
+            out,
+            "model",
+            title,
+            "model_optimisation",
+            optimised,
+            describe,
+            line,
         )
         lines += done
     if models.fuse:

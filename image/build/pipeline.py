@@ -28,15 +28,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
-import uuid
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from contextlib import AbstractContextManager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +42,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from appliance.fsutil import atomic_write_bytes, atomic_writer
 from image import cache
 from image.build import boot, disk, fs, rootfs
+from image.build.device_files import (
+    device_config,
+    pipeline_config,
+    telemetry_config,
+    update_config,
+)
 from image.build.identity import (
     IMAGE_FORMAT,
     STAGES,
@@ -56,19 +59,14 @@ from image.build.identity import (
     uuid_seed,
 )
 from image.build.identity import key as _key
-from image.build.device_files import (
-    device_config,
-    pipeline_config,
-    telemetry_config,
-    update_config,
-)
 from image.build.manifest import manifest_body, sign_manifest
 from image.build.models import slot_models
 from image.build.report import BuildReport, Observer, StageResult
 from image.errors import BuildError
-from image.recipe import MIB, LoadedRecipe, canonical_json
+from image.recipe import MIB, LoadedRecipe
 
 log = logging.getLogger(__name__)
+
 
 class Pipeline:
     """Run the stages of one recipe into ``outdir`` with caches under ``cache_dir``."""
@@ -337,7 +335,9 @@ class Pipeline:
 
     def stage_boot(self) -> Path:
         loader = self.recipe.target.loader
-        what = "U-Boot boot.scr, A/B env x2" if loader == "u-boot" else "GRUB EFI, grub.cfg, grubenv"
+        what = (
+            "U-Boot boot.scr, A/B env x2" if loader == "u-boot" else "GRUB EFI, grub.cfg, grubenv"
+        )
         start = self._stage("boot", f"boot partition ({what})")
         size = self.recipe.partitions.boot_mib
         volume_id = int(fs.fs_uuid_for(self.seed, "boot").hex[:8], 16)
@@ -449,7 +449,9 @@ class Pipeline:
         body = manifest_body(
             self.loaded, image, self.partitions, self.components, self.epoch, IMAGE_FORMAT
         )
-        return self.write_manifest(self.outdir / f"{image_name(self.loaded)}.manifest.json", body, start)
+        return self.write_manifest(
+            self.outdir / f"{image_name(self.loaded)}.manifest.json", body, start
+        )
 
     def write_manifest(self, out: Path, body: bytes, start: float) -> Path:
         """Write the manifest ``body`` to ``out`` and sign it when a key is set (every layout)."""

@@ -13,9 +13,9 @@ from image.recipe import LoadedRecipe, is_buildable
 def print_plan(loaded: LoadedRecipe, cache_dir: Path | None) -> None:
     """Print the merged recipe (JSON), the files it came from, and the stage list."""
     from image.build.identity import STAGES, default_cache_dir, image_name
-    from image.model.stage import plan_note
-    from image.model.fuse_stage import plan_note as fuse_plan_note
     from image.build.rootfs import base_key
+    from image.model.fuse_stage import plan_note as fuse_plan_note
+    from image.model.stage import plan_note
 
     cache = (cache_dir or default_cache_dir()).resolve()
     click.echo(f"# recipe {loaded.path} (from {', '.join(str(f) for f in loaded.files)})")

@@ -15,14 +15,13 @@ import logging
 import os
 import shutil
 import string
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from image import cache
-from image.errors import BuildError
 from image.build.binfmt import ensure_binfmt
 from image.build.fs import ToolError, run_tool
+from image.errors import BuildError
 from image.recipe import LoadedRecipe, canonical_json
 
 log = logging.getLogger(__name__)
@@ -172,9 +171,12 @@ def base_key(loaded: LoadedRecipe) -> str:
         "components": r.rootfs.components,
         "packages": sorted({*r.rootfs.packages, *r.rootfs.extra_packages}),
         "hooks": [
-            SETUP_HOOK, CUSTOMIZE_HOOK, *DPKG_EXCLUDES, *_arch_options(r.target.arch),
+            SETUP_HOOK,
+            CUSTOMIZE_HOOK,
+            *DPKG_EXCLUDES,
+            *_arch_options(r.target.arch),
             *(f"env:{k}={v}" for k, v in sorted(_arch_env(r.target.arch).items())),
-        ],  # fmt: skip
+        ],
         "tarball": file_digest(loaded.resolve(r.rootfs.tarball)) if r.rootfs.tarball else None,
     }
     return hashlib.sha256(canonical_json(inputs)).hexdigest()[:32]
@@ -339,16 +341,7 @@ def assemble_root(
     cache.remove_tree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     run_tool(["cp", "-al", str(base), str(dest)])
-    values = template_values(config)
-    for src in sorted(OVERLAY_DIR.rglob("*")):
-        if src.is_dir():
-            continue
-        rel = src.relative_to(OVERLAY_DIR).as_posix()
-        data = src.read_bytes()
-        if rel.endswith(".in"):
-            rel = rel[:-3]
-            data = string.Template(data.decode()).substitute(values).encode()
-        _write(dest, rel, data, 0o755 if os.access(src, os.X_OK) else 0o644)
+    _write_overlay(dest, config)
     for unit, wants in ENABLED_UNITS:
         source = "/etc/systemd/system" if unit.startswith("edgekiln-") else "/lib/systemd/system"
         _symlink(dest, f"etc/systemd/system/{wants}/{unit}", f"{source}/{unit}")
@@ -383,6 +376,20 @@ def assemble_root(
     if config.dtb:
         _link_dtb(dest, config.dtb)
     return dest
+
+
+def _write_overlay(dest: Path, config: OverlayConfig) -> None:
+    """The overlay's files into the root ``dest`` (``*.in`` filled from ``config``)."""
+    values = template_values(config)
+    for src in sorted(OVERLAY_DIR.rglob("*")):
+        if src.is_dir():
+            continue
+        rel = src.relative_to(OVERLAY_DIR).as_posix()
+        data = src.read_bytes()
+        if rel.endswith(".in"):
+            rel = rel[:-3]
+            data = string.Template(data.decode()).substitute(values).encode()
+        _write(dest, rel, data, 0o755 if os.access(src, os.X_OK) else 0o644)
 
 
 def _link_dtb(root: Path, dtb: str) -> None:

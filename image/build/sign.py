@@ -31,8 +31,8 @@ def signing_material(
     loaded: LoadedRecipe, cache_dir: Path | None = None
 ) -> tuple[Ed25519PrivateKey, bytes]:
     """(release private key, keyring bytes to install) for this recipe."""
-    from image.release import keys
     from image.build.identity import default_cache_dir
+    from image.release import keys
 
     if loaded.recipe.signing.key:
         path = loaded.resolve(loaded.recipe.signing.key)

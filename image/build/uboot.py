@@ -68,8 +68,8 @@ def initial_env() -> bytes:
     """One copy of the factory environment (slot A committed); both files hold it."""
     from appliance.slots.loader import EkCodec
     from appliance.slots.state import BootState
-    from appliance.slots.ubootenv import render_copy
     from appliance.slots.uboot import EnvFiles
+    from appliance.slots.ubootenv import render_copy
 
     return render_copy(EkCodec().encode(BootState()), EnvFiles().size, redundant=True, flag=0)
 
