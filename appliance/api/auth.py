@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import secrets
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +46,8 @@ LOCKOUT_S = 60.0
 #: port on the QEMU test profile and on most boxes), unless that is the TUI's own screen
 CONSOLE = Path("/dev/console")
 SYSFS_TTY = Path("/sys/class/tty")
+#: how long a line waits for room in a full console buffer (a busy serial port at boot)
+CONSOLE_WAIT_S = 5.0
 
 
 def _sha256(text: str) -> str:
@@ -162,20 +165,36 @@ def _own_terminal_is_the_console(sysfs: Path) -> bool:
     return bool(target) and own == f"/dev/{target}"
 
 
-def show_on_console(line: str, console: Path = CONSOLE, sysfs: Path = SYSFS_TTY) -> bool:
+def show_on_console(
+    line: str, console: Path = CONSOLE, sysfs: Path = SYSFS_TTY, wait_s: float = CONSOLE_WAIT_S
+) -> bool:
     """Write one line to the system console (the serial port or screen the kernel prints to),
-    best effort: a device without a console, or a TUI drawn on it, gets the journal only."""
+    best effort: a device without a console, or a TUI drawn on it, gets the journal only.
+
+    The console is opened non-blocking (a stuck serial line must not hang the caller), so a
+    write may find its buffer full (boot messages going out at 115200 baud) or take only part
+    of the line: it waits up to ``wait_s`` for room and writes the rest."""
     if _own_terminal_is_the_console(sysfs):
         return False
     try:
         fd = os.open(console, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_APPEND)
-    except OSError as exc:
-        log.info("pairing code not written to %s: %s", console, exc.strerror)
+    except OSError as exc:  # no console on this device: the journal has it
+        log.info("not shown on %s: %s", console, exc.strerror)
         return False
+    data = memoryview(f"\r\n{line}\r\n".encode())
+    deadline = time.monotonic() + wait_s
     try:
-        os.write(fd, f"\r\n{line}\r\n".encode())
+        while data:
+            try:
+                data = data[os.write(fd, data) :]
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("not shown on %s: its output stayed full %.0f s", console, wait_s)
+                    return False
+                select.select([], [fd], [], min(left, 0.2))
     except OSError as exc:
-        log.info("pairing code not written to %s: %s", console, exc.strerror)
+        log.warning("not shown on %s: %s", console, exc.strerror)
         return False
     finally:
         os.close(fd)

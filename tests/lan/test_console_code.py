@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pty
 import re
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -64,3 +67,53 @@ def test_not_written_over_the_tui_on_the_consoles_own_terminal(tmp_path: Path) -
         os.close(leader)
         os.close(follower)
     assert console.read_text().strip() == "to the serial port"
+
+
+def _full_fifo(path: Path) -> tuple[int, int]:
+    """A FIFO at ``path`` whose buffer is full: (read end, a writer that keeps it open)."""
+    os.mkfifo(path)
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    writer = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(writer, b"." * 4096)
+    return reader, writer
+
+
+def _drain(fd: int, out: bytearray, until: float) -> None:
+    while time.monotonic() < until:
+        with contextlib.suppress(BlockingIOError):
+            out += os.read(fd, 65536)
+        time.sleep(0.01)
+
+
+def test_a_full_console_buffer_delays_the_line_and_loses_none_of_it(tmp_path: Path) -> None:
+    """CI's QEMU guest lost the code: /dev/console is opened non-blocking and its buffer was
+    full of boot messages, so the write failed (EAGAIN) and the line never reached the serial
+    port. It now waits (bounded) for room and writes every byte."""
+    console = tmp_path / "console"
+    reader, writer = _full_fifo(console)
+    got = bytearray()
+    drain = threading.Timer(0.3, _drain, (reader, got, time.monotonic() + 3.0))
+    drain.start()
+    try:
+        code = new_pair_code(tmp_path / "api", console=console, sysfs=tmp_path / "sys")
+    finally:
+        drain.join()
+        os.close(writer)
+        os.close(reader)
+    assert re.findall(rb"edgekiln: LAN pairing code: (\d{8}) ", bytes(got)) == [code.encode()]
+
+
+def test_a_console_that_stays_full_gives_up_in_time(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    console = tmp_path / "console"
+    reader, writer = _full_fifo(console)
+    try:
+        with caplog.at_level(logging.WARNING, logger="appliance.api.auth"):
+            assert not show_on_console("never read", console, tmp_path / "sys", wait_s=0.3)
+    finally:
+        os.close(writer)
+        os.close(reader)
+    assert "its output stayed full" in caplog.text
