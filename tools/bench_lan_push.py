@@ -151,11 +151,100 @@ def timed_push(
     return time.perf_counter() - start, peak[0]
 
 
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """(first quartile, median, third quartile) of ``values``."""
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def abba_series(
+    args: argparse.Namespace,
+    bundle: Path,
+    veth: Veth,
+    dev: LanDevice,
+    put: Callable[[], float],
+    push: Callable[[], float],
+    put_pid: int,
+) -> None:
+    """``--series`` series of ``--runs`` ABBA blocks (PUT, push, push, PUT / push, PUT, PUT,
+    push alternately): a load that drifts linearly within a block cancels out of its ratio
+    (sum of the two PUTs over sum of the two pushes)."""
+    assert dev.proc is not None
+    mb = bundle.stat().st_size / 1e6
+    print(f"bundle {mb:.1f} MB, veth {veth.host_if}, {args.series} series x {args.runs} ABBA "
+          "blocks; ratio = plain PUT seconds / kiln push seconds (>= 0.8: goal)")  # fmt: skip
+    print(f"{'series':>6} {'load':>9} {'ratio q1':>8} {'median':>7} {'q3':>6} {'min':>6} "
+          f"{'PUT MB/s':>9} {'push MB/s':>9} {'CPU s put/push':>15}")  # fmt: skip
+    everything: list[float] = []
+    for series in range(args.series):
+        load0 = os.getloadavg()[0]
+        ratios: list[float] = []
+        secs: dict[str, list[float]] = {"put": [], "push": []}
+        cpu: dict[str, list[float]] = {"put": [], "push": []}
+        runs = {"put": put, "push": push}
+        for block in range(args.runs):
+            order = ("push", "put", "put", "push") if block % 2 else ("put", "push", "push", "put")
+            got: dict[str, float] = {"put": 0.0, "push": 0.0}
+            for which in order:
+                pid = put_pid if which == "put" else dev.proc.pid
+                before = cpu_s(pid)
+                seconds = runs[which]()
+                cpu[which].append(cpu_s(pid) - before)
+                secs[which].append(seconds)
+                got[which] += seconds
+            ratios.append(got["put"] / got["push"])
+        put_s, push_s, cpu_put, cpu_push = secs["put"], secs["push"], cpu["put"], cpu["push"]
+        everything += ratios
+        q1, med, q3 = quartiles(ratios)
+        load = f"{load0:.1f}-{os.getloadavg()[0]:.1f}"
+        print(f"{series + 1:>6} {load:>9} {q1:8.2f} {med:7.2f} {q3:6.2f} {min(ratios):6.2f} "
+              f"{mb / statistics.median(put_s):9.0f} {mb / statistics.median(push_s):9.0f} "
+              f"{statistics.median(cpu_put):7.3f}/{statistics.median(cpu_push):.3f}")  # fmt: skip
+    q1, med, q3 = quartiles(everything)
+    met = sum(r >= 0.8 for r in everything)
+    print(f"all {len(everything)} blocks: ratio median {med:.2f} (quartiles {q1:.2f}-{q3:.2f}), "
+          f">= 0.8 in {met} of {len(everything)}")  # fmt: skip
+
+
+def interleaved(
+    args: argparse.Namespace,
+    bundle: Path,
+    veth: Veth,
+    variants: list[tuple[str, str, Callable[[], float], int]],
+) -> None:
+    """Every run measures each variant once, in turn; the median of each and its ratio."""
+    times: dict[str, list[float]] = {key: [] for key, *_ in variants}
+    cpu: dict[str, list[float]] = {key: [] for key, *_ in variants}
+    for _ in range(args.runs):
+        for key, _what, run, pid in variants:
+            before = cpu_s(pid)
+            times[key].append(run())
+            cpu[key].append(cpu_s(pid) - before)
+    mb = bundle.stat().st_size / 1e6
+    put_s = statistics.median(times["put"])
+    print(f"bundle {mb:.1f} MB, median of {args.runs} interleaved runs, veth {veth.host_if}")
+    print(f"{'what':50} {'s':>7} {'MB/s':>8} {'ratio':>6} {'receiver CPU s':>15}")
+    for key, what, _run, _pid in variants:
+        sec, used = statistics.median(times[key]), statistics.median(cpu[key])
+        ratios = "/".join(f"{p / t:.2f}" for p, t in zip(times["put"], times[key], strict=True))
+        print(f"{what:50} {sec:7.3f} {mb / sec:8.1f} {put_s / sec:6.2f} {used:15.3f}"
+              f"  per run {ratios}")  # fmt: skip
+    print(f"load average: {os.getloadavg()[0]:.1f} (1 min)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=128, help="slot image size")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--devices", type=int, default=20, help="for the discovery figure")
+    parser.add_argument("--series", type=int, default=4, help="ABBA series (with --abba)")
+    parser.add_argument(
+        "--abba",
+        action="store_true",
+        help="only kiln push against the plain PUT, ABBA-alternated, quartiles per series",
+    )
     args = parser.parse_args()
     veth = Veth.make()
     devices: list[LanDevice] = []
@@ -193,6 +282,7 @@ def main() -> None:
             for proc in servers:
                 assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
             peaks: list[int] = []
+            idle = rss_kib(dev.proc.pid)
 
             def push_once(clear: bool) -> float:
                 assert dev.proc is not None
@@ -201,44 +291,26 @@ def main() -> None:
                 peaks.append(peak)
                 return seconds
 
-            variants: list[tuple[str, str, Callable[[], float], int]] = [
-                ("put", "plain HTTP PUT -> file + fsync (baseline)",
-                 lambda: plain_put(veth, 18080, bundle), plain.pid),
-                ("tls", "HTTPS PUT (TLS 1.3 default) -> file + fsync",
-                 lambda: plain_put(veth, 18081, bundle, tls=True), tls.pid),
-                ("tls12", "HTTPS PUT, TLS 1.2 AES-128-GCM",
-                 lambda: plain_put(veth, 18081, bundle, tls=True,
-                                   cipher="ECDHE-ECDSA-AES128-GCM-SHA256"), tls.pid),
-                ("into", "HTTPS PUT, recv_into one 1 MiB buffer",
-                 lambda: plain_put(veth, 18082, bundle, tls=True), into.pid),
-                ("push_tls", "kiln push --tls: TLS, verify, write, read back",
-                 lambda: push_once(False), dev.proc.pid),
-                ("push", "kiln push: ticket over TLS, bundle in the clear",
-                 lambda: push_once(True), dev.proc.pid),
-            ]  # fmt: skip
-
-            times: dict[str, list[float]] = {key: [] for key, *_ in variants}
-            cpu: dict[str, list[float]] = {key: [] for key, *_ in variants}
-            idle = rss_kib(dev.proc.pid)
-            for _ in range(args.runs):  # interleaved: each run measures every variant once
-                for key, _what, run, pid in variants:
-                    before = cpu_s(pid)
-                    times[key].append(run())
-                    cpu[key].append(cpu_s(pid) - before)
-            mb = bundle.stat().st_size / 1e6
-            put_s = statistics.median(times["put"])
-            print(
-                f"bundle {mb:.1f} MB, median of {args.runs} interleaved runs, veth {veth.host_if}"
-            )
-            print(f"{'what':50} {'s':>7} {'MB/s':>8} {'ratio':>6} {'receiver CPU s':>15}")
-            for key, what, _run, _pid in variants:
-                sec, used = statistics.median(times[key]), statistics.median(cpu[key])
-                ratios = "/".join(
-                    f"{p / t:.2f}" for p, t in zip(times["put"], times[key], strict=True)
-                )
-                print(f"{what:50} {sec:7.3f} {mb / sec:8.1f} {put_s / sec:6.2f} {used:15.3f}"
-                      f"  per run {ratios}")  # fmt: skip
-            print(f"load average: {os.getloadavg()[0]:.1f} (1 min)")
+            if args.abba:
+                abba_series(args, bundle, veth, dev, lambda: plain_put(veth, 18080, bundle),
+                            lambda: push_once(True), plain.pid)  # fmt: skip
+            else:
+                variants: list[tuple[str, str, Callable[[], float], int]] = [
+                    ("put", "plain HTTP PUT -> file + fsync (baseline)",
+                     lambda: plain_put(veth, 18080, bundle), plain.pid),
+                    ("tls", "HTTPS PUT (TLS 1.3 default) -> file + fsync",
+                     lambda: plain_put(veth, 18081, bundle, tls=True), tls.pid),
+                    ("tls12", "HTTPS PUT, TLS 1.2 AES-128-GCM",
+                     lambda: plain_put(veth, 18081, bundle, tls=True,
+                                       cipher="ECDHE-ECDSA-AES128-GCM-SHA256"), tls.pid),
+                    ("into", "HTTPS PUT, recv_into one 1 MiB buffer",
+                     lambda: plain_put(veth, 18082, bundle, tls=True), into.pid),
+                    ("push_tls", "kiln push --tls: TLS, verify, write, read back",
+                     lambda: push_once(False), dev.proc.pid),
+                    ("push", "kiln push: ticket over TLS, bundle in the clear",
+                     lambda: push_once(True), dev.proc.pid),
+                ]  # fmt: skip
+                interleaved(args, bundle, veth, variants)
             top = max(peaks)
             print(
                 f"device RSS: idle {idle / 1024:.1f} MiB, peak during push {top / 1024:.1f} MiB "
@@ -254,14 +326,15 @@ def main() -> None:
             for d in devices[1:]:
                 d.wait_ready()
             time.sleep(2)
-            times = []
+            browses: list[float] = []
             for _ in range(args.runs):
                 start = time.perf_counter()
                 seen = browse(30, [veth.host_addr], expect=args.devices)
-                times.append(time.perf_counter() - start)
+                browses.append(time.perf_counter() - start)
                 assert len(seen) == args.devices, len(seen)
-            print(f"discovery of {args.devices} devices: median {statistics.median(times):.2f} s, "
-                  f"max {max(times):.2f} s over {args.runs} browses")  # fmt: skip
+            mid = statistics.median(browses)
+            print(f"discovery of {args.devices} devices: median {mid:.2f} s, "
+                  f"max {max(browses):.2f} s over {args.runs} browses")  # fmt: skip
     finally:
         for proc in servers:
             proc.kill()

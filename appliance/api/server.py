@@ -101,6 +101,9 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "edgekiln-api/1"
     server: ApiServer
+    # A reply is two writes (head, then body): with Nagle on, the body waited for the client's
+    # delayed ACK, 40 ms per request (the ticket round trip of every push).
+    disable_nagle_algorithm = True
 
     # -- plumbing --------------------------------------------------------------------------
 
