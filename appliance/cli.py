@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "info": "appliance.info_cli:info",
     "slots": "appliance.slots.cli:slots",
     "agent": "appliance.supervisor.cli:agent",
+    "agent-exited": "appliance.supervisor.exit_cli:agent_exited",
     "install": "appliance.ota.cli:install",
     "selftest": "appliance.inference.cli:selftest",
     "run": "appliance.inference.cli:run",

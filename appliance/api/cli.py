@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import signal
 import threading
 from pathlib import Path
@@ -15,6 +16,7 @@ from appliance.api.errors import InterfaceError
 from appliance.errors import ApplianceError
 
 ADDRESS_CHECK_S = 5.0
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -85,7 +87,8 @@ def serve(
     console: Path | None,
 ) -> None:
     """Serve the API on the LAN interface's address only, until SIGTERM."""
-    from appliance.api.server import ApiConfig, ApiServer, interface_address
+    from appliance.api.netif import interface_address
+    from appliance.api.server import ApiConfig, ApiServer
 
     if (interface is None) == (bind is None):
         raise click.UsageError("pass exactly one of --interface IFACE or --bind ADDRESS")
@@ -96,8 +99,21 @@ def serve(
     def address() -> str:
         return bind if bind is not None else interface_address(str(interface))
 
+    from appliance.api.faults import fault_injection_enabled
+
+    # Only the image decides (a marker in the read-only slot), never an option or data.
+    faulty = fault_injection_enabled()
+    if faulty:
+        log.warning("fault injection enabled by this image (test profile): POST /v1/fault/*")
     server = ApiServer(
-        ApiConfig(device, address(), port, max_upload=max_upload, stall_timeout_s=stall_timeout)
+        ApiConfig(
+            device,
+            address(),
+            port,
+            max_upload=max_upload,
+            stall_timeout_s=stall_timeout,
+            fault_injection=faulty,
+        )
     )
     if pair_on_start:
         where = console or device.sys_path("/dev/console")

@@ -20,6 +20,9 @@ Endpoints (all JSON unless said; all but ``/v1/pair`` need ``Authorization: Bear
 ``POST /v1/reboot``       reboot after the response is sent
 ``POST /v1/rollback``     :func:`appliance.slots.control.rollback`
 ``POST /v1/mark-good``    :func:`appliance.slots.control.commit_booted`
+``POST /v1/fault/hang-agent`` only on images whose read-only slot enables fault injection
+                          (the QEMU test profile, :mod:`appliance.api.faults`): SIGSTOP
+                          to the agent, so systemd's watchdog restarts it; 404 elsewhere
 ========================  ================================================================
 """
 
@@ -34,13 +37,13 @@ import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from appliance.api import diag
+from appliance.api import diag, faults
 from appliance.api.auth import FailureLimiter, TokenStore, append_event, take_pair_code
 from appliance.api.ticket import PinnedHead, Ticket, TicketRefused, TicketStore
 from appliance.api.ticket import parse_request as parse_ticket_request
@@ -55,6 +58,7 @@ DEFAULT_PORT = 8443
 MAX_UPLOAD = 4 * 1024**3
 STALL_TIMEOUT_S = 30.0
 MAX_JSON_BODY = 4096
+HANG_AGENT = "/v1/fault/hang-agent"
 
 
 @dataclasses.dataclass
@@ -68,6 +72,9 @@ class ApiConfig:
     stall_timeout_s: float = STALL_TIMEOUT_S
     targets: Mapping[str, Path] | None = None  # slot images/devices (default: the device's)
     limiter: FailureLimiter = dataclasses.field(default_factory=FailureLimiter)
+    #: ``POST /v1/fault/hang-agent`` exists only when the slot says so (appliance/api/faults.py)
+    fault_injection: bool = False
+    agent_pid: Callable[[], int] = faults.agent_main_pid
 
     @property
     def api_dir(self) -> Path:
@@ -263,6 +270,8 @@ class Handler(BaseHTTPRequestHandler):
         actions = {"/v1/reboot": self.reboot, "/v1/rollback": self.rollback}
         actions["/v1/mark-good"] = self.mark_good
         actions["/v1/upload-ticket"] = self.upload_ticket
+        if self.server.config.fault_injection:  # test-profile images only: no route otherwise
+            actions[HANG_AGENT] = self.hang_agent
         if path not in actions:
             self.error(HTTPStatus.NOT_FOUND, f"no such endpoint {path}")
             return
@@ -429,6 +438,16 @@ class Handler(BaseHTTPRequestHandler):
             close=stream.received < length,
         )
 
+    def hang_agent(self) -> None:
+        try:
+            pid = self.server.config.agent_pid()
+            faults.hang_agent(pid)
+        except faults.FaultUnavailable as exc:
+            self.error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
+            return
+        self.event("api-fault-injected", fault="hang-agent", pid=pid)
+        self.reply(HTTPStatus.ACCEPTED, {"stopped": pid, "fault": "hang-agent"})
+
     def reboot(self) -> None:
         self.event("api-reboot")
         self.reply(HTTPStatus.ACCEPTED, {"reboot": "in 1 s"})
@@ -451,41 +470,3 @@ class Handler(BaseHTTPRequestHandler):
         commit_booted(self.device.loader(), booted, self.device.data_dir)
         self.event("api-mark-good", slot=booted)
         self.reply(HTTPStatus.OK, {"committed": booted})
-
-
-def default_interface(proc_route: Path = Path("/proc/net/route")) -> str:
-    """The interface of the IPv4 default route, else the first non-loopback one."""
-    try:
-        for line in proc_route.read_text().splitlines()[1:]:
-            fields = line.split()
-            if len(fields) > 2 and fields[1] == "00000000":
-                return fields[0]
-    except OSError:
-        pass
-    names = sorted(p.name for p in Path("/sys/class/net").iterdir() if p.name != "lo")
-    from appliance.api.errors import InterfaceError
-
-    if not names:
-        raise InterfaceError("no LAN interface found (only lo): check the network settings")
-    return names[0]
-
-
-def interface_address(name: str) -> str:
-    """The IPv4 address of interface ``name`` (``auto``: :func:`default_interface`)."""
-    import fcntl
-    import struct
-
-    from appliance.api.errors import InterfaceError
-
-    if name == "auto":
-        name = default_interface()
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            packed = fcntl.ioctl(sock.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
-        except OSError as exc:
-            raise InterfaceError(
-                f"LAN interface {name!r} has no IPv4 address ({exc.strerror}): check the "
-                "network settings (TUI Network screen) or pass --interface"
-            ) from None
-    return socket.inet_ntoa(packed[20:24])

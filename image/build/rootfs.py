@@ -32,6 +32,10 @@ OVERLAY_DIR = Path(__file__).with_name("overlay")
 APP_DIR = "opt/edgekiln/appliance"
 MODELS_DIR = "opt/edgekiln/models"
 CONFIG_DIR = "etc/edgekiln"
+FAULT_MARKER_TEXT = (
+    b"A test image: the LAN API may stop the agent for the watchdog test "
+    b"(recipe [lan] fault_injection; appliance/api/faults.py).\n"
+)
 
 # Run by mmdebstrap before packages are installed: the initrd is built with zstd.
 SETUP_HOOK = (
@@ -126,6 +130,8 @@ class OverlayConfig:
     lan_api: bool = False  # recipe [lan]: enable edgekiln-api.service
     lan_interface: str = "auto"
     lan_port: int = 8443
+    #: recipe [lan] fault_injection (test profile only): the marker appliance/api/faults.py reads
+    fault_injection: bool = False
     #: files the loader needs in the slot (e.g. etc/fw_env.config): path relative to / -> bytes
     files: tuple[tuple[str, bytes], ...] = ()
     #: also an uncompressed /boot/Image (U-Boot's booti loads no compressed kernel by itself)
@@ -357,6 +363,8 @@ def assemble_root(
     for mount_point in ("data", "boot/efi"):
         (dest / mount_point).mkdir(parents=True, exist_ok=True)
     _write(dest, f"{CONFIG_DIR}/device.json", config.device_json)
+    if config.fault_injection:
+        _write(dest, f"{CONFIG_DIR}/fault-injection", FAULT_MARKER_TEXT)
     _write(dest, f"{CONFIG_DIR}/telemetry.json", config.telemetry_json)
     if config.keyring is not None:
         _write(dest, f"{CONFIG_DIR}/keyring.json", config.keyring)

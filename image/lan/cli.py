@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -99,11 +100,23 @@ def pair(
 @click.command()
 @click.argument("device")
 @click.option("--json", "as_json", is_flag=True)
-def status(device: str, as_json: bool) -> None:
+@click.option(
+    "--events",
+    "last",
+    type=click.IntRange(0, 500),
+    default=0,
+    help="Also the device's last N events (GET /v1/events).",
+)
+def status(device: str, as_json: bool, last: int) -> None:
     """Identity, slots, version and health of a paired DEVICE."""
     from image.lan.push import client_for
 
-    reply = client_for(PairedStore().find(device)).json("GET", "/v1/status")
+    client = client_for(PairedStore().find(device))
+    reply = client.json("GET", "/v1/status")
+    if last:
+        total = int(client.json("GET", "/v1/events?offset=0&limit=1")["total"])
+        page = client.json("GET", f"/v1/events?offset={max(0, total - last)}&limit={last}")
+        reply["events"] = page["items"]
     if as_json:
         click.echo(json.dumps(reply, indent=2))
         return
@@ -121,6 +134,23 @@ def status(device: str, as_json: bool) -> None:
         "mode_reason",
     ):
         click.echo(f"  {key:12} {st.get(key, reply.get(key, '-'))}")
+    for event in reply.get("events", []):
+        click.echo(f"  event        {event_line(event)}")
+
+
+def event_line(event: object) -> str:
+    """One event as ``UTC-time kind key=value ...`` (plain text, control characters dropped)."""
+    if not isinstance(event, dict):
+        return str(event)
+    when = event.get("time", event.get("ts"))
+    try:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(str(when))))
+    except (TypeError, ValueError):
+        stamp = "-"
+    skip = {"time", "ts", "kind", "type"}
+    rest = " ".join(f"{k}={v}" for k, v in event.items() if k not in skip)
+    text = f"{stamp} {event.get('kind', '?')} {rest}"
+    return "".join(c for c in text if c.isprintable())[:300]
 
 
 @click.command()

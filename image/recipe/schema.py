@@ -200,11 +200,15 @@ class Lan(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults
     """The site-LAN API (``appliance api serve``): off unless ``api = true``.
 
     ``interface`` is the LAN interface it listens on (``auto``: the default route's).
+    ``fault_injection`` is for test images only (the QEMU test profile): it writes
+    ``/etc/edgekiln/fault-injection`` into the slot, which gives the API a route that stops the
+    agent so systemd's watchdog restarts it (appliance/api/faults.py). Never in a product recipe.
     """
 
     api: bool = False
     interface: str = "auto"
     port: int = 8443
+    fault_injection: bool = False
 
 
 class Recipe(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

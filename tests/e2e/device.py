@@ -112,6 +112,9 @@ def write_recipe(
         # port forward (listens on the user-mode NIC's address, the default route's interface)
         "[lan]\n"
         "api = true\n"
+        # test images only: the API's POST /v1/fault/hang-agent for the hung-agent watchdog
+        # step of test_site_lan.py (a marker in the read-only slot; appliance/api/faults.py)
+        "fault_injection = true\n"
     )
     return recipe
 

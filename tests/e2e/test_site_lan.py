@@ -89,6 +89,7 @@ class LanDevice:
         self.vm, self.port, self.work, self.disk = vm, port, work, disk
         self.config_home = work / "laptop-config"
         self.where = f"127.0.0.1:{port}"
+        self.paired_and_running = False  # set by the first test; the watchdog step needs it
 
     def kiln(self, *args: str, timeout: float = 120.0) -> str:
         return kiln(list(args), self.config_home, timeout)
@@ -188,3 +189,66 @@ def test_pair_status_push_v2_and_diag_through_a_port_forward(
     started_ = [e for e in kinds if e.get("kind") == "api-upload-started"]
     assert started_ and started_[-1].get("clear") is True, started_  # by ticket, not in TLS
     figures["lan_test_total_s"] = round(time.time() - started, 1)
+    dev.paired_and_running = True
+
+
+def test_hung_agent_is_restarted_by_the_watchdog_through_the_fault_route(
+    lan_device: LanDevice, figures: dict[str, object]
+) -> None:
+    """Rides on the boot of v2 the push test left running and paired (no boot of its own).
+
+    The test profile's slot carries the fault-injection marker (``[lan] fault_injection``), so
+    its API has ``POST /v1/fault/hang-agent``: SIGSTOP to the agent's MainPID. The agent stops
+    pinging; systemd's ``WatchdogSec`` (30 s) fires (its journal line on the serial console),
+    kills it (SIGABRT + SIGCONT) and ``Restart=always`` starts it again; the unit's
+    ``ExecStopPost`` records ``agent_exited`` (result ``watchdog``) on data; a new worker
+    starts and results resume. All of it is read back through ``kiln status --events``."""
+    dev, vm = lan_device, lan_device.vm
+    if not dev.paired_and_running:
+        pytest.skip("needs the device the push test leaves paired and running on v2")
+    from image.lan.push import client_for
+    from image.lan.store import PairedStore
+
+    client = client_for(
+        PairedStore(dev.config_home / "edgekiln" / "lan-devices.json").find(dev.where)
+    )
+    mark = len(vm.console())
+    started = time.time()
+    reply = client.json("POST", "/v1/fault/hang-agent")
+    assert reply.get("fault") == "hang-agent" and int(reply["stopped"]) > 1, reply
+    fired = vm.wait_for(r"edgekiln-agent\.service: Watchdog timeout", 180, since=mark)
+    figures["lan_watchdog_fired_after_s"] = round(time.time() - started, 1)
+    figures["lan_watchdog_journal_line"] = fired.group(0)
+
+    def recent(n: int = 40) -> tuple[dict[str, object], list[dict[str, object]]]:
+        reply = json.loads(dev.kiln("status", dev.where, "--json", "--events", str(n), timeout=60))
+        return reply["status"], reply["events"]
+
+    deadline = time.monotonic() + BOOT_S
+    while True:
+        status, events = recent()
+        kinds = [str(e.get("kind")) for e in events]
+        at = kinds.index("api-fault-injected") if "api-fault-injected" in kinds else len(kinds)
+        after = events[at:]
+        exits = [e for e in after if e.get("kind") == "agent_exited"]
+        restarted = [e for e in after if e.get("kind") == "worker_started"]
+        if exits and restarted:
+            break
+        assert time.monotonic() < deadline, f"no watchdog restart in the events: {events[-8:]}"
+        time.sleep(5)
+    assert exits[0].get("result") == "watchdog", exits
+    assert exits[0].get("alert") is True, exits
+    figures["lan_watchdog_restart_after_s"] = round(time.time() - started, 1)
+    # results resume: a result newer than the status page's staleness limit (10 s), asked for
+    # more than that after the new worker started, is the new worker's
+    time.sleep(15)
+    while True:
+        status, _ = recent(1)
+        if status.get("fps") and status.get("mode") not in ("no frames", "degraded"):
+            break
+        assert time.monotonic() < deadline, f"no results after the restart: {status}"
+        time.sleep(5)
+    figures["lan_watchdog_results_again_after_s"] = round(time.time() - started, 1)
+    text = dev.kiln("status", dev.where, "--events", "40")
+    assert "agent_exited" in text and "result=watchdog" in text, text
+    assert "api-fault-injected" in text, text

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.api.server import interface_address
+from appliance.api.netif import interface_address
 from image.build import rootfs
 from image.recipe import RecipeError, load_recipe
 
