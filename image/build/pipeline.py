@@ -169,8 +169,7 @@ class Pipeline:
             else:
                 image = self.stage_disk(esp, slot, data)
                 self.stage_bmap(image)
-                # The compressed image (zstd process) and the bundle (zstandard, releases the
-                # GIL) are independent: make them side by side.
+                # The zstd image (a process) and the bundle (zstandard, no GIL): side by side.
                 with ThreadPoolExecutor(max_workers=1) as pool:
                     compressed = pool.submit(self.stage_compress, image)
                     self.stage_manifest(image)
