@@ -176,22 +176,25 @@ def abba_series(
     print(f"bundle {mb:.1f} MB, veth {veth.host_if}, {args.series} series x {args.runs} ABBA "
           "blocks; ratio = plain PUT seconds / kiln push seconds (>= 0.8: goal)")  # fmt: skip
     print(f"{'series':>6} {'load':>9} {'ratio q1':>8} {'median':>7} {'q3':>6} {'min':>6} "
-          f"{'PUT MB/s':>9} {'push MB/s':>9} {'CPU s put/push':>15}")  # fmt: skip
+          f"{'PUT MB/s':>9} {'push MB/s':>9} {'receiver CPU s':>15} "
+          f"{'sender CPU s':>13}  (put/push)")  # fmt: skip
     everything: list[float] = []
     for series in range(args.series):
         load0 = os.getloadavg()[0]
         ratios: list[float] = []
         secs: dict[str, list[float]] = {"put": [], "push": []}
         cpu: dict[str, list[float]] = {"put": [], "push": []}
+        client: dict[str, list[float]] = {"put": [], "push": []}  # the sending thread's CPU
         runs = {"put": put, "push": push}
         for block in range(args.runs):
             order = ("push", "put", "put", "push") if block % 2 else ("put", "push", "push", "put")
             got: dict[str, float] = {"put": 0.0, "push": 0.0}
             for which in order:
                 pid = put_pid if which == "put" else dev.proc.pid
-                before = cpu_s(pid)
+                before, mine = cpu_s(pid), time.thread_time()
                 seconds = runs[which]()
                 cpu[which].append(cpu_s(pid) - before)
+                client[which].append(time.thread_time() - mine)
                 secs[which].append(seconds)
                 got[which] += seconds
             ratios.append(got["put"] / got["push"])
@@ -201,7 +204,9 @@ def abba_series(
         load = f"{load0:.1f}-{os.getloadavg()[0]:.1f}"
         print(f"{series + 1:>6} {load:>9} {q1:8.2f} {med:7.2f} {q3:6.2f} {min(ratios):6.2f} "
               f"{mb / statistics.median(put_s):9.0f} {mb / statistics.median(push_s):9.0f} "
-              f"{statistics.median(cpu_put):7.3f}/{statistics.median(cpu_push):.3f}")  # fmt: skip
+              f"{statistics.median(cpu_put):7.3f}/{statistics.median(cpu_push):.3f} "
+              f"{statistics.median(client['put']):7.3f}/"
+              f"{statistics.median(client['push']):.3f}")  # fmt: skip
     q1, med, q3 = quartiles(everything)
     met = sum(r >= 0.8 for r in everything)
     print(f"all {len(everything)} blocks: ratio median {med:.2f} (quartiles {q1:.2f}-{q3:.2f}), "
