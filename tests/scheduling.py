@@ -24,7 +24,7 @@ from xdist.scheduler import LoadScopeScheduling
 #: only the order matters. Update them from the "seconds per worker and work unit" table
 #: printed at the end of a run.
 WEIGHTS: dict[str, float] = {
-    "e2e-kiln": 1655,  # + 120 s: test_site_lan.py's hung-agent watchdog step
+    "e2e-kiln": 1635,  # + 65-120 s: test_site_lan.py's hung-agent watchdog step
     "tests/e2e/test_hands_off_update.py": 1190,
     "tests/image/test_l4t.py": 205,
     "tests/image/test_build.py": 180,
