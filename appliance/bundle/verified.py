@@ -99,10 +99,23 @@ class VerifiedBundle:
                 )
             if payload.base is None:  # the manifest schema already requires it
                 raise MissingBaseError(f"payload {name!r} names no base")
-            base.check(payload.base.size, payload.base.sha256)  # before any write
+            want = (payload.base.size, payload.base.sha256)
+            if not base.checking(*want):
+                base.check(*want)  # before any write
         while self._next < index:
             self._consume(self.manifest.payloads[self._next], NullSink(), None)
-        self._consume(payload, sink, progress, base)
+        if base is None or payload.kind != KIND_DELTA or payload.base is None:
+            self._consume(payload, sink, progress, base)
+            return
+        # The base check may still run (BaseSlot.start_check): the chunks written meanwhile were
+        # each verified against their signed digests; the stream returns only once it passed,
+        # and a wrong base is refused as such, also when one of its chunks failed first.
+        try:
+            self._consume(payload, sink, progress, base)
+        except Exception:
+            base.check(payload.base.size, payload.base.sha256)  # DeltaBaseError wins
+            raise
+        base.check(payload.base.size, payload.base.sha256)
 
     def read_keyring(self) -> bytes:
         """The verified bytes of the bundle's ``keyring`` payload (KeyError if it has none)."""

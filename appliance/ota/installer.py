@@ -206,6 +206,14 @@ def _read_back(sink: CheckingSink, path: Path, target: Slot, size: int, sha256: 
     return digest
 
 
+def _usable_cores() -> int:
+    """CPUs this process may run on (taskset, cgroup cpusets), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def install(
     stream: BinaryIO,
     *,
@@ -258,10 +266,17 @@ def install(
         if images[0].kind == "delta" and images[0].base is not None:
             from appliance.bundle.delta import BaseSlot
 
-            # A delta rebuilds the image from the running slot: check it is the signed base
-            # before the target is even marked bad (a refused bundle changes nothing).
+            # A delta rebuilds the image from the running slot, which must be the signed base.
+            # One core: checked before the target is even marked bad (a refused bundle changes
+            # nothing). More: checked on a helper thread while chunks, each verified against
+            # its signed digest, are rebuilt and written; the slot is tried only after it
+            # passed, and a wrong base leaves the target as any refused stream does: marked bad,
+            # a verified prefix at most (docs/decisions.md §34).
             base = stack.enter_context(BaseSlot(targets[booted]))
-            base.check(images[0].base.size, images[0].base.sha256)
+            if _usable_cores() > 1:
+                base.start_check(images[0].base.size, images[0].base.sha256)
+            else:
+                base.check(images[0].base.size, images[0].base.sha256)
         loader.deactivate(target)
         trace("deactivated")
         sink = _open_sink(path, sink_factory, medium_factory, region, hash_readback)
