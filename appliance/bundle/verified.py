@@ -81,7 +81,10 @@ class VerifiedBundle:
         Payloads before ``name`` that were not streamed yet are verified and discarded. On error
         the sink holds only chunks that were verified (a prefix of the slot image). A ``delta``
         payload needs ``base`` (the active slot): its whole digest is checked against the signed
-        ``base`` before any chunk is read, and each chunk is rebuilt from it, then verified.
+        ``base`` before any chunk is read, and each chunk is rebuilt from it, then verified. If
+        the caller began that check with ``base.start_check`` it runs meanwhile instead: this
+        returns only after it passed and raises ``DeltaBaseError`` if it did not, also when a
+        chunk failed first (every chunk written meanwhile matched its signed digest).
         """
         names = [p.name for p in self.manifest.payloads]
         if name not in names:
