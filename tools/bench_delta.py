@@ -374,8 +374,8 @@ def run_pair(methods: list[Method], old: Path, new: Path, rounds: int, fresh: bo
         results[m.name] = {"size": patch.stat().st_size, "encode": enc["wall"],
                            "encode_rss": enc["rss"], "cached": cached}  # fmt: skip
     runs: dict[str, list[dict[str, float]]] = {m.name: [] for m in methods}
-    for _ in range(rounds):
-        for m in methods:
+    for r in range(rounds):  # each round starts one method later: no method always goes first
+        for m in methods[r % len(methods) :] + methods[: r % len(methods)]:
             runs[m.name].append(apply(m, old, new, patches[m.name], work))
     for m in methods:
         rs = runs[m.name]

@@ -9,7 +9,7 @@ APT_PACKAGES=(
   make git ca-certificates binutils
   squashfs-tools dosfstools mtools e2fsprogs fdisk gdisk
   qemu-system-x86 qemu-utils ovmf grub-efi-amd64-bin grub-pc-bin grub-common grub-emu
-  debootstrap mmdebstrap arch-test bmap-tools zstd xdelta3 cpio
+  debootstrap mmdebstrap arch-test bmap-tools zstd xdelta3 cpio time
   qemu-user-static busybox-static binfmt-support
   libubootenv-tool u-boot-tools u-boot-qemu qemu-system-arm
   mosquitto tmux ffmpeg
