@@ -488,7 +488,7 @@ def main() -> None:
             print(row(m.label, results[m.name], full))
         mine = results["ours"]
         print(f"\nours, where the bytes go: {breakdown(encode(OURS, v1, news[kind], False)[0])}")
-        best = min((results[m.name]["size"], m.label) for m in methods if m is not OURS)
+        best = min((results[m.name]["size"], m.label) for m in methods if m.encoded_as != "ours")
         print(f"\nsize, ours / smallest other ({best[1]}): {mine['size'] / best[0]:.3f} "
               "(goal <= 1.0)")  # fmt: skip
         print(f"apply, ours / (xdelta3 -d + sync), median of {args.rounds} alternating rounds: "

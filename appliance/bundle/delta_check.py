@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from appliance.bundle.delta import DeltaBaseError
 
 CHECK_BLOCK = 4 << 20  # bytes per read of the base check (two buffers: one read, one hashed)
-BACKGROUND_BLOCK = 1 << 20  # the same beside a running apply (its buffers count to peak RSS)
+BACKGROUND_BLOCK = 256 << 10  # the same beside a running apply (its buffers count to peak RSS)
 
 
 def hash_base(
