@@ -201,18 +201,25 @@ class Pipeline:
                 log.warning("reopen failed: %s", exc)
                 delay = min(delay * 2, self.cfg.reconnect_max_s)
                 continue
-            self._record_event(Event("source_reopened", f"{self.cfg.source}: delivering again"))
+            what = getattr(src, "description", self.cfg.source)
+            self._record_event(Event("source_reopened", f"{what}: delivering again"))
             return src
         return None
 
     def _first_source(self, stop: threading.Event) -> Source | None:
         """Open the source; wait for a live one that is not there yet (no crash loop)."""
         try:
-            return self._open()
+            source = self._open()
         except SourceError as exc:
             if not is_live_uri(self.cfg.source):  # a missing local file/folder: config error
                 raise
             return self._reopen(stop, str(exc))
+        # A camera that can say what it negotiated (V4L2: size, format, rate and what converts
+        # its pixels) says so once: the results that follow come from that.
+        description = getattr(source, "description", None)
+        if description is not None:
+            self._record_event(Event("source_opened", description))
+        return source
 
     # --- the loop ------------------------------------------------------------------------
 

@@ -59,12 +59,22 @@ def generic(
     return freeze_runtime("generic-x86-64", out, cache_dir=freeze_cache, source_root=sources)
 
 
+def shared_freeze_cache() -> Path:
+    """The kiln cache's ``freeze/`` (``$EDGEKILN_TEST_CACHE`` or the user's), as test_build.py."""
+    from image.build.identity import default_cache_dir
+
+    return Path(os.environ.get("EDGEKILN_TEST_CACHE") or default_cache_dir()) / "freeze"
+
+
 @pytest.fixture(scope="session")
-def openvino_rt(
-    tmp_path_factory: pytest.TempPathFactory, freeze_cache: Path, sources: Path
-) -> FrozenRuntime:
+def openvino_rt(tmp_path_factory: pytest.TempPathFactory, sources: Path) -> FrozenRuntime:
+    """The intel-openvino runtime from the kiln cache's ``freeze/``: the entry the
+    intel-openvino QEMU profile's build takes (tests/e2e/test_openvino_vivid.py) and
+    test_freeze_camera.py's, filled once under its lock (image/cache.py), so a run of the suite
+    freezes it once."""
     out = tmp_path_factory.mktemp("openvino")
-    return freeze_runtime("intel-openvino", out, cache_dir=freeze_cache, source_root=sources)
+    cache_dir = shared_freeze_cache()
+    return freeze_runtime("intel-openvino", out, cache_dir=cache_dir, source_root=sources)
 
 
 @pytest.fixture(scope="session")

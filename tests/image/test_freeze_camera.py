@@ -25,9 +25,12 @@ from image.freeze.runtime import FrozenRuntime, freeze_runtime
 
 @pytest.fixture(scope="module")
 def openvino_rt(tmp_path_factory: pytest.TempPathFactory) -> FrozenRuntime:
+    """The intel-openvino runtime from the kiln cache (test_freeze.py's and the QEMU profile's
+    entry: frozen once per run of the suite)."""
+    from tests.image.test_freeze import shared_freeze_cache
+
     out = tmp_path_factory.mktemp("openvino-camera")
-    cache = tmp_path_factory.mktemp("freeze-cache-camera")
-    return freeze_runtime("intel-openvino", out, cache_dir=cache)
+    return freeze_runtime("intel-openvino", out, cache_dir=shared_freeze_cache())
 
 
 def _events(sink: Path) -> list[dict[str, object]]:
