@@ -387,6 +387,32 @@ def test_prebuilt_checks_refuse_wrong_arch_backend_and_abi(
         check_prebuilt(copy, resolve_target("generic-x86-64"))
 
 
+@pytest.mark.slow
+def test_prebuilt_runtime_that_cannot_read_a_camera_is_refused(
+    generic: FrozenRuntime, tmp_path: Path
+) -> None:
+    """A onedir runtime frozen without linuxpy and simplejpeg (a real PyInstaller build of a
+    program that does not import them, as a Jetson's Python without edgekiln[camera] gives) is
+    refused: its V4L2 camera would be a ``source_lost`` alert forever. The fitting runtime's
+    archive holds both."""
+    from image.freeze.prebuilt import frozen_modules
+    from image.freeze.targets import CAMERA_MODULES
+
+    assert set(CAMERA_MODULES) <= frozen_modules(generic.executable)
+    program = tmp_path / "appliance.py"
+    program.write_text("import json\nprint(json.dumps({'frozen': True}))\n")
+    argv = [str(BIN / "pyinstaller"), "--onedir", "--noconfirm", "--log-level", "WARN"]
+    argv += ["--distpath", str(tmp_path / "dist"), "--workpath", str(tmp_path / "work")]
+    argv += ["--specpath", str(tmp_path), str(program)]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=600)
+    assert done.returncode == 0, done.stderr
+    runtime = tmp_path / "dist" / "appliance"
+    with pytest.raises(PrebuiltRuntimeError, match="cannot read a V4L2 camera") as refused:
+        check_prebuilt(runtime, resolve_target("generic-x86-64"))
+    assert "linuxpy.video.device, simplejpeg not frozen in" in str(refused.value)
+    assert "kiln freeze generic-x86-64" in str(refused.value)
+
+
 def test_size_report_attributes_real_files(tmp_path: Path) -> None:
     internal = tmp_path / "_internal"
     (internal / "numpy.libs").mkdir(parents=True)
