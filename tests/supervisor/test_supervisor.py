@@ -208,6 +208,41 @@ def test_notifier_abstract_socket_and_watchdog_pid() -> None:
     assert not other.watchdog()  # no socket: a no-op
 
 
+def test_a_busy_start_beats_and_a_blocked_one_does_not() -> None:
+    """Before its first frame a worker that works (a model compiling: CPU used) beats; one that
+    is blocked (no CPU: a model file that never arrives) goes silent, and so does a busy
+    worker after its first frame. The CPU share asked for is tiny here, so a loaded test
+    host (this thread gets a few % of a core) still counts as busy."""
+    import multiprocessing
+
+    from appliance.supervisor.pipeline_worker import OutageBeat
+
+    def spin(cpu_s: float) -> None:
+        end, deadline = time.process_time() + cpu_s, time.monotonic() + 60
+        while time.process_time() < end and time.monotonic() < deadline:
+            pass
+
+    ctx_mp = multiprocessing.get_context("fork")
+    hb = ctx_mp.RawValue("d", 0.0)
+    reader, writer = ctx_mp.Pipe(duplex=False)
+    ctx = WorkerContext("primary", hb, writer, threading.Event())
+    beat = OutageBeat(ctx, every_s=0.2, busy_fraction=0.01)
+    try:
+        time.sleep(0.6)
+        assert hb.value == 0.0  # blocked before the first frame: silence
+        spin(0.5)
+        assert hb.value > 0.0  # busy before the first frame: not a hang
+        beat.frame()
+        first = hb.value
+        spin(0.5)
+        time.sleep(0.3)  # a tick after the spin
+        assert hb.value == first  # after the first frame only frames and events beat
+    finally:
+        ctx.stop.set()
+        reader.close()
+        writer.close()
+
+
 def test_camera_outage_beats_until_the_camera_is_back() -> None:
     """OutageBeat in a real worker context: beats between source_lost and source_reopened."""
     import multiprocessing
