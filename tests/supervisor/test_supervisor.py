@@ -243,6 +243,34 @@ def test_a_busy_start_beats_and_a_blocked_one_does_not() -> None:
         writer.close()
 
 
+def test_a_worker_blocked_opening_its_model_is_still_killed(tmp_path: Path) -> None:
+    """The real pipeline worker whose model file is a named pipe nobody writes (its load blocks
+    in ``open()``, as the e2e lifecycle's hung-worker scenario): the start-up beat needs CPU
+    use, so the blocked worker goes silent and is killed after the heartbeat timeout."""
+    import json
+
+    from appliance.supervisor.pipeline_worker import pipeline_target
+    from tests.inference.fixtures import make_package
+
+    package = make_package(tmp_path / "pkg")
+    (package / "model.onnx").unlink()
+    os.mkfifo(package / "model.onnx")
+    config = tmp_path / "pipeline.json"
+    pipeline = {
+        "model": str(package),
+        "source": f"npz:{package}/reference.npz?loop=1&fps=5",
+        "sink": str(tmp_path / "results.jsonl"),
+        "backends": ["onnxruntime"],
+    }
+    config.write_text(json.dumps(pipeline))
+    policy = Policy(heartbeat_timeout_s=3.0, backoff_initial_s=0.2, tick_s=0.05)
+    sup = Supervisor(pipeline_target(config), policy, modes=("primary",))
+    supervise_until(sup, lambda: "worker_hung" in kinds(sup), limit_s=90.0)
+    hung = next(e for e in sup.events if e["kind"] == "worker_hung")
+    # killed for silence after its first beat, long before the start-up beat's 120 s could end
+    assert hung.get("during") != "startup" and float(hung["silent_s"]) >= 3.0, hung
+
+
 def test_camera_outage_beats_until_the_camera_is_back() -> None:
     """OutageBeat in a real worker context: beats between source_lost and source_reopened."""
     import multiprocessing
