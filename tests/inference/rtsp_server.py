@@ -1,11 +1,12 @@
 """A real RTSP server for the tests: Debian's GStreamer RTSP server, run by the SYSTEM python3.
 
 ``/usr/bin/python3 tests/inference/rtsp_server.py --codec h264 --size 640x480`` serves a
-``videotestsrc`` stream at ``rtsp://127.0.0.1:PORT/cam`` (x264 → ``rtph264pay``; ``--codec jpeg``
-serves RTP/JPEG instead, a stream our reader must refuse clearly). It binds port 0 and prints
-``PORT <n>`` on stdout once it listens. ``--user``/``--password`` require authentication
-(``--auth basic`` or ``digest``). The GObject bindings (``gi``) exist only for the system
-interpreter, so the tests start this file as a child process (:class:`RtspServer`).
+``videotestsrc`` stream (SMPTE bars) at ``rtsp://127.0.0.1:PORT/cam``: x264 → ``rtph264pay``;
+``--codec jpeg`` serves RTP/JPEG instead, a stream our reader must refuse clearly. It binds port
+0 and prints ``PORT <n>`` on stdout once it listens. ``--user``/``--password`` require
+authentication (``--auth basic`` or ``digest``); ``--session-timeout N`` announces a short
+session timeout. The GObject bindings (``gi``) exist only for the system interpreter, so the
+tests start this file as a child process (:class:`RtspServer`).
 
 Packages: gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base
 gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly (x264enc), all in tools/bootstrap.sh.
@@ -51,8 +52,8 @@ def _serve(args: argparse.Namespace) -> None:  # pragma: no cover - runs in the 
     factory.set_shared(True)
     if args.user:
         auth = GstRtspServer.RTSPAuth()
-        token = GstRtspServer.RTSPToken.new_empty()
-        token.get_structure().set_value("media.factory.role", "user")
+        token = GstRtspServer.RTSPToken()
+        token.set_string("media.factory.role", "user")
         if args.auth == "digest":
             auth.add_digest(args.user, args.password, token)
             auth.set_supported_methods(GstRtsp.RTSPAuthMethod.DIGEST)
@@ -63,6 +64,13 @@ def _serve(args: argparse.Namespace) -> None:  # pragma: no cover - runs in the 
         perms.add_permission_for_role("user", "media.factory.access", True)
         perms.add_permission_for_role("user", "media.factory.construct", True)
         factory.set_permissions(perms)
+    if args.session_timeout:
+        server.connect(
+            "client-connected",
+            lambda _srv, client: client.connect(
+                "new-session", lambda _c, session: session.set_timeout(args.session_timeout)
+            ),
+        )
     server.get_mount_points().add_factory("/cam", factory)
     server.attach(None)
     print(f"PORT {server.get_bound_port()}", flush=True)
@@ -115,6 +123,7 @@ def main() -> None:  # pragma: no cover - runs in the child
     parser.add_argument("--pattern", default="smpte")
     parser.add_argument("--user", default="")
     parser.add_argument("--password", default="")
+    parser.add_argument("--session-timeout", type=int, default=0)
     parser.add_argument("--auth", choices=("basic", "digest"), default="basic")
     _serve(parser.parse_args())
 

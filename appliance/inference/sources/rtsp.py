@@ -123,6 +123,8 @@ class RtspSource:
         self._keepalive = "OPTIONS"
         self._keepalive_period = 30.0
         self._next_keepalive = 0.0
+        self._keepalive_cseq = -1
+        self.keepalives = 0  # keep-alive requests the camera answered
         self._channel = 0
         self._sock: socket.socket | None = None
         try:
@@ -230,11 +232,14 @@ class RtspSource:
         try:
             while True:
                 if time.monotonic() >= self._next_keepalive:
-                    self._send(self._keepalive, self._url, {})
+                    self._keepalive_cseq = self._send(self._keepalive, self._url, {})
                     self._next_keepalive = time.monotonic() + self._keepalive_period
                 msg = self._wire.message(deadline)
-                if isinstance(msg, Response) or msg[0] != self._channel:
-                    continue  # keep-alive answers, RTCP
+                if isinstance(msg, Response):
+                    self._answered(msg)
+                    continue
+                if msg[0] != self._channel:
+                    continue  # RTCP
                 for unit in self._depay.push(msg[1]):
                     errors = self._decoder.errors
                     image = self._decoder.decode(unit)
@@ -254,6 +259,22 @@ class RtspSource:
             raise SourceError(f"{self.uri}: the camera closed the stream") from None
         except OSError as exc:
             raise SourceError(f"{self.uri}: no {what}: {_why(exc)}") from None
+
+    def _answered(self, response: Response) -> None:
+        """An answer while streaming: a keep-alive's (a refused one means the session is gone)."""
+        if response.header("cseq").strip() != str(self._keepalive_cseq):
+            return
+        if response.status != 200:
+            raise SourceError(
+                f"{self.uri}: the keep-alive {self._keepalive} answered {response.status} "
+                f"{response.reason}; the camera dropped the session"
+            )
+        self.keepalives += 1
+
+    @property
+    def auth_scheme(self) -> str:
+        """The authentication the camera asked for (``basic``, ``digest``), ``""`` if none."""
+        return self._auth.scheme if self._auth is not None else ""
 
     @property
     def lost(self) -> int:

@@ -119,6 +119,11 @@ class Authenticator:
         self._challenge = chosen
         return True
 
+    @property
+    def scheme(self) -> str:
+        """``basic`` or ``digest`` once a challenge was accepted, else ``""``."""
+        return self._challenge.scheme if self._challenge else ""
+
     def header(self, method: str, url: str) -> dict[str, str]:
         c = self._challenge
         if c is None:

@@ -1,0 +1,148 @@
+"""RTSP/H.264 from a real RTSP server (GStreamer's, x264-encoded), without OpenCV or ffmpeg.
+
+Each test starts its own server on a free port (``rtsp_server.py``, run by the system python3
+that has the GObject bindings). The stream is SMPTE colour bars, so the decoded pixels are known.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from appliance.inference.errors import SourceError
+from appliance.inference.sources import LatestFrameGrabber, openh264
+from appliance.inference.sources.rtsp import NotH264Stream, RtspSource
+from tests.inference.rtsp_server import SYSTEM_PYTHON, RtspServer
+
+pytestmark = [
+    pytest.mark.skipif(not Path(SYSTEM_PYTHON).exists(), reason="no system python3"),
+    pytest.mark.skipif(not openh264.available(), reason="libopenh264-7 is not installed"),
+]
+
+# SMPTE bars (GStreamer's 100 % bars) in BGR, left to right over the top two thirds
+BARS = [
+    (255, 255, 255),
+    (0, 255, 255),
+    (255, 255, 0),
+    (0, 255, 0),
+    (255, 0, 255),
+    (0, 0, 255),
+    (255, 0, 0),
+]
+
+
+def assert_bars(image: np.ndarray) -> None:
+    height, width = image.shape[:2]
+    for i, colour in enumerate(BARS):
+        x = int((i + 0.5) * width / 7)
+        patch = image[height // 4 - 4 : height // 4 + 4, x - 4 : x + 4].reshape(-1, 3)
+        diff = np.abs(patch.astype(int) - np.array(colour)).max()
+        assert diff <= 24, (i, colour, patch.mean(axis=0))
+
+
+def test_h264_frames_decode_at_their_size_with_the_right_colours() -> None:
+    with RtspServer("--size", "640x480", "--session-timeout", "2") as server:
+        source = RtspSource(server.url())
+        try:
+            frames = [source.read() for _ in range(8)]
+            assert all(f is not None for f in frames)
+            first = frames[0]
+            assert first is not None and first.image.shape == (480, 640, 3)
+            assert first.color == "BGR" and first.image.dtype == np.uint8
+            assert [f.index for f in frames if f is not None] == list(range(8))
+            assert_bars(first.image)
+            # announced session timeout 2 s: keep-alives every 1 s, answered 200
+            deadline = time.monotonic() + 3.5
+            while time.monotonic() < deadline:
+                assert source.read() is not None
+            assert source.keepalives >= 2, source.keepalives
+            assert (source.lost, source.dropped) == (0, 0)
+        finally:
+            source.close()
+
+
+def test_basic_auth_required_wrong_and_right() -> None:
+    with RtspServer("--user", "admin", "--password", "s3cret!") as server:
+        with pytest.raises(SourceError, match="requires a user and password") as missing:
+            RtspSource(server.url())
+        assert server.url() in str(missing.value)
+        with pytest.raises(SourceError, match="authentication failed") as wrong:
+            RtspSource(server.url(userinfo="admin:nope"))
+        assert "nope" not in str(wrong.value) and "admin" not in str(wrong.value)
+        assert server.url() in str(wrong.value)
+        source = RtspSource(server.url(userinfo="admin:s3cret%21"))  # URL-encoded '!'
+        try:
+            frame = source.read()
+            assert frame is not None and frame.image.shape == (240, 320, 3)
+            assert "s3cret" not in source.uri and source.auth_scheme == "basic"
+        finally:
+            source.close()
+
+
+def test_digest_auth() -> None:
+    with RtspServer("--user", "cam", "--password", "pw", "--auth", "digest") as server:
+        with pytest.raises(SourceError, match="authentication failed"):
+            RtspSource(server.url(userinfo="cam:wrong"))
+        source = RtspSource(server.url(userinfo="cam:pw"))
+        try:
+            assert source.auth_scheme == "digest"
+            frame = source.read()
+            assert frame is not None
+            assert_bars(frame.image)
+        finally:
+            source.close()
+
+
+def test_server_dying_mid_stream_is_a_source_error_naming_the_url() -> None:
+    server = RtspServer("--user", "u", "--password", "p")
+    try:
+        grabber = LatestFrameGrabber(RtspSource(server.url(userinfo="u:p")))
+        try:
+            assert grabber.get() is not None
+            server.stop()
+            with pytest.raises(SourceError) as lost:
+                for _ in range(100):  # frames already received may still come first
+                    grabber.get()
+            message = str(lost.value)
+            assert message.startswith(server.url() + ":"), message
+            assert "u:p@" not in message
+        finally:
+            grabber.close()
+    finally:
+        server.stop()
+
+
+def test_a_stream_that_is_not_h264_is_refused_clearly() -> None:
+    with RtspServer("--codec", "jpeg") as server:
+        with pytest.raises(NotH264Stream, match=r"the camera sends JPEG, not H\.264") as err:
+            RtspSource(server.url())
+        assert server.url() in str(err.value)
+
+
+def test_a_path_that_does_not_exist_is_a_404() -> None:
+    with RtspServer() as server:
+        url = server.url("/nothing-here")
+        with pytest.raises(SourceError, match="DESCRIBE answered 404 Not Found") as err:
+            RtspSource(url)
+        assert str(err.value).startswith(url + ":")
+
+
+def test_open_source_without_opencv_reads_rtsp_in_python(tmp_path: Path) -> None:
+    from tests.inference.test_sources_no_opencv import run_without
+
+    with RtspServer() as server:
+        out = run_without(
+            tmp_path,
+            ("cv2",),
+            f"""
+            from appliance.inference.sources import capabilities, open_source
+            src = open_source({server.url()!r})
+            frame = src.read()
+            print(type(src).__name__, frame.image.shape, capabilities()["rtsp"])
+            src.close()
+            """,
+        )
+    assert out.split() == ["RtspSource", "(240,", "320,", "3)", "openh264"], out
