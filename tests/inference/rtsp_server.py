@@ -33,12 +33,12 @@ def _serve(args: argparse.Namespace) -> None:  # pragma: no cover - runs in the 
     Gst.init(None)
     width, height = (int(v) for v in args.size.split("x"))
     raw = (
-        f"videotestsrc is-live=true pattern={args.pattern} ! "
+        f"videotestsrc is-live=true pattern={args.pattern} horizontal-speed={args.motion} ! "
         f"video/x-raw,width={width},height={height},framerate={args.fps}/1,format=I420"
     )
     if args.codec == "h264":
         enc = (
-            "x264enc tune=zerolatency speed-preset=ultrafast bitrate=2000 "
+            f"x264enc tune=zerolatency speed-preset=ultrafast bitrate={args.bitrate} "
             f"key-int-max={args.gop} ! video/x-h264,profile=baseline ! "
             f"rtph264pay name=pay0 pt=96 config-interval=-1 mtu={args.mtu}"
         )
@@ -121,6 +121,8 @@ def main() -> None:  # pragma: no cover - runs in the child
     parser.add_argument("--gop", type=int, default=15)
     parser.add_argument("--mtu", type=int, default=1400)
     parser.add_argument("--pattern", default="smpte")
+    parser.add_argument("--motion", type=int, default=0, help="pixels the pattern moves a frame")
+    parser.add_argument("--bitrate", type=int, default=2000, help="kbit/s")
     parser.add_argument("--user", default="")
     parser.add_argument("--password", default="")
     parser.add_argument("--session-timeout", type=int, default=0)
