@@ -2,11 +2,11 @@
 
 ``/usr/bin/python3 tests/inference/rtsp_server.py --codec h264 --size 640x480`` serves a
 ``videotestsrc`` stream (SMPTE bars) at ``rtsp://127.0.0.1:PORT/cam``: x264 → ``rtph264pay``;
-``--codec jpeg`` serves RTP/JPEG instead, a stream our reader must refuse clearly. It binds port
-0 and prints ``PORT <n>`` on stdout once it listens. ``--user``/``--password`` require
-authentication (``--auth basic`` or ``digest``); ``--session-timeout N`` announces a short
-session timeout. The GObject bindings (``gi``) exist only for the system interpreter, so the
-tests start this file as a child process (:class:`RtspServer`).
+``--codec jpeg`` serves RTP/JPEG instead, a stream our reader must refuse clearly. It binds
+port 0 (or ``--port``) and prints ``PORT <n>`` on stdout once it listens. ``--user`` and
+``--password`` require authentication (``--auth basic`` or ``digest``); ``--session-timeout N``
+announces a short session timeout. The GObject bindings (``gi``) exist only for the system
+interpreter, so the tests start this file as a child process (:class:`RtspServer`).
 
 Packages: gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base
 gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly (x264enc), all in tools/bootstrap.sh.
@@ -46,7 +46,7 @@ def _serve(args: argparse.Namespace) -> None:  # pragma: no cover - runs in the 
         enc = "jpegenc ! rtpjpegpay name=pay0 pt=26"
     server = GstRtspServer.RTSPServer()
     server.set_address("127.0.0.1")
-    server.set_service("0")
+    server.set_service(str(args.port))
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_launch(f"( {raw} ! {enc} )")
     factory.set_shared(True)
@@ -115,6 +115,7 @@ class RtspServer:
 
 def main() -> None:  # pragma: no cover - runs in the child
     parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0, help="0: a free one")
     parser.add_argument("--codec", choices=("h264", "jpeg"), default="h264")
     parser.add_argument("--size", default="320x240")
     parser.add_argument("--fps", type=int, default=15)

@@ -6,13 +6,20 @@ that has the GObject bindings). The stream is SMPTE colour bars, so the decoded 
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from appliance.inference import sources
+from appliance.inference.chain import Event
 from appliance.inference.errors import SourceError
+from appliance.inference.pipeline import Pipeline, PipelineConfig
 from appliance.inference.sources import LatestFrameGrabber, openh264
 from appliance.inference.sources.rtsp import NotH264Stream, RtspSource
 from tests.inference.rtsp_server import SYSTEM_PYTHON, RtspServer
@@ -55,7 +62,7 @@ def test_h264_frames_decode_at_their_size_with_the_right_colours() -> None:
             assert [f.index for f in frames if f is not None] == list(range(8))
             assert_bars(first.image)
             # announced session timeout 2 s: keep-alives every 1 s, answered 200
-            deadline = time.monotonic() + 3.5
+            deadline = time.monotonic() + 2.6
             while time.monotonic() < deadline:
                 assert source.read() is not None
             assert source.keepalives >= 2, source.keepalives
@@ -146,3 +153,70 @@ def test_open_source_without_opencv_reads_rtsp_in_python(tmp_path: Path) -> None
             """,
         )
     assert out.split() == ["RtspSource", "(240,", "320,", "3)", "openh264"], out
+
+
+def test_a_stalled_camera_is_a_source_error_not_a_hang() -> None:
+    server = RtspServer()
+    try:
+        source = RtspSource(server.url())
+        assert source.read() is not None
+        os.kill(server.proc.pid, signal.SIGSTOP)  # the camera hangs with the connection open
+        t0 = time.monotonic()
+        with pytest.raises(SourceError, match="stalled") as err:
+            for _ in range(1000):  # what was already in the socket buffer comes first
+                source.read()
+        assert time.monotonic() - t0 < 30  # hang guard only: READ_TIMEOUT_MS is 5 s
+        assert str(err.value).startswith(server.url() + ":")
+        source.close()
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+        server.stop()
+
+
+def _wait(cond: Any, timeout: float = 30.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_the_pipeline_reconnects_to_an_rtsp_camera_that_comes_back(
+    tiny_package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without OpenCV (as the default runtime): lost, reopened with backoff, frames again."""
+    importable = sources._importable
+    monkeypatch.setattr(sources, "_importable", lambda name: name != "cv2" and importable(name))
+    server = RtspServer()
+    port = server.port
+    cfg = PipelineConfig(model=str(tiny_package), source=server.url(), sink=str(tmp_path / "r"))
+    pipe = Pipeline(cfg)
+    frames: list[dict[str, object]] = []
+    events: list[Event] = []
+    stop = threading.Event()
+    result: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            result["stats"] = pipe.run(stop, on_frame=frames.append, on_event=events.append)
+        except BaseException as exc:  # the test fails below if run() ever raises
+            result["error"] = exc
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    try:
+        assert _wait(lambda: len(frames) >= 5), "no frames from the RTSP camera"
+        server.stop()  # the camera disappears mid-stream
+        assert _wait(lambda: any(e.kind == "source_lost" for e in events))
+        n = len(frames)
+        server = RtspServer("--port", str(port))  # ... and comes back on its address
+        assert _wait(lambda: any(e.kind == "source_reopened" for e in events))
+        assert _wait(lambda: len(frames) >= n + 5)
+    finally:
+        stop.set()
+        thread.join(30)
+        server.stop()
+    assert not thread.is_alive() and "error" not in result
+    lost = next(e for e in events if e.kind == "source_lost")
+    assert lost.alert and f"rtsp://127.0.0.1:{port}/cam" in lost.reason

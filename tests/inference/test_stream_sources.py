@@ -28,6 +28,7 @@ from appliance.inference.sources import LatestFrameGrabber, frames
 from appliance.inference.sources.ffmpeg_pipe import FfmpegPipeSource, ffmpeg_command
 from appliance.inference.sources.frame import OPEN_TIMEOUT_MS
 from appliance.inference.sources.mjpeg_http import MjpegHttpSource, NotMjpegStream
+from appliance.inference.sources.rtsp import RtspSource
 
 FFMPEG = shutil.which("ffmpeg")
 pytestmark = pytest.mark.skipif(FFMPEG is None, reason="ffmpeg not installed")
@@ -164,8 +165,13 @@ def test_a_server_that_sends_no_mjpeg_is_handed_on(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("opener", "scheme"),
-    [(MjpegHttpSource, "http"), (FfmpegPipeSource, "http"), (FfmpegPipeSource, "rtsp")],
-    ids=["mjpeg-http", "ffmpeg-http", "ffmpeg-rtsp"],
+    [
+        (MjpegHttpSource, "http"),
+        (FfmpegPipeSource, "http"),
+        (FfmpegPipeSource, "rtsp"),
+        (RtspSource, "rtsp"),
+    ],
+    ids=["mjpeg-http", "ffmpeg-http", "ffmpeg-rtsp", "python-rtsp"],
 )
 def test_a_dead_stream_is_a_source_error_not_a_hang(
     silent_port: int, opener: type, scheme: str
@@ -179,11 +185,11 @@ def test_a_dead_stream_is_a_source_error_not_a_hang(
     assert url in str(err.value) and ("stalled" in str(err.value) or "ffmpeg" in str(err.value))
 
 
-@pytest.mark.parametrize("scheme", ["http", "rtsp"])
+@pytest.mark.parametrize("scheme", ["http", "rtsp", "python-rtsp"])
 def test_an_unreachable_stream_is_a_source_error(scheme: str) -> None:
-    url = f"{scheme}://127.0.0.1:{free_port()}/cam"
-    opener: type = MjpegHttpSource if scheme == "http" else FfmpegPipeSource
-    args = () if scheme == "http" else (url, True)
+    url = f"{scheme.removeprefix('python-')}://127.0.0.1:{free_port()}/cam"
+    opener: type = {"http": MjpegHttpSource, "rtsp": FfmpegPipeSource}.get(scheme, RtspSource)
+    args = (url, True) if opener is FfmpegPipeSource else ()
     with pytest.raises(SourceError, match=r"(?i)refused") as err:
         opener(url, *args)
     assert url in str(err.value)

@@ -218,7 +218,8 @@ class RtspSource:
                 msg = self._wire.message(deadline)
             except TimeoutError:
                 raise SourceError(
-                    f"{self.uri}: no answer to {method} for {OPEN_TIMEOUT_MS / 1000:.1f} s"
+                    f"{self.uri}: no answer to {method} for {OPEN_TIMEOUT_MS / 1000:.1f} s "
+                    "(camera stalled, or not an RTSP server)"
                 ) from None
             except EOFError:
                 raise SourceError(f"{self.uri}: the camera closed the connection") from None
