@@ -263,6 +263,7 @@ def test_wire_reads_responses_and_interleaved_packets() -> None:
         (b"RTSP/1.0 200 OK\r\n" + b"X: y\r\n" * 70 + b"\r\n", "header lines"),
         (b"RTSP/1.0 200 OK\r\nX: " + b"y" * 20000, "response head"),
     ],
+    ids=["http", "header-line", "huge-body", "negative-body", "70-headers", "endless-head"],
 )
 def test_wire_refuses_malformed_heads(data: bytes, reason: str) -> None:
     with pytest.raises(SourceError, match=reason):

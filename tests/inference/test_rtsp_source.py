@@ -7,7 +7,10 @@ that has the GObject bindings). The stream is SMPTE colour bars, so the decoded 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -220,3 +223,35 @@ def test_the_pipeline_reconnects_to_an_rtsp_camera_that_comes_back(
     assert not thread.is_alive() and "error" not in result
     lost = next(e for e in events if e.kind == "source_lost")
     assert lost.alert and f"rtsp://127.0.0.1:{port}/cam" in lost.reason
+
+
+def test_without_libyuv_numpy_converts_the_decoded_pictures() -> None:
+    """libyuv hidden in a private mount namespace: the I420 pictures convert in numpy."""
+    from tests.image.test_freeze_camera import WITHOUT_SYSTEM_LIBYUV, system_libyuv
+
+    lib = system_libyuv()
+    if lib is None or shutil.which("unshare") is None:
+        pytest.skip("no system libyuv to hide, or no unshare")
+    code = (
+        "import sys\n"
+        "from appliance.inference.sources import libyuv\n"
+        "from appliance.inference.sources.rtsp import RtspSource\n"
+        "from tests.inference.test_rtsp_source import assert_bars\n"
+        "src = RtspSource(sys.argv[1])\n"
+        "assert_bars(src.read().image)\n"
+        "src.close()\n"
+        "print(libyuv.available())\n"
+    )
+    cmd = ["unshare", "-m", "sh", "-c", WITHOUT_SYSTEM_LIBYUV, str(lib), sys.executable]
+    with RtspServer() as server:
+        done = subprocess.run(
+            [*cmd, "-c", code, server.url()],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    if done.returncode != 0 and "unshare" in done.stderr:
+        pytest.skip(f"no private mount namespace here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False"]

@@ -24,6 +24,7 @@ from appliance.inference.sources import libyuv
 from appliance.inference.sources.pixels import i420_to_bgr_numpy
 
 LIBRARY = "libopenh264.so.7"
+MAX_PIXELS = 8192 * 4352  # 8K and a little: more is not a camera (a BGR frame of 107 MB)
 # Indices into ISVCDecoderVtbl and enum values, from codec_api.h / codec_app_def.h (2.3.1).
 _INITIALIZE, _UNINITIALIZE, _DECODE_NO_DELAY, _SET_OPTION = 0, 1, 3, 8
 _OPTION_ERROR_CON_IDC, _OPTION_TRACE_LEVEL = 8, 9
@@ -151,6 +152,11 @@ class H264Decoder:
         if not (y and u and v) or width <= 0 or height <= 0:
             self.errors += 1
             return None
+        if width * height > MAX_PIXELS:
+            raise SourceError(
+                f"openh264: a {width}x{height} picture is beyond {MAX_PIXELS // 1_000_000} "
+                "megapixels; not a camera stream we can take"
+            )
         fast = libyuv.i420_to_bgr(y, y_stride, u, v, uv_stride, width, height)
         if fast is not None:
             return fast
