@@ -21,9 +21,10 @@ from hypothesis import strategies as st
 
 from appliance.inference.errors import SourceError
 from appliance.inference.sources import libyuv
+from appliance.inference.sources.frame import redact
 from appliance.inference.sources.h264_rtp import MAX_ACCESS_UNIT, H264Depacketizer, parse_rtp
 from appliance.inference.sources.pixels import i420_to_bgr_numpy
-from appliance.inference.sources.rtsp import Wire, redact
+from appliance.inference.sources.rtsp import Wire
 from appliance.inference.sources.rtsp_protocol import (
     MAX_BODY,
     Authenticator,

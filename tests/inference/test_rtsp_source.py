@@ -191,9 +191,10 @@ def test_the_pipeline_reconnects_to_an_rtsp_camera_that_comes_back(
     """Without OpenCV (as the default runtime): lost, reopened with backoff, frames again."""
     importable = sources._importable
     monkeypatch.setattr(sources, "_importable", lambda name: name != "cv2" and importable(name))
-    server = RtspServer()
+    server = RtspServer("--user", "op", "--password", "pw-x9")
     port = server.port
-    cfg = PipelineConfig(model=str(tiny_package), source=server.url(), sink=str(tmp_path / "r"))
+    url = server.url(userinfo="op:pw-x9")
+    cfg = PipelineConfig(model=str(tiny_package), source=url, sink=str(tmp_path / "r"))
     pipe = Pipeline(cfg)
     frames: list[dict[str, object]] = []
     events: list[Event] = []
@@ -213,7 +214,7 @@ def test_the_pipeline_reconnects_to_an_rtsp_camera_that_comes_back(
         server.stop()  # the camera disappears mid-stream
         assert _wait(lambda: any(e.kind == "source_lost" for e in events))
         n = len(frames)
-        server = RtspServer("--port", str(port))  # ... and comes back on its address
+        server = RtspServer("--port", str(port), "--user", "op", "--password", "pw-x9")  # back
         assert _wait(lambda: any(e.kind == "source_reopened" for e in events))
         assert _wait(lambda: len(frames) >= n + 5)
     finally:
@@ -223,6 +224,9 @@ def test_the_pipeline_reconnects_to_an_rtsp_camera_that_comes_back(
     assert not thread.is_alive() and "error" not in result
     lost = next(e for e in events if e.kind == "source_lost")
     assert lost.alert and f"rtsp://127.0.0.1:{port}/cam" in lost.reason
+    # the password never reaches an event (they go to the sink and to telemetry)
+    assert all("pw-x9" not in e.reason for e in events), [e.reason for e in events]
+    assert "pw-x9" not in (tmp_path / "r").read_text()
 
 
 def test_without_libyuv_numpy_converts_the_decoded_pictures() -> None:

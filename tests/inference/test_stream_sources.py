@@ -28,6 +28,7 @@ from appliance.inference.sources import LatestFrameGrabber, frames
 from appliance.inference.sources.ffmpeg_pipe import FfmpegPipeSource, ffmpeg_command
 from appliance.inference.sources.frame import OPEN_TIMEOUT_MS
 from appliance.inference.sources.mjpeg_http import MjpegHttpSource, NotMjpegStream
+from appliance.inference.sources.opencv import CvCaptureSource
 from appliance.inference.sources.rtsp import RtspSource
 
 FFMPEG = shutil.which("ffmpeg")
@@ -202,3 +203,23 @@ def test_rtsp_asks_for_tcp_and_a_socket_timeout() -> None:
     http = ffmpeg_command("ffmpeg", "http://cam/stream", live=True, realtime=False)
     assert "-rw_timeout" in http and "-timeout" not in http
     assert "-rw_timeout" not in ffmpeg_command("ffmpeg", "/v.mp4", live=False, realtime=True)
+
+
+@pytest.mark.parametrize("reader", ["mjpeg-http", "python-rtsp", "ffmpeg-rtsp", "opencv-rtsp"])
+def test_stream_errors_do_not_show_the_password(reader: str) -> None:
+    """A camera URL's ``user:password@`` stays out of SourceError messages (logs, events)."""
+    scheme = "http" if reader == "mjpeg-http" else "rtsp"
+    port = free_port()
+    url = f"{scheme}://admin:hunter2@127.0.0.1:{port}/cam"
+    with pytest.raises(SourceError) as err:
+        if reader == "mjpeg-http":
+            MjpegHttpSource(url)
+        elif reader == "python-rtsp":
+            RtspSource(url)
+        elif reader == "ffmpeg-rtsp":
+            FfmpegPipeSource(url, url, True)
+        else:
+            pytest.importorskip("cv2")
+            CvCaptureSource(url, url, "ffmpeg", live=True)
+    assert "hunter2" not in str(err.value), err.value
+    assert str(err.value).startswith(f"{scheme}://127.0.0.1:{port}/cam: "), err.value

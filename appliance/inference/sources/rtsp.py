@@ -21,10 +21,10 @@ from __future__ import annotations
 import re
 import socket
 import time
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from appliance.inference.errors import SourceError
-from appliance.inference.sources.frame import OPEN_TIMEOUT_MS, READ_TIMEOUT_MS, Frame
+from appliance.inference.sources.frame import OPEN_TIMEOUT_MS, READ_TIMEOUT_MS, Frame, redact
 from appliance.inference.sources.h264_rtp import H264Depacketizer
 from appliance.inference.sources.openh264 import DecoderMissing, H264Decoder
 from appliance.inference.sources.rtsp_protocol import (
@@ -43,18 +43,6 @@ from appliance.inference.sources.rtsp_protocol import (
 
 class NotH264Stream(SourceError):
     """The camera answers, but its video is not H.264 (another decoder's job)."""
-
-
-def redact(uri: str) -> str:
-    """The URL without ``user:password@`` (for messages and logs)."""
-    parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 class Wire:
