@@ -38,8 +38,9 @@ def _serve(args: argparse.Namespace) -> None:  # pragma: no cover - runs in the 
     )
     if args.codec == "h264":
         enc = (
-            f"x264enc tune=zerolatency speed-preset=ultrafast bitrate={args.bitrate} "
-            f"key-int-max={args.gop} ! video/x-h264,profile=baseline ! "
+            f"x264enc {'' if args.bframes else 'tune=zerolatency '}speed-preset=ultrafast "
+            f"bitrate={args.bitrate} bframes={args.bframes} "
+            f"key-int-max={args.gop} ! video/x-h264,profile={args.profile} ! "
             f"rtph264pay name=pay0 pt=96 config-interval=-1 mtu={args.mtu}"
         )
     else:
@@ -123,6 +124,8 @@ def main() -> None:  # pragma: no cover - runs in the child
     parser.add_argument("--mtu", type=int, default=1400)
     parser.add_argument("--pattern", default="smpte")
     parser.add_argument("--motion", type=int, default=0, help="pixels the pattern moves a frame")
+    parser.add_argument("--profile", default="baseline", help="H.264 profile: baseline, main, high")
+    parser.add_argument("--bframes", type=int, default=0, help="B-frames (not zerolatency)")
     parser.add_argument("--bitrate", type=int, default=2000, help="kbit/s")
     parser.add_argument("--user", default="")
     parser.add_argument("--password", default="")

@@ -259,3 +259,24 @@ def test_without_libyuv_numpy_converts_the_decoded_pictures() -> None:
         pytest.skip(f"no private mount namespace here: {done.stderr.strip()}")
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False"]
+
+
+def test_high_profile_with_b_frames_comes_out_in_display_order() -> None:
+    """Cameras' Main/High streams (CABAC, B-frames): each frame is the pattern moved 4 px on."""
+    args = ("--profile", "high", "--bframes", "2", "--motion", "4", "--bitrate", "4000")
+    with RtspServer(*args) as server:
+        source = RtspSource(server.url())
+        try:
+            images = [f.image.astype(int) for f in (source.read() for _ in range(8)) if f]
+        finally:
+            source.close()
+
+    def shift(a: np.ndarray, b: np.ndarray) -> int:
+        """The horizontal move from a to b (the frame edges left out)."""
+        return min(
+            range(-12, 13),
+            key=lambda k: float(np.abs(np.roll(a, k, axis=1)[:, 16:-16] - b[:, 16:-16]).mean()),
+        )
+
+    assert len(images) == 8
+    assert [shift(images[i], images[i + 1]) for i in range(7)] == [-4] * 7
