@@ -280,3 +280,29 @@ def test_high_profile_with_b_frames_comes_out_in_display_order() -> None:
 
     assert len(images) == 8
     assert [shift(images[i], images[i + 1]) for i in range(7)] == [-4] * 7
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+def test_ffmpeg_reads_the_same_pictures_from_the_same_server() -> None:
+    """The ffmpeg reader on a real RTSP server too, and our pictures against FFmpeg's decode."""
+    from appliance.inference.sources.ffmpeg_pipe import FfmpegPipeSource
+
+    with RtspServer("--size", "320x240") as server:
+        url = server.url()
+        ours = RtspSource(url)
+        try:
+            mine = ours.read()
+        finally:
+            ours.close()
+        ffmpeg = FfmpegPipeSource(url, url, live=True)
+        try:
+            theirs = ffmpeg.read()
+        finally:
+            ffmpeg.close()
+        assert mine is not None and theirs is not None
+        rgb = theirs.image if theirs.color == "BGR" else theirs.image[..., ::-1]
+        assert rgb.shape == mine.image.shape == (240, 320, 3)
+        assert_bars(rgb)
+        # the bars are static (the bottom of GStreamer's SMPTE pattern has moving noise)
+        diff = np.abs(rgb[:120].astype(int) - mine.image[:120].astype(int))
+        assert diff.mean() < 2, diff.mean()  # the same picture from two decoders (0.6 here)
