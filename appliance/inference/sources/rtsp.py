@@ -97,7 +97,14 @@ class RtspSource:
 
     live = True
 
-    def __init__(self, uri: str) -> None:
+    def __init__(
+        self,
+        uri: str,
+        open_timeout_ms: int = OPEN_TIMEOUT_MS,
+        read_timeout_ms: int = READ_TIMEOUT_MS,
+    ) -> None:
+        """Connect, start the session and read the first frame (timeouts: module docstring)."""
+        self._open_ms, self._read_ms = open_timeout_ms, read_timeout_ms
         self.uri = redact(uri)  # what errors, logs and the grabber thread's name show
         parts = urlsplit(uri)
         if parts.scheme != "rtsp" or not parts.hostname:
@@ -121,7 +128,7 @@ class RtspSource:
             raise DecoderMissing(f"{self.uri}: {exc}") from None
         try:
             self._sock = socket.create_connection(
-                (parts.hostname, parts.port or 554), timeout=OPEN_TIMEOUT_MS / 1000
+                (parts.hostname, parts.port or 554), timeout=self._open_ms / 1000
             )
             self._wire = Wire(self._sock)
             self._first: Frame | None = self._start()
@@ -130,7 +137,9 @@ class RtspSource:
             raise
         except (OSError, EOFError) as exc:
             self.close()
-            raise SourceError(f"{self.uri}: cannot open the stream: {_why(exc)}") from None
+            raise SourceError(
+                f"{self.uri}: cannot open the stream: {_why(exc, self._open_ms)}"
+            ) from None
 
     def _start(self) -> Frame:
         """OPTIONS, DESCRIBE, SETUP, PLAY, then the first frame."""
@@ -160,7 +169,7 @@ class RtspSource:
         self._depay = H264Depacketizer(
             track.payload_type, sprop_parameter_sets(track.fmtp), self.uri
         )
-        return self._next_frame("first frame", OPEN_TIMEOUT_MS)
+        return self._next_frame("first frame", self._open_ms)
 
     def _send(self, method: str, url: str, headers: dict[str, str]) -> int:
         assert self._sock is not None
@@ -169,7 +178,7 @@ class RtspSource:
             headers = {**headers, "Session": self._session}
         if self._auth is not None:
             headers = {**headers, **self._auth.header(method, url)}
-        self._sock.settimeout(OPEN_TIMEOUT_MS / 1000)
+        self._sock.settimeout(self._open_ms / 1000)
         self._sock.sendall(request(method, url, self._cseq, headers))
         return self._cseq
 
@@ -200,13 +209,13 @@ class RtspSource:
         return response
 
     def _response(self, cseq: int, method: str) -> Response:
-        deadline = time.monotonic() + OPEN_TIMEOUT_MS / 1000
+        deadline = time.monotonic() + self._open_ms / 1000
         for _ in range(1000):  # interleaved packets and stale answers before ours: skip them
             try:
                 msg = self._wire.message(deadline)
             except TimeoutError:
                 raise SourceError(
-                    f"{self.uri}: no answer to {method} for {OPEN_TIMEOUT_MS / 1000:.1f} s "
+                    f"{self.uri}: no answer to {method} for {self._open_ms / 1000:.1f} s "
                     "(camera stalled, or not an RTSP server)"
                 ) from None
             except EOFError:
@@ -247,7 +256,7 @@ class RtspSource:
         except EOFError:
             raise SourceError(f"{self.uri}: the camera closed the stream") from None
         except OSError as exc:
-            raise SourceError(f"{self.uri}: no {what}: {_why(exc)}") from None
+            raise SourceError(f"{self.uri}: no {what}: {_why(exc, timeout_ms)}") from None
 
     def _answered(self, response: Response) -> None:
         """An answer while streaming: a keep-alive's (a refused one means the session is gone)."""
@@ -279,7 +288,7 @@ class RtspSource:
         if self._first is not None:
             frame, self._first = self._first, None
             return frame
-        return self._next_frame("frame", READ_TIMEOUT_MS)
+        return self._next_frame("frame", self._read_ms)
 
     def close(self) -> None:
         sock, self._sock = self._sock, None
@@ -301,9 +310,9 @@ class RtspSource:
         return headers
 
 
-def _why(exc: BaseException) -> str:
+def _why(exc: BaseException, timeout_ms: int) -> str:
     if isinstance(exc, TimeoutError):
-        return f"nothing for {OPEN_TIMEOUT_MS / 1000:.1f} s (camera or network down)"
+        return f"nothing for {timeout_ms / 1000:.1f} s (camera or network down)"
     if isinstance(exc, EOFError):
         return "the camera closed the connection"
     return f"{type(exc).__name__}: {exc}"
