@@ -38,6 +38,7 @@ from appliance.inference.chain import Candidate, Event, FallbackChain, Runner
 from appliance.inference.errors import ConfigError, InferenceError, SourceError
 from appliance.inference.sink import JsonlSink, NullSink, Sink, TeeSink
 from appliance.inference.sources import Frame, LatestFrameGrabber, Source, is_live_uri, open_source
+from appliance.inference.sources.frame import redact
 from appliance.telemetry.config import TelemetryConfig
 from appliance.telemetry.mqtt_sink import MqttConfig, MqttSink
 
@@ -201,7 +202,8 @@ class Pipeline:
                 log.warning("reopen failed: %s", exc)
                 delay = min(delay * 2, self.cfg.reconnect_max_s)
                 continue
-            what = getattr(src, "description", self.cfg.source)
+            # a V4L2 camera says what it negotiated (its URI holds no credentials)
+            what = getattr(src, "description", None) or redact(src.uri)
             self._record_event(Event("source_reopened", f"{what}: delivering again"))
             return src
         return None
