@@ -14,6 +14,7 @@ APT_PACKAGES=(
   libubootenv-tool u-boot-tools u-boot-qemu qemu-system-arm
   mosquitto tmux ffmpeg
   libyuv0
+  libopenh264-7 gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-{base,good,ugly}
   postgresql libpq5 chromium
 )
 
