@@ -11,7 +11,10 @@ Order (each step durable before the next; docs/decisions.md §20):
 3. the loader marks the target slot not bootable;
 4. payload chunks are verified and written through a :class:`~appliance.bundle.Sink`, which is
    flushed (fsync) at the end; ``finish()`` checks nothing unlisted follows. A ``delta``
-   payload is rebuilt from the running slot, which is first checked against the signed base;
+   payload is rebuilt from the running slot, whose whole sha256 must be the signed base's:
+   checked before step 3 on one CPU, beside this step on more (each chunk written meanwhile
+   matched its own signed digest; the stream ends only once the base check passed,
+   docs/decisions.md §34);
 5. the slot is read back from the medium (past the page cache) and compared with the verified
    chunks; this overlaps the write, region by region: by default the slot is written with
    O_DIRECT and each region made durable, then re-read (:mod:`appliance.ota.direct`); a
