@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
-ROOT_PACKAGES = ("python3.11", "libpython3.11", "binutils")
+ROOT_PACKAGES = ("python3.11", "libpython3.11", "binutils", "libopenh264-7")  # openh264: RTSP
 QEMU = {"aarch64": "qemu-aarch64-static"}
 DEBIAN_ARCH = {"aarch64": "arm64"}
 LOADER = {"aarch64": "lib/ld-linux-aarch64.so.1"}
