@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import itertools
 import logging
+import multiprocessing
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pytest
@@ -208,13 +210,10 @@ def test_notifier_abstract_socket_and_watchdog_pid() -> None:
     assert not other.watchdog()  # no socket: a no-op
 
 
-def test_a_busy_start_beats_and_a_blocked_one_does_not() -> None:
-    """Before its first frame a worker that works (a model compiling: CPU used) beats; one that
-    is blocked (no CPU: a model file that never arrives) goes silent, and so does a busy
-    worker after its first frame. The CPU share asked for is tiny here, so a loaded test
-    host (this thread gets a few % of a core) still counts as busy."""
-    import multiprocessing
-
+def _busy_start_scenario(report: Connection) -> None:
+    """test_a_busy_start_beats_and_a_blocked_one_does_not's body, in a forked child: the
+    beat measures its whole process's CPU, and a pytest-xdist worker's own threads (execnet
+    sending reports) use enough of it to look busy."""
     from appliance.supervisor.pipeline_worker import OutageBeat
 
     def spin(cpu_s: float) -> None:
@@ -222,25 +221,41 @@ def test_a_busy_start_beats_and_a_blocked_one_does_not() -> None:
         while time.process_time() < end and time.monotonic() < deadline:
             pass
 
-    ctx_mp = multiprocessing.get_context("fork")
-    hb = ctx_mp.RawValue("d", 0.0)
-    reader, writer = ctx_mp.Pipe(duplex=False)
+    hb = multiprocessing.get_context("fork").RawValue("d", 0.0)
+    _, writer = multiprocessing.get_context("fork").Pipe(duplex=False)
     ctx = WorkerContext("primary", hb, writer, threading.Event())
     beat = OutageBeat(ctx, every_s=0.2, busy_fraction=0.01)
+    seen: list[float] = []
     try:
         time.sleep(0.6)
-        assert hb.value == 0.0  # blocked before the first frame: silence
+        seen.append(hb.value)  # blocked before the first frame: silence (0.0)
         spin(0.5)
-        assert hb.value > 0.0  # busy before the first frame: not a hang
+        seen.append(hb.value)  # busy before the first frame: not a hang (> 0)
         beat.frame()
-        first = hb.value
+        seen.append(hb.value)
         spin(0.5)
         time.sleep(0.3)  # a tick after the spin
-        assert hb.value == first  # after the first frame only frames and events beat
+        seen.append(hb.value)  # after the first frame only frames and events beat (unchanged)
     finally:
         ctx.stop.set()
-        reader.close()
-        writer.close()
+        report.send(seen)
+
+
+def test_a_busy_start_beats_and_a_blocked_one_does_not() -> None:
+    """Before its first frame a worker that works (a model compiling: CPU used) beats; one that
+    is blocked (no CPU: a model file that never arrives) goes silent, and so does a busy
+    worker after its first frame. The CPU share asked for is tiny here, so a loaded test
+    host (this thread gets a few % of a core) still counts as busy."""
+    mp = multiprocessing.get_context("fork")
+    reader, writer = mp.Pipe(duplex=False)
+    child = mp.Process(target=_busy_start_scenario, args=(writer,))
+    child.start()
+    assert reader.poll(120), "the scenario's child did not report"
+    blocked, busy, first, after = reader.recv()
+    child.join(10)
+    assert blocked == 0.0
+    assert busy > 0.0
+    assert after == first
 
 
 def test_a_worker_blocked_opening_its_model_is_still_killed(tmp_path: Path) -> None:
