@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +169,34 @@ def tflite_package(
         m["detection"] = detection
     (root / "model.json").write_text(json.dumps(m, indent=2))
     return root
+
+
+class RunningPipeline:
+    """``Pipeline.run`` on a thread, collecting its frames and events; ``with`` stops it and
+    joins the thread (30 s). After the block, ``error`` is whatever run() raised, or None."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+        self.frames: list[dict[str, object]] = []
+        self.events: list[Any] = []
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._work)
+
+    def _work(self) -> None:
+        try:
+            self.pipe.run(self.stop, on_frame=self.frames.append, on_event=self.events.append)
+        except BaseException as exc:  # the caller fails if run() ever raises
+            self.error = exc
+
+    def __enter__(self) -> RunningPipeline:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+    @property
+    def ended_cleanly(self) -> bool:
+        return not self.thread.is_alive() and self.error is None

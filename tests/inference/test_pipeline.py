@@ -7,7 +7,6 @@ import json
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from appliance.inference.chain import Event
 from appliance.inference.errors import SourceError
 from appliance.inference.pipeline import Pipeline, PipelineConfig
-from tests.inference.fixtures import make_package, rewrite_manifest
+from tests.inference.fixtures import RunningPipeline, make_package, rewrite_manifest
 
 FFMPEG = shutil.which("ffmpeg")
 needs_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="ffmpeg not installed")
@@ -213,20 +211,8 @@ def test_live_stream_camera_disappears_and_comes_back(
         model=str(tiny_package), source=f"http://127.0.0.1:{port}/cam", sink=str(sink)
     )
     pipe = Pipeline(cfg)
-    frames: list[dict[str, object]] = []
-    events: list[Event] = []
-    stop = threading.Event()
-    result: dict[str, object] = {}
-
-    def work() -> None:
-        try:
-            result["stats"] = pipe.run(stop, on_frame=frames.append, on_event=events.append)
-        except BaseException as exc:  # the test fails below if run() ever raises
-            result["error"] = exc
-
-    t = threading.Thread(target=work)
-    t.start()
-    try:
+    with RunningPipeline(pipe) as running:
+        frames, events = running.frames, running.events
         assert _wait(lambda: any(e.kind == "source_lost" for e in events))
         servers.append(_serve_mjpeg(port))  # the camera is plugged in
         assert _wait(lambda: len(frames) >= 10, 30), "no frames from the live stream"
@@ -237,10 +223,7 @@ def test_live_stream_camera_disappears_and_comes_back(
         servers.append(_serve_mjpeg(port))  # ... and comes back
         assert _wait(lambda: any(e.kind == "source_reopened" for e in events), 30)
         assert _wait(lambda: len(frames) >= n + 10)
-    finally:
-        stop.set()
-        t.join(30)
-    assert not t.is_alive() and "error" not in result
+    assert running.ended_cleanly, running.error
     kinds = [e.kind for e in events]
     assert kinds.index("source_lost") < kinds.index("source_reopened")
     assert pipe.events[0].kind == "loaded" and pipe.events[1].kind == "source_lost"

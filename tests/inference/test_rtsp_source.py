@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,11 @@ import numpy as np
 import pytest
 
 from appliance.inference import sources
-from appliance.inference.chain import Event
 from appliance.inference.errors import SourceError
 from appliance.inference.pipeline import Pipeline, PipelineConfig
 from appliance.inference.sources import LatestFrameGrabber, openh264
 from appliance.inference.sources.rtsp import NotH264Stream, RtspSource
+from tests.inference.fixtures import RunningPipeline
 from tests.inference.rtsp_server import SYSTEM_PYTHON, RtspServer
 
 pytestmark = [
@@ -197,33 +196,20 @@ def test_the_pipeline_reconnects_to_an_rtsp_camera_that_comes_back(
     port = server.port
     url = server.url(userinfo="op:pw-x9")
     cfg = PipelineConfig(model=str(tiny_package), source=url, sink=str(tmp_path / "r"))
-    pipe = Pipeline(cfg)
-    frames: list[dict[str, object]] = []
-    events: list[Event] = []
-    stop = threading.Event()
-    result: dict[str, object] = {}
-
-    def work() -> None:
+    with RunningPipeline(Pipeline(cfg)) as running:
+        frames, events = running.frames, running.events
         try:
-            result["stats"] = pipe.run(stop, on_frame=frames.append, on_event=events.append)
-        except BaseException as exc:  # the test fails below if run() ever raises
-            result["error"] = exc
-
-    thread = threading.Thread(target=work)
-    thread.start()
-    try:
-        assert _wait(lambda: len(frames) >= 5), "no frames from the RTSP camera"
-        server.stop()  # the camera disappears mid-stream
-        assert _wait(lambda: any(e.kind == "source_lost" for e in events))
-        n = len(frames)
-        server = RtspServer("--port", str(port), "--user", "op", "--password", "pw-x9")  # back
-        assert _wait(lambda: any(e.kind == "source_reopened" for e in events))
-        assert _wait(lambda: len(frames) >= n + 5)
-    finally:
-        stop.set()
-        thread.join(30)
-        server.stop()
-    assert not thread.is_alive() and "error" not in result
+            assert _wait(lambda: len(frames) >= 5), "no frames from the RTSP camera"
+            server.stop()  # the camera disappears mid-stream
+            assert _wait(lambda: any(e.kind == "source_lost" for e in events))
+            n = len(frames)
+            server = RtspServer("--port", str(port), "--user", "op", "--password", "pw-x9")
+            assert _wait(lambda: any(e.kind == "source_reopened" for e in events))
+            assert _wait(lambda: len(frames) >= n + 5)
+        finally:
+            running.stop.set()
+            server.stop()
+    assert running.ended_cleanly, running.error
     lost = next(e for e in events if e.kind == "source_lost")
     assert lost.alert and f"rtsp://127.0.0.1:{port}/cam" in lost.reason
     # the password never reaches an event (they go to the sink and to telemetry)
