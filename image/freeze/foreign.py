@@ -3,9 +3,10 @@
 Binary analysis and the bootloader must come from the target's own Python, so PyInstaller runs
 as an arm64 program. Steps (each cached by a content hash in ``cache_dir``):
 
-1. An arm64 Debian root: ``debootstrap --foreign --arch=arm64`` with Python 3.11 and its shared
-   libpython; every downloaded .deb is unpacked with ``dpkg-deb -x`` (no second stage: that would
-   need binfmt_misc, which build hosts often do not mount).
+1. An arm64 Debian root: ``debootstrap --foreign --arch=arm64`` with Python 3.11, its shared
+   libpython and libyuv (bundled into the runtime for YUYV frames); every downloaded .deb is
+   unpacked with ``dpkg-deb -x`` (no second stage: that would need binfmt_misc, which build
+   hosts often do not mount).
 2. The target's Python packages as aarch64 wheels, installed by the host's pip with
    ``--platform manylinux_2_XX_aarch64 --only-binary=:all:`` and pinned to the versions of this
    venv, plus PyInstaller itself (its aarch64 wheel carries the arm64 bootloader).
@@ -49,7 +50,9 @@ log = logging.getLogger(__name__)
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
-ROOT_PACKAGES = ("python3.11", "libpython3.11", "binutils")
+# libyuv0: the runtime converts YUYV camera frames with libyuv (NEON on arm64), loaded through
+# ctypes; PyInstaller finds the root's copy by that load and bundles it, as on x86-64.
+ROOT_PACKAGES = ("python3.11", "libpython3.11", "binutils", "libyuv0")
 QEMU = {"aarch64": "qemu-aarch64-static"}
 DEBIAN_ARCH = {"aarch64": "arm64"}
 LOADER = {"aarch64": "lib/ld-linux-aarch64.so.1"}
