@@ -95,7 +95,9 @@ class Sampler:
                 continue
             wait += max(0, ns - self._seen_wait.get(pid, 0))
             self._seen_wait[pid] = ns
-            cmdlines.append(cmd.decode(errors="replace"))
+            line = cmd.decode(errors="replace")
+            if "mmdebstrap" not in line:  # its own argv names every hook
+                cmdlines.append(line)
         return ticks / TICK, wait, label_of(cmdlines)
 
     def run(self, done: threading.Event) -> None:

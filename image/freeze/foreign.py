@@ -18,7 +18,8 @@ as an arm64 program. Steps (each cached by a content hash in ``cache_dir``):
 4. PyInstaller under ``qemu-aarch64-static -L ROOT`` called directly. Without binfmt_misc an
    emulated program cannot start other arm64 programs, so the children PyInstaller spawns are
    host shell wrappers: ``python`` (its isolated analysis subprocesses) re-enters the emulator,
-   ``ldd`` runs the arm64 dynamic loader's ``--list`` under the emulator, ``ldconfig`` is empty,
+   ``ldd`` runs the arm64 dynamic loader's ``--list`` under the emulator, ``ldconfig -p`` lists
+   the root's libraries (:func:`ld_cache_listing`: how PyInstaller finds libyuv's ctypes load),
    and ``objcopy``/``objdump``/``strip`` are the root's arm64 binutils, emulated.
 """
 
@@ -56,6 +57,7 @@ ROOT_PACKAGES = ("python3.11", "libpython3.11", "binutils", "libyuv0")
 QEMU = {"aarch64": "qemu-aarch64-static"}
 DEBIAN_ARCH = {"aarch64": "arm64"}
 LOADER = {"aarch64": "lib/ld-linux-aarch64.so.1"}
+LD_CACHE_ARCH = {"aarch64": "AArch64"}  # the flag ldconfig -p prints for the arch
 PYTHON = "usr/bin/python3.11"
 # Bookworm has glibc 2.36: any manylinux wheel up to that works on the device.
 GLIBC_MAX = 36
@@ -167,6 +169,23 @@ def precompile(prefix: Path, *trees: Path) -> None:
     subprocess.run(cmd, env=env, capture_output=True, check=False)
 
 
+def ld_cache_listing(root: Path, arch: str) -> str:
+    """What ``ldconfig -p`` would print in *root*: its shared libraries by soname file name.
+
+    PyInstaller resolves a library that the code loads through ctypes by name (libyuv's
+    ``ctypes.CDLL("libyuv.so.0")``) only through ``LD_LIBRARY_PATH`` or this cache, so the
+    listing names the root's copies (paths as the emulated program sees them).
+    """
+    lines = []
+    for folder in (f"usr/lib/{arch}-linux-gnu", f"lib/{arch}-linux-gnu"):
+        base = root / folder
+        if not base.is_dir() or base.is_symlink():  # merged /usr: lib -> usr/lib
+            continue
+        for lib in sorted(base.glob("*.so*")):
+            lines.append(f"\t{lib.name} (libc6,{LD_CACHE_ARCH[arch]}) => /{folder}/{lib.name}")
+    return f"{len(lines)} libs found in cache `/etc/ld.so.cache'\n" + "\n".join(lines) + "\n"
+
+
 def _wrappers(bindir: Path, root: Path, arch: str) -> Path:
     """Host shell scripts the emulated PyInstaller spawns instead of arm64 programs."""
     bindir.mkdir(parents=True)
@@ -174,8 +193,9 @@ def _wrappers(bindir: Path, root: Path, arch: str) -> Path:
     scripts = {
         "python": f'exec {qemu} -L {root} {root / PYTHON} -S "$@"\n',
         "ldd": f'exec {qemu} -L {root} {root / LOADER[arch]} --list "$@"\n',
-        "ldconfig": 'echo "0 libs found in cache"\n',
+        "ldconfig": f"cat {bindir / 'ldconfig.txt'}\n",
     }
+    (bindir / "ldconfig.txt").write_text(ld_cache_listing(root, arch))
     # The host's binutils do not know arm64 ELF files (objcopy appends the archive to the
     # bootloader; objdump tells binaries from data): use the root's, emulated.
     for tool in ("objcopy", "objdump", "strip"):
