@@ -55,6 +55,7 @@ PY = sys.executable
 BIN = Path(PY).parent  # the venv's console scripts: kiln, appliance
 SITE = "usr/lib/python3/dist-packages"
 MODEL = 5 * MIB
+TASKSET: list[str] = []  # --cpus: every apply runs under ``taskset -c LIST``
 PASSPHRASE = "bench-passphrase"  # noqa: S105 (a throwaway bench key)
 IDENTITY = ["--product", "bench", "--target", "generic-x86-64", "--security-version", "1"]
 
@@ -185,9 +186,16 @@ def keys() -> dict[str, Path]:
 class Method:
     """One delta method: how to encode (cached), how to apply (always measured fresh)."""
 
-    def __init__(self, name: str, label: str, encoded_as: str | None = None) -> None:
+    def __init__(
+        self, name: str, label: str, encoded_as: str | None = None, code: Path | None = None
+    ) -> None:
         self.name, self.label = name, label
         self.encoded_as = encoded_as or name  # another method's patch, applied another way
+        self.code = code  # ours: apply with the appliance package of this tree (PYTHONPATH)
+
+    def apply_env(self) -> dict[str, str] | None:
+        """The apply's environment: another tree's code for ``--before``, else inherited."""
+        return None if self.code is None else {**os.environ, "PYTHONPATH": str(self.code)}
 
     def encode_argv(self, old: Path, new: Path, patch: Path) -> list[str]:
         """The encode command."""
@@ -243,12 +251,23 @@ FULL = Method("full", "full zstd -19 -T2 (new image)")
 XDELTA_SYNC = Method("xdelta3-sync", "xdelta3 -d, then sync (fsync) of its output", "xdelta3")
 
 
+def before_method(rev: str) -> Method:
+    """Ours, applied with the ``appliance`` package of git revision ``rev`` (same bundle)."""
+    tree = CACHE / f"before-{rev}"
+    if not (tree / "appliance").is_dir():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "appliance"],
+                                 check=True, capture_output=True).stdout  # fmt: skip
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return Method("ours-before", f"ours, apply code of {rev}", "ours", tree)
+
+
 # Device-side modules: a change there does not change the bundle the encoder writes (it
 # re-applies each chunk with delta_apply, but only to check it), so it does not re-encode the
 # 12-25 minute pairs; every apply is measured fresh and its output compared with the new image
 # anyway. ``--fresh`` re-encodes regardless.
-_APPLY_ONLY = {"delta_apply.py", "verified.py", "ordered.py", "writebehind.py", "reader.py",
-               "sink.py", "keychain.py", "cli.py"}  # fmt: skip
+_APPLY_ONLY = {"delta_apply.py", "delta_check.py", "verified.py", "ordered.py", "writebehind.py",
+               "reader.py", "sink.py", "keychain.py", "cli.py"}  # fmt: skip
 
 
 def _encoder_sources() -> str:
@@ -299,7 +318,7 @@ def apply(m: Method, old: Path, new: Path, patch: Path, work: Path) -> dict[str,
     # before it (xdelta3 and zstd leave the image dirty; ours and xdelta3-sync make it durable).
     os.sync()
     try:
-        r = measure(argv)
+        r = measure([*TASKSET, *argv], m.apply_env())
         if _sha(out, new.stat().st_size) != _sha(new):
             raise SystemExit(f"{m.label}: applied image differs from the new image")
     finally:
@@ -355,8 +374,8 @@ def run_pair(methods: list[Method], old: Path, new: Path, rounds: int, fresh: bo
         results[m.name] = {"size": patch.stat().st_size, "encode": enc["wall"],
                            "encode_rss": enc["rss"], "cached": cached}  # fmt: skip
     runs: dict[str, list[dict[str, float]]] = {m.name: [] for m in methods}
-    for _ in range(rounds):
-        for m in methods:
+    for r in range(rounds):  # each round starts one method later: no method always goes first
+        for m in methods[r % len(methods) :] + methods[: r % len(methods)]:
             runs[m.name].append(apply(m, old, new, patches[m.name], work))
     for m in methods:
         rs = runs[m.name]
@@ -365,13 +384,16 @@ def run_pair(methods: list[Method], old: Path, new: Path, rounds: int, fresh: bo
             cpu=_median([r["cpu"] for r in rs]),
             rss=max(r["rss"] for r in rs),
         )
-    for ref, suffix in (("xdelta3", ""), ("xdelta3-sync", "_sync")):
-        if ref in runs and "ours" in runs:
-            pairs = list(zip(runs["ours"], runs[ref], strict=True))
-            results["ours"]["wall_ratio" + suffix] = _median(
-                [o["wall"] / x["wall"] for o, x in pairs]
-            )
-            results["ours"]["cpu_ratio" + suffix] = _median([o["cpu"] / x["cpu"] for o, x in pairs])
+    for ours in ("ours", "ours-before"):
+        for ref, suffix in (("xdelta3", ""), ("xdelta3-sync", "_sync"), ("ours-before", "_before")):
+            if ref in runs and ours in runs and ref != ours:
+                pairs = list(zip(runs[ours], runs[ref], strict=True))
+                results[ours]["wall_ratio" + suffix] = _median(
+                    [o["wall"] / x["wall"] for o, x in pairs]
+                )
+                results[ours]["cpu_ratio" + suffix] = _median(
+                    [o["cpu"] / x["cpu"] for o, x in pairs]
+                )
     return results
 
 
@@ -416,7 +438,14 @@ def main() -> None:
         "--no-percent", action="store_true",
         help="skip the %% denominator (the package image at zstd -19: minutes under load)",
     )  # fmt: skip
+    ap.add_argument("--cpus", default="", help="apply under taskset -c CPUS (e.g. 0: one core)")
+    ap.add_argument(
+        "--before", default="",
+        help="also apply ours with the appliance package of this git revision (A/B in one run)",
+    )  # fmt: skip
     args = ap.parse_args()
+    if args.cpus:
+        TASKSET[:] = ["taskset", "-c", args.cpus]
     sys.path.insert(0, str(ROOT))
     CACHE.mkdir(parents=True, exist_ok=True)  # a fresh machine has no cache folder yet
     pairs = [p for p in args.pairs.split(",") if p]
@@ -425,12 +454,19 @@ def main() -> None:
     work = CACHE / "work"
     shutil.rmtree(work, ignore_errors=True)  # outputs of older bench versions (GBs)
     work.mkdir(parents=True)
-    print(f"images: {v1.stat().st_size / MIB:.0f} MiB ext4 (no journal); {os.cpu_count()} CPUs, "
+    cpus = (
+        f"applies on CPUs {args.cpus} of {os.cpu_count()}"
+        if args.cpus
+        else f"{os.cpu_count()} CPUs"
+    )
+    print(f"images: {v1.stat().st_size / MIB:.0f} MiB ext4 (no journal); {cpus}, "
           f"load average at start {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
     # Every encode first, each cached as soon as it ends: an interrupted run resumes.
     chosen: dict[str, list[Method]] = {}
     for kind in pairs:
         chosen[kind] = [OURS, METHODS["xdelta3"], XDELTA_SYNC]
+        if args.before:
+            chosen[kind].insert(1, before_method(args.before))
         if not args.no_zstd:
             chosen[kind].append(METHODS["zstd"])
         if kind in args.bsdiff.split(","):
@@ -452,13 +488,21 @@ def main() -> None:
             print(row(m.label, results[m.name], full))
         mine = results["ours"]
         print(f"\nours, where the bytes go: {breakdown(encode(OURS, v1, news[kind], False)[0])}")
-        best = min((results[m.name]["size"], m.label) for m in methods if m is not OURS)
+        best = min((results[m.name]["size"], m.label) for m in methods if m.encoded_as != "ours")
         print(f"\nsize, ours / smallest other ({best[1]}): {mine['size'] / best[0]:.3f} "
               "(goal <= 1.0)")  # fmt: skip
         print(f"apply, ours / (xdelta3 -d + sync), median of {args.rounds} alternating rounds: "
               f"wall {mine['wall_ratio_sync']:.2f}, CPU {mine['cpu_ratio_sync']:.2f} "
               f"(goal <= 1.5); ours / xdelta3 -d: wall {mine['wall_ratio']:.2f}, "
               f"CPU {mine['cpu_ratio']:.2f}")  # fmt: skip
+        if "ours-before" in results:
+            was = results["ours-before"]
+            print(
+                f"apply, {args.before}'s code / (xdelta3 -d + sync): wall "
+                f"{was['wall_ratio_sync']:.2f}, CPU {was['cpu_ratio_sync']:.2f}; ours / "
+                f"{args.before}'s code: wall {mine['wall_ratio_before']:.2f}, CPU "
+                f"{mine['cpu_ratio_before']:.2f}; its peak RSS {was['rss'] / MIB:.1f} MiB"
+            )
         print(f"apply peak RSS, ours: {mine['rss'] / MIB:.1f} MiB (goal <= 64 MiB); encode peak "
               f"RSS {mine['encode_rss'] / MIB:.0f} MiB (goal <= 1024 MiB)", flush=True)  # fmt: skip
     if "model" in pairs and not args.no_large:  # same change, a ~1.7x larger image: flat RSS?

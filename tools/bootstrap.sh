@@ -9,11 +9,12 @@ APT_PACKAGES=(
   make git ca-certificates binutils
   squashfs-tools dosfstools mtools e2fsprogs fdisk gdisk
   qemu-system-x86 qemu-utils ovmf grub-efi-amd64-bin grub-pc-bin grub-common grub-emu
-  debootstrap mmdebstrap arch-test bmap-tools zstd xdelta3 cpio
+  debootstrap mmdebstrap arch-test bmap-tools zstd xdelta3 cpio time
   qemu-user-static busybox-static binfmt-support openssl
   libubootenv-tool u-boot-tools u-boot-qemu qemu-system-arm
   mosquitto tmux ffmpeg
   libyuv0
+  libopenh264-7 gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-{base,good,ugly}
   postgresql libpq5 chromium
 )
 

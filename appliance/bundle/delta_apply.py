@@ -10,12 +10,9 @@ verifies the rebuilt chunk against its signed digest before any write (FORMAT.md
 from __future__ import annotations
 
 import bisect
-import contextlib
-import hashlib
 import os
-import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +34,7 @@ from appliance.bundle.delta import (
     max_controls,
 )
 from appliance.bundle.delta_add import add_diff, all_zero, unshuffled
+from appliance.bundle.delta_check import CHECK_BLOCK, BackgroundCheck, hash_base
 
 
 @dataclass(frozen=True)
@@ -326,6 +324,7 @@ class BaseSlot:
         self.path = os.fspath(path)
         self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         self._checked: tuple[int, str] | None = None
+        self._pending: BackgroundCheck | None = None
 
     def check(self, size: int, sha256: str) -> None:
         """Raise :class:`DeltaBaseError` unless the first ``size`` bytes hash to ``sha256``.
@@ -333,22 +332,37 @@ class BaseSlot:
         Hashed once per open slot (the installer checks before marking the target bad, the
         reader again before streaming); the slot is mounted read-only meanwhile. The next
         blocks are read on a helper thread while this one hashes (both release the GIL): the
-        check costs about the sha256 alone, not read + sha256 (FORMAT.md, "Applying").
+        check costs about the sha256 alone, not read + sha256 (FORMAT.md, "Applying"). If
+        :meth:`start_check` began it, this waits for that thread's answer.
         """
         if self._checked == (size, sha256):
             return
-        digest = hashlib.sha256()
-        offset = 0
-        for block in _read_ahead(self._fd, size):
-            digest.update(block)
-            offset += len(block)
-        if offset != size or digest.hexdigest() != sha256:
-            raise DeltaBaseError(
-                f"delta applies to a base image of {size} bytes with sha256 {sha256[:16]}..., "
-                f"but {self.path} holds {offset} bytes with sha256 {digest.hexdigest()[:16]}...: "
-                "this device runs another version; install the full bundle instead"
-            )
+        pending = self._pending
+        if pending is not None and pending.wanted == (size, sha256):
+            self._pending = None
+            error = pending.result()
+        else:
+            error = hash_base(self._fd, self.path, size, sha256, CHECK_BLOCK, None)
+        if error is not None:
+            raise error
         self._checked = (size, sha256)
+
+    def start_check(self, size: int, sha256: str) -> None:
+        """Begin :meth:`check` on a helper thread; :meth:`check` later returns or raises its result.
+
+        The apply then rebuilds (and writes) chunks meanwhile: each is verified against its
+        own signed digest before it is written, so nothing unverified reaches the target, and
+        the caller asks the loader to try the slot only after :meth:`check` returned
+        (docs/decisions.md §34). Smaller read blocks than :meth:`check` alone: the two buffers
+        are live beside the apply's (peak RSS).
+        """
+        if self._checked == (size, sha256) or self._pending is not None:
+            return
+        self._pending = BackgroundCheck(self._fd, self.path, size, sha256)
+
+    def checking(self, size: int, sha256: str) -> bool:
+        """True if :meth:`start_check` began this check and no one has waited for it yet."""
+        return self._pending is not None and self._pending.wanted == (size, sha256)
 
     def rebuild(self, wire: bytes, out_len: int, base_size: int, where: str) -> bytes:
         """One image chunk from one delta chunk (structure checked; digest is the caller's).
@@ -371,7 +385,10 @@ class BaseSlot:
         return bytes(out)
 
     def close(self) -> None:
-        """Close the descriptor (idempotent)."""
+        """Stop a check still running, close the descriptor (idempotent)."""
+        if self._pending is not None:
+            self._pending.cancel()  # its thread reads this descriptor: stopped before close
+            self._pending = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -404,56 +421,3 @@ def _read_run(fd: int, extents: list[Extent], out_len: int, where: str) -> bytes
         parts.append(part)
         left -= n
     return parts[0] if len(parts) == 1 else b"".join(parts)  # (none: out_len 0)
-
-
-CHECK_BLOCK = 4 << 20  # bytes per read of the base check (two buffers: one read, one hashed)
-
-
-def _read_ahead(fd: int, size: int) -> Iterator[memoryview]:
-    """The first ``size`` bytes of ``fd`` in blocks, the next read while the caller hashes.
-
-    Stops early where the file ends. Two reused buffers (no allocation per block); a block is
-    overwritten only after the caller asked for the next one, so it is not used meanwhile.
-    """
-    with contextlib.suppress(OSError):  # advice only (a pipe or an odd file system)
-        os.posix_fadvise(fd, 0, size, os.POSIX_FADV_SEQUENTIAL)
-    buffers = [memoryview(bytearray(min(CHECK_BLOCK, max(size, 1)))) for _ in range(2)]
-    free: queue.SimpleQueue[int] = queue.SimpleQueue()
-    full: queue.SimpleQueue[tuple[int, int] | BaseException] = queue.SimpleQueue()
-    stop = threading.Event()
-
-    def reader() -> None:
-        offset = 0
-        try:
-            while offset < size and not stop.is_set():
-                i = free.get()
-                if i < 0:
-                    return
-                view = buffers[i][: min(len(buffers[i]), size - offset)]
-                got = os.preadv(fd, [view], offset)
-                full.put((i, got))
-                if got <= 0:
-                    return
-                offset += got
-            full.put((0, 0))
-        except BaseException as exc:  # handed to the caller
-            full.put(exc)
-
-    for i in range(len(buffers)):
-        free.put(i)
-    thread = threading.Thread(target=reader, name="base-check-read", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = full.get()
-            if isinstance(item, BaseException):
-                raise item
-            i, got = item
-            if got <= 0:
-                return
-            yield buffers[i][:got]
-            free.put(i)
-    finally:
-        stop.set()
-        free.put(-1)
-        thread.join()

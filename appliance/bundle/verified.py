@@ -81,7 +81,10 @@ class VerifiedBundle:
         Payloads before ``name`` that were not streamed yet are verified and discarded. On error
         the sink holds only chunks that were verified (a prefix of the slot image). A ``delta``
         payload needs ``base`` (the active slot): its whole digest is checked against the signed
-        ``base`` before any chunk is read, and each chunk is rebuilt from it, then verified.
+        ``base`` before any chunk is read, and each chunk is rebuilt from it, then verified. If
+        the caller began that check with ``base.start_check`` it runs meanwhile instead: this
+        returns only after it passed and raises ``DeltaBaseError`` if it did not, also when a
+        chunk failed first (every chunk written meanwhile matched its signed digest).
         """
         names = [p.name for p in self.manifest.payloads]
         if name not in names:
@@ -99,10 +102,23 @@ class VerifiedBundle:
                 )
             if payload.base is None:  # the manifest schema already requires it
                 raise MissingBaseError(f"payload {name!r} names no base")
-            base.check(payload.base.size, payload.base.sha256)  # before any write
+            want = (payload.base.size, payload.base.sha256)
+            if not base.checking(*want):
+                base.check(*want)  # before any write
         while self._next < index:
             self._consume(self.manifest.payloads[self._next], NullSink(), None)
-        self._consume(payload, sink, progress, base)
+        if base is None or payload.kind != KIND_DELTA or payload.base is None:
+            self._consume(payload, sink, progress, base)
+            return
+        # The base check may still run (BaseSlot.start_check): the chunks written meanwhile were
+        # each verified against their signed digests; the stream returns only once it passed,
+        # and a wrong base is refused as such, also when one of its chunks failed first.
+        try:
+            self._consume(payload, sink, progress, base)
+        except Exception:
+            base.check(payload.base.size, payload.base.sha256)  # DeltaBaseError wins
+            raise
+        base.check(payload.base.size, payload.base.sha256)
 
     def read_keyring(self) -> bytes:
         """The verified bytes of the bundle's ``keyring`` payload (KeyError if it has none)."""

@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 class Event:
     """Something the operator should know: a fallback step, degraded mode, a lost camera."""
 
-    # loaded | fallback | degraded | recovered | source_lost | source_reopened | budget_exceeded
-    # | uplink_error
+    # loaded | fallback | degraded | recovered | source_opened | source_lost | source_reopened
+    # | budget_exceeded | uplink_error
     kind: str
     reason: str
     model: str | None = None

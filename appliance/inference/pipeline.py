@@ -38,6 +38,7 @@ from appliance.inference.chain import Candidate, Event, FallbackChain, Runner
 from appliance.inference.errors import ConfigError, InferenceError, SourceError
 from appliance.inference.sink import JsonlSink, NullSink, Sink, TeeSink
 from appliance.inference.sources import Frame, LatestFrameGrabber, Source, is_live_uri, open_source
+from appliance.inference.sources.frame import redact
 from appliance.telemetry.config import TelemetryConfig
 from appliance.telemetry.mqtt_sink import MqttConfig, MqttSink
 
@@ -201,18 +202,26 @@ class Pipeline:
                 log.warning("reopen failed: %s", exc)
                 delay = min(delay * 2, self.cfg.reconnect_max_s)
                 continue
-            self._record_event(Event("source_reopened", f"{self.cfg.source}: delivering again"))
+            # a V4L2 camera says what it negotiated (its URI holds no credentials)
+            what = getattr(src, "description", None) or redact(src.uri)
+            self._record_event(Event("source_reopened", f"{what}: delivering again"))
             return src
         return None
 
     def _first_source(self, stop: threading.Event) -> Source | None:
         """Open the source; wait for a live one that is not there yet (no crash loop)."""
         try:
-            return self._open()
+            source = self._open()
         except SourceError as exc:
             if not is_live_uri(self.cfg.source):  # a missing local file/folder: config error
                 raise
             return self._reopen(stop, str(exc))
+        # A camera that can say what it negotiated (V4L2: size, format, rate and what converts
+        # its pixels) says so once: the results that follow come from that.
+        description = getattr(source, "description", None)
+        if description is not None:
+            self._record_event(Event("source_opened", description))
+        return source
 
     # --- the loop ------------------------------------------------------------------------
 

@@ -11,7 +11,10 @@ Order (each step durable before the next; docs/decisions.md §20):
 3. the loader marks the target slot not bootable;
 4. payload chunks are verified and written through a :class:`~appliance.bundle.Sink`, which is
    flushed (fsync) at the end; ``finish()`` checks nothing unlisted follows. A ``delta``
-   payload is rebuilt from the running slot, which is first checked against the signed base;
+   payload is rebuilt from the running slot, whose whole sha256 must be the signed base's:
+   checked before step 3 on one CPU, beside this step on more (each chunk written meanwhile
+   matched its own signed digest; the stream ends only once the base check passed,
+   docs/decisions.md §34);
 5. the slot is read back from the medium (past the page cache) and compared with the verified
    chunks; this overlaps the write, region by region: by default the slot is written with
    O_DIRECT and each region made durable, then re-read (:mod:`appliance.ota.direct`); a
@@ -206,6 +209,14 @@ def _read_back(sink: CheckingSink, path: Path, target: Slot, size: int, sha256: 
     return digest
 
 
+def _usable_cores() -> int:
+    """CPUs this process may run on (taskset, cgroup cpusets), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def install(
     stream: BinaryIO,
     *,
@@ -258,10 +269,17 @@ def install(
         if images[0].kind == "delta" and images[0].base is not None:
             from appliance.bundle.delta import BaseSlot
 
-            # A delta rebuilds the image from the running slot: check it is the signed base
-            # before the target is even marked bad (a refused bundle changes nothing).
+            # A delta rebuilds the image from the running slot, which must be the signed base.
+            # One core: checked before the target is even marked bad (a refused bundle changes
+            # nothing). More: checked on a helper thread while chunks, each verified against
+            # its signed digest, are rebuilt and written; the slot is tried only after it
+            # passed, and a wrong base leaves the target as any refused stream does: marked bad,
+            # a verified prefix at most (docs/decisions.md §34).
             base = stack.enter_context(BaseSlot(targets[booted]))
-            base.check(images[0].base.size, images[0].base.sha256)
+            if _usable_cores() > 1:
+                base.start_check(images[0].base.size, images[0].base.sha256)
+            else:
+                base.check(images[0].base.size, images[0].base.sha256)
         loader.deactivate(target)
         trace("deactivated")
         sink = _open_sink(path, sink_factory, medium_factory, region, hash_readback)

@@ -6,9 +6,9 @@
   configured: the worker exits with an error, which counts as a failure);
 * ``degraded``: frames pass through without a model, each record marked ``degraded``.
 
-The worker heart-beats per frame and per pipeline event, and while the pipeline waits for a
-lost camera (:class:`OutageBeat`), so the supervisor's hang timeout can stay well inside the
-systemd watchdog period (:func:`policy_for`).
+The worker heart-beats per frame and per pipeline event, while the pipeline waits for a
+lost camera, and while it starts up and is busy (:class:`OutageBeat`), so the supervisor's hang
+timeout can stay well inside the systemd watchdog period (:func:`policy_for`).
 """
 
 from __future__ import annotations
@@ -43,30 +43,55 @@ def policy_for(watchdog_s: float | None = None, **overrides: float) -> Policy:
 
 
 class OutageBeat:
-    """Heart-beat while the pipeline waits for a lost camera, so an outage is not a hang.
+    """Heart-beat while the pipeline waits for a lost camera, so an outage is not a hang; and
+    while it starts up busy, so a slow model load is not one either.
 
     The pipeline reports ``source_lost`` and ``source_reopened`` events and retries the camera
     with a backoff of up to ``reconnect_max_s`` without delivering frames. Between those events
     (or until a frame arrives) a helper thread beats once a second, for at most
-    ``max_outage_s``; a worker stuck anywhere else still goes silent and is killed.
+    ``max_outage_s``.
+
+    Until the first frame (at most ``max_start_s``) it also beats in each second in which the
+    worker used a quarter of a CPU or more (``busy_fraction``; the sink's flusher and this
+    thread use far less while the worker is blocked): loading the model and opening the
+    camera is work, not a hang. OpenVINO's import and model compilation took 10-17 s in a
+    worker under QEMU TCG on a loaded host, more than the 15 s hang timeout, and the worker was
+    killed over and over. A worker blocked before its first frame (a model file that never
+    arrives, a stuck read) uses no CPU: it still goes silent and is killed after the timeout,
+    as is a worker stuck anywhere after its first frame.
     """
 
-    def __init__(self, ctx: WorkerContext, max_outage_s: float = 1800.0, every_s: float = 1.0):
+    def __init__(
+        self,
+        ctx: WorkerContext,
+        max_outage_s: float = 1800.0,
+        every_s: float = 1.0,
+        max_start_s: float = 120.0,
+        busy_fraction: float = 0.25,
+    ):
         self.ctx = ctx
         self.max_outage_s = max_outage_s
         self.every_s = every_s
+        self.busy_fraction = busy_fraction
         self._since: float | None = None
+        self._starting_until: float | None = time.monotonic() + max_start_s
         self._thread = threading.Thread(target=self._loop, name="outage-beat", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
+        cpu = time.process_time()  # every thread of the worker (OpenVINO compiles in its own)
         while not self.ctx.stop.wait(self.every_s):
-            since = self._since
-            if since is not None and time.monotonic() - since < self.max_outage_s:
+            used, cpu = -cpu, time.process_time()
+            used += cpu
+            now = time.monotonic()
+            since, starting = self._since, self._starting_until
+            waiting = since is not None and now - since < self.max_outage_s
+            busy = used >= self.every_s * self.busy_fraction
+            if waiting or (starting is not None and now < starting and busy):
                 self.ctx.heartbeat()
 
     def frame(self, *_: object) -> None:
-        self._since = None
+        self._since = self._starting_until = None
         self.ctx.heartbeat()
 
     def event(self, kind: str) -> None:

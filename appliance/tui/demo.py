@@ -3,9 +3,10 @@
 Everything is real except the hardware: a data partition directory with the update-state file
 and device id, a GRUB environment (both copies) on a fake ESP, two slot image files, a keyring and
 bundles signed with a demo key (one good, three that must be refused for different reasons) on a
-fake USB stick, the reference model package, a pipeline config whose camera is a generated video
-file, a results sink and events the agent would have written, and a tiny sysfs (two network
-interfaces, a thermal zone). Network apply and reboot are simulated (``Device.demo``).
+fake USB stick, the reference model package, a pipeline config whose camera is a generated
+test pattern (``npz:``, paced at 15 fps), a results sink and events the agent would have
+written, and a tiny sysfs (two network interfaces, a thermal zone). Network apply and reboot
+are simulated (``Device.demo``).
 
 The demo key is derived from a public string: it signs demo bundles only and must never be in a
 real device's keyring.
@@ -119,28 +120,21 @@ def _telemetry_status(data: Path, model: str, now: float) -> None:
     )  # fmt: skip
 
 
-def _write_video(path: Path, frames: int = 45, size: tuple[int, int] = (160, 120)) -> None:
-    """A moving test pattern (MJPEG in AVI, written by OpenCV; skipped when OpenCV is absent)."""
-    try:
-        import cv2
-    except ImportError:  # a runtime frozen without OpenCV: the demo has no camera then
-        return
-
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _write_pattern(path: Path, frames: int = 45, size: tuple[int, int] = (160, 120)) -> None:
+    """A moving test pattern as an ``npz`` array (RGB): the ``npz:`` source reads it paced at
+    15 fps with numpy alone, so every target's runtime (the default image has no OpenCV) gets
+    a demo camera."""
     w, h = size
-    fourcc = cv2.VideoWriter_fourcc(*"MJPG")  # type: ignore[attr-defined]
-    writer = cv2.VideoWriter(str(path), fourcc, 15.0, (w, h))
-    try:
-        yy, xx = np.mgrid[0:h, 0:w]
-        for i in range(frames):
-            img = np.zeros((h, w, 3), np.uint8)
-            img[..., 0] = (xx * 255 // w).astype(np.uint8)
-            img[..., 1] = (yy * 255 // h).astype(np.uint8)
-            cx, cy = (i * 3) % w, h // 2
-            img[(xx - cx) ** 2 + (yy - cy) ** 2 < 300] = 255
-            writer.write(img)
-    finally:
-        writer.release()
+    yy, xx = np.mgrid[0:h, 0:w]
+    images = np.zeros((frames, h, w, 3), np.uint8)
+    for i, img in enumerate(images):
+        img[..., 2] = (xx * 255 // w).astype(np.uint8)
+        img[..., 1] = (yy * 255 // h).astype(np.uint8)
+        cx, cy = (i * 3) % w, h // 2
+        img[(xx - cx) ** 2 + (yy - cy) ** 2 < 300] = 255
+    buf = io.BytesIO()
+    np.savez(buf, images=images)
+    _put(path, buf.getvalue())
 
 
 def _results(model: str, version: str, start: float) -> list[dict[str, object]]:
@@ -221,9 +215,9 @@ def build_demo(root: Path, model_dir: Path | None = None, now: float = DEMO_EPOC
     }
     for name, blob in payloads.items():
         _put(usb / name, blob)
-    video = root / "camera" / "demo.avi"
-    if not video.exists():
-        _write_video(video)
+    pattern = root / "camera" / "demo.npz"
+    if not pattern.exists():
+        _write_pattern(pattern)
     sink = data / "edgekiln" / "results.jsonl"
     lines = _results(package.name, package.manifest.version, now - 4.0)
     _put(sink, b"".join(json.dumps(r).encode() + b"\n" for r in lines))
@@ -231,7 +225,7 @@ def build_demo(root: Path, model_dir: Path | None = None, now: float = DEMO_EPOC
         data / "edgekiln" / "pipeline.json",
         {
             "model": str(model_dir),
-            "source": str(video),
+            "source": f"npz:{pattern}?loop=1&fps=15",
             "sink": str(sink),
             "backends": ["onnxruntime", "opencv"],
             "budget_factor": 1.0,

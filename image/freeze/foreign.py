@@ -51,9 +51,10 @@ log = logging.getLogger(__name__)
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
-# libyuv0: the runtime converts YUYV camera frames with libyuv (NEON on arm64), loaded through
-# ctypes; PyInstaller finds the root's copy by that load and bundles it, as on x86-64.
-ROOT_PACKAGES = ("python3.11", "libpython3.11", "binutils", "libyuv0")
+# libyuv0 and libopenh264-7: the runtime converts YUYV camera frames with libyuv (NEON on arm64)
+# and decodes RTSP H.264 with openh264, both loaded through ctypes; PyInstaller finds the root's
+# copies by those loads (ld_cache_listing) and bundles them, as on x86-64.
+ROOT_PACKAGES = ("python3.11", "libpython3.11", "binutils", "libyuv0", "libopenh264-7")
 QEMU = {"aarch64": "qemu-aarch64-static"}
 DEBIAN_ARCH = {"aarch64": "arm64"}
 LOADER = {"aarch64": "lib/ld-linux-aarch64.so.1"}

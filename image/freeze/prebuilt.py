@@ -3,7 +3,10 @@
 A runtime built elsewhere (an arm64 runner, a Jetson) must fit the target: its executable and
 its libpython are ELF files for the target's CPU, every CPython extension module is built for the
 libpython's version and that CPU, the target's back-end library is present and no other back end
-is. These checks read files only; nothing from the runtime is executed.
+is, and the runtime can read a camera without OpenCV (linuxpy and simplejpeg frozen in: a runtime
+built on a Jetson whose Python lacks them would raise a ``source_lost`` alert for every V4L2
+camera). These checks read files only (the executable's archive with PyInstaller's own reader);
+nothing from the runtime is executed.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from image.errors import BuildError
-from image.freeze.targets import BACKEND_LIBRARIES, TargetSpec
+from image.freeze.targets import BACKEND_LIBRARIES, CAMERA_MODULES, TargetSpec
 
 # ELF e_machine values (System V ABI, gABI table).
 ELF_MACHINES: dict[int, str] = {62: "x86_64", 183: "aarch64", 40: "arm", 3: "i386"}
@@ -75,6 +78,7 @@ def check_prebuilt(root: Path, spec: TargetSpec) -> PrebuiltInfo:
     if elf_machine(libpythons[0]) != spec.arch:
         raise PrebuiltRuntimeError(f"{libpythons[0]}: not built for {spec.arch}")
     _check_extensions(internal, f"{major}{minor}", spec.arch)
+    _check_camera(exe, spec)
     backend_dir = _check_backends(internal, spec)
     return PrebuiltInfo(arch=arch, python=f"{major}.{minor}", backend_dir=backend_dir)
 
@@ -91,6 +95,32 @@ def _check_extensions(internal: Path, abi: str, arch: str) -> None:
                 f"{path}: extension built for cpython-{tag_abi}-{tag_arch}, but the runtime's "
                 f"libpython is {abi[0]}.{abi[1:]} on {arch}: rebuild the runtime in one environment"
             )
+
+
+def frozen_modules(exe: Path) -> set[str]:
+    """Names of the Python modules in a onedir executable's PYZ archive (read, never run)."""
+    from PyInstaller.archive.readers import CArchiveReader
+
+    try:
+        package = CArchiveReader(str(exe))
+        pyz = next(name for name in package.toc if name.endswith(".pyz"))
+        return set(package.open_embedded_archive(pyz).toc)
+    except (StopIteration, OSError, RuntimeError, ValueError) as exc:
+        raise PrebuiltRuntimeError(
+            f"{exe}: no PyInstaller module archive (PYZ) in it ({type(exc).__name__}: {exc}); "
+            "pass a runtime made by kiln freeze (PyInstaller onedir)"
+        ) from None
+
+
+def _check_camera(exe: Path, spec: TargetSpec) -> None:
+    """The camera modules every runtime carries (targets.CAMERA_MODULES) must be frozen in."""
+    missing = [m for m in CAMERA_MODULES if m not in frozen_modules(exe)]
+    if missing:
+        raise PrebuiltRuntimeError(
+            f"{exe}: cannot read a V4L2 camera without OpenCV: {', '.join(missing)} not frozen "
+            f"in; install edgekiln[camera] (linuxpy, simplejpeg) where the runtime is built and "
+            f"freeze it again with kiln freeze {spec.name}"
+        )
 
 
 def _check_backends(internal: Path, spec: TargetSpec) -> Path:

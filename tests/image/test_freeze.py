@@ -59,12 +59,22 @@ def generic(
     return freeze_runtime("generic-x86-64", out, cache_dir=freeze_cache, source_root=sources)
 
 
+def shared_freeze_cache() -> Path:
+    """The kiln cache's ``freeze/`` (``$EDGEKILN_TEST_CACHE`` or the user's), as test_build.py."""
+    from image.build.identity import default_cache_dir
+
+    return Path(os.environ.get("EDGEKILN_TEST_CACHE") or default_cache_dir()) / "freeze"
+
+
 @pytest.fixture(scope="session")
-def openvino_rt(
-    tmp_path_factory: pytest.TempPathFactory, freeze_cache: Path, sources: Path
-) -> FrozenRuntime:
+def openvino_rt(tmp_path_factory: pytest.TempPathFactory, sources: Path) -> FrozenRuntime:
+    """The intel-openvino runtime from the kiln cache's ``freeze/``: the entry the
+    intel-openvino QEMU profile's build takes (tests/e2e/test_openvino_vivid.py) and
+    test_freeze_camera.py's, filled once under its lock (image/cache.py), so a run of the suite
+    freezes it once."""
     out = tmp_path_factory.mktemp("openvino")
-    return freeze_runtime("intel-openvino", out, cache_dir=freeze_cache, source_root=sources)
+    cache_dir = shared_freeze_cache()
+    return freeze_runtime("intel-openvino", out, cache_dir=cache_dir, source_root=sources)
 
 
 @pytest.fixture(scope="session")
@@ -375,6 +385,32 @@ def test_prebuilt_checks_refuse_wrong_arch_backend_and_abi(
     (copy / "appliance").write_bytes(b"#!/bin/sh\n")
     with pytest.raises(PrebuiltRuntimeError, match="not an ELF"):
         check_prebuilt(copy, resolve_target("generic-x86-64"))
+
+
+@pytest.mark.slow
+def test_prebuilt_runtime_that_cannot_read_a_camera_is_refused(
+    generic: FrozenRuntime, tmp_path: Path
+) -> None:
+    """A onedir runtime frozen without linuxpy and simplejpeg (a real PyInstaller build of a
+    program that does not import them, as a Jetson's Python without edgekiln[camera] gives) is
+    refused: its V4L2 camera would be a ``source_lost`` alert forever. The fitting runtime's
+    archive holds both."""
+    from image.freeze.prebuilt import frozen_modules
+    from image.freeze.targets import CAMERA_MODULES
+
+    assert set(CAMERA_MODULES) <= frozen_modules(generic.executable)
+    program = tmp_path / "appliance.py"
+    program.write_text("import json\nprint(json.dumps({'frozen': True}))\n")
+    argv = [str(BIN / "pyinstaller"), "--onedir", "--noconfirm", "--log-level", "WARN"]
+    argv += ["--distpath", str(tmp_path / "dist"), "--workpath", str(tmp_path / "work")]
+    argv += ["--specpath", str(tmp_path), str(program)]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=600)
+    assert done.returncode == 0, done.stderr
+    runtime = tmp_path / "dist" / "appliance"
+    with pytest.raises(PrebuiltRuntimeError, match="cannot read a V4L2 camera") as refused:
+        check_prebuilt(runtime, resolve_target("generic-x86-64"))
+    assert "linuxpy.video.device, simplejpeg not frozen in" in str(refused.value)
+    assert "kiln freeze generic-x86-64" in str(refused.value)
 
 
 def test_size_report_attributes_real_files(tmp_path: Path) -> None:

@@ -55,6 +55,10 @@ def test_arm64_runtime_is_arm64_with_litert_only(coral: tuple[FrozenRuntime, Pat
     data = json.loads(out.stdout)
     assert data["machine"] == "aarch64" and data["frozen"] is True
     assert [k for k, v in data["libraries"].items() if v] == ["litert"]
+    # A camera without OpenCV: V4L2 through linuxpy, MJPEG through simplejpeg (YUYV: libyuv
+    # where the build root has libyuv0, else numpy)
+    camera = data["camera"]
+    assert camera["v4l2"] == "linuxpy" and camera["mjpeg"] == "simplejpeg", camera
     # The same artifact is accepted as --prebuilt for the other LiteRT board, refused for x86.
     other = freeze_runtime("coral-devboard", rt.path.parent / "devboard", prebuilt=rt.path)
     assert other.digest == rt.digest

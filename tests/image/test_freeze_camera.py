@@ -25,9 +25,12 @@ from image.freeze.runtime import FrozenRuntime, freeze_runtime
 
 @pytest.fixture(scope="module")
 def openvino_rt(tmp_path_factory: pytest.TempPathFactory) -> FrozenRuntime:
+    """The intel-openvino runtime from the kiln cache (test_freeze.py's and the QEMU profile's
+    entry: frozen once per run of the suite)."""
+    from tests.image.test_freeze import shared_freeze_cache
+
     out = tmp_path_factory.mktemp("openvino-camera")
-    cache = tmp_path_factory.mktemp("freeze-cache-camera")
-    return freeze_runtime("intel-openvino", out, cache_dir=cache)
+    return freeze_runtime("intel-openvino", out, cache_dir=shared_freeze_cache())
 
 
 def _events(sink: Path) -> list[dict[str, object]]:
@@ -173,5 +176,30 @@ def test_frozen_runtime_without_opencv_reads_a_video_file_and_an_mjpeg_stream(
         server.kill()
         server.wait(timeout=10)
     records = [e for e in _events(stream) if e.get("type") != "event"]
+    assert len(records) >= 3 and all(r.get("degraded") for r in records), (records, err)
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="no system python3 (gi)")
+def test_frozen_runtime_bundles_openh264_and_reads_an_rtsp_camera(
+    openvino_rt: FrozenRuntime, tmp_path: Path
+) -> None:
+    """RTSP/H.264 in the frozen runtime with the system's libopenh264 hidden (bundled copy)."""
+    from tests.inference.rtsp_server import RtspServer
+
+    bundled = list((openvino_rt.path / "_internal").rglob("libopenh264.so*"))
+    assert bundled, "libopenh264 not bundled"
+    cmd = [str(openvino_rt.executable)]
+    system = sorted(Path("/usr/lib/x86_64-linux-gnu").glob("libopenh264.so.2*"))
+    if system and shutil.which("unshare"):
+        cmd = ["unshare", "-m", "sh", "-c", WITHOUT_SYSTEM_LIBYUV, str(system[0]), *cmd]
+    info = subprocess.run([*cmd, "info", "--json"], capture_output=True, text=True, check=False)
+    assert json.loads(info.stdout)["camera"]["rtsp"] == "openh264", info.stderr
+    sink = tmp_path / "rtsp.jsonl"
+    with RtspServer() as server:
+        args = ["run", "--model", str(tmp_path / "no-model"), "--source", server.url()]
+        err = _run_until([*cmd, *args, "--sink", str(sink)], sink, 3)
+    records = [e for e in _events(sink) if e.get("type") != "event"]
     assert len(records) >= 3 and all(r.get("degraded") for r in records), (records, err)
     assert "Traceback" not in err

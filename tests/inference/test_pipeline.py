@@ -77,6 +77,39 @@ def test_video_file_every_frame_to_jsonl(tiny_package: Path, tmp_path: Path) -> 
     assert len(r["top"]) == 3
 
 
+class _DescribedCamera:
+    """A source that says what it negotiated, as ``V4L2Source.description`` does."""
+
+    live = False
+    uri = "v4l2:///dev/video7"
+    description = "v4l2:///dev/video7: /dev/video7 64x48 YUYV at 5 frames/s (linuxpy, numpy)"
+
+    def __init__(self, images: np.ndarray) -> None:
+        from appliance.inference.sources import ArraySource
+
+        self._frames = ArraySource(self.uri, images)
+
+    def read(self) -> Any:
+        return self._frames.read()
+
+    def close(self) -> None:
+        self._frames.close()
+
+
+def test_a_camera_that_describes_itself_is_named_before_its_results(
+    tiny_package: Path, tmp_path: Path
+) -> None:
+    """``source_opened`` carries the camera's description (format, rate, converter) once, after
+    the model loaded and before the first result; sources without one add no event."""
+    sink = tmp_path / "out.jsonl"
+    images = np.zeros((3, 48, 64, 3), np.uint8)
+    cfg = PipelineConfig(model=str(tiny_package), source="v4l2:///dev/video7", sink=str(sink))
+    Pipeline(cfg, source=_DescribedCamera(images)).run()  # type: ignore[arg-type]
+    lines = [x for x in _lines(sink) if x.get("kind") != "budget_exceeded"]
+    assert [x.get("kind", x["type"]) for x in lines] == ["loaded", "source_opened", *["result"] * 3]
+    assert lines[1]["reason"] == _DescribedCamera.description and lines[1]["alert"] is False
+
+
 def test_image_folder_skips_unreadable_files(tiny_package: Path, tmp_path: Path) -> None:
     import cv2
 

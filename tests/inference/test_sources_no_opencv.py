@@ -114,7 +114,7 @@ def test_streams_and_files_without_opencv_or_ffmpeg_say_what_is_missing(tmp_path
         os.environ.pop("EDGEKILN_FFMPEG", None)
         from appliance.inference.errors import SourceError
         from appliance.inference.sources import open_source
-        for uri in ("rtsp://127.0.0.1:1/stream", {str(video)!r}):
+        for uri in ("rtsp://127.0.0.1:1/stream", "udp://127.0.0.1:1", {str(video)!r}):
             try:
                 open_source(uri)
             except SourceError as exc:
@@ -122,8 +122,11 @@ def test_streams_and_files_without_opencv_or_ffmpeg_say_what_is_missing(tmp_path
         """,
     )
     lines = out.splitlines()
-    assert len(lines) == 2 and all("needs OpenCV or an ffmpeg program" in line for line in lines)
-    assert "rtsp://127.0.0.1:1/stream" in lines[0] and str(video) in lines[1]
+    assert len(lines) == 3 and all("needs OpenCV or an ffmpeg program" in x for x in lines[1:])
+    assert "udp://127.0.0.1:1" in lines[1] and str(video) in lines[2]
+    # RTSP needs neither: the Python reader tried, and says why it could not open
+    assert lines[0].startswith("SourceError: rtsp://127.0.0.1:1/stream: ")
+    assert "Connection refused" in lines[0] or "openh264" in lines[0], lines[0]
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")

@@ -28,6 +28,8 @@ from appliance.inference.sources import LatestFrameGrabber, frames
 from appliance.inference.sources.ffmpeg_pipe import FfmpegPipeSource, ffmpeg_command
 from appliance.inference.sources.frame import OPEN_TIMEOUT_MS
 from appliance.inference.sources.mjpeg_http import MjpegHttpSource, NotMjpegStream
+from appliance.inference.sources.opencv import CvCaptureSource
+from appliance.inference.sources.rtsp import RtspSource
 
 FFMPEG = shutil.which("ffmpeg")
 pytestmark = pytest.mark.skipif(FFMPEG is None, reason="ffmpeg not installed")
@@ -164,8 +166,13 @@ def test_a_server_that_sends_no_mjpeg_is_handed_on(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("opener", "scheme"),
-    [(MjpegHttpSource, "http"), (FfmpegPipeSource, "http"), (FfmpegPipeSource, "rtsp")],
-    ids=["mjpeg-http", "ffmpeg-http", "ffmpeg-rtsp"],
+    [
+        (MjpegHttpSource, "http"),
+        (FfmpegPipeSource, "http"),
+        (FfmpegPipeSource, "rtsp"),
+        (RtspSource, "rtsp"),
+    ],
+    ids=["mjpeg-http", "ffmpeg-http", "ffmpeg-rtsp", "python-rtsp"],
 )
 def test_a_dead_stream_is_a_source_error_not_a_hang(
     silent_port: int, opener: type, scheme: str
@@ -179,11 +186,11 @@ def test_a_dead_stream_is_a_source_error_not_a_hang(
     assert url in str(err.value) and ("stalled" in str(err.value) or "ffmpeg" in str(err.value))
 
 
-@pytest.mark.parametrize("scheme", ["http", "rtsp"])
+@pytest.mark.parametrize("scheme", ["http", "rtsp", "python-rtsp"])
 def test_an_unreachable_stream_is_a_source_error(scheme: str) -> None:
-    url = f"{scheme}://127.0.0.1:{free_port()}/cam"
-    opener: type = MjpegHttpSource if scheme == "http" else FfmpegPipeSource
-    args = () if scheme == "http" else (url, True)
+    url = f"{scheme.removeprefix('python-')}://127.0.0.1:{free_port()}/cam"
+    opener: type = {"http": MjpegHttpSource, "rtsp": FfmpegPipeSource}.get(scheme, RtspSource)
+    args = (url, True) if opener is FfmpegPipeSource else ()
     with pytest.raises(SourceError, match=r"(?i)refused") as err:
         opener(url, *args)
     assert url in str(err.value)
@@ -196,3 +203,23 @@ def test_rtsp_asks_for_tcp_and_a_socket_timeout() -> None:
     http = ffmpeg_command("ffmpeg", "http://cam/stream", live=True, realtime=False)
     assert "-rw_timeout" in http and "-timeout" not in http
     assert "-rw_timeout" not in ffmpeg_command("ffmpeg", "/v.mp4", live=False, realtime=True)
+
+
+@pytest.mark.parametrize("reader", ["mjpeg-http", "python-rtsp", "ffmpeg-rtsp", "opencv-rtsp"])
+def test_stream_errors_do_not_show_the_password(reader: str) -> None:
+    """A camera URL's ``user:password@`` stays out of SourceError messages (logs, events)."""
+    scheme = "http" if reader == "mjpeg-http" else "rtsp"
+    port = free_port()
+    url = f"{scheme}://admin:hunter2@127.0.0.1:{port}/cam"
+    with pytest.raises(SourceError) as err:
+        if reader == "mjpeg-http":
+            MjpegHttpSource(url)
+        elif reader == "python-rtsp":
+            RtspSource(url)
+        elif reader == "ffmpeg-rtsp":
+            FfmpegPipeSource(url, url, True)
+        else:
+            pytest.importorskip("cv2")
+            CvCaptureSource(url, url, "ffmpeg", live=True)
+    assert "hunter2" not in str(err.value), err.value
+    assert str(err.value).startswith(f"{scheme}://127.0.0.1:{port}/cam: "), err.value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import io
@@ -282,19 +283,56 @@ def test_delta_bundle_is_rebuilt_from_the_running_slot(device: Device, tmp_path:
     assert device.loader().read() == BootState("A", "B", 1)
 
 
-def test_delta_for_another_base_changes_nothing(device: Device, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def cpus(count: int) -> Iterator[None]:
+    """Run the calling thread (and the threads it starts) on ``count`` of its CPUs."""
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < count:
+        pytest.skip(f"needs {count} CPUs, this test may use {len(allowed)}")
+    os.sched_setaffinity(0, sorted(allowed)[:count])
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
+def test_delta_for_another_base_changes_nothing_on_one_core(device: Device, tmp_path: Path) -> None:
     from appliance.bundle.delta import DeltaBaseError
 
     bundle, _ = _delta_bundle(device, tmp_path)
     device.slots["A"].write_bytes(device.v2)  # the running slot is not the delta's base
     before = device.slots["B"].read_bytes()
-    with pytest.raises(DeltaBaseError, match="install the full bundle"):
+    with cpus(1), pytest.raises(DeltaBaseError, match="install the full bundle"):
         install_on(
             device,
             bundle,
         )
     assert device.loader().read() == BootState()
     assert device.slots["B"].read_bytes() == before
+
+
+def test_delta_for_another_base_is_never_tried_on_more_cores(
+    device: Device, tmp_path: Path
+) -> None:
+    """The base is checked while verified chunks are written (docs/decisions.md §34)."""
+    from appliance.bundle.delta import DeltaBaseError
+    from tools.powercut import CHUNK
+
+    bundle, new = _delta_bundle(device, tmp_path)
+    device.slots["A"].write_bytes(device.v2)  # the running slot is not the delta's base
+    before = device.slots["B"].read_bytes()
+    with cpus(2), pytest.raises(DeltaBaseError, match="install the full bundle"):
+        install_on(
+            device,
+            bundle,
+        )
+    # As a refused stream leaves it: marked bad, never tried, a verified prefix at most.
+    assert device.loader().read() == BootState(bad=frozenset({"B"}))
+    after = device.slots["B"].read_bytes()
+    k = 0
+    while k < len(new) and after[k : k + CHUNK] == new[k : k + CHUNK]:
+        k += CHUNK
+    assert after[k:] == before[k:]
 
 
 @pytest.fixture

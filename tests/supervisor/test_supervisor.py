@@ -208,6 +208,69 @@ def test_notifier_abstract_socket_and_watchdog_pid() -> None:
     assert not other.watchdog()  # no socket: a no-op
 
 
+def test_a_busy_start_beats_and_a_blocked_one_does_not() -> None:
+    """Before its first frame a worker that works (a model compiling: CPU used) beats; one that
+    is blocked (no CPU: a model file that never arrives) goes silent, and so does a busy
+    worker after its first frame. The CPU share asked for is tiny here, so a loaded test
+    host (this thread gets a few % of a core) still counts as busy."""
+    import multiprocessing
+
+    from appliance.supervisor.pipeline_worker import OutageBeat
+
+    def spin(cpu_s: float) -> None:
+        end, deadline = time.process_time() + cpu_s, time.monotonic() + 60
+        while time.process_time() < end and time.monotonic() < deadline:
+            pass
+
+    ctx_mp = multiprocessing.get_context("fork")
+    hb = ctx_mp.RawValue("d", 0.0)
+    reader, writer = ctx_mp.Pipe(duplex=False)
+    ctx = WorkerContext("primary", hb, writer, threading.Event())
+    beat = OutageBeat(ctx, every_s=0.2, busy_fraction=0.01)
+    try:
+        time.sleep(0.6)
+        assert hb.value == 0.0  # blocked before the first frame: silence
+        spin(0.5)
+        assert hb.value > 0.0  # busy before the first frame: not a hang
+        beat.frame()
+        first = hb.value
+        spin(0.5)
+        time.sleep(0.3)  # a tick after the spin
+        assert hb.value == first  # after the first frame only frames and events beat
+    finally:
+        ctx.stop.set()
+        reader.close()
+        writer.close()
+
+
+def test_a_worker_blocked_opening_its_model_is_still_killed(tmp_path: Path) -> None:
+    """The real pipeline worker whose model file is a named pipe nobody writes (its load blocks
+    in ``open()``, as the e2e lifecycle's hung-worker scenario): the start-up beat needs CPU
+    use, so the blocked worker goes silent and is killed after the heartbeat timeout."""
+    import json
+
+    from appliance.supervisor.pipeline_worker import pipeline_target
+    from tests.inference.fixtures import make_package
+
+    package = make_package(tmp_path / "pkg")
+    (package / "model.onnx").unlink()
+    os.mkfifo(package / "model.onnx")
+    config = tmp_path / "pipeline.json"
+    pipeline = {
+        "model": str(package),
+        "source": f"npz:{package}/reference.npz?loop=1&fps=5",
+        "sink": str(tmp_path / "results.jsonl"),
+        "backends": ["onnxruntime"],
+    }
+    config.write_text(json.dumps(pipeline))
+    policy = Policy(heartbeat_timeout_s=3.0, backoff_initial_s=0.2, tick_s=0.05)
+    sup = Supervisor(pipeline_target(config), policy, modes=("primary",))
+    supervise_until(sup, lambda: "worker_hung" in kinds(sup), limit_s=90.0)
+    hung = next(e for e in sup.events if e["kind"] == "worker_hung")
+    # killed for silence after its first beat, long before the start-up beat's 120 s could end
+    assert hung.get("during") != "startup" and float(hung["silent_s"]) >= 3.0, hung
+
+
 def test_camera_outage_beats_until_the_camera_is_back() -> None:
     """OutageBeat in a real worker context: beats between source_lost and source_reopened."""
     import multiprocessing

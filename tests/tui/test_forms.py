@@ -316,3 +316,15 @@ def test_update_shows_manifest_installs_and_offers_reboot(device: Device) -> Non
         "update.installed",
         "update.reboot",
     ]
+
+
+def test_source_problem_knows_the_test_pattern_camera(tmp_path: Path) -> None:
+    """The QEMU test profile's and the demo's camera is ``npz:``: the Camera screen accepted
+    every source but that one ("unknown scheme npz://")."""
+    from appliance.tui.screens.camera import source_problem
+
+    pattern = tmp_path / "pattern.npz"
+    pattern.write_bytes(b"")
+    assert source_problem(f"npz:{pattern}?loop=1&fps=15") is None
+    assert source_problem(f"npz:{tmp_path}/missing.npz") == f"{tmp_path}/missing.npz does not exist"
+    assert "unknown scheme ftp" in (source_problem("ftp://x/y") or "")

@@ -9,9 +9,11 @@ URIs understood by :func:`open_source`:
 * ``rtsp://``, ``rtsps://``, ``http://``, ``https://``, ``udp://``, ``tcp://``, ``rtmp://`` - a
   network stream, with open/read timeouts so a dead camera cannot hang us. Read with OpenCV
   ``CAP_FFMPEG`` where the runtime carries OpenCV (a recipe's ``opencv`` extra); without it,
-  an HTTP(S) MJPEG stream (``multipart/x-mixed-replace``) is read in Python and decoded with
-  simplejpeg (every runtime, ``mjpeg_http.py``), and anything else goes to an ``ffmpeg``
-  program in the image (``ffmpeg_pipe.py``; a SourceError saying so where there is none),
+  an ``rtsp://`` H.264 camera is read in Python and decoded by openh264 (every runtime,
+  ``rtsp.py``), an HTTP(S) MJPEG stream (``multipart/x-mixed-replace``) is read in Python and
+  decoded with simplejpeg (every runtime, ``mjpeg_http.py``), and anything else (RTSP with
+  another codec, ``rtsps://``, MPEG-TS, ...) goes to an ``ffmpeg`` program in the image
+  (``ffmpeg_pipe.py``; a SourceError saying so where there is none),
 * a video file path (or ``file://`` URI) - read frame by frame (OpenCV, else ``ffmpeg``);
   ``?realtime=1`` paces it at the file's frame rate and makes it behave like a live camera,
 * a directory - every ``*.jpg``/``*.jpeg``/``*.png``/``*.bmp`` in name order (JPEGs without
@@ -40,7 +42,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from appliance.inference.errors import SourceError
-from appliance.inference.sources.ffmpeg_pipe import FfmpegPipeSource
+from appliance.inference.sources.ffmpeg_pipe import FfmpegPipeSource, find_ffmpeg
 from appliance.inference.sources.files import ImageFolderSource
 from appliance.inference.sources.frame import (
     IMAGE_SUFFIXES,
@@ -52,6 +54,8 @@ from appliance.inference.sources.frame import (
 )
 from appliance.inference.sources.mjpeg_http import MjpegHttpSource, NotMjpegStream
 from appliance.inference.sources.opencv import CvCaptureSource
+from appliance.inference.sources.openh264 import DecoderMissing
+from appliance.inference.sources.rtsp import NotH264Stream, RtspSource
 from appliance.inference.sources.v4l2 import V4L2Source
 
 __all__ = [
@@ -66,6 +70,7 @@ __all__ = [
     "ImageFolderSource",
     "LatestFrameGrabber",
     "MjpegHttpSource",
+    "RtspSource",
     "Source",
     "V4L2Source",
     "capabilities",
@@ -155,9 +160,15 @@ def open_source(uri: str) -> Source:
 
 
 def _open_stream(uri: str, scheme: str) -> Source:
-    """OpenCV where the runtime has it; else MJPEG over HTTP in Python, else an ffmpeg program."""
+    """OpenCV if the runtime has it; else RTSP/H.264 or MJPEG over HTTP in Python, else ffmpeg."""
     if _importable("cv2"):
         return CvCaptureSource(uri, uri, "ffmpeg", live=True)
+    if scheme == "rtsp":
+        try:
+            return RtspSource(uri)
+        except (NotH264Stream, DecoderMissing):
+            if not find_ffmpeg():
+                raise  # its message says what the camera sends, or which library is missing
     if scheme in ("http", "https"):
         try:
             return MjpegHttpSource(uri)
@@ -168,15 +179,18 @@ def _open_stream(uri: str, scheme: str) -> Source:
 
 def capabilities() -> dict[str, str]:
     """What this runtime reads cameras with (``appliance info``; the freeze tests check it)."""
-    from appliance.inference.sources import libyuv
-    from appliance.inference.sources.ffmpeg_pipe import find_ffmpeg
+    from appliance.inference.sources import libyuv, openh264
 
     opencv = _importable("cv2")
+    ffmpeg = bool(find_ffmpeg())
     return {
         "v4l2": "linuxpy" if _importable("linuxpy") else ("opencv" if opencv else "none"),
         "yuyv": "libyuv" if libyuv.available() else "numpy",
         "mjpeg": "simplejpeg" if _importable("simplejpeg") else ("opencv" if opencv else "none"),
-        "streams": "opencv" if opencv else ("ffmpeg" if find_ffmpeg() else "mjpeg-http"),
+        "streams": "opencv" if opencv else ("ffmpeg" if ffmpeg else "mjpeg-http"),
+        "rtsp": "opencv"
+        if opencv
+        else ("openh264" if openh264.available() else ("ffmpeg" if ffmpeg else "none")),
     }
 
 

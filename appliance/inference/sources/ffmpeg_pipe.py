@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from appliance.inference.errors import SourceError
-from appliance.inference.sources.frame import OPEN_TIMEOUT_MS, READ_TIMEOUT_MS, Frame
+from appliance.inference.sources.frame import OPEN_TIMEOUT_MS, READ_TIMEOUT_MS, Frame, redact
 
 FFMPEG_ENV = "EDGEKILN_FFMPEG"
 _HEADER_MAX = 64  # "P6\n<width> <height>\n255\n"
@@ -76,6 +76,8 @@ class FfmpegPipeSource:
     """Frames decoded by an ``ffmpeg`` child process, read from its stdout with deadlines."""
 
     def __init__(self, uri: str, target: str, live: bool, realtime: bool = False) -> None:
+        uri = redact(uri)  # messages, events and logs never show a camera's password
+        self._target = target
         ffmpeg = find_ffmpeg()
         if ffmpeg is None:
             raise SourceError(
@@ -120,7 +122,7 @@ class FfmpegPipeSource:
             lines = self._log.read().decode(errors="replace").strip().splitlines()
         except (OSError, ValueError):
             return ""
-        return " / ".join(lines[-3:])
+        return " / ".join(lines[-3:]).replace(self._target, redact(self._target))
 
     def _fill(self, need: int, deadline: float, what: str) -> bool:
         """Read until ``need`` bytes are buffered; False at end of stream; SourceError on stall."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -22,6 +23,18 @@ class Frame:
     index: int
     captured: float  # time.monotonic() when the read returned
     capture_ms: float  # time the read itself took
+
+
+def redact(uri: str) -> str:
+    """The URI without ``user:password@``: what messages, events and logs may show."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 class Source(Protocol):

@@ -21,7 +21,7 @@ from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 from appliance.inference.errors import SourceError
-from appliance.inference.sources.frame import OPEN_TIMEOUT_MS, READ_TIMEOUT_MS, Frame
+from appliance.inference.sources.frame import OPEN_TIMEOUT_MS, READ_TIMEOUT_MS, Frame, redact
 from appliance.inference.sources.pixels import mjpeg_to_bgr
 
 MAX_PART = 32 << 20  # a JPEG part larger than this is not a camera frame
@@ -38,10 +38,10 @@ class MjpegHttpSource:
     live = True
 
     def __init__(self, uri: str) -> None:
-        self.uri = uri
+        self.uri = redact(uri)  # messages and logs never show the password
         parts = urlsplit(uri)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise SourceError(f"{uri}: not an http(s) URL with a host")
+            raise SourceError(f"{self.uri}: not an http(s) URL with a host")
         cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         self._conn = cls(parts.hostname, parts.port, timeout=OPEN_TIMEOUT_MS / 1000)
         headers = {"Accept": "multipart/x-mixed-replace, image/jpeg, */*"}
@@ -55,7 +55,7 @@ class MjpegHttpSource:
             self._resp = self._conn.getresponse()
             if self._resp.status != 200:
                 raise SourceError(
-                    f"{uri}: the server answered HTTP {self._resp.status} {self._resp.reason}"
+                    f"{self.uri}: the server answered HTTP {self._resp.status} {self._resp.reason}"
                     + (
                         " (check the user and password in the URL)"
                         if self._resp.status == 401
@@ -66,9 +66,9 @@ class MjpegHttpSource:
             boundary = _boundary(ctype)
             if boundary is None:
                 raise NotMjpegStream(
-                    f"{uri}: the server sends {ctype or 'no content type'}, not MJPEG"
+                    f"{self.uri}: the server sends {ctype or 'no content type'}, not MJPEG"
                 )
-            self._parts = MultipartReader(self._resp, boundary, uri)
+            self._parts = MultipartReader(self._resp, boundary, self.uri)
             if self._conn.sock is not None:
                 self._conn.sock.settimeout(READ_TIMEOUT_MS / 1000)
             self._first: Frame | None = self._next("first frame", OPEN_TIMEOUT_MS)
@@ -78,7 +78,7 @@ class MjpegHttpSource:
         except (OSError, http.client.HTTPException) as exc:
             self.close()
             raise SourceError(
-                f"{uri}: cannot open the stream: {_why(exc, OPEN_TIMEOUT_MS)}"
+                f"{self.uri}: cannot open the stream: {_why(exc, OPEN_TIMEOUT_MS)}"
             ) from None
 
     def _next(self, what: str, timeout_ms: int) -> Frame:

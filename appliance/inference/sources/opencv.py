@@ -15,6 +15,7 @@ from appliance.inference.sources.frame import (
     OPEN_TIMEOUT_MS,
     READ_TIMEOUT_MS,
     Frame,
+    redact,
 )
 
 
@@ -34,6 +35,7 @@ class CvCaptureSource:
     """A cv2.VideoCapture: V4L2 camera, network stream or video file."""
 
     def __init__(self, uri: str, target: str, api: str, live: bool, realtime: bool = False) -> None:
+        uri = redact(uri)  # messages, events and logs never show a camera's password
         cv2 = _cv2(uri, "a V4L2 camera" if api == "v4l2" else "a stream or video file")
         self.uri, self.live, self._realtime = uri, live or realtime, realtime
         params = [

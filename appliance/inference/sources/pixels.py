@@ -64,6 +64,28 @@ def yuyv_to_bgr_numpy(data: Buffer | np.ndarray, width: int, height: int) -> np.
     return out.reshape(height, width, 3)
 
 
+def i420_to_bgr_numpy(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Planar I420 (Y HxW, U and V at half size, rounded up) to HxWx3 BGR, BT.601 limited range.
+
+    What an H.264 picture is converted with where libyuv is missing (``openh264.py``).
+    """
+    height, width = y.shape
+    luma = y.astype(np.int32)
+    luma -= 16
+    luma *= _Y_GAIN
+    luma += 128
+    cu = u.astype(np.int32) - 128
+    cv = v.astype(np.int32) - 128
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    for channel, chroma in enumerate((cu * _BU, cu * _GU + cv * _GV, cv * _RV)):  # B, G, R
+        full = np.repeat(np.repeat(chroma, 2, axis=0), 2, axis=1)[:height, :width]
+        full += luma
+        full >>= 8
+        np.clip(full, 0, 255, out=full)
+        out[:, :, channel] = full
+    return out
+
+
 def grey_to_bgr(data: Buffer, width: int, height: int) -> np.ndarray:
     """8-bit grey to HxWx3 BGR (the pipeline always sees three channels)."""
     raw = np.frombuffer(data, dtype=np.uint8)

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from appliance.inference.errors import SourceError
+from appliance.inference.sources import libyuv
 from appliance.inference.sources.frame import READ_TIMEOUT_MS, Frame
 from appliance.inference.sources.pixels import to_bgr
 
@@ -70,6 +71,7 @@ class V4L2Source:
             self.fourcc, self.width, self.height = self._configure(lp, fmt, width, height)
             if fps:
                 self._dev.set_fps(lp.BufferType.VIDEO_CAPTURE, fps)
+            self.fps = self._granted_fps(lp)
             self._cap = lp.VideoCapture(self._dev, size=BUFFERS)
             self._cap.open()
         except SourceError:
@@ -84,6 +86,23 @@ class V4L2Source:
                 f"{uri}: linuxpy failed on {device}: {type(exc).__name__}: {exc}"
             ) from None
         self._index = 0
+
+    def _granted_fps(self, lp: Any) -> float | None:
+        """The frame rate the driver set (None: it does not say; not every driver has G_PARM)."""
+        try:
+            return float(self._dev.get_fps(lp.BufferType.VIDEO_CAPTURE))
+        except (OSError, lp.V4L2Error, ZeroDivisionError):
+            return None
+
+    @property
+    def description(self) -> str:
+        """What was negotiated and what reads it, for the ``source_opened`` event."""
+        converter = {"YUYV": "libyuv" if libyuv.available() else "numpy", "GREY": "numpy"}
+        rate = f" at {self.fps:g} frames/s" if self.fps else ""
+        return (
+            f"{self.uri}: {self.device} {self.width}x{self.height} {self.fourcc}{rate} "
+            f"(linuxpy, {converter.get(self.fourcc, 'simplejpeg')})"
+        )
 
     def _configure(
         self, lp: Any, fmt: str | None, width: int | None, height: int | None

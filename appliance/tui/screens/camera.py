@@ -33,8 +33,11 @@ def source_problem(uri: str) -> str | None:
     scheme = urlsplit(uri).scheme
     if scheme in (*STREAM_SCHEMES, "v4l2"):
         return None
-    path = Path(urlsplit(uri).path if scheme == "file" else uri.split("?", 1)[0])
-    if scheme and scheme != "file":
+    if scheme == "npz":  # a test-pattern camera (QEMU test profile, the demo)
+        path = Path(uri[4:].split("?", 1)[0])
+    else:
+        path = Path(urlsplit(uri).path if scheme == "file" else uri.split("?", 1)[0])
+    if scheme and scheme not in ("file", "npz"):
         return f"unknown scheme {scheme}:// (use v4l2, rtsp, http(s), udp, tcp or a file)"
     if not path.exists():
         return f"{path} does not exist"
