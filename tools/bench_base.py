@@ -40,7 +40,7 @@ from image.recipe.load import load_recipe  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 SCRIPT = re.compile(r"/var/lib/dpkg/info/([^ /]+?)\.(preinst|postinst|prerm|postrm) (\S+)")
-DEB = re.compile(r"/var/cache/apt/archives/([^_ /]+)_")
+DEB = re.compile(r"/(?:\d+-)?([a-z0-9][a-z0-9+.-]*)_[^ /]*\.deb")  # apt: NN-name_ver_arch.deb
 
 
 @dataclass
