@@ -10,7 +10,7 @@ APT_PACKAGES=(
   squashfs-tools dosfstools mtools e2fsprogs fdisk gdisk
   qemu-system-x86 qemu-utils ovmf grub-efi-amd64-bin grub-pc-bin grub-common grub-emu
   debootstrap mmdebstrap arch-test bmap-tools zstd xdelta3 cpio time
-  qemu-user-static busybox-static binfmt-support
+  qemu-user-static busybox-static binfmt-support openssl
   libubootenv-tool u-boot-tools u-boot-qemu qemu-system-arm
   mosquitto tmux ffmpeg
   libyuv0

@@ -20,6 +20,13 @@ from pathlib import Path
 
 from image import cache
 from image.build.binfmt import ensure_binfmt
+from image.build.foreign_base import (
+    HOST_TOOLS,
+    INITRD_MODULES,
+    MERGED_USR_HOOKS,
+    arch_env,
+    arch_options,
+)
 from image.build.fs import ToolError, run_tool
 from image.errors import BuildError
 from image.recipe import LoadedRecipe, canonical_json
@@ -41,36 +48,6 @@ FAULT_MARKER_TEXT = (
 SETUP_HOOK = (
     'mkdir -p "$1/etc/initramfs-tools/conf.d" && '
     'printf "COMPRESS=zstd\\n" > "$1/etc/initramfs-tools/conf.d/edgekiln.conf"'
-)
-# A foreign-arch base builds its initrd under qemu-user, where initramfs-tools' default
-# MODULES=most (every storage and file-system module, one emulated process per file) took
-# over 20 min for the arm64 kernel; the initrd needs only what finds and mounts the root slot.
-# virtio: QEMU -M virt; mmc/sdhci: eMMC and SD (i.MX 8M: esdhc); usb/uas/xhci/nvme: other roots.
-INITRD_MODULES = {
-    "arm64": (
-        "virtio_blk virtio_pci virtio_mmio ext4 crc32c_generic mmc_block sdhci_esdhc_imx "
-        "usb_storage uas xhci_pci xhci_plat_hcd nvme"
-    ),
-}
-# A foreign-arch base runs dpkg and every maintainer script under qemu-user, so each avoidable
-# program costs ~10x its native time. Two options that change no installed file's content:
-# merged-/usr set up by mmdebstrap's own hook (the /bin, /sbin, /lib symlinks and the
-# usr-is-merged package, as debootstrap does) instead of the usrmerge package, which pulls in
-# perl and its modules and converts the tree with an emulated perl; and no fsync per unpacked
-# file (a half-written base is never used: the cache takes a base only once it is complete).
-#
-# The initrd is made once, after every package is configured: the kernel package's hook would
-# make it, and the initramfs-tools trigger that other packages (udev, kmod, ...) activate would
-# make it again at the end (each ~6 min under qemu-user on a loaded 2-core host). Debian's kernel
-# hooks skip the initrd when the environment says INITRD=No; the trigger then finds no initrd
-# to update, and a customize hook makes it with the same tool and configuration.
-MERGED_USR_HOOKS = Path("/usr/share/mmdebstrap/hooks/merged-usr")
-FOREIGN_ENV = {"INITRD": "No"}
-INITRD_HOOK = 'chroot "$1" update-initramfs -c -k all'
-FOREIGN_OPTIONS = (
-    f"--hook-dir={MERGED_USR_HOOKS}",
-    "--dpkgopt=force-unsafe-io",
-    f"--customize-hook={INITRD_HOOK}",
 )
 # After installation: no package caches or lists in the image.
 CUSTOMIZE_HOOK = (
@@ -180,36 +157,12 @@ def base_key(loaded: LoadedRecipe) -> str:
             SETUP_HOOK,
             CUSTOMIZE_HOOK,
             *DPKG_EXCLUDES,
-            *_arch_options(r.target.arch),
-            *(f"env:{k}={v}" for k, v in sorted(_arch_env(r.target.arch).items())),
+            *arch_options(r.target.arch),
+            *(f"env:{k}={v}" for k, v in sorted(arch_env(r.target.arch).items())),
         ],
         "tarball": file_digest(loaded.resolve(r.rootfs.tarball)) if r.rootfs.tarball else None,
     }
     return hashlib.sha256(canonical_json(inputs)).hexdigest()[:32]
-
-
-def _arch_options(arch: str) -> list[str]:
-    """mmdebstrap options for a foreign-arch base: FOREIGN_OPTIONS and the initrd's modules.
-
-    The initrd gets the module list INITRD_MODULES (a setup hook); amd64 bases keep
-    mmdebstrap's defaults (and their cache keys).
-    """
-    modules = INITRD_MODULES.get(arch)
-    if modules is None:
-        return []
-    lines = "\\n".join(modules.split())
-    # modules.d, not /etc/initramfs-tools/modules: that is a conffile of initramfs-tools
-    hook = (
-        'mkdir -p "$1/usr/share/initramfs-tools/modules.d" && '
-        'printf "MODULES=list\\n" > "$1/etc/initramfs-tools/conf.d/edgekiln-modules.conf" && '
-        f'printf "{lines}\\n" > "$1/usr/share/initramfs-tools/modules.d/edgekiln"'
-    )
-    return [*FOREIGN_OPTIONS, f"--setup-hook={hook}"]
-
-
-def _arch_env(arch: str) -> dict[str, str]:
-    """Environment of mmdebstrap (and so of the maintainer scripts) for this arch's base."""
-    return dict(FOREIGN_ENV) if arch in INITRD_MODULES else {}
 
 
 def ensure_base(loaded: LoadedRecipe, cache_dir: Path) -> BaseRoot:
@@ -255,7 +208,7 @@ def bootstrap_command(loaded: LoadedRecipe, dest: Path) -> list[str]:
     ]  # fmt: skip
     argv += [f"--dpkgopt={opt}" for opt in DPKG_EXCLUDES]
     argv += [f"--setup-hook={SETUP_HOOK}", f"--customize-hook={CUSTOMIZE_HOOK}"]
-    argv += _arch_options(r.target.arch)
+    argv += arch_options(r.target.arch)
     argv += [r.rootfs.suite, str(dest), r.rootfs.mirror]
     return argv
 
@@ -269,10 +222,17 @@ def _bootstrap(loaded: LoadedRecipe, dest: Path) -> None:
             f"{MERGED_USR_HOOKS} not found: the {arch} base of {loaded.path} sets up merged-/usr "
             "with mmdebstrap's own hook; install mmdebstrap >= 1.0 (Debian 12 has 1.3.5)"
         )
+    missing = [tool for tool in HOST_TOOLS if shutil.which(tool) is None]
+    if arch in INITRD_MODULES and missing:
+        raise BaseRootError(
+            f"{', '.join(missing)} not found: the {arch} base of {loaded.path} runs "
+            "update-ca-certificates with the host's tools (image/build/foreign_base.py); "
+            "install them (apt-get install openssl findutils sed coreutils)"
+        )
     argv = bootstrap_command(loaded, dest)
     log.info("bootstrapping: %s", " ".join(argv))
     try:
-        run_tool(argv, env=_arch_env(arch))
+        run_tool(argv, env=arch_env(arch))
     except ToolError as exc:
         raise BaseRootError(
             f"mmdebstrap failed for rootfs.packages of {loaded.path}: {exc} "

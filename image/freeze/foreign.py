@@ -3,9 +3,10 @@
 Binary analysis and the bootloader must come from the target's own Python, so PyInstaller runs
 as an arm64 program. Steps (each cached by a content hash in ``cache_dir``):
 
-1. An arm64 Debian root: ``debootstrap --foreign --arch=arm64`` with Python 3.11 and its shared
-   libpython; every downloaded .deb is unpacked with ``dpkg-deb -x`` (no second stage: that would
-   need binfmt_misc, which build hosts often do not mount).
+1. An arm64 Debian root: ``debootstrap --foreign --arch=arm64`` with Python 3.11, its shared
+   libpython and libyuv (bundled into the runtime for YUYV frames); every downloaded .deb is
+   unpacked with ``dpkg-deb -x`` (no second stage: that would need binfmt_misc, which build
+   hosts often do not mount).
 2. The target's Python packages as aarch64 wheels, installed by the host's pip with
    ``--platform manylinux_2_XX_aarch64 --only-binary=:all:`` and pinned to the versions of this
    venv, plus PyInstaller itself (its aarch64 wheel carries the arm64 bootloader).
@@ -17,7 +18,8 @@ as an arm64 program. Steps (each cached by a content hash in ``cache_dir``):
 4. PyInstaller under ``qemu-aarch64-static -L ROOT`` called directly. Without binfmt_misc an
    emulated program cannot start other arm64 programs, so the children PyInstaller spawns are
    host shell wrappers: ``python`` (its isolated analysis subprocesses) re-enters the emulator,
-   ``ldd`` runs the arm64 dynamic loader's ``--list`` under the emulator, ``ldconfig`` is empty,
+   ``ldd`` runs the arm64 dynamic loader's ``--list`` under the emulator, ``ldconfig -p`` lists
+   the root's libraries (:func:`ld_cache_listing`: how PyInstaller finds libyuv's ctypes load),
    and ``objcopy``/``objdump``/``strip`` are the root's arm64 binutils, emulated.
 """
 
@@ -49,10 +51,14 @@ log = logging.getLogger(__name__)
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
-ROOT_PACKAGES = ("python3.11", "libpython3.11", "binutils", "libopenh264-7")  # openh264: RTSP
+# libyuv0 and libopenh264-7: the runtime converts YUYV camera frames with libyuv (NEON on arm64)
+# and decodes RTSP H.264 with openh264, both loaded through ctypes; PyInstaller finds the root's
+# copies by those loads (ld_cache_listing) and bundles them, as on x86-64.
+ROOT_PACKAGES = ("python3.11", "libpython3.11", "binutils", "libyuv0", "libopenh264-7")
 QEMU = {"aarch64": "qemu-aarch64-static"}
 DEBIAN_ARCH = {"aarch64": "arm64"}
 LOADER = {"aarch64": "lib/ld-linux-aarch64.so.1"}
+LD_CACHE_ARCH = {"aarch64": "AArch64"}  # the flag ldconfig -p prints for the arch
 PYTHON = "usr/bin/python3.11"
 # Bookworm has glibc 2.36: any manylinux wheel up to that works on the device.
 GLIBC_MAX = 36
@@ -164,6 +170,23 @@ def precompile(prefix: Path, *trees: Path) -> None:
     subprocess.run(cmd, env=env, capture_output=True, check=False)
 
 
+def ld_cache_listing(root: Path, arch: str) -> str:
+    """What ``ldconfig -p`` would print in *root*: its shared libraries by soname file name.
+
+    PyInstaller resolves a library that the code loads through ctypes by name (libyuv's
+    ``ctypes.CDLL("libyuv.so.0")``) only through ``LD_LIBRARY_PATH`` or this cache, so the
+    listing names the root's copies (paths as the emulated program sees them).
+    """
+    lines = []
+    for folder in (f"usr/lib/{arch}-linux-gnu", f"lib/{arch}-linux-gnu"):
+        base = root / folder
+        if not base.is_dir() or base.is_symlink():  # merged /usr: lib -> usr/lib
+            continue
+        for lib in sorted(base.glob("*.so*")):
+            lines.append(f"\t{lib.name} (libc6,{LD_CACHE_ARCH[arch]}) => /{folder}/{lib.name}")
+    return f"{len(lines)} libs found in cache `/etc/ld.so.cache'\n" + "\n".join(lines) + "\n"
+
+
 def _wrappers(bindir: Path, root: Path, arch: str) -> Path:
     """Host shell scripts the emulated PyInstaller spawns instead of arm64 programs."""
     bindir.mkdir(parents=True)
@@ -171,8 +194,9 @@ def _wrappers(bindir: Path, root: Path, arch: str) -> Path:
     scripts = {
         "python": f'exec {qemu} -L {root} {root / PYTHON} -S "$@"\n',
         "ldd": f'exec {qemu} -L {root} {root / LOADER[arch]} --list "$@"\n',
-        "ldconfig": 'echo "0 libs found in cache"\n',
+        "ldconfig": f"cat {bindir / 'ldconfig.txt'}\n",
     }
+    (bindir / "ldconfig.txt").write_text(ld_cache_listing(root, arch))
     # The host's binutils do not know arm64 ELF files (objcopy appends the archive to the
     # bootloader; objdump tells binaries from data): use the root's, emulated.
     for tool in ("objcopy", "objdump", "strip"):

@@ -81,3 +81,40 @@ def test_arm64_frozen_runtime_loads_litert_under_qemu(coral: tuple[FrozenRuntime
     assert status["litert"]["ok"] is True, status["litert"]
     assert status["litert"]["detail"].startswith("ai_edge_litert ")
     assert not any(b["ok"] for name, b in status.items() if name != "litert")
+
+
+# Runs a command with the root's libyuv replaced by an empty file (a private mount namespace):
+# only the copy bundled into the runtime can load then, as on a device whose root has no libyuv0.
+WITHOUT_ROOT_LIBYUV = (
+    'for f in "$1"/libyuv.so.0*; do mount --bind /dev/null "$f"; done; shift; exec "$@"'
+)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3000)
+def test_arm64_frozen_runtime_converts_yuyv_with_its_own_libyuv(
+    coral: tuple[FrozenRuntime, Path],
+) -> None:
+    """The arm64 runtime bundles the arm64 libyuv (from its freeze root) and loads that copy."""
+    rt, root = coral
+    bundled = sorted((rt.path / "_internal").rglob("libyuv.so*"))
+    assert bundled, "libyuv not bundled into the arm64 runtime"
+    elf = bundled[0].read_bytes()[:20]
+    assert elf[:4] == b"\x7fELF" and int.from_bytes(elf[18:20], "little") == 183  # EM_AARCH64
+    libdir = root / "usr" / "lib" / "aarch64-linux-gnu"
+    assert list(libdir.glob("libyuv.so.0*")), "the freeze root has no libyuv0"
+    cmd = ["qemu-aarch64-static", "-L", str(root), str(rt.executable), "info", "--json"]
+    hidden = ["unshare", "-m", "sh", "-c", WITHOUT_ROOT_LIBYUV, "sh", str(libdir), *cmd]
+    done = subprocess.run(
+        hidden,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+        env=frozen_env(rt.executable),
+    )
+    if done.returncode != 0 and "unshare" in done.stderr:
+        pytest.skip(f"no private mount namespace here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    camera = json.loads(done.stdout)["camera"]
+    assert camera["yuyv"] == "libyuv" and camera["v4l2"] == "linuxpy", camera
