@@ -47,8 +47,8 @@ def test_bad_lan_settings_name_the_field(tmp_path: Path, text: str, field: str) 
     assert info.value.field == field
 
 
-def _base(tmp_path: Path) -> Path:
-    root = tmp_path / "base"
+def fake_base(root: Path) -> Path:
+    """A Debian base tree with just what ``rootfs.assemble_root`` reads (a kernel, an initrd)."""
     for d in ("boot", "etc/systemd/system", "etc/systemd/network"):
         (root / d).mkdir(parents=True)
     (root / "boot" / "vmlinuz-6.1.0-9-amd64").write_bytes(b"kernel")
@@ -69,7 +69,7 @@ def test_api_unit_rendered_and_enabled_only_when_asked(tmp_path: Path, enabled: 
         lan_port=9443,
     )
     out = rootfs.assemble_root(
-        _base(tmp_path), tmp_path / "root", runtime=None, models={}, config=config
+        fake_base(tmp_path / "base"), tmp_path / "root", runtime=None, models={}, config=config
     )
     unit = (out / "etc/systemd/system/edgekiln-api.service").read_text()
     assert "api serve --interface enp0s2 --port 9443" in unit

@@ -26,6 +26,7 @@ from image.cli import cli as kiln
 from image.lan.client import DeviceClient
 from image.lan.errors import DeviceRefused
 from image.recipe import load_recipe
+from tests.lan.test_build_wiring import fake_base
 from tools.lan_rig import LanDevice, Release, wait_for
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -101,11 +102,7 @@ def test_product_recipes_and_default_overlay_carry_no_marker(tmp_path: Path) -> 
     for name in ("generic-x86-64.toml", "qemu-x86-64.toml", "intel-openvino.toml"):
         assert load_recipe(RECIPES / name, check_files=False).recipe.lan.fault_injection is False
     for enabled in (False, True):
-        base = tmp_path / f"base-{enabled}"
-        for d in ("boot", "etc/systemd/system", "etc/systemd/network"):
-            (base / d).mkdir(parents=True)
-        (base / "boot" / "vmlinuz-6.1.0-9-amd64").write_bytes(b"kernel")
-        (base / "boot" / "initrd.img-6.1.0-9-amd64").write_bytes(b"initrd")
+        base = fake_base(tmp_path / f"base-{enabled}")
         config = rootfs.OverlayConfig(
             watchdog_sec=30,
             runtime_watchdog_sec=30,
