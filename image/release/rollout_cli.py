@@ -116,9 +116,58 @@ _simple("abort", "Stop VERSION for good: nobody new takes it, nobody is downgrad
 
 @rollout.command()
 @REPO
-def status(repo_dir: Path) -> None:
-    """What the channel knows: releases, their rollout stage and %, expiries."""
+@click.option(
+    "--db", "db_url",
+    help="Fleet store (kiln fleet: a SQLite path or postgresql://...): judge each active "
+    "rollout's stage and pause it past --halt-rollback-rate (needs the targets key).",
+)  # fmt: skip
+@click.option(
+    "--halt-rollback-rate", type=click.FloatRange(0, 1), default=0.2, show_default=True,
+    help="With --db: pause a rollout whose stage rolls back more than this share.",
+)  # fmt: skip
+@click.option(
+    "--halt/--no-halt", default=True, show_default=True,
+    help="With --db: pause what is past the halt rate (--no-halt: only report it, exit 3).",
+)  # fmt: skip
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="Print only halts and errors (cron mails only when something happened).",
+)
+@KEYS
+@ONLINE
+@DAYS
+def status(
+    repo_dir: Path, db_url: str | None, halt_rollback_rate: float, halt: bool, quiet: bool,
+    keys: Path | None, online_keys: Path | None, expires_days: int,
+) -> None:  # fmt: skip
+    """What the channel knows; with --db, pause every rollout past the halt rate (cron)."""
     from image.release.rollout import status as lines
 
-    for line in lines(repo_dir):
-        click.echo(line)
+    if not quiet:
+        for line in lines(repo_dir):
+            click.echo(line)
+    if db_url is None:
+        return
+    from image.release.publish import default_keys_dir
+    from image.release.rollout import Expiries
+    from image.release.rollout_gate import GateLimits
+    from image.release.rollout_halt import check_and_halt
+
+    judgements, halts = check_and_halt(
+        repo_dir, db_url, GateLimits(halt_rate=halt_rollback_rate),
+        keys=keys or default_keys_dir(repo_dir), online_keys=online_keys,
+        expiries=Expiries(expires_days, expires_days, 1), halt=halt,
+    )  # fmt: skip
+    if not quiet:
+        for j in judgements:
+            if not j.halt:
+                click.echo(
+                    f"{j.version}: {j.rolled_back} of {len(j.devices)} devices of the "
+                    f"{j.stage_percent} % stage rolled back: within the halt limit "
+                    f"{halt_rollback_rate:.1%}"
+                )
+    for h in halts:
+        for line in h.lines():
+            click.echo(line)
