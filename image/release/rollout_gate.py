@@ -53,17 +53,22 @@ class Judgement:
         return [head, *(f"  - {r}" for r in self.reasons)]
 
 
-def _current(repo: Path, version: str) -> tuple[dict[str, Any], list[str]]:
-    """(the release's rollout, its hardware targets) from the channel's signed targets."""
+def release_targets(repo: Path, version: str) -> tuple[dict[str, Any] | None, list[str]]:
+    """(the release's rollout or None, its hardware targets) from the channel's signed targets."""
     channel = Channel(repo, repo, None)  # reading needs no key
     found = releases(channel.load("targets")).get(version)
     if not found:
         raise RolloutError(f"{repo} has no release {version} (kiln publish --status lists them)")
     rollout = found[0][1].custom.get("edgekiln", {}).get("rollout")
+    # target paths are <product>/<target>/<file>
+    return rollout, sorted({path.split("/")[1] for path, _ in found if path.count("/") >= 2})
+
+
+def current_rollout(repo: Path, version: str) -> tuple[dict[str, Any], list[str]]:
+    """(the release's rollout, its hardware targets); a release without one is an error."""
+    rollout, targets = release_targets(repo, version)
     if rollout is None:
         raise RolloutError(f"{version} has no rollout (it is for every device): start one first")
-    # target paths are <product>/<target>/<file>
-    targets = sorted({path.split("/")[1] for path, _ in found if path.count("/") >= 2})
     return rollout, targets
 
 
@@ -73,7 +78,7 @@ def judge(repo: Path, version: str, db_url: str, limits: GateLimits) -> Judgemen
     from image.fleet.gates import stage_gate
     from image.fleet.store import Store
 
-    rollout, targets = _current(repo, version)
+    rollout, targets = current_rollout(repo, version)
     pct = percent(rollout)
     sites = set(rollout.get("sites") or [])
     store = Store.open(db_url)
@@ -102,12 +107,15 @@ def judge(repo: Path, version: str, db_url: str, limits: GateLimits) -> Judgemen
     )  # fmt: skip
 
 
-def check_advance(judgement: Judgement, *, force: bool) -> None:
-    """Raise :class:`GateRefusedError` unless the gate passes or ``force``."""
-    if judgement.advance or force:
+def refuse_unless(passed: bool, lines: list[str], *, force: bool, what: str = "advance") -> None:
+    """Raise :class:`GateRefusedError` with ``lines`` unless ``passed`` or ``force``."""
+    if passed or force:
         return
     raise GateRefusedError(
-        "\n".join(
-            [*judgement.lines(), "refused to advance: fix the above, or pass --force to override"]
-        )
+        "\n".join([*lines, f"refused to {what}: fix the above, or pass --force to override"])
     )
+
+
+def check_advance(judgement: Judgement, *, force: bool) -> None:
+    """Raise :class:`GateRefusedError` unless the gate passes or ``force``."""
+    refuse_unless(judgement.advance, judgement.lines(), force=force)
