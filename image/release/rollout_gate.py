@@ -11,7 +11,7 @@ advances anyway (and says what it overrode).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ class Judgement:
     committed: int
     rolled_back: int
     reasons: list[str]
+    rolled_back_devices: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         """What ``kiln rollout advance`` prints about the gate."""
@@ -103,7 +104,7 @@ def judge(repo: Path, version: str, db_url: str, limits: GateLimits) -> Judgemen
         )
     return Judgement(
         version, pct, stage, verdict.advance and not verdict.halt, verdict.halt,
-        verdict.committed, verdict.rolled_back, reasons,
+        verdict.committed, verdict.rolled_back, reasons, verdict.rolled_back_devices,
     )  # fmt: skip
 
 

@@ -45,7 +45,7 @@ class Halt:
             f"{j.version}: {what}: rollback rate {self.rate:.1%} over the halt limit "
             f"{self.limit:.1%} ({j.rolled_back} of {len(j.devices)} devices of the "
             f"{j.stage_percent} % stage rolled back, {j.committed} committed)",
-            f"  devices in the stage: {', '.join(j.devices)}",
+            f"  rolled back: {', '.join(j.rolled_back_devices)}",
             *([f"  not paused: {self.error}"] if self.error else []),
         ]
 

@@ -172,8 +172,23 @@ class Sources:
     db_url: str | None = None
 
 
+class _Models:
+    """Each bundle's model packages, extracted once per run (sites often share a baseline)."""
+
+    def __init__(self, key: Path, stack: contextlib.ExitStack) -> None:
+        self.key, self.stack = key, stack
+        self.done: dict[Path, dict[str, Path]] = {}
+        self.work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kiln-site-")))
+
+    def __call__(self, bundle: Path) -> dict[str, Path]:
+        if bundle not in self.done:
+            out = self.work / str(len(self.done))
+            self.done[bundle] = extract_models(bundle, self.key, out, self.stack)
+        return self.done[bundle]
+
+
 def _pairs(
-    check: SiteCheck, src: Sources, work: Path, stack: contextlib.ExitStack
+    check: SiteCheck, src: Sources, stack: contextlib.ExitStack, memo: dict[str, _Models]
 ) -> list[tuple[str, Path, Path]]:
     if check.old is not None and check.new is not None:
         return [(f"{check.old.name} -> {check.new.name}", check.old, check.new)]
@@ -194,8 +209,9 @@ def _pairs(
         )
     target, new_bundle = full_bundle(src.repo, src.version)
     _, old_bundle = full_bundle(src.repo, old_version, target)
-    new = extract_models(new_bundle, src.release_key, work / f"new-{src.version}", stack)
-    old = extract_models(old_bundle, src.release_key, work / f"old-{old_version}", stack)
+    if "models" not in memo:
+        memo["models"] = _Models(src.release_key, stack)
+    new, old = memo["models"](new_bundle), memo["models"](old_bundle)
     both = sorted((role for role in new if role in old), key=lambda r: (r != "primary", r))
     if not both:
         raise SiteCheckError(
@@ -214,9 +230,9 @@ def run_checks(
     from image.model.compare import compare_packages
 
     results = []
+    memo: dict[str, _Models] = {}
     with contextlib.ExitStack() as stack:
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kiln-sitecheck-")))
-        for n, check in enumerate(checks):
+        for check in checks:
             result = SiteResult(check)
             results.append(result)
             if rollout_sites and check.site not in rollout_sites:
@@ -225,7 +241,7 @@ def run_checks(
                     "check skipped"
                 )
                 continue
-            for label, old, new in _pairs(check, src, work / str(n), stack):
+            for label, old, new in _pairs(check, src, stack, memo):
                 c = compare_packages(old, new, data=check.data, max_accuracy_drop=max_drop,
                                      timing_rounds=1)  # fmt: skip
                 drop = c.old.top1 - c.new.top1

@@ -124,7 +124,7 @@ def test_status_halts_past_the_rate_and_a_paused_rollout_admits_nobody_new(
         f"({len(rolled)} of {len(stage)} devices of the 60 % stage rolled back, 1 committed)"
         in (done.stdout)
     )
-    assert f"devices in the stage: {', '.join(stage)}" in done.stdout
+    assert f"  rolled back: {', '.join(sorted(rolled))}\n" in done.stdout
     rollout = _rollout(repo)
     assert rollout["state"] == "paused" and rollout["stage"] == 0
     assert "rollout paused at 0 %" in run_cli("kiln", "rollout", "status", str(repo)).stdout
