@@ -6,7 +6,8 @@ current stage's percentage: the same rule the device applies (:mod:`appliance.ot
 :func:`image.fleet.gates.stage_gate` then judges them since the stage started (the rollout's
 ``since``, written by ``start`` and ``advance``): every device committed, the rollback rate
 at most the limit, no drift, no peer anomaly. A refused advance names every reason; ``--force``
-advances anyway (and says what it overrode).
+advances anyway (and says what it overrode). ``kiln rollout status --db`` pauses on the same
+verdict's ``halt`` (:mod:`image.release.rollout_halt`).
 """
 
 from __future__ import annotations
@@ -115,8 +116,3 @@ def refuse_unless(passed: bool, lines: list[str], *, force: bool, what: str = "a
     raise GateRefusedError(
         "\n".join([*lines, f"refused to {what}: fix the above, or pass --force to override"])
     )
-
-
-def check_advance(judgement: Judgement, *, force: bool) -> None:
-    """Raise :class:`GateRefusedError` unless the gate passes or ``force``."""
-    refuse_unless(judgement.advance, judgement.lines(), force=force)
