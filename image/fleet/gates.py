@@ -31,6 +31,7 @@ class GateVerdict:
     rolled_back: int
     devices: int
     reasons: list[str] = field(default_factory=list)
+    rolled_back_devices: list[str] = field(default_factory=list)
 
 
 def stage_gate(
@@ -76,4 +77,5 @@ def stage_gate(
         rolled_back=rolled,
         devices=len(wanted),
         reasons=reasons,
+        rolled_back_devices=sorted(d for d, k in outcomes.items() if k in ROLLED_BACK),
     )
