@@ -94,6 +94,7 @@ def judge(repo: Path, version: str, db_url: str, limits: GateLimits) -> Judgemen
         verdict = stage_gate(
             store, stage, since=float(rollout.get("since", 0.0)),
             max_rollback_rate=limits.max_rate, halt_rollback_rate=limits.halt_rate,
+            version=version,
         )  # fmt: skip
     finally:
         store.close()
