@@ -18,6 +18,8 @@ from typing import Any
 
 from xdist.scheduler import LoadScopeScheduling
 
+from tests.e2e.conftest import arm64_skip_reason
+
 #: Seconds a unit takes in CI (a file's tests with setup and teardown, or a group's), for units
 #: over about a minute; the rest keep collection order after these. From CI's table of
 #: 2026-12-06 (two workers, cold kiln cache; e2e-kiln less the 900 s its failed wait cost):
@@ -29,8 +31,10 @@ WEIGHTS: dict[str, float] = {
     # with a cold arm64 base 569 s, the whole group with it cached 334 s; cold in CI add the
     # arm64 runtime's freeze (~130-250 s): ~900 s. Weighted just above the next unit so that it
     # starts first, beside e2e-kiln: each worker then makes one Debian base (arm64 here, x86
-    # there) and the hands-off file, after it, finds the x86 base and runtime cached.
-    "arm64": 1200,
+    # there) and the hands-off file, after it, finds the x86 base and runtime cached. With the
+    # lifecycle skipped (EDGEKILN_E2E_ARM64=0 or ARM64_BY_DEFAULT) the group is the arm64
+    # runtime's tests alone: its freeze, ~170 s cold.
+    "arm64": 1200 if arm64_skip_reason() is None else 170,
     "tests/e2e/test_hands_off_update.py": 1190,
     # not yet in a CI table: alone at load 15-18, 423 s with the intel-openvino runtime frozen
     # in it (it starts before test_freeze.py, which then finds that runtime in the kiln cache)
