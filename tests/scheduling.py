@@ -27,13 +27,13 @@ from tests.e2e.conftest import arm64_skip_reason
 #: printed at the end of a run.
 WEIGHTS: dict[str, float] = {
     "e2e-kiln": 1635,  # + 65-120 s: test_site_lan.py's hung-agent watchdog step
-    # not yet in a CI table. Measured alone at load 1-6 (tests/e2e/README.md): the lifecycle
-    # with a cold arm64 base 569 s, the whole group with it cached 334 s; cold in CI add the
-    # arm64 runtime's freeze (~130-250 s): ~900 s. Weighted just above the next unit so that it
-    # starts first, beside e2e-kiln: each worker then makes one Debian base (arm64 here, x86
-    # there) and the hands-off file, after it, finds the x86 base and runtime cached. With the
-    # lifecycle skipped (EDGEKILN_E2E_ARM64=0 or ARM64_BY_DEFAULT) the group is the arm64
-    # runtime's tests alone: its freeze, ~170 s cold.
+    # not yet in a CI table. Measured alone at load 2-4 with an empty kiln cache: 607 s (the
+    # lifecycle's v1 build 359 s of it: arm64 base 183 s, arm64 runtime 162 s; then the boots,
+    # the devboard build, the runtime's tests; tests/e2e/README.md). Weighted above the next
+    # unit so that it starts first, beside e2e-kiln: each worker then makes one Debian base
+    # (arm64 here, x86 there) and the hands-off file, after it, finds the x86 base and runtime
+    # cached. With the lifecycle skipped (EDGEKILN_E2E_ARM64=0 or ARM64_BY_DEFAULT) the group
+    # is the arm64 runtime's tests alone: its freeze, ~170 s cold.
     "arm64": 1200 if arm64_skip_reason() is None else 170,
     "tests/e2e/test_hands_off_update.py": 1190,
     # not yet in a CI table: alone at load 15-18, 423 s with the intel-openvino runtime frozen
