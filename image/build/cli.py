@@ -77,7 +77,7 @@ def build(
     skipped = _skip_set(skip)
     loaded = load_recipe(recipe)  # every check runs before any stage
     if plan:
-        print_plan(loaded, cache_dir)
+        print_plan(loaded, cache_dir, skipped)
         return
     from image.build.boot import self_check
     from image.build.l4t import L4TPipeline, check_recipe

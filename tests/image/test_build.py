@@ -278,6 +278,8 @@ def test_skip_leaves_out_the_zstd_copy_and_the_bundle_and_caches_apart(
                            capture_output=True, text=True, check=False)  # fmt: skip
     assert wrong.returncode == 2 and "only compress, bundle can be skipped" in wrong.stderr
     assert not (tmp_path / "no").exists()
+    plan = run(*argv, "--plan", "--skip", "bundle")
+    assert "8. compress  zstd" in plan and "10. bundle    skipped (--skip)" in plan, plan[-800:]
     run(*argv, "-o", str(tmp_path / "lean"), "--skip", "compress,bundle")
     report = json.loads((tmp_path / "lean" / "build-report.json").read_text())
     stages = {s["name"]: s for s in report["stages"]}
