@@ -21,6 +21,7 @@ Usage: ``python tools/bench_lan_push.py [--mib 128] [--runs 3] [--devices 20]``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import http.client
 import os
 import statistics
@@ -37,6 +38,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from image.lan.browse import browse
 from image.lan.client import DeviceClient
+from tools.lan_link import (
+    RATES,
+    AffinityLog,
+    cpu_list,
+    cpu_times,
+    pin_tree,
+    shape,
+    softnet_processed,
+    steer_rx,
+)
 from tools.lan_rig import LanDevice, Release, Veth, image
 
 PLAIN_SERVER = textwrap.dedent(
@@ -98,8 +109,11 @@ def plain_put(
     cipher: str = "",
     path: str = "/x",
     token: str = "",
+    sendfile: bool = False,
 ) -> float:
-    """Seconds to PUT ``bundle`` to the plain server (HTTPS when ``tls``; TLS 1.2 ``cipher``)."""
+    """Seconds to PUT ``bundle`` to the plain server (HTTPS when ``tls``; TLS 1.2 ``cipher``):
+    the body as ``http.client`` sends a file (1 MiB reads and ``sendall``, as curl or requests
+    would), or by ``sendfile`` (page cache to socket, no copy: what ``kiln push`` does)."""
     if tls:
         import ssl
 
@@ -118,8 +132,16 @@ def plain_put(
         headers = {"Content-Length": str(bundle.stat().st_size)}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        conn.blocksize = 1 << 20  # http.client sends a file body in 8 KiB writes by default
-        conn.request("PUT", path, body=handle, headers=headers)
+        if sendfile and not tls:
+            conn.putrequest("PUT", path)
+            for name, value in headers.items():
+                conn.putheader(name, value)
+            conn.endheaders()
+            assert conn.sock is not None
+            conn.sock.sendfile(handle)
+        else:
+            conn.blocksize = 1 << 20  # http.client sends a file body in 8 KiB writes by default
+            conn.request("PUT", path, body=handle, headers=headers)
     resp = conn.getresponse()
     resp.read()
     assert resp.status == 200, resp.status
@@ -128,27 +150,37 @@ def plain_put(
     return elapsed
 
 
-def timed_push(
-    client: DeviceClient, bundle: Path, pid: int, clear: bool = True
-) -> tuple[float, int]:
-    """Seconds of one upload+install, and the device's peak RSS (KiB) meanwhile."""
-    peak = [0]
-    stop = threading.Event()
+class Watch:
+    """Samples, while a transfer runs: the receiving process's peak RSS (every 10 ms) and the
+    CPUs every thread on both sides may use (every 50 ms), the same way for every variant."""
 
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss_kib(pid))
-            time.sleep(0.01)
+    def __init__(self, log: AffinityLog) -> None:
+        self.log = log
+        self.peaks: dict[str, list[int]] = {}
 
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    start = time.perf_counter()
-    try:
-        client.upload(bundle, clear=clear)
-    finally:
-        stop.set()
-        sampler.join()
-    return time.perf_counter() - start, peak[0]
+    def run(self, key: str, pid: int, transfer: Callable[[], float]) -> float:
+        """``transfer()``'s seconds; ``pid`` receives (the device side)."""
+        peak = [0]
+        stop = threading.Event()
+
+        def sample() -> None:
+            tick = 0
+            while not stop.is_set():
+                peak[0] = max(peak[0], rss_kib(pid))
+                if tick % 5 == 0:
+                    self.log.sample("device", pid)
+                    self.log.sample("laptop", os.getpid(), tree=False)
+                tick += 1
+                time.sleep(0.01)
+
+        sampler = threading.Thread(target=sample, name="bench-sampler")
+        sampler.start()
+        try:
+            return transfer()
+        finally:
+            stop.set()
+            sampler.join()
+            self.peaks.setdefault(key, []).append(peak[0])
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:
@@ -159,87 +191,116 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return q1, q2, q3
 
 
+@dataclasses.dataclass
+class Variant:
+    """One way of sending the bundle: its key, description, the transfer and the receiver."""
+
+    key: str
+    what: str
+    run: Callable[[], float]
+    pid: int
+
+
+@dataclasses.dataclass
+class Tally:
+    """Per variant: seconds, the receiver's CPU seconds, the sending thread's, per-CPU busy."""
+
+    secs: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    cpu: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    client: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    busy: dict[str, list[dict[int, float]]] = dataclasses.field(default_factory=dict)
+    packets: dict[int, int] = dataclasses.field(default_factory=dict)
+
+    def measure(self, watch: Watch, v: Variant) -> float:
+        before, mine = cpu_s(v.pid), time.thread_time()
+        cpus, nets = cpu_times(), softnet_processed()
+        seconds = watch.run(v.key, v.pid, v.run)
+        after, nets_after = cpu_times(), softnet_processed()
+        self.secs.setdefault(v.key, []).append(seconds)
+        self.cpu.setdefault(v.key, []).append(cpu_s(v.pid) - before)
+        self.client.setdefault(v.key, []).append(time.thread_time() - mine)
+        self.busy.setdefault(v.key, []).append({c: after[c][0] - cpus[c][0] for c in after})
+        for c, n in nets_after.items():
+            self.packets[c] = self.packets.get(c, 0) + n - nets.get(c, 0)
+        return seconds
+
+    def busy_median(self, key: str, cpu: int) -> float:
+        return statistics.median(b.get(cpu, 0.0) for b in self.busy[key])
+
+
 def abba_series(
-    args: argparse.Namespace,
-    bundle: Path,
-    veth: Veth,
-    dev: LanDevice,
-    put: Callable[[], float],
-    push: Callable[[], float],
-    put_pid: int,
-) -> None:
+    args: argparse.Namespace, bundle: Path, watch: Watch, put: Variant, push: Variant
+) -> Tally:
     """``--series`` series of ``--runs`` ABBA blocks (PUT, push, push, PUT / push, PUT, PUT,
     push alternately): a load that drifts linearly within a block cancels out of its ratio
     (sum of the two PUTs over sum of the two pushes)."""
-    assert dev.proc is not None
     mb = bundle.stat().st_size / 1e6
-    print(f"bundle {mb:.1f} MB, veth {veth.host_if}, {args.series} series x {args.runs} ABBA "
-          "blocks; ratio = plain PUT seconds / kiln push seconds (>= 0.8: goal)")  # fmt: skip
+    lap, dev = args.cpus
+    print(f"bundle {mb:.1f} MB, {args.series} series x {args.runs} ABBA blocks; "
+          "ratio = plain PUT seconds / kiln push seconds (>= 0.8: goal)")  # fmt: skip
     print(f"{'series':>6} {'load':>9} {'ratio q1':>8} {'median':>7} {'q3':>6} {'min':>6} "
-          f"{'PUT MB/s':>9} {'push MB/s':>9} {'receiver CPU s':>15} "
-          f"{'sender CPU s':>13}  (put/push)")  # fmt: skip
+          f"{'PUT MB/s':>9} {'push MB/s':>9} {'receiver CPU s':>15} {'sender CPU s':>13} "
+          f"{'CPU' + str(dev) + ' busy s':>13} {'CPU' + str(lap) + ' busy s':>13}"
+          "  (put/push)")  # fmt: skip
     everything: list[float] = []
+    whole = Tally()
     for series in range(args.series):
         load0 = os.getloadavg()[0]
         ratios: list[float] = []
-        secs: dict[str, list[float]] = {"put": [], "push": []}
-        cpu: dict[str, list[float]] = {"put": [], "push": []}
-        client: dict[str, list[float]] = {"put": [], "push": []}  # the sending thread's CPU
-        runs = {"put": put, "push": push}
+        tally = Tally()
         for block in range(args.runs):
-            order = ("push", "put", "put", "push") if block % 2 else ("put", "push", "push", "put")
-            got: dict[str, float] = {"put": 0.0, "push": 0.0}
-            for which in order:
-                pid = put_pid if which == "put" else dev.proc.pid
-                before, mine = cpu_s(pid), time.thread_time()
-                seconds = runs[which]()
-                cpu[which].append(cpu_s(pid) - before)
-                client[which].append(time.thread_time() - mine)
-                secs[which].append(seconds)
-                got[which] += seconds
+            order = (push, put, put, push) if block % 2 else (put, push, push, put)
+            got = {"put": 0.0, "push": 0.0}
+            for v in order:
+                got[v.key] += tally.measure(watch, v)
             ratios.append(got["put"] / got["push"])
-        put_s, push_s, cpu_put, cpu_push = secs["put"], secs["push"], cpu["put"], cpu["push"]
         everything += ratios
+        for field in ("secs", "cpu", "client", "busy"):
+            for key, values in getattr(tally, field).items():
+                getattr(whole, field).setdefault(key, []).extend(values)
+        for c, n in tally.packets.items():
+            whole.packets[c] = whole.packets.get(c, 0) + n
         q1, med, q3 = quartiles(ratios)
         load = f"{load0:.1f}-{os.getloadavg()[0]:.1f}"
+        sec, cpu, cl = tally.secs, tally.cpu, tally.client
+        m = statistics.median
         print(f"{series + 1:>6} {load:>9} {q1:8.2f} {med:7.2f} {q3:6.2f} {min(ratios):6.2f} "
-              f"{mb / statistics.median(put_s):9.0f} {mb / statistics.median(push_s):9.0f} "
-              f"{statistics.median(cpu_put):7.3f}/{statistics.median(cpu_push):.3f} "
-              f"{statistics.median(client['put']):7.3f}/"
-              f"{statistics.median(client['push']):.3f}")  # fmt: skip
+              f"{mb / m(sec['put']):9.0f} {mb / m(sec['push']):9.0f} "
+              f"{m(cpu['put']):7.3f}/{m(cpu['push']):.3f} "
+              f"{m(cl['put']):7.3f}/{m(cl['push']):.3f} "
+              f"{tally.busy_median('put', dev):6.3f}/{tally.busy_median('push', dev):.3f} "
+              f"{tally.busy_median('put', lap):6.3f}/"
+              f"{tally.busy_median('push', lap):.3f}")  # fmt: skip
     q1, med, q3 = quartiles(everything)
     met = sum(r >= 0.8 for r in everything)
     print(f"all {len(everything)} blocks: ratio median {med:.2f} (quartiles {q1:.2f}-{q3:.2f}), "
           f">= 0.8 in {met} of {len(everything)}")  # fmt: skip
+    return whole
 
 
 def interleaved(
-    args: argparse.Namespace,
-    bundle: Path,
-    veth: Veth,
-    variants: list[tuple[str, str, Callable[[], float], int]],
-) -> None:
+    args: argparse.Namespace, bundle: Path, watch: Watch, variants: list[Variant]
+) -> Tally:
     """Every run measures each variant once, in turn; the median of each and its ratio."""
-    times: dict[str, list[float]] = {key: [] for key, *_ in variants}
-    cpu: dict[str, list[float]] = {key: [] for key, *_ in variants}
+    tally = Tally()
     for _ in range(args.runs):
-        for key, _what, run, pid in variants:
-            before = cpu_s(pid)
-            times[key].append(run())
-            cpu[key].append(cpu_s(pid) - before)
+        for v in variants:
+            tally.measure(watch, v)
+    times, cpu = tally.secs, tally.cpu
     mb = bundle.stat().st_size / 1e6
     put_s = statistics.median(times["put"])
-    print(f"bundle {mb:.1f} MB, median of {args.runs} interleaved runs, veth {veth.host_if}")
+    print(f"bundle {mb:.1f} MB, median of {args.runs} interleaved runs")
     print(f"{'what':50} {'s':>7} {'MB/s':>8} {'ratio':>6} {'receiver CPU s':>15}")
-    for key, what, _run, _pid in variants:
-        sec, used = statistics.median(times[key]), statistics.median(cpu[key])
-        ratios = "/".join(f"{p / t:.2f}" for p, t in zip(times["put"], times[key], strict=True))
-        print(f"{what:50} {sec:7.3f} {mb / sec:8.1f} {put_s / sec:6.2f} {used:15.3f}"
+    for v in variants:
+        sec, used = statistics.median(times[v.key]), statistics.median(cpu[v.key])
+        ratios = "/".join(f"{p / t:.2f}" for p, t in zip(times["put"], times[v.key], strict=True))
+        print(f"{v.what:50} {sec:7.3f} {mb / sec:8.1f} {put_s / sec:6.2f} {used:15.3f}"
               f"  per run {ratios}")  # fmt: skip
     print(f"load average: {os.getloadavg()[0]:.1f} (1 min)")
+    return tally
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=128, help="slot image size")
     parser.add_argument("--runs", type=int, default=3)
@@ -250,7 +311,67 @@ def main() -> None:
         action="store_true",
         help="only kiln push against the plain PUT, ABBA-alternated, quartiles per series",
     )
+    parser.add_argument(
+        "--pin",
+        choices=("split", "shared"),
+        default="split",
+        help="split (default): the laptop side on one CPU, the device side on another, as two "
+        "machines; shared: every process may run on every CPU (the old figures)",
+    )
+    parser.add_argument(
+        "--cpus",
+        default="",
+        help="LAPTOP,DEVICE CPUs for --pin split (default: the first two this process may use)",
+    )
+    parser.add_argument(
+        "--put-sendfile",
+        action="store_true",
+        help="the plain PUT's client sends the file by sendfile, as kiln push does (default: "
+        "http.client's 1 MiB reads and sendall, as curl or requests send a file)",
+    )
+    parser.add_argument(
+        "--rate",
+        choices=("", *RATES),
+        default="",
+        help="shape the veth like a site LAN (token bucket, both directions); default: unshaped",
+    )
     args = parser.parse_args()
+    usable = sorted(os.sched_getaffinity(0))
+    args.cpus = [int(c) for c in args.cpus.split(",")] if args.cpus else usable[:2]
+    if len(args.cpus) != 2 or args.cpus[0] == args.cpus[1]:
+        parser.error("--pin split needs two CPUs: --cpus LAPTOP,DEVICE")
+    return args
+
+
+def setup_link(args: argparse.Namespace, veth: Veth, device_pids: list[int]) -> dict[str, str]:
+    """Pin both sides and steer each veth end's receive work (split); shape (``--rate``).
+    Returns the CPUs expected per side, for :meth:`AffinityLog.check`."""
+    lap, dev = args.cpus
+    expected: dict[str, str] = {}
+    if args.pin == "split":
+        for pid in device_pids:
+            pin_tree(pid, {dev})
+        pin_tree(os.getpid(), {lap}, tree=False)  # its children: the device
+        expected = {"laptop": cpu_list({lap}), "device": cpu_list({dev})}
+        steered = steer_rx([(None, veth.host_if, lap), (veth.ns, veth.dev_if, dev)])
+        print(f"pinned: laptop side (this process: kiln push and PUT clients) CPU {lap}, "
+              f"device side (appliance api serve, plain PUT servers) CPU {dev}; "
+              f"receive steering (RPS): {', '.join(steered)}")  # fmt: skip
+    else:
+        print(f"shared: both sides may run on CPUs {cpu_list(os.sched_getaffinity(0))}")
+    if args.rate:
+        for line in shape([(None, veth.host_if), (veth.ns, veth.dev_if)], RATES[args.rate]):
+            print(f"link: {line}")
+    else:
+        print("link: veth, unshaped")
+    print("plain PUT client: " + ("sendfile" if args.put_sendfile else "http.client, 1 MiB writes"))
+    return expected
+
+
+def main() -> None:
+    args = parse_args()
+    if args.pin == "split":  # before any thread or child: all inherit it (devices re-pinned)
+        os.sched_setaffinity(0, {args.cpus[0]})
     veth = Veth.make()
     devices: list[LanDevice] = []
     servers: list[subprocess.Popen[bytes]] = []
@@ -280,46 +401,54 @@ def main() -> None:
             env = dev.env()
             addr = veth.dev_addr
             plain = spawn(PLAIN_SERVER, addr, "18080", str(root / "plain.out"))
-            tls = spawn(PLAIN_SERVER, addr, "18081", str(root / "tls.out"), cert, key)
-            into = spawn(
-                PLAIN_SERVER, addr, "18082", str(root / "into.out"), cert, key, "recv_into"
-            )
+            if not args.abba:
+                tls = spawn(PLAIN_SERVER, addr, "18081", str(root / "tls.out"), cert, key)
+                into = spawn(
+                    PLAIN_SERVER, addr, "18082", str(root / "into.out"), cert, key, "recv_into"
+                )
             for proc in servers:
                 assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
-            peaks: list[int] = []
+            expected = setup_link(args, veth, [dev.proc.pid, *(s.pid for s in servers)])
             idle = rss_kib(dev.proc.pid)
+            log = AffinityLog()
+            watch = Watch(log)
 
             def push_once(clear: bool) -> float:
-                assert dev.proc is not None
                 dev.loader_file.unlink(missing_ok=True)  # A committed again: installable
-                seconds, peak = timed_push(client, bundle, dev.proc.pid, clear)
-                peaks.append(peak)
-                return seconds
+                start = time.perf_counter()
+                client.upload(bundle, clear=clear)
+                return time.perf_counter() - start
 
+            put = Variant("put", "plain HTTP PUT -> file + fsync (baseline)",
+                          lambda: plain_put(veth, 18080, bundle, sendfile=args.put_sendfile),
+                          plain.pid)  # fmt: skip
+            push = Variant("push", "kiln push: ticket over TLS, bundle in the clear",
+                           lambda: push_once(True), dev.proc.pid)  # fmt: skip
             if args.abba:
-                abba_series(args, bundle, veth, dev, lambda: plain_put(veth, 18080, bundle),
-                            lambda: push_once(True), plain.pid)  # fmt: skip
+                tally = abba_series(args, bundle, watch, put, push)
             else:
-                variants: list[tuple[str, str, Callable[[], float], int]] = [
-                    ("put", "plain HTTP PUT -> file + fsync (baseline)",
-                     lambda: plain_put(veth, 18080, bundle), plain.pid),
-                    ("tls", "HTTPS PUT (TLS 1.3 default) -> file + fsync",
-                     lambda: plain_put(veth, 18081, bundle, tls=True), tls.pid),
-                    ("tls12", "HTTPS PUT, TLS 1.2 AES-128-GCM",
-                     lambda: plain_put(veth, 18081, bundle, tls=True,
-                                       cipher="ECDHE-ECDSA-AES128-GCM-SHA256"), tls.pid),
-                    ("into", "HTTPS PUT, recv_into one 1 MiB buffer",
-                     lambda: plain_put(veth, 18082, bundle, tls=True), into.pid),
-                    ("push_tls", "kiln push --tls: TLS, verify, write, read back",
-                     lambda: push_once(False), dev.proc.pid),
-                    ("push", "kiln push: ticket over TLS, bundle in the clear",
-                     lambda: push_once(True), dev.proc.pid),
-                ]  # fmt: skip
-                interleaved(args, bundle, veth, variants)
+                tally = interleaved(args, bundle, watch, [
+                    put,
+                    Variant("tls", "HTTPS PUT (TLS 1.3 default) -> file + fsync",
+                            lambda: plain_put(veth, 18081, bundle, tls=True), tls.pid),
+                    Variant("tls12", "HTTPS PUT, TLS 1.2 AES-128-GCM",
+                            lambda: plain_put(veth, 18081, bundle, tls=True,
+                                              cipher="ECDHE-ECDSA-AES128-GCM-SHA256"), tls.pid),
+                    Variant("into", "HTTPS PUT, recv_into one 1 MiB buffer",
+                            lambda: plain_put(veth, 18082, bundle, tls=True), into.pid),
+                    Variant("push_tls", "kiln push --tls: TLS, verify, write, read back",
+                            lambda: push_once(False), dev.proc.pid),
+                    push,
+                ])  # fmt: skip
+            packets = ", ".join(f"CPU {c} {n}" for c, n in sorted(tally.packets.items()) if n)
+            print(f"packets received (softirq, whole machine) during the transfers: {packets}")
+            log.check(expected)
+            peaks = [p for k, ps in watch.peaks.items() if k.startswith("push") for p in ps]
             top = max(peaks)
+            put_top = max(watch.peaks["put"])
             print(
                 f"device RSS: idle {idle / 1024:.1f} MiB, peak during push {top / 1024:.1f} MiB "
-                f"(+{(top - idle) / 1024:.1f} MiB)"
+                f"(+{(top - idle) / 1024:.1f} MiB); plain PUT server peak {put_top / 1024:.1f} MiB"
             )
             dev.stop()
             if not args.devices:
