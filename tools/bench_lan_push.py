@@ -5,30 +5,33 @@
    written, read back and tried, as a real install; both ways: the default (a one-time ticket
    over pinned TLS, the body in the clear, docs/decisions.md §33) and ``--tls`` (all in TLS);
 2. against, in the same run and over the same veth, a plain HTTP PUT of the same file to a
-   stdlib ``http.server`` that writes the body to a file and fsyncs it (no TLS, no verify), and
-   the tuning options for TLS measured on an HTTPS PUT to the same kind of server: TLS 1.3's
-   default suite (AES-256-GCM), TLS 1.2 with AES-128-GCM (Python 3.11 cannot pick TLS 1.3
-   suites), and ``recv_into`` one reusable 1 MiB buffer instead of ``rfile.read``; every run
-   measures every variant once, in turn (interleaved), and the ratios are per run;
-3. the device process's RSS sampled every 10 ms during the pushes (peak minus idle), and the CPU
-   seconds the receiving process spent: on a loaded machine the wall-clock ratio follows the
-   CPU each side needs;
-4. the time a browse takes to resolve N devices advertising ``_edgekiln._tcp`` (processes).
+   stdlib ``http.server`` that writes the body to a file and fsyncs it (no TLS, no verify;
+   :mod:`tools.lan_plain`), and, without ``--abba``, the tuning options for TLS measured on an
+   HTTPS PUT to the same kind of server; ``--abba``: push and PUT ABBA-alternated in series;
+3. laptop and device as two machines (docs/decisions.md §35, :mod:`tools.lan_link`): by
+   default (``--pin split``) this process (the ``kiln push`` and PUT clients) runs on one CPU
+   and the device side (``appliance api serve``, the PUT servers, every thread) on another,
+   each veth end's receive work steered to its side's CPU, and every thread's allowed CPUs
+   checked while the transfers run; ``--pin shared`` lets everything share every CPU (the
+   figures before §35); ``--rate 1gbit|100mbit`` shapes the link like a site LAN;
+4. the device process's RSS sampled every 10 ms during the transfers and its private memory,
+   against the RSS of the device's agent running the reference model (:mod:`tools.lan_memory`);
+   the CPU seconds the receiving process spent and each CPU's busy time;
+5. the time a browse takes to resolve N devices advertising ``_edgekiln._tcp`` (processes).
 
-Usage: ``python tools/bench_lan_push.py [--mib 128] [--runs 3] [--devices 20]``.
+Usage: ``python tools/bench_lan_push.py --abba --mib 64 --runs 6 --series 4 --devices 0
+[--rate 1gbit] [--pin shared] [--put-sendfile]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import http.client
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -48,44 +51,9 @@ from tools.lan_link import (
     softnet_processed,
     steer_rx,
 )
+from tools.lan_memory import agent_rss, rss_kib, uss_kib
+from tools.lan_plain import PLAIN_SERVER, plain_put
 from tools.lan_rig import LanDevice, Release, Veth, image
-
-PLAIN_SERVER = textwrap.dedent(
-    """
-    import os, sys
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    out = sys.argv[3]
-    into = len(sys.argv) > 6 and sys.argv[6] == "recv_into"
-    class H(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        def do_PUT(self):
-            left = int(self.headers["Content-Length"])
-            with open(out, "wb") as f:
-                if into:  # one reusable 1 MiB buffer, recv_into on the socket itself
-                    view = memoryview(bytearray(1 << 20))
-                    pending = self.rfile.peek(0)[: left] if hasattr(self.rfile, "peek") else b""
-                    self.rfile.read(len(pending)); f.write(pending); left -= len(pending)
-                    while left:
-                        n = self.connection.recv_into(view, min(left, len(view)))
-                        if not n: break
-                        f.write(view[:n]); left -= n
-                while left:
-                    data = self.rfile.read(min(left, 1 << 20))
-                    f.write(data)
-                    left -= len(data)
-                f.flush(); os.fsync(f.fileno())
-            self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
-        def log_message(self, *a): pass
-    server = ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), H)
-    if len(sys.argv) > 4 and sys.argv[4]:
-        import ssl
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(sys.argv[4], sys.argv[5])
-        server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    print("ready", flush=True)
-    server.serve_forever()
-    """
-)
 
 
 def cpu_s(pid: int) -> float:
@@ -94,73 +62,19 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def plain_put(
-    veth: Veth,
-    port: int,
-    bundle: Path,
-    tls: bool = False,
-    cipher: str = "",
-    path: str = "/x",
-    token: str = "",
-    sendfile: bool = False,
-) -> float:
-    """Seconds to PUT ``bundle`` to the plain server (HTTPS when ``tls``; TLS 1.2 ``cipher``):
-    the body as ``http.client`` sends a file (1 MiB reads and ``sendall``, as curl or requests
-    would), or by ``sendfile`` (page cache to socket, no copy: what ``kiln push`` does)."""
-    if tls:
-        import ssl
-
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-        if cipher:  # Python 3.11 cannot choose TLS 1.3 suites: pin TLS 1.2 to pick the cipher
-            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-            ctx.set_ciphers(cipher)
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-            veth.dev_addr, port, timeout=120, context=ctx
-        )
-    else:
-        conn = http.client.HTTPConnection(veth.dev_addr, port, timeout=120)
-    start = time.perf_counter()
-    with bundle.open("rb") as handle:
-        headers = {"Content-Length": str(bundle.stat().st_size)}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        if sendfile and not tls:
-            conn.putrequest("PUT", path)
-            for name, value in headers.items():
-                conn.putheader(name, value)
-            conn.endheaders()
-            assert conn.sock is not None
-            conn.sock.sendfile(handle)
-        else:
-            conn.blocksize = 1 << 20  # http.client sends a file body in 8 KiB writes by default
-            conn.request("PUT", path, body=handle, headers=headers)
-    resp = conn.getresponse()
-    resp.read()
-    assert resp.status == 200, resp.status
-    elapsed = time.perf_counter() - start
-    conn.close()
-    return elapsed
-
-
 class Watch:
-    """Samples, while a transfer runs: the receiving process's peak RSS (every 10 ms) and the
-    CPUs every thread on both sides may use (every 50 ms), the same way for every variant."""
+    """Samples, while a transfer runs: the receiving process's peak RSS (every 10 ms), its peak
+    private memory and the CPUs every thread on both sides may use (every 50 ms), the same way
+    for every variant."""
 
     def __init__(self, log: AffinityLog) -> None:
         self.log = log
         self.peaks: dict[str, list[int]] = {}
+        self.uss: dict[str, list[int]] = {}
 
     def run(self, key: str, pid: int, transfer: Callable[[], float]) -> float:
         """``transfer()``'s seconds; ``pid`` receives (the device side)."""
-        peak = [0]
+        peak, private = [0], [0]
         stop = threading.Event()
 
         def sample() -> None:
@@ -168,6 +82,7 @@ class Watch:
             while not stop.is_set():
                 peak[0] = max(peak[0], rss_kib(pid))
                 if tick % 5 == 0:
+                    private[0] = max(private[0], uss_kib(pid))
                     self.log.sample("device", pid)
                     self.log.sample("laptop", os.getpid(), tree=False)
                 tick += 1
@@ -181,6 +96,7 @@ class Watch:
             stop.set()
             sampler.join()
             self.peaks.setdefault(key, []).append(peak[0])
+            self.uss.setdefault(key, []).append(private[0])
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:
@@ -300,6 +216,24 @@ def interleaved(
     return tally
 
 
+def report_memory(watch: Watch, idle: int, idle_uss: int, agent: dict[str, int] | None) -> None:
+    """The device process's RSS and private memory, idle and peak during the pushes; the
+    agent's RSS beside it."""
+    push = [k for k in watch.peaks if k.startswith("push")]
+    top = max(p for k in push for p in watch.peaks[k])
+    uss = max(p for k in push for p in watch.uss[k])
+    print(f"device RSS (appliance api serve): idle {idle / 1024:.1f} MiB, peak during push "
+          f"{top / 1024:.1f} MiB (+{(top - idle) / 1024:.1f} MiB); private (USS) idle "
+          f"{idle_uss / 1024:.1f}, peak {uss / 1024:.1f} MiB; plain PUT server peak "
+          f"{max(watch.peaks['put']) / 1024:.1f} MiB")  # fmt: skip
+    if agent is not None:
+        mib = {k: v / 1024 for k, v in agent.items()}
+        print(f"agent (reference model, 5 frames/s): agent {mib['agent']:.1f} MiB + pipeline "
+              f"worker {mib['worker']:.1f} MiB = {mib['both']:.1f} MiB; the push's process at "
+              f"its peak: {top / 1024 - mib['agent']:+.1f} MiB against the agent process, "
+              f"{top / 1024 - mib['both']:+.1f} MiB against agent + worker")  # fmt: skip
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=128, help="slot image size")
@@ -328,6 +262,11 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="the plain PUT's client sends the file by sendfile, as kiln push does (default: "
         "http.client's 1 MiB reads and sendall, as curl or requests send a file)",
+    )
+    parser.add_argument(
+        "--no-agent",
+        action="store_true",
+        help="skip running the device's agent (reference model) for its RSS",
     )
     parser.add_argument(
         "--rate",
@@ -366,6 +305,28 @@ def setup_link(args: argparse.Namespace, veth: Veth, device_pids: list[int]) -> 
         print("link: veth, unshaped")
     print("plain PUT client: " + ("sendfile" if args.put_sendfile else "http.client, 1 MiB writes"))
     return expected
+
+
+def discovery(
+    args: argparse.Namespace, root: Path, release: Release, veth: Veth, devices: list[LanDevice]
+) -> None:
+    """The time a browse takes to resolve ``--devices`` advertising device processes."""
+    for i in range(args.devices):
+        d = LanDevice(root / f"d{i}", i + 1, release)
+        devices.append(d)
+        d.start(veth, 20443 + i, mdns=True, wait=False)
+    for d in devices[1:]:
+        d.wait_ready()
+    time.sleep(2)
+    browses: list[float] = []
+    for _ in range(args.runs):
+        start = time.perf_counter()
+        seen = browse(30, [veth.host_addr], expect=args.devices)
+        browses.append(time.perf_counter() - start)
+        assert len(seen) == args.devices, len(seen)
+    mid = statistics.median(browses)
+    print(f"discovery of {args.devices} devices: median {mid:.2f} s, "
+          f"max {max(browses):.2f} s over {args.runs} browses")  # fmt: skip
 
 
 def main() -> None:
@@ -409,7 +370,7 @@ def main() -> None:
             for proc in servers:
                 assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
             expected = setup_link(args, veth, [dev.proc.pid, *(s.pid for s in servers)])
-            idle = rss_kib(dev.proc.pid)
+            idle, idle_uss = rss_kib(dev.proc.pid), uss_kib(dev.proc.pid)
             log = AffinityLog()
             watch = Watch(log)
 
@@ -443,32 +404,14 @@ def main() -> None:
             packets = ", ".join(f"CPU {c} {n}" for c, n in sorted(tally.packets.items()) if n)
             print(f"packets received (softirq, whole machine) during the transfers: {packets}")
             log.check(expected)
-            peaks = [p for k, ps in watch.peaks.items() if k.startswith("push") for p in ps]
-            top = max(peaks)
-            put_top = max(watch.peaks["put"])
-            print(
-                f"device RSS: idle {idle / 1024:.1f} MiB, peak during push {top / 1024:.1f} MiB "
-                f"(+{(top - idle) / 1024:.1f} MiB); plain PUT server peak {put_top / 1024:.1f} MiB"
-            )
+            agent = None
+            if not args.no_agent:
+                cpu = args.cpus[1] if args.pin == "split" else None
+                agent = agent_rss(veth, root / "agent", env, cpu)
+            report_memory(watch, idle, idle_uss, agent)
             dev.stop()
-            if not args.devices:
-                return
-            for i in range(args.devices):
-                d = LanDevice(root / f"d{i}", i + 1, release)
-                devices.append(d)
-                d.start(veth, 20443 + i, mdns=True, wait=False)
-            for d in devices[1:]:
-                d.wait_ready()
-            time.sleep(2)
-            browses: list[float] = []
-            for _ in range(args.runs):
-                start = time.perf_counter()
-                seen = browse(30, [veth.host_addr], expect=args.devices)
-                browses.append(time.perf_counter() - start)
-                assert len(seen) == args.devices, len(seen)
-            mid = statistics.median(browses)
-            print(f"discovery of {args.devices} devices: median {mid:.2f} s, "
-                  f"max {max(browses):.2f} s over {args.runs} browses")  # fmt: skip
+            if args.devices:
+                discovery(args, root, release, veth, devices)
     finally:
         for proc in servers:
             proc.kill()
