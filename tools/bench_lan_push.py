@@ -36,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -57,9 +58,14 @@ from tools.lan_rig import LanDevice, Release, Veth, image
 
 
 def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far."""
+    """User + system CPU seconds of process ``pid`` so far (all its threads, ended ones too)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def faults(pid: int) -> int:
+    """Page faults (minor) of process ``pid`` so far."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
 
 
 class Watch:
@@ -123,17 +129,19 @@ class Tally:
 
     secs: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     cpu: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    faults: dict[str, list[int]] = dataclasses.field(default_factory=dict)
     client: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     busy: dict[str, list[dict[int, float]]] = dataclasses.field(default_factory=dict)
     packets: dict[int, int] = dataclasses.field(default_factory=dict)
 
     def measure(self, watch: Watch, v: Variant) -> float:
-        before, mine = cpu_s(v.pid), time.thread_time()
+        before, mine, minflt = cpu_s(v.pid), time.thread_time(), faults(v.pid)
         cpus, nets = cpu_times(), softnet_processed()
         seconds = watch.run(v.key, v.pid, v.run)
         after, nets_after = cpu_times(), softnet_processed()
         self.secs.setdefault(v.key, []).append(seconds)
         self.cpu.setdefault(v.key, []).append(cpu_s(v.pid) - before)
+        self.faults.setdefault(v.key, []).append(faults(v.pid) - minflt)
         self.client.setdefault(v.key, []).append(time.thread_time() - mine)
         self.busy.setdefault(v.key, []).append({c: after[c][0] - cpus[c][0] for c in after})
         for c, n in nets_after.items():
@@ -145,11 +153,17 @@ class Tally:
 
 
 def abba_series(
-    args: argparse.Namespace, bundle: Path, watch: Watch, put: Variant, push: Variant
+    args: argparse.Namespace,
+    bundle: Path,
+    watch: Watch,
+    put: Variant,
+    push: Variant,
+    before: Variant | None = None,
 ) -> Tally:
     """``--series`` series of ``--runs`` ABBA blocks (PUT, push, push, PUT / push, PUT, PUT,
     push alternately): a load that drifts linearly within a block cancels out of its ratio
-    (sum of the two PUTs over sum of the two pushes)."""
+    (sum of the two PUTs over sum of the two pushes). With ``before`` (the push into a device
+    running another revision's code) each block is ABCCBA, rotated from block to block."""
     mb = bundle.stat().st_size / 1e6
     lap, dev = args.cpus
     print(f"bundle {mb:.1f} MB, {args.series} series x {args.runs} ABBA blocks; "
@@ -163,13 +177,18 @@ def abba_series(
     for series in range(args.series):
         load0 = os.getloadavg()[0]
         ratios: list[float] = []
+        was: dict[str, list[float]] = {"put/before": [], "before/push": []}
         tally = Tally()
+        kinds = [put, push] + ([before] if before else [])
         for block in range(args.runs):
-            order = (push, put, put, push) if block % 2 else (put, push, push, put)
-            got = {"put": 0.0, "push": 0.0}
-            for v in order:
+            first = kinds[block % len(kinds) :] + kinds[: block % len(kinds)]
+            got = dict.fromkeys((v.key for v in kinds), 0.0)
+            for v in first + first[::-1]:
                 got[v.key] += tally.measure(watch, v)
             ratios.append(got["put"] / got["push"])
+            if before:
+                was["put/before"].append(got["put"] / got["before"])
+                was["before/push"].append(got["before"] / got["push"])
         everything += ratios
         for field in ("secs", "cpu", "client", "busy"):
             for key, values in getattr(tally, field).items():
@@ -187,6 +206,15 @@ def abba_series(
               f"{tally.busy_median('put', dev):6.3f}/{tally.busy_median('push', dev):.3f} "
               f"{tally.busy_median('put', lap):6.3f}/"
               f"{tally.busy_median('push', lap):.3f}")  # fmt: skip
+        if before:
+            q1b, medb, q3b = quartiles(was["before/push"])
+            mean = statistics.fmean
+            print(f"{'':>16} {args.before}'s code: ratio median {m(was['put/before']):.2f}; "
+                  f"this tree / {args.before}: speed median {medb:.3f} (quartiles {q1b:.3f}-"
+                  f"{q3b:.3f}), receiver CPU per push {mean(cpu['push']):.4f} / "
+                  f"{mean(cpu['before']):.4f} s = {sum(cpu['push']) / sum(cpu['before']):.3f}"
+                  f" (mean of {len(cpu['push'])}); page faults per push "
+                  f"{m(tally.faults['push']):.0f} / {m(tally.faults['before']):.0f}")  # fmt: skip
     q1, med, q3 = quartiles(everything)
     met = sum(r >= 0.8 for r in everything)
     print(f"all {len(everything)} blocks: ratio median {med:.2f} (quartiles {q1:.2f}-{q3:.2f}), "
@@ -264,6 +292,12 @@ def parse_args() -> argparse.Namespace:
         "http.client's 1 MiB reads and sendall, as curl or requests send a file)",
     )
     parser.add_argument(
+        "--before",
+        default="",
+        help="with --abba: also push into a second device running git revision REV's "
+        "appliance code, alternated in the same blocks (before/after figures of a change)",
+    )
+    parser.add_argument(
         "--no-agent",
         action="store_true",
         help="skip running the device's agent (reference model) for its RSS",
@@ -307,6 +341,41 @@ def setup_link(args: argparse.Namespace, veth: Veth, device_pids: list[int]) -> 
     return expected
 
 
+class OldDevice(LanDevice):
+    """A device whose ``appliance api serve`` runs another tree's ``appliance`` package."""
+
+    def __init__(self, *args: Any, code: Path, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.code = code
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "PYTHONPATH": str(self.code)}
+
+
+def old_tree(rev: str, root: Path) -> Path:
+    """``appliance/`` of git revision ``rev``, extracted under ``root``."""
+    tree = root / f"code-{rev}"
+    tree.mkdir()
+    repo = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "appliance"],
+                             check=True, capture_output=True).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
+def stop_all(devices: list[LanDevice]) -> None:
+    for d in devices:
+        d.stop()
+
+
+def paired(dev: LanDevice, veth: Veth, port: int) -> DeviceClient:
+    """Start ``dev``'s API on ``port``; a client paired with it."""
+    dev.start(veth, port)
+    client = DeviceClient(veth.dev_addr, port, dev.fingerprint())
+    client.token = client.json("POST", "/v1/pair", {"code": dev.pair_code()})["token"]
+    return client
+
+
 def discovery(
     args: argparse.Namespace, root: Path, release: Release, veth: Veth, devices: list[LanDevice]
 ) -> None:
@@ -339,15 +408,16 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(dir="/dev/shm") as tmp:
             root = Path(tmp)
+            # `python -m` puts the working directory first on sys.path: it must not be a tree
+            # with an appliance/ package, or --before's device would run this tree's code.
+            os.chdir(root)
             release = Release(root / "release")
             size = args.mib * 1024 * 1024
             bundle = release.bundle("v2.ekb", image(2, size))
             dev = LanDevice(root / "dev", 0, release, size)
             devices.append(dev)
-            dev.start(veth, 18443)
+            client = paired(dev, veth, 18443)
             assert dev.proc is not None
-            client = DeviceClient(veth.dev_addr, 18443, dev.fingerprint())
-            client.token = client.json("POST", "/v1/pair", {"code": dev.pair_code()})["token"]
             api = dev.data / "edgekiln" / "api"
             cert, key = str(api / "api-cert.pem"), str(api / "api-key.pem")
 
@@ -369,15 +439,21 @@ def main() -> None:
                 )
             for proc in servers:
                 assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
-            expected = setup_link(args, veth, [dev.proc.pid, *(s.pid for s in servers)])
+            old = None
+            if args.before:
+                old = OldDevice(root / "old", 1, release, size, code=old_tree(args.before, root))
+                devices.append(old)
+                old_client = paired(old, veth, 18444)
+            pids = [d.proc.pid for d in devices if d.proc] + [s.pid for s in servers]
+            expected = setup_link(args, veth, pids)
             idle, idle_uss = rss_kib(dev.proc.pid), uss_kib(dev.proc.pid)
             log = AffinityLog()
             watch = Watch(log)
 
-            def push_once(clear: bool) -> float:
-                dev.loader_file.unlink(missing_ok=True)  # A committed again: installable
+            def push_once(clear: bool, to: LanDevice = dev, by: DeviceClient = client) -> float:
+                to.loader_file.unlink(missing_ok=True)  # A committed again: installable
                 start = time.perf_counter()
-                client.upload(bundle, clear=clear)
+                by.upload(bundle, clear=clear)
                 return time.perf_counter() - start
 
             put = Variant("put", "plain HTTP PUT -> file + fsync (baseline)",
@@ -386,7 +462,12 @@ def main() -> None:
             push = Variant("push", "kiln push: ticket over TLS, bundle in the clear",
                            lambda: push_once(True), dev.proc.pid)  # fmt: skip
             if args.abba:
-                tally = abba_series(args, bundle, watch, put, push)
+                was = None
+                if old is not None and old.proc is not None:
+                    was = Variant("before", f"kiln push into {args.before}'s code",
+                                  lambda: push_once(True, old, old_client),
+                                  old.proc.pid)  # fmt: skip
+                tally = abba_series(args, bundle, watch, put, push, was)
             else:
                 tally = interleaved(args, bundle, watch, [
                     put,
@@ -409,7 +490,7 @@ def main() -> None:
                 cpu = args.cpus[1] if args.pin == "split" else None
                 agent = agent_rss(veth, root / "agent", env, cpu)
             report_memory(watch, idle, idle_uss, agent)
-            dev.stop()
+            stop_all(devices)
             if args.devices:
                 discovery(args, root, release, veth, devices)
     finally:
