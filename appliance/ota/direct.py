@@ -318,8 +318,8 @@ def _anonymous(size: int) -> mmap.mmap:
     ``mmap.mmap(-1, n)`` maps *shared* anonymous memory, which Linux backs with shmem: the first
     touch of each page of the fresh buffers of every install (4096 per install) went through
     ``shmem_fault`` and a page-cache insertion. Private memory takes the plain anonymous fault:
-    the sink's CPU per 64 MiB install 0.048 -> 0.041 s (medians of five alternated runs; the LAN
-    push's device CPU -4 %, docs/decisions.md §35). Huge pages (``MADV_HUGEPAGE``) cut the
+    the sink's CPU per 64 MiB install 0.048 -> 0.041 s (medians of five alternated runs; a LAN
+    push's device CPU 0.986 x, docs/decisions.md §35). Huge pages (``MADV_HUGEPAGE``) cut the
     faults to ~15 but cost more CPU (0.055 s) on a host whose memory is fragmented.
     """
     return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
