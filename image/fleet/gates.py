@@ -14,6 +14,7 @@ of an earlier draft are read as the same outcomes.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from image.fleet.peers import anomalies
@@ -31,6 +32,16 @@ class GateVerdict:
     rolled_back: int
     devices: int
     reasons: list[str] = field(default_factory=list)
+    rolled_back_devices: list[str] = field(default_factory=list)
+
+
+def _version_of(body: str) -> str | None:
+    """The release an outcome message names (None: it names none, or is unreadable)."""
+    try:
+        found = json.loads(body).get("version")
+    except (ValueError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
 
 
 def stage_gate(
@@ -40,15 +51,22 @@ def stage_gate(
     since: float,
     max_rollback_rate: float = 0.05,
     halt_rollback_rate: float = 0.2,
+    version: str | None = None,
 ) -> GateVerdict:
-    """The verdict for one stage (its device ids) since ``since`` (unix time)."""
+    """The verdict for one stage (its device ids) since ``since`` (unix time).
+
+    ``version``: count only the outcomes of that release (the agent names it in each
+    ``update.committed`` / ``update.rolled-back``), so a second rollout running at the same
+    time (a hotfix on the same devices) neither commits nor rolls back this one's stage. An
+    outcome that names no version (an older agent) still counts.
+    """
     wanted = set(devices)
     outcomes: dict[str, str] = {}
-    for device, kind in store.query(
-        "SELECT device, kind FROM events WHERE ts >= ? AND kind IN (?, ?, ?, ?) ORDER BY ts",
+    for device, kind, body in store.query(
+        "SELECT device, kind, body FROM events WHERE ts >= ? AND kind IN (?, ?, ?, ?) ORDER BY ts",
         (since, *COMMITTED, *ROLLED_BACK),
     ):
-        if device in wanted:
+        if device in wanted and (version is None or _version_of(body) in (None, version)):
             outcomes[device] = kind
     committed = sum(1 for k in outcomes.values() if k in COMMITTED)
     rolled = sum(1 for k in outcomes.values() if k in ROLLED_BACK)
@@ -76,4 +94,5 @@ def stage_gate(
         rolled_back=rolled,
         devices=len(wanted),
         reasons=reasons,
+        rolled_back_devices=sorted(d for d, k in outcomes.items() if k in ROLLED_BACK),
     )

@@ -6,12 +6,13 @@ current stage's percentage: the same rule the device applies (:mod:`appliance.ot
 :func:`image.fleet.gates.stage_gate` then judges them since the stage started (the rollout's
 ``since``, written by ``start`` and ``advance``): every device committed, the rollback rate
 at most the limit, no drift, no peer anomaly. A refused advance names every reason; ``--force``
-advances anyway (and says what it overrode).
+advances anyway (and says what it overrode). ``kiln rollout status --db`` pauses on the same
+verdict's ``halt`` (:mod:`image.release.rollout_halt`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ class Judgement:
     committed: int
     rolled_back: int
     reasons: list[str]
+    rolled_back_devices: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         """What ``kiln rollout advance`` prints about the gate."""
@@ -53,17 +55,22 @@ class Judgement:
         return [head, *(f"  - {r}" for r in self.reasons)]
 
 
-def _current(repo: Path, version: str) -> tuple[dict[str, Any], list[str]]:
-    """(the release's rollout, its hardware targets) from the channel's signed targets."""
+def release_targets(repo: Path, version: str) -> tuple[dict[str, Any] | None, list[str]]:
+    """(the release's rollout or None, its hardware targets) from the channel's signed targets."""
     channel = Channel(repo, repo, None)  # reading needs no key
     found = releases(channel.load("targets")).get(version)
     if not found:
         raise RolloutError(f"{repo} has no release {version} (kiln publish --status lists them)")
     rollout = found[0][1].custom.get("edgekiln", {}).get("rollout")
+    # target paths are <product>/<target>/<file>
+    return rollout, sorted({path.split("/")[1] for path, _ in found if path.count("/") >= 2})
+
+
+def current_rollout(repo: Path, version: str) -> tuple[dict[str, Any], list[str]]:
+    """(the release's rollout, its hardware targets); a release without one is an error."""
+    rollout, targets = release_targets(repo, version)
     if rollout is None:
         raise RolloutError(f"{version} has no rollout (it is for every device): start one first")
-    # target paths are <product>/<target>/<file>
-    targets = sorted({path.split("/")[1] for path, _ in found if path.count("/") >= 2})
     return rollout, targets
 
 
@@ -73,7 +80,7 @@ def judge(repo: Path, version: str, db_url: str, limits: GateLimits) -> Judgemen
     from image.fleet.gates import stage_gate
     from image.fleet.store import Store
 
-    rollout, targets = _current(repo, version)
+    rollout, targets = current_rollout(repo, version)
     pct = percent(rollout)
     sites = set(rollout.get("sites") or [])
     store = Store.open(db_url)
@@ -87,6 +94,7 @@ def judge(repo: Path, version: str, db_url: str, limits: GateLimits) -> Judgemen
         verdict = stage_gate(
             store, stage, since=float(rollout.get("since", 0.0)),
             max_rollback_rate=limits.max_rate, halt_rollback_rate=limits.halt_rate,
+            version=version,
         )  # fmt: skip
     finally:
         store.close()
@@ -98,16 +106,14 @@ def judge(repo: Path, version: str, db_url: str, limits: GateLimits) -> Judgemen
         )
     return Judgement(
         version, pct, stage, verdict.advance and not verdict.halt, verdict.halt,
-        verdict.committed, verdict.rolled_back, reasons,
+        verdict.committed, verdict.rolled_back, reasons, verdict.rolled_back_devices,
     )  # fmt: skip
 
 
-def check_advance(judgement: Judgement, *, force: bool) -> None:
-    """Raise :class:`GateRefusedError` unless the gate passes or ``force``."""
-    if judgement.advance or force:
+def refuse_unless(passed: bool, lines: list[str], *, force: bool, what: str = "advance") -> None:
+    """Raise :class:`GateRefusedError` with ``lines`` unless ``passed`` or ``force``."""
+    if passed or force:
         return
     raise GateRefusedError(
-        "\n".join(
-            [*judgement.lines(), "refused to advance: fix the above, or pass --force to override"]
-        )
+        "\n".join([*lines, f"refused to {what}: fix the above, or pass --force to override"])
     )

@@ -69,10 +69,11 @@ def test_status_lists_the_inventory_with_filters(store: Store) -> None:
     assert inventory(store, stale_after_s=60, now=START + 50) == []
 
 
-def event(device: str, kind: str, ts: float) -> dict[str, object]:
+def event(device: str, kind: str, ts: float, version: str = "2.0.0") -> dict[str, object]:
     return {
         "type": "event",
-        "id": f"{device}:{kind}",
+        "id": f"{device}:{kind}:{version}",
+        "version": version,
         "device": device,
         "site": "site-0",
         "target": "generic-x86-64",
@@ -102,3 +103,22 @@ def test_stage_gate_refuses_before_commits_on_rollbacks_and_on_anomalies(store: 
     assert not verdict.advance and any(
         "dev-077" in r and "temp_max_c" in r for r in verdict.reasons
     )
+
+
+def test_stage_gate_counts_only_the_releases_own_outcomes(store: Store) -> None:
+    """A hotfix rolled out to the same devices at the same time is another release's outcome:
+    its commits do not commit this stage and its rollbacks do not halt it."""
+    stage = [f"dev-{i:03d}" for i in range(20, 30)]
+    for d in stage:
+        store.insert(event(d, "update.committed", START + 1, version="2.0.1"))
+    for d in stage[:5]:
+        store.insert(event(d, "update.rolled-back", START + 2, version="2.0.1"))
+    verdict = stage_gate(store, stage, since=START, version="2.0.0")
+    assert verdict.committed == 0 and verdict.rolled_back == 0 and not verdict.halt
+    assert "10 of 10 devices have not committed" in verdict.reasons[0]
+    for d in stage:
+        store.insert(event(d, "update.committed", START + 3))
+    verdict = stage_gate(store, stage, since=START, version="2.0.0")
+    assert verdict.advance and verdict.committed == 10
+    hotfix = stage_gate(store, stage, since=START, version="2.0.1")
+    assert hotfix.rolled_back == 5 and hotfix.halt
