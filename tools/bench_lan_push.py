@@ -386,6 +386,8 @@ def discovery(
         d.start(veth, 20443 + i, mdns=True, wait=False)
     for d in devices[1:]:
         d.wait_ready()
+        if args.pin == "split" and d.proc is not None:  # the devices' CPU, as for the pushes
+            pin_tree(d.proc.pid, {args.cpus[1]})
     time.sleep(2)
     browses: list[float] = []
     for _ in range(args.runs):
