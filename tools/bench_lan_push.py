@@ -172,6 +172,9 @@ def abba_series(
           f"{'PUT MB/s':>9} {'push MB/s':>9} {'receiver CPU s':>15} {'sender CPU s':>13} "
           f"{'CPU' + str(dev) + ' busy s':>13} {'CPU' + str(lap) + ' busy s':>13}"
           "  (put/push)")  # fmt: skip
+    print("(receiver CPU: the receiving process, all its threads; sender CPU: the sending "
+          "thread; CPUn busy: that whole CPU during the transfer, other jobs' work "
+          "included)")  # fmt: skip
     everything: list[float] = []
     whole = Tally()
     for series in range(args.series):
