@@ -9,6 +9,7 @@ reproducible ``image.build.fs.make_ext4`` (one file-system UUID for every versio
   package  v1 + one more Debian package (jq, libjq1, libonig5: ``dpkg -x`` + its dpkg status)
   wheel    v1 with numpy 2.1.3 -> 2.2.1 (the wheel's files replaced)
   model    v1 with the 5 MiB model replaced by other random (incompressible) bytes
+  release  package and model together (a release's typical change; not in the default set)
   (and the model swap again on a ~2x larger image, for apply RSS flat in image size)
 
 Ours is run through the CLIs, as a release manager and a device run them:
@@ -123,10 +124,10 @@ def make_tree(dest: Path, kind: str, extra: bool) -> None:
         whl.extractall(dest / SITE)
     models = dest / "opt/edgekiln/models/detector"
     models.mkdir(parents=True)
-    (models / "model.onnx").write_bytes(model_bytes(2 if kind == "model" else 1))
+    (models / "model.onnx").write_bytes(model_bytes(2 if kind in ("model", "release") else 1))
     (dest / "etc/edgekiln").mkdir(parents=True, exist_ok=True)
     (dest / "etc/edgekiln/version").write_text("1.0.0\n" if kind == "v1" else "2.0.0\n")
-    if kind == "package":
+    if kind in ("package", "release"):
         add_package(dest)
     if extra:  # identical in both versions: only makes the image larger
         _run(["cp", "-a", str(base_root() / "usr"), str(dest / "opt/extra-usr")])
@@ -135,7 +136,7 @@ def make_tree(dest: Path, kind: str, extra: bool) -> None:
 
 
 def make_image(kind: str, extra: bool = False) -> Path:
-    """The cached ext4 slot image for ``kind`` (v1, package, wheel, model)."""
+    """The cached ext4 slot image for ``kind`` (v1, package, wheel, model, release)."""
     from image.build.fs import fs_uuid_for, make_ext4
 
     out = CACHE / "images" / f"{'L-' if extra else ''}{kind}.ext4"
@@ -421,6 +422,7 @@ PAIRS = {
     "package": "v1 -> v1 + jq (dpkg -x of 3 .debs + dpkg status)",
     "wheel": "v1 -> numpy 2.1.3 -> 2.2.1",
     "model": "v1 -> the 5 MiB model replaced (incompressible)",
+    "release": "v1 -> v1 + jq and the 5 MiB model replaced (a release: package + model)",
 }
 
 

@@ -150,7 +150,7 @@ class DirectReadBackSink(ReadBackState):
         self.label = label
         self.region = max(ALIGN, region - region % ALIGN)
         self.piece = max(ALIGN, min(self.region, piece - piece % ALIGN))
-        self._buffers = [mmap.mmap(-1, self.region) for _ in range(max(2, regions))]
+        self._buffers = [_anonymous(self.region) for _ in range(max(2, regions))]
         self._views = [memoryview(b) for b in self._buffers]
         self._free: queue.Queue[int] = queue.Queue()
         for i in range(len(self._buffers)):
@@ -257,7 +257,7 @@ class DirectReadBackSink(ReadBackState):
     # -- read-back side -----------------------------------------------------------------------
 
     def _read_loop(self) -> None:
-        buffer = mmap.mmap(-1, self.piece)  # page aligned, for O_DIRECT
+        buffer = _anonymous(self.piece)  # page aligned, for O_DIRECT
         view = memoryview(buffer)
         address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
         try:
@@ -310,6 +310,19 @@ class DirectReadBackSink(ReadBackState):
             self._jobs.put(None)
         for thread in alive:
             thread.join()
+
+
+def _anonymous(size: int) -> mmap.mmap:
+    """A page-aligned private anonymous buffer of ``size`` bytes.
+
+    ``mmap.mmap(-1, n)`` maps *shared* anonymous memory, which Linux backs with shmem: the first
+    touch of each page of the fresh buffers of every install (4096 per install) went through
+    ``shmem_fault`` and a page-cache insertion. Private memory takes the plain anonymous fault:
+    the sink's CPU per 64 MiB install 0.048 -> 0.041 s (medians of five alternated runs; a LAN
+    push's device CPU 0.986 x, docs/decisions.md §35). Huge pages (``MADV_HUGEPAGE``) cut the
+    faults to ~15 but cost more CPU (0.055 s) on a host whose memory is fragmented.
+    """
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
 def _first_difference(a: memoryview, b: memoryview) -> int:

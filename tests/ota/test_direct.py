@@ -272,3 +272,31 @@ def test_block_device_re_read_sees_the_medium_not_the_page_cache(
     finally:
         buffer.close()
         medium.close()
+
+
+def _mapping_flags(address: int) -> str:
+    """The permission column (e.g. ``rw-p``) of the mapping of this process holding ``address``."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        span, perms = line.split()[:2]
+        start, end = (int(x, 16) for x in span.split("-"))
+        if start <= address < end:
+            return perms
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def test_region_buffers_are_private_memory_not_shmem(tmp_path: Path) -> None:
+    """Shared anonymous buffers are shmem: each first touch of a page went through shmem_fault
+    (docs/decisions.md §35). The buffers must be private (``p`` in /proc/self/maps)."""
+    import ctypes
+
+    sink = DirectReadBackSink(DirectMedium(empty_file(tmp_path / "slot.img")), region=REGION)
+    try:
+        data = os.urandom(3 * REGION)
+        write_all(sink, data, REGION)
+        assert sink.checked(len(data))
+        for buffer in sink._buffers:
+            address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+            assert _mapping_flags(address).endswith("p"), _mapping_flags(address)
+    finally:
+        sink.close()
+    assert (tmp_path / "slot.img").read_bytes() == data
