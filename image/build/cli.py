@@ -1,4 +1,4 @@
-"""``kiln build RECIPE [-o OUTDIR] [--plan] [--verify-repro]``."""
+"""``kiln build RECIPE [-o OUTDIR] [--plan] [--verify-repro] [--skip compress,bundle]``."""
 
 from __future__ import annotations
 
@@ -47,6 +47,15 @@ class ReproducibilityError(BuildError):
     help="Build twice (slot, boot, data uncached) and compare the digests.",
 )
 @click.option("--compress-level", type=click.IntRange(1, 19), default=3, show_default=True)
+@click.option(
+    "--skip",
+    "skip",
+    default="",
+    metavar="compress,bundle",
+    help="Leave out these outputs (comma-separated): compress (the .img.zst for flashing), "
+    "bundle (the full update bundle). For iterating on an image booted raw (kiln vm); the "
+    "report lists them as skipped. Default: build everything.",
+)
 def build(
     recipe: Path,
     outdir: Path | None,
@@ -55,6 +64,7 @@ def build(
     plan: bool,
     verify_repro: bool,
     compress_level: int,
+    skip: str,
 ) -> None:
     """Build a signed A/B disk image from RECIPE (a TOML file under recipes/)."""
     from image.build.identity import image_name
@@ -64,9 +74,10 @@ def build(
     from image.build.sign import signing_material
     from image.recipe import load_recipe
 
+    skipped = _skip_set(skip)
     loaded = load_recipe(recipe)  # every check runs before any stage
     if plan:
-        print_plan(loaded, cache_dir)
+        print_plan(loaded, cache_dir, skipped)
         return
     from image.build.boot import self_check
     from image.build.l4t import L4TPipeline, check_recipe
@@ -83,7 +94,7 @@ def build(
         with RichObserver(label) as observer:
             report = pipeline(
                 loaded, out, cache_dir=cache, runtime=runtime, keyring=keyring, key=key,
-                observer=observer, compress_level=compress_level,
+                observer=observer, compress_level=compress_level, skip=skipped,
             ).run()  # fmt: skip
         click.echo(report.summary())
         return _digests(report.outputs)
@@ -110,6 +121,19 @@ def build(
         differ = sorted(k for k in results[0] if results[0][k] != results[1].get(k))
         raise ReproducibilityError(f"builds differ in: {', '.join(differ)}")
     click.echo("reproducible: both builds are byte-identical")
+
+
+def _skip_set(value: str) -> frozenset[str]:
+    """``--skip compress,bundle`` as a set; an unknown name is a usage error (before any stage)."""
+    from image.build.pipeline import SKIPPABLE
+
+    names = frozenset(n.strip() for n in value.split(",") if n.strip())
+    unknown = sorted(names - set(SKIPPABLE))
+    if unknown:
+        raise click.BadParameter(
+            f"{', '.join(unknown)}: only {', '.join(SKIPPABLE)} can be skipped", param_hint="--skip"
+        )
+    return names
 
 
 def _digests(outputs: dict[str, str]) -> dict[str, str]:

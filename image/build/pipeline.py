@@ -21,6 +21,10 @@ bundle     the full update bundle of this version (appliance.bundle format, sign
 
 A model-only change therefore re-runs slot, disk and manifest, and takes base, runtime, boot
 and data from the cache.
+
+``skip`` (``kiln build --skip compress,bundle``, for iterating on an image that is booted
+raw) leaves out the outputs named in :data:`SKIPPABLE`; their stages are reported as skipped
+and the output set is cached apart from the full one. The default builds everything.
 """
 
 from __future__ import annotations
@@ -67,6 +71,10 @@ from image.recipe import MIB, LoadedRecipe
 
 log = logging.getLogger(__name__)
 
+#: Output stages ``skip`` may leave out: the zstd copy of the image (for flashing) and the
+#: full update bundle. The raw image, its bmap and the manifest are always made.
+SKIPPABLE = ("compress", "bundle")
+
 
 class Pipeline:
     """Run the stages of one recipe into ``outdir`` with caches under ``cache_dir``."""
@@ -82,7 +90,13 @@ class Pipeline:
         key: Ed25519PrivateKey | None = None,
         observer: Observer | None = None,
         compress_level: int = 3,
+        skip: frozenset[str] = frozenset(),
     ) -> None:
+        unknown = sorted(skip - set(SKIPPABLE))
+        if unknown:
+            raise BuildError(
+                f"cannot skip {', '.join(unknown)}: only {', '.join(SKIPPABLE)} can be skipped"
+            )
         self.loaded = loaded
         self.recipe = loaded.recipe
         self.outdir = outdir
@@ -92,6 +106,7 @@ class Pipeline:
         self.key = key
         self.observer = observer or Observer()
         self.compress_level = compress_level
+        self.skip = skip
         self.epoch = build_epoch()
         self.seed = uuid_seed(loaded)
         self.report = BuildReport(
@@ -197,6 +212,7 @@ class Pipeline:
             [p.boot_mib, p.rootfs_mib, p.data_mib], self.recipe.target.arch, self.seed,
             self.compress_level, signer, self.loaded.digest, self.components, self.epoch,
             code_digest("disk.py", "manifest.py", "pipeline.py"),
+            *([["skip", sorted(self.skip)]] if self.skip else []),
         )  # fmt: skip
 
     _OUTPUT_STAGES = ("disk", "bmap", "compress", "manifest", "bundle")
@@ -437,8 +453,17 @@ class Pipeline:
         self._done("bmap", start, cached=False, size=bmap.stat().st_size)
         return bmap
 
-    def stage_compress(self, image: Path) -> Path:
+    def _skipped(self, name: str, start: float) -> bool:
+        """Report stage ``name`` as skipped when ``skip`` names it."""
+        if name not in self.skip:
+            return False
+        self._done(name, start, cached=False, detail="skipped (--skip)")
+        return True
+
+    def stage_compress(self, image: Path) -> Path | None:
         start = self._stage("compress", "compressed image (zstd)")
+        if self._skipped("compress", start):
+            return None
         out = disk.compress(image, image.with_name(image.name + ".zst"), self.compress_level)
         self.report.outputs["compressed"] = str(out)
         self._done("compress", start, cached=False, size=out.stat().st_size)
@@ -468,6 +493,8 @@ class Pipeline:
     def stage_bundle(self, slot: Path) -> Path | None:
         """The full update bundle of this version (appliance.bundle format), from the slot."""
         start = self._stage("bundle", "full update bundle")
+        if self._skipped("bundle", start):
+            return None
         if self.key is None:
             self._done("bundle", start, cached=False, detail="skipped (no signing key)")
             return None

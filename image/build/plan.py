@@ -10,8 +10,11 @@ import click
 from image.recipe import LoadedRecipe, is_buildable
 
 
-def print_plan(loaded: LoadedRecipe, cache_dir: Path | None) -> None:
-    """Print the merged recipe (JSON), the files it came from, and the stage list."""
+def print_plan(
+    loaded: LoadedRecipe, cache_dir: Path | None, skip: frozenset[str] = frozenset()
+) -> None:
+    """Print the merged recipe (JSON), the files it came from, and the stage list (the stages
+    ``skip`` names, ``kiln build --skip``, as skipped)."""
     from image.build.identity import STAGES, default_cache_dir, image_name
     from image.build.rootfs import base_key
     from image.model.fuse_stage import plan_note as fuse_plan_note
@@ -51,6 +54,8 @@ def print_plan(loaded: LoadedRecipe, cache_dir: Path | None) -> None:
         "manifest": "partition digests, recipe digest, versions; signed",
         "bundle": "full update bundle of the same version (slot image, zstd, signed)",
     }
+    for stage in skip:
+        notes[stage] = "skipped (--skip)"
     for n, stage in enumerate(STAGES, 1):
         click.echo(f"{n}. {stage:<9} {notes.get(stage, '')}")
 

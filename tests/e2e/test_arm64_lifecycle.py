@@ -18,17 +18,18 @@ deterministic while the camera is vivid's.
 
 v2 and v3 are built in the background while v1 boots. Timeouts are hang protection only.
 
-Opt-in (``EDGEKILN_E2E_ARM64=1``): with a cold kiln cache the arm64 base (mmdebstrap under
-qemu-user) and the arm64 frozen runtime (PyInstaller under qemu-user) cost far more than CI's
-budget allows on a 2-core host (figures per stage: tests/e2e/README.md); with both cached the
-file's cost is three slot builds and the boots and installs under TCG. The runtime is the one
-tests/image/test_freeze_arm64.py leaves in the kiln cache.
+Runs by default (``EDGEKILN_E2E_ARM64=0`` skips it; the default is ``ARM64_BY_DEFAULT`` in
+tests/e2e/conftest.py). With a cold kiln cache the first build also makes the arm64 base
+(mmdebstrap under qemu-user) and the arm64 frozen runtime (PyInstaller under qemu-user): the
+file is in the ``arm64`` xdist group with tests/image/test_freeze_arm64.py and
+test_devboard_arm64.py, so one worker builds them once and this chain, the suite's longest,
+starts first (tests/scheduling.py; figures per stage: tests/e2e/README.md). With both cached
+the file's cost is three slot builds and the boots and installs under TCG.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -42,10 +43,11 @@ import pytest
 from appliance.slots import ubootenv
 from appliance.slots.uboot import EnvFiles
 from image.vm.qemu import UBOOT_QEMU_ARM64, Vm, VmConfig
-from tests.e2e.conftest import Builds, _cache_root
+from tests.e2e.conftest import Builds, _cache_root, arm64_skip_reason
 from tests.e2e.device import (
     REPO,
     RESULTS,
+    SKIP,
     Build,
     build,
     ext4_file,
@@ -65,10 +67,10 @@ pytestmark = [
         not (UBOOT_QEMU_ARM64.exists() and shutil.which("qemu-system-aarch64")),
         reason="needs u-boot-qemu and qemu-system-arm",
     ),
-    pytest.mark.skipif(
-        os.environ.get("EDGEKILN_E2E_ARM64") != "1",
-        reason="opt-in: EDGEKILN_E2E_ARM64=1 (cold arm64 base and runtime: 20-35 min here)",
-    ),
+    pytest.mark.skipif(arm64_skip_reason() is not None, reason=str(arm64_skip_reason())),
+    # with the arm64 runtime's freeze and the devboard build: the base is built once, and the
+    # longest chain starts first on its worker (tests/scheduling.py)
+    pytest.mark.xdist_group("arm64"),
 ]
 
 PROFILE = REPO / "recipes" / "coral-usb-arm64-qemu.toml"
@@ -79,6 +81,7 @@ CMDLINE = (
 CAMERA = "v4l2:///dev/video0"
 PIPELINE_JSON = "/edgekiln/pipeline.json"  # on data: the agent's pipeline config
 VERSIONS = {"1.0.0": False, "2.0.0": False, "3.0.0": True}  # version -> broken primary model
+FIRST = "1.0.0"  # the device's first version (booted, never installed from a stick)
 BOOT_S = 1200.0  # one arm64 boot under TCG on a busy machine
 INSTALL_S = 2400.0
 RESULT_POLL_S = 5.0
@@ -94,10 +97,9 @@ def _one_build(recipes: Path, workdir: Path, version: str) -> Build:
         base_recipe=PROFILE,
         cmdline=CMDLINE,
     )
-    done = build(recipe, workdir / version, version)
-    for compressed in done.image.parent.glob("*.img.zst"):
-        compressed.unlink()
-    return done
+    # no compressed image (the VM boots the raw one); v1's bundle is never installed
+    skip = (*SKIP, "bundle") if version == FIRST else SKIP
+    return build(recipe, workdir / version, version, skip)
 
 
 @pytest.fixture(scope="module")

@@ -124,10 +124,7 @@ def _one_build(channel: Channel, version: str, workdir: Path) -> Build:
     out = Path(reuse) / f"update-{version}" if reuse else workdir / version
     if (out / "build-report.json").exists():
         return reuse_build(out, version)
-    done = build(recipe, out, version)
-    for compressed in done.image.parent.glob("*.img.zst"):
-        compressed.unlink()
-    return done
+    return build(recipe, out, version)  # no compressed image: tests/e2e/device.py SKIP
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,9 @@ from YUYV with the bundled libyuv; the ``source_opened`` event says which.
 
 Cost in CI (cold kiln cache): the Debian base is the x86 profile's (built once per run by
 whichever build comes first), the frozen runtime is tests/image/test_freeze.py's kiln-cache
-entry (frozen once per run), so this file adds the slot, the image and its bundle (~1 min)
-and one boot to the first result (~2-3 min under TCG). Figures: tests/e2e/README.md.
+entry (frozen once per run), so this file adds the slot and the raw image (``kiln build --skip
+compress,bundle``: it never flashes nor installs them; ~1 min) and one boot to the first result
+(~2-3 min under TCG). Figures: tests/e2e/README.md.
 """
 
 from __future__ import annotations
@@ -49,10 +50,8 @@ Records = list[dict[str, object]]
 def openvino_build(tmp_path_factory: pytest.TempPathFactory) -> Build:
     """The intel-openvino QEMU profile as recipes/ has it, built with the real ``kiln``."""
     out = tmp_path_factory.mktemp("openvino-build")
-    done = build(PROFILE, out, "0.1.0")
-    for compressed in out.glob("*.img.zst"):  # for flashing; the VM boots the raw image
-        compressed.unlink()
-    return done
+    # the VM boots the raw image: no compressed copy (for flashing), no bundle (for updates)
+    return build(PROFILE, out, "0.1.0", skip=("compress", "bundle"))
 
 
 @pytest.fixture(scope="module")

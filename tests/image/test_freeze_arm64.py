@@ -22,6 +22,9 @@ from image.freeze.prebuilt import PrebuiltRuntimeError, check_prebuilt
 from image.freeze.runtime import FrozenRuntime, freeze_runtime
 from image.freeze.targets import resolve_target
 
+# with tests/e2e/test_arm64_lifecycle.py and test_devboard_arm64.py (tests/scheduling.py)
+pytestmark = [pytest.mark.xdist_group("arm64")]
+
 
 @pytest.fixture(scope="session")
 def coral(tmp_path_factory: pytest.TempPathFactory) -> tuple[FrozenRuntime, Path]:
