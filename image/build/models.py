@@ -8,12 +8,14 @@ both steps; both are recorded in the manifest's components and in the slot stage
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from image.build.report import Observer, StageResult
+from image.errors import BuildError
 from image.recipe import LoadedRecipe
 
 
@@ -95,3 +97,12 @@ def _per_package(
         out[role] = model.path
         lines.append(line(model))
     return out, lines
+
+
+def model_version(package: Path) -> dict[str, str]:
+    """A package's name and version (model.json), as the build manifest records them."""
+    try:
+        doc = json.loads((package / "model.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise BuildError(f"{package}/model.json: cannot read: {exc}") from None
+    return {"name": str(doc.get("name", "")), "version": str(doc.get("version", ""))}

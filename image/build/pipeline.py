@@ -30,14 +30,12 @@ and the output set is cached apart from the full one. The default builds everyth
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance.fsutil import atomic_write_bytes, atomic_writer
 from image import cache
-from image.build import boot, disk, fs, rootfs
+from image.build import boot, disk, fs, outputs_cache, rootfs
 from image.build.device_files import (
     device_config,
     pipeline_config,
@@ -64,7 +62,7 @@ from image.build.identity import (
 )
 from image.build.identity import key as _key
 from image.build.manifest import manifest_body, sign_manifest
-from image.build.models import slot_models
+from image.build.models import model_version, slot_models
 from image.build.report import BuildReport, Observer, StageResult
 from image.errors import BuildError
 from image.recipe import MIB, LoadedRecipe
@@ -211,42 +209,21 @@ class Pipeline:
             IMAGE_FORMAT, keys["slot"], keys["boot"], keys["data"],
             [p.boot_mib, p.rootfs_mib, p.data_mib], self.recipe.target.arch, self.seed,
             self.compress_level, signer, self.loaded.digest, self.components, self.epoch,
-            code_digest("disk.py", "manifest.py", "pipeline.py"),
+            code_digest("disk.py", "manifest.py", "pipeline.py", "outputs_cache.py"),
             *([["skip", sorted(self.skip)]] if self.skip else []),
         )  # fmt: skip
 
-    _OUTPUT_STAGES = ("disk", "bmap", "compress", "manifest", "bundle")
     _KEEP_OUTPUTS = 3  # cached output sets kept (each about the compressed image x 3)
 
     def _store_outputs(self, cached: Path) -> None:
-        """Copy the outputs into a scratch folder and swap it in (under ``cached``'s fill lock)."""
-        tmp = cache.scratch(cached)
-        for path in self.report.outputs.values():
-            fs.run_tool(["cp", "--sparse=always", "--reflink=auto", path, str(tmp)])
-        stages = [asdict(s) for s in self.report.stages if s.name in self._OUTPUT_STAGES]
-        names = {name: Path(path).name for name, path in self.report.outputs.items()}
-        doc = {"outputs": names, "stages": stages, "partitions": self.partitions}
-        (tmp / "outputs.json").write_text(json.dumps(doc, sort_keys=True))
-        (tmp / "complete").write_text("ok\n")
-        cache.remove_tree(cached)  # an incomplete earlier attempt
-        tmp.rename(cached)
+        """Cache the output files as one set (under ``cached``'s fill lock)."""
+        outputs_cache.store(cached, self.report.outputs, self.report.stages, self.partitions)
 
     def _restore_outputs(self, cached: Path) -> None:
-        """Copy a cached output set into the output directory (sparse); stages report hits."""
-        doc = json.loads((cached / "outputs.json").read_text())
-        self.partitions = doc["partitions"]
-        start = time.monotonic()
-        for name, filename in sorted(doc["outputs"].items()):
-            src = str(cached / filename)
-            fs.run_tool(["cp", "--sparse=always", "--reflink=auto", src, str(self.outdir)])
-            self.report.outputs[name] = str(self.outdir / filename)
-        seconds = round(time.monotonic() - start, 2)
-        for stage in doc["stages"]:
-            self.observer.start(stage["name"], "cached output")
-            copied = seconds if stage["name"] == "disk" else 0.0
-            result = StageResult(**{**stage, "cached": True, "seconds": copied})
-            self.report.stages.append(result)
-            self.observer.done(result)
+        """Copy a cached output set into the output directory; its stages report hits."""
+        self.partitions, outputs, stages = outputs_cache.restore(cached, self.outdir, self.observer)
+        self.report.outputs.update(outputs)
+        self.report.stages.extend(stages)
 
     def stage_base(self) -> rootfs.BaseRoot:
         start = self._stage("base", f"Debian {self.recipe.rootfs.suite} base root")
@@ -294,7 +271,7 @@ class Pipeline:
             self.loaded, self.cache, self.observer, self.components
         )
         model_digests = {role: rootfs.tree_digest(p) for role, p in models.items()}
-        self.components["models"] = {role: _model_version(p) for role, p in models.items()}
+        self.components["models"] = {role: model_version(p) for role, p in models.items()}
         config = rootfs.OverlayConfig(
             watchdog_sec=self.recipe.agent.watchdog_sec,
             runtime_watchdog_sec=self.recipe.agent.runtime_watchdog_sec,
@@ -512,14 +489,6 @@ class Pipeline:
         self.report.outputs["bundle"] = str(out)
         self._done("bundle", start, cached=False, size=out.stat().st_size)
         return out
-
-
-def _model_version(package: Path) -> dict[str, str]:
-    try:
-        doc = json.loads((package / "model.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise BuildError(f"{package}/model.json: cannot read: {exc}") from None
-    return {"name": str(doc.get("name", "")), "version": str(doc.get("version", ""))}
 
 
 def _allocated(path: Path) -> int:
