@@ -10,9 +10,7 @@ here, because TensorRT does not).
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import subprocess
 import sys
 import tarfile
@@ -22,6 +20,7 @@ import pytest
 
 from image.build.l4t import SLOT_ARGS, L4TError, check_recipe, check_root, render_extlinux
 from image.recipe import load_recipe
+from tests.arm64_runtimes import arm64_root, jetson_standin, run_emulated
 from tests.image.conftest import make_model_package
 
 KILN = Path(sys.executable).parent / "kiln"
@@ -139,17 +138,7 @@ def test_extlinux_is_made_slot_independent() -> None:
 @pytest.fixture(scope="session")
 def arm64_runtime(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The arm64 frozen runtime (onnxruntime), cached in the build cache across runs."""
-    from image.build.identity import default_cache_dir
-    from image.freeze.runtime import freeze_runtime
-    from image.freeze.targets import TargetSpec
-
-    cache = Path(os.environ.get("EDGEKILN_TEST_CACHE") or default_cache_dir()) / "freeze"
-    cache.mkdir(parents=True, exist_ok=True)
-    spec = TargetSpec("jetson-orin", "aarch64", "onnxruntime")
-    with open(cache / ".jetson-test.lock", "w") as lock:  # one freeze at a time (xdist)
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        rt = freeze_runtime(spec, tmp_path_factory.mktemp("arm64-rt"), cache_dir=cache)
-    return rt.path
+    return jetson_standin(tmp_path_factory.mktemp("arm64-rt")).path
 
 
 def build(top: Path, out: Path, cache: Path, runtime: Path) -> dict[str, str]:
@@ -238,3 +227,27 @@ def test_plan_names_the_l4t_outputs() -> None:
     )  # fmt: skip
     assert "rootfs_a.img (APP), .rootfs_b.img (APP_b)" in proc.stdout
     assert "never downloaded" in proc.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_jetson_runtime_passes_its_selftest_under_qemu_user(
+    arm64_runtime: Path, tmp_path: Path
+) -> None:
+    """The jetson-orin runtime (ONNX Runtime standing in for TensorRT) runs its self-test.
+
+    Under qemu-aarch64 with an arm64 /proc/cpuinfo (tests/arm64_runtimes.py: without it ONNX
+    Runtime dies with SIGSEGV); the latency budget is scaled for emulation. Its V4L2 camera is
+    read in an arm64 guest: tests/e2e/test_jetson_runtime_arm64.py.
+    """
+    model = REPO / "recipes" / "models" / "inspect-primary"
+    exe = arm64_runtime / "appliance"
+    args = ("selftest", "--model", str(model), "--backend", "onnxruntime", "--budget-factor", "500")
+    done = run_emulated(arm64_root(), exe, *args, "--json", workdir=tmp_path)
+    if done.returncode != 0 and "unshare" in done.stderr:
+        pytest.skip(f"no private mount namespace here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout[done.stdout.index("{") :])
+    assert report["passed"] is True and report["backend"] == "onnxruntime", report
+    assert report["images"] == 256 and report["top1"] >= report["min_top1"], report
