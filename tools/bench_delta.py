@@ -25,6 +25,12 @@ sees the same background load).
     .venv/bin/python tools/bench_delta.py                     # the three pairs, 3 rounds
     .venv/bin/python tools/bench_delta.py --pairs model --rounds 5 --no-zstd   # quick
     .venv/bin/python tools/bench_delta.py --bsdiff model      # bsdiff4 too (GiBs, minutes)
+    .venv/bin/python tools/bench_delta.py --chunk-size 1,2,4 --no-zstd   # ours at 3 chunk sizes
+
+``--chunk-size`` (MiB, or bytes with a ``k``/``m`` suffix or above 4095; a comma list or
+repeated) encodes ours once per image chunk size (``kiln bundle --chunk-size``) and applies each
+in the same alternating rounds as xdelta3, so every size is compared with the same baselines
+and with the first size listed (default: what ``kiln bundle --delta-from`` writes).
 
 Encodes are cached in CACHE/encoded (``$EDGEKILN_BENCH_CACHE``, default
 ~/.cache/edgekiln-delta), keyed by command, inputs and the encoder's sources (a change to a
@@ -187,12 +193,17 @@ def keys() -> dict[str, Path]:
 class Method:
     """One delta method: how to encode (cached), how to apply (always measured fresh)."""
 
-    def __init__(
-        self, name: str, label: str, encoded_as: str | None = None, code: Path | None = None
-    ) -> None:
+    def __init__(self, name: str, label: str, encoded_as: str | None = None,
+                 code: Path | None = None, chunk: int | None = None) -> None:  # fmt: skip
         self.name, self.label = name, label
         self.encoded_as = encoded_as or name  # another method's patch, applied another way
         self.code = code  # ours: apply with the appliance package of this tree (PYTHONPATH)
+        self.chunk = chunk  # ours: the bundle's image chunk size (kiln bundle --chunk-size)
+
+    @property
+    def ours(self) -> bool:
+        """Our bundle (at some chunk size, or applied with another revision's code)."""
+        return self.encoded_as.startswith("ours")
 
     def apply_env(self) -> dict[str, str] | None:
         """The apply's environment: another tree's code for ``--before``, else inherited."""
@@ -213,8 +224,10 @@ class Method:
         if self.name == "full":
             return ["zstd", "-q", "-f", "-19", "-T2", str(new), "-o", str(patch)]
         key = str(keys()["key"])
+        chunk = [] if self.chunk is None else ["--chunk-size", str(self.chunk)]
         return [str(BIN / "kiln"), "bundle", "--slot-image", str(new), "--delta-from", str(old),
-                "--key", key, *IDENTITY, "--version", "2.0.0", "-o", str(patch)]  # fmt: skip
+                "--key", key, *IDENTITY, "--version", "2.0.0", *chunk,
+                "-o", str(patch)]  # fmt: skip
 
     def apply_argv(self, old: Path, patch: Path, out: Path) -> list[str]:
         """The apply command (a fresh process, writes ``out``)."""
@@ -242,7 +255,41 @@ class Method:
                 f"--data-dir={out.parent / 'data'}"]  # fmt: skip
 
 
-OURS = Method("ours", "ours (kiln bundle --delta-from / appliance install)")
+def size_label(n: int) -> str:
+    """1048576 -> '1 MiB', 524288 -> '512 KiB'."""
+    return f"{n // MIB} MiB" if n % MIB == 0 else f"{n // 1024} KiB"
+
+
+def parse_chunk_sizes(values: list[str]) -> list[int]:
+    """``--chunk-size`` values: MiB (``4``), with a suffix (``512k``, ``2m``) or bytes (>= 4096)."""
+    sizes: list[int] = []
+    for item in (v.strip().lower() for value in values for v in value.split(",")):
+        if not item:
+            continue
+        number = item.rstrip("kmib")
+        unit = item[len(number) :]
+        try:
+            n = int(number)
+        except ValueError:
+            raise SystemExit(f"--chunk-size {item!r}: use MiB (4), 512k, 2m or bytes") from None
+        scale = {"": MIB if n < 4096 else 1, "k": 1024, "kib": 1024, "m": MIB, "mib": MIB}
+        if unit not in scale:
+            raise SystemExit(f"--chunk-size {item!r}: unknown unit {unit!r} (k, m, or none)")
+        size = n * scale[unit]
+        if size < 4096 or size > 16 * MIB or size & (size - 1):
+            raise SystemExit(f"--chunk-size {item!r}: a power of two in [4 KiB, 16 MiB]")
+        if size not in sizes:
+            sizes.append(size)
+    return sizes or [MIB]
+
+
+def ours_method(chunk: int) -> Method:
+    """Ours at one image chunk size; its patch is cached under a name holding the size."""
+    tag = f"{chunk // MIB}m" if chunk % MIB == 0 else f"{chunk // 1024}k"
+    return Method(f"ours-{tag}", f"ours, {size_label(chunk)} chunks", f"ours-{tag}", chunk=chunk)
+
+
+OURS = ours_method(MIB)
 METHODS = {
     "xdelta3": Method("xdelta3", "xdelta3 -9 -S djw"),
     "zstd": Method("zstd", "zstd -19 --long=31 --patch-from"),
@@ -252,7 +299,7 @@ FULL = Method("full", "full zstd -19 -T2 (new image)")
 XDELTA_SYNC = Method("xdelta3-sync", "xdelta3 -d, then sync (fsync) of its output", "xdelta3")
 
 
-def before_method(rev: str) -> Method:
+def before_method(rev: str, ours: Method) -> Method:
     """Ours, applied with the ``appliance`` package of git revision ``rev`` (same bundle)."""
     tree = CACHE / f"before-{rev}"
     if not (tree / "appliance").is_dir():
@@ -260,7 +307,8 @@ def before_method(rev: str) -> Method:
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "appliance"],
                                  check=True, capture_output=True).stdout  # fmt: skip
         subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-    return Method("ours-before", f"ours, apply code of {rev}", "ours", tree)
+    return Method("ours-before", f"{ours.label}, apply code of {rev}", ours.encoded_as, tree,
+                  ours.chunk)  # fmt: skip
 
 
 # Device-side modules: a change there does not change the bundle the encoder writes (it
@@ -292,7 +340,7 @@ def encode(m: Method, old: Path, new: Path, fresh: bool) -> tuple[Path, dict[str
     enc_dir.mkdir(parents=True, exist_ok=True)
     patch = enc_dir / f"{m.encoded_as}-{old.stem}-{new.stem}.patch"
     argv = m.encode_argv(old, new, patch)
-    ident: list[object] = [argv, _encoder_sources() if m.encoded_as == "ours" else ""]
+    ident: list[object] = [argv, _encoder_sources() if m.ours else ""]
     for p in (old, new):
         st = p.stat()
         ident.append([p.name, str(st.st_size), str(st.st_mtime_ns)])
@@ -385,8 +433,11 @@ def run_pair(methods: list[Method], old: Path, new: Path, rounds: int, fresh: bo
             cpu=_median([r["cpu"] for r in rs]),
             rss=max(r["rss"] for r in rs),
         )
-    for ours in ("ours", "ours-before"):
-        for ref, suffix in (("xdelta3", ""), ("xdelta3-sync", "_sync"), ("ours-before", "_before")):
+    first = next((m.name for m in methods if m.ours), "")
+    for ours in [m.name for m in methods if m.ours]:
+        refs = (("xdelta3", ""), ("xdelta3-sync", "_sync"), ("ours-before", "_before"),
+                (first, "_first"))  # fmt: skip
+        for ref, suffix in refs:
             if ref in runs and ours in runs and ref != ours:
                 pairs = list(zip(runs[ours], runs[ref], strict=True))
                 results[ours]["wall_ratio" + suffix] = _median(
@@ -445,10 +496,16 @@ def main() -> None:
         "--before", default="",
         help="also apply ours with the appliance package of this git revision (A/B in one run)",
     )  # fmt: skip
+    ap.add_argument(
+        "--chunk-size", action="append", default=[],
+        help="ours at these image chunk sizes: MiB (4), 512k, 2m or bytes; comma list or "
+        "repeated (default: 1 MiB, what kiln bundle --delta-from writes)",
+    )  # fmt: skip
     args = ap.parse_args()
     if args.cpus:
         TASKSET[:] = ["taskset", "-c", args.cpus]
     sys.path.insert(0, str(ROOT))
+    ours = [ours_method(n) for n in parse_chunk_sizes(args.chunk_size)]
     CACHE.mkdir(parents=True, exist_ok=True)  # a fresh machine has no cache folder yet
     pairs = [p for p in args.pairs.split(",") if p]
     v1 = make_image("v1")
@@ -462,13 +519,13 @@ def main() -> None:
         else f"{os.cpu_count()} CPUs"
     )
     print(f"images: {v1.stat().st_size / MIB:.0f} MiB ext4 (no journal); {cpus}, "
-          f"load average at start {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+          f"load average at start {_load()}", flush=True)  # fmt: skip
     # Every encode first, each cached as soon as it ends: an interrupted run resumes.
     chosen: dict[str, list[Method]] = {}
     for kind in pairs:
-        chosen[kind] = [OURS, METHODS["xdelta3"], XDELTA_SYNC]
+        chosen[kind] = [*ours, METHODS["xdelta3"], XDELTA_SYNC]
         if args.before:
-            chosen[kind].insert(1, before_method(args.before))
+            chosen[kind].insert(len(ours), before_method(args.before, ours[0]))
         if not args.no_zstd:
             chosen[kind].append(METHODS["zstd"])
         if kind in args.bsdiff.split(","):
@@ -481,40 +538,79 @@ def main() -> None:
     if not args.no_percent:
         full = encode(FULL, v1, make_image("package"), False)[0].stat().st_size
         print(f"package image at zstd -19 -T2: {full:,} B (the % denominator)", flush=True)
+    summary: list[str] = []
     for kind in pairs:
         methods = chosen[kind]
-        print(f"\n{PAIRS[kind]}\n", flush=True)
+        print(f"\n{PAIRS[kind]} (load average {_load()})\n", flush=True)
         results = run_pair(methods, v1, news[kind], args.rounds, args.fresh, work)
         print(HEAD)
         for m in methods:
             print(row(m.label, results[m.name], full))
-        mine = results["ours"]
-        print(f"\nours, where the bytes go: {breakdown(encode(OURS, v1, news[kind], False)[0])}")
-        best = min((results[m.name]["size"], m.label) for m in methods if m.encoded_as != "ours")
-        print(f"\nsize, ours / smallest other ({best[1]}): {mine['size'] / best[0]:.3f} "
-              "(goal <= 1.0)")  # fmt: skip
-        print(f"apply, ours / (xdelta3 -d + sync), median of {args.rounds} alternating rounds: "
-              f"wall {mine['wall_ratio_sync']:.2f}, CPU {mine['cpu_ratio_sync']:.2f} "
-              f"(goal <= 1.5); ours / xdelta3 -d: wall {mine['wall_ratio']:.2f}, "
-              f"CPU {mine['cpu_ratio']:.2f}")  # fmt: skip
+        best = min((results[m.name]["size"], m.label) for m in methods if not m.ours)
+        for m in ours:
+            summary.append(report(kind, m, results, best, args, v1, news[kind]))
         if "ours-before" in results:
-            was = results["ours-before"]
+            was, mine = results["ours-before"], results[ours[0].name]
             print(
                 f"apply, {args.before}'s code / (xdelta3 -d + sync): wall "
                 f"{was['wall_ratio_sync']:.2f}, CPU {was['cpu_ratio_sync']:.2f}; ours / "
                 f"{args.before}'s code: wall {mine['wall_ratio_before']:.2f}, CPU "
                 f"{mine['cpu_ratio_before']:.2f}; its peak RSS {was['rss'] / MIB:.1f} MiB"
             )
-        print(f"apply peak RSS, ours: {mine['rss'] / MIB:.1f} MiB (goal <= 64 MiB); encode peak "
-              f"RSS {mine['encode_rss'] / MIB:.0f} MiB (goal <= 1024 MiB)", flush=True)  # fmt: skip
+        print(f"(load average {_load()})", flush=True)
     if "model" in pairs and not args.no_large:  # same change, a ~1.7x larger image: flat RSS?
-        l1, l2 = make_image("v1", extra=True), make_image("model", extra=True)
-        large = run_pair([OURS], l1, l2, 1, args.fresh, work)["ours"]
-        print(f"\napply peak RSS, the model swap on a {l1.stat().st_size / MIB:.0f} MiB image: "
-              f"{large['rss'] / MIB:.1f} MiB (apply {large['apply']:.2f} s, delta "
-              f"{large['size']:,} B)", flush=True)  # fmt: skip
+        summary += large_pair(ours, args.fresh, work)
     shutil.rmtree(work, ignore_errors=True)
-    print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
+    print(f"\nsummary ({args.rounds} alternating rounds; ratios are medians of per-round ratios)\n")
+    print("| pair | chunk | size | / smallest other | apply wall / CPU vs xdelta3 -d + sync | "
+          f"apply wall / CPU vs {ours[0].label} | apply peak RSS |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("\n".join(summary))
+    print(f"\nload average at the end {_load()}")
+
+
+def large_pair(ours: list[Method], fresh: bool, work: Path) -> list[str]:
+    """The model swap on ~1.7x larger images, one apply each: peak RSS flat in image size?"""
+    l1, l2 = make_image("v1", extra=True), make_image("model", extra=True)
+    mib = l1.stat().st_size / MIB
+    print(f"\nthe model swap on a {mib:.0f} MiB image (load average {_load()}):", flush=True)
+    large = run_pair(ours, l1, l2, 1, fresh, work)
+    rows: list[str] = []
+    for m in ours:
+        r = large[m.name]
+        print(f"apply peak RSS, {m.label}: {r['rss'] / MIB:.1f} MiB (apply {r['apply']:.2f} "
+              f"s, delta {r['size']:,} B)", flush=True)  # fmt: skip
+        rows.append(f"| model, {mib:.0f} MiB slots | {size_label(m.chunk or MIB)} | "
+                    f"{r['size']:,} B | | | | {r['rss'] / MIB:.1f} MiB |")  # fmt: skip
+    return rows
+
+
+def _load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.1f} / {five:.1f} / {fifteen:.1f}"
+
+
+def report(kind: str, m: Method, results: dict[str, dict[str, float]], best: tuple[int, str],
+           args: argparse.Namespace, old: Path, new: Path) -> str:  # fmt: skip
+    """Print ours at one chunk size against the others; its summary table row."""
+    mine = results[m.name]
+    print(f"\n{m.label}, where the bytes go: {breakdown(encode(m, old, new, False)[0])}")
+    print(f"size, ours / smallest other ({best[1]}): {mine['size'] / best[0]:.3f} (goal <= 1.0)")
+    print(f"apply, ours / (xdelta3 -d + sync), median of {args.rounds} alternating rounds: "
+          f"wall {mine['wall_ratio_sync']:.2f}, CPU {mine['cpu_ratio_sync']:.2f} "
+          f"(goal <= 1.5); ours / xdelta3 -d: wall {mine['wall_ratio']:.2f}, "
+          f"CPU {mine['cpu_ratio']:.2f}")  # fmt: skip
+    first = ""
+    if "wall_ratio_first" in mine:
+        first = f"{mine['wall_ratio_first']:.2f} / {mine['cpu_ratio_first']:.2f}"
+        print(f"apply, ours / the first chunk size listed: wall {mine['wall_ratio_first']:.2f}, "
+              f"CPU {mine['cpu_ratio_first']:.2f}")  # fmt: skip
+    print(f"apply peak RSS: {mine['rss'] / MIB:.1f} MiB (goal <= 64 MiB); encode "
+          f"{mine['encode']:.0f} s, peak RSS {mine['encode_rss'] / MIB:.0f} MiB (goal <= "
+          "1024 MiB)", flush=True)  # fmt: skip
+    return (f"| {kind} | {size_label(m.chunk or MIB)} | {mine['size']:,} B | "
+            f"{mine['size'] / best[0]:.3f} | {mine['wall_ratio_sync']:.2f} / "
+            f"{mine['cpu_ratio_sync']:.2f} | {first} | {mine['rss'] / MIB:.1f} MiB |")  # fmt: skip
 
 
 if __name__ == "__main__":
