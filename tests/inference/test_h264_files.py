@@ -105,6 +105,26 @@ def test_pictures_match_ffmpegs_in_presentation_order(
         assert data.index(b"mdat") < data.index(b"moov")
 
 
+def test_many_closed_gops_with_b_frames(tmp_path: Path) -> None:
+    """30 IDRs with B-frames before each: every picture right (openh264 2.3.1 gives the picture
+    held before an IDR the IDR's pixels, and runs out of buffers after a dozen mid-stream
+    flushes: ``H264Decoder.decode_all`` starts a fresh decoder at each IDR)."""
+    grain = "testsrc2=size=320x240:rate=30,noise=alls=12:allf=t"
+    assert FFMPEG is not None
+    video = tmp_path / "gops.mp4"
+    subprocess.run(
+        [FFMPEG, "-loglevel", "error", "-f", "lavfi", "-i", grain, "-frames:v", "240",
+         "-pix_fmt", "yuv420p", *X264, "-g", "8", "-bf", "3", str(video)],
+        check=True,
+        timeout=120,
+    )  # fmt: skip
+    got = list(frames(open_source(str(video))))
+    want = ffmpeg_decode(video, 320, 240)
+    assert len(got) == len(want) == 240
+    diffs = [np.abs(f.image.astype(np.int16) - w).mean() for f, w in zip(got, want, strict=True)]
+    assert max(diffs) < 2.5, diffs
+
+
 def test_loop_and_fps_make_a_demo_camera(tmp_path: Path) -> None:
     video = encode(tmp_path / "clip.mp4", "160x120", 5, *X264, "-bf", "2")
     source = open_source(f"{video}?loop=1&fps=50")

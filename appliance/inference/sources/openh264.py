@@ -36,6 +36,7 @@ _INITIALIZE, _UNINITIALIZE, _DECODE_NO_DELAY, _FLUSH_FRAME, _SET_OPTION, _GET_OP
 )
 _OPTION_END_OF_STREAM, _OPTION_ERROR_CON_IDC, _OPTION_TRACE_LEVEL = 1, 8, 9
 _OPTION_FRAMES_REMAINING = 18  # DECODER_OPTION_NUM_OF_FRAMES_REMAINING_IN_BUFFER
+_NAL_IDR, _NAL_SPS, _NAL_PPS = 5, 7, 8
 _FRAME_PENDING = 0x01  # dsFramePending: not an error
 
 
@@ -107,6 +108,15 @@ class H264Decoder:
                 "install it, or use a runtime with the opencv extra"
             )
         self._lib = lib
+        self.errors = 0  # access units the decoder refused
+        self.timestamp = 0  # the ``timestamp`` given with the unit of the last picture returned
+        self._started = False
+        self._parameter_sets = b""  # the last SPS/PPS seen (decode_all), Annex B
+        self._open()
+
+    def _open(self) -> None:
+        """Create and initialise openh264's decoder object."""
+        lib = self._lib
         handle = ctypes.c_void_p()
         if lib.WelsCreateDecoder(ctypes.byref(handle)) or not handle.value:
             raise SourceError("openh264: WelsCreateDecoder failed")
@@ -144,9 +154,6 @@ class H264Decoder:
         if init(self._handle, ctypes.byref(param)):
             self.close()
             raise SourceError("openh264: the decoder did not initialise")
-        self.errors = 0  # access units the decoder refused
-        self.timestamp = 0  # the ``timestamp`` given with the unit of the last picture returned
-        self._started = False
 
     def decode(self, unit: bytes, timestamp: int = 0) -> np.ndarray | None:
         """Decode one access unit; its BGR picture, or None (no picture yet, or a broken unit:
@@ -169,11 +176,22 @@ class H264Decoder:
     def decode_all(self, unit: bytes, timestamp: int) -> list[tuple[np.ndarray, int]]:
         """Decode one access unit: every picture that is due, each with its unit's timestamp.
 
-        Before an IDR unit the pictures still held for reordering are taken out first
-        (:meth:`flush`): openh264 2.3.1 otherwise returns the picture before a closed GOP's IDR
-        with the IDR's pixels (the held picture's buffer is reused; seen with x264 High
-        profile B-frames, ``tests/inference/test_h264_files.py``)."""
-        pictures = self.flush() if self._started and _has_idr(unit) else []
+        At an IDR unit the pictures still held for reordering are taken out first
+        (:meth:`flush`) and the IDR starts a fresh decoder (with the last SPS/PPS seen if the
+        unit lacks them). openh264 2.3.1 otherwise returns the picture held before a closed
+        GOP's IDR with the IDR's pixels, and pictures flushed mid-stream are never given back
+        to its pool (``dsOutOfMemory`` after about a dozen IDRs); both seen with x264 B-frames,
+        ``tests/inference/test_h264_files.py``."""
+        idr, sets = _scan(unit)
+        if sets:
+            self._parameter_sets = sets
+        pictures = []
+        if idr and self._started:
+            pictures = self.flush()
+            self._close_handle()
+            self._open()
+            if not sets:
+                unit = self._parameter_sets + unit
         self._started = True
         image = self.decode(unit, timestamp)
         if image is not None:
@@ -182,7 +200,8 @@ class H264Decoder:
 
     def flush(self) -> list[tuple[np.ndarray, int]]:
         """The pictures still held for reordering, in display order, each with its unit's
-        ``timestamp``: at the end of a stream (or before an IDR); decoding may go on after."""
+        ``timestamp``: at the end of the stream (no unit may follow: ``decode_all`` starts a
+        fresh decoder after it at an IDR)."""
         if self._handle is None:
             return []
         end = ctypes.c_int(1)
@@ -227,21 +246,28 @@ class H264Decoder:
             _plane(v, uv_stride, (height + 1) // 2, (width + 1) // 2),
         )
 
-    def close(self) -> None:
+    def _close_handle(self) -> None:
         if self._handle is not None:
             handle, self._handle = self._handle, None
             self._uninit(handle)
             self._lib.WelsDestroyDecoder(handle)
 
+    def close(self) -> None:
+        self._close_handle()
 
-def _has_idr(unit: bytes) -> bool:
-    """True if the Annex B access unit holds an IDR slice (NAL unit type 5)."""
+
+def _scan(unit: bytes) -> tuple[bool, bytes]:
+    """(holds an IDR slice, its SPS and PPS NAL units in Annex B) for one Annex B unit."""
+    idr, sets = False, []
     pos = unit.find(b"\x00\x00\x01")
     while 0 <= pos < len(unit) - 3:
-        if unit[pos + 3] & 0x1F == 5:
-            return True
-        pos = unit.find(b"\x00\x00\x01", pos + 3)
-    return False
+        nxt = unit.find(b"\x00\x00\x01", pos + 3)
+        kind = unit[pos + 3] & 0x1F
+        idr = idr or kind == _NAL_IDR
+        if kind in (_NAL_SPS, _NAL_PPS):
+            sets.append(b"\x00" + unit[pos : nxt if nxt >= 0 else len(unit)].rstrip(b"\x00"))
+        pos = nxt
+    return idr, b"".join(sets)
 
 
 def _plane(ptr: int, stride: int, rows: int, cols: int) -> np.ndarray:
