@@ -78,8 +78,8 @@ def test_pictures_match_ffmpegs_in_presentation_order(
 ) -> None:
     video = encode(tmp_path / name, size, 30, *args)
     width, height = map(int, size.split("x"))
-    source = open_source(str(video))
-    assert isinstance(source, H264FileSource) and not source.live
+    source = H264FileSource(str(video), video)  # what open_source picks without OpenCV
+    assert not source.live
     got = list(frames(source))
     source.close()
     want = ffmpeg_decode(video, width, height)
@@ -118,7 +118,7 @@ def test_many_closed_gops_with_b_frames(tmp_path: Path) -> None:
         check=True,
         timeout=120,
     )  # fmt: skip
-    got = list(frames(open_source(str(video))))
+    got = list(frames(H264FileSource(str(video), video)))
     want = ffmpeg_decode(video, 320, 240)
     assert len(got) == len(want) == 240
     diffs = [np.abs(f.image.astype(np.int16) - w).mean() for f, w in zip(got, want, strict=True)]
@@ -141,7 +141,7 @@ def test_loop_and_fps_make_a_demo_camera(tmp_path: Path) -> None:
 
 def test_realtime_paces_at_the_files_own_rate_and_is_live(tmp_path: Path) -> None:
     video = encode(tmp_path / "clip.mp4", "160x120", 8, *X264, rate=20)
-    source = open_source(f"{video}?realtime=1")
+    source = open_source(f"{video}?realtime=1&fps=0")  # fps=0: the file's own rate
     assert isinstance(source, H264FileSource) and source.live
     got = list(frames(source))
     source.close()
@@ -233,6 +233,19 @@ def test_a_file_without_openh264_goes_to_the_other_readers(tmp_path: Path) -> No
         """,
     )
     assert out.split() == ["FfmpegPipeSource", "3"]
+
+
+def test_opencv_goes_first_where_the_runtime_has_it(tmp_path: Path) -> None:
+    """FFmpeg's decoder is faster on Main/High (README): OpenCV reads the file where present;
+    ``loop``/``fps`` take this reader even then."""
+    pytest.importorskip("cv2")
+    video = encode(tmp_path / "clip.mp4", "96x64", 3, *X264)
+    plain = open_source(str(video))
+    assert type(plain).__name__ == "CvCaptureSource"
+    plain.close()
+    looped = open_source(f"{video}?loop=1")
+    assert isinstance(looped, H264FileSource)
+    looped.close()
 
 
 def test_open_errors_name_the_file(tmp_path: Path) -> None:

@@ -14,11 +14,12 @@ URIs understood by :func:`open_source`:
   decoded with simplejpeg (every runtime, ``mjpeg_http.py``), and anything else (RTSP with
   another codec, ``rtsps://``, MPEG-TS, ...) goes to an ``ffmpeg`` program in the image
   (``ffmpeg_pipe.py``; a SourceError saying so where there is none),
-* a video file path (or ``file://`` URI) - read frame by frame. H.264 in ``.mp4``/``.mov``/
-  ``.m4v`` or a raw ``.h264``/``.264`` stream: demuxed in Python and decoded by openh264 in
-  every runtime (``h264_file.py``); other codecs and containers: OpenCV, else ``ffmpeg``.
-  ``?realtime=1`` paces it at the file's frame rate and makes it behave like a live camera;
-  for H.264 files ``?loop=1`` replays it forever and ``&fps=N`` paces it at N frames a second,
+* a video file path (or ``file://`` URI) - read frame by frame with OpenCV where the runtime
+  has it; without it, H.264 in ``.mp4``/``.mov``/``.m4v`` or a raw ``.h264``/``.264`` stream
+  is demuxed in Python and decoded by openh264 (every runtime, ``h264_file.py``), anything
+  else goes to ``ffmpeg``. ``?realtime=1`` paces it at the file's frame rate and makes it
+  behave like a live camera; ``?loop=1`` replays an H.264 file forever and ``&fps=N`` paces
+  it at N frames a second (with OpenCV too: those two always take the openh264 reader),
 * a directory - every ``*.jpg``/``*.jpeg``/``*.png``/``*.bmp`` in name order (JPEGs without
   OpenCV too, see ``files.py``),
 * ``npz:<path>`` - the ``images`` array of a reference split (RGB), used by tests and benches;
@@ -169,31 +170,34 @@ def open_source(uri: str) -> Source:
 
 
 def _open_file(uri: str, path: Path, query: dict[str, list[str]], realtime: bool) -> Source:
-    """H.264 (MP4/MOV, Annex B) with openh264 wherever it loads; else OpenCV, else ffmpeg.
+    """OpenCV where the runtime has it; else H.264 (MP4/MOV, Annex B) with openh264; else ffmpeg.
 
-    openh264 goes first even where OpenCV is present: it is the decoder of every device
-    runtime (the same pictures in a dev venv and on the device), as fast as OpenCV here
-    (README performance table). A file it does not take (another codec, fragmented MP4, not
-    ISO BMFF) goes to OpenCV or ffmpeg; with neither, the error names what the file holds.
+    OpenCV (FFmpeg's decoder) goes first where a recipe added it, as for RTSP: it reads every
+    codec and decodes Main/High profile H.264 with about half openh264's CPU (README
+    performance table). ``loop``/``fps`` are this reader's: a URI that asks for them gets it
+    for an H.264 file whatever else the runtime has. A file it does not take (another codec,
+    fragmented MP4, not ISO BMFF) goes to OpenCV or ffmpeg; with neither, the error names
+    what the file holds.
     """
-    suffix = path.suffix.lower()
-    if suffix in MP4_SUFFIXES + ANNEXB_SUFFIXES and openh264.available():
-        try:
-            loop = query.get("loop", ["0"])[0] in ("1", "true")
-            fps = float(query.get("fps", ["0"])[0])
-        except ValueError:
-            raise SourceError(f"{uri}: fps must be a number") from None
+    try:
+        loop = query.get("loop", ["0"])[0] in ("1", "true")
+        fps = float(query.get("fps", ["0"])[0])
+    except ValueError:
+        raise SourceError(f"{uri}: fps must be a number") from None
+    opencv = _importable("cv2")
+    h264 = path.suffix.lower() in MP4_SUFFIXES + ANNEXB_SUFFIXES
+    if h264 and openh264.available() and (loop or "fps" in query or not opencv):
         try:
             return H264FileSource(uri, path, realtime=realtime, loop=loop, fps=fps)
         except NotH264File as exc:
-            if not _importable("cv2") and not find_ffmpeg():
+            if not opencv and not find_ffmpeg():
                 raise NotH264File(
                     f"{exc}; this runtime decodes H.264 only, and a video file in another "
                     "format needs OpenCV or an ffmpeg program: install ffmpeg in the image (or "
                     "set EDGEKILN_FFMPEG), or build the image with OpenCV (recipe: [runtime] "
                     'extras = ["opencv"]), or convert the file to H.264'
                 ) from None
-    if _importable("cv2"):
+    if opencv:
         return CvCaptureSource(uri, str(path), "ffmpeg", live=False, realtime=realtime)
     return FfmpegPipeSource(uri, str(path), live=False, realtime=realtime)
 
@@ -230,10 +234,10 @@ def capabilities() -> dict[str, str]:
         "rtsp": "opencv"
         if opencv
         else ("openh264" if openh264.available() else ("ffmpeg" if ffmpeg else "none")),
-        # H.264 video files (.mp4/.mov/.m4v/.h264): openh264 first; other files: "streams"
-        "h264_files": "openh264"
-        if openh264.available()
-        else ("opencv" if opencv else ("ffmpeg" if ffmpeg else "none")),
+        # H.264 video files (.mp4/.mov/.m4v/.h264/.264); other video files: as "streams"
+        "h264_files": "opencv"
+        if opencv
+        else ("openh264" if openh264.available() else ("ffmpeg" if ffmpeg else "none")),
     }
 
 
