@@ -1,7 +1,7 @@
 """Benchmark H.264 video files: our MP4 demuxer + openh264 + libyuv against cv2.VideoCapture.
 
     .venv/bin/python tools/bench_h264_file.py [--size 640x480] [--profile main] [--frames 300]
-        [--repeat 5] [--noise 12]
+        [--repeat 5] [--noise 4]
 
 ffmpeg makes one file (libx264 at ``--profile``, B-frames as x264's default for Main/High,
 one IDR every 30 frames, 30 fps, ``testsrc2`` with temporal noise of strength ``--noise`` so
@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--profile", default="main")
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--noise", type=int, default=12)
+    parser.add_argument("--noise", type=int, default=4)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"bench-{args.profile}-{args.size}.mp4"
