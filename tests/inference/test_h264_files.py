@@ -250,5 +250,6 @@ def test_opencv_goes_first_where_the_runtime_has_it(tmp_path: Path) -> None:
 
 def test_open_errors_name_the_file(tmp_path: Path) -> None:
     video = encode(tmp_path / "clip.mp4", "96x64", 2, *X264)
-    with pytest.raises(SourceError, match=r"clip\.mp4.*fps must be a number"):
-        open_source(f"{video}?fps=fast")
+    for fps in ("fast", "inf", "nan", "-1"):
+        with pytest.raises(SourceError, match=r"clip\.mp4.*fps must be a number"):
+            open_source(f"{video}?fps={fps}")

@@ -32,6 +32,8 @@ from appliance.inference.sources.openh264 import DecoderMissing, H264Decoder
 MP4_SUFFIXES = (".mp4", ".mov", ".m4v")
 ANNEXB_SUFFIXES = (".h264", ".264")
 DEFAULT_FPS = 25.0
+MAX_FPS = 1000.0
+MAX_WAIT_S = 10.0  # a longer gap in a file's times is a jump, not a pause: shown at once
 
 
 class H264FileSource:
@@ -41,6 +43,8 @@ class H264FileSource:
         self, uri: str, path: Path, realtime: bool = False, loop: bool = False, fps: float = 0.0
     ) -> None:
         self.uri, self.live, self._loop = uri, realtime, loop
+        if not 0 <= fps <= MAX_FPS:
+            raise SourceError(f"{uri}: fps must be a number from 0 to {MAX_FPS:g}, not {fps}")
         self._mp4: Mp4H264Track | None = None
         self._annexb: AnnexBStream | None = None
         if path.suffix.lower() in ANNEXB_SUFFIXES:
@@ -145,10 +149,10 @@ class H264FileSource:
         if self._index == 0:
             self._t0 = now - due_s
         wait = self._t0 + due_s - now
-        if wait > 0:
+        if wait > MAX_WAIT_S or wait < -0.5:  # a jump in the times, or far behind (a slow
+            self._t0 -= wait  # consumer): start the schedule again from here, never burst
+        elif wait > 0:
             time.sleep(wait)
-        elif wait < -0.5:  # far behind (a slow consumer): start the schedule again from here
-            self._t0 -= wait
 
     def read(self) -> Frame | None:
         if self._first is not None:
