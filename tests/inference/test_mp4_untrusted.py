@@ -135,6 +135,10 @@ CASES: dict[str, tuple[Callable[[bytes, Path], bytes], str]] = {
         lambda d, p: _damage_slice(d, *_sample(d, 2, p)),
         r"openh264 refused access unit 2 \(byte \d+\)",
     ),
+    "stsd without an entry": (
+        lambda d, p: put32(d, d.index(b"stsd") - 4, 16),
+        "the stsd box holds no sample description",
+    ),
     "timescale 0": (lambda d, p: put32(d, field(d, b"mdhd", 12), 0), "timescale is 0"),
     "no avcC": (lambda d, p: d.replace(b"avcC", b"xxxx"), "no avcC box in the avc1 sample entry"),
 }

@@ -194,7 +194,10 @@ class Mp4H264Track:
         s, e = span
         if e - s < 8 or _u32(buf, s + 4) < 1:
             raise self._err("the stsd box holds no sample description")
-        kind, es, ee = next(self._boxes(buf, s + 8, e, "stsd"))
+        entry = next(self._boxes(buf, s + 8, e, "stsd"), None)
+        if entry is None:
+            raise self._err("the stsd box holds no sample description")
+        kind, es, ee = entry
         if kind not in (b"avc1", b"avc3"):
             what = CODECS.get(kind, "not H.264")
             raise NotH264File(
@@ -359,8 +362,9 @@ class Mp4H264Track:
                     f"sample {i} (byte {offset}): a NAL unit of {length} bytes runs past the "
                     f"sample's end ({size} bytes): damaged"
                 )
-            units.append(START)
-            units.append(data[pos : pos + length])
+            if length:
+                units.append(START)
+                units.append(data[pos : pos + length])
             pos += length
         return b"".join(units)
 
