@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.fsutil import atomic_write_bytes
 from image import cache
-from image.build import fs, rootfs
+from image.build import fs, glibc, rootfs
 from image.build.pipeline import Pipeline
 from image.errors import BuildError
 from image.recipe import LoadedRecipe, canonical_json
@@ -177,6 +177,11 @@ class L4TPipeline(Pipeline):
 
     def finish_root(self, tree: Path) -> None:
         finish_root(tree)
+
+    def stage_slot(self, base: rootfs.BaseRoot, runtime: Path, runtime_digest: str) -> Path:
+        # The runtime is frozen in a Debian 12 root; the user's L4T root may have an older glibc.
+        glibc.check(base.root, runtime, f"the L4T root ({self.loaded.recipe.rootfs.tarball})")
+        return super().stage_slot(base, runtime, runtime_digest)
 
     def run(self) -> BuildReport:
         with cache.leases():

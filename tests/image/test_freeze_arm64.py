@@ -21,6 +21,9 @@ from image.freeze.foreign import ensure_root, frozen_env
 from image.freeze.prebuilt import PrebuiltRuntimeError, check_prebuilt
 from image.freeze.runtime import FrozenRuntime, freeze_runtime
 from image.freeze.targets import resolve_target
+from tests.arm64_runtimes import run_emulated
+
+REPO = Path(__file__).resolve().parents[2]
 
 # with tests/e2e/test_arm64_lifecycle.py and test_devboard_arm64.py (tests/scheduling.py)
 pytestmark = [pytest.mark.xdist_group("arm64")]
@@ -72,11 +75,7 @@ def test_arm64_runtime_is_arm64_with_litert_only(coral: tuple[FrozenRuntime, Pat
 @pytest.mark.slow
 @pytest.mark.timeout(3000)
 def test_arm64_frozen_runtime_loads_litert_under_qemu(coral: tuple[FrozenRuntime, Path]) -> None:
-    """The frozen arm64 program imports ai_edge_litert's native library (``appliance backends``).
-
-    A LiteRT inference itself cannot run here: ai_edge_litert 2.3 crashes (SIGSEGV) on creating
-    an Interpreter under qemu-aarch64 7.2, frozen or not, so the self-test runs on the device.
-    """
+    """The frozen arm64 program imports ai_edge_litert's native library (``appliance backends``)."""
     rt, root = coral
     out = _emulated(root, rt.executable, "backends", "--json")
     assert out.returncode == 0, out.stdout + out.stderr
@@ -84,6 +83,29 @@ def test_arm64_frozen_runtime_loads_litert_under_qemu(coral: tuple[FrozenRuntime
     assert status["litert"]["ok"] is True, status["litert"]
     assert status["litert"]["detail"].startswith("ai_edge_litert ")
     assert not any(b["ok"] for name, b in status.items() if name != "litert")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3000)
+def test_arm64_frozen_runtime_passes_its_selftest_under_qemu(
+    coral: tuple[FrozenRuntime, Path], tmp_path: Path
+) -> None:
+    """``appliance selftest`` of the frozen coral runtime on LiteRT (XNNPACK), emulated.
+
+    Without an arm64 /proc/cpuinfo the interpreter dies with SIGSEGV under qemu-aarch64 7.2
+    (tests/arm64_runtimes.py says why); with it, the reference split gives the accuracy the
+    package records. The latency budget is scaled for emulation (about 300x slower).
+    """
+    rt, root = coral
+    model = REPO / "recipes" / "models" / "inspect-primary"
+    args = ("selftest", "--model", str(model), "--backend", "litert", "--budget-factor", "500")
+    done = run_emulated(root, rt.executable, *args, "--json", workdir=tmp_path)
+    if done.returncode != 0 and "unshare" in done.stderr:
+        pytest.skip(f"no private mount namespace here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["passed"] is True and report["backend"] == "litert", report
+    assert report["images"] == 256 and report["top1"] >= report["min_top1"], report
 
 
 # Runs a command with the root's libyuv replaced by an empty file (a private mount namespace):

@@ -10,9 +10,7 @@ here, because TensorRT does not).
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import subprocess
 import sys
 import tarfile
@@ -22,6 +20,7 @@ import pytest
 
 from image.build.l4t import SLOT_ARGS, L4TError, check_recipe, check_root, render_extlinux
 from image.recipe import load_recipe
+from tests.arm64_runtimes import arm64_root, jetson_standin, run_emulated
 from tests.image.conftest import make_model_package
 
 KILN = Path(sys.executable).parent / "kiln"
@@ -43,7 +42,13 @@ fbcon=map:0 nospectre_bhb video=efifb:off console=tty0
 """
 
 
-def make_l4t_tarball(path: Path, *, l4t: bool = True) -> Path:
+# NVIDIA's R36 root (Ubuntu 22.04) has glibc 2.35; the arm64 runtime frozen here (Debian 12's
+# root) needs 2.36, so the stand-in records Debian's libc6 and a test refuses Ubuntu's.
+DEBIAN_LIBC = "2.36-9+deb12u13"
+UBUNTU_LIBC = "2.35-0ubuntu3.8"
+
+
+def make_l4t_tarball(path: Path, *, l4t: bool = True, libc: str = DEBIAN_LIBC) -> Path:
     """A small root with the L4T layout, packed as NVIDIA packs it (tar + bzip2)."""
     root = path.parent / f"{path.name}-tree"
     for d in ("etc/systemd/system", "usr/lib/systemd/system", "usr/sbin", "boot/extlinux"):
@@ -57,6 +62,11 @@ def make_l4t_tarball(path: Path, *, l4t: bool = True) -> Path:
     (root / "boot/extlinux/extlinux.conf").write_text(EXTLINUX)
     (root / "etc/fstab").write_text("/dev/root / ext4 defaults 0 1\n")
     (root / "etc/machine-id").write_text("")
+    (root / "var/lib/dpkg").mkdir(parents=True)
+    (root / "var/lib/dpkg/status").write_text(
+        f"Package: libc6-dev\nVersion: 1:9.9-1\n\nPackage: libc6\nStatus: install ok installed\n"
+        f"Architecture: arm64\nVersion: {libc}\n\n"
+    )
     if l4t:
         (root / "etc/nv_tegra_release").write_text(
             "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, "
@@ -70,7 +80,7 @@ def make_l4t_tarball(path: Path, *, l4t: bool = True) -> Path:
     return path
 
 
-def recipes(tmp: Path, *, tarball: str | None = "l4t.tbz2") -> Path:
+def recipes(tmp: Path, *, tarball: str | None = "l4t.tbz2", libc: str = DEBIAN_LIBC) -> Path:
     """The real recipes, small model packages, and a jetson recipe on the stand-in tarball."""
     out = tmp / "recipes"
     out.mkdir(exist_ok=True)
@@ -78,7 +88,7 @@ def recipes(tmp: Path, *, tarball: str | None = "l4t.tbz2") -> Path:
         (out / toml.name).write_text(toml.read_text())
     make_model_package(out / "models" / "inspect-primary")
     make_model_package(out / "models" / "inspect-fallback")
-    make_l4t_tarball(out / "l4t.tbz2")
+    make_l4t_tarball(out / "l4t.tbz2", libc=libc)
     body = 'extends = "jetson-orin.toml"\nversion = "1.0.0"\n\n[target]\n'
     body += 'name = "jetson-orin"\narch = "arm64"\nbackend = "onnxruntime"\nloader = "l4t"\n\n'
     body += "[partitions]\nrootfs_mib = 1300\ndata_mib = 40\n\n"
@@ -139,17 +149,7 @@ def test_extlinux_is_made_slot_independent() -> None:
 @pytest.fixture(scope="session")
 def arm64_runtime(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The arm64 frozen runtime (onnxruntime), cached in the build cache across runs."""
-    from image.build.identity import default_cache_dir
-    from image.freeze.runtime import freeze_runtime
-    from image.freeze.targets import TargetSpec
-
-    cache = Path(os.environ.get("EDGEKILN_TEST_CACHE") or default_cache_dir()) / "freeze"
-    cache.mkdir(parents=True, exist_ok=True)
-    spec = TargetSpec("jetson-orin", "aarch64", "onnxruntime")
-    with open(cache / ".jetson-test.lock", "w") as lock:  # one freeze at a time (xdist)
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        rt = freeze_runtime(spec, tmp_path_factory.mktemp("arm64-rt"), cache_dir=cache)
-    return rt.path
+    return jetson_standin(tmp_path_factory.mktemp("arm64-rt")).path
 
 
 def build(top: Path, out: Path, cache: Path, runtime: Path) -> dict[str, str]:
@@ -238,3 +238,75 @@ def test_plan_names_the_l4t_outputs() -> None:
     )  # fmt: skip
     assert "rootfs_a.img (APP), .rootfs_b.img (APP_b)" in proc.stdout
     assert "never downloaded" in proc.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_jetson_runtime_passes_its_selftest_under_qemu_user(
+    arm64_runtime: Path, tmp_path: Path
+) -> None:
+    """The jetson-orin runtime (ONNX Runtime standing in for TensorRT) runs its self-test.
+
+    Under qemu-aarch64 with an arm64 /proc/cpuinfo (tests/arm64_runtimes.py: without it ONNX
+    Runtime dies with SIGSEGV); the latency budget is scaled for emulation. Its V4L2 camera is
+    read in an arm64 guest: tests/e2e/test_jetson_runtime_arm64.py.
+    """
+    model = REPO / "recipes" / "models" / "inspect-primary"
+    exe = arm64_runtime / "appliance"
+    args = ("selftest", "--model", str(model), "--backend", "onnxruntime", "--budget-factor", "500")
+    done = run_emulated(arm64_root(), exe, *args, "--json", workdir=tmp_path)
+    if done.returncode != 0 and "unshare" in done.stderr:
+        pytest.skip(f"no private mount namespace here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout[done.stdout.index("{") :])
+    assert report["passed"] is True and report["backend"] == "onnxruntime", report
+    assert report["images"] == 256 and report["top1"] >= report["min_top1"], report
+
+
+# -- the runtime's glibc against the L4T root's ----------------------------------------------------
+
+
+def test_glibc_needs_are_read_from_real_elf_files(tmp_path: Path) -> None:
+    from image.build import glibc
+
+    tree = tmp_path / "rt"
+    (tree / "_internal").mkdir(parents=True)
+    libstdcxx = sorted(Path("/usr/lib").glob("*-linux-gnu/libstdc++.so.6"))[0]
+    (tree / "_internal" / "libstdc++.so.6").write_bytes(libstdcxx.read_bytes())
+    (tree / "notes.txt").write_text("GLIBC_2.99 in a text file is not a need\n")
+    need, where = glibc.required(tree)
+    assert (2, 17) < need < (2, 99) and where.startswith("_internal/libstdc++.so.6: "), where
+    root = tmp_path / "root"
+    (root / "var/lib/dpkg").mkdir(parents=True)
+    (root / "var/lib/dpkg/status").write_text("Package: libc6\nVersion: 2.17-1\n\n")
+    with pytest.raises(glibc.GlibcError, match=r"has glibc 2\.17, but the frozen runtime needs"):
+        glibc.check(root, tree, "the root")
+    (root / "var/lib/dpkg/status").write_text("Package: libc6\nVersion: 2.99-1\n\n")
+    assert glibc.check(root, tree, "the root") == (2, 99)
+    # no dpkg record: the versions the root's libc.so.6 defines (here the host's own libc)
+    (root / "var/lib/dpkg/status").unlink()
+    libc = sorted(Path("/usr/lib").glob("*-linux-gnu/libc.so.6"))[0]
+    (root / "usr/lib" / libc.parent.name).mkdir(parents=True)
+    (root / "usr/lib" / libc.parent.name / "libc.so.6").write_bytes(libc.read_bytes())
+    assert glibc.provided(root) >= need  # type: ignore[operator]
+    (root / "usr/lib" / libc.parent.name / "libc.so.6").unlink()
+    with pytest.raises(glibc.GlibcError, match="cannot tell its glibc version"):
+        glibc.check(root, tree, "the root")
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_an_l4t_root_with_an_older_glibc_is_refused(tmp_path: Path, arm64_runtime: Path) -> None:
+    """NVIDIA's R36 root has Ubuntu 22.04's glibc 2.35: the runtime frozen in Debian 12 (2.36)
+    would not start there, so the build stops before the slot, naming file and symbol."""
+    from image.build.glibc import GlibcError
+
+    top = recipes(tmp_path, libc=UBUNTU_LIBC)
+    with pytest.raises(GlibcError) as exc:
+        build(top, tmp_path / "out", tmp_path / "cache", arm64_runtime)
+    message = str(exc.value)
+    assert "has glibc 2.35, but the frozen runtime needs 2.36" in message, message
+    assert "l4t.tbz2" in message and "kiln build --runtime" in message, message
+    assert not (tmp_path / "out" / "edgekiln-appliance-jetson-orin-1.0.0.rootfs_a.img").exists()
