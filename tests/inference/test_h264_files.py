@@ -147,6 +147,14 @@ def test_realtime_paces_at_the_files_own_rate_and_is_live(tmp_path: Path) -> Non
     source.close()
     assert len(got) == 8
     assert got[-1].captured - got[0].captured >= 0.9 * 7 / 20
+    # an Annex B stream has no times: realtime paces it at 25 fps, as FFmpeg assumes
+    raw = encode(tmp_path / "clip.h264", "160x120", 6, *X264)
+    source = open_source(f"{raw}?realtime=1&fps=0")  # fps=0: its default rate
+    assert isinstance(source, H264FileSource) and source.live
+    got = list(frames(source))
+    source.close()
+    assert len(got) == 6
+    assert got[-1].captured - got[0].captured >= 0.9 * 5 / 25
 
 
 @pytest.mark.skipif("libx265" not in encoders(), reason="ffmpeg without libx265")
