@@ -11,6 +11,7 @@ an MJPEG stream over HTTP (both made by ffmpeg here) reach the frozen pipeline w
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -165,6 +166,25 @@ def test_frozen_runtime_without_opencv_reads_a_video_file_and_an_mjpeg_stream(
     assert done.returncode == 0, done.stderr
     assert len([e for e in _events(sink) if e.get("type") != "event"]) == 12, done.stderr
 
+    # H.264 in an MP4 needs no ffmpeg program: the frozen MP4 demuxer and openh264 read it
+    mp4, mp4_sink = tmp_path / "clip.mp4", tmp_path / "mp4.jsonl"
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=10",
+         "-frames:v", "12", "-pix_fmt", "yuv420p", "-c:v", "libx264", str(mp4)],
+        check=True,
+        timeout=60,
+    )  # fmt: skip
+    done = subprocess.run(
+        [*exe, "--source", str(mp4), "--sink", str(mp4_sink)],
+        env={k: v for k, v in os.environ.items() if k != "EDGEKILN_FFMPEG"} | {"PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert len([e for e in _events(mp4_sink) if e.get("type") != "event"]) == 12, done.stderr
+
     port = free_port()
     server = serve("mpjpeg", port)
     stream = tmp_path / "stream.jsonl"
@@ -195,7 +215,8 @@ def test_frozen_runtime_bundles_openh264_and_reads_an_rtsp_camera(
     if system and shutil.which("unshare"):
         cmd = ["unshare", "-m", "sh", "-c", WITHOUT_SYSTEM_LIBYUV, str(system[0]), *cmd]
     info = subprocess.run([*cmd, "info", "--json"], capture_output=True, text=True, check=False)
-    assert json.loads(info.stdout)["camera"]["rtsp"] == "openh264", info.stderr
+    camera = json.loads(info.stdout)["camera"]
+    assert camera["rtsp"] == camera["h264_files"] == "openh264", info.stderr
     sink = tmp_path / "rtsp.jsonl"
     with RtspServer() as server:
         args = ["run", "--model", str(tmp_path / "no-model"), "--source", server.url()]

@@ -14,8 +14,12 @@ URIs understood by :func:`open_source`:
   decoded with simplejpeg (every runtime, ``mjpeg_http.py``), and anything else (RTSP with
   another codec, ``rtsps://``, MPEG-TS, ...) goes to an ``ffmpeg`` program in the image
   (``ffmpeg_pipe.py``; a SourceError saying so where there is none),
-* a video file path (or ``file://`` URI) - read frame by frame (OpenCV, else ``ffmpeg``);
-  ``?realtime=1`` paces it at the file's frame rate and makes it behave like a live camera,
+* a video file path (or ``file://`` URI) - read frame by frame with OpenCV where the runtime
+  has it; without it, H.264 in ``.mp4``/``.mov``/``.m4v`` or a raw ``.h264``/``.264`` stream
+  is demuxed in Python and decoded by openh264 (every runtime, ``h264_file.py``), anything
+  else goes to ``ffmpeg``. ``?realtime=1`` paces it at the file's frame rate and makes it
+  behave like a live camera; ``?loop=1`` replays an H.264 file forever and ``&fps=N`` paces
+  it at N frames a second (with OpenCV too: those two always take the openh264 reader),
 * a directory - every ``*.jpg``/``*.jpeg``/``*.png``/``*.bmp`` in name order (JPEGs without
   OpenCV too, see ``files.py``),
 * ``npz:<path>`` - the ``images`` array of a reference split (RGB), used by tests and benches;
@@ -42,6 +46,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from appliance.inference.errors import SourceError
+from appliance.inference.sources import openh264
 from appliance.inference.sources.ffmpeg_pipe import FfmpegPipeSource, find_ffmpeg
 from appliance.inference.sources.files import ImageFolderSource
 from appliance.inference.sources.frame import (
@@ -52,7 +57,13 @@ from appliance.inference.sources.frame import (
     Frame,
     Source,
 )
+from appliance.inference.sources.h264_file import (
+    ANNEXB_SUFFIXES,
+    MP4_SUFFIXES,
+    H264FileSource,
+)
 from appliance.inference.sources.mjpeg_http import MjpegHttpSource, NotMjpegStream
+from appliance.inference.sources.mp4 import NotH264File
 from appliance.inference.sources.opencv import CvCaptureSource
 from appliance.inference.sources.openh264 import DecoderMissing
 from appliance.inference.sources.rtsp import NotH264Stream, RtspSource
@@ -67,6 +78,7 @@ __all__ = [
     "CvCaptureSource",
     "FfmpegPipeSource",
     "Frame",
+    "H264FileSource",
     "ImageFolderSource",
     "LatestFrameGrabber",
     "MjpegHttpSource",
@@ -153,10 +165,41 @@ def open_source(uri: str) -> Source:
     if path.is_dir():
         return ImageFolderSource(uri, path)
     if path.is_file():
-        if _importable("cv2"):
-            return CvCaptureSource(uri, str(path), "ffmpeg", live=False, realtime=realtime)
-        return FfmpegPipeSource(uri, str(path), live=False, realtime=realtime)
+        return _open_file(uri, path, query, realtime)
     raise SourceError(f"{uri}: no such file, folder, device or stream URL")
+
+
+def _open_file(uri: str, path: Path, query: dict[str, list[str]], realtime: bool) -> Source:
+    """OpenCV where the runtime has it; else H.264 (MP4/MOV, Annex B) with openh264; else ffmpeg.
+
+    OpenCV (FFmpeg's decoder) goes first where a recipe added it, as for RTSP: it reads every
+    codec and decodes Main/High profile H.264 with about half openh264's CPU (README
+    performance table). ``loop``/``fps`` are this reader's: a URI that asks for them gets it
+    for an H.264 file whatever else the runtime has. A file it does not take (another codec,
+    fragmented MP4, not ISO BMFF) goes to OpenCV or ffmpeg; with neither, the error names
+    what the file holds.
+    """
+    try:
+        loop = query.get("loop", ["0"])[0] in ("1", "true")
+        fps = float(query.get("fps", ["0"])[0])
+    except ValueError:
+        raise SourceError(f"{uri}: fps must be a number") from None
+    opencv = _importable("cv2")
+    h264 = path.suffix.lower() in MP4_SUFFIXES + ANNEXB_SUFFIXES
+    if h264 and openh264.available() and (loop or "fps" in query or not opencv):
+        try:
+            return H264FileSource(uri, path, realtime=realtime, loop=loop, fps=fps)
+        except NotH264File as exc:
+            if not opencv and not find_ffmpeg():
+                raise NotH264File(
+                    f"{exc}; this runtime decodes H.264 only, and a video file in another "
+                    "format needs OpenCV or an ffmpeg program: install ffmpeg in the image (or "
+                    "set EDGEKILN_FFMPEG), or build the image with OpenCV (recipe: [runtime] "
+                    'extras = ["opencv"]), or convert the file to H.264'
+                ) from None
+    if opencv:
+        return CvCaptureSource(uri, str(path), "ffmpeg", live=False, realtime=realtime)
+    return FfmpegPipeSource(uri, str(path), live=False, realtime=realtime)
 
 
 def _open_stream(uri: str, scheme: str) -> Source:
@@ -179,7 +222,7 @@ def _open_stream(uri: str, scheme: str) -> Source:
 
 def capabilities() -> dict[str, str]:
     """What this runtime reads cameras with (``appliance info``; the freeze tests check it)."""
-    from appliance.inference.sources import libyuv, openh264
+    from appliance.inference.sources import libyuv
 
     opencv = _importable("cv2")
     ffmpeg = bool(find_ffmpeg())
@@ -189,6 +232,10 @@ def capabilities() -> dict[str, str]:
         "mjpeg": "simplejpeg" if _importable("simplejpeg") else ("opencv" if opencv else "none"),
         "streams": "opencv" if opencv else ("ffmpeg" if ffmpeg else "mjpeg-http"),
         "rtsp": "opencv"
+        if opencv
+        else ("openh264" if openh264.available() else ("ffmpeg" if ffmpeg else "none")),
+        # H.264 video files (.mp4/.mov/.m4v/.h264/.264); other video files: as "streams"
+        "h264_files": "opencv"
         if opencv
         else ("openh264" if openh264.available() else ("ffmpeg" if ffmpeg else "none")),
     }

@@ -26,8 +26,17 @@ from appliance.inference.sources.pixels import i420_to_bgr_numpy
 LIBRARY = "libopenh264.so.7"
 MAX_PIXELS = 8192 * 4352  # 8K and a little: more is not a camera (a BGR frame of 107 MB)
 # Indices into ISVCDecoderVtbl and enum values, from codec_api.h / codec_app_def.h (2.3.1).
-_INITIALIZE, _UNINITIALIZE, _DECODE_NO_DELAY, _SET_OPTION = 0, 1, 3, 8
-_OPTION_ERROR_CON_IDC, _OPTION_TRACE_LEVEL = 8, 9
+_INITIALIZE, _UNINITIALIZE, _DECODE_NO_DELAY, _FLUSH_FRAME, _SET_OPTION, _GET_OPTION = (
+    0,
+    1,
+    3,
+    5,
+    8,
+    9,
+)
+_OPTION_END_OF_STREAM, _OPTION_ERROR_CON_IDC, _OPTION_TRACE_LEVEL = 1, 8, 9
+_OPTION_FRAMES_REMAINING = 18  # DECODER_OPTION_NUM_OF_FRAMES_REMAINING_IN_BUFFER
+_NAL_IDR, _NAL_SPS, _NAL_PPS = 5, 7, 8
 _FRAME_PENDING = 0x01  # dsFramePending: not an error
 
 
@@ -99,6 +108,15 @@ class H264Decoder:
                 "install it, or use a runtime with the opencv extra"
             )
         self._lib = lib
+        self.errors = 0  # access units the decoder refused
+        self.timestamp = 0  # the ``timestamp`` given with the unit of the last picture returned
+        self._started = False
+        self._parameter_sets = b""  # the last SPS/PPS seen (decode_all), Annex B
+        self._open()
+
+    def _open(self) -> None:
+        """Create and initialise openh264's decoder object."""
+        lib = self._lib
         handle = ctypes.c_void_p()
         if lib.WelsCreateDecoder(ctypes.byref(handle)) or not handle.value:
             raise SourceError("openh264: WelsCreateDecoder failed")
@@ -120,6 +138,12 @@ class H264Decoder:
             ctypes.c_void_p * 3,
             ctypes.POINTER(_BufferInfo),
         )(vtable[_DECODE_NO_DELAY])
+        self._flush = ctypes.CFUNCTYPE(
+            ctypes.c_int, this, ctypes.c_void_p * 3, ctypes.POINTER(_BufferInfo)
+        )(vtable[_FLUSH_FRAME])
+        self._get_option = ctypes.CFUNCTYPE(ctypes.c_long, this, ctypes.c_int, ctypes.c_void_p)(
+            vtable[_GET_OPTION]
+        )
         quiet = ctypes.c_int(0)  # WELS_LOG_QUIET: we report errors ourselves
         self._set_option(self._handle, _OPTION_TRACE_LEVEL, ctypes.byref(quiet))
         param = _DecodingParam()
@@ -130,21 +154,77 @@ class H264Decoder:
         if init(self._handle, ctypes.byref(param)):
             self.close()
             raise SourceError("openh264: the decoder did not initialise")
-        self.errors = 0  # access units the decoder refused
 
-    def decode(self, unit: bytes) -> np.ndarray | None:
+    def decode(self, unit: bytes, timestamp: int = 0) -> np.ndarray | None:
         """Decode one access unit; its BGR picture, or None (no picture yet, or a broken unit:
-        ``errors`` counts those, and the caller should wait for the next IDR)."""
+        ``errors`` counts those, and the caller should wait for the next IDR).
+
+        With B-frames a picture comes out later than its unit (openh264 reorders to display
+        order): ``timestamp`` travels with the unit and comes back in :attr:`timestamp` with
+        its picture."""
         if self._handle is None:
             raise SourceError("openh264: the decoder is closed")
         planes = (ctypes.c_void_p * 3)()
         info = _BufferInfo()
+        info.in_timestamp = timestamp
         state = self._decode(self._handle, unit, len(unit), planes, ctypes.byref(info))
         if state & ~_FRAME_PENDING:
             self.errors += 1
             return None
+        return self._picture(info)
+
+    def decode_all(self, unit: bytes, timestamp: int) -> list[tuple[np.ndarray, int]]:
+        """Decode one access unit: every picture that is due, each with its unit's timestamp.
+
+        At an IDR unit the pictures still held for reordering are taken out first
+        (:meth:`flush`) and the IDR starts a fresh decoder (with the last SPS/PPS seen if the
+        unit lacks them). openh264 2.3.1 otherwise returns the picture held before a closed
+        GOP's IDR with the IDR's pixels, and pictures flushed mid-stream are never given back
+        to its pool (``dsOutOfMemory`` after about a dozen IDRs); both seen with x264 B-frames,
+        ``tests/inference/test_h264_files.py``."""
+        idr, sets = _scan(unit)
+        if sets:
+            self._parameter_sets = sets
+        pictures = []
+        if idr and self._started:
+            pictures = self.flush()
+            self._close_handle()
+            self._open()
+            if not sets:
+                unit = self._parameter_sets + unit
+        self._started = True
+        image = self.decode(unit, timestamp)
+        if image is not None:
+            pictures.append((image, self.timestamp))
+        return pictures
+
+    def flush(self) -> list[tuple[np.ndarray, int]]:
+        """The pictures still held for reordering, in display order, each with its unit's
+        ``timestamp``: at the end of the stream (no unit may follow: ``decode_all`` starts a
+        fresh decoder after it at an IDR)."""
+        if self._handle is None:
+            return []
+        end = ctypes.c_int(1)
+        self._set_option(self._handle, _OPTION_END_OF_STREAM, ctypes.byref(end))
+        left = ctypes.c_int(0)
+        self._get_option(self._handle, _OPTION_FRAMES_REMAINING, ctypes.byref(left))
+        pictures = []
+        for _ in range(max(0, min(left.value, 64))):  # a DPB holds at most 16 frames
+            planes = (ctypes.c_void_p * 3)()
+            info = _BufferInfo()
+            if self._flush(self._handle, planes, ctypes.byref(info)) & ~_FRAME_PENDING:
+                self.errors += 1
+                break
+            image = self._picture(info)
+            if image is not None:
+                pictures.append((image, self.timestamp))
+        return pictures
+
+    def _picture(self, info: _BufferInfo) -> np.ndarray | None:
+        """The BGR picture ``info`` points at (None if it holds none)."""
         if info.buffer_status != 1:
             return None
+        self.timestamp = info.out_timestamp
         sysbuf = info.system_buffer
         width, height = sysbuf.width, sysbuf.height
         y_stride, uv_stride = sysbuf.stride[0], sysbuf.stride[1]
@@ -166,11 +246,28 @@ class H264Decoder:
             _plane(v, uv_stride, (height + 1) // 2, (width + 1) // 2),
         )
 
-    def close(self) -> None:
+    def _close_handle(self) -> None:
         if self._handle is not None:
             handle, self._handle = self._handle, None
             self._uninit(handle)
             self._lib.WelsDestroyDecoder(handle)
+
+    def close(self) -> None:
+        self._close_handle()
+
+
+def _scan(unit: bytes) -> tuple[bool, bytes]:
+    """(holds an IDR slice, its SPS and PPS NAL units in Annex B) for one Annex B unit."""
+    idr, sets = False, []
+    pos = unit.find(b"\x00\x00\x01")
+    while 0 <= pos < len(unit) - 3:
+        nxt = unit.find(b"\x00\x00\x01", pos + 3)
+        kind = unit[pos + 3] & 0x1F
+        idr = idr or kind == _NAL_IDR
+        if kind in (_NAL_SPS, _NAL_PPS):
+            sets.append(b"\x00" + unit[pos : nxt if nxt >= 0 else len(unit)].rstrip(b"\x00"))
+        pos = nxt
+    return idr, b"".join(sets)
 
 
 def _plane(ptr: int, stride: int, rows: int, cols: int) -> np.ndarray:

@@ -21,7 +21,10 @@ from __future__ import annotations
 import re
 import socket
 import time
+from collections import deque
 from urllib.parse import unquote, urlsplit
+
+import numpy as np
 
 from appliance.inference.errors import SourceError
 from appliance.inference.sources.frame import OPEN_TIMEOUT_MS, READ_TIMEOUT_MS, Frame, redact
@@ -121,6 +124,7 @@ class RtspSource:
         self._keepalive_cseq = -1
         self.keepalives = 0  # keep-alive requests the camera answered
         self._channel = 0
+        self._pending: deque[np.ndarray] = deque()
         self._sock: socket.socket | None = None
         try:
             self._decoder = H264Decoder()
@@ -240,14 +244,12 @@ class RtspSource:
                     continue  # RTCP
                 for unit in self._depay.push(msg[1]):
                     errors = self._decoder.errors
-                    image = self._decoder.decode(unit)
-                    if image is None:
-                        if self._decoder.errors > errors:
-                            self._depay.resync()  # a frame the decoder refused: next IDR
-                        continue
-                    t1 = time.monotonic()
-                    self._index += 1
-                    return Frame(image, "BGR", self._index - 1, t1, (t1 - t0) * 1000)
+                    # B-frames: pictures come in display order, some later than their unit
+                    self._pending.extend(image for image, _ in self._decoder.decode_all(unit, 0))
+                    if self._decoder.errors > errors:
+                        self._depay.resync()  # a frame the decoder refused: next IDR
+                if self._pending:
+                    return self._frame(self._pending.popleft(), t0)
         except TimeoutError:
             raise SourceError(
                 f"{self.uri}: no {what} for {timeout_ms / 1000:.1f} s (camera or stream stalled; "
@@ -257,6 +259,11 @@ class RtspSource:
             raise SourceError(f"{self.uri}: the camera closed the stream") from None
         except OSError as exc:
             raise SourceError(f"{self.uri}: no {what}: {_why(exc, timeout_ms)}") from None
+
+    def _frame(self, image: np.ndarray, t0: float) -> Frame:
+        t1 = time.monotonic()
+        self._index += 1
+        return Frame(image, "BGR", self._index - 1, t1, (t1 - t0) * 1000)
 
     def _answered(self, response: Response) -> None:
         """An answer while streaming: a keep-alive's (a refused one means the session is gone)."""
@@ -288,6 +295,8 @@ class RtspSource:
         if self._first is not None:
             frame, self._first = self._first, None
             return frame
+        if self._pending:  # decoded with an earlier unit (B-frames, or before an IDR)
+            return self._frame(self._pending.popleft(), time.monotonic())
         return self._next_frame("frame", self._read_ms)
 
     def close(self) -> None:
