@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark: our delta bundle (ekdelta1) against xdelta3, zstd --patch-from (and bsdiff4).
+"""Benchmark: our delta bundle (ekdelta2) against xdelta3, zstd --patch-from (and bsdiff4).
 
 Three kinds of change, each on real journal-less ext4 slot images made with the builder's own
 reproducible ``image.build.fs.make_ext4`` (one file-system UUID for every version, as
@@ -13,7 +13,8 @@ reproducible ``image.build.fs.make_ext4`` (one file-system UUID for every versio
   (and the model swap again on a ~2x larger image, for apply RSS flat in image size)
 
 Ours is run through the CLIs, as a release manager and a device run them:
-``kiln bundle --slot-image NEW --delta-from OLD --key K ...`` with its defaults, and
+``kiln bundle --slot-image NEW --delta-from OLD --key K --chunk-size N ...`` with its other
+defaults (N: 1 MiB, the default, unless ``--chunk-size`` asks for more sizes), and
 ``appliance install D.bundle --loader file:S --booted A --slot A=OLD --slot B=OUT ...``
 (signature, policy, the base's sha256, every wire and rebuilt chunk's sha256, O_DIRECT write,
 the read-back of the slot). Printed side by side: delta size (and % of the new image at
