@@ -4,7 +4,8 @@ PyInstaller bundles a program's libraries but not the C library: every ELF file 
 binds versioned glibc symbols (``arc4random@GLIBC_2.36``) that the device's own libc must
 define. A root supplied by the user (L4T: Ubuntu 22.04's glibc 2.35) can be older than the
 Debian 12 root the arm64 runtime is frozen in (2.36), and the runtime would then fail on the
-device before its first line of Python. The builder refuses that, naming the file and symbol.
+device before its first line of Python. The builder refuses that, naming the file and symbol
+(docs/decisions.md §36).
 
 The needs are read with binutils' ``objdump -T`` (any ELF machine); the root's version from
 dpkg's record of ``libc6``, else from the version names its ``libc.so.6`` defines.
