@@ -69,3 +69,15 @@ def delta_bundle(base: Path, new: Path, chunk_size: int = CHUNK) -> bytes:
         chunk_size=chunk_size,
     )
     return out.getvalue()
+
+
+def release_keys(tmp: Path) -> Path:
+    """``tmp`` with a release key made by ``kiln keys new rel`` and the keyring ``ring.json``."""
+    from tests.bundle.test_cli import run
+
+    assert run("kiln", "keys", "new", "rel", "--dir", str(tmp / "keys")).returncode == 0
+    ring = run(
+        "kiln", "keys", "keyring", str(tmp / "ring.json"), "--add", str(tmp / "keys/rel.pub")
+    )
+    assert ring.returncode == 0, ring.stderr
+    return tmp

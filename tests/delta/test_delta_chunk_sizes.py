@@ -21,6 +21,7 @@ from appliance.bundle import peek_manifest
 from appliance.bundle.delta import chunk_bound
 from appliance.bundle.manifest import MAX_CHUNK_SIZE
 from tests.bundle.test_cli import run
+from tests.delta.kit import release_keys
 
 pytestmark = pytest.mark.integration
 MIB = 1 << 20
@@ -42,13 +43,7 @@ def _pair(d: Path) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("deltachunks")
-    assert run("kiln", "keys", "new", "rel", "--dir", str(tmp / "keys")).returncode == 0
-    ring = run(
-        "kiln", "keys", "keyring", str(tmp / "ring.json"), "--add", str(tmp / "keys/rel.pub")
-    )
-    assert ring.returncode == 0, ring.stderr
-    return tmp
+    return release_keys(tmp_path_factory.mktemp("deltachunks"))
 
 
 @pytest.mark.parametrize("chunk", [4 * MIB, MAX_CHUNK_SIZE])

@@ -15,6 +15,7 @@ import pytest
 
 from image.build.fs import fs_uuid_for, make_ext4
 from tests.bundle.test_cli import run
+from tests.delta.kit import release_keys
 
 pytestmark = pytest.mark.integration
 MIB = 1 << 20
@@ -71,13 +72,7 @@ def _install_rss(tmp: Path, image_mib: int) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("installmem")
-    assert run("kiln", "keys", "new", "rel", "--dir", str(tmp / "keys")).returncode == 0
-    ring = run(
-        "kiln", "keys", "keyring", str(tmp / "ring.json"), "--add", str(tmp / "keys/rel.pub")
-    )
-    assert ring.returncode == 0, ring.stderr
-    return tmp
+    return release_keys(tmp_path_factory.mktemp("installmem"))
 
 
 def test_install_of_a_delta_stays_under_64_mib_and_flat_in_image_size(keys: Path) -> None:
