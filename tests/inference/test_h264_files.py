@@ -22,7 +22,7 @@ import pytest
 from appliance.inference.errors import SourceError
 from appliance.inference.sources import H264FileSource, frames, open_source, openh264
 from appliance.inference.sources.mp4 import Mp4H264Track, NotH264File
-from tests.inference.test_sources_no_opencv import BLOCKER, run_without
+from tests.inference.test_sources_no_opencv import BLOCKER, run_without, source_errors_bare
 
 FFMPEG = shutil.which("ffmpeg")
 
@@ -167,21 +167,7 @@ def test_hevc_goes_to_opencv_or_is_a_clear_error(tmp_path: Path) -> None:
     assert not isinstance(source, H264FileSource)
     assert len(list(frames(source))) == 4
     source.close()
-    out = run_without(
-        tmp_path,
-        ("cv2",),
-        f"""
-        import os
-        os.environ["PATH"] = ""
-        os.environ.pop("EDGEKILN_FFMPEG", None)
-        from appliance.inference.errors import SourceError
-        from appliance.inference.sources import open_source
-        try:
-            open_source({str(video)!r})
-        except SourceError as exc:
-            print("SourceError:", exc)
-        """,
-    )
+    out = "\n".join(source_errors_bare(tmp_path, str(video)))
     assert out.startswith(f"SourceError: {video}: the video track is H.265/HEVC ('hvc1')"), out
     assert "needs OpenCV or an ffmpeg program" in out and "convert the file to H.264" in out
 

@@ -54,6 +54,28 @@ def run_without(tmp_path: Path, blocked: tuple[str, ...], code: str, timeout: fl
     return proc.stdout
 
 
+def source_errors_bare(tmp_path: Path, *uris: str) -> list[str]:
+    """``open_source`` of each URI in a runtime with neither OpenCV nor an ffmpeg program: the
+    ``SourceError`` lines it prints (one per URI that failed)."""
+    out = run_without(
+        tmp_path,
+        ("cv2",),
+        f"""
+        import os
+        os.environ["PATH"] = ""
+        os.environ.pop("EDGEKILN_FFMPEG", None)
+        from appliance.inference.errors import SourceError
+        from appliance.inference.sources import open_source
+        for uri in {list(uris)!r}:
+            try:
+                open_source(uri)
+            except SourceError as exc:
+                print("SourceError:", exc)
+        """,
+    )
+    return out.splitlines()
+
+
 def test_the_blocker_really_blocks_opencv(tmp_path: Path) -> None:
     out = run_without(
         tmp_path,
@@ -105,23 +127,9 @@ def test_a_source_that_cannot_open_is_a_source_error(
 def test_streams_and_files_without_opencv_or_ffmpeg_say_what_is_missing(tmp_path: Path) -> None:
     video = tmp_path / "clip.mp4"
     video.write_bytes(b"\0" * 64)
-    out = run_without(
-        tmp_path,
-        ("cv2",),
-        f"""
-        import os
-        os.environ["PATH"] = ""
-        os.environ.pop("EDGEKILN_FFMPEG", None)
-        from appliance.inference.errors import SourceError
-        from appliance.inference.sources import open_source
-        for uri in ("rtsp://127.0.0.1:1/stream", "udp://127.0.0.1:1", {str(video)!r}):
-            try:
-                open_source(uri)
-            except SourceError as exc:
-                print("SourceError:", exc)
-        """,
+    lines = source_errors_bare(
+        tmp_path, "rtsp://127.0.0.1:1/stream", "udp://127.0.0.1:1", str(video)
     )
-    lines = out.splitlines()
     assert len(lines) == 3 and all("needs OpenCV or an ffmpeg program" in x for x in lines[1:])
     assert "udp://127.0.0.1:1" in lines[1] and str(video) in lines[2]
     # RTSP needs neither: the Python reader tried, and says why it could not open
